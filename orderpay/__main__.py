@@ -1,0 +1,3 @@
+from orderpay.cli import main
+
+main()

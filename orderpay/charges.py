@@ -1,0 +1,265 @@
+"""The charge flow (DESIGN.md section 5): claim the key, ask the provider, record the answer.
+
+Three steps, and the provider is called between transactions, never inside one:
+1. one transaction claims the key by inserting the payment as `initiated` with a lease;
+2. the provider is asked to collect, with the payment id as its reference;
+3. one transaction records the answer: `pending`, or `failed` with the reason.
+A crash between the steps leaves `initiated`; once the lease has run out, the same key resumes
+it (the provider treats the repeated reference as "already submitted").
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from orderpay.clock import utcnow
+from orderpay.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidAmount,
+    OrderAlreadyPaid,
+    OrderCancelled,
+    OrderNotFound,
+    PaymentDeclined,
+    PaymentInProgress,
+    ProviderUnavailable,
+)
+from orderpay.idempotency import charge_fingerprint, check_key
+from orderpay.models import customers, orders, payments
+from orderpay.money import Money
+from orderpay.payments import COLUMNS, Payment, find_by_key, from_row, get_payment, move_payment
+from orderpay.phones import mask_phone, normalise_phone
+from orderpay.providers import Accepted, CollectionRequest, Provider, ProviderAnswer
+from orderpay.states import LIVE_PAYMENT_STATUSES, OrderStatus, PaymentStatus
+from orderpay.timeline import record_event
+
+
+class Transactional(Protocol):
+    def transaction(self) -> AbstractContextManager[Connection]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    payment: Payment
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    payment: Payment
+    replayed: bool
+    must_submit: bool  # this process holds the lease and must ask the provider
+
+
+def charge_order(
+    db: Transactional,
+    provider: Provider,
+    *,
+    order_id: uuid.UUID,
+    key: str | None,
+    payer_phone: str | None = None,
+    default_region: str,
+    lease_seconds: float,
+) -> ChargeResult:
+    """Charge an order once per idempotency key; see the module docstring for the steps.
+
+    Raises PaymentDeclined when the provider refused (now or on a replayed key),
+    ProviderUnavailable when its answer is unknown (re-run the same key).
+    """
+    key = check_key(key)
+    payer = normalise_phone(payer_phone, default_region) if payer_phone is not None else None
+    with db.transaction() as conn:
+        claim = claim_payment(
+            conn, order_id=order_id, key=key, payer_phone=payer, provider=provider.name,
+            lease=timedelta(seconds=lease_seconds),
+        )  # fmt: skip
+    payment = claim.payment
+    if claim.must_submit:
+        request = CollectionRequest(
+            payment.id, payment.order_id, payment.amount, payment.payer_phone
+        )
+        try:
+            answer = provider.request_payment(request)
+        except ProviderUnavailable as error:
+            with db.transaction() as conn:
+                release_lease(conn, payment, error.message)
+            raise
+        except BaseException:
+            # A bug or an interrupt: free the key for an immediate retry, then surface it.
+            with db.transaction() as conn:
+                release_lease(conn, payment, "interrupted")
+            raise
+        with db.transaction() as conn:
+            payment = record_answer(conn, payment, answer)
+    return finish(ChargeResult(payment, claim.replayed))
+
+
+def finish(result: ChargeResult) -> ChargeResult:
+    """A declined payment is an error for whoever charged, on a replay too."""
+    payment = result.payment
+    if payment.status is PaymentStatus.FAILED:
+        raise PaymentDeclined(
+            f"payment {payment.id} was declined: {payment.failure_reason or 'no reason given'}",
+            payment=str(payment.id),
+            reason=payment.failure_reason,
+            replayed=result.replayed,
+        )
+    return result
+
+
+def claim_payment(
+    conn: Connection,
+    *,
+    order_id: uuid.UUID,
+    key: str,
+    payer_phone: str | None,
+    provider: str,
+    lease: timedelta,
+) -> Claim:
+    """Step 1: insert the payment as `initiated`, or resolve the key's earlier use."""
+    row = conn.execute(
+        select(orders.c.status, orders.c.total, orders.c.currency, customers.c.phone)
+        .join(customers, customers.c.id == orders.c.customer_id)
+        .where(orders.c.id == order_id)
+        # FOR SHARE: charges of one order proceed together (the unique indexes decide between
+        # them) while cancelling or marking the order paid waits for this claim to commit.
+        .with_for_update(read=True, of=orders)
+    ).first()
+    if row is None:
+        raise OrderNotFound(f"order {order_id} does not exist", order=str(order_id))
+    status, total, currency, customer_phone = row
+    amount = Money(total, currency)
+    payer = payer_phone or customer_phone
+    fingerprint = charge_fingerprint(order_id, amount, payer)
+    now = utcnow()
+
+    if status != OrderStatus.PENDING:
+        existing = find_by_key(conn, key)
+        if existing is not None:
+            return _resolve_existing(conn, existing, fingerprint, lease)
+        if status == OrderStatus.PAID:
+            raise OrderAlreadyPaid(f"order {order_id} is already paid", order=str(order_id))
+        raise OrderCancelled(f"order {order_id} is cancelled", order=str(order_id))
+    if amount.minor_units == 0:
+        raise InvalidAmount(f"order {order_id} totals {amount}; there is nothing to charge")
+
+    values = {
+        "id": uuid.uuid4(),
+        "order_id": order_id,
+        "idempotency_key": key,
+        "fingerprint": fingerprint,
+        "amount": amount.minor_units,
+        "currency": amount.currency,
+        "payer_phone": payer,
+        "provider": provider,
+        "status": PaymentStatus.INITIATED.value,
+        "lease_expires_at": now + lease,
+        "created_at": now,
+        "updated_at": now,
+    }
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    inserted = conn.execute(
+        dialect.insert(payments).values(**values).on_conflict_do_nothing().returning(*COLUMNS)
+    ).first()
+    if inserted is not None:
+        payment = from_row(inserted)
+        record_event(
+            conn, order_id, "payment_initiated",
+            f"payment {payment.id} for {amount} from {mask_phone(payer)} via {provider}", at=now,
+        )  # fmt: skip
+        return Claim(payment, replayed=False, must_submit=True)
+
+    # Lost a race: either the key was claimed meanwhile, or another key holds the order.
+    existing = find_by_key(conn, key)
+    if existing is not None:
+        return _resolve_existing(conn, existing, fingerprint, lease)
+    live = conn.execute(
+        select(payments.c.id, payments.c.status).where(
+            payments.c.order_id == order_id,
+            payments.c.status.in_([s.value for s in LIVE_PAYMENT_STATUSES]),
+        )
+    ).first()
+    if live is not None and live.status == PaymentStatus.SUCCEEDED:
+        raise OrderAlreadyPaid(f"order {order_id} is already paid", order=str(order_id))
+    raise PaymentInProgress(
+        f"order {order_id} already has a payment in progress"
+        + (f" ({live.id}, {live.status})" if live is not None else "")
+        + "; re-run its key to resume it, or wait for its outcome",
+        order=str(order_id),
+        payment=str(live.id) if live is not None else None,
+    )
+
+
+def _resolve_existing(
+    conn: Connection, existing: Payment, fingerprint: str, lease: timedelta
+) -> Claim:
+    if existing.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "this idempotency key was used for a different charge "
+            "(another order, amount or payer); use a new key",
+            payment=str(existing.id),
+        )
+    if existing.status is not PaymentStatus.INITIATED:
+        return Claim(existing, replayed=True, must_submit=False)
+    # Resume an interrupted charge, but only one process at a time: take the lease if free.
+    now = utcnow()
+    taken = conn.execute(
+        update(payments)
+        .where(
+            payments.c.id == existing.id,
+            payments.c.status == PaymentStatus.INITIATED.value,
+            (payments.c.lease_expires_at.is_(None)) | (payments.c.lease_expires_at < now),
+        )
+        .values(lease_expires_at=now + lease, updated_at=now)
+        .returning(*COLUMNS)
+    ).first()
+    if taken is None:
+        raise IdempotencyKeyInUse(
+            f"a charge with this key is in progress (payment {existing.id}); retry shortly",
+            payment=str(existing.id),
+        )
+    payment = from_row(taken)
+    record_event(conn, payment.order_id, "payment_resumed", f"payment {payment.id}", at=now)
+    return Claim(payment, replayed=True, must_submit=True)
+
+
+def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) -> Payment:
+    """Step 3: `pending` if the provider accepted, `failed` if it refused."""
+    if isinstance(answer, Accepted):
+        moved = move_payment(
+            conn, payment.id, [PaymentStatus.INITIATED], PaymentStatus.PENDING,
+            provider_reference=answer.provider_reference, lease_expires_at=None,
+        )  # fmt: skip
+        event, detail = "payment_pending", f"payment {payment.id} accepted by {payment.provider}"
+    else:
+        moved = move_payment(
+            conn, payment.id, [PaymentStatus.INITIATED], PaymentStatus.FAILED,
+            failure_reason=answer.reason, lease_expires_at=None,
+        )  # fmt: skip
+        event, detail = "payment_failed", f"payment {payment.id} declined: {answer.reason}"
+    if moved is None:
+        # The outcome (a callback) got here before the provider's receipt did.
+        return get_payment(conn, payment.id)
+    record_event(conn, payment.order_id, event, detail)
+    return moved
+
+
+def release_lease(conn: Connection, payment: Payment, why: str) -> None:
+    """Keep the payment `initiated` but let the next run of the key resume at once."""
+    released = conn.execute(
+        update(payments)
+        .where(payments.c.id == payment.id, payments.c.status == PaymentStatus.INITIATED.value)
+        .values(lease_expires_at=None, updated_at=utcnow())
+    )
+    if released.rowcount:
+        record_event(
+            conn, payment.order_id, "payment_submission_failed",
+            f"payment {payment.id} stays initiated: {why}",
+        )  # fmt: skip

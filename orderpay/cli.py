@@ -1,0 +1,98 @@
+"""The `orderpay` command line: command groups, and the one place errors become exit codes.
+
+Only typer and the standard library are imported here at the top; every command imports what
+it needs when it runs, so `orderpay --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from orderpay import __version__
+from orderpay.commands import catalog, database, orders, payments
+from orderpay.commands.common import JSON_META_KEY
+from orderpay.errors import OrderpayError
+
+# Plain Click help: rich help formatting costs about 100 ms of start-up on every --help.
+MARKUP = None
+
+
+class OrderpayGroup(TyperGroup):
+    """The root group: translates every OrderpayError into its exit code, once, here."""
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except OrderpayError as error:
+            report(error, as_json=bool(ctx.meta.get(JSON_META_KEY)))
+            raise typer.Exit(error.exit_code) from None
+
+
+def report(error: OrderpayError, *, as_json: bool) -> None:
+    if as_json:
+        sys.stderr.write(json.dumps(error.to_dict()) + "\n")
+    else:
+        sys.stderr.write(f"error: {error.message} [{error.code}]\n")
+
+
+app = typer.Typer(
+    cls=OrderpayGroup,
+    name="orderpay",
+    help=(
+        "Payments back office for merchants paid by mobile money.\n\n"
+        "\b\n"
+        "Examples:\n"
+        "  orderpay db upgrade\n"
+        "  orderpay customer create --name Ama --phone 0241234567\n"
+        "  orderpay product create --name Kenkey --price 12.50 --currency GHS\n"
+        "  orderpay order create --customer 1 --item PRODUCT_ID:2\n"
+        "  orderpay charge ORDER_ID --key order-1-attempt-1\n"
+        "  orderpay order show ORDER_ID\n\n"
+        "Configuration comes from the environment and ./.env (see `orderpay config show`). "
+        "Exit codes: 0 ok, 1 bug, 2 invalid input, 3 not found, 4 conflict, "
+        "5 idempotency key reused, 6 payment declined, 7 unavailable (retry)."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=MARKUP,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"orderpay {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    from orderpay.runtime import Runtime
+
+    runtime = Runtime()
+    ctx.obj = runtime
+    ctx.call_on_close(runtime.close)
+
+
+app.add_typer(database.db_app, name="db")
+app.add_typer(database.config_app, name="config")
+app.add_typer(catalog.customer_app, name="customer")
+app.add_typer(catalog.product_app, name="product")
+app.add_typer(orders.order_app, name="order")
+app.command("charge")(payments.charge)
+app.add_typer(payments.payment_app, name="payment")
+
+
+def main() -> None:
+    app()

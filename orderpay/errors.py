@@ -1,0 +1,241 @@
+"""The one error hierarchy.
+
+Concrete errors subclass exactly one category; only the categories carry the HTTP status and
+the CLI exit code (DESIGN.md section 7), so adding an error never means editing a mapping. The
+two translation points are the Starlette exception handlers (server.py) and the CLI's root
+group (cli.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class OrderpayError(Exception):
+    """Base of every error a user can cause or meet. Never raised directly."""
+
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        # Extra, JSON-serialisable context (ids, the stored payment...), never secrets.
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update(self.details)
+        return {"error": body}
+
+
+# Categories: one per row of DESIGN.md section 7.
+
+
+class InvalidInput(OrderpayError):
+    http_status = 400
+    exit_code = 2
+    code = "invalid_input"
+
+
+class Unauthenticated(OrderpayError):
+    http_status = 401
+    exit_code = 2
+    code = "unauthenticated"
+
+
+class NotFound(OrderpayError):
+    http_status = 404
+    exit_code = 3
+    code = "not_found"
+
+
+class Conflict(OrderpayError):
+    http_status = 409
+    exit_code = 4
+    code = "conflict"
+
+
+class PayloadTooLarge(OrderpayError):
+    http_status = 413
+    exit_code = 2
+    code = "payload_too_large"
+
+
+class IdempotencyKeyReused(OrderpayError):
+    http_status = 422
+    exit_code = 5
+    code = "idempotency_key_reused"
+
+
+class PaymentDeclined(OrderpayError):
+    http_status = 402
+    exit_code = 6
+    code = "payment_declined"
+
+
+class Unavailable(OrderpayError):
+    http_status = 503
+    exit_code = 7
+    code = "unavailable"
+
+
+CATEGORIES: tuple[type[OrderpayError], ...] = (
+    InvalidInput,
+    Unauthenticated,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    IdempotencyKeyReused,
+    PaymentDeclined,
+    Unavailable,
+)
+
+
+# Invalid input (400, exit 2)
+
+
+class InvalidPhone(InvalidInput):
+    code = "invalid_phone"
+
+
+class InvalidAmount(InvalidInput):
+    code = "invalid_amount"
+
+
+class UnknownCurrency(InvalidInput):
+    code = "unknown_currency"
+
+
+class CurrencyMismatch(InvalidInput):
+    code = "currency_mismatch"
+
+
+class InvalidQuantity(InvalidInput):
+    code = "invalid_quantity"
+
+
+class InvalidField(InvalidInput):
+    """A field that is missing, malformed or out of range (names, ids, emails, bodies)."""
+
+    code = "invalid_field"
+
+
+class IdempotencyKeyMissing(InvalidInput):
+    code = "idempotency_key_missing"
+
+
+class InvalidIdempotencyKey(InvalidInput):
+    code = "invalid_idempotency_key"
+
+
+class InvalidPayload(InvalidInput):
+    code = "invalid_payload"
+
+
+class ConfigurationError(InvalidInput):
+    code = "configuration_error"
+
+
+# Authentication (401)
+
+
+class InvalidSignature(Unauthenticated):
+    code = "invalid_signature"
+
+
+class InvalidToken(Unauthenticated):
+    code = "invalid_token"
+
+
+# Not found (404, exit 3)
+
+
+class OrderNotFound(NotFound):
+    code = "order_not_found"
+
+
+class CustomerNotFound(NotFound):
+    code = "customer_not_found"
+
+
+class ProductNotFound(NotFound):
+    code = "product_not_found"
+
+
+class PaymentNotFound(NotFound):
+    code = "payment_not_found"
+
+
+class NotificationNotFound(NotFound):
+    code = "notification_not_found"
+
+
+class RouteNotFound(NotFound):
+    code = "not_found"
+
+
+# Conflict (409, exit 4)
+
+
+class PaymentInProgress(Conflict):
+    code = "payment_in_progress"
+
+
+class OrderAlreadyPaid(Conflict):
+    code = "order_already_paid"
+
+
+class OrderCancelled(Conflict):
+    code = "order_cancelled"
+
+
+class IdempotencyKeyInUse(Conflict):
+    code = "idempotency_key_in_use"
+
+
+class ConcurrentUpdate(Conflict):
+    code = "concurrent_update"
+
+
+class ProductInactive(Conflict):
+    code = "product_inactive"
+
+
+class NotificationNotRetryable(Conflict):
+    code = "notification_not_retryable"
+
+
+# Body too large (413)
+
+
+class BodyTooLarge(PayloadTooLarge):
+    code = "payload_too_large"
+
+
+# Unavailable (503, exit 7)
+
+
+class DatabaseUnavailable(Unavailable):
+    code = "database_unavailable"
+
+
+class SchemaOutOfDate(Unavailable):
+    code = "schema_out_of_date"
+
+
+class ProviderUnavailable(Unavailable):
+    code = "provider_unavailable"
+
+
+class QueueUnavailable(Unavailable):
+    code = "queue_unavailable"
+
+
+def category_of(error_class: type[OrderpayError]) -> type[OrderpayError]:
+    """The one category an error belongs to (tests check there is exactly one)."""
+    found = [c for c in CATEGORIES if issubclass(error_class, c)]
+    if len(found) != 1:
+        raise TypeError(f"{error_class.__name__} belongs to {len(found)} categories")
+    return found[0]

@@ -1,0 +1,57 @@
+"""Wiring for entrypoints: settings -> database, provider. Nothing here runs at import time."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orderpay.config import Settings
+    from orderpay.db import Database
+    from orderpay.providers import Provider
+
+
+class Runtime:
+    """What one process needs, built on first use and closed once."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._given_settings = settings
+        self._schema_checked = False
+
+    @cached_property
+    def settings(self) -> Settings:
+        if self._given_settings is not None:
+            return self._given_settings
+        from orderpay.config import load_settings
+
+        return load_settings()
+
+    @cached_property
+    def raw_database(self) -> Database:
+        """The database without the schema check (for `db upgrade` and health checks)."""
+        from orderpay.db import Database
+
+        return Database(self.settings.database_url)
+
+    @property
+    def database(self) -> Database:
+        """The database, once it is known to be at this code's schema."""
+        database = self.raw_database
+        if not self._schema_checked:
+            database.check_schema()
+            self._schema_checked = True
+        return database
+
+    def provider(self) -> Provider:
+        settings = self.settings
+        from orderpay.providers import SimulatorProvider
+
+        secrets = settings.webhook_secrets()
+        return SimulatorProvider(
+            callback_url=settings.simulator_callback_url,
+            secret=secrets[0] if secrets else None,
+        )
+
+    def close(self) -> None:
+        if "raw_database" in self.__dict__:
+            self.raw_database.dispose()

@@ -1,0 +1,73 @@
+"""Statuses and their transition tables (DESIGN.md section 4). Pure: no I/O."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OrderStatus(StrEnum):
+    PENDING = "pending"
+    PAID = "paid"
+    CANCELLED = "cancelled"
+
+
+class PaymentStatus(StrEnum):
+    INITIATED = "initiated"
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+
+
+ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.PAID, OrderStatus.CANCELLED}),
+    OrderStatus.PAID: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+}
+
+# A provider's outcome may arrive before we have recorded its receipt (the callback can beat
+# the charge's third step), so `initiated` may go straight to a terminal state.
+PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
+    PaymentStatus.INITIATED: frozenset(
+        {PaymentStatus.PENDING, PaymentStatus.SUCCEEDED, PaymentStatus.FAILED}
+    ),
+    PaymentStatus.PENDING: frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED}),
+    PaymentStatus.SUCCEEDED: frozenset(),
+    PaymentStatus.FAILED: frozenset(),
+}
+
+NOTIFICATION_TRANSITIONS: dict[NotificationStatus, frozenset[NotificationStatus]] = {
+    NotificationStatus.PENDING: frozenset({NotificationStatus.SENT, NotificationStatus.FAILED}),
+    NotificationStatus.SENT: frozenset(
+        {NotificationStatus.DELIVERED, NotificationStatus.UNDELIVERED}
+    ),
+    NotificationStatus.DELIVERED: frozenset(),
+    NotificationStatus.UNDELIVERED: frozenset(),
+    NotificationStatus.FAILED: frozenset({NotificationStatus.PENDING}),
+}
+
+# Payments that hold an order: at most one per order (a partial unique index enforces it).
+LIVE_PAYMENT_STATUSES = frozenset(
+    {PaymentStatus.INITIATED, PaymentStatus.PENDING, PaymentStatus.SUCCEEDED}
+)
+OPEN_PAYMENT_STATUSES = frozenset({PaymentStatus.INITIATED, PaymentStatus.PENDING})
+TERMINAL_PAYMENT_STATUSES = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED})
+
+
+def payment_can_move(current: PaymentStatus, target: PaymentStatus) -> bool:
+    return target in PAYMENT_TRANSITIONS[current]
+
+
+def order_can_move(current: OrderStatus, target: OrderStatus) -> bool:
+    return target in ORDER_TRANSITIONS[current]
+
+
+def notification_can_move(current: NotificationStatus, target: NotificationStatus) -> bool:
+    return target in NOTIFICATION_TRANSITIONS[current]

@@ -1,0 +1,44 @@
+"""Test data with memorable defaults, made through the service layer."""
+
+from __future__ import annotations
+
+import uuid
+
+from orderpay.customers import Customer, create_customer
+from orderpay.db import Database
+from orderpay.orders import Order, create_order
+from orderpay.products import Product, create_product
+
+AMA = "+233241234567"
+MTN_SANDBOX_PAYER = "+46733123499"  # an MTN sandbox number that simply succeeds
+
+
+def a_customer(db: Database, *, name: str = "Ama Mensah", phone: str = AMA) -> Customer:
+    with db.transaction() as conn:
+        return create_customer(conn, name=name, phone=phone, email=None, default_region="GH")
+
+
+def a_product(
+    db: Database, *, name: str = "Kenkey", price: str = "12.50", currency: str = "GHS"
+) -> Product:
+    with db.transaction() as conn:
+        return create_product(conn, name=name, price=price, currency=currency)
+
+
+def an_order(
+    db: Database,
+    *,
+    phone: str = AMA,
+    price: str = "12.50",
+    currency: str = "GHS",
+    quantity: int = 2,
+) -> Order:
+    """A pending order for one product; 2 x 12.50 GHS = 25.00 GHS by default."""
+    customer = a_customer(db, phone=phone)
+    product = a_product(db, price=price, currency=currency)
+    with db.transaction() as conn:
+        return create_order(conn, customer_id=customer.id, items=[(product.id, quantity)])
+
+
+def a_key() -> str:
+    return f"test-{uuid.uuid4()}"

@@ -1,0 +1,177 @@
+"""Shared fixtures: real Postgres databases (one per test, cloned from a migrated template),
+migrated SQLite files, and a CLI runner that reads configuration like a user's shell would.
+
+Postgres is at ORDERPAY_TEST_POSTGRES (default: the CI machine's trust-auth server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from orderpay.cli import app
+from orderpay.db import Database
+from orderpay.migrate import upgrade
+from orderpay.models import metadata
+
+POSTGRES = os.environ.get(
+    "ORDERPAY_TEST_POSTGRES", "postgresql+psycopg2://root@127.0.0.1:5432/root"
+)
+CONFIG_PREFIXES = ("ORDERPAY_", "MTN_MOMO_", "POSTGRES_")
+CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "MOMO_WEBHOOK_SECRET")
+
+
+def _admin_execute(statement: str) -> None:
+    url = make_url(POSTGRES)
+    connection = psycopg2.connect(
+        host=url.host, port=url.port or 5432, user=url.username, dbname=url.database
+    )
+    try:
+        connection.autocommit = True  # CREATE/DROP DATABASE refuse to run in a transaction
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def _url_for(name: str) -> str:
+    return make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+
+
+def create_postgres_database(template: str | None = None) -> str:
+    name = f"orderpay_test_{uuid.uuid4().hex[:12]}"
+    suffix = f" TEMPLATE {template}" if template else ""
+    _admin_execute(f"CREATE DATABASE {name}{suffix}")
+    return name
+
+
+def drop_postgres_database(name: str) -> None:
+    _admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's configuration or `.env`."""
+    for name in list(os.environ):
+        if name.startswith(CONFIG_PREFIXES) or name in CONFIG_NAMES:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated database that each test's database is cloned from (fast: no migrations)."""
+    name = create_postgres_database()
+    database = Database(_url_for(name))
+    upgrade(database)
+    database.dispose()
+    yield name
+    drop_postgres_database(name)
+
+
+@pytest.fixture
+def pg_url(postgres_template: str) -> Iterator[str]:
+    name = create_postgres_database(template=postgres_template)
+    yield _url_for(name)
+    drop_postgres_database(name)
+
+
+@pytest.fixture
+def empty_pg_url() -> Iterator[str]:
+    name = create_postgres_database()
+    yield _url_for(name)
+    drop_postgres_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'orderpay.db'}"
+    database = Database(url)
+    upgrade(database)
+    database.dispose()
+    return url
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def any_url(request: pytest.FixtureRequest) -> str:
+    """Run the test on Postgres and on the embedded SQLite default."""
+    fixture = "pg_url" if request.param == "postgres" else "sqlite_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def db(pg_url: str) -> Iterator[Database]:
+    database = Database(pg_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def any_db(any_url: str) -> Iterator[Database]:
+    database = Database(any_url)
+    yield database
+    database.dispose()
+
+
+def count_rows(database: Database) -> dict[str, int]:
+    """Rows per table: the "nothing changed" half of every bad-input test."""
+    with database.transaction() as conn:
+        return {
+            table.name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in metadata.sorted_tables
+        }
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def error(self) -> dict[str, Any]:
+        """The JSON error document printed on stderr under --json."""
+        return json.loads(self.stderr)["error"]  # type: ignore[no-any-return]
+
+
+class Cli:
+    """Runs `orderpay` in-process with a given configuration, as a shell user would."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, **env: str) -> Outcome:
+        result = self.runner.invoke(
+            app, list(args), env={**self.env, **env}, catch_exceptions=False
+        )
+        return Outcome(result.exit_code, result.stdout, result.stderr)
+
+    def ok(self, *args: str, **env: str) -> Any:
+        """Run a --json command that must succeed; return its document."""
+        outcome = self(*args, "--json", **env)
+        assert outcome.exit_code == 0, outcome.stderr
+        return outcome.json()
+
+
+@pytest.fixture
+def cli(pg_url: str) -> Cli:
+    return Cli({"DATABASE_URL": pg_url})
+
+
+@pytest.fixture
+def any_cli(any_url: str) -> Cli:
+    return Cli({"DATABASE_URL": any_url})
