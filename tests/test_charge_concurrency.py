@@ -1,0 +1,142 @@
+"""Charges racing each other in real parallel processes, and charges killed mid-flight."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from orderpay.db import Database
+from orderpay.payments import payments_of
+from orderpay.states import PaymentStatus
+from tests.builders import an_order
+from tests.http_recorder import Answer, recording_server
+
+PROCESSES = 12
+FORK = multiprocessing.get_context("fork")
+
+
+def _charge_after_barrier(barrier: Any, env: dict[str, str], args: list[str]) -> None:
+    """Child process: wait until every sibling is ready, then run the real CLI entry point."""
+    from orderpay.cli import app
+
+    os.environ.update(env)
+    barrier.wait(timeout=30)
+    app(args=args, prog_name="orderpay")  # exits the process with the command's exit code
+
+
+def run_in_parallel(env: dict[str, str], argvs: list[list[str]]) -> list[int]:
+    barrier = FORK.Barrier(len(argvs))
+    processes = [
+        FORK.Process(target=_charge_after_barrier, args=(barrier, env, argv)) for argv in argvs
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    return [process.exitcode if process.exitcode is not None else -1 for process in processes]
+
+
+def test_twelve_processes_charging_one_key_make_one_payment_and_one_provider_request(
+    pg_url: str, db: Database
+) -> None:
+    order = an_order(db)
+    with recording_server() as provider_side:
+        env = {"DATABASE_URL": pg_url, "ORDERPAY_SIMULATOR_CALLBACK_URL": provider_side.url}
+
+        codes = run_in_parallel(env, [["charge", str(order.id), "--key", "k-1"]] * PROCESSES)
+
+        time.sleep(0.2)  # a second provider request, if there were one, would land by now
+        provider_requests = provider_side.count()
+    with db.transaction() as conn:
+        payments = payments_of(conn, [order.id])
+    assert len(payments) == 1
+    assert provider_requests == 1
+    # Each process either replayed the stored payment or was told the key is in flight.
+    assert set(codes) <= {0, 4}, codes
+    assert 0 in codes
+
+
+def test_twelve_processes_with_twelve_keys_leave_one_live_payment_and_eleven_conflicts(
+    pg_url: str, db: Database
+) -> None:
+    order = an_order(db)
+    argvs = [["charge", str(order.id), "--key", f"k-{n}"] for n in range(PROCESSES)]
+
+    codes = run_in_parallel({"DATABASE_URL": pg_url}, argvs)
+
+    with db.transaction() as conn:
+        payments = payments_of(conn, [order.id])
+    assert Counter(codes) == Counter({0: 1, 4: PROCESSES - 1})
+    assert [p.status for p in payments] == [PaymentStatus.PENDING]
+
+
+def test_concurrent_charges_of_one_key_on_sqlite_make_one_payment(
+    sqlite_url: str, tmp_path: Any
+) -> None:
+    database = Database(sqlite_url)
+    order = an_order(database)
+    with recording_server() as provider_side:
+        env = {"DATABASE_URL": sqlite_url, "ORDERPAY_SIMULATOR_CALLBACK_URL": provider_side.url}
+
+        codes = run_in_parallel(env, [["charge", str(order.id), "--key", "k-1"]] * 6)
+
+        time.sleep(0.2)
+        provider_requests = provider_side.count()
+    with database.transaction() as conn:
+        payments = payments_of(conn, [order.id])
+    database.dispose()
+    assert (len(payments), provider_requests) == (1, 1)
+    assert set(codes) <= {0, 4}, codes
+
+
+def _orderpay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orderpay", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_charge_killed_while_the_provider_is_answering_is_resumed_once_its_lease_expires(
+    pg_url: str, db: Database
+) -> None:
+    order = an_order(db)
+    with recording_server() as provider_side:
+        provider_side.answer_with(lambda _request: Answer(delay=30))  # the provider hangs
+        env = {
+            "DATABASE_URL": pg_url,
+            "ORDERPAY_SIMULATOR_CALLBACK_URL": provider_side.url,
+            "ORDERPAY_CHARGE_LEASE_SECONDS": "2",
+        }
+        doomed = subprocess.Popen(
+            [sys.executable, "-m", "orderpay", "charge", str(order.id), "--key", "k-1"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        provider_side.wait_for(1, timeout=30)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        provider_side.answer_with(lambda _request: Answer())
+
+        while_leased = _orderpay(env, "charge", str(order.id), "--key", "k-1")
+        time.sleep(2.1)
+        resumed = _orderpay(env, "charge", str(order.id), "--key", "k-1", "--json")
+
+    with db.transaction() as conn:
+        payments = payments_of(conn, [order.id])
+    assert while_leased.returncode == 4, while_leased.stderr
+    assert "idempotency_key_in_use" in while_leased.stderr
+    assert resumed.returncode == 0, resumed.stderr
+    (payment,) = payments
+    assert payment.status is PaymentStatus.PENDING
+    assert json.loads(resumed.stdout)["id"] == str(payment.id)
