@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from orderpay import __version__
-from orderpay.commands import catalog, database, orders, payments
+from orderpay.commands import catalog, database, listener, orders, payments
 from orderpay.commands.common import JSON_META_KEY
 from orderpay.errors import OrderpayError
 
@@ -92,6 +92,8 @@ app.add_typer(catalog.product_app, name="product")
 app.add_typer(orders.order_app, name="order")
 app.command("charge")(payments.charge)
 app.add_typer(payments.payment_app, name="payment")
+app.command("serve-webhooks")(listener.serve_webhooks)
+app.add_typer(listener.webhook_app, name="webhook")
 
 
 def main() -> None:

@@ -239,3 +239,11 @@ def category_of(error_class: type[OrderpayError]) -> type[OrderpayError]:
     if len(found) != 1:
         raise TypeError(f"{error_class.__name__} belongs to {len(found)} categories")
     return found[0]
+
+
+def error_for_status(status: int, message: str) -> OrderpayError:
+    """An error of the category a remote orderpay answered with (for its exit code)."""
+    for category in CATEGORIES:
+        if category.http_status == status:
+            return category(message)
+    return OrderpayError(message)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from orderpay.config import Settings
     from orderpay.db import Database
+    from orderpay.outbox import NotifyTarget
     from orderpay.providers import Provider
 
 
@@ -42,7 +43,9 @@ class Runtime:
             self._schema_checked = True
         return database
 
+    @cached_property
     def provider(self) -> Provider:
+        """One provider per process, so a provider's token cache outlives a request."""
         settings = self.settings
         from orderpay.providers import SimulatorProvider
 
@@ -51,6 +54,11 @@ class Runtime:
             callback_url=settings.simulator_callback_url,
             secret=secrets[0] if secrets else None,
         )
+
+    def notify_target(self) -> NotifyTarget:
+        from orderpay.outbox import NotifyTarget
+
+        return NotifyTarget(self.settings.notify_channel, self.settings.notify_webhook_url)
 
     def close(self) -> None:
         if "raw_database" in self.__dict__:

@@ -34,6 +34,21 @@ def record_event(
     )
 
 
+def record_events(
+    conn: Connection,
+    order_id: uuid.UUID,
+    events: list[tuple[str, str]],
+    *,
+    at: datetime | None = None,
+) -> None:
+    """Several (event, detail) rows in one statement, in order."""
+    when = at or utcnow()
+    conn.execute(
+        insert(order_events),
+        [{"order_id": order_id, "at": when, "event": e, "detail": d} for e, d in events],
+    )
+
+
 def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OrderEvent]]:
     """Each order's timeline, oldest first."""
     rows = conn.execute(

@@ -57,7 +57,7 @@ def charge(
     rt = runtime(ctx)
     result = charge_order(
         rt.database,
-        rt.provider(),
+        rt.provider,
         order_id=oid,
         key=key,
         payer_phone=phone,

@@ -1,0 +1,203 @@
+"""`orderpay serve-webhooks` and `orderpay webhook sign|simulate`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orderpay.commands.common import JsonFlag, emit_json, info, runtime
+
+webhook_app = typer.Typer(
+    help="Sign callback bodies and send signed test callbacks.", rich_markup_mode=None
+)
+
+# Shorter HMAC secrets are guessable offline from one captured callback.
+MIN_SECRET_LENGTH = 32
+DEFAULT_CALLBACK_URL = "http://127.0.0.1:8000/api/webhooks/momo/"
+
+
+def serve_webhooks(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
+) -> None:
+    """Run the listener: signed payment callbacks, the REST API, /healthz, /readyz, /metrics.
+
+    Refuses to start without MOMO_WEBHOOK_SECRET (comma-separate several during a rotation).
+    Stops gracefully on SIGTERM: requests in flight are finished.
+
+    \b
+    Examples:
+      MOMO_WEBHOOK_SECRET=... orderpay serve-webhooks
+      orderpay serve-webhooks --host 0.0.0.0 --port 8000 --workers 2
+    """
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from orderpay.errors import ConfigurationError, OrderpayError
+    from orderpay.logs import uvicorn_log_config
+    from orderpay.metrics import MULTIPROC_ENV
+
+    rt = runtime(ctx)
+    secrets = rt.settings.webhook_secrets()
+    if not secrets:
+        raise ConfigurationError(
+            "MOMO_WEBHOOK_SECRET is not set: the listener cannot check callback signatures. "
+            "Set it (a random string of 32+ characters) and start again."
+        )
+    if any(len(secret) < MIN_SECRET_LENGTH for secret in secrets):
+        info(f"warning: a callback secret is shorter than {MIN_SECRET_LENGTH} characters")
+    try:
+        rt.raw_database.check_schema()
+    except OrderpayError as error:
+        info(f"warning: {error.message} (GET /readyz answers 503 until then)")
+
+    level = log_level.upper()
+    with tempfile.TemporaryDirectory(prefix="orderpay-metrics-") as metrics_dir:
+        if workers > 1:
+            os.environ[MULTIPROC_ENV] = metrics_dir
+        info(f"listening on http://{host}:{port} with {workers} worker(s)")
+        uvicorn.run(
+            "orderpay.server:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=uvicorn_log_config(level),
+            log_level=log_level.lower(),
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+
+
+def _secret(given: str | None, ctx: typer.Context) -> bytes:
+    from orderpay.errors import ConfigurationError
+
+    if given:
+        return given.encode()
+    secrets = runtime(ctx).settings.webhook_secrets()
+    if not secrets:
+        raise ConfigurationError("no secret: pass --secret or set MOMO_WEBHOOK_SECRET")
+    return secrets[0]
+
+
+@webhook_app.command("sign")
+def webhook_sign(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(metavar="FILE|-", help="The body to sign; - = stdin.")],
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            "--secret", help="Secret to sign with (default: MOMO_WEBHOOK_SECRET's first)."
+        ),
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Print the X-Momo-Signature (hex HMAC-SHA256) of a body, exactly as its bytes are.
+
+    \b
+    Examples:
+      orderpay webhook sign callback.json
+      echo -n '{"status":"success"}' | orderpay webhook sign - --secret s3cret
+    """
+    from orderpay.errors import InvalidField
+    from orderpay.signatures import sign_hex
+
+    if source == "-":
+        body = sys.stdin.buffer.read()
+    else:
+        try:
+            body = Path(source).read_bytes()
+        except OSError as error:
+            raise InvalidField(f"cannot read {source}: {error.strerror}") from None
+    signature = sign_hex(body, _secret(secret, ctx))
+    if json_:
+        emit_json({"x-momo-signature": signature, "bytes": len(body)})
+    else:
+        typer.echo(signature)
+
+
+def _status_word(value: str) -> str:
+    if value not in ("success", "failed"):
+        raise typer.BadParameter("must be success or failed")
+    return value
+
+
+@webhook_app.command("simulate")
+def webhook_simulate(
+    ctx: typer.Context,
+    order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="The order to settle.")],
+    status: Annotated[
+        str, typer.Option("--status", callback=_status_word, help="success or failed.")
+    ],
+    url: Annotated[str, typer.Option("--url", help="The listener's callback URL.")] = (
+        DEFAULT_CALLBACK_URL
+    ),
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Failure reason, e.g. APPROVAL_REJECTED.")
+    ] = None,
+    secret: Annotated[str | None, typer.Option("--secret", help="Secret to sign with.")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Sign and send a callback for an order's latest payment to a running listener.
+
+    Prints the listener's answer; exits non-zero when it is not 2xx (like `stripe trigger`).
+
+    \b
+    Examples:
+      orderpay webhook simulate 3f1c... --status success
+      orderpay webhook simulate 3f1c... --status failed --reason APPROVAL_REJECTED --json
+    """
+    import json
+
+    import httpx
+
+    from orderpay.errors import PaymentNotFound, ProviderUnavailable, error_for_status
+    from orderpay.fields import parse_uuid
+    from orderpay.payments import payments_of
+    from orderpay.signatures import sign_hex
+
+    oid = parse_uuid(order_id, "order id")
+    key = _secret(secret, ctx)
+    with runtime(ctx).database.transaction() as conn:
+        found = payments_of(conn, [oid])
+    if not found:
+        raise PaymentNotFound(f"order {oid} has no payment to settle; charge it first")
+    payment = found[-1]
+    document = {
+        "provider_reference": payment.provider_reference or str(payment.id),
+        "order_id": str(oid),
+        "status": status,
+        "amount": payment.amount.as_string(),
+        "currency": payment.amount.currency,
+    }
+    if reason:
+        document["reason"] = reason
+    body = json.dumps(document).encode()
+    try:
+        answer = httpx.post(
+            url,
+            content=body,
+            headers={"Content-Type": "application/json", "X-Momo-Signature": sign_hex(body, key)},
+            timeout=10,
+        )
+    except httpx.HTTPError as error:
+        raise ProviderUnavailable(f"cannot reach the listener at {url}: {error}") from None
+    try:
+        answer_body = answer.json()
+    except ValueError:
+        answer_body = answer.text
+    if json_:
+        emit_json({"status_code": answer.status_code, "body": answer_body, "sent": document})
+    else:
+        typer.echo(f"HTTP {answer.status_code} {json.dumps(answer_body)}")
+    if answer.status_code >= 300:
+        raise error_for_status(answer.status_code, f"the listener answered {answer.status_code}")

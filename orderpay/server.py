@@ -1,0 +1,204 @@
+"""The listener (`orderpay serve-webhooks`): payment callbacks, the seed's REST API, health.
+
+This module is a thin HTTP shell: it reads and bounds bodies, checks signatures and tokens,
+calls one service function per request in a worker thread (the services are synchronous and
+own no transaction), and renders results. OrderpayError becomes an HTTP answer in exactly one
+place, `error_response`; no input produces a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orderpay import rest
+from orderpay.bodies import read_body
+from orderpay.callbacks import apply_callback, parse_callback
+from orderpay.errors import (
+    DatabaseUnavailable,
+    InvalidSignature,
+    InvalidToken,
+    OrderpayError,
+    PaymentDeclined,
+)
+from orderpay.metrics import metrics
+from orderpay.runtime import Runtime
+from orderpay.signatures import verify
+
+if TYPE_CHECKING:
+    from orderpay.config import Settings
+
+log = logging.getLogger("orderpay.server")
+access_log = logging.getLogger("orderpay.access")
+
+
+def runtime_of(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+async def momo_webhook(request: Request) -> Response:
+    """POST /api/webhooks/momo/: a signed payment outcome, applied exactly once."""
+    runtime = runtime_of(request)
+    try:
+        body = await read_body(request)
+        try:
+            verified = verify(body, request.headers, runtime.settings.webhook_secrets())
+        except InvalidSignature as error:
+            log.info("callback refused: %s", error.message)
+            raise InvalidSignature("invalid signature") from None  # no detail for the sender
+        callback = parse_callback(body, webhook_id=verified.webhook_id)
+        result = await run_in_threadpool(_apply_callback, runtime, callback)
+    except OrderpayError as error:
+        metrics().callbacks.labels("momo", error.code).inc()
+        raise
+    metrics().callbacks.labels("momo", result.answer).inc()
+    log.info(
+        "callback %s for payment %s: %s",
+        callback.status.value, result.payment_id, result.outcome or "duplicate event",
+    )  # fmt: skip
+    return JSONResponse(
+        {"status": result.answer, "payment": str(result.payment_id) if result.payment_id else None}
+    )
+
+
+def _apply_callback(runtime: Runtime, callback: Any) -> Any:
+    with runtime.database.transaction() as conn:
+        return apply_callback(conn, callback, runtime.notify_target())
+
+
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the database answers and its schema is this code's (Redis is not needed)."""
+    runtime = runtime_of(request)
+    await run_in_threadpool(runtime.raw_database.check_schema)
+    return JSONResponse({"status": "ready", "database": runtime.raw_database.dialect})
+
+
+async def metrics_endpoint(_request: Request) -> Response:
+    body, content_type = metrics().render()
+    return Response(body, media_type=content_type)
+
+
+def error_response(request: Request, error: Exception) -> Response:
+    """The one translation of errors into HTTP answers (DESIGN.md sections 6 and 7)."""
+    if isinstance(error, OrderpayError):
+        headers: dict[str, str] = {}
+        if isinstance(error, InvalidToken):
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(error, PaymentDeclined) and error.details.get("replayed"):
+            headers["Idempotent-Replayed"] = "true"
+        if isinstance(error, DatabaseUnavailable):
+            headers["Retry-After"] = "5"
+        return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)
+    if isinstance(error, HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return JSONResponse(
+            {"error": {"code": code, "message": str(error.detail)}},
+            status_code=error.status_code,
+            headers=dict(error.headers or {}),
+        )
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"error": {"code": "internal_error", "message": "internal error"}}, status_code=500
+    )
+
+
+class AccessLog:
+    """Logs one line per request and times it, without query strings (they may hold tokens)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_remember(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_remember)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_label(scope)
+            metrics().latency.labels(route, scope["method"]).observe(elapsed)
+            access_log.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    }
+                },
+            )
+
+
+def route_label(scope: Scope) -> str:
+    """The route's template, so metrics do not grow a label per order id."""
+    endpoint = scope.get("endpoint")
+    for route in ROUTES:
+        if isinstance(route, Route) and route.endpoint is endpoint:
+            return route.path
+    return "unmatched"
+
+
+ROUTES = [
+    Route("/api/webhooks/momo/", momo_webhook, methods=["POST"]),
+    Route("/api/orders/", rest.create_order, methods=["POST"]),
+    Route("/api/orders/{order_id}/", rest.get_order, methods=["GET"]),
+    Route("/api/payments/charge/", rest.charge, methods=["POST"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI application; `uvicorn --factory orderpay.server:create_app` runs it."""
+    runtime = Runtime(settings)
+    # Build what threads will share now, so no two threads race to create it.
+    runtime.settings  # noqa: B018
+    runtime.raw_database  # noqa: B018
+    runtime.provider  # noqa: B018
+    metrics()
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        runtime.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(AccessLog)],
+        exception_handlers={OrderpayError: error_response, HTTPException: error_response,
+                            Exception: error_response},
+        lifespan=lifespan,
+    )  # fmt: skip
+    app.state.runtime = runtime
+    return app
