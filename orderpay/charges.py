@@ -11,15 +11,14 @@ it (the provider treats the repeated reference as "already submitted").
 from __future__ import annotations
 
 import uuid
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orderpay.clock import utcnow
+from orderpay.db import Transactional
 from orderpay.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -39,10 +38,6 @@ from orderpay.phones import mask_phone, normalise_phone
 from orderpay.providers import Accepted, CollectionRequest, Provider, ProviderAnswer
 from orderpay.states import LIVE_PAYMENT_STATUSES, OrderStatus, PaymentStatus
 from orderpay.timeline import record_event
-
-
-class Transactional(Protocol):
-    def transaction(self) -> AbstractContextManager[Connection]: ...
 
 
 @dataclass(frozen=True, slots=True)

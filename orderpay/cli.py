@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from orderpay import __version__
-from orderpay.commands import catalog, database, listener, orders, payments
+from orderpay.commands import catalog, database, listener, orders, payments, worker
 from orderpay.commands.common import JSON_META_KEY
 from orderpay.errors import OrderpayError
 
@@ -94,6 +94,8 @@ app.command("charge")(payments.charge)
 app.add_typer(payments.payment_app, name="payment")
 app.command("serve-webhooks")(listener.serve_webhooks)
 app.add_typer(listener.webhook_app, name="webhook")
+app.command("worker")(worker.worker)
+app.add_typer(worker.notification_app, name="notification")
 
 
 def main() -> None:

@@ -69,13 +69,43 @@ class Settings(BaseSettings):
     notify_channel: ChannelName = Field(
         default="log", validation_alias=AliasChoices("ORDERPAY_NOTIFY_CHANNEL")
     )
-    sms_url: str | None = _env("ORDERPAY_SMS_URL")
+    # Seconds between delivery tries; one retry per number (so 6 tries over about 9 minutes).
+    notify_retry_intervals: str = Field(
+        default="10,30,60,120,300", validation_alias=AliasChoices("ORDERPAY_NOTIFY_RETRY_INTERVALS")
+    )
+    # How long one delivery attempt may take before another worker may take the row over;
+    # longer than a channel's whole timeout.
+    notify_lease_seconds: float = Field(
+        default=60.0, gt=0, validation_alias=AliasChoices("ORDERPAY_NOTIFY_LEASE_SECONDS")
+    )
+    notify_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, validation_alias=AliasChoices("ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
+    )
+    # The relay wakes on Postgres NOTIFY; it also polls this often (SQLite, and as a fallback).
+    relay_poll_seconds: float = Field(
+        default=2.0, gt=0, validation_alias=AliasChoices("ORDERPAY_RELAY_POLL_SECONDS")
+    )
+    sms_url: str = Field(
+        default="https://api.africastalking.com", validation_alias=AliasChoices("ORDERPAY_SMS_URL")
+    )
     sms_username: str | None = _env("ORDERPAY_SMS_USERNAME")
     sms_api_key: SecretStr | None = _env("ORDERPAY_SMS_API_KEY")
     sms_sender_id: str | None = _env("ORDERPAY_SMS_SENDER_ID")
     sms_dlr_token: SecretStr | None = _env("ORDERPAY_SMS_DLR_TOKEN")
     notify_webhook_url: str | None = _env("ORDERPAY_NOTIFY_WEBHOOK_URL")
     notify_webhook_secret: SecretStr | None = _env("ORDERPAY_NOTIFY_WEBHOOK_SECRET")
+
+    @field_validator("notify_retry_intervals")
+    @classmethod
+    def _intervals(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if not parts or not all(part.isdigit() and 0 < int(part) <= 86_400 for part in parts):
+            raise ValueError("a comma-separated list of whole seconds (1-86400), e.g. 10,30,60")
+        return ",".join(parts)
+
+    @property
+    def retry_intervals(self) -> tuple[int, ...]:
+        return tuple(int(part) for part in self.notify_retry_intervals.split(","))
 
     @field_validator("default_region")
     @classmethod

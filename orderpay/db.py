@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
@@ -25,6 +25,12 @@ SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 UPGRADE_HINT = "run `orderpay db upgrade`"
+
+
+class Transactional(Protocol):
+    """What services that run several transactions (charges, deliveries) are given."""
+
+    def transaction(self) -> AbstractContextManager[Connection]: ...
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -138,6 +138,12 @@ class ConfigurationError(InvalidInput):
     code = "configuration_error"
 
 
+class GatewayRejected(InvalidInput):
+    """The SMS gateway or merchant endpoint refused a message for good (no retry helps)."""
+
+    code = "gateway_rejected"
+
+
 # Authentication (401)
 
 
@@ -231,6 +237,12 @@ class ProviderUnavailable(Unavailable):
 
 class QueueUnavailable(Unavailable):
     code = "queue_unavailable"
+
+
+class GatewayUnavailable(Unavailable):
+    """The SMS gateway or merchant endpoint failed in a way a later try may not."""
+
+    code = "gateway_unavailable"
 
 
 def category_of(error_class: type[OrderpayError]) -> type[OrderpayError]:

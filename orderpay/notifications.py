@@ -8,10 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text, update
 
+from orderpay.clock import utcnow
+from orderpay.errors import NotificationNotFound, NotificationNotRetryable
 from orderpay.models import notifications
-from orderpay.states import NotificationStatus
+from orderpay.states import NotificationStatus, notification_can_move
+from orderpay.timeline import record_event
+
+# The Postgres channel the relay listens on (outbox.py NOTIFYs it after inserts).
+OUTBOX_CHANNEL = "orderpay_outbox"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +71,79 @@ def notifications_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[Notif
         select(*COLUMNS).where(notifications.c.order_id.in_(order_ids)).order_by(notifications.c.id)
     )
     return [from_row(row) for row in rows]
+
+
+def list_notifications(
+    conn: Connection,
+    *,
+    status: NotificationStatus | None = None,
+    order_id: uuid.UUID | None = None,
+    limit: int = 50,
+) -> list[Notification]:
+    query = select(*COLUMNS).order_by(notifications.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(notifications.c.status == status.value)
+    if order_id is not None:
+        query = query.where(notifications.c.order_id == order_id)
+    return [from_row(row) for row in conn.execute(query)]
+
+
+def get_notification(conn: Connection, notification_id: int) -> Notification:
+    row = conn.execute(select(*COLUMNS).where(notifications.c.id == notification_id)).first()
+    if row is None:
+        raise NotificationNotFound(
+            f"notification {notification_id} does not exist", notification=notification_id
+        )
+    return from_row(row)
+
+
+def failed_ids(conn: Connection, limit: int = 10_000) -> list[int]:
+    rows = conn.execute(
+        select(notifications.c.id)
+        .where(notifications.c.status == NotificationStatus.FAILED.value)
+        .order_by(notifications.c.id)
+        .limit(limit)
+    )
+    return [nid for (nid,) in rows]
+
+
+def retry_notification(conn: Connection, notification_id: int) -> Notification:
+    """An operator's retry: a failed notification becomes pending, due now, with fresh tries."""
+    current = get_notification(conn, notification_id)
+    if not notification_can_move(current.status, NotificationStatus.PENDING):
+        raise NotificationNotRetryable(
+            f"notification {notification_id} is {current.status}; only failed ones are retried"
+        )
+    now = utcnow()
+    moved = conn.execute(
+        update(notifications)
+        .where(
+            notifications.c.id == notification_id,
+            notifications.c.status == NotificationStatus.FAILED.value,
+        )
+        .values(
+            status=NotificationStatus.PENDING.value,
+            attempts=0,
+            due_at=now,
+            enqueued_at=None,
+            updated_at=now,
+        )
+        .returning(*COLUMNS)
+    ).first()
+    if moved is None:
+        raise NotificationNotRetryable(f"notification {notification_id} changed meanwhile")
+    record_event(
+        conn, current.order_id, "notification_retried",
+        f"notification {notification_id} back to pending by the operator", at=now,
+    )  # fmt: skip
+    wake_relay(conn, notification_id)
+    return from_row(moved)
+
+
+def wake_relay(conn: Connection, notification_id: int) -> None:
+    """NOTIFY the relay; Postgres delivers it only if the transaction commits."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_notify(:channel, :id)"),
+            {"channel": OUTBOX_CHANNEL, "id": str(notification_id)},
+        )

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orderpay.clock import utcnow
 from orderpay.models import notifications
+from orderpay.notifications import wake_relay
 from orderpay.states import NotificationStatus
 
-OUTBOX_CHANNEL = "orderpay_outbox"  # the Postgres LISTEN/NOTIFY channel the relay listens on
 PAYMENT_RECEIVED = "payment_received"
 
 
@@ -65,9 +66,37 @@ def add_notification(
         .on_conflict_do_nothing(index_elements=["payment_id", "kind"])
         .returning(notifications.c.id)
     ).scalar_one_or_none()
-    if inserted is not None and conn.dialect.name == "postgresql":
-        conn.execute(
-            text("SELECT pg_notify(:channel, :id)"),
-            {"channel": OUTBOX_CHANNEL, "id": str(inserted)},
-        )
+    if inserted is not None:
+        wake_relay(conn, inserted)
     return inserted
+
+
+def claim_for_relay(
+    conn: Connection, *, now: datetime, stale_after: timedelta, limit: int
+) -> list[tuple[int, int]]:
+    """(id, attempts) of rows to hand to RQ now, marked enqueued in the caller's transaction.
+
+    Due rows never handed out, and rows whose job seems lost: handed out, still pending, and
+    past due (a retry or a lease) by more than `stale_after`. Rows other relays are taking are
+    skipped (SKIP LOCKED), so two relays never enqueue the same row.
+    """
+    fresh = notifications.c.enqueued_at.is_(None) & (notifications.c.due_at <= now)
+    stale = notifications.c.enqueued_at.is_not(None) & (notifications.c.due_at <= now - stale_after)
+    query = (
+        select(notifications.c.id, notifications.c.attempts)
+        .where(notifications.c.status == NotificationStatus.PENDING.value, fresh | stale)
+        .order_by(notifications.c.due_at)
+        .limit(limit)
+    )
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update(skip_locked=True)
+    rows = [(nid, attempts) for nid, attempts in conn.execute(query)]
+    if rows:
+        conn.execute(
+            update(notifications)
+            .where(notifications.c.id.in_([nid for nid, _ in rows]))
+            # due_at moves to now too, so a stale row is not handed out again before the job
+            # has had `stale_after` to claim it.
+            .values(enqueued_at=now, due_at=now)
+        )
+    return rows

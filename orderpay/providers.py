@@ -78,6 +78,8 @@ class Provider(Protocol):
 
     def payment_status(self, payment: PaymentRef) -> StatusAnswer: ...
 
+    def close(self) -> None: ...
+
 
 # MTN's sandbox test payers (section 3 of reference/specs.md), keyed by MSISDN.
 # Refused when the request is made: a definite answer, so the payment is `failed` at once.
@@ -159,6 +161,9 @@ class SimulatorProvider:
         if payer == SANDBOX_DELAYED and elapsed < DELAYED_FOR:
             return StatusAnswer(RemoteState.PENDING)
         return StatusAnswer(RemoteState.SUCCEEDED)
+
+    def close(self) -> None:
+        pass  # nothing held between calls
 
     def _post_callback(self, request: CollectionRequest, outcome: StatusAnswer) -> None:
         import httpx

@@ -6,8 +6,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from orderpay.channels import Channel
     from orderpay.config import Settings
     from orderpay.db import Database
+    from orderpay.delivery import RetryPolicy
     from orderpay.outbox import NotifyTarget
     from orderpay.providers import Provider
 
@@ -47,6 +51,10 @@ class Runtime:
     def provider(self) -> Provider:
         """One provider per process, so a provider's token cache outlives a request."""
         settings = self.settings
+        if settings.provider == "mtn":
+            from orderpay.mtn import MtnProvider
+
+            return MtnProvider.from_settings(settings)
         from orderpay.providers import SimulatorProvider
 
         secrets = settings.webhook_secrets()
@@ -60,6 +68,41 @@ class Runtime:
 
         return NotifyTarget(self.settings.notify_channel, self.settings.notify_webhook_url)
 
+    @cached_property
+    def channel(self) -> Channel:
+        from orderpay.channels import build_channel
+
+        settings = self.settings
+        return build_channel(
+            settings.notify_channel,
+            timeout=settings.notify_timeout_seconds,
+            sms_url=settings.sms_url,
+            sms_username=settings.sms_username,
+            sms_api_key=_secret(settings.sms_api_key),
+            sms_sender_id=settings.sms_sender_id,
+            webhook_url=settings.notify_webhook_url,
+            webhook_secret=_secret(settings.notify_webhook_secret),
+        )
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        from orderpay.delivery import RetryPolicy
+
+        return RetryPolicy(self.settings.retry_intervals, self.settings.notify_lease_seconds)
+
+    def forget_inherited(self) -> None:
+        """In a forked child: drop what belongs to the parent without closing it."""
+        if "raw_database" in self.__dict__:
+            self.raw_database.engine.dispose(close=False)
+
     def close(self) -> None:
+        if "channel" in self.__dict__:
+            self.channel.close()
+        if "provider" in self.__dict__:
+            self.provider.close()
         if "raw_database" in self.__dict__:
             self.raw_database.dispose()
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

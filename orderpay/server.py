@@ -8,6 +8,7 @@ place, `error_response`; no input produces a 500.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,8 +33,10 @@ from orderpay.errors import (
     InvalidToken,
     OrderpayError,
     PaymentDeclined,
+    RouteNotFound,
 )
 from orderpay.metrics import metrics
+from orderpay.reports import apply_report, parse_report
 from orderpay.runtime import Runtime
 from orderpay.signatures import verify
 
@@ -76,6 +79,28 @@ async def momo_webhook(request: Request) -> Response:
 def _apply_callback(runtime: Runtime, callback: Any) -> Any:
     with runtime.database.transaction() as conn:
         return apply_callback(conn, callback, runtime.notify_target())
+
+
+async def sms_delivery_report(request: Request) -> Response:
+    """POST /api/webhooks/sms-dlr/?token=...: the SMS gateway's delivery reports."""
+    runtime = runtime_of(request)
+    token = runtime.settings.sms_dlr_token
+    expected = token.get_secret_value() if token is not None else ""
+    if not expected:
+        raise RouteNotFound("not found")
+    given = request.query_params.get("token", "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidToken("invalid token")
+    body = await read_body(request)
+    report = parse_report(body, request.headers.get("content-type", ""))
+
+    def apply() -> str:
+        with runtime.database.transaction() as conn:
+            return apply_report(conn, report)
+
+    outcome = await run_in_threadpool(apply)
+    metrics().callbacks.labels("sms-dlr", outcome).inc()
+    return JSONResponse({"status": outcome})
 
 
 async def healthz(_request: Request) -> Response:
@@ -170,6 +195,7 @@ def route_label(scope: Scope) -> str:
 
 ROUTES = [
     Route("/api/webhooks/momo/", momo_webhook, methods=["POST"]),
+    Route("/api/webhooks/sms-dlr/", sms_delivery_report, methods=["POST"]),
     Route("/api/orders/", rest.create_order, methods=["POST"]),
     Route("/api/orders/{order_id}/", rest.get_order, methods=["GET"]),
     Route("/api/payments/charge/", rest.charge, methods=["POST"]),

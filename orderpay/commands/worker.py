@@ -1,0 +1,230 @@
+"""`orderpay worker` and `orderpay notification list|retry`."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from orderpay.commands.common import JsonFlag, Limit, emit_json, info, runtime
+
+if TYPE_CHECKING:
+    from orderpay.runtime import Runtime
+
+notification_app = typer.Typer(
+    help="Inspect notifications and retry failed ones.", rich_markup_mode=None
+)
+
+
+class WorkerClass(StrEnum):
+    fork = "fork"  # rq.Worker: a work horse process per job (isolation, hard timeouts)
+    simple = "simple"  # rq.SimpleWorker: jobs run in the worker process (faster, no isolation)
+
+
+class NotificationStatusChoice(StrEnum):
+    # Mirrors orderpay.states.NotificationStatus without importing it at start-up.
+    pending = "pending"
+    sent = "sent"
+    delivered = "delivered"
+    undelivered = "undelivered"
+    failed = "failed"
+
+
+def worker(
+    ctx: typer.Context,
+    burst: Annotated[
+        bool, typer.Option("--burst", help="Relay and deliver what is due now, then exit 0.")
+    ] = False,
+    queue: Annotated[str | None, typer.Option("--queue", help="RQ queue name.")] = None,
+    worker_class: Annotated[
+        WorkerClass, typer.Option("--worker-class", help="fork (default) or simple.")
+    ] = WorkerClass.fork,
+) -> None:
+    """Deliver notifications: the outbox relay plus an RQ worker (with its scheduler).
+
+    With REDIS_URL unset, delivers straight from the database instead (several workers may
+    run; they never take the same row). SIGTERM finishes the current delivery, then stops.
+
+    \b
+    Examples:
+      REDIS_URL=redis://127.0.0.1:6379/0 orderpay worker
+      orderpay worker --burst
+    """
+    from orderpay.logs import configure_logging
+
+    configure_logging()
+    rt = runtime(ctx)
+    rt.database.check_schema()
+    if rt.settings.redis_url:
+        _run_rq(rt, burst=burst, queue_name=queue, simple=worker_class is WorkerClass.simple)
+    else:
+        _run_embedded(rt, burst=burst)
+
+
+def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -> None:
+    import threading
+    from datetime import timedelta
+
+    from rq import SimpleWorker, Worker
+    from rq.serializers import JSONSerializer
+
+    from orderpay.errors import QueueUnavailable
+    from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, make_queue
+
+    assert rt.settings.redis_url is not None
+    redis = connect_redis(rt.settings.redis_url)
+    try:
+        redis.ping()
+    except Exception as error:
+        raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
+    queue = make_queue(redis, queue_name or QUEUE_NAME)
+    relay = Relay(
+        rt.database, queue, rt.settings.retry_intervals,
+        stale_after=timedelta(seconds=rt.settings.notify_lease_seconds),
+    )  # fmt: skip
+    worker_type = SimpleWorker if simple else Worker
+    rq_worker = worker_type([queue], connection=redis, serializer=JSONSerializer)
+    if burst:
+        relayed = relay.relay_due()
+        info(f"relayed {relayed} notification(s); delivering")
+        rq_worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
+        return
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=relay.run, args=(stop, rt.settings.relay_poll_seconds), name="relay", daemon=True
+    )
+    thread.start()
+    try:
+        rq_worker.work(with_scheduler=True, logging_level="INFO")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _run_embedded(rt: Runtime, *, burst: bool) -> None:
+    import signal
+    import threading
+    from collections import Counter
+
+    from orderpay.drain import Drain
+
+    drain = Drain(rt.database, rt.channel, rt.retry_policy, rt.settings.merchant_name)
+    stop = threading.Event()
+    if burst:
+        results = drain.drain_due(stop)
+        counts = Counter(result.outcome.value for result in results)
+        info("delivered from the database: " + (", ".join(f"{n} {k}" for k, n in counts.items())
+                                                or "nothing due"))  # fmt: skip
+        return
+
+    def request_stop(signum: int, _frame: object) -> None:
+        info(f"received signal {signum}: finishing the current delivery, then stopping")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    info("delivering from the database (REDIS_URL is unset)")
+    drain.run(stop, rt.settings.relay_poll_seconds)
+
+
+@notification_app.command("list")
+def notification_list(
+    ctx: typer.Context,
+    status: Annotated[
+        NotificationStatusChoice | None, typer.Option("--status", help="Only this status.")
+    ] = None,
+    order: Annotated[str | None, typer.Option("--order", help="Only this order's.")] = None,
+    limit: Limit = 50,
+    json_: JsonFlag = False,
+) -> None:
+    """List notifications, newest first.
+
+    \b
+    Examples:
+      orderpay notification list --status failed
+      orderpay notification list --order 3f1c... --json
+    """
+    from orderpay.fields import parse_uuid
+    from orderpay.notifications import list_notifications
+    from orderpay.states import NotificationStatus
+
+    oid = parse_uuid(order, "order id") if order is not None else None
+    with runtime(ctx).database.transaction() as conn:
+        rows = list_notifications(
+            conn,
+            status=NotificationStatus(status.value) if status is not None else None,
+            order_id=oid,
+            limit=limit,
+        )
+    if json_:
+        from orderpay.shapes import notification_shape
+
+        emit_json([notification_shape(n) for n in rows])
+    else:
+        from orderpay.render import notifications_table
+
+        notifications_table(rows)
+
+
+@notification_app.command("retry")
+def notification_retry(
+    ctx: typer.Context,
+    notification_id: Annotated[
+        int | None, typer.Argument(metavar="[ID]", help="The failed notification to retry.")
+    ] = None,
+    all_failed: Annotated[
+        bool, typer.Option("--all-failed", help="Retry every failed notification.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Put failed notifications back to pending; the worker sends them again.
+
+    \b
+    Examples:
+      orderpay notification retry 42
+      orderpay notification retry --all-failed --yes
+    """
+    from orderpay.errors import InvalidField
+    from orderpay.notifications import failed_ids, retry_notification
+
+    if (notification_id is None) == (not all_failed):
+        raise InvalidField("give one notification ID or --all-failed, not both or neither")
+    rt = runtime(ctx)
+    if notification_id is not None:
+        ids = [notification_id]
+    else:
+        with rt.database.transaction() as conn:
+            ids = failed_ids(conn)
+    if not ids:
+        info("no failed notifications")
+        if json_:
+            emit_json([])
+        return
+    if all_failed and not yes and sys.stdin.isatty():
+        typer.confirm(f"Retry {len(ids)} failed notification(s)?", abort=True, err=True)
+    from rich.console import Console
+    from rich.progress import track
+
+    from orderpay.errors import NotificationNotRetryable
+
+    retried = []
+    progress = track(
+        ids, description="retrying", disable=len(ids) < 20, console=Console(stderr=True)
+    )
+    for nid in progress:
+        try:
+            with rt.database.transaction() as conn:
+                retried.append(retry_notification(conn, nid))
+        except NotificationNotRetryable:
+            if not all_failed:
+                raise
+            # Sent or retried by someone else since the list was read: nothing to do.
+    if json_:
+        from orderpay.shapes import notification_shape
+
+        emit_json([notification_shape(n) for n in retried])
+    else:
+        info(f"{len(retried)} notification(s) back to pending")

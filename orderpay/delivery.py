@@ -1,0 +1,288 @@
+"""Delivering one notification (DESIGN.md section 5, Notify): the job's rules.
+
+One attempt is three steps, the channel called between transactions:
+1. claim: a compare-and-set on (status pending, due, attempts = n) -> attempts n+1 and a lease
+   (due_at = now + lease), so two workers, or a job and its duplicate, never send together;
+2. send through the channel;
+3. record: `sent` with the gateway's message id; or, on a transient failure, a retry at
+   due_at = now + backoff; or `failed` with the error after the last try or a refusal.
+A worker killed mid-send leaves the lease to expire; the relay (or the embedded drain) then
+hands the row out again, and the next attempt sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from orderpay.channels import Channel, OutgoingMessage
+from orderpay.clock import utcnow
+from orderpay.db import Transactional
+from orderpay.errors import GatewayRejected, GatewayUnavailable
+from orderpay.models import customers, notifications, orders, payments
+from orderpay.money import Money
+from orderpay.states import NotificationStatus
+from orderpay.timeline import record_events
+
+log = logging.getLogger("orderpay.notify")
+
+# A retry that fires up to this much before its due time (scheduler granularity) still runs.
+DUE_SLACK = timedelta(seconds=2)
+
+
+class Delivery(StrEnum):
+    SENT = "sent"
+    RETRY = "retry"  # a transient failure; tried again after the backoff
+    FAILED = "failed"  # the last try failed, or the gateway refused for good
+    SKIPPED = "skipped"  # not ours to send now: already handled, not due, or leased elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    outcome: Delivery
+    notification_id: int
+    attempts: int = 0
+    error: str | None = None
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    notification_id: int
+    number: int
+    order_id: uuid.UUID
+    payment_id: uuid.UUID
+    recipient: str
+    amount: Money
+    customer_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    intervals: tuple[int, ...]  # seconds before each retry; len(intervals) retries
+    lease_seconds: float
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.intervals) + 1
+
+    def delay_after(self, attempt: int) -> int:
+        return self.intervals[min(attempt, len(self.intervals)) - 1]
+
+
+def order_reference(order_id: uuid.UUID) -> str:
+    """A short reference a customer can quote: the order id's first 8 hex digits."""
+    return order_id.hex[:8].upper()
+
+
+def format_amount(amount: Money) -> str:
+    """'GHS 1,250.00', 'UGX 3,000': grouped, with the currency's decimals."""
+    places = amount.as_string().partition(".")[2]
+    return f"{amount.currency} {Decimal(amount.as_string()):,.{len(places)}f}"
+
+
+def render(attempt: Attempt, merchant_name: str) -> OutgoingMessage:
+    first_name = attempt.customer_name.split()[0] if attempt.customer_name.split() else ""
+    greeting = f"Hi {first_name}, w" if first_name else "W"
+    text = (
+        f"{greeting}e received your payment of {format_amount(attempt.amount)} for order "
+        f"{order_reference(attempt.order_id)}. Thank you! - {merchant_name}"
+    )
+    event = {
+        "notification": attempt.notification_id,
+        "order": str(attempt.order_id),
+        "payment": str(attempt.payment_id),
+        "amount": attempt.amount.as_string(),
+        "currency": attempt.amount.currency,
+        "reference": order_reference(attempt.order_id),
+        "merchant": merchant_name,
+        "message": text,
+    }
+    return OutgoingMessage(attempt.notification_id, attempt.recipient, text, event)
+
+
+_ATTEMPT_COLUMNS = (
+    notifications.c.id,
+    notifications.c.attempts,
+    notifications.c.order_id,
+    notifications.c.payment_id,
+    notifications.c.recipient,
+    payments.c.amount,
+    payments.c.currency,
+    customers.c.name,
+)
+
+
+def _attempt_rows(conn: Connection, *conditions: Any, limit: int, skip_locked: bool) -> list[Any]:
+    query = (
+        select(*_ATTEMPT_COLUMNS)
+        .join(payments, payments.c.id == notifications.c.payment_id)
+        .join(orders, orders.c.id == notifications.c.order_id)
+        .join(customers, customers.c.id == orders.c.customer_id)
+        .where(notifications.c.status == NotificationStatus.PENDING.value, *conditions)
+        .order_by(notifications.c.due_at)
+        .limit(limit)
+    )
+    if skip_locked:
+        query = query.with_for_update(skip_locked=True, of=notifications)
+    return list(conn.execute(query))
+
+
+def _claim(conn: Connection, rows: list[Any], policy: RetryPolicy, now: datetime) -> list[Attempt]:
+    """Take the next attempt of each row whose attempt count is still what was read."""
+    claimed = []
+    lease_until = now + timedelta(seconds=policy.lease_seconds)
+    for nid, attempts, order_id, payment_id, recipient, amount, currency, name in rows:
+        taken = conn.execute(
+            update(notifications)
+            .where(
+                notifications.c.id == nid,
+                notifications.c.status == NotificationStatus.PENDING.value,
+                notifications.c.attempts == attempts,
+            )
+            .values(attempts=attempts + 1, due_at=lease_until, updated_at=now)
+        )
+        if taken.rowcount == 1:
+            claimed.append(Attempt(
+                nid, attempts + 1, order_id, payment_id, recipient, Money(amount, currency), name
+            ))  # fmt: skip
+    return claimed
+
+
+def claim_attempt(
+    conn: Connection, notification_id: int, policy: RetryPolicy, now: datetime
+) -> Attempt | None:
+    """Step 1 for one row (an RQ job): its next attempt, if pending, due and not leased."""
+    rows = _attempt_rows(
+        conn,
+        notifications.c.id == notification_id,
+        notifications.c.due_at <= now + DUE_SLACK,
+        limit=1,
+        skip_locked=False,
+    )
+    claimed = _claim(conn, rows, policy, now)
+    return claimed[0] if claimed else None
+
+
+def claim_due_attempts(
+    conn: Connection, policy: RetryPolicy, now: datetime, limit: int
+) -> list[Attempt]:
+    """Step 1 for the embedded drain: due rows no other worker holds (SKIP LOCKED)."""
+    rows = _attempt_rows(
+        conn, notifications.c.due_at <= now, limit=limit, skip_locked=conn.dialect.name != "sqlite"
+    )
+    return _claim(conn, rows, policy, now)
+
+
+def deliver(
+    db: Transactional,
+    channel: Channel,
+    notification_id: int,
+    *,
+    merchant_name: str,
+    policy: RetryPolicy,
+) -> DeliveryResult:
+    """One delivery attempt of one notification; safe to call twice or concurrently."""
+    with db.transaction() as conn:
+        attempt = claim_attempt(conn, notification_id, policy, utcnow())
+    if attempt is None:
+        return DeliveryResult(Delivery.SKIPPED, notification_id)
+    return send_attempt(db, channel, attempt, merchant_name=merchant_name, policy=policy)
+
+
+def send_attempt(
+    db: Transactional,
+    channel: Channel,
+    attempt: Attempt,
+    *,
+    merchant_name: str,
+    policy: RetryPolicy,
+) -> DeliveryResult:
+    """Steps 2 and 3 for a claimed attempt: send outside any transaction, then record."""
+    message = render(attempt, merchant_name)
+    try:
+        message_id = channel.send(message)
+    except (GatewayUnavailable, GatewayRejected) as error:
+        final = isinstance(error, GatewayRejected) or attempt.number >= policy.max_attempts
+        with db.transaction() as conn:
+            return _record_failure(conn, attempt, message, error.message, final, policy)
+    with db.transaction() as conn:
+        return _record_sent(conn, attempt, message, message_id)
+
+
+def _owned(attempt: Attempt) -> Any:
+    """Only the attempt that holds the row may record its outcome."""
+    return (
+        (notifications.c.id == attempt.notification_id)
+        & (notifications.c.status == NotificationStatus.PENDING.value)
+        & (notifications.c.attempts == attempt.number)
+    )
+
+
+def _record_sent(
+    conn: Connection, attempt: Attempt, message: OutgoingMessage, message_id: str
+) -> DeliveryResult:
+    now = utcnow()
+    moved = conn.execute(
+        update(notifications)
+        .where(_owned(attempt))
+        .values(
+            status=NotificationStatus.SENT.value,
+            body=message.text,
+            gateway_message_id=message_id,
+            last_error=None,
+            sent_at=now,
+            updated_at=now,
+        )
+    )
+    if moved.rowcount != 1:
+        # Our lease ran out and another attempt took the row over while we were sending.
+        log.warning("notification %s: sent, but attempt %s no longer held the row",
+                    attempt.notification_id, attempt.number)  # fmt: skip
+        return DeliveryResult(Delivery.SKIPPED, attempt.notification_id, attempt.number)
+    record_events(conn, attempt.order_id, [(
+        "notification_sent", f"notification {attempt.notification_id} sent ({message_id})"
+    )], at=now)  # fmt: skip
+    return DeliveryResult(Delivery.SENT, attempt.notification_id, attempt.number)
+
+
+def _record_failure(
+    conn: Connection,
+    attempt: Attempt,
+    message: OutgoingMessage,
+    error: str,
+    final: bool,
+    policy: RetryPolicy,
+) -> DeliveryResult:
+    now = utcnow()
+    if final:
+        values: dict[str, Any] = {"status": NotificationStatus.FAILED.value, "body": message.text}
+        event = ("notification_failed", f"notification {attempt.notification_id}: {error}")
+        retry_in = None
+    else:
+        retry_in = policy.delay_after(attempt.number)
+        # enqueued_at stays: the job's own retry (RQ) brings it back; the relay steps in only
+        # if that retry is lost.
+        values = {"due_at": now + timedelta(seconds=retry_in)}
+        event = (
+            "notification_attempt_failed",
+            f"notification {attempt.notification_id}, try {attempt.number}: {error}; "
+            f"retry in {retry_in} s",
+        )
+    moved = conn.execute(
+        update(notifications)
+        .where(_owned(attempt))
+        .values(last_error=error, updated_at=now, **values)
+    )
+    if moved.rowcount != 1:
+        return DeliveryResult(Delivery.SKIPPED, attempt.notification_id, attempt.number, error)
+    record_events(conn, attempt.order_id, [event], at=now)
+    outcome = Delivery.FAILED if final else Delivery.RETRY
+    return DeliveryResult(outcome, attempt.notification_id, attempt.number, error, retry_in)

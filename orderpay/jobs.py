@@ -1,0 +1,162 @@
+"""The RQ boundary: the notification job, the queue, and the relay that feeds it.
+
+Jobs take ids only (JSON serializer), never phone numbers or secrets. Every notification
+reaches RQ through the relay; a duplicate job is harmless because the job claims its attempt
+with a compare-and-set before sending (delivery.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from orderpay.clock import utcnow
+from orderpay.delivery import Delivery, deliver
+from orderpay.errors import GatewayUnavailable, QueueUnavailable
+from orderpay.outbox import claim_for_relay
+from orderpay.runtime import Runtime
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from rq import Queue
+
+    from orderpay.db import Database
+
+log = logging.getLogger("orderpay.relay")
+
+QUEUE_NAME = "orderpay-notifications"
+RELAY_BATCH = 500
+# Job results are not read; keep them only briefly. Failed jobs stay for inspection.
+RESULT_TTL_SECONDS = 3600
+FAILURE_TTL_SECONDS = 7 * 24 * 3600
+JOB_TIMEOUT_SECONDS = 120
+
+_process: tuple[int, Runtime] | None = None
+
+
+def process_runtime() -> Runtime:
+    """This process's runtime. RQ forks a work horse per job: a child must not reuse the
+    parent's database connections, so a new pid gets a new runtime."""
+    global _process
+    pid = os.getpid()
+    if _process is None or _process[0] != pid:
+        if _process is not None:
+            _process[1].forget_inherited()
+        _process = (pid, Runtime())
+    return _process[1]
+
+
+class NotificationFailed(Exception):
+    """The last try failed or the gateway refused: the row is `failed`; RQ keeps the job."""
+
+
+def send_notification(notification_id: int) -> str:
+    """The RQ job: one delivery attempt; a transient failure raises so RQ's Retry runs it again."""
+    runtime = process_runtime()
+    result = deliver(
+        runtime.database,
+        runtime.channel,
+        notification_id,
+        merchant_name=runtime.settings.merchant_name,
+        policy=runtime.retry_policy,
+    )
+    if result.outcome is Delivery.RETRY:
+        raise GatewayUnavailable(f"notification {notification_id}: {result.error}")
+    if result.outcome is Delivery.FAILED:
+        raise NotificationFailed(f"notification {notification_id}: {result.error}")
+    return result.outcome.value
+
+
+def job_id(notification_id: int, attempts: int) -> str:
+    """Deterministic per (row, attempt): a relay that runs twice enqueues the same job."""
+    return f"notify-{notification_id}-{attempts}"
+
+
+def make_queue(redis: Redis, name: str = QUEUE_NAME) -> Queue:
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    return Queue(name, connection=redis, serializer=JSONSerializer)
+
+
+def connect_redis(url: str) -> Redis:
+    from redis import Redis
+
+    # Short timeouts: a relay waiting on a dead Redis should give up and retry later.
+    return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+
+
+class Relay:
+    """Moves due outbox rows to RQ in batches and marks them enqueued in the same step."""
+
+    def __init__(
+        self, database: Database, queue: Queue, retry_intervals: tuple[int, ...],
+        stale_after: timedelta, batch: int = RELAY_BATCH,
+    ) -> None:  # fmt: skip
+        self.database = database
+        self.queue = queue
+        self.retry_intervals = retry_intervals
+        self.stale_after = stale_after
+        self.batch = batch
+
+    def relay_once(self) -> int:
+        """Enqueue one batch; the rows are marked only if Redis took the jobs."""
+        from redis.exceptions import RedisError
+        from rq import Retry
+
+        with self.database.transaction() as conn:
+            rows = claim_for_relay(
+                conn, now=utcnow(), stale_after=self.stale_after, limit=self.batch
+            )
+            if not rows:
+                return 0
+            retry = Retry(max=len(self.retry_intervals), interval=list(self.retry_intervals))
+            jobs = [
+                self.queue.prepare_data(
+                    send_notification,
+                    args=(nid,),
+                    job_id=job_id(nid, attempts),
+                    retry=retry,
+                    timeout=JOB_TIMEOUT_SECONDS,
+                    result_ttl=RESULT_TTL_SECONDS,
+                    failure_ttl=FAILURE_TTL_SECONDS,
+                )
+                for nid, attempts in rows
+            ]
+            try:
+                # One pipeline per batch; if Redis fails, the transaction rolls back and the
+                # rows wait for the next try.
+                self.queue.enqueue_many(jobs)
+            except RedisError as error:
+                raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
+        return len(rows)
+
+    def relay_due(self) -> int:
+        """Enqueue every due row now (batch after batch)."""
+        total = 0
+        while True:
+            moved = self.relay_once()
+            total += moved
+            if moved < self.batch:
+                return total
+
+    def run(self, stop: threading.Event, poll_seconds: float) -> None:
+        """Relay until `stop` is set: on every NOTIFY, and every `poll_seconds` anyway."""
+        from orderpay.errors import OrderpayError
+        from orderpay.wakeups import Wakeups
+
+        wakeups = Wakeups(self.database.engine, poll_seconds)
+        try:
+            while not stop.is_set():
+                try:
+                    moved = self.relay_due()
+                    if moved:
+                        log.info("relayed %s notification(s) to RQ", moved)
+                except OrderpayError as error:
+                    log.warning("relay paused: %s", error.message)
+                wakeups.wait(stop)
+        finally:
+            wakeups.close()

@@ -1,0 +1,581 @@
+"""MTN MoMo Collection behind the Provider protocol: a thin httpx client (reference/specs.md s.3).
+
+Two calls per charge at most: `POST /collection/token/` (only when no cached token is fresh)
+and `POST /collection/v1_0/requesttopay` with our payment id as `X-Reference-Id`. The status
+query is `GET /collection/v1_0/requesttopay/{reference}`. How answers map:
+
+- requesttopay: 202 -> Accepted; 409 `RESOURCE_ALREADY_EXIST` -> Accepted (already submitted);
+  a 4xx with a definite refusal code -> Declined(code); timeouts, connection errors, 5xx,
+  `SERVICE_UNAVAILABLE`, `INTERNAL_PROCESSING_ERROR` and anything unreadable -> raise
+  ProviderUnavailable (the payment stays `initiated`; the same key retries with the same
+  reference, which MTN deduplicates).
+- status: SUCCESSFUL -> SUCCEEDED (with the amount MTN reports); FAILED -> FAILED with MTN's
+  reason (both terminal, whatever the reason: a FAILED transfer is over on MTN's side, and
+  the order must be chargeable again); PENDING, CREATED and unknown statuses -> PENDING;
+  404 `RESOURCE_NOT_FOUND` -> UNKNOWN ("not visible yet"); transport errors, 5xx, other
+  errors -> raise ProviderUnavailable. Ambiguity is never FAILED.
+
+A 401 from an API call drops the cached token, fetches a new one and retries that call once.
+Every operation (token fetch, call, retry) shares one time budget well under the charge lease.
+Secrets (subscription key, API key, tokens) stay out of repr(), logs and exception messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import re
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from pydantic import SecretStr
+
+from orderpay.errors import ConfigurationError, InvalidInput, ProviderUnavailable
+from orderpay.money import Money, parse_amount
+from orderpay.phones import mask_phone, msisdn
+from orderpay.providers import (
+    Accepted,
+    CollectionRequest,
+    Declined,
+    PaymentRef,
+    ProviderAnswer,
+    RemoteState,
+    StatusAnswer,
+)
+
+if TYPE_CHECKING:
+    from orderpay.config import Settings
+
+log = logging.getLogger(__name__)
+
+SANDBOX_HOST = "sandbox.momodeveloper.mtn.com"
+SANDBOX_TARGET = "sandbox"
+TOKEN_PATH = "/collection/token/"
+REQUEST_TO_PAY_PATH = "/collection/v1_0/requesttopay"
+
+# Per-phase limits of one HTTP call, and the budget of one whole operation (token fetch, call,
+# one retry after a 401). The budget stays well under the charge lease (90 s by default) so a
+# charge never outlives its lease while talking to MTN.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=10.0, pool=5.0)
+DEFAULT_BUDGET_SECONDS = 45.0
+# A cached token is dropped this long before MTN says it expires (at most half its lifetime).
+TOKEN_REFRESH_MARGIN_SECONDS = 60.0
+DEFAULT_TOKEN_LIFETIME_SECONDS = 3600
+
+ALREADY_SUBMITTED = "RESOURCE_ALREADY_EXIST"
+NOT_FOUND = "RESOURCE_NOT_FOUND"
+# Errors on MTN's side: the request's fate is unknown.
+AMBIGUOUS_CODES = frozenset({"SERVICE_UNAVAILABLE", "INTERNAL_PROCESSING_ERROR"})
+# Definite refusals: MTN will never collect this request.
+REFUSAL_CODES = frozenset({
+    "PAYER_NOT_FOUND", "PAYEE_NOT_FOUND", "NOT_ALLOWED", "NOT_ENOUGH_FUNDS", "PAYER_LIMIT_REACHED",
+    "PAYEE_NOT_ALLOWED_TO_RECEIVE", "NOT_ALLOWED_TARGET_ENVIRONMENT", "INVALID_CALLBACK_URL_HOST",
+    "INVALID_CURRENCY", "COULD_NOT_PERFORM_TRANSACTION", "TRANSACTION_CANCELED",
+    "APPROVAL_REJECTED", "EXPIRED",
+})  # fmt: skip
+# Retrying later may work: never a refusal, whatever the body says.
+TRANSIENT_STATUSES = frozenset({401, 408, 425, 429})
+
+_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_TARGET = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+_MAX_REASON = 128
+_MAX_MESSAGE = 200
+_ENV = {
+    "base_url": "MTN_MOMO_BASE_URL",
+    "subscription_key": "MTN_MOMO_SUBSCRIPTION_KEY",
+    "api_user": "MTN_MOMO_API_USER",
+    "api_key": "MTN_MOMO_API_KEY",
+    "target_environment": "MTN_MOMO_TARGET_ENVIRONMENT",
+}
+
+
+def is_loopback(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(base_url: str, target_environment: str) -> str:
+    """Validate the base URL and target environment as a pair; return the normalised base URL.
+
+    The rule (ConfigurationError otherwise):
+    - the target is lowercase letters and digits (`sandbox`, `mtnghana`, `mtnuganda`...);
+    - the base URL is an absolute http(s) URL with no credentials, query or fragment;
+    - target `sandbox` needs the sandbox host (`sandbox.momodeveloper.mtn.com`) or a loopback
+      host (`localhost`, 127.0.0.0/8, ::1: a local fake MTN for tests and development);
+    - any other target is production: it refuses the sandbox host and loopback hosts alike, so
+      a production target can never be pointed at a fake or at the sandbox;
+    - https is required except on loopback.
+    """
+    target = target_environment.strip()
+    if not _TARGET.fullmatch(target):
+        raise ConfigurationError(
+            "MTN_MOMO_TARGET_ENVIRONMENT must be 'sandbox' or a production target such as "
+            "'mtnghana' (lowercase letters and digits)"
+        )
+    try:
+        url = httpx.URL(base_url.strip())
+    except httpx.InvalidURL:
+        raise ConfigurationError("MTN_MOMO_BASE_URL is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError("MTN_MOMO_BASE_URL must be an absolute http(s) URL")
+    if url.userinfo or url.query or url.fragment:
+        raise ConfigurationError(
+            "MTN_MOMO_BASE_URL must not carry credentials, a query or a fragment"
+        )
+    host = url.host.lower().rstrip(".")
+    loopback = is_loopback(host)
+    if target == SANDBOX_TARGET:
+        if host != SANDBOX_HOST and not loopback:
+            raise ConfigurationError(
+                f"MTN_MOMO_TARGET_ENVIRONMENT=sandbox needs MTN_MOMO_BASE_URL on {SANDBOX_HOST} "
+                f"(or a loopback fake), not the production host {host}"
+            )
+    elif host == SANDBOX_HOST:
+        raise ConfigurationError(
+            f"MTN_MOMO_TARGET_ENVIRONMENT={target} is a production target but MTN_MOMO_BASE_URL "
+            f"points at the sandbox host {SANDBOX_HOST}"
+        )
+    elif loopback:
+        raise ConfigurationError(
+            f"MTN_MOMO_TARGET_ENVIRONMENT={target} is a production target but MTN_MOMO_BASE_URL "
+            "is a loopback address (only target 'sandbox' may use a local fake)"
+        )
+    if url.scheme != "https" and not loopback:
+        raise ConfigurationError("MTN_MOMO_BASE_URL must use https")
+    return str(url).rstrip("/")
+
+
+def check_callback_url(callback_url: str | None, target_environment: str) -> str | None:
+    """The callback URL MTN is told about, or None (then MTN sends no callback)."""
+    if callback_url is None or not callback_url.strip():
+        return None
+    try:
+        url = httpx.URL(callback_url.strip())
+    except httpx.InvalidURL:
+        raise ConfigurationError("MTN_MOMO_CALLBACK_URL is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError("MTN_MOMO_CALLBACK_URL must be an absolute http(s) URL")
+    if url.userinfo or url.fragment:
+        raise ConfigurationError("MTN_MOMO_CALLBACK_URL must not carry credentials or a fragment")
+    if target_environment.strip() != SANDBOX_TARGET and url.scheme != "https":
+        raise ConfigurationError("MTN_MOMO_CALLBACK_URL must use https: MTN calls back over HTTPS")
+    return str(url)
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The certificate-verifying TLS context, built once per process (loading the CA bundle is
+    slow). httpx's default: certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set."""
+    return httpx.create_ssl_context(verify=True)
+
+
+def _secret(value: str | SecretStr) -> SecretStr:
+    return value if isinstance(value, SecretStr) else SecretStr(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str = field(repr=False)
+    fresh_until: float  # on the provider's clock
+
+
+class MtnProvider:
+    """The MTN MoMo Collection provider. One instance per process; thread-safe; close() it.
+
+    Build it with `MtnProvider.from_settings(settings)`, or with explicit values (tests). The
+    base URL and target environment are checked as a pair (see `check_endpoint`): `sandbox`
+    goes with the sandbox host or a loopback fake, a production target with any other https
+    host. TLS certificates are always verified.
+    """
+
+    name = "mtn"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        subscription_key: str | SecretStr,
+        api_user: str,
+        api_key: str | SecretStr,
+        target_environment: str,
+        callback_url: str | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+        token_refresh_margin: float = TOKEN_REFRESH_MARGIN_SECONDS,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = check_endpoint(base_url, target_environment)
+        self.target_environment = target_environment.strip()
+        self.callback_url = check_callback_url(callback_url, self.target_environment)
+        if not api_user.strip():
+            raise ConfigurationError("MTN_MOMO_API_USER is empty")
+        self._api_user = api_user.strip()
+        self._api_key = _secret(api_key)
+        self._subscription_key = _secret(subscription_key)
+        if not self._api_key.get_secret_value() or not self._subscription_key.get_secret_value():
+            raise ConfigurationError("MTN_MOMO_API_KEY and MTN_MOMO_SUBSCRIPTION_KEY must be set")
+        self._timeout = timeout
+        self._budget = budget_seconds
+        self._margin = token_refresh_margin
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: _Token | None = None
+        self._client = httpx.Client(
+            verify=tls_context(),  # certificates and host names are always checked
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": "orderpay"},
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> MtnProvider:
+        """Build the provider from MTN_MOMO_* settings; ConfigurationError names what is wrong."""
+        values: dict[str, str | None] = {
+            "base_url": settings.mtn_base_url,
+            "subscription_key": settings.mtn_subscription_key.get_secret_value()
+            if settings.mtn_subscription_key
+            else None,
+            "api_user": settings.mtn_api_user,
+            "api_key": settings.mtn_api_key.get_secret_value() if settings.mtn_api_key else None,
+            "target_environment": settings.mtn_target_environment,
+        }
+        missing = [_ENV[name] for name, value in values.items() if not (value and value.strip())]
+        if missing:
+            raise ConfigurationError(
+                f"ORDERPAY_PROVIDER=mtn needs {', '.join(missing)} (environment or .env)",
+                missing=missing,
+            )
+        budget = DEFAULT_BUDGET_SECONDS
+        if settings.charge_lease_seconds > 0:
+            budget = min(budget, settings.charge_lease_seconds / 2)
+        return cls(
+            base_url=str(values["base_url"]),
+            subscription_key=str(values["subscription_key"]),
+            api_user=str(values["api_user"]),
+            api_key=str(values["api_key"]),
+            target_environment=str(values["target_environment"]),
+            callback_url=settings.mtn_callback_url,
+            timeout=timeout,
+            budget_seconds=budget,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"MtnProvider(base_url={self.base_url!r}, "
+            f"target_environment={self.target_environment!r}, "
+            f"callback={'on' if self.callback_url else 'off'})"
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> MtnProvider:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.close()
+
+    # The Provider protocol.
+
+    def request_payment(self, request: CollectionRequest) -> ProviderAnswer:
+        deadline = time.monotonic() + self._budget
+        reference = str(request.reference)
+        body = {
+            "amount": request.amount.as_string(),
+            "currency": request.amount.currency,
+            "externalId": str(request.order_id),
+            "payer": {"partyIdType": "MSISDN", "partyId": msisdn(request.payer_phone)},
+            "payerMessage": f"Payment for order {str(request.order_id)[:8]}",
+            "payeeNote": f"order {request.order_id}",
+        }
+        headers = {"X-Reference-Id": reference}
+        if self.callback_url:
+            headers["X-Callback-Url"] = self.callback_url
+        response = self._call("POST", REQUEST_TO_PAY_PATH, deadline, headers=headers, json=body)
+        answer = self._submission_answer(response, reference)
+        log.info(
+            "MTN requesttopay %s (payer %s): HTTP %s, %s",
+            reference, mask_phone(request.payer_phone), response.status_code, answer,
+        )  # fmt: skip
+        return answer
+
+    def payment_status(self, payment: PaymentRef) -> StatusAnswer:
+        deadline = time.monotonic() + self._budget
+        reference = _reference_of(payment)
+        response = self._call("GET", f"{REQUEST_TO_PAY_PATH}/{reference}", deadline)
+        status = response.status_code
+        if status == 404:
+            code, _ = self._error_of(response)
+            if code == NOT_FOUND:
+                log.info("MTN status %s: not found (yet)", reference)
+                return StatusAnswer(RemoteState.UNKNOWN)
+        if status != 200:
+            raise self._unavailable("status query", response)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise ProviderUnavailable(
+                "MTN answered the status query with an unreadable body; try again later",
+                reason="unreadable_answer",
+            )
+        answer = _status_answer(data)
+        log.info("MTN status %s: %r -> %s", reference, data.get("status"), answer.state)
+        return answer
+
+    # HTTP plumbing.
+
+    def _call(
+        self, method: str, path: str, deadline: float, *,
+        headers: dict[str, str] | None = None, json: Any = None,
+    ) -> httpx.Response:  # fmt: skip
+        """One API call with a bearer token; on 401, one retry with a fresh token."""
+
+        def send(token: str) -> httpx.Response:
+            all_headers = {
+                "Authorization": f"Bearer {token}",
+                "X-Target-Environment": self.target_environment,
+                "Ocp-Apim-Subscription-Key": self._subscription_key.get_secret_value(),
+                **(headers or {}),
+            }
+            return self._request(method, path, deadline, headers=all_headers, json=json)
+
+        token = self._bearer(deadline)
+        response = send(token)
+        if response.status_code == 401:
+            log.info("MTN answered 401 to %s %s; fetching a new token", method, path)
+            self._forget(token)
+            response = send(self._bearer(deadline))
+        return response
+
+    def _request(
+        self, method: str, path: str, deadline: float, *, headers: dict[str, str],
+        json: Any = None, content: bytes | None = None, auth: httpx.Auth | None = None,
+    ) -> httpx.Response:  # fmt: skip
+        try:
+            return self._client.request(
+                method, self.base_url + path, headers=headers, json=json, content=content,
+                auth=auth, timeout=self._timeout_until(deadline),
+            )  # fmt: skip
+        except httpx.TimeoutException as error:
+            raise ProviderUnavailable(
+                f"MTN did not answer {method} {path} in time ({type(error).__name__}); "
+                "try again later",
+                reason="timeout",
+            ) from error
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(
+                f"could not reach MTN for {method} {path} ({type(error).__name__}); "
+                "try again later",
+                reason="unreachable",
+            ) from error
+
+    def _timeout_until(self, deadline: float) -> httpx.Timeout:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProviderUnavailable(
+                f"MTN did not answer within {self._budget:g} s; try again later",
+                reason="timeout",
+            )
+
+        t = self._timeout
+        connect, read, write, pool = (
+            left if limit is None else min(limit, left)
+            for limit in (t.connect, t.read, t.write, t.pool)
+        )
+        return httpx.Timeout(connect=connect, read=read, write=write, pool=pool)
+
+    # The token cache.
+
+    def _bearer(self, deadline: float) -> str:
+        # One thread fetches while the others wait for its token (within their own budget).
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise ProviderUnavailable(
+                f"MTN did not hand out a token within {self._budget:g} s; try again later",
+                reason="timeout",
+            )
+        try:
+            cached = self._token
+            if cached is not None and self._clock() < cached.fresh_until:
+                return cached.value
+            self._token = self._fetch_token(deadline)
+            return self._token.value
+        finally:
+            self._lock.release()
+
+    def _forget(self, token: str) -> None:
+        with self._lock:
+            if self._token is not None and self._token.value == token:
+                self._token = None
+
+    def _fetch_token(self, deadline: float) -> _Token:
+        response = self._request(
+            "POST",
+            TOKEN_PATH,
+            deadline,
+            headers={
+                "Ocp-Apim-Subscription-Key": self._subscription_key.get_secret_value(),
+                # The gateway answers 411 to a bodyless POST without it [observed].
+                "Content-Length": "0",
+            },
+            content=b"",
+            auth=httpx.BasicAuth(self._api_user, self._api_key.get_secret_value()),
+        )
+        if response.status_code in (401, 403):
+            raise ProviderUnavailable(
+                f"MTN refused the API credentials (HTTP {response.status_code} from the token "
+                "endpoint); check MTN_MOMO_API_USER, MTN_MOMO_API_KEY and "
+                "MTN_MOMO_SUBSCRIPTION_KEY",
+                reason="credentials_refused",
+            )
+        if response.status_code != 200:
+            raise self._unavailable("token request", response)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        value = data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(value, str) or not value:
+            # Never quote this body: it may hold a token.
+            raise ProviderUnavailable(
+                "MTN answered the token request without a usable token; try again later",
+                reason="unreadable_answer",
+            )
+        assert isinstance(data, dict)
+        lifetime = _positive_int(data.get("expires_in")) or DEFAULT_TOKEN_LIFETIME_SECONDS
+        fresh_for = lifetime - min(self._margin, lifetime / 2)
+        log.info("MTN token fetched (valid %s s)", lifetime)
+        return _Token(value, self._clock() + fresh_for)
+
+    # Answers.
+
+    def _submission_answer(self, response: httpx.Response, reference: str) -> ProviderAnswer:
+        status = response.status_code
+        if status == 202:
+            return Accepted(provider_reference=reference)
+        code, _ = self._error_of(response)
+        if code == ALREADY_SUBMITTED and 400 <= status < 500:
+            return Accepted(provider_reference=reference)  # submitted before: now poll
+        definite = code is not None and code not in AMBIGUOUS_CODES
+        if (
+            definite
+            and 400 <= status < 500
+            and status not in TRANSIENT_STATUSES
+            and (code in REFUSAL_CODES or status in (400, 403))
+        ):
+            assert code is not None
+            return Declined(reason=code)
+        raise self._unavailable("payment request", response)
+
+    def _error_of(self, response: httpx.Response) -> tuple[str | None, str | None]:
+        """The `code` and `message` of an MTN error body; (None, None) if it is not one."""
+        try:
+            data = response.json()
+        except ValueError:
+            return None, None
+        if not isinstance(data, dict):
+            return None, None
+        code = data.get("code")
+        message = data.get("message")
+        good_code = code if isinstance(code, str) and _CODE.fullmatch(code) else None
+        good_message = self._scrub(message)[:_MAX_MESSAGE] if isinstance(message, str) else None
+        return good_code, good_message
+
+    def _unavailable(self, what: str, response: httpx.Response) -> ProviderUnavailable:
+        code, message = self._error_of(response)
+        detail = f" {code}" if code else ""
+        if message:
+            detail += f": {message}"
+        return ProviderUnavailable(
+            f"MTN answered the {what} with HTTP {response.status_code}{detail}; "
+            "the outcome is unknown, try again later",
+            reason=code or f"http_{response.status_code}",
+        )
+
+    def _scrub(self, text: str) -> str:
+        """Remove anything secret MTN might echo back."""
+        secrets = [self._api_key.get_secret_value(), self._subscription_key.get_secret_value()]
+        if self._token is not None:
+            secrets.append(self._token.value)
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "********")
+        return text
+
+
+def _reference_of(payment: PaymentRef) -> str:
+    """MTN knows a payment by our payment id (its X-Reference-Id); always a UUID in the path."""
+    if payment.provider_reference:
+        try:
+            return str(uuid.UUID(payment.provider_reference))
+        except ValueError:
+            pass
+    return str(payment.reference)
+
+
+def _status_answer(data: dict[str, Any]) -> StatusAnswer:
+    raw = data.get("status")
+    status = raw.upper() if isinstance(raw, str) else None
+    if status == "SUCCESSFUL":
+        return StatusAnswer(RemoteState.SUCCEEDED, amount=_amount_of(data))
+    if status == "FAILED":
+        return StatusAnswer(RemoteState.FAILED, reason=_reason_of(data.get("reason")))
+    if status not in ("PENDING", "CREATED"):
+        log.warning("MTN reported an unknown status %r; treating it as pending", raw)
+    return StatusAnswer(RemoteState.PENDING)
+
+
+def _reason_of(raw: Any) -> str | None:
+    if isinstance(raw, dict):
+        raw = raw.get("code")
+    if isinstance(raw, str) and raw.strip():
+        return raw.strip()[:_MAX_REASON]
+    return None
+
+
+def _amount_of(data: dict[str, Any]) -> Money | None:
+    amount, currency = data.get("amount"), data.get("currency")
+    if isinstance(amount, bool) or not isinstance(amount, str | int):
+        return None
+    if not isinstance(currency, str):
+        return None
+    try:
+        return parse_amount(str(amount), currency)
+    except InvalidInput:
+        return None
+
+
+def _positive_int(raw: Any) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
