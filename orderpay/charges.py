@@ -204,25 +204,31 @@ def _resolve_existing(
     if existing.status is not PaymentStatus.INITIATED:
         return Claim(existing, replayed=True, must_submit=False)
     # Resume an interrupted charge, but only one process at a time: take the lease if free.
-    now = utcnow()
-    taken = conn.execute(
-        update(payments)
-        .where(
-            payments.c.id == existing.id,
-            payments.c.status == PaymentStatus.INITIATED.value,
-            (payments.c.lease_expires_at.is_(None)) | (payments.c.lease_expires_at < now),
-        )
-        .values(lease_expires_at=now + lease, updated_at=now)
-        .returning(*COLUMNS)
-    ).first()
+    taken = take_lease(conn, existing.id, lease)
     if taken is None:
         raise IdempotencyKeyInUse(
             f"a charge with this key is in progress (payment {existing.id}); retry shortly",
             payment=str(existing.id),
         )
-    payment = from_row(taken)
-    record_event(conn, payment.order_id, "payment_resumed", f"payment {payment.id}", at=now)
-    return Claim(payment, replayed=True, must_submit=True)
+    record_event(conn, taken.order_id, "payment_resumed", f"payment {taken.id}")
+    return Claim(taken, replayed=True, must_submit=True)
+
+
+def take_lease(conn: Connection, payment_id: uuid.UUID, lease: timedelta) -> Payment | None:
+    """Become the one process talking to the provider about an `initiated` payment, unless
+    another holds an unexpired lease."""
+    now = utcnow()
+    taken = conn.execute(
+        update(payments)
+        .where(
+            payments.c.id == payment_id,
+            payments.c.status == PaymentStatus.INITIATED.value,
+            payments.c.lease_expires_at.is_(None) | (payments.c.lease_expires_at < now),
+        )
+        .values(lease_expires_at=now + lease, updated_at=now)
+        .returning(*COLUMNS)
+    ).first()
+    return None if taken is None else from_row(taken)
 
 
 def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) -> Payment:

@@ -14,7 +14,15 @@ import typer
 from typer.core import TyperGroup
 
 from orderpay import __version__
-from orderpay.commands import catalog, database, listener, orders, payments, worker
+from orderpay.commands import (
+    catalog,
+    database,
+    listener,
+    operations,
+    orders,
+    payments,
+    worker,
+)
 from orderpay.commands.common import JSON_META_KEY
 from orderpay.errors import OrderpayError
 
@@ -96,6 +104,9 @@ app.command("serve-webhooks")(listener.serve_webhooks)
 app.add_typer(listener.webhook_app, name="webhook")
 app.command("worker")(worker.worker)
 app.add_typer(worker.notification_app, name="notification")
+app.command("reconcile")(operations.reconcile)
+app.command("doctor")(operations.doctor)
+app.command("demo")(operations.demo)
 
 
 def main() -> None:

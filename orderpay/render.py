@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -17,6 +17,9 @@ from orderpay.orders import Order, OrderDetail
 from orderpay.payments import Payment
 from orderpay.products import Product
 from orderpay.timeline import OrderEvent
+
+if TYPE_CHECKING:
+    from orderpay.confirmation import Confirmation
 
 STATUS_STYLES = {
     "pending": "yellow",
@@ -165,4 +168,14 @@ def key_values(title: str, values: dict[str, Any]) -> None:
     table = _table(title, "setting", "value")
     for name, value in values.items():
         table.add_row(name, "" if value is None else str(value))
+    console().print(table)
+
+
+def reconcile_table(results: Sequence[Confirmation]) -> None:
+    table = _table("Reconciled", "payment", "order", "before", "after", "provider says", "note")
+    for r in results:
+        table.add_row(
+            str(r.payment_id), str(r.order_id), status(r.before.value), status(r.after.value),
+            r.remote, r.note,
+        )  # fmt: skip
     console().print(table)

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orderpay import rest
 from orderpay.bodies import read_body
 from orderpay.callbacks import apply_callback, parse_callback
+from orderpay.confirmation import confirm_payment
 from orderpay.errors import (
     DatabaseUnavailable,
     InvalidSignature,
@@ -35,7 +37,9 @@ from orderpay.errors import (
     PaymentDeclined,
     RouteNotFound,
 )
+from orderpay.hints import parse_hint, record_hint
 from orderpay.metrics import metrics
+from orderpay.payments import Payment
 from orderpay.reports import apply_report, parse_report
 from orderpay.runtime import Runtime
 from orderpay.signatures import verify
@@ -79,6 +83,42 @@ async def momo_webhook(request: Request) -> Response:
 def _apply_callback(runtime: Runtime, callback: Any) -> Any:
     with runtime.database.transaction() as conn:
         return apply_callback(conn, callback, runtime.notify_target())
+
+
+async def mtn_webhook(request: Request) -> Response:
+    """POST or PUT /api/webhooks/mtn/: MTN's unsigned callback, a hint to ask MTN's status.
+
+    Recorded, answered at once, then confirmed by the status call after the response: a
+    forged SUCCESSFUL never marks an order paid.
+    """
+    runtime = runtime_of(request)
+    body = await read_body(request)
+    hint = parse_hint(body)
+
+    def record() -> Payment | None:
+        with runtime.database.transaction() as conn:
+            return record_hint(conn, hint)
+
+    payment = await run_in_threadpool(record)
+    metrics().callbacks.labels("mtn", "to_confirm" if payment else "ignored").inc()
+    task = BackgroundTask(_confirm, runtime, payment) if payment is not None else None
+    return JSONResponse({"status": "received"}, background=task)
+
+
+def _confirm(runtime: Runtime, payment: Payment) -> None:
+    from datetime import timedelta
+
+    try:
+        result = confirm_payment(
+            runtime.database, runtime.provider, payment, notify=runtime.notify_target(),
+            source="mtn callback, confirmed by status",
+            lease=timedelta(seconds=runtime.settings.charge_lease_seconds),
+        )  # fmt: skip
+    except OrderpayError as error:  # reconcile will settle it later
+        log.warning("confirming payment %s failed: %s", payment.id, error.message)
+        return
+    log.info("payment %s confirmed: %s -> %s (%s)", payment.id, result.before.value,
+             result.after.value, result.remote)  # fmt: skip
 
 
 async def sms_delivery_report(request: Request) -> Response:
@@ -195,6 +235,7 @@ def route_label(scope: Scope) -> str:
 
 ROUTES = [
     Route("/api/webhooks/momo/", momo_webhook, methods=["POST"]),
+    Route("/api/webhooks/mtn/", mtn_webhook, methods=["POST", "PUT"]),
     Route("/api/webhooks/sms-dlr/", sms_delivery_report, methods=["POST"]),
     Route("/api/orders/", rest.create_order, methods=["POST"]),
     Route("/api/orders/{order_id}/", rest.get_order, methods=["GET"]),

@@ -1,0 +1,175 @@
+"""`orderpay demo`: the whole flow, end to end, on a bare machine.
+
+A throwaway SQLite database (or DATABASE_URL / REDIS_URL when set), a real listener on a free
+loopback port, a charge through the simulator, whose signed callback arrives over real HTTP,
+and the worker run in-process until the customer's message is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from orderpay.config import Settings, load_settings
+from orderpay.errors import OrderpayError, Unavailable
+from orderpay.orders import OrderDetail
+from orderpay.runtime import Runtime
+
+# How long the demo waits for the callback to settle the payment.
+SETTLE_TIMEOUT_SECONDS = 15.0
+
+Report = Callable[[str], None]
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def listener(settings: Settings, sock: socket.socket) -> Iterator[None]:
+    """The real app under uvicorn on a bound loopback socket, in a thread."""
+    import uvicorn
+
+    from orderpay.server import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=lambda: asyncio.run(server.serve(sockets=[sock])), name="demo-listener"
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise Unavailable("the demo's listener did not start")
+            time.sleep(0.02)
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def run_demo(report: Report) -> OrderDetail:
+    """Run the demo; `report` is told each step. Returns the order as it ends."""
+    from orderpay.migrate import upgrade
+
+    with tempfile.TemporaryDirectory(prefix="orderpay-demo-") as scratch, free_socket() as sock:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        overrides: dict[str, Any] = {
+            "MOMO_WEBHOOK_SECRET": secrets.token_urlsafe(32),
+            "ORDERPAY_PROVIDER": "simulator",
+            "ORDERPAY_NOTIFY_CHANNEL": "log",
+            "ORDERPAY_SIMULATOR_CALLBACK_URL": f"{url}/api/webhooks/momo/",
+        }
+        given = load_settings()
+        if given.database_url_secret is None and not given.postgres_host:
+            overrides["DATABASE_URL"] = f"sqlite:///{Path(scratch) / 'demo.db'}"
+        runtime = Runtime(load_settings(**overrides))
+        try:
+            database = runtime.raw_database
+            report(f"database: {database.engine.url.render_as_string(hide_password=True)}")
+            before, after = upgrade(database)
+            report(f"schema: {before or 'empty'} -> {after}")
+            with listener(runtime.settings, sock):
+                report(f"listener: {url} (signed callbacks, real HTTP)")
+                order_id = _shop(runtime, report)
+                _charge(runtime, order_id, report)
+                _wait_until_paid(runtime, order_id)
+                report("callback: the simulator's signed outcome settled the payment")
+                _deliver(runtime, report)
+            from orderpay.orders import get_order_detail
+
+            with runtime.database.transaction() as conn:
+                return get_order_detail(conn, order_id)
+        finally:
+            runtime.close()
+
+
+def _shop(runtime: Runtime, report: Report) -> uuid.UUID:
+    from orderpay.customers import create_customer
+    from orderpay.orders import create_order
+    from orderpay.products import create_product
+
+    with runtime.database.transaction() as conn:
+        customer = create_customer(
+            conn, name="Ama Mensah", phone="024 123 4567", email="ama@example.com",
+            default_region=runtime.settings.default_region,
+        )  # fmt: skip
+        kenkey = create_product(conn, name="Kenkey and fish", price="35.00", currency="GHS")
+        sobolo = create_product(conn, name="Sobolo (1 l)", price="12.50", currency="GHS")
+        order = create_order(conn, customer_id=customer.id, items=[(kenkey.id, 2), (sobolo.id, 1)])
+    report(f"order: {order.id} for {customer.name} ({customer.phone}), total {order.total}")
+    return order.id
+
+
+def _charge(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
+    from orderpay.charges import charge_order
+
+    key = f"demo-{order_id}"
+    result = charge_order(
+        runtime.database, runtime.provider, order_id=order_id, key=key, payer_phone=None,
+        default_region=runtime.settings.default_region,
+        lease_seconds=runtime.settings.charge_lease_seconds,
+    )  # fmt: skip
+    report(f"charge: payment {result.payment.id} {result.payment.status} (key {key})")
+
+
+def _wait_until_paid(runtime: Runtime, order_id: uuid.UUID) -> None:
+    from orderpay.orders import get_order
+    from orderpay.states import OrderStatus
+
+    deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        with runtime.database.transaction() as conn:
+            if get_order(conn, order_id).status is OrderStatus.PAID:
+                return
+        time.sleep(0.05)
+    raise Unavailable("the simulator's callback did not settle the payment in time")
+
+
+def _deliver(runtime: Runtime, report: Report) -> None:
+    settings = runtime.settings
+    if settings.redis_url:
+        from datetime import timedelta
+
+        from rq import SimpleWorker
+        from rq.serializers import JSONSerializer
+
+        from orderpay.jobs import Relay, connect_redis, make_queue
+
+        redis = connect_redis(settings.redis_url)
+        queue = make_queue(redis, f"orderpay-demo-{uuid.uuid4().hex[:8]}")
+        relayed = Relay(
+            runtime.database, queue, settings.retry_intervals,
+            stale_after=timedelta(seconds=settings.notify_lease_seconds),
+        ).relay_due()  # fmt: skip
+        report(f"relay: {relayed} notification(s) moved to RQ ({queue.name})")
+        SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(
+            burst=True, logging_level="WARNING"
+        )
+        queue.delete(delete_jobs=True)
+        report("worker: RQ burst finished")
+        return
+    from orderpay.drain import Drain
+
+    results = Drain(
+        runtime.database, runtime.channel, runtime.retry_policy, settings.merchant_name
+    ).drain_due()
+    report(f"worker: {len(results)} notification(s) delivered from the database")
+    if not results:
+        raise OrderpayError("the demo's notification was not delivered")

@@ -1,0 +1,97 @@
+"""MTN's own callbacks (`POST`/`PUT /api/webhooks/mtn/`): unsigned, so only hints.
+
+A hint is recorded once (MTN was seen to deliver one callback twice), and names the payment to
+ask about; confirmation.confirm_payment then asks MTN's status call before anything changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+
+from orderpay.clock import utcnow
+from orderpay.errors import InvalidPayload
+from orderpay.models import payments, webhook_events
+from orderpay.payments import Payment
+from orderpay.settlement import lock_payment
+from orderpay.states import OPEN_PAYMENT_STATUSES
+
+MTN_SOURCE = "mtn"
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    order_id: uuid.UUID | None  # MTN's externalId: the order id we sent
+    reference: uuid.UUID | None  # referenceId, when MTN includes it: our payment id
+    status: str
+    payload: str
+    dedupe_key: str
+
+
+def parse_hint(body: bytes) -> Hint:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidPayload("the body is not UTF-8 JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidPayload("the body must be a JSON object")
+    order_id, reference = _uuid(document.get("externalId")), _uuid(document.get("referenceId"))
+    if order_id is None and reference is None:
+        raise InvalidPayload("externalId (the order id) or referenceId is required")
+    status = document.get("status")
+    return Hint(
+        order_id=order_id,
+        reference=reference,
+        status=status if isinstance(status, str) else "",
+        payload=body.decode("utf-8"),
+        # The same callback delivered twice has the same bytes.
+        dedupe_key=hashlib.sha256(body).hexdigest(),
+    )
+
+
+def record_hint(conn: Connection, hint: Hint) -> Payment | None:
+    """Record the hint once; the open payment it points at, or None (a duplicate, or nothing
+    open to confirm)."""
+    payment = None
+    if hint.reference is not None:
+        locked = lock_payment(conn, payments.c.id == hint.reference)
+        payment = locked.payment if locked is not None else None
+    if payment is None and hint.order_id is not None:
+        locked = lock_payment(
+            conn,
+            payments.c.order_id == hint.order_id,
+            payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+        )
+        payment = locked.payment if locked is not None else None
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    inserted = conn.execute(
+        dialect.insert(webhook_events)
+        .values(
+            source=MTN_SOURCE,
+            dedupe_key=hint.dedupe_key,
+            payload=hint.payload,
+            received_at=utcnow(),
+            outcome="to_confirm" if payment is not None else "nothing_open",
+            order_id=payment.order_id if payment is not None else None,
+            payment_id=payment.id if payment is not None else None,
+        )
+        .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
+        .returning(webhook_events.c.id)
+    ).first()
+    if inserted is None or payment is None or payment.status not in OPEN_PAYMENT_STATUSES:
+        return None
+    return payment
+
+
+def _uuid(value: object) -> uuid.UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
