@@ -24,7 +24,7 @@ from orderpay.commands import (
     worker,
 )
 from orderpay.commands.common import JSON_META_KEY
-from orderpay.errors import OrderpayError
+from orderpay.errors import OrderpayError, UsageError
 
 # Plain Click help: rich help formatting costs about 100 ms of start-up on every --help.
 MARKUP = None
@@ -33,19 +33,32 @@ MARKUP = None
 class OrderpayGroup(TyperGroup):
     """The root group: translates every OrderpayError into its exit code, once, here."""
 
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
+        # Known before any option is parsed, so even a usage error can be reported as JSON.
+        if "--json" in args:
+            ctx.meta[JSON_META_KEY] = True
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        as_json = bool(ctx.meta.get(JSON_META_KEY))
         try:
             return super().invoke(ctx)
         except OrderpayError as error:
-            report(error, as_json=bool(ctx.meta.get(JSON_META_KEY)))
+            report(error.to_dict()["error"], as_json=as_json)
             raise typer.Exit(error.exit_code) from None
+        except typer.TyperException as error:
+            if not as_json:
+                raise  # Click's own usage message, with the command's usage line
+            usage = UsageError(error.format_message())
+            report(usage.to_dict()["error"], as_json=True)
+            raise typer.Exit(usage.exit_code) from None
 
 
-def report(error: OrderpayError, *, as_json: bool) -> None:
+def report(error: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        sys.stderr.write(json.dumps(error.to_dict()) + "\n")
+        sys.stderr.write(json.dumps({"error": error}) + "\n")
     else:
-        sys.stderr.write(f"error: {error.message} [{error.code}]\n")
+        sys.stderr.write(f"error: {error['message']} [{error['code']}]\n")
 
 
 app = typer.Typer(

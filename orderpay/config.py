@@ -109,8 +109,28 @@ class Settings(BaseSettings):
 
     @field_validator("default_region")
     @classmethod
-    def _region_upper(cls, value: str) -> str:
-        return value.strip().upper()
+    def _region_known(cls, value: str) -> str:
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError("an ISO 3166 alpha-2 region that has phone numbers, e.g. GH, UG")
+        return region
+
+    @field_validator("database_url_secret")
+    @classmethod
+    def _database_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                make_url(value.get_secret_value())
+            except ArgumentError:
+                raise ValueError(
+                    "not a database URL, e.g. postgresql+psycopg2://user@host/db"
+                ) from None
+        return value
 
     @property
     def database_url(self) -> str:

@@ -134,6 +134,12 @@ class InvalidPayload(InvalidInput):
     code = "invalid_payload"
 
 
+class UsageError(InvalidInput):
+    """A command line the parser refused (missing option, bad value); Click words it."""
+
+    code = "usage_error"
+
+
 class ConfigurationError(InvalidInput):
     code = "configuration_error"
 

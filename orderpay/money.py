@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from orderpay.errors import InvalidAmount, UnknownCurrency
 
@@ -31,6 +32,7 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 # The largest amount orderpay stores, in minor units. Far below 2**63 so sums of many line
 # items cannot overflow a BIGINT, and below 2**53 so JSON clients that use doubles stay exact.
 MAX_MINOR_UNITS = 10**15
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 def currency_code(raw: str) -> str:
@@ -74,14 +76,12 @@ def parse_amount(raw: str, currency: str) -> Money:
     """
     code = currency_code(currency)
     text = raw.strip()
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise InvalidAmount(f"{raw!r} is not a decimal amount") from None
-    if not value.is_finite() or "e" in text.lower():
-        raise InvalidAmount(f"{raw!r} is not a plain decimal amount")
-    if value < 0 or text.startswith("-"):
+    if text.startswith("-"):
         raise InvalidAmount(f"amount {raw!r} is negative")
+    # ASCII digits only: Decimal() would also take "1_000", "1e3", "NaN" and other scripts' digits.
+    if not _PLAIN_DECIMAL.fullmatch(text):
+        raise InvalidAmount(f"{raw!r} is not a plain decimal amount such as 12.50")
+    value = Decimal(text)
     places = CURRENCY_EXPONENTS[code]
     minor = value.scaleb(places)
     if minor != minor.to_integral_value():

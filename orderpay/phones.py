@@ -7,7 +7,9 @@ import re
 from orderpay.errors import InvalidPhone
 
 MAX_PHONE_INPUT_LENGTH = 32
-_DIGITS_ONLY = re.compile(r"^\d{8,15}$")
+_DIGITS_ONLY = re.compile(r"[0-9]{8,15}")
+# Digits and the separators people write; no letters (phonenumbers would read vanity numbers).
+_DIALLABLE = re.compile(r"\+?[0-9 ()./-]+")
 
 
 def normalise_phone(raw: str, default_region: str) -> str:
@@ -20,7 +22,7 @@ def normalise_phone(raw: str, default_region: str) -> str:
     import phonenumbers
 
     text = raw.strip()
-    if not text or len(text) > MAX_PHONE_INPUT_LENGTH:
+    if not text or len(text) > MAX_PHONE_INPUT_LENGTH or not _DIALLABLE.fullmatch(text):
         raise InvalidPhone(f"{raw!r} is not a phone number")
     candidates = [text]
     if _DIGITS_ONLY.fullmatch(text):
@@ -38,10 +40,12 @@ def normalise_phone(raw: str, default_region: str) -> str:
 
 
 def mask_phone(e164: str) -> str:
-    """+233241234567 -> +233*****4567: enough to tell numbers apart in a log, not to dial."""
-    if len(e164) <= 7:
-        return "*" * len(e164)
-    return e164[:4] + "*" * (len(e164) - 8) + e164[-4:]
+    """+233241234567 -> +233*****4567: enough to tell numbers apart in a log, not to dial.
+
+    At most a third of the characters show at either end, however short the number.
+    """
+    shown = min(4, len(e164) // 3)
+    return e164[:shown] + "*" * (len(e164) - 2 * shown) + e164[len(e164) - shown :]
 
 
 def msisdn(e164: str) -> str:

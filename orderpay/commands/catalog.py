@@ -13,8 +13,18 @@ if TYPE_CHECKING:
     from orderpay.customers import Customer
     from orderpay.products import Product
 
-customer_app = typer.Typer(help="Create and list customers.", rich_markup_mode=None)
-product_app = typer.Typer(help="Create and list products.", rich_markup_mode=None)
+customer_app = typer.Typer(
+    help="Create and list customers.\n\n\b\nExamples:\n"
+    '  orderpay customer create --name "Ama Mensah" --phone 0241234567\n'
+    "  orderpay customer list --json",
+    rich_markup_mode=None,
+)
+product_app = typer.Typer(
+    help="Create and list products.\n\n\b\nExamples:\n"
+    "  orderpay product create --name Kenkey --price 12.50 --currency GHS\n"
+    "  orderpay product list --json",
+    rich_markup_mode=None,
+)
 
 
 @customer_app.command("create")

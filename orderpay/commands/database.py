@@ -6,8 +6,15 @@ import typer
 
 from orderpay.commands.common import JsonFlag, emit_json, info, runtime
 
-db_app = typer.Typer(help="Create, upgrade and check the database schema.", rich_markup_mode=None)
-config_app = typer.Typer(help="Show the configuration in effect.", rich_markup_mode=None)
+db_app = typer.Typer(
+    help="Create, upgrade and check the database schema.\n\n\b\nExamples:\n"
+    "  orderpay db upgrade\n  orderpay db status --json",
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(
+    help="Show the configuration in effect.\n\n\b\nExample:\n  orderpay config show --json",
+    rich_markup_mode=None,
+)
 
 
 @db_app.command("upgrade")

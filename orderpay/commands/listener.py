@@ -11,7 +11,10 @@ import typer
 from orderpay.commands.common import JsonFlag, emit_json, info, runtime
 
 webhook_app = typer.Typer(
-    help="Sign callback bodies and send signed test callbacks.", rich_markup_mode=None
+    help="Sign callback bodies and send signed test callbacks.\n\n\b\nExamples:\n"
+    "  orderpay webhook sign callback.json\n"
+    "  orderpay webhook simulate ORDER_ID --status success",
+    rich_markup_mode=None,
 )
 
 # Shorter HMAC secrets are guessable offline from one captured callback.

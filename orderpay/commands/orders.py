@@ -12,7 +12,13 @@ from orderpay.commands.common import JsonFlag, Limit, emit_json, runtime
 if TYPE_CHECKING:
     import uuid
 
-order_app = typer.Typer(help="Create, inspect, list and cancel orders.", rich_markup_mode=None)
+order_app = typer.Typer(
+    help="Create, inspect, list and cancel orders.\n\n\b\nExamples:\n"
+    "  orderpay order create --customer 1 --item PRODUCT_ID:2\n"
+    "  orderpay order show ORDER_ID\n"
+    "  orderpay order list --status pending --json",
+    rich_markup_mode=None,
+)
 
 
 class OrderStatusChoice(StrEnum):
@@ -30,11 +36,11 @@ def parse_item(raw: str) -> tuple[uuid.UUID, int]:
     product, sep, quantity = raw.strip().partition(":")
     if not sep:
         return parse_uuid(product, "product id"), 1
-    try:
-        count = int(quantity)
-    except ValueError:
-        raise InvalidQuantity(f"quantity {quantity!r} in {raw!r} is not a whole number") from None
-    return parse_uuid(product, "product id"), count
+    # ASCII digits only (int() would also read other scripts' digits); the sign is the
+    # service's business, so "-1" reaches it and is refused there as out of range.
+    if not quantity.removeprefix("-").isascii() or not quantity.removeprefix("-").isdigit():
+        raise InvalidQuantity(f"quantity {quantity!r} in {raw!r} is not a whole number")
+    return parse_uuid(product, "product id"), int(quantity)
 
 
 @order_app.command("create")
@@ -42,9 +48,9 @@ def order_create(
     ctx: typer.Context,
     customer: Annotated[int, typer.Option("--customer", help="The customer's id.")],
     item: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option("--item", help="PRODUCT_ID[:QTY]; repeat for more items. QTY defaults to 1."),
-    ],
+    ] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Create a pending order. The total is computed from the products' prices.
@@ -56,7 +62,7 @@ def order_create(
     """
     from orderpay.orders import create_order, get_order_detail
 
-    items = [parse_item(raw) for raw in item]
+    items = [parse_item(raw) for raw in item or []]
     with runtime(ctx).database.transaction() as conn:
         order = create_order(conn, customer_id=customer, items=items)
         detail = get_order_detail(conn, order.id)

@@ -9,7 +9,11 @@ import typer
 
 from orderpay.commands.common import JsonFlag, Limit, emit_json, runtime
 
-payment_app = typer.Typer(help="Inspect payments.", rich_markup_mode=None)
+payment_app = typer.Typer(
+    help="Inspect payments.\n\n\b\nExamples:\n"
+    "  orderpay payment list --status pending\n  orderpay payment show PAYMENT_ID --json",
+    rich_markup_mode=None,
+)
 
 
 class PaymentStatusChoice(StrEnum):

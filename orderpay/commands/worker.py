@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from orderpay.runtime import Runtime
 
 notification_app = typer.Typer(
-    help="Inspect notifications and retry failed ones.", rich_markup_mode=None
+    help="Inspect notifications and retry failed ones.\n\n\b\nExamples:\n"
+    "  orderpay notification list --status failed\n"
+    "  orderpay notification retry --all-failed --yes",
+    rich_markup_mode=None,
 )
 
 
