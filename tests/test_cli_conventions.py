@@ -1,0 +1,275 @@
+"""What every command keeps (DESIGN.md sections 7 and 8): data on stdout, errors on stderr (one
+JSON document under --json), no tracebacks for user errors, examples in every --help, and a
+clear exit 7 when the database cannot be reached."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer.main
+
+from orderpay import errors
+from orderpay.cli import app
+from orderpay.db import Database
+from tests.builders import an_order
+from tests.conftest import (
+    Cli,
+    _url_for,
+    count_rows,
+    create_postgres_database,
+    drop_postgres_database,
+)
+
+UNKNOWN_ORDER = "00000000-0000-4000-8000-000000000042"
+CLOSED_PORT_URL = "postgresql+psycopg2://root@127.0.0.1:1/x"
+
+
+def invalid_input_codes() -> set[str]:
+    """The codes of the invalid-input row of DESIGN.md section 7 (exit 2)."""
+    found = {errors.InvalidInput.code}
+    pending = [errors.InvalidInput]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            found.add(sub.code)
+            pending.append(sub)
+    return found
+
+
+# Commands a user gets wrong, with the exit code and error code each must give.
+USER_ERRORS = [
+    (("customer", "create", "--name", "Ama Mensah", "--phone", "12"), 2, "invalid_phone"),
+    (("customer", "create", "--name", "", "--phone", "0241234567"), 2, "invalid_field"),
+    (("product", "create", "--name", "Kenkey", "--price", "12.505", "--currency", "GHS"), 2,
+     "invalid_amount"),
+    (("product", "create", "--name", "Kenkey", "--price", "12.50", "--currency", "XYZ"), 2,
+     "unknown_currency"),
+    (("order", "create", "--customer", "1", "--item", f"{UNKNOWN_ORDER}:0"), 2,
+     "invalid_quantity"),
+    (("order", "create", "--customer", "42", "--item", f"{UNKNOWN_ORDER}:1"), 3,
+     "customer_not_found"),
+    (("order", "show", UNKNOWN_ORDER), 3, "order_not_found"),
+    (("order", "show", "order-42"), 2, "invalid_field"),
+    (("order", "cancel", UNKNOWN_ORDER), 3, "order_not_found"),
+    (("order", "list", "--phone", "12"), 2, "invalid_phone"),
+    (("charge", UNKNOWN_ORDER), 2, "idempotency_key_missing"),
+    (("charge", UNKNOWN_ORDER, "--key", "order-42-attempt-1"), 3, "order_not_found"),
+    (("payment", "show", UNKNOWN_ORDER), 3, "payment_not_found"),
+]  # fmt: skip
+USER_ERROR_IDS = [f"{' '.join(args[:2])}-{code}" for args, _, code in USER_ERRORS]
+
+# Mistakes the option parser catches before any orderpay code runs.
+USAGE_ERRORS = [
+    ("order", "create", "--customer", "Ama", "--item", f"{UNKNOWN_ORDER}:1"),
+    ("order", "list", "--status", "lost"),
+    ("order", "list", "--limit", "0"),
+    ("customer", "create", "--name", "Ama Mensah"),
+]
+USAGE_ERROR_IDS = ["customer-not-a-number", "unknown-status", "limit-zero", "phone-missing"]
+
+# Read commands and their JSON document type.
+READ_COMMANDS = [
+    (("customer", "list"), list),
+    (("product", "list"), list),
+    (("order", "list"), list),
+    (("payment", "list"), list),
+    (("config", "show"), dict),
+    (("db", "status"), dict),
+]
+
+DATABASE_COMMANDS = [
+    ("customer", "list"),
+    ("customer", "create", "--name", "Ama Mensah", "--phone", "0241234567"),
+    ("order", "show", UNKNOWN_ORDER),
+    ("db", "upgrade"),
+]
+
+
+@pytest.fixture(scope="module")
+def shared_url(postgres_template: str) -> Iterator[str]:
+    """One Postgres database shared by this module's tests: the user errors fail before
+    writing anything (test_user_error_stores_nothing checks it) and the others only need an
+    order to print (a clone per test costs far more than the test)."""
+    name = create_postgres_database(template=postgres_template)
+    yield _url_for(name)
+    drop_postgres_database(name)
+
+
+@pytest.fixture
+def shared_db(shared_url: str) -> Iterator[Database]:
+    database = Database(shared_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def shared_cli(shared_url: str) -> Cli:
+    return Cli({"DATABASE_URL": shared_url})
+
+
+def _command_paths() -> Iterator[tuple[str, ...]]:
+    """Every group and command of the CLI, found from the app itself."""
+
+    def walk(command: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+        yield path
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            yield from walk(sub, (*path, name))
+
+    yield from walk(typer.main.get_command(app), ())
+
+
+COMMAND_PATHS = list(_command_paths())
+
+
+def test_cli_has_the_commands_of_the_design() -> None:
+    paths = {" ".join(path) for path in COMMAND_PATHS}
+
+    assert {
+        "db upgrade", "customer create", "customer list", "product create", "product list",
+        "order create", "order show", "order list", "order cancel", "charge",
+        "payment show", "payment list", "config show",
+    } <= paths  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path", COMMAND_PATHS, ids=[" ".join(p) or "orderpay" for p in COMMAND_PATHS]
+)
+def test_help_exits_0_and_shows_an_example(path: tuple[str, ...]) -> None:
+    outcome = Cli({})(*path, "--help")
+
+    assert outcome.exit_code == 0
+    assert "Example" in outcome.stdout
+
+
+@pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)
+def test_user_error_exits_with_its_code_and_prints_nothing_on_stdout(
+    shared_cli: Cli, args: tuple[str, ...], exit_code: int, code: str
+) -> None:
+    outcome = shared_cli(*args)
+
+    assert outcome.exit_code == exit_code
+    assert outcome.stdout == ""
+    assert code in outcome.stderr
+
+
+@pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)
+def test_user_error_under_json_is_one_json_document_on_stderr(
+    shared_cli: Cli, args: tuple[str, ...], exit_code: int, code: str
+) -> None:
+    outcome = shared_cli(*args, "--json")
+
+    document = json.loads(outcome.stderr)
+    assert outcome.exit_code == exit_code
+    assert outcome.stdout == ""
+    assert list(document) == ["error"]
+    assert document["error"]["code"] == code
+    assert isinstance(document["error"]["message"], str)
+    assert document["error"]["message"]
+
+
+@pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)
+def test_user_error_never_shows_a_traceback(
+    shared_cli: Cli, args: tuple[str, ...], exit_code: int, code: str
+) -> None:
+    human = shared_cli(*args)
+    machine = shared_cli(*args, "--json")
+
+    everything = human.stdout + human.stderr + machine.stdout + machine.stderr
+    assert "Traceback" not in everything
+
+
+@pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)
+def test_user_error_stores_nothing(
+    shared_cli: Cli, shared_db: Database, args: tuple[str, ...], exit_code: int, code: str
+) -> None:
+    before = count_rows(shared_db)
+
+    shared_cli(*args, "--json")
+
+    assert count_rows(shared_db) == before
+
+
+@pytest.mark.parametrize("args", USAGE_ERRORS, ids=USAGE_ERROR_IDS)
+def test_usage_error_exits_2_without_a_traceback(shared_cli: Cli, args: tuple[str, ...]) -> None:
+    outcome = shared_cli(*args)
+
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
+    assert "Traceback" not in outcome.stderr
+
+
+@pytest.mark.parametrize("args", USAGE_ERRORS, ids=USAGE_ERROR_IDS)
+def test_usage_error_under_json_is_one_json_document_on_stderr(
+    shared_cli: Cli, args: tuple[str, ...]
+) -> None:
+    outcome = shared_cli(*args, "--json")
+
+    assert outcome.exit_code == 2
+    assert outcome.stdout == ""
+    assert json.loads(outcome.stderr)["error"]["code"] in invalid_input_codes()
+
+
+@pytest.mark.parametrize(
+    ("args", "kind"), READ_COMMANDS, ids=[" ".join(args) for args, _ in READ_COMMANDS]
+)
+def test_json_output_is_exactly_one_json_document_and_nothing_else(
+    shared_cli: Cli, shared_db: Database, args: tuple[str, ...], kind: type
+) -> None:
+    an_order(shared_db)
+
+    outcome = shared_cli(*args, "--json")
+
+    assert outcome.exit_code == 0
+    assert isinstance(json.loads(outcome.stdout), kind)
+    assert outcome.stderr == ""
+
+
+def test_order_show_json_is_exactly_one_json_document(shared_cli: Cli, shared_db: Database) -> None:
+    order = an_order(shared_db)
+
+    outcome = shared_cli("order", "show", str(order.id), "--json")
+
+    assert outcome.exit_code == 0
+    assert json.loads(outcome.stdout)["id"] == str(order.id)
+    assert outcome.stderr == ""
+
+
+def test_db_upgrade_json_is_exactly_one_json_document(shared_cli: Cli) -> None:
+    outcome = shared_cli("db", "upgrade", "--json")
+
+    assert outcome.exit_code == 0
+    assert set(json.loads(outcome.stdout)) >= {"before", "after"}
+    assert outcome.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args", DATABASE_COMMANDS, ids=[" ".join(a[:2]) for a in DATABASE_COMMANDS]
+)
+def test_unreachable_database_exits_7_with_database_unavailable(args: tuple[str, ...]) -> None:
+    cli = Cli({"DATABASE_URL": CLOSED_PORT_URL})
+
+    outcome = cli(*args, "--json")
+
+    assert outcome.exit_code == 7
+    assert outcome.error()["code"] == "database_unavailable"
+    assert outcome.stdout == ""
+
+
+def test_unreachable_database_never_shows_a_traceback() -> None:
+    cli = Cli({"DATABASE_URL": CLOSED_PORT_URL})
+
+    outcome = cli("customer", "list")
+
+    assert outcome.exit_code == 7
+    assert "Traceback" not in outcome.stdout + outcome.stderr
+
+
+def test_unreachable_database_error_does_not_reveal_the_password() -> None:
+    cli = Cli({"DATABASE_URL": "postgresql+psycopg2://root:pa55-Banku@127.0.0.1:1/x"})
+
+    outcome = cli("customer", "list", "--json")
+
+    assert outcome.exit_code == 7
+    assert "pa55-Banku" not in outcome.stdout + outcome.stderr
