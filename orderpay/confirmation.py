@@ -72,6 +72,9 @@ def confirm_payment(
     before = payment.status
     if before not in OPEN_PAYMENT_STATUSES:
         return _unchanged(payment, "not asked", "already settled")
+    if payment.provider != provider.name:
+        # Asking MTN about a simulator payment (or the reverse) could resubmit it for real.
+        return _unchanged(payment, "not asked", f"made through {payment.provider}")
     try:
         answer = provider.payment_status(reference_of(payment))
     except ProviderUnavailable as error:

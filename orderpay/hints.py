@@ -56,7 +56,7 @@ def parse_hint(body: bytes) -> Hint:
 
 def record_hint(conn: Connection, hint: Hint) -> Payment | None:
     """Record the hint once; the open payment it points at, or None (a duplicate, or nothing
-    open to confirm)."""
+    open to confirm: then nothing is recorded, since anyone can post unsigned bodies)."""
     payment = None
     if hint.reference is not None:
         locked = lock_payment(conn, payments.c.id == hint.reference)
@@ -68,6 +68,8 @@ def record_hint(conn: Connection, hint: Hint) -> Payment | None:
             payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
         )
         payment = locked.payment if locked is not None else None
+    if payment is None:
+        return None
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     inserted = conn.execute(
         dialect.insert(webhook_events)
@@ -76,14 +78,14 @@ def record_hint(conn: Connection, hint: Hint) -> Payment | None:
             dedupe_key=hint.dedupe_key,
             payload=hint.payload,
             received_at=utcnow(),
-            outcome="to_confirm" if payment is not None else "nothing_open",
-            order_id=payment.order_id if payment is not None else None,
-            payment_id=payment.id if payment is not None else None,
+            outcome="to_confirm",
+            order_id=payment.order_id,
+            payment_id=payment.id,
         )
         .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
         .returning(webhook_events.c.id)
     ).first()
-    if inserted is None or payment is None or payment.status not in OPEN_PAYMENT_STATUSES:
+    if inserted is None or payment.status not in OPEN_PAYMENT_STATUSES:
         return None
     return payment
 

@@ -13,7 +13,8 @@ from orderpay.models import payments
 from orderpay.payments import COLUMNS, Payment, from_row
 from orderpay.states import OPEN_PAYMENT_STATUSES
 
-_AGE = re.compile(r"(\d+)\s*([smhd])")
+_AGE = re.compile(r"([0-9]{1,9})\s*([smhd])")
+MAX_AGE = timedelta(days=365)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -22,14 +23,20 @@ def parse_age(raw: str) -> timedelta:
     match = _AGE.fullmatch(raw.strip().lower())
     if match is None:
         raise InvalidField(f"{raw!r} is not an age such as 30s, 5m, 2h or 1d", field="older_than")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    age = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if age > MAX_AGE:
+        raise InvalidField(f"{raw!r} is longer than a year", field="older_than")
+    return age
 
 
-def payments_to_reconcile(conn: Connection, older_than: timedelta, limit: int) -> list[Payment]:
-    """Payments still `initiated` or `pending` that have not changed for `older_than`."""
+def payments_to_reconcile(
+    conn: Connection, provider: str, older_than: timedelta, limit: int
+) -> list[Payment]:
+    """`provider`'s payments still `initiated` or `pending`, unchanged for `older_than`."""
     rows = conn.execute(
         select(*COLUMNS)
         .where(
+            payments.c.provider == provider,
             payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
             payments.c.updated_at <= utcnow() - older_than,
         )

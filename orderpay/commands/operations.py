@@ -42,7 +42,7 @@ def reconcile(
     age = parse_age(older_than)
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
-        candidates = payments_to_reconcile(conn, age, limit)
+        candidates = payments_to_reconcile(conn, rt.provider.name, age, limit)
     lease = timedelta(seconds=rt.settings.charge_lease_seconds)
     progress = track(
         candidates, description="reconciling", console=Console(stderr=True),
