@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from orderpay.clock import utcnow
 from orderpay.errors import InvalidPayload, OrderNotFound, PaymentNotFound
+from orderpay.fields import has_unstorable_characters
 from orderpay.models import orders, payments, webhook_events
 from orderpay.money import Money, currency_code, parse_amount
 from orderpay.outbox import NotifyTarget
@@ -76,9 +77,13 @@ def parse_callback(body: bytes, *, webhook_id: str | None = None) -> Callback:
         raise InvalidPayload("the body must be a JSON object")
 
     reference = document.get("provider_reference")
-    if not isinstance(reference, str) or not 1 <= len(reference) <= MAX_REFERENCE_LENGTH:
+    if (
+        not isinstance(reference, str)
+        or not 1 <= len(reference) <= MAX_REFERENCE_LENGTH
+        or has_unstorable_characters(reference)
+    ):
         raise InvalidPayload(
-            f"provider_reference must be a string of 1-{MAX_REFERENCE_LENGTH} characters"
+            f"provider_reference must be a string of 1-{MAX_REFERENCE_LENGTH} printable characters"
         )
     raw_order = document.get("order_id")
     if not isinstance(raw_order, str):
@@ -101,8 +106,14 @@ def parse_callback(body: bytes, *, webhook_id: str | None = None) -> Callback:
             raise InvalidPayload("currency must be an ISO 4217 code")
         currency = currency_code(currency)
     reason = document.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH):
-        raise InvalidPayload(f"reason must be a string of at most {MAX_REASON_LENGTH} characters")
+    if reason is not None and (
+        not isinstance(reason, str)
+        or len(reason) > MAX_REASON_LENGTH
+        or has_unstorable_characters(reason)
+    ):
+        raise InvalidPayload(
+            f"reason must be a string of at most {MAX_REASON_LENGTH} printable characters"
+        )
 
     # Without a sender's event id, one outcome for one reference is one event.
     dedupe_key = webhook_id or f"{reference}:{status.value}"

@@ -246,7 +246,14 @@ def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) ->
         )  # fmt: skip
         event, detail = "payment_failed", f"payment {payment.id} declined: {answer.reason}"
     if moved is None:
-        # The outcome (a callback) got here before the provider's receipt did.
+        # The outcome (a callback) got here before the provider's receipt did: keep the
+        # provider's reference all the same.
+        if isinstance(answer, Accepted):
+            conn.execute(
+                update(payments)
+                .where(payments.c.id == payment.id, payments.c.provider_reference.is_(None))
+                .values(provider_reference=answer.provider_reference, lease_expires_at=None)
+            )
         return get_payment(conn, payment.id)
     record_event(conn, payment.order_id, event, detail)
     return moved

@@ -13,13 +13,19 @@ MAX_EMAIL_LENGTH = 254
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+def has_unstorable_characters(text: str) -> bool:
+    """Control characters (NUL included) and lone surrogates: no database should store them,
+    and Postgres cannot."""
+    return any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+
+
 def clean_name(raw: str, what: str = "name") -> str:
     name = raw.strip()
     if not name:
         raise InvalidField(f"{what} must not be empty", field=what)
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidField(f"{what} is longer than {MAX_NAME_LENGTH} characters", field=what)
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if has_unstorable_characters(name):
         raise InvalidField(f"{what} must not contain control characters", field=what)
     return name
 
@@ -28,7 +34,11 @@ def clean_email(raw: str | None) -> str | None:
     if raw is None or not raw.strip():
         return None
     email = raw.strip()
-    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
+    if (
+        len(email) > MAX_EMAIL_LENGTH
+        or not _EMAIL.fullmatch(email)
+        or has_unstorable_characters(email)
+    ):
         raise InvalidField(f"{raw!r} is not an email address", field="email")
     return email
 

@@ -38,6 +38,8 @@ def parse_hint(body: bytes) -> Hint:
         document = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidPayload("the body is not UTF-8 JSON") from None
+    if b"\x00" in body:
+        raise InvalidPayload("the body contains NUL characters")
     if not isinstance(document, dict):
         raise InvalidPayload("the body must be a JSON object")
     order_id, reference = _uuid(document.get("externalId")), _uuid(document.get("referenceId"))

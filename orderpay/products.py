@@ -12,7 +12,7 @@ from sqlalchemy import Connection, insert, select
 
 from orderpay.clock import utcnow
 from orderpay.errors import InvalidField, ProductNotFound
-from orderpay.fields import clean_name
+from orderpay.fields import clean_name, has_unstorable_characters
 from orderpay.models import products
 from orderpay.money import Money, parse_amount
 
@@ -52,6 +52,8 @@ def create_product(
     money = parse_amount(price, currency)
     if len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidField(f"description is longer than {MAX_DESCRIPTION_LENGTH} characters")
+    if has_unstorable_characters(description.replace("\n", " ").replace("\t", " ")):
+        raise InvalidField("description must not contain control characters", field="description")
     values = {
         "id": uuid.uuid4(),
         "name": clean_name(name),

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from orderpay.clock import utcnow
 from orderpay.errors import InvalidPayload, NotificationNotFound
+from orderpay.fields import has_unstorable_characters
 from orderpay.models import notifications, webhook_events
 from orderpay.states import NotificationStatus
 from orderpay.timeline import record_event
@@ -43,6 +44,8 @@ def parse_report(body: bytes, content_type: str) -> DeliveryReport:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidPayload("the body is not UTF-8") from None
+    if "\x00" in text:
+        raise InvalidPayload("the body contains NUL characters")
     fields: Mapping[str, object]
     if content_type.startswith("application/json"):
         try:
@@ -68,8 +71,14 @@ def _field(fields: Mapping[str, object], name: str, *, required: bool) -> str | 
         if required:
             raise InvalidPayload(f"{name} is required")
         return None
-    if not isinstance(value, str) or len(value) > MAX_FIELD_LENGTH:
-        raise InvalidPayload(f"{name} must be a string of at most {MAX_FIELD_LENGTH} characters")
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_FIELD_LENGTH
+        or has_unstorable_characters(value)
+    ):
+        raise InvalidPayload(
+            f"{name} must be a string of at most {MAX_FIELD_LENGTH} printable characters"
+        )
     return value
 
 

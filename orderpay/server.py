@@ -177,7 +177,7 @@ def error_response(request: Request, error: Exception) -> Response:
             status_code=error.status_code,
             headers=dict(error.headers or {}),
         )
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return JSONResponse(
         {"error": {"code": "internal_error", "message": "internal error"}}, status_code=500
     )

@@ -125,7 +125,7 @@ def _verify_standard(
     raw_timestamp = headers.get(SW_TIMESTAMP, "")
     if not webhook_id or "." in webhook_id or len(webhook_id) > 255:
         raise InvalidSignature("bad webhook-id")
-    if not raw_timestamp.isdigit() or len(raw_timestamp) > 12:
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit()) or len(raw_timestamp) > 12:
         raise InvalidSignature("bad webhook-timestamp")
     timestamp = int(raw_timestamp)
     current = time.time() if now is None else now

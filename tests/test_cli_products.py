@@ -208,3 +208,18 @@ def test_bad_product_text_is_refused_with_exit_2_and_nothing_is_stored(
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == code
     assert count_rows(shared_db) == before
+
+
+def test_a_description_with_a_nul_character_is_refused_and_nothing_is_stored(
+    cli: Cli, db: Database
+) -> None:
+    before = count_rows(db)
+
+    outcome = cli(
+        "product", "create", "--name", "Kenkey", "--price", "12.50", "--currency", "GHS",
+        "--description", "spicy\x00", "--json",
+    )  # fmt: skip
+
+    assert outcome.exit_code == 2
+    assert outcome.error()["code"] == "invalid_field"
+    assert count_rows(db) == before

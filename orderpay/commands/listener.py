@@ -40,6 +40,7 @@ def serve_webhooks(
       orderpay serve-webhooks --host 0.0.0.0 --port 8000 --workers 2
     """
     import os
+    import signal
     import tempfile
 
     import uvicorn
@@ -62,6 +63,9 @@ def serve_webhooks(
     except OrderpayError as error:
         info(f"warning: {error.message} (GET /readyz answers 503 until then)")
 
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that
+    # was in place before it started: make that one return, so a clean stop exits 0.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     level = log_level.upper()
     with tempfile.TemporaryDirectory(prefix="orderpay-metrics-") as metrics_dir:
         if workers > 1:
