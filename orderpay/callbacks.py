@@ -13,17 +13,25 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Select, bindparam, select
 
-from orderpay.clock import utcnow
 from orderpay.errors import InvalidPayload, OrderNotFound, PaymentNotFound
 from orderpay.fields import has_unstorable_characters
-from orderpay.models import orders, payments, webhook_events
+from orderpay.inbox import record_once
+from orderpay.models import orders
 from orderpay.money import Money, currency_code, parse_amount
 from orderpay.outbox import NotifyTarget
-from orderpay.settlement import LockedPayment, Settled, classify, lock_payment, settle
-from orderpay.states import OPEN_PAYMENT_STATUSES, PaymentStatus
+from orderpay.settlement import (
+    LOCK_BY_ID,
+    LOCK_BY_REFERENCE,
+    LOCK_OPEN_OF_ORDER,
+    LockedPayment,
+    Settled,
+    classify,
+    lock_payment,
+    settle,
+)
+from orderpay.states import PaymentStatus
 
 MAX_REFERENCE_LENGTH = 128
 MAX_REASON_LENGTH = 255
@@ -52,6 +60,7 @@ class Callback:
 class CallbackResult:
     outcome: Settled | None  # None: a duplicate event, nothing was looked at
     payment_id: uuid.UUID | None
+    notification_queued: bool = False  # an outbox row was written: wake the relay on commit
 
     @property
     def answer(self) -> str:
@@ -146,13 +155,18 @@ def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -
     locked = _locate(conn, callback)
     amount = reported_amount(callback, locked.payment.amount.currency)
     verdict = classify(locked, callback.status, amount, callback.currency)
-    if not _record_event(conn, callback, verdict.value, locked.payment):
-        return CallbackResult(None, locked.payment.id)
+    payment = locked.payment
+    if not record_once(
+        conn, source=callback.source, dedupe_key=callback.dedupe_key, payload=callback.payload,
+        outcome=verdict.value, order_id=payment.order_id, payment_id=payment.id,
+    ):  # fmt: skip
+        return CallbackResult(None, payment.id)
     settle(
         conn, locked, callback.status, reason=callback.reason, amount=amount,
         currency=callback.currency, source=f"{callback.source} callback", notify=notify,
     )  # fmt: skip
-    return CallbackResult(verdict, locked.payment.id)
+    queued = verdict is Settled.APPLIED and callback.status is PaymentStatus.SUCCEEDED
+    return CallbackResult(verdict, locked.payment.id, queued)
 
 
 def _locate(conn: Connection, callback: Callback) -> LockedPayment:
@@ -162,43 +176,24 @@ def _locate(conn: Connection, callback: Callback) -> LockedPayment:
     Senders built on the seed send their own transaction id, which we may not know: then the
     order's open payment is the one meant.
     """
-    by_reference = [payments.c.provider_reference == callback.provider_reference]
+    attempts: list[tuple[Select[Any], dict[str, Any]]] = [
+        (LOCK_BY_REFERENCE, {"b_reference": callback.provider_reference})
+    ]
     with contextlib.suppress(ValueError):
-        by_reference.insert(0, payments.c.id == uuid.UUID(callback.provider_reference))
-    for condition in by_reference:
-        locked = lock_payment(conn, condition)
+        attempts.insert(0, (LOCK_BY_ID, {"b_payment": uuid.UUID(callback.provider_reference)}))
+    for statement, params in attempts:
+        locked = lock_payment(conn, statement, **params)
         if locked is None:
             continue
         if locked.payment.order_id != callback.order_id:
             raise InvalidPayload("provider_reference belongs to another order")
         return locked
-    locked = lock_payment(
-        conn,
-        payments.c.order_id == callback.order_id,
-        payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
-    )
+    locked = lock_payment(conn, LOCK_OPEN_OF_ORDER, b_order=callback.order_id)
     if locked is not None:
         return locked
-    if conn.execute(select(orders.c.id).where(orders.c.id == callback.order_id)).first() is None:
+    if conn.execute(_ORDER_EXISTS, {"b_order": callback.order_id}).first() is None:
         raise OrderNotFound(f"order {callback.order_id} does not exist")
     raise PaymentNotFound(f"order {callback.order_id} has no payment awaiting an outcome")
 
 
-def _record_event(conn: Connection, callback: Callback, outcome: str, payment: Any) -> bool:
-    """Insert the webhook event; False if this source already sent this event."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    inserted = conn.execute(
-        dialect.insert(webhook_events)
-        .values(
-            source=callback.source,
-            dedupe_key=callback.dedupe_key,
-            payload=callback.payload,
-            received_at=utcnow(),
-            outcome=outcome,
-            order_id=payment.order_id,
-            payment_id=payment.id,
-        )
-        .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
-        .returning(webhook_events.c.id)
-    ).first()
-    return inserted is not None
+_ORDER_EXISTS = select(orders.c.id).where(orders.c.id == bindparam("b_order"))

@@ -14,11 +14,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, select, update
 
 from orderpay.clock import utcnow
-from orderpay.db import Transactional
+from orderpay.db import InsertIgnoring, Transactional
 from orderpay.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -38,6 +37,39 @@ from orderpay.phones import mask_phone, normalise_phone
 from orderpay.providers import Accepted, CollectionRequest, Provider, ProviderAnswer
 from orderpay.states import LIVE_PAYMENT_STATUSES, OrderStatus, PaymentStatus
 from orderpay.timeline import record_event
+
+# Built once: these run on every charge, and building a statement costs more than running it.
+_ORDER_FOR_CHARGE = (
+    select(orders.c.status, orders.c.total, orders.c.currency, customers.c.phone)
+    .join(customers, customers.c.id == orders.c.customer_id)
+    .where(orders.c.id == bindparam("b_order"))
+    # FOR SHARE: charges of one order proceed together (the unique indexes decide between
+    # them) while cancelling or marking the order paid waits for this claim to commit.
+    .with_for_update(read=True, of=orders)
+)
+# No conflict target: a second use of the key and a second live payment of the order are both
+# conflicts, told apart afterwards.
+_INSERT_PAYMENT = InsertIgnoring(payments, None, *COLUMNS)
+_LIVE_OF_ORDER = select(payments.c.id, payments.c.status).where(
+    payments.c.order_id == bindparam("b_order"),
+    payments.c.status.in_([s.value for s in LIVE_PAYMENT_STATUSES]),
+)
+_INITIATED = PaymentStatus.INITIATED.value
+_TAKE_LEASE = (
+    update(payments)
+    .where(
+        payments.c.id == bindparam("b_id"),
+        payments.c.status == _INITIATED,
+        payments.c.lease_expires_at.is_(None) | (payments.c.lease_expires_at < bindparam("b_now")),
+    )
+    .returning(*COLUMNS)
+)
+_RELEASE_LEASE = update(payments).where(
+    payments.c.id == bindparam("b_id"), payments.c.status == _INITIATED
+)
+_KEEP_REFERENCE = update(payments).where(
+    payments.c.id == bindparam("b_id"), payments.c.provider_reference.is_(None)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +151,7 @@ def claim_payment(
     lease: timedelta,
 ) -> Claim:
     """Step 1: insert the payment as `initiated`, or resolve the key's earlier use."""
-    row = conn.execute(
-        select(orders.c.status, orders.c.total, orders.c.currency, customers.c.phone)
-        .join(customers, customers.c.id == orders.c.customer_id)
-        .where(orders.c.id == order_id)
-        # FOR SHARE: charges of one order proceed together (the unique indexes decide between
-        # them) while cancelling or marking the order paid waits for this claim to commit.
-        .with_for_update(read=True, of=orders)
-    ).first()
+    row = conn.execute(_ORDER_FOR_CHARGE, {"b_order": order_id}).first()
     if row is None:
         raise OrderNotFound(f"order {order_id} does not exist", order=str(order_id))
     status, total, currency, customer_phone = row
@@ -159,10 +184,7 @@ def claim_payment(
         "created_at": now,
         "updated_at": now,
     }
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    inserted = conn.execute(
-        dialect.insert(payments).values(**values).on_conflict_do_nothing().returning(*COLUMNS)
-    ).first()
+    inserted = conn.execute(_INSERT_PAYMENT(conn), values).first()
     if inserted is not None:
         payment = from_row(inserted)
         record_event(
@@ -175,12 +197,7 @@ def claim_payment(
     existing = find_by_key(conn, key)
     if existing is not None:
         return _resolve_existing(conn, existing, fingerprint, lease)
-    live = conn.execute(
-        select(payments.c.id, payments.c.status).where(
-            payments.c.order_id == order_id,
-            payments.c.status.in_([s.value for s in LIVE_PAYMENT_STATUSES]),
-        )
-    ).first()
+    live = conn.execute(_LIVE_OF_ORDER, {"b_order": order_id}).first()
     if live is not None and live.status == PaymentStatus.SUCCEEDED:
         raise OrderAlreadyPaid(f"order {order_id} is already paid", order=str(order_id))
     raise PaymentInProgress(
@@ -218,16 +235,8 @@ def take_lease(conn: Connection, payment_id: uuid.UUID, lease: timedelta) -> Pay
     """Become the one process talking to the provider about an `initiated` payment, unless
     another holds an unexpired lease."""
     now = utcnow()
-    taken = conn.execute(
-        update(payments)
-        .where(
-            payments.c.id == payment_id,
-            payments.c.status == PaymentStatus.INITIATED.value,
-            payments.c.lease_expires_at.is_(None) | (payments.c.lease_expires_at < now),
-        )
-        .values(lease_expires_at=now + lease, updated_at=now)
-        .returning(*COLUMNS)
-    ).first()
+    params = {"b_id": payment_id, "b_now": now, "lease_expires_at": now + lease, "updated_at": now}
+    taken = conn.execute(_TAKE_LEASE, params).first()
     return None if taken is None else from_row(taken)
 
 
@@ -250,9 +259,12 @@ def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) ->
         # provider's reference all the same.
         if isinstance(answer, Accepted):
             conn.execute(
-                update(payments)
-                .where(payments.c.id == payment.id, payments.c.provider_reference.is_(None))
-                .values(provider_reference=answer.provider_reference, lease_expires_at=None)
+                _KEEP_REFERENCE,
+                {
+                    "b_id": payment.id,
+                    "provider_reference": answer.provider_reference,
+                    "lease_expires_at": None,
+                },
             )
         return get_payment(conn, payment.id)
     record_event(conn, payment.order_id, event, detail)
@@ -262,9 +274,7 @@ def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) ->
 def release_lease(conn: Connection, payment: Payment, why: str) -> None:
     """Keep the payment `initiated` but let the next run of the key resume at once."""
     released = conn.execute(
-        update(payments)
-        .where(payments.c.id == payment.id, payments.c.status == PaymentStatus.INITIATED.value)
-        .values(lease_expires_at=None, updated_at=utcnow())
+        _RELEASE_LEASE, {"b_id": payment.id, "lease_expires_at": None, "updated_at": utcnow()}
     )
     if released.rowcount:
         record_event(

@@ -15,7 +15,6 @@ from datetime import timedelta
 from orderpay.charges import record_answer, release_lease, take_lease
 from orderpay.db import Transactional
 from orderpay.errors import ProviderUnavailable
-from orderpay.models import payments
 from orderpay.outbox import NotifyTarget
 from orderpay.payments import Payment
 from orderpay.providers import (
@@ -25,7 +24,7 @@ from orderpay.providers import (
     RemoteState,
     StatusAnswer,
 )
-from orderpay.settlement import Settled, lock_payment, settle
+from orderpay.settlement import LOCK_BY_ID, Settled, lock_payment, settle
 from orderpay.states import OPEN_PAYMENT_STATUSES, PaymentStatus
 
 REMOTE_OUTCOMES = {
@@ -46,6 +45,10 @@ class Confirmation:
     @property
     def changed(self) -> bool:
         return self.before is not self.after
+
+    @property
+    def notification_queued(self) -> bool:
+        return self.changed and self.after is PaymentStatus.SUCCEEDED
 
 
 def reference_of(payment: Payment) -> PaymentRef:
@@ -99,7 +102,7 @@ def _settle(
     source: str,
 ) -> Confirmation:
     with db.transaction() as conn:
-        locked = lock_payment(conn, payments.c.id == payment.id)
+        locked = lock_payment(conn, LOCK_BY_ID, b_payment=payment.id)
         assert locked is not None, "payments are never deleted"
         verdict = settle(
             conn, locked, target, reason=answer.reason, amount=answer.amount,

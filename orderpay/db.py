@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, exc, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.sql import Executable
 
 from orderpay.errors import DatabaseUnavailable, SchemaOutOfDate
 
@@ -31,6 +33,23 @@ class Transactional(Protocol):
     """What services that run several transactions (charges, deliveries) are given."""
 
     def transaction(self) -> AbstractContextManager[Connection]: ...
+
+
+class InsertIgnoring:
+    """`INSERT ... ON CONFLICT (...) DO NOTHING [RETURNING ...]`, built once per dialect.
+
+    Hot paths execute prebuilt statements with parameters: building a statement costs more
+    than running it. The columns inserted are the keys of the parameters given.
+    """
+
+    def __init__(self, table: Table, conflict: list[str] | None, *returning: Column[Any]) -> None:
+        self._by_dialect: dict[str, Executable] = {}
+        for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)):
+            statement = dialect.insert(table).on_conflict_do_nothing(index_elements=conflict)
+            self._by_dialect[name] = statement.returning(*returning) if returning else statement
+
+    def __call__(self, conn: Connection) -> Executable:
+        return self._by_dialect[conn.dialect.name]
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -58,7 +77,10 @@ def make_engine(url: str, **options: Any) -> Engine:
         engine = create_engine(parsed, **options)
         _configure_sqlite(engine)
         return engine
-    options.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip per transaction. A connection that died (a database
+    # restart) fails one transaction with DatabaseUnavailable, and SQLAlchemy then discards
+    # the whole pool; the next transaction reconnects.
+    options.setdefault("pool_recycle", 1800)
     options.setdefault("connect_args", {"connect_timeout": 5})
     return create_engine(parsed, **options)
 

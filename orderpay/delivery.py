@@ -20,7 +20,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Select, bindparam, select, update
 
 from orderpay.channels import Channel, OutgoingMessage
 from orderpay.clock import utcnow
@@ -33,8 +33,9 @@ from orderpay.timeline import record_events
 
 log = logging.getLogger("orderpay.notify")
 
-# A retry that fires up to this much before its due time (scheduler granularity) still runs.
-DUE_SLACK = timedelta(seconds=2)
+# A retry is due this much before RQ's scheduler runs it (the scheduler's granularity and clock
+# skew), so that run finds the row due. Leases get no such slack.
+RETRY_SLACK = timedelta(seconds=2)
 
 
 class Delivery(StrEnum):
@@ -120,19 +121,29 @@ _ATTEMPT_COLUMNS = (
 )
 
 
-def _attempt_rows(conn: Connection, *conditions: Any, limit: int, skip_locked: bool) -> list[Any]:
-    query = (
+def _attempts_query(*conditions: Any) -> Select[Any]:
+    return (
         select(*_ATTEMPT_COLUMNS)
         .join(payments, payments.c.id == notifications.c.payment_id)
         .join(orders, orders.c.id == notifications.c.order_id)
         .join(customers, customers.c.id == orders.c.customer_id)
         .where(notifications.c.status == NotificationStatus.PENDING.value, *conditions)
         .order_by(notifications.c.due_at)
-        .limit(limit)
     )
-    if skip_locked:
-        query = query.with_for_update(skip_locked=True, of=notifications)
-    return list(conn.execute(query))
+
+
+# Built once: these run for every message, and building a statement costs more than running it.
+_ONE_DUE = _attempts_query(
+    notifications.c.id == bindparam("b_id"), notifications.c.due_at <= bindparam("b_due")
+).limit(1)
+_DUE = _attempts_query(notifications.c.due_at <= bindparam("b_due")).limit(bindparam("b_limit"))
+_DUE_SKIP_LOCKED = _DUE.with_for_update(skip_locked=True, of=notifications)
+# Every write of an attempt is conditional on the row still being that attempt's.
+_OWNED = update(notifications).where(
+    notifications.c.id == bindparam("b_id"),
+    notifications.c.status == NotificationStatus.PENDING.value,
+    notifications.c.attempts == bindparam("b_attempts"),
+)
 
 
 def _claim(conn: Connection, rows: list[Any], policy: RetryPolicy, now: datetime) -> list[Attempt]:
@@ -141,13 +152,14 @@ def _claim(conn: Connection, rows: list[Any], policy: RetryPolicy, now: datetime
     lease_until = now + timedelta(seconds=policy.lease_seconds)
     for nid, attempts, order_id, payment_id, recipient, amount, currency, name in rows:
         taken = conn.execute(
-            update(notifications)
-            .where(
-                notifications.c.id == nid,
-                notifications.c.status == NotificationStatus.PENDING.value,
-                notifications.c.attempts == attempts,
-            )
-            .values(attempts=attempts + 1, due_at=lease_until, updated_at=now)
+            _OWNED,
+            {
+                "b_id": nid,
+                "b_attempts": attempts,
+                "attempts": attempts + 1,
+                "due_at": lease_until,
+                "updated_at": now,
+            },
         )
         if taken.rowcount == 1:
             claimed.append(Attempt(
@@ -160,13 +172,7 @@ def claim_attempt(
     conn: Connection, notification_id: int, policy: RetryPolicy, now: datetime
 ) -> Attempt | None:
     """Step 1 for one row (an RQ job): its next attempt, if pending, due and not leased."""
-    rows = _attempt_rows(
-        conn,
-        notifications.c.id == notification_id,
-        notifications.c.due_at <= now + DUE_SLACK,
-        limit=1,
-        skip_locked=False,
-    )
+    rows = list(conn.execute(_ONE_DUE, {"b_id": notification_id, "b_due": now}))
     claimed = _claim(conn, rows, policy, now)
     return claimed[0] if claimed else None
 
@@ -175,9 +181,9 @@ def claim_due_attempts(
     conn: Connection, policy: RetryPolicy, now: datetime, limit: int
 ) -> list[Attempt]:
     """Step 1 for the embedded drain: due rows no other worker holds (SKIP LOCKED)."""
-    rows = _attempt_rows(
-        conn, notifications.c.due_at <= now, limit=limit, skip_locked=conn.dialect.name != "sqlite"
-    )
+    # SQLite has one writer at a time (BEGIN IMMEDIATE) and no SKIP LOCKED.
+    statement = _DUE if conn.dialect.name == "sqlite" else _DUE_SKIP_LOCKED
+    rows = list(conn.execute(statement, {"b_due": now, "b_limit": limit}))
     return _claim(conn, rows, policy, now)
 
 
@@ -217,13 +223,9 @@ def send_attempt(
         return _record_sent(conn, attempt, message, message_id)
 
 
-def _owned(attempt: Attempt) -> Any:
-    """Only the attempt that holds the row may record its outcome."""
-    return (
-        (notifications.c.id == attempt.notification_id)
-        & (notifications.c.status == NotificationStatus.PENDING.value)
-        & (notifications.c.attempts == attempt.number)
-    )
+def _owned(attempt: Attempt, **values: Any) -> dict[str, Any]:
+    """Parameters for _OWNED: only the attempt that holds the row may record its outcome."""
+    return {"b_id": attempt.notification_id, "b_attempts": attempt.number, **values}
 
 
 def _record_sent(
@@ -231,16 +233,16 @@ def _record_sent(
 ) -> DeliveryResult:
     now = utcnow()
     moved = conn.execute(
-        update(notifications)
-        .where(_owned(attempt))
-        .values(
+        _OWNED,
+        _owned(
+            attempt,
             status=NotificationStatus.SENT.value,
             body=message.text,
             gateway_message_id=message_id,
             last_error=None,
             sent_at=now,
             updated_at=now,
-        )
+        ),
     )
     if moved.rowcount != 1:
         # Our lease ran out and another attempt took the row over while we were sending.
@@ -270,17 +272,13 @@ def _record_failure(
         retry_in = policy.delay_after(attempt.number)
         # enqueued_at stays: the job's own retry (RQ) brings it back; the relay steps in only
         # if that retry is lost.
-        values = {"due_at": now + timedelta(seconds=retry_in)}
+        values = {"due_at": now + timedelta(seconds=retry_in) - RETRY_SLACK}
         event = (
             "notification_attempt_failed",
             f"notification {attempt.notification_id}, try {attempt.number}: {error}; "
             f"retry in {retry_in} s",
         )
-    moved = conn.execute(
-        update(notifications)
-        .where(_owned(attempt))
-        .values(last_error=error, updated_at=now, **values)
-    )
+    moved = conn.execute(_OWNED, _owned(attempt, last_error=error, updated_at=now, **values))
     if moved.rowcount != 1:
         return DeliveryResult(Delivery.SKIPPED, attempt.notification_id, attempt.number, error)
     record_events(conn, attempt.order_id, [event], at=now)

@@ -150,7 +150,7 @@ def _deliver(runtime: Runtime, report: Report) -> None:
         from rq import SimpleWorker
         from rq.serializers import JSONSerializer
 
-        from orderpay.jobs import Relay, connect_redis, make_queue
+        from orderpay.jobs import Relay, connect_redis, make_queue, runtime_for_jobs
 
         redis = connect_redis(settings.redis_url)
         queue = make_queue(redis, f"orderpay-demo-{uuid.uuid4().hex[:8]}")
@@ -159,9 +159,14 @@ def _deliver(runtime: Runtime, report: Report) -> None:
             stale_after=timedelta(seconds=settings.notify_lease_seconds),
         ).relay_due()  # fmt: skip
         report(f"relay: {relayed} notification(s) moved to RQ ({queue.name})")
-        SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(
-            burst=True, logging_level="WARNING"
-        )
+        with runtime_for_jobs(runtime):
+            SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(
+                burst=True, logging_level="WARNING"
+            )
+        # Leave little of the demo in a Redis that may be someone's (what is left expires).
+        finished = queue.finished_job_registry
+        for job_id in finished.get_job_ids():
+            finished.remove(job_id, delete_job=True)
         queue.delete(delete_jobs=True)
         report("worker: RQ burst finished")
         return

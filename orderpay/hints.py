@@ -12,13 +12,11 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 
-from orderpay.clock import utcnow
 from orderpay.errors import InvalidPayload
-from orderpay.models import payments, webhook_events
+from orderpay.inbox import record_once
 from orderpay.payments import Payment
-from orderpay.settlement import lock_payment
+from orderpay.settlement import LOCK_BY_ID, LOCK_OPEN_OF_ORDER, lock_payment
 from orderpay.states import OPEN_PAYMENT_STATUSES
 
 MTN_SOURCE = "mtn"
@@ -61,33 +59,18 @@ def record_hint(conn: Connection, hint: Hint) -> Payment | None:
     open to confirm: then nothing is recorded, since anyone can post unsigned bodies)."""
     payment = None
     if hint.reference is not None:
-        locked = lock_payment(conn, payments.c.id == hint.reference)
+        locked = lock_payment(conn, LOCK_BY_ID, b_payment=hint.reference)
         payment = locked.payment if locked is not None else None
     if payment is None and hint.order_id is not None:
-        locked = lock_payment(
-            conn,
-            payments.c.order_id == hint.order_id,
-            payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
-        )
+        locked = lock_payment(conn, LOCK_OPEN_OF_ORDER, b_order=hint.order_id)
         payment = locked.payment if locked is not None else None
     if payment is None:
         return None
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    inserted = conn.execute(
-        dialect.insert(webhook_events)
-        .values(
-            source=MTN_SOURCE,
-            dedupe_key=hint.dedupe_key,
-            payload=hint.payload,
-            received_at=utcnow(),
-            outcome="to_confirm",
-            order_id=payment.order_id,
-            payment_id=payment.id,
-        )
-        .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
-        .returning(webhook_events.c.id)
-    ).first()
-    if inserted is None or payment.status not in OPEN_PAYMENT_STATUSES:
+    recorded = record_once(
+        conn, source=MTN_SOURCE, dedupe_key=hint.dedupe_key, payload=hint.payload,
+        outcome="to_confirm", order_id=payment.order_id, payment_id=payment.id,
+    )  # fmt: skip
+    if not recorded or payment.status not in OPEN_PAYMENT_STATUSES:
         return None
     return payment
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -47,6 +49,18 @@ def process_runtime() -> Runtime:
             _process[1].forget_inherited()
         _process = (pid, Runtime())
     return _process[1]
+
+
+@contextmanager
+def runtime_for_jobs(runtime: Runtime) -> Iterator[None]:
+    """Run this process's jobs with `runtime` (an in-process worker, as in `orderpay demo`,
+    whose configuration is not the environment's)."""
+    global _process
+    previous, _process = _process, (os.getpid(), runtime)
+    try:
+        yield
+    finally:
+        _process = previous
 
 
 class NotificationFailed(Exception):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, text, update
+from sqlalchemy import Connection, select, update
 
 from orderpay.clock import utcnow
 from orderpay.errors import NotificationNotFound, NotificationNotRetryable
@@ -16,7 +16,7 @@ from orderpay.models import notifications
 from orderpay.states import NotificationStatus, notification_can_move
 from orderpay.timeline import record_event
 
-# The Postgres channel the relay listens on (outbox.py NOTIFYs it after inserts).
+# The Postgres channel the relay listens on (wakeups.Nudger NOTIFYs it after commits).
 OUTBOX_CHANNEL = "orderpay_outbox"
 
 
@@ -108,7 +108,10 @@ def failed_ids(conn: Connection, limit: int = 10_000) -> list[int]:
 
 
 def retry_notification(conn: Connection, notification_id: int) -> Notification:
-    """An operator's retry: a failed notification becomes pending, due now, with fresh tries."""
+    """An operator's retry: a failed notification becomes pending, due now, with fresh tries.
+
+    The caller wakes the relay after the transaction commits (wakeups.Nudger).
+    """
     current = get_notification(conn, notification_id)
     if not notification_can_move(current.status, NotificationStatus.PENDING):
         raise NotificationNotRetryable(
@@ -136,14 +139,4 @@ def retry_notification(conn: Connection, notification_id: int) -> Notification:
         conn, current.order_id, "notification_retried",
         f"notification {notification_id} back to pending by the operator", at=now,
     )  # fmt: skip
-    wake_relay(conn, notification_id)
     return from_row(moved)
-
-
-def wake_relay(conn: Connection, notification_id: int) -> None:
-    """NOTIFY the relay; Postgres delivers it only if the transaction commits."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            text("SELECT pg_notify(:channel, :id)"),
-            {"channel": OUTBOX_CHANNEL, "id": str(notification_id)},
-        )

@@ -1,8 +1,9 @@
 """The notification outbox: rows written in the settling transaction, moved to RQ by the relay.
 
 A row is inserted in the same transaction that marks the payment succeeded, so there is no
-notification without a payment and no payment without its notification. On Postgres the insert
-also NOTIFYs the relay, which Postgres delivers only if the transaction commits.
+notification without a payment and no payment without its notification. After that transaction
+commits, the caller wakes the relay (wakeups.Nudger); the relay also polls, so a wake-up that
+never comes only delays a message.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, select, update
 
 from orderpay.clock import utcnow
+from orderpay.db import InsertIgnoring
 from orderpay.models import notifications
-from orderpay.notifications import wake_relay
 from orderpay.states import NotificationStatus
 
 PAYMENT_RECEIVED = "payment_received"
@@ -35,6 +35,9 @@ class NotifyTarget:
         return customer_phone
 
 
+_INSERT = InsertIgnoring(notifications, ["payment_id", "kind"], notifications.c.id)
+
+
 def add_notification(
     conn: Connection,
     *,
@@ -44,31 +47,43 @@ def add_notification(
     target: NotifyTarget,
     kind: str = PAYMENT_RECEIVED,
 ) -> int | None:
-    """Insert the outbox row; None if this payment already has one of this kind."""
+    """Insert the outbox row; None if this payment already has one of this kind.
+
+    The caller wakes the relay after its transaction commits (wakeups.Nudger).
+    """
     now = utcnow()
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    inserted = conn.execute(
-        dialect.insert(notifications)
-        .values(
-            order_id=order_id,
-            payment_id=payment_id,
-            kind=kind,
-            channel=target.channel,
-            recipient=recipient,
-            # Rendered by the job when it sends, with the merchant's current name.
-            body="",
-            status=NotificationStatus.PENDING.value,
-            attempts=0,
-            due_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["payment_id", "kind"])
-        .returning(notifications.c.id)
-    ).scalar_one_or_none()
-    if inserted is not None:
-        wake_relay(conn, inserted)
+    values = {
+        "order_id": order_id,
+        "payment_id": payment_id,
+        "kind": kind,
+        "channel": target.channel,
+        "recipient": recipient,
+        # Rendered by the job when it sends, with the merchant's current name.
+        "body": "",
+        "status": NotificationStatus.PENDING.value,
+        "attempts": 0,
+        "due_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    inserted: int | None = conn.execute(_INSERT(conn), values).scalar_one_or_none()
     return inserted
+
+
+_fresh = notifications.c.enqueued_at.is_(None) & (notifications.c.due_at <= bindparam("b_now"))
+_stale = notifications.c.enqueued_at.is_not(None) & (
+    notifications.c.due_at <= bindparam("b_stale_before")
+)
+_RELAYABLE = (
+    select(notifications.c.id, notifications.c.attempts)
+    .where(notifications.c.status == NotificationStatus.PENDING.value, _fresh | _stale)
+    .order_by(notifications.c.due_at)
+    .limit(bindparam("b_limit"))
+)
+_RELAYABLE_SKIP_LOCKED = _RELAYABLE.with_for_update(skip_locked=True)
+_MARK_ENQUEUED = update(notifications).where(
+    notifications.c.id.in_(bindparam("b_ids", expanding=True))
+)
 
 
 def claim_for_relay(
@@ -80,23 +95,14 @@ def claim_for_relay(
     past due (a retry or a lease) by more than `stale_after`. Rows other relays are taking are
     skipped (SKIP LOCKED), so two relays never enqueue the same row.
     """
-    fresh = notifications.c.enqueued_at.is_(None) & (notifications.c.due_at <= now)
-    stale = notifications.c.enqueued_at.is_not(None) & (notifications.c.due_at <= now - stale_after)
-    query = (
-        select(notifications.c.id, notifications.c.attempts)
-        .where(notifications.c.status == NotificationStatus.PENDING.value, fresh | stale)
-        .order_by(notifications.c.due_at)
-        .limit(limit)
-    )
-    if conn.dialect.name != "sqlite":
-        query = query.with_for_update(skip_locked=True)
-    rows = [(nid, attempts) for nid, attempts in conn.execute(query)]
+    statement = _RELAYABLE if conn.dialect.name == "sqlite" else _RELAYABLE_SKIP_LOCKED
+    params = {"b_now": now, "b_stale_before": now - stale_after, "b_limit": limit}
+    rows = [(nid, attempts) for nid, attempts in conn.execute(statement, params)]
     if rows:
+        # due_at moves to now too, so a stale row is not handed out again before the job
+        # has had `stale_after` to claim it.
         conn.execute(
-            update(notifications)
-            .where(notifications.c.id.in_([nid for nid, _ in rows]))
-            # due_at moves to now too, so a stale row is not handed out again before the job
-            # has had `stale_after` to claim it.
-            .values(enqueued_at=now, due_at=now)
+            _MARK_ENQUEUED,
+            {"b_ids": [nid for nid, _ in rows], "enqueued_at": now, "due_at": now},
         )
     return rows

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from orderpay.clock import utcnow
 from orderpay.errors import PaymentNotFound
@@ -61,18 +61,28 @@ def from_row(row: Sequence[Any]) -> Payment:
     )  # fmt: skip
 
 
-def get_payment(conn: Connection, payment_id: uuid.UUID, *, for_update: bool = False) -> Payment:
-    query = select(*COLUMNS).where(payments.c.id == payment_id)
-    if for_update:
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+# Built once: these run on every charge, and building a statement costs more than running it.
+_BY_ID = select(*COLUMNS).where(payments.c.id == bindparam("b_id"))
+_BY_KEY = select(*COLUMNS).where(payments.c.idempotency_key == bindparam("b_key"))
+_MOVE = (
+    update(payments)
+    .where(
+        payments.c.id == bindparam("b_id"),
+        payments.c.status.in_(bindparam("b_from", expanding=True)),
+    )
+    .returning(*COLUMNS)
+)
+
+
+def get_payment(conn: Connection, payment_id: uuid.UUID) -> Payment:
+    row = conn.execute(_BY_ID, {"b_id": payment_id}).first()
     if row is None:
         raise PaymentNotFound(f"payment {payment_id} does not exist", payment=str(payment_id))
     return from_row(row)
 
 
 def find_by_key(conn: Connection, key: str) -> Payment | None:
-    row = conn.execute(select(*COLUMNS).where(payments.c.idempotency_key == key)).first()
+    row = conn.execute(_BY_KEY, {"b_key": key}).first()
     return None if row is None else from_row(row)
 
 
@@ -115,10 +125,12 @@ def move_payment(
     for current in froms:
         if not payment_can_move(current, target):
             raise ValueError(f"payment transition {current} -> {target} is not allowed")
-    row = conn.execute(
-        update(payments)
-        .where(payments.c.id == payment_id, payments.c.status.in_([s.value for s in froms]))
-        .values(status=target.value, updated_at=utcnow(), **values)
-        .returning(*COLUMNS)
-    ).first()
+    params = {
+        "b_id": payment_id,
+        "b_from": [s.value for s in froms],
+        "status": target.value,
+        "updated_at": utcnow(),
+        **values,
+    }
+    row = conn.execute(_MOVE, params).first()
     return None if row is None else from_row(row)

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from sqlalchemy import Connection, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from orderpay.clock import utcnow
 from orderpay.errors import InvalidPayload, NotificationNotFound
 from orderpay.fields import has_unstorable_characters
-from orderpay.models import notifications, webhook_events
+from orderpay.inbox import record_once
+from orderpay.models import notifications
 from orderpay.states import NotificationStatus
 from orderpay.timeline import record_event
 
@@ -97,22 +97,13 @@ def apply_report(conn: Connection, report: DeliveryReport) -> str:
     notification_id, order_id, status = row
     target = FINAL_STATUSES.get(report.status)
     applies = target is not None and status == NotificationStatus.SENT.value
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     now = utcnow()
-    recorded = conn.execute(
-        dialect.insert(webhook_events)
-        .values(
-            source=DLR_SOURCE,
-            dedupe_key=f"{report.message_id}:{report.status}",
-            payload=report.payload,
-            received_at=now,
-            outcome=target.value if applies and target is not None else "kept",
-            order_id=order_id,
-        )
-        .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
-        .returning(webhook_events.c.id)
-    ).first()
-    if recorded is None:
+    recorded = record_once(
+        conn, source=DLR_SOURCE, dedupe_key=f"{report.message_id}:{report.status}",
+        payload=report.payload, order_id=order_id,
+        outcome=target.value if applies and target is not None else "kept",
+    )  # fmt: skip
+    if not recorded:
         return "duplicate"
     if not applies or target is None:
         return "kept"  # an interim status, or a final report was applied already

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -14,13 +14,15 @@ if TYPE_CHECKING:
     from orderpay.delivery import RetryPolicy
     from orderpay.outbox import NotifyTarget
     from orderpay.providers import Provider
+    from orderpay.wakeups import Nudger
 
 
 class Runtime:
     """What one process needs, built on first use and closed once."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, **engine_options: Any) -> None:
         self._given_settings = settings
+        self._engine_options = engine_options
         self._schema_checked = False
 
     @cached_property
@@ -36,7 +38,7 @@ class Runtime:
         """The database without the schema check (for `db upgrade` and health checks)."""
         from orderpay.db import Database
 
-        return Database(self.settings.database_url)
+        return Database(self.settings.database_url, **self._engine_options)
 
     @property
     def database(self) -> Database:
@@ -90,12 +92,21 @@ class Runtime:
 
         return RetryPolicy(self.settings.retry_intervals, self.settings.notify_lease_seconds)
 
+    @cached_property
+    def nudger(self) -> Nudger:
+        """Wakes the notification relay after commits that wrote outbox rows."""
+        from orderpay.wakeups import Nudger
+
+        return Nudger(self.raw_database.engine)
+
     def forget_inherited(self) -> None:
         """In a forked child: drop what belongs to the parent without closing it."""
         if "raw_database" in self.__dict__:
             self.raw_database.engine.dispose(close=False)
 
     def close(self) -> None:
+        if "nudger" in self.__dict__:
+            self.nudger.close()
         if "channel" in self.__dict__:
             self.channel.close()
         if "provider" in self.__dict__:

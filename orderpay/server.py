@@ -67,6 +67,8 @@ async def momo_webhook(request: Request) -> Response:
             raise InvalidSignature("invalid signature") from None  # no detail for the sender
         callback = parse_callback(body, webhook_id=verified.webhook_id)
         result = await run_in_threadpool(_apply_callback, runtime, callback)
+        if result.notification_queued:
+            runtime.nudger.nudge()
     except OrderpayError as error:
         metrics().callbacks.labels("momo", error.code).inc()
         raise
@@ -117,6 +119,8 @@ def _confirm(runtime: Runtime, payment: Payment) -> None:
     except OrderpayError as error:  # reconcile will settle it later
         log.warning("confirming payment %s failed: %s", payment.id, error.message)
         return
+    if result.notification_queued:
+        runtime.nudger.nudge()
     log.info("payment %s confirmed: %s -> %s (%s)", payment.id, result.before.value,
              result.after.value, result.remote)  # fmt: skip
 
@@ -246,9 +250,14 @@ ROUTES = [
 ]
 
 
+# Threads that run service calls, and database connections for them, per worker process.
+# Requests beyond this wait in the event loop, which costs nothing while the CPU is busy anyway.
+WORKER_THREADS = 16
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI application; `uvicorn --factory orderpay.server:create_app` runs it."""
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, pool_size=WORKER_THREADS, max_overflow=4, pool_timeout=10)
     # Build what threads will share now, so no two threads race to create it.
     runtime.settings  # noqa: B018
     runtime.raw_database  # noqa: B018
@@ -257,6 +266,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         yield
         runtime.close()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Select, bindparam, select, update
 
 from orderpay.clock import utcnow
 from orderpay.models import customers, orders, payments
@@ -42,9 +42,8 @@ class LockedPayment:
     customer_phone: str
 
 
-def lock_payment(conn: Connection, *conditions: Any) -> LockedPayment | None:
-    """SELECT the payment matching `conditions` with its order, both locked FOR UPDATE."""
-    row = conn.execute(
+def _locking(*conditions: Any) -> Select[Any]:
+    return (
         select(*COLUMNS, orders.c.status, customers.c.phone)
         .join(orders, orders.c.id == payments.c.order_id)
         .join(customers, customers.c.id == orders.c.customer_id)
@@ -52,7 +51,27 @@ def lock_payment(conn: Connection, *conditions: Any) -> LockedPayment | None:
         .order_by(payments.c.created_at.desc())
         .limit(1)
         .with_for_update(of=[payments, orders])
-    ).first()
+    )
+
+
+# Built once: these run on every callback, and building a statement costs more than running it.
+LOCK_BY_ID = _locking(payments.c.id == bindparam("b_payment"))
+LOCK_BY_REFERENCE = _locking(payments.c.provider_reference == bindparam("b_reference"))
+LOCK_OPEN_OF_ORDER = _locking(
+    payments.c.order_id == bindparam("b_order"),
+    payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+)
+_MOVE_PAYMENT = update(payments).where(
+    payments.c.id == bindparam("b_id"), payments.c.status == bindparam("b_from")
+)
+_MARK_PAID = update(orders).where(
+    orders.c.id == bindparam("b_id"), orders.c.status == OrderStatus.PENDING.value
+)
+
+
+def lock_payment(conn: Connection, statement: Select[Any], **params: Any) -> LockedPayment | None:
+    """Run one of the LOCK_* statements: the payment with its order, both FOR UPDATE."""
+    row = conn.execute(statement, params).first()
     if row is None:
         return None
     return LockedPayment(from_row(row[:-2]), OrderStatus(row[-2]), row[-1])
@@ -115,14 +134,15 @@ def settle(
     if not payment_can_move(payment.status, target):  # classify() let only open payments by
         raise ValueError(f"payment transition {payment.status} -> {target} is not allowed")
     conn.execute(
-        update(payments)
-        .where(payments.c.id == payment.id, payments.c.status == payment.status.value)
-        .values(
-            status=target.value,
-            failure_reason=reason if target is PaymentStatus.FAILED else None,
-            lease_expires_at=None,
-            updated_at=now,
-        )
+        _MOVE_PAYMENT,
+        {
+            "b_id": payment.id,
+            "b_from": payment.status.value,
+            "status": target.value,
+            "failure_reason": reason if target is PaymentStatus.FAILED else None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        },
     )
     if target is PaymentStatus.FAILED:
         why = reason or "no reason given"
@@ -154,7 +174,5 @@ def settle(
 def _mark_paid(conn: Connection, order_id: uuid.UUID, now: Any) -> None:
     # The order row is locked by lock_payment and classify() checked it is pending.
     conn.execute(
-        update(orders)
-        .where(orders.c.id == order_id, orders.c.status == OrderStatus.PENDING.value)
-        .values(status=OrderStatus.PAID.value, updated_at=now)
+        _MARK_PAID, {"b_id": order_id, "status": OrderStatus.PAID.value, "updated_at": now}
     )

@@ -19,6 +19,9 @@ class OrderEvent:
     detail: str
 
 
+_INSERT = insert(order_events)
+
+
 def record_event(
     conn: Connection,
     order_id: uuid.UUID,
@@ -28,9 +31,7 @@ def record_event(
     at: datetime | None = None,
 ) -> None:
     conn.execute(
-        insert(order_events).values(
-            order_id=order_id, at=at or utcnow(), event=event, detail=detail
-        )
+        _INSERT, {"order_id": order_id, "at": at or utcnow(), "event": event, "detail": detail}
     )
 
 
@@ -44,8 +45,7 @@ def record_events(
     """Several (event, detail) rows in one statement, in order."""
     when = at or utcnow()
     conn.execute(
-        insert(order_events),
-        [{"order_id": order_id, "at": when, "event": e, "detail": d} for e, d in events],
+        _INSERT, [{"order_id": order_id, "at": when, "event": e, "detail": d} for e, d in events]
     )
 
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import select
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine
@@ -68,3 +69,62 @@ class Wakeups:
             with contextlib.suppress(Exception):  # already broken: nothing to release
                 self._raw.invalidate()
             self._raw = None
+
+
+class Nudger:
+    """Wakes the relays after a commit that wrote outbox rows: `NOTIFY orderpay_outbox`.
+
+    Sent after the commit, never inside the settling transaction: Postgres holds one cluster-wide
+    lock from a notifying transaction's pre-commit until its commit record is flushed, which
+    serialises every settling commit behind the disk (measured here: 1,800-3,600 tps with the
+    NOTIFY inside, 5,800-6,500 after the commit, 6,800-9,000 without). `nudge()` coalesces a
+    burst into one NOTIFY from a background thread; `notify_now()` sends one at once.
+    """
+
+    # Long enough to turn a burst of commits into one NOTIFY, short next to a relay's poll.
+    COALESCE_SECONDS = 0.02
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._enabled = engine.dialect.name == "postgresql"
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def notify_now(self) -> None:
+        if not self._enabled:
+            return
+        try:
+            with self.engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                    f"NOTIFY {OUTBOX_CHANNEL}"
+                )
+        except Exception as error:  # the relay's poll will find the rows anyway
+            log.warning("could not wake the relay (%s)", type(error).__name__)
+
+    def nudge(self) -> None:
+        if not self._enabled or self._closed:
+            return
+        self._wanted.set()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="relay-nudger", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            if not self._wanted.wait(timeout=1.0):
+                continue
+            time.sleep(self.COALESCE_SECONDS)
+            self._wanted.clear()
+            self.notify_now()
+
+    def close(self) -> None:
+        """Send what is still wanted, then stop the thread."""
+        self._closed = True
+        if self._wanted.is_set():
+            self._wanted.clear()
+            self.notify_now()
+        if self._thread is not None:
+            self._thread.join(timeout=2)

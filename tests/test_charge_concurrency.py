@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from orderpay.clock import utcnow
 from orderpay.db import Database
 from orderpay.payments import payments_of
 from orderpay.states import PaymentStatus
@@ -115,7 +116,8 @@ def test_a_charge_killed_while_the_provider_is_answering_is_resumed_once_its_lea
         env = {
             "DATABASE_URL": pg_url,
             "ORDERPAY_SIMULATOR_CALLBACK_URL": provider_side.url,
-            "ORDERPAY_CHARGE_LEASE_SECONDS": "2",
+            # Long enough for the next process to start (slowly, on a busy machine) in it.
+            "ORDERPAY_CHARGE_LEASE_SECONDS": "8",
         }
         doomed = subprocess.Popen(
             [sys.executable, "-m", "orderpay", "charge", str(order.id), "--key", "k-1"],
@@ -129,7 +131,10 @@ def test_a_charge_killed_while_the_provider_is_answering_is_resumed_once_its_lea
         provider_side.answer_with(lambda _request: Answer())
 
         while_leased = _orderpay(env, "charge", str(order.id), "--key", "k-1")
-        time.sleep(2.1)
+        with db.transaction() as conn:
+            (held,) = payments_of(conn, [order.id])
+        assert held.lease_expires_at is not None
+        time.sleep(max(0.0, (held.lease_expires_at - utcnow()).total_seconds()) + 0.2)
         resumed = _orderpay(env, "charge", str(order.id), "--key", "k-1", "--json")
 
     with db.transaction() as conn:

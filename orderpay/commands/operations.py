@@ -55,6 +55,8 @@ def reconcile(
             rt.database, rt.provider, payment, notify=notify, source="reconcile", lease=lease
         )
         results.append(result)
+    if any(result.notification_queued for result in results):
+        rt.nudger.notify_now()
     if json_:
         emit_json(
             {

@@ -225,6 +225,8 @@ def notification_retry(
             if not all_failed:
                 raise
             # Sent or retried by someone else since the list was read: nothing to do.
+    if retried:
+        rt.nudger.notify_now()
     if json_:
         from orderpay.shapes import notification_shape
 
