@@ -13,10 +13,13 @@ MAX_EMAIL_LENGTH = 254
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+# Control characters (NUL included) and lone surrogates: no database should store them, and
+# Postgres cannot.
+_UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def has_unstorable_characters(text: str) -> bool:
-    """Control characters (NUL included) and lone surrogates: no database should store them,
-    and Postgres cannot."""
-    return any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+    return _UNSTORABLE.search(text) is not None
 
 
 def clean_name(raw: str, what: str = "name") -> str:
