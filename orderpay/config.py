@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///orderpay.db"
@@ -102,6 +102,15 @@ class Settings(BaseSettings):
         if not parts or not all(part.isdigit() and 0 < int(part) <= 86_400 for part in parts):
             raise ValueError("a comma-separated list of whole seconds (1-86400), e.g. 10,30,60")
         return ",".join(parts)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_send(self) -> Settings:
+        if self.notify_lease_seconds < self.notify_timeout_seconds:
+            # A shorter lease lets another worker take over a send still in flight.
+            raise ValueError(
+                "ORDERPAY_NOTIFY_LEASE_SECONDS must be at least ORDERPAY_NOTIFY_TIMEOUT_SECONDS"
+            )
+        return self
 
     @property
     def retry_intervals(self) -> tuple[int, ...]:

@@ -33,10 +33,6 @@ from orderpay.timeline import record_events
 
 log = logging.getLogger("orderpay.notify")
 
-# A retry is due this much before RQ's scheduler runs it (the scheduler's granularity and clock
-# skew), so that run finds the row due. Leases get no such slack.
-RETRY_SLACK = timedelta(seconds=2)
-
 
 class Delivery(StrEnum):
     SENT = "sent"
@@ -51,7 +47,8 @@ class DeliveryResult:
     notification_id: int
     attempts: int = 0
     error: str | None = None
-    retry_in: float | None = None
+    retry_in: float | None = None  # RETRY: seconds until the next try
+    due_in: float | None = None  # SKIPPED: seconds until a pending row is due (or its lease ends)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +135,10 @@ _ONE_DUE = _attempts_query(
 ).limit(1)
 _DUE = _attempts_query(notifications.c.due_at <= bindparam("b_due")).limit(bindparam("b_limit"))
 _DUE_SKIP_LOCKED = _DUE.with_for_update(skip_locked=True, of=notifications)
+_PENDING_DUE_AT = select(notifications.c.due_at).where(
+    notifications.c.id == bindparam("b_id"),
+    notifications.c.status == NotificationStatus.PENDING.value,
+)
 # Every write of an attempt is conditional on the row still being that attempt's.
 _OWNED = update(notifications).where(
     notifications.c.id == bindparam("b_id"),
@@ -197,9 +198,12 @@ def deliver(
 ) -> DeliveryResult:
     """One delivery attempt of one notification; safe to call twice or concurrently."""
     with db.transaction() as conn:
-        attempt = claim_attempt(conn, notification_id, policy, utcnow())
-    if attempt is None:
-        return DeliveryResult(Delivery.SKIPPED, notification_id)
+        now = utcnow()
+        attempt = claim_attempt(conn, notification_id, policy, now)
+        if attempt is None:
+            due_at = conn.execute(_PENDING_DUE_AT, {"b_id": notification_id}).scalar_one_or_none()
+            due_in = (due_at - now).total_seconds() if due_at is not None else None
+            return DeliveryResult(Delivery.SKIPPED, notification_id, due_in=due_in)
     return send_attempt(db, channel, attempt, merchant_name=merchant_name, policy=policy)
 
 
@@ -270,9 +274,11 @@ def _record_failure(
         retry_in = None
     else:
         retry_in = policy.delay_after(attempt.number)
-        # enqueued_at stays: the job's own retry (RQ) brings it back; the relay steps in only
-        # if that retry is lost.
-        values = {"due_at": now + timedelta(seconds=retry_in) - RETRY_SLACK}
+        # enqueued_at stays: the job's own retry (RQ) brings it back, or the embedded drain
+        # once due_at comes; the relay steps in only if an RQ retry is lost.
+        # RQ schedules its retry after this moment with the same interval, so the retry finds
+        # the row due; if it ever runs early, it does nothing and the relay steps in.
+        values = {"due_at": now + timedelta(seconds=retry_in)}
         event = (
             "notification_attempt_failed",
             f"notification {attempt.notification_id}, try {attempt.number}: {error}; "

@@ -91,7 +91,7 @@ def run_demo(report: Report) -> OrderDetail:
                 _charge(runtime, order_id, report)
                 _wait_until_paid(runtime, order_id)
                 report("callback: the simulator's signed outcome settled the payment")
-                _deliver(runtime, report)
+                _deliver(runtime, order_id, report)
             from orderpay.orders import get_order_detail
 
             with runtime.database.transaction() as conn:
@@ -142,7 +142,7 @@ def _wait_until_paid(runtime: Runtime, order_id: uuid.UUID) -> None:
     raise Unavailable("the simulator's callback did not settle the payment in time")
 
 
-def _deliver(runtime: Runtime, report: Report) -> None:
+def _deliver(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
     settings = runtime.settings
     if settings.redis_url:
         from datetime import timedelta
@@ -169,12 +169,17 @@ def _deliver(runtime: Runtime, report: Report) -> None:
             finished.remove(job_id, delete_job=True)
         queue.delete(delete_jobs=True)
         report("worker: RQ burst finished")
-        return
-    from orderpay.drain import Drain
+    else:
+        from orderpay.drain import Drain
 
-    results = Drain(
-        runtime.database, runtime.channel, runtime.retry_policy, settings.merchant_name
-    ).drain_due()
-    report(f"worker: {len(results)} notification(s) delivered from the database")
-    if not results:
-        raise OrderpayError("the demo's notification was not delivered")
+        results = Drain(
+            runtime.database, runtime.channel, runtime.retry_policy, settings.merchant_name
+        ).drain_due()
+        report(f"worker: {len(results)} notification(s) delivered from the database")
+    from orderpay.notifications import list_notifications
+    from orderpay.states import NotificationStatus
+
+    with runtime.database.transaction() as conn:
+        unsent = list_notifications(conn, status=NotificationStatus.PENDING, order_id=order_id)
+    if unsent:
+        raise OrderpayError("the demo's notification was not sent; see the log above")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from orderpay.clock import utcnow
-from orderpay.delivery import Delivery, deliver
+from orderpay.delivery import Delivery, DeliveryResult, deliver
 from orderpay.errors import GatewayUnavailable, QueueUnavailable
 from orderpay.outbox import claim_for_relay
 from orderpay.runtime import Runtime
@@ -35,6 +36,8 @@ RELAY_BATCH = 500
 RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 JOB_TIMEOUT_SECONDS = 120
+# RQ schedules retries at whole-second resolution: they may start up to this much early.
+SCHEDULER_EARLINESS_SECONDS = 1.5
 
 _process: tuple[int, Runtime] | None = None
 
@@ -64,24 +67,42 @@ def runtime_for_jobs(runtime: Runtime) -> Iterator[None]:
 
 
 class NotificationFailed(Exception):
-    """The last try failed or the gateway refused: the row is `failed`; RQ keeps the job."""
+    """The row is `failed`: its last try failed or the gateway refused the message."""
 
 
 def send_notification(notification_id: int) -> str:
-    """The RQ job: one delivery attempt; a transient failure raises so RQ's Retry runs it again."""
+    """The RQ job: one delivery attempt; a transient failure raises so RQ's Retry runs it again.
+
+    A final failure (the last try, or a refusal) leaves the row `failed` with the error and
+    fails the job without further RQ retries, so it lands in RQ's FailedJobRegistry too.
+    """
     runtime = process_runtime()
-    result = deliver(
+    result = _deliver(runtime, notification_id)
+    if result.due_in is not None and 0 < result.due_in <= SCHEDULER_EARLINESS_SECONDS:
+        # RQ's scheduler keeps whole seconds, so a retry can start a moment before the time
+        # the row was given; wait for it rather than leave the row to the relay's sweep.
+        time.sleep(result.due_in)
+        result = _deliver(runtime, notification_id)
+    if result.outcome is Delivery.RETRY:
+        raise GatewayUnavailable(f"notification {notification_id}: {result.error}")
+    if result.outcome is Delivery.FAILED:
+        from rq import get_current_job
+
+        job = get_current_job()
+        if job is not None:
+            job.retries_left = 0  # another try could only find the row failed and do nothing
+        raise NotificationFailed(f"notification {notification_id}: {result.error}")
+    return result.outcome.value
+
+
+def _deliver(runtime: Runtime, notification_id: int) -> DeliveryResult:
+    return deliver(
         runtime.database,
         runtime.channel,
         notification_id,
         merchant_name=runtime.settings.merchant_name,
         policy=runtime.retry_policy,
     )
-    if result.outcome is Delivery.RETRY:
-        raise GatewayUnavailable(f"notification {notification_id}: {result.error}")
-    if result.outcome is Delivery.FAILED:
-        raise NotificationFailed(f"notification {notification_id}: {result.error}")
-    return result.outcome.value
 
 
 def job_id(notification_id: int, attempts: int) -> str:
