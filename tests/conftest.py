@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
@@ -24,6 +24,7 @@ from orderpay.cli import app
 from orderpay.db import Database
 from orderpay.migrate import upgrade
 from orderpay.models import metadata
+from tests.fake_mtn import FakeMtn
 
 POSTGRES = os.environ.get(
     "ORDERPAY_TEST_POSTGRES", "postgresql+psycopg2://root@127.0.0.1:5432/root"
@@ -85,6 +86,42 @@ def pg_url(postgres_template: str) -> Iterator[str]:
     name = create_postgres_database(template=postgres_template)
     yield _url_for(name)
     drop_postgres_database(name)
+
+
+@pytest.fixture(scope="module")
+def shared_url(postgres_template: str) -> Iterator[str]:
+    """One Postgres database for a whole module, for tests that only compare row counts
+    before and after what they do (cloning a database per test costs far more than such a
+    test)."""
+    name = create_postgres_database(template=postgres_template)
+    yield _url_for(name)
+    drop_postgres_database(name)
+
+
+@pytest.fixture
+def shared_db(shared_url: str) -> Iterator[Database]:
+    database = Database(shared_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def shared_cli(shared_url: str) -> Cli:
+    return Cli({"DATABASE_URL": shared_url})
+
+
+@pytest.fixture
+def emptied_shared_url(shared_url: str) -> str:
+    """The module's database, emptied: a test starts from the bare migrated schema."""
+    database = Database(shared_url)
+    try:
+        with database.transaction() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '10s'"))
+            tables = ", ".join(table.name for table in metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    finally:
+        database.dispose()
+    return shared_url
 
 
 @pytest.fixture
@@ -175,3 +212,17 @@ def cli(pg_url: str) -> Cli:
 @pytest.fixture
 def any_cli(any_url: str) -> Cli:
     return Cli({"DATABASE_URL": any_url})
+
+
+@pytest.fixture(scope="module")
+def mtn_server() -> Iterator[FakeMtn]:
+    """A fake of MTN's Collection API on loopback, shared by a module (stopping one is slow)."""
+    with FakeMtn(currencies={"EUR"}) as fake:
+        yield fake
+
+
+@pytest.fixture
+def mtn(mtn_server: FakeMtn) -> FakeMtn:
+    """The module's fake MTN, reset to a fresh state for this test."""
+    mtn_server.reset()
+    return mtn_server

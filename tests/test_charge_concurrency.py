@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -18,30 +17,9 @@ from orderpay.payments import payments_of
 from orderpay.states import PaymentStatus
 from tests.builders import an_order
 from tests.http_recorder import Answer, recording_server
+from tests.processes import run_cli_in_parallel
 
 PROCESSES = 12
-FORK = multiprocessing.get_context("fork")
-
-
-def _charge_after_barrier(barrier: Any, env: dict[str, str], args: list[str]) -> None:
-    """Child process: wait until every sibling is ready, then run the real CLI entry point."""
-    from orderpay.cli import app
-
-    os.environ.update(env)
-    barrier.wait(timeout=30)
-    app(args=args, prog_name="orderpay")  # exits the process with the command's exit code
-
-
-def run_in_parallel(env: dict[str, str], argvs: list[list[str]]) -> list[int]:
-    barrier = FORK.Barrier(len(argvs))
-    processes = [
-        FORK.Process(target=_charge_after_barrier, args=(barrier, env, argv)) for argv in argvs
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(60)
-    return [process.exitcode if process.exitcode is not None else -1 for process in processes]
 
 
 def test_twelve_processes_charging_one_key_make_one_payment_and_one_provider_request(
@@ -51,7 +29,7 @@ def test_twelve_processes_charging_one_key_make_one_payment_and_one_provider_req
     with recording_server() as provider_side:
         env = {"DATABASE_URL": pg_url, "ORDERPAY_SIMULATOR_CALLBACK_URL": provider_side.url}
 
-        codes = run_in_parallel(env, [["charge", str(order.id), "--key", "k-1"]] * PROCESSES)
+        codes = run_cli_in_parallel(env, [["charge", str(order.id), "--key", "k-1"]] * PROCESSES)
 
         time.sleep(0.2)  # a second provider request, if there were one, would land by now
         provider_requests = provider_side.count()
@@ -70,7 +48,7 @@ def test_twelve_processes_with_twelve_keys_leave_one_live_payment_and_eleven_con
     order = an_order(db)
     argvs = [["charge", str(order.id), "--key", f"k-{n}"] for n in range(PROCESSES)]
 
-    codes = run_in_parallel({"DATABASE_URL": pg_url}, argvs)
+    codes = run_cli_in_parallel({"DATABASE_URL": pg_url}, argvs)
 
     with db.transaction() as conn:
         payments = payments_of(conn, [order.id])
@@ -86,7 +64,7 @@ def test_concurrent_charges_of_one_key_on_sqlite_make_one_payment(
     with recording_server() as provider_side:
         env = {"DATABASE_URL": sqlite_url, "ORDERPAY_SIMULATOR_CALLBACK_URL": provider_side.url}
 
-        codes = run_in_parallel(env, [["charge", str(order.id), "--key", "k-1"]] * 6)
+        codes = run_cli_in_parallel(env, [["charge", str(order.id), "--key", "k-1"]] * 6)
 
         time.sleep(0.2)
         provider_requests = provider_side.count()

@@ -17,10 +17,7 @@ from orderpay.db import Database
 from tests.builders import an_order
 from tests.conftest import (
     Cli,
-    _url_for,
     count_rows,
-    create_postgres_database,
-    drop_postgres_database,
 )
 
 UNKNOWN_ORDER = "00000000-0000-4000-8000-000000000042"
@@ -85,28 +82,6 @@ DATABASE_COMMANDS = [
     ("order", "show", UNKNOWN_ORDER),
     ("db", "upgrade"),
 ]
-
-
-@pytest.fixture(scope="module")
-def shared_url(postgres_template: str) -> Iterator[str]:
-    """One Postgres database shared by this module's tests: the user errors fail before
-    writing anything (test_user_error_stores_nothing checks it) and the others only need an
-    order to print (a clone per test costs far more than the test)."""
-    name = create_postgres_database(template=postgres_template)
-    yield _url_for(name)
-    drop_postgres_database(name)
-
-
-@pytest.fixture
-def shared_db(shared_url: str) -> Iterator[Database]:
-    database = Database(shared_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def shared_cli(shared_url: str) -> Cli:
-    return Cli({"DATABASE_URL": shared_url})
 
 
 def _command_paths() -> Iterator[tuple[str, ...]]:

@@ -3,7 +3,6 @@ nothing stored (section 7)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -12,33 +11,8 @@ from orderpay.db import Database
 from tests.builders import AMA
 from tests.conftest import (
     Cli,
-    _url_for,
     count_rows,
-    create_postgres_database,
-    drop_postgres_database,
 )
-
-
-@pytest.fixture(scope="module")
-def shared_url(postgres_template: str) -> Iterator[str]:
-    """One Postgres database shared by this module's tests that neither list nor count
-    everything: each makes its own rows and compares row counts itself, so it needs no
-    database of its own (a clone per test costs far more than the test)."""
-    name = create_postgres_database(template=postgres_template)
-    yield _url_for(name)
-    drop_postgres_database(name)
-
-
-@pytest.fixture
-def shared_db(shared_url: str) -> Iterator[Database]:
-    database = Database(shared_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def shared_cli(shared_url: str) -> Cli:
-    return Cli({"DATABASE_URL": shared_url})
 
 
 def test_customer_create_prints_the_customer_with_its_phone_in_e164(any_cli: Cli) -> None:

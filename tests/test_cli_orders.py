@@ -4,7 +4,6 @@ cancellation rules (DESIGN.md section 4), and bad input refused with nothing sto
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,35 +12,10 @@ from orderpay.db import Database
 from tests.builders import AMA, a_customer, a_key, a_product, an_order
 from tests.conftest import (
     Cli,
-    _url_for,
     count_rows,
-    create_postgres_database,
-    drop_postgres_database,
 )
 
 UNKNOWN_ORDER = "00000000-0000-4000-8000-000000000042"
-
-
-@pytest.fixture(scope="module")
-def shared_url(postgres_template: str) -> Iterator[str]:
-    """One Postgres database shared by this module's tests that neither list nor count
-    everything: each makes its own rows and compares row counts itself, so it needs no
-    database of its own (a clone per test costs far more than the test)."""
-    name = create_postgres_database(template=postgres_template)
-    yield _url_for(name)
-    drop_postgres_database(name)
-
-
-@pytest.fixture
-def shared_db(shared_url: str) -> Iterator[Database]:
-    database = Database(shared_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def shared_cli(shared_url: str) -> Cli:
-    return Cli({"DATABASE_URL": shared_url})
 
 
 def invalid_input_codes() -> set[str]:

@@ -15,13 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from orderpay.charges import charge_order
 from orderpay.config import Settings, load_settings
 from orderpay.db import Database
-from orderpay.models import metadata
 from orderpay.mtn import MtnProvider
 from orderpay.notifications import notifications_of
 from orderpay.orders import get_order
@@ -30,10 +27,7 @@ from orderpay.states import OrderStatus, PaymentStatus
 from orderpay.timeline import events_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import (
-    POSTGRES,
     count_rows,
-    create_postgres_database,
-    drop_postgres_database,
 )
 from tests.fake_mtn import DELAYED, ONGOING, REJECTS, FakeMtn
 from tests.live_server import TestClient, listener, listener_client
@@ -42,38 +36,10 @@ MTN_PATH = "/api/webhooks/mtn/"
 SECRET = "x" * 40
 
 
-@pytest.fixture(scope="module")
-def module_database(postgres_template: str) -> Iterator[str]:
-    """One Postgres database for this module: cloning one per test costs about a second."""
-    name = create_postgres_database(template=postgres_template)
-    yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-    drop_postgres_database(name)
-
-
 @pytest.fixture
-def pg_url(module_database: str) -> str:
-    """The module's database, emptied: each test starts from the bare migrated schema."""
-    database = Database(module_database)
-    try:
-        with database.transaction() as conn:
-            conn.execute(text("SET LOCAL lock_timeout = '10s'"))
-            tables = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    finally:
-        database.dispose()
-    return module_database
-
-
-@pytest.fixture(scope="module")
-def mtn_server() -> Iterator[FakeMtn]:
-    with FakeMtn(currencies={"EUR"}) as fake:
-        yield fake
-
-
-@pytest.fixture
-def mtn(mtn_server: FakeMtn) -> FakeMtn:
-    mtn_server.reset()
-    return mtn_server
+def pg_url(emptied_shared_url: str) -> str:
+    """One database for the module, emptied before each test (a clone per test is slow)."""
+    return emptied_shared_url
 
 
 def settings_for(database_url: str, mtn: FakeMtn) -> Settings:

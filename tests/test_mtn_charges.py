@@ -7,72 +7,40 @@ under the payment id. Nothing here reaches MTN; the sandbox takes EUR only, so o
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from orderpay.charges import charge_order
 from orderpay.clock import utcnow
 from orderpay.db import Database
-from orderpay.models import metadata
 from orderpay.mtn import MtnProvider
 from orderpay.orders import Order, get_order
 from orderpay.payments import Payment, payments_of
 from orderpay.states import OrderStatus, PaymentStatus
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
-from tests.conftest import POSTGRES, Cli, create_postgres_database, drop_postgres_database
+from tests.conftest import Cli
 from tests.fake_mtn import REQUEST_TO_PAY_PATH, TOKEN_PATH, FakeMtn
+from tests.processes import run_cli_in_parallel
 
 PROCESSES = 12
-FORK = multiprocessing.get_context("fork")
 # With a 2 s lease the MTN client's whole budget is 1 s, so a hanging MTN times out quickly.
 SHORT_LEASE = {"ORDERPAY_CHARGE_LEASE_SECONDS": "2"}
 
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def module_database(postgres_template: str) -> Iterator[str]:
-    """One Postgres database for this module: cloning one per test costs about a second."""
-    name = create_postgres_database(template=postgres_template)
-    yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-    drop_postgres_database(name)
-
-
 @pytest.fixture
-def pg_url(module_database: str) -> str:
-    """The module's database, emptied: each test starts from the bare migrated schema."""
-    database = Database(module_database)
-    try:
-        with database.transaction() as conn:
-            conn.execute(text("SET LOCAL lock_timeout = '10s'"))
-            tables = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    finally:
-        database.dispose()
-    return module_database
-
-
-@pytest.fixture(scope="module")
-def mtn_server() -> Iterator[FakeMtn]:
-    with FakeMtn(currencies={"EUR"}) as fake:
-        yield fake
-
-
-@pytest.fixture
-def mtn(mtn_server: FakeMtn) -> FakeMtn:
-    mtn_server.reset()
-    return mtn_server
+def pg_url(emptied_shared_url: str) -> str:
+    """One database for the module, emptied before each test (a clone per test is slow)."""
+    return emptied_shared_url
 
 
 @pytest.fixture
@@ -317,27 +285,6 @@ def test_rerunning_a_key_after_mtn_lost_the_request_submits_it_under_the_same_re
     assert mtn.transfer(payment["id"]) is not None
 
 
-def _charge_after_barrier(barrier: Any, env: dict[str, str], args: list[str]) -> None:
-    """Child process: wait until every sibling is ready, then run the real CLI entry point."""
-    from orderpay.cli import app
-
-    os.environ.update(env)
-    barrier.wait(timeout=30)
-    app(args=args, prog_name="orderpay")  # exits the process with the command's exit code
-
-
-def run_in_parallel(env: dict[str, str], argvs: list[list[str]]) -> list[int]:
-    barrier = FORK.Barrier(len(argvs))
-    processes = [
-        FORK.Process(target=_charge_after_barrier, args=(barrier, env, argv)) for argv in argvs
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(60)
-    return [process.exitcode if process.exitcode is not None else -1 for process in processes]
-
-
 def test_twelve_processes_charging_one_order_with_one_key_make_one_request_to_pay(
     pg_url: str, db: Database, mtn: FakeMtn
 ) -> None:
@@ -345,7 +292,7 @@ def test_twelve_processes_charging_one_order_with_one_key_make_one_request_to_pa
     db.dispose()  # the children must not inherit the pool's connections
     env = {"DATABASE_URL": pg_url, **mtn.env()}
 
-    codes = run_in_parallel(env, [["charge", str(order.id), "--key", "k-1"]] * PROCESSES)
+    codes = run_cli_in_parallel(env, [["charge", str(order.id), "--key", "k-1"]] * PROCESSES)
 
     time.sleep(0.2)  # a second request to pay, if there were one, would land by now
     payment = the_payment(db, order)
