@@ -22,11 +22,8 @@ Secrets (subscription key, API key, tokens) stay out of repr(), logs and excepti
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import logging
 import re
-import ssl
 import threading
 import time
 import uuid
@@ -40,6 +37,7 @@ from pydantic import SecretStr
 
 from orderpay.errors import ConfigurationError, InvalidInput, ProviderUnavailable
 from orderpay.money import Money, parse_amount
+from orderpay.mtn_endpoints import check_callback_url, check_endpoint, tls_context
 from orderpay.phones import mask_phone, msisdn
 from orderpay.providers import (
     Accepted,
@@ -56,8 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SANDBOX_HOST = "sandbox.momodeveloper.mtn.com"
-SANDBOX_TARGET = "sandbox"
 TOKEN_PATH = "/collection/token/"
 REQUEST_TO_PAY_PATH = "/collection/v1_0/requesttopay"
 
@@ -85,7 +81,6 @@ REFUSAL_CODES = frozenset({
 TRANSIENT_STATUSES = frozenset({401, 408, 425, 429})
 
 _CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_TARGET = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 _MAX_REASON = 128
 _MAX_MESSAGE = 200
 _ENV = {
@@ -95,91 +90,6 @@ _ENV = {
     "api_key": "MTN_MOMO_API_KEY",
     "target_environment": "MTN_MOMO_TARGET_ENVIRONMENT",
 }
-
-
-def is_loopback(host: str) -> bool:
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_endpoint(base_url: str, target_environment: str) -> str:
-    """Validate the base URL and target environment as a pair; return the normalised base URL.
-
-    The rule (ConfigurationError otherwise):
-    - the target is lowercase letters and digits (`sandbox`, `mtnghana`, `mtnuganda`...);
-    - the base URL is an absolute http(s) URL with no credentials, query or fragment;
-    - target `sandbox` needs the sandbox host (`sandbox.momodeveloper.mtn.com`) or a loopback
-      host (`localhost`, 127.0.0.0/8, ::1: a local fake MTN for tests and development);
-    - any other target is production: it refuses the sandbox host and loopback hosts alike, so
-      a production target can never be pointed at a fake or at the sandbox;
-    - https is required except on loopback.
-    """
-    target = target_environment.strip()
-    if not _TARGET.fullmatch(target):
-        raise ConfigurationError(
-            "MTN_MOMO_TARGET_ENVIRONMENT must be 'sandbox' or a production target such as "
-            "'mtnghana' (lowercase letters and digits)"
-        )
-    try:
-        url = httpx.URL(base_url.strip())
-    except httpx.InvalidURL:
-        raise ConfigurationError("MTN_MOMO_BASE_URL is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError("MTN_MOMO_BASE_URL must be an absolute http(s) URL")
-    if url.userinfo or url.query or url.fragment:
-        raise ConfigurationError(
-            "MTN_MOMO_BASE_URL must not carry credentials, a query or a fragment"
-        )
-    host = url.host.lower().rstrip(".")
-    loopback = is_loopback(host)
-    if target == SANDBOX_TARGET:
-        if host != SANDBOX_HOST and not loopback:
-            raise ConfigurationError(
-                f"MTN_MOMO_TARGET_ENVIRONMENT=sandbox needs MTN_MOMO_BASE_URL on {SANDBOX_HOST} "
-                f"(or a loopback fake), not the production host {host}"
-            )
-    elif host == SANDBOX_HOST:
-        raise ConfigurationError(
-            f"MTN_MOMO_TARGET_ENVIRONMENT={target} is a production target but MTN_MOMO_BASE_URL "
-            f"points at the sandbox host {SANDBOX_HOST}"
-        )
-    elif loopback:
-        raise ConfigurationError(
-            f"MTN_MOMO_TARGET_ENVIRONMENT={target} is a production target but MTN_MOMO_BASE_URL "
-            "is a loopback address (only target 'sandbox' may use a local fake)"
-        )
-    if url.scheme != "https" and not loopback:
-        raise ConfigurationError("MTN_MOMO_BASE_URL must use https")
-    return str(url).rstrip("/")
-
-
-def check_callback_url(callback_url: str | None, target_environment: str) -> str | None:
-    """The callback URL MTN is told about, or None (then MTN sends no callback)."""
-    if callback_url is None or not callback_url.strip():
-        return None
-    try:
-        url = httpx.URL(callback_url.strip())
-    except httpx.InvalidURL:
-        raise ConfigurationError("MTN_MOMO_CALLBACK_URL is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError("MTN_MOMO_CALLBACK_URL must be an absolute http(s) URL")
-    if url.userinfo or url.fragment:
-        raise ConfigurationError("MTN_MOMO_CALLBACK_URL must not carry credentials or a fragment")
-    if target_environment.strip() != SANDBOX_TARGET and url.scheme != "https":
-        raise ConfigurationError("MTN_MOMO_CALLBACK_URL must use https: MTN calls back over HTTPS")
-    return str(url)
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The certificate-verifying TLS context, built once per process (loading the CA bundle is
-    slow). httpx's default: certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set."""
-    return httpx.create_ssl_context(verify=True)
 
 
 def _secret(value: str | SecretStr) -> SecretStr:

@@ -23,7 +23,8 @@ import pytest
 from orderpay.config import load_settings
 from orderpay.errors import ConfigurationError, ProviderUnavailable
 from orderpay.money import Money
-from orderpay.mtn import MtnProvider, tls_context
+from orderpay.mtn import MtnProvider
+from orderpay.mtn_endpoints import tls_context
 from orderpay.providers import (
     Accepted,
     CollectionRequest,
