@@ -6,7 +6,6 @@ it needs when it runs, so `orderpay --help` stays fast.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
@@ -56,6 +55,8 @@ class OrderpayGroup(TyperGroup):
 
 def report(error: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
+        import json  # not at the top: `orderpay --help` never needs it
+
         sys.stderr.write(json.dumps({"error": error}) + "\n")
     else:
         sys.stderr.write(f"error: {error['message']} [{error['code']}]\n")
