@@ -43,14 +43,19 @@ _process: tuple[int, Runtime] | None = None
 
 
 def process_runtime() -> Runtime:
-    """This process's runtime. RQ forks a work horse per job: a child must not reuse the
-    parent's database connections, so a new pid gets a new runtime."""
+    """This process's runtime.
+
+    RQ forks a work horse per job. A horse keeps its parent's runtime (settings read, schema
+    checked, engine built) but never its parent's connections: those are dropped unclosed, and
+    the horse opens its own.
+    """
     global _process
     pid = os.getpid()
-    if _process is None or _process[0] != pid:
-        if _process is not None:
-            _process[1].forget_inherited()
+    if _process is None:
         _process = (pid, Runtime())
+    elif _process[0] != pid:
+        _process[1].forget_inherited()
+        _process = (pid, _process[1])
     return _process[1]
 
 

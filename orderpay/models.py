@@ -227,6 +227,4 @@ order_events = Table(
     Column("event", String(64), nullable=False),
     Column("detail", Text(), nullable=False, server_default=""),
     Index(None, "order_id", "id"),
-    # Nothing reads an event's id back: don't make every insert return it.
-    implicit_returning=False,
 )

@@ -100,9 +100,12 @@ class Runtime:
         return Nudger(self.raw_database.engine)
 
     def forget_inherited(self) -> None:
-        """In a forked child: drop what belongs to the parent without closing it."""
+        """In a forked child: drop the parent's connections and clients without closing them
+        (closing would close the parent's); what is needed is made again on first use."""
         if "raw_database" in self.__dict__:
             self.raw_database.engine.dispose(close=False)
+        for inherited in ("channel", "provider", "nudger"):
+            self.__dict__.pop(inherited, None)
 
     def close(self) -> None:
         if "nudger" in self.__dict__:

@@ -19,7 +19,8 @@ class OrderEvent:
     detail: str
 
 
-_INSERT = insert(order_events)
+# inline(): nothing reads an event's id back, so none is fetched.
+_INSERT = insert(order_events).inline()
 
 
 def record_event(

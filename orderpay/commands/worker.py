@@ -74,7 +74,7 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
     from rq.serializers import JSONSerializer
 
     from orderpay.errors import QueueUnavailable
-    from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, make_queue
+    from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, make_queue, runtime_for_jobs
 
     assert rt.settings.redis_url is not None
     redis = connect_redis(rt.settings.redis_url)
@@ -89,21 +89,25 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
     )  # fmt: skip
     worker_type = SimpleWorker if simple else Worker
     rq_worker = worker_type([queue], connection=redis, serializer=JSONSerializer)
-    if burst:
-        relayed = relay.relay_due()
-        info(f"relayed {relayed} notification(s); delivering")
-        rq_worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
-        return
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=relay.run, args=(stop, rt.settings.relay_poll_seconds), name="relay", daemon=True
-    )
-    thread.start()
-    try:
-        rq_worker.work(with_scheduler=True, logging_level="INFO")
-    finally:
-        stop.set()
-        thread.join(timeout=10)
+    # Jobs (and the work horses RQ forks for them) start from this process's runtime: its
+    # settings are read and its schema checked once, not once per job.
+    with runtime_for_jobs(rt):
+        if burst:
+            relayed = relay.relay_due()
+            info(f"relayed {relayed} notification(s); delivering")
+            rq_worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
+            return
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=relay.run, args=(stop, rt.settings.relay_poll_seconds), name="relay",
+            daemon=True,
+        )  # fmt: skip
+        thread.start()
+        try:
+            rq_worker.work(with_scheduler=True, logging_level="INFO")
+        finally:
+            stop.set()
+            thread.join(timeout=10)
 
 
 def _run_embedded(rt: Runtime, *, burst: bool) -> None:
