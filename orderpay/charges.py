@@ -13,8 +13,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, Select, String, Text, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
 from orderpay.db import InsertIgnoring, Transactional
@@ -30,12 +32,12 @@ from orderpay.errors import (
     ProviderUnavailable,
 )
 from orderpay.idempotency import charge_fingerprint, check_key
-from orderpay.models import customers, orders, payments
+from orderpay.models import UTCDateTime, customers, order_events, orders, payments
 from orderpay.money import Money
 from orderpay.payments import COLUMNS, Payment, find_by_key, from_row, get_payment, move_payment
 from orderpay.phones import mask_phone, normalise_phone
 from orderpay.providers import Accepted, CollectionRequest, Provider, ProviderAnswer
-from orderpay.states import LIVE_PAYMENT_STATUSES, OrderStatus, PaymentStatus
+from orderpay.states import LIVE_PAYMENT_STATUSES, OrderStatus, PaymentStatus, payment_can_move
 from orderpay.timeline import record_event
 
 # Built once: these run on every charge, and building a statement costs more than running it.
@@ -69,6 +71,49 @@ _RELEASE_LEASE = update(payments).where(
 )
 _KEEP_REFERENCE = update(payments).where(
     payments.c.id == bindparam("b_id"), payments.c.provider_reference.is_(None)
+)
+
+
+# On Postgres a payment's write and its timeline row go in one statement (a data-modifying
+# CTE): a round trip fewer in each of the charge's two transactions. The event row is written
+# only if the payment row was.
+def _with_event(dml: Any) -> Select[Any]:
+    written = dml.cte("written")
+    event = insert(order_events).from_select(
+        ["order_id", "at", "event", "detail"],
+        select(
+            written.c.order_id,
+            bindparam("e_at", type_=UTCDateTime()),
+            bindparam("e_event", type_=String()),
+            bindparam("e_detail", type_=Text()),
+        ),
+    )
+    return select(*written.c).add_cte(event.cte("event"))
+
+
+_CLAIMED_COLUMNS = (
+    "id", "order_id", "idempotency_key", "fingerprint", "amount", "currency", "payer_phone",
+    "provider", "status", "lease_expires_at", "created_at", "updated_at",
+)  # fmt: skip
+_INSERT_PAYMENT_WITH_EVENT = _with_event(
+    postgresql.insert(payments)
+    .values(
+        {name: bindparam(f"p_{name}", type_=payments.c[name].type) for name in _CLAIMED_COLUMNS}
+    )
+    .on_conflict_do_nothing()
+    .returning(*COLUMNS)
+)
+_RECORD_ANSWER_WITH_EVENT = _with_event(
+    update(payments)
+    .where(payments.c.id == bindparam("b_id"), payments.c.status == _INITIATED)
+    .values(
+        status=bindparam("v_status"),
+        provider_reference=bindparam("v_reference"),
+        failure_reason=bindparam("v_reason"),
+        lease_expires_at=None,
+        updated_at=bindparam("v_now"),
+    )
+    .returning(*COLUMNS)
 )
 
 
@@ -184,14 +229,17 @@ def claim_payment(
         "created_at": now,
         "updated_at": now,
     }
-    inserted = conn.execute(_INSERT_PAYMENT(conn), values).first()
+    detail = f"payment {values['id']} for {amount} from {mask_phone(payer)} via {provider}"
+    if conn.dialect.name == "postgresql":
+        params = {f"p_{name}": value for name, value in values.items()}
+        params.update(e_at=now, e_event="payment_initiated", e_detail=detail)
+        inserted = conn.execute(_INSERT_PAYMENT_WITH_EVENT, params).first()
+    else:
+        inserted = conn.execute(_INSERT_PAYMENT(conn), values).first()
+        if inserted is not None:
+            record_event(conn, order_id, "payment_initiated", detail, at=now)
     if inserted is not None:
-        payment = from_row(inserted)
-        record_event(
-            conn, order_id, "payment_initiated",
-            f"payment {payment.id} for {amount} from {mask_phone(payer)} via {provider}", at=now,
-        )  # fmt: skip
-        return Claim(payment, replayed=False, must_submit=True)
+        return Claim(from_row(inserted), replayed=False, must_submit=True)
 
     # Lost a race: either the key was claimed meanwhile, or another key holds the order.
     existing = find_by_key(conn, key)
@@ -243,17 +291,12 @@ def take_lease(conn: Connection, payment_id: uuid.UUID, lease: timedelta) -> Pay
 def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) -> Payment:
     """Step 3: `pending` if the provider accepted, `failed` if it refused."""
     if isinstance(answer, Accepted):
-        moved = move_payment(
-            conn, payment.id, [PaymentStatus.INITIATED], PaymentStatus.PENDING,
-            provider_reference=answer.provider_reference, lease_expires_at=None,
-        )  # fmt: skip
+        target, reference, reason = PaymentStatus.PENDING, answer.provider_reference, None
         event, detail = "payment_pending", f"payment {payment.id} accepted by {payment.provider}"
     else:
-        moved = move_payment(
-            conn, payment.id, [PaymentStatus.INITIATED], PaymentStatus.FAILED,
-            failure_reason=answer.reason, lease_expires_at=None,
-        )  # fmt: skip
+        target, reference, reason = PaymentStatus.FAILED, None, answer.reason
         event, detail = "payment_failed", f"payment {payment.id} declined: {answer.reason}"
+    moved = _move_answered(conn, payment, target, reference, reason, event, detail)
     if moved is None:
         # The outcome (a callback) got here before the provider's receipt did: keep the
         # provider's reference all the same.
@@ -267,8 +310,44 @@ def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) ->
                 },
             )
         return get_payment(conn, payment.id)
-    record_event(conn, payment.order_id, event, detail)
     return moved
+
+
+def _move_answered(
+    conn: Connection,
+    payment: Payment,
+    target: PaymentStatus,
+    reference: str | None,
+    reason: str | None,
+    event: str,
+    detail: str,
+) -> Payment | None:
+    """initiated -> target, with its timeline row; None if the payment had moved on."""
+    if conn.dialect.name != "postgresql":
+        moved = move_payment(
+            conn, payment.id, [PaymentStatus.INITIATED], target,
+            provider_reference=reference, failure_reason=reason, lease_expires_at=None,
+        )  # fmt: skip
+        if moved is not None:
+            record_event(conn, payment.order_id, event, detail)
+        return moved
+    if not payment_can_move(PaymentStatus.INITIATED, target):
+        raise ValueError(f"payment transition initiated -> {target} is not allowed")
+    now = utcnow()
+    row = conn.execute(
+        _RECORD_ANSWER_WITH_EVENT,
+        {
+            "b_id": payment.id,
+            "v_status": target.value,
+            "v_reference": reference,
+            "v_reason": reason,
+            "v_now": now,
+            "e_at": now,
+            "e_event": event,
+            "e_detail": detail,
+        },
+    ).first()
+    return None if row is None else from_row(row)
 
 
 def release_lease(conn: Connection, payment: Payment, why: str) -> None:
