@@ -91,6 +91,7 @@ def _with_event(dml: Any) -> Select[Any]:
     return select(*written.c).add_cte(event.cte("event"))
 
 
+# The columns claim_payment gives a new payment (the rest take their defaults).
 _CLAIMED_COLUMNS = (
     "id", "order_id", "idempotency_key", "fingerprint", "amount", "currency", "payer_phone",
     "provider", "status", "lease_expires_at", "created_at", "updated_at",
