@@ -607,8 +607,8 @@ BEGIN;
 SELECT {PAYMENT_COLUMNS}, orders.status AS status_1, customers.phone
 FROM payments JOIN orders ON orders.id = payments.order_id
 JOIN customers ON customers.id = orders.customer_id
-WHERE payments.id = md5('p' || :n::text)::uuid ORDER BY payments.created_at DESC
-LIMIT 1 FOR UPDATE OF payments, orders \\gset sel_
+WHERE payments.id = md5('p' || :n::text)::uuid
+FOR UPDATE OF payments, orders \\gset sel_
 INSERT INTO webhook_events (source, dedupe_key, payload, received_at, outcome, order_id,
   payment_id)
 VALUES ('momo', md5('p' || :n::text)::uuid || ':' || 'succeeded',

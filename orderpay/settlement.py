@@ -48,18 +48,22 @@ def _locking(*conditions: Any) -> Select[Any]:
         .join(orders, orders.c.id == payments.c.order_id)
         .join(customers, customers.c.id == orders.c.customer_id)
         .where(*conditions)
-        .order_by(payments.c.created_at.desc())
-        .limit(1)
         .with_for_update(of=[payments, orders])
     )
 
 
+def _newest(statement: Select[Any]) -> Select[Any]:
+    return statement.order_by(payments.c.created_at.desc()).limit(1)
+
+
 # Built once: these run on every callback, and building a statement costs more than running it.
 LOCK_BY_ID = _locking(payments.c.id == bindparam("b_payment"))
-LOCK_BY_REFERENCE = _locking(payments.c.provider_reference == bindparam("b_reference"))
-LOCK_OPEN_OF_ORDER = _locking(
-    payments.c.order_id == bindparam("b_order"),
-    payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+LOCK_BY_REFERENCE = _newest(_locking(payments.c.provider_reference == bindparam("b_reference")))
+LOCK_OPEN_OF_ORDER = _newest(
+    _locking(
+        payments.c.order_id == bindparam("b_order"),
+        payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+    )
 )
 _MOVE_PAYMENT = update(payments).where(
     payments.c.id == bindparam("b_id"), payments.c.status == bindparam("b_from")
