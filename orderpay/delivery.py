@@ -232,6 +232,11 @@ def _owned(attempt: Attempt, **values: Any) -> dict[str, Any]:
     return {"b_id": attempt.notification_id, "b_attempts": attempt.number, **values}
 
 
+def release_attempt(conn: Connection, attempt: Attempt) -> None:
+    """Undo a claim whose send never started: the row is due again at once."""
+    conn.execute(_OWNED, _owned(attempt, attempts=attempt.number - 1, due_at=utcnow()))
+
+
 def _record_sent(
     conn: Connection, attempt: Attempt, message: OutgoingMessage, message_id: str
 ) -> DeliveryResult:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy import update
-
 from orderpay.channels import Channel
 from orderpay.clock import utcnow
 from orderpay.db import Database
@@ -21,10 +19,9 @@ from orderpay.delivery import (
     DeliveryResult,
     RetryPolicy,
     claim_due_attempts,
+    release_attempt,
     send_attempt,
 )
-from orderpay.models import notifications
-from orderpay.states import NotificationStatus
 
 log = logging.getLogger("orderpay.drain")
 
@@ -73,30 +70,15 @@ class Drain:
         return results
 
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
-        from orderpay.errors import OrderpayError
-        from orderpay.wakeups import Wakeups
+        """Deliver until `stop` is set: on every NOTIFY, and every `poll_seconds` anyway."""
+        from orderpay.wakeups import run_on_wakeups
 
-        wakeups = Wakeups(self.database.engine, poll_seconds)
-        try:
-            while not stop.is_set():
-                try:
-                    self.drain_due(stop)
-                except OrderpayError as error:
-                    log.warning("drain paused: %s", error.message)
-                wakeups.wait(stop)
-        finally:
-            wakeups.close()
+        run_on_wakeups(
+            self.database.engine, poll_seconds, stop, lambda: self.drain_due(stop), "drain"
+        )
 
     def _release(self, unsent: list[Attempt]) -> None:
         """Give back attempts claimed but not started, so they need not wait out the lease."""
         with self.database.transaction() as conn:
             for attempt in unsent:
-                conn.execute(
-                    update(notifications)
-                    .where(
-                        notifications.c.id == attempt.notification_id,
-                        notifications.c.status == NotificationStatus.PENDING.value,
-                        notifications.c.attempts == attempt.number,
-                    )
-                    .values(attempts=attempt.number - 1, due_at=utcnow())
-                )
+                release_attempt(conn, attempt)

@@ -185,18 +185,11 @@ class Relay:
 
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
         """Relay until `stop` is set: on every NOTIFY, and every `poll_seconds` anyway."""
-        from orderpay.errors import OrderpayError
-        from orderpay.wakeups import Wakeups
+        from orderpay.wakeups import run_on_wakeups
 
-        wakeups = Wakeups(self.database.engine, poll_seconds)
-        try:
-            while not stop.is_set():
-                try:
-                    moved = self.relay_due()
-                    if moved:
-                        log.info("relayed %s notification(s) to RQ", moved)
-                except OrderpayError as error:
-                    log.warning("relay paused: %s", error.message)
-                wakeups.wait(stop)
-        finally:
-            wakeups.close()
+        def step() -> None:
+            moved = self.relay_due()
+            if moved:
+                log.info("relayed %s notification(s) to RQ", moved)
+
+        run_on_wakeups(self.database.engine, poll_seconds, stop, step, "relay")

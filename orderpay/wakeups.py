@@ -12,6 +12,7 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
@@ -69,6 +70,26 @@ class Wakeups:
             with contextlib.suppress(Exception):  # already broken: nothing to release
                 self._raw.invalidate()
             self._raw = None
+
+
+def run_on_wakeups(
+    engine: Engine, poll_seconds: float, stop: threading.Event, step: Callable[[], object],
+    what: str,
+) -> None:  # fmt: skip
+    """Run `step` now and on every wake-up until `stop` is set. A database or queue outage
+    (an OrderpayError) pauses the loop until the next wake-up; it never ends it."""
+    from orderpay.errors import OrderpayError
+
+    wakeups = Wakeups(engine, poll_seconds)
+    try:
+        while not stop.is_set():
+            try:
+                step()
+            except OrderpayError as error:
+                log.warning("%s paused: %s", what, error.message)
+            wakeups.wait(stop)
+    finally:
+        wakeups.close()
 
 
 class Nudger:
