@@ -25,6 +25,7 @@ from orderpay.db import Database
 from orderpay.migrate import upgrade
 from orderpay.models import metadata
 from tests.fake_mtn import FakeMtn
+from tests.live_server import TestClient, listener_client, listener_settings
 
 POSTGRES = os.environ.get(
     "ORDERPAY_TEST_POSTGRES", "postgresql+psycopg2://root@127.0.0.1:5432/root"
@@ -152,6 +153,27 @@ def db(pg_url: str) -> Iterator[Database]:
     database = Database(pg_url)
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def sqlite_db(sqlite_url: str) -> Iterator[Database]:
+    database = Database(sqlite_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def client(pg_url: str) -> Iterator[TestClient]:
+    """The listener in-process (Starlette's TestClient, lifespan run) on Postgres."""
+    with listener_client(listener_settings(pg_url)) as in_process:
+        yield in_process
+
+
+@pytest.fixture
+def sqlite_client(sqlite_url: str) -> Iterator[TestClient]:
+    """The listener on the embedded default, for checks that are the same on every database."""
+    with listener_client(listener_settings(sqlite_url)) as in_process:
+        yield in_process
 
 
 @pytest.fixture

@@ -61,13 +61,6 @@ def sms_channel(gateway: Gateway, timeout: float = 5.0) -> SmsChannel:
 
 
 @pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def gateway() -> Iterator[Gateway]:
     with a_gateway() as running:
         yield running

@@ -49,13 +49,6 @@ def callbacks(client: TestClient | httpx.Client, outcome: str) -> float:
 
 
 @pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def client(sqlite_url: str) -> Iterator[TestClient]:
     with listener_client(listener_settings(sqlite_url)) as in_process:
         yield in_process

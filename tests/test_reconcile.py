@@ -409,13 +409,6 @@ def test_limit_caps_how_many_payments_are_checked(mtn_cli: Cli, db: Database, mt
 # Bad ages are refused before anything is read: shown on the embedded SQLite default.
 
 
-@pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    yield database
-    database.dispose()
-
-
 @pytest.mark.parametrize("age", ["soon", "5", "-5m", "5 minutes", "1w", ""])
 def test_a_bad_age_exits_2_and_changes_nothing(
     sqlite_url: str, sqlite_db: Database, mtn: FakeMtn, age: str

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -31,26 +30,6 @@ from tests.live_server import (
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 DECLINING_PAYER = "+46733123457"  # MTN sandbox: NOT_ALLOWED when the request is made
-
-
-@pytest.fixture
-def client(pg_url: str) -> Iterator[TestClient]:
-    with listener_client(listener_settings(pg_url)) as in_process:
-        yield in_process
-
-
-@pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def sqlite_client(sqlite_url: str) -> Iterator[TestClient]:
-    """For input validation, which is the same on every database: the embedded default."""
-    with listener_client(listener_settings(sqlite_url)) as in_process:
-        yield in_process
 
 
 def create_order(

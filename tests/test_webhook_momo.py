@@ -10,7 +10,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,25 +74,6 @@ def post(client: TestClient, body: bytes, headers: dict[str, str] | None = None)
         CALLBACK_PATH, content=body, headers=signed(body) if headers is None else headers
     )
     return answer
-
-
-@pytest.fixture
-def client(pg_url: str) -> Iterator[TestClient]:
-    with listener_client(listener_settings(pg_url)) as in_process:
-        yield in_process
-
-
-@pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[Database]:
-    database = Database(sqlite_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def sqlite_client(sqlite_url: str) -> Iterator[TestClient]:
-    with listener_client(listener_settings(sqlite_url)) as in_process:
-        yield in_process
 
 
 # Settling
