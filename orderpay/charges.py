@@ -13,9 +13,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import Connection, Select, String, Text, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
@@ -32,13 +31,13 @@ from orderpay.errors import (
     ProviderUnavailable,
 )
 from orderpay.idempotency import charge_fingerprint, check_key
-from orderpay.models import UTCDateTime, customers, order_events, orders, payments
+from orderpay.models import customers, orders, payments
 from orderpay.money import Money
 from orderpay.payments import COLUMNS, Payment, find_by_key, from_row, get_payment, move_payment
 from orderpay.phones import mask_phone, normalise_phone
 from orderpay.providers import Accepted, CollectionRequest, Provider, ProviderAnswer
 from orderpay.states import LIVE_PAYMENT_STATUSES, OrderStatus, PaymentStatus, payment_can_move
-from orderpay.timeline import record_event
+from orderpay.timeline import record_event, with_event
 
 # Built once: these run on every charge, and building a statement costs more than running it.
 _ORDER_FOR_CHARGE = (
@@ -74,29 +73,15 @@ _KEEP_REFERENCE = update(payments).where(
 )
 
 
-# On Postgres a payment's write and its timeline row go in one statement (a data-modifying
-# CTE): a round trip fewer in each of the charge's two transactions. The event row is written
-# only if the payment row was.
-def _with_event(dml: Any) -> Select[Any]:
-    written = dml.cte("written")
-    event = insert(order_events).from_select(
-        ["order_id", "at", "event", "detail"],
-        select(
-            written.c.order_id,
-            bindparam("e_at", type_=UTCDateTime()),
-            bindparam("e_event", type_=String()),
-            bindparam("e_detail", type_=Text()),
-        ),
-    )
-    return select(*written.c).add_cte(event.cte("event"))
-
+# On Postgres a payment's write and its timeline row go in one statement (timeline.with_event):
+# a round trip fewer in each of the charge's two transactions.
 
 # The columns claim_payment gives a new payment (the rest take their defaults).
 _CLAIMED_COLUMNS = (
     "id", "order_id", "idempotency_key", "fingerprint", "amount", "currency", "payer_phone",
     "provider", "status", "lease_expires_at", "created_at", "updated_at",
 )  # fmt: skip
-_INSERT_PAYMENT_WITH_EVENT = _with_event(
+_INSERT_PAYMENT_WITH_EVENT = with_event(
     postgresql.insert(payments)
     .values(
         {name: bindparam(f"p_{name}", type_=payments.c[name].type) for name in _CLAIMED_COLUMNS}
@@ -104,7 +89,7 @@ _INSERT_PAYMENT_WITH_EVENT = _with_event(
     .on_conflict_do_nothing()
     .returning(*COLUMNS)
 )
-_RECORD_ANSWER_WITH_EVENT = _with_event(
+_RECORD_ANSWER_WITH_EVENT = with_event(
     update(payments)
     .where(payments.c.id == bindparam("b_id"), payments.c.status == _INITIATED)
     .values(

@@ -29,7 +29,7 @@ from orderpay.errors import GatewayRejected, GatewayUnavailable
 from orderpay.models import customers, notifications, orders, payments
 from orderpay.money import Money
 from orderpay.states import NotificationStatus
-from orderpay.timeline import record_events
+from orderpay.timeline import record_events, with_event
 
 log = logging.getLogger("orderpay.notify")
 
@@ -146,6 +146,38 @@ _OWNED = update(notifications).where(
     notifications.c.attempts == bindparam("b_attempts"),
 )
 
+# On Postgres the job's claim and its record are one statement each. The claim's UPDATE
+# re-checks its conditions on the row it waited for, so of two concurrent claims one takes
+# the row and the other finds the lease and returns nothing. (SQLite cannot return the
+# joined columns from UPDATE ... FROM, so it reads, then sets.)
+_CLAIM_ONE_DUE = (
+    update(notifications)
+    .where(
+        notifications.c.id == bindparam("b_id"),
+        notifications.c.status == NotificationStatus.PENDING.value,
+        notifications.c.due_at <= bindparam("b_due"),
+        payments.c.id == notifications.c.payment_id,
+        orders.c.id == notifications.c.order_id,
+        customers.c.id == orders.c.customer_id,
+    )
+    .values(
+        attempts=notifications.c.attempts + 1,
+        due_at=bindparam("v_lease_until"),
+        updated_at=bindparam("b_due"),
+    )
+    .returning(*_ATTEMPT_COLUMNS)
+)
+_SENT_WITH_EVENT = with_event(
+    _OWNED.values(
+        status=NotificationStatus.SENT.value,
+        body=bindparam("v_body"),
+        gateway_message_id=bindparam("v_message_id"),
+        last_error=None,
+        sent_at=bindparam("e_at"),
+        updated_at=bindparam("e_at"),
+    ).returning(notifications.c.order_id)
+)
+
 
 def _claim(conn: Connection, rows: list[Any], policy: RetryPolicy, now: datetime) -> list[Attempt]:
     """Take the next attempt of each row whose attempt count is still what was read."""
@@ -173,6 +205,15 @@ def claim_attempt(
     conn: Connection, notification_id: int, policy: RetryPolicy, now: datetime
 ) -> Attempt | None:
     """Step 1 for one row (an RQ job): its next attempt, if pending, due and not leased."""
+    if conn.dialect.name == "postgresql":
+        lease_until = now + timedelta(seconds=policy.lease_seconds)
+        row = conn.execute(
+            _CLAIM_ONE_DUE, {"b_id": notification_id, "b_due": now, "v_lease_until": lease_until}
+        ).first()
+        if row is None:
+            return None
+        nid, number, order_id, payment_id, recipient, amount, currency, name = row
+        return Attempt(nid, number, order_id, payment_id, recipient, Money(amount, currency), name)
     rows = list(conn.execute(_ONE_DUE, {"b_id": notification_id, "b_due": now}))
     claimed = _claim(conn, rows, policy, now)
     return claimed[0] if claimed else None
@@ -241,26 +282,43 @@ def _record_sent(
     conn: Connection, attempt: Attempt, message: OutgoingMessage, message_id: str
 ) -> DeliveryResult:
     now = utcnow()
-    moved = conn.execute(
-        _OWNED,
-        _owned(
-            attempt,
-            status=NotificationStatus.SENT.value,
-            body=message.text,
-            gateway_message_id=message_id,
-            last_error=None,
-            sent_at=now,
-            updated_at=now,
-        ),
-    )
-    if moved.rowcount != 1:
+    detail = f"notification {attempt.notification_id} sent ({message_id})"
+    if conn.dialect.name == "postgresql":
+        written = conn.execute(
+            _SENT_WITH_EVENT,
+            _owned(
+                attempt,
+                v_body=message.text,
+                v_message_id=message_id,
+                e_at=now,
+                e_event="notification_sent",
+                e_detail=detail,
+            ),
+        ).first()
+        moved = written is not None
+    else:
+        moved = (
+            conn.execute(
+                _OWNED,
+                _owned(
+                    attempt,
+                    status=NotificationStatus.SENT.value,
+                    body=message.text,
+                    gateway_message_id=message_id,
+                    last_error=None,
+                    sent_at=now,
+                    updated_at=now,
+                ),
+            ).rowcount
+            == 1
+        )
+        if moved:
+            record_events(conn, attempt.order_id, [("notification_sent", detail)], at=now)
+    if not moved:
         # Our lease ran out and another attempt took the row over while we were sending.
         log.warning("notification %s: sent, but attempt %s no longer held the row",
                     attempt.notification_id, attempt.number)  # fmt: skip
         return DeliveryResult(Delivery.SKIPPED, attempt.notification_id, attempt.number)
-    record_events(conn, attempt.order_id, [(
-        "notification_sent", f"notification {attempt.notification_id} sent ({message_id})"
-    )], at=now)  # fmt: skip
     return DeliveryResult(Delivery.SENT, attempt.notification_id, attempt.number)
 
 

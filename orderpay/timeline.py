@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Select, String, Text, bindparam, insert, select
 
 from orderpay.clock import utcnow
-from orderpay.models import order_events
+from orderpay.models import UTCDateTime, order_events
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,24 @@ def record_events(
     conn.execute(
         _INSERT, [{"order_id": order_id, "at": when, "event": e, "detail": d} for e, d in events]
     )
+
+
+def with_event(dml: Any) -> Select[Any]:
+    """`dml` (an UPDATE or INSERT returning `order_id`) plus its timeline row, as one Postgres
+    statement (a data-modifying CTE): a round trip fewer than two statements. The event row is
+    written only if `dml` wrote a row. Parameters: the statement's own, and e_at, e_event and
+    e_detail for the event."""
+    written = dml.cte("written")
+    event = insert(order_events).from_select(
+        ["order_id", "at", "event", "detail"],
+        select(
+            written.c.order_id,
+            bindparam("e_at", type_=UTCDateTime()),
+            bindparam("e_event", type_=String()),
+            bindparam("e_detail", type_=Text()),
+        ),
+    )
+    return select(*written.c).add_cte(event.cte("event"))
 
 
 def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OrderEvent]]:

@@ -13,16 +13,18 @@ from contextlib import closing
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from orderpay.callbacks import apply_callback, parse_callback
 from orderpay.channels import SmsChannel
 from orderpay.clock import utcnow
 from orderpay.db import Database
 from orderpay.delivery import (
+    Attempt,
     Delivery,
     DeliveryResult,
     RetryPolicy,
+    claim_attempt,
     claim_due_attempts,
     deliver,
     order_reference,
@@ -223,6 +225,43 @@ def test_a_duplicate_job_while_the_first_attempt_holds_its_lease_sends_nothing(
     assert duplicate.outcome is Delivery.SKIPPED
     assert [r.outcome for r in results] == [Delivery.SENT]
     assert gateway.count() == 1
+
+
+def test_a_job_that_waits_on_another_jobs_claim_of_the_row_takes_nothing(db: Database) -> None:
+    # The second claim blocks on the first one's row lock, then re-checks the row it waited
+    # for: the row is leased now, so it returns no attempt rather than a second one.
+    settled = a_settled_payment(db)
+    other = Database(db.url)
+    second: list[Attempt | None] = []
+    try:
+        with db.transaction() as holding:
+            first = claim_attempt(holding, settled.notification_id, FAST, utcnow())
+            waiting = threading.Thread(target=lambda: second.append(
+                claim_in_own_transaction(other, settled.notification_id)
+            ))  # fmt: skip
+            waiting.start()
+            wait_until(lambda: sessions_waiting_on_a_lock(db) == 1, what="the second claim")
+        waiting.join(10)
+    finally:
+        other.dispose()
+
+    assert first is not None
+    assert first.number == 1
+    assert second == [None]
+    assert notification(db, settled.notification_id).attempts == 1
+
+
+def claim_in_own_transaction(database: Database, notification_id: int) -> Attempt | None:
+    with database.transaction() as conn:
+        return claim_attempt(conn, notification_id, FAST, utcnow())
+
+
+def sessions_waiting_on_a_lock(database: Database) -> int:
+    with database.engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar_one())  # fmt: skip
 
 
 def test_rows_another_drain_is_claiming_are_skipped(db: Database) -> None:
