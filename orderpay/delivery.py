@@ -281,6 +281,16 @@ def release_attempt(conn: Connection, attempt: Attempt) -> None:
 def _record_sent(
     conn: Connection, attempt: Attempt, message: OutgoingMessage, message_id: str
 ) -> DeliveryResult:
+    if not _mark_sent(conn, attempt, message.text, message_id):
+        # Our lease ran out and another attempt took the row over while we were sending.
+        log.warning("notification %s: sent, but attempt %s no longer held the row",
+                    attempt.notification_id, attempt.number)  # fmt: skip
+        return DeliveryResult(Delivery.SKIPPED, attempt.notification_id, attempt.number)
+    return DeliveryResult(Delivery.SENT, attempt.notification_id, attempt.number)
+
+
+def _mark_sent(conn: Connection, attempt: Attempt, body: str, message_id: str) -> bool:
+    """`sent`, with its timeline row, if the attempt still holds the row."""
     now = utcnow()
     detail = f"notification {attempt.notification_id} sent ({message_id})"
     if conn.dialect.name == "postgresql":
@@ -288,38 +298,49 @@ def _record_sent(
             _SENT_WITH_EVENT,
             _owned(
                 attempt,
-                v_body=message.text,
+                v_body=body,
                 v_message_id=message_id,
                 e_at=now,
                 e_event="notification_sent",
                 e_detail=detail,
             ),
         ).first()
-        moved = written is not None
-    else:
-        moved = (
-            conn.execute(
-                _OWNED,
-                _owned(
-                    attempt,
-                    status=NotificationStatus.SENT.value,
-                    body=message.text,
-                    gateway_message_id=message_id,
-                    last_error=None,
-                    sent_at=now,
-                    updated_at=now,
-                ),
-            ).rowcount
-            == 1
-        )
-        if moved:
-            record_events(conn, attempt.order_id, [("notification_sent", detail)], at=now)
-    if not moved:
-        # Our lease ran out and another attempt took the row over while we were sending.
-        log.warning("notification %s: sent, but attempt %s no longer held the row",
-                    attempt.notification_id, attempt.number)  # fmt: skip
-        return DeliveryResult(Delivery.SKIPPED, attempt.notification_id, attempt.number)
-    return DeliveryResult(Delivery.SENT, attempt.notification_id, attempt.number)
+        return written is not None
+    moved = conn.execute(
+        _OWNED,
+        _owned(
+            attempt,
+            status=NotificationStatus.SENT.value,
+            body=body,
+            gateway_message_id=message_id,
+            last_error=None,
+            sent_at=now,
+            updated_at=now,
+        ),
+    )
+    if moved.rowcount != 1:
+        return False
+    record_events(conn, attempt.order_id, [("notification_sent", detail)], at=now)
+    return True
+
+
+# Notification ids are positive: statements aimed at this id find no row and change nothing.
+_NO_ROW = -1
+
+
+def compile_ahead(conn: Connection, policy: RetryPolicy) -> None:
+    """Run a job's statements once against no row, so SQLAlchemy compiles them in this process.
+
+    RQ's default worker forks a work horse per job. A horse inherits its parent's compiled
+    statements; without this it compiles them again for every job and throws them away
+    (about 10 ms a job on a 2-core machine). Changes nothing in the database.
+    """
+    now = utcnow()
+    claim_attempt(conn, _NO_ROW, policy, now)
+    conn.execute(_PENDING_DUE_AT, {"b_id": _NO_ROW})
+    nobody = uuid.UUID(int=0)
+    attempt = Attempt(_NO_ROW, 1, nobody, nobody, "", Money(0, "GHS"), "")
+    _mark_sent(conn, attempt, "", "")
 
 
 def _record_failure(

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from orderpay.callbacks import apply_callback, parse_callback
-from orderpay.channels import SmsChannel
+from orderpay.channels import LogChannel, SmsChannel
 from orderpay.clock import utcnow
 from orderpay.db import Database
 from orderpay.delivery import (
@@ -26,6 +26,7 @@ from orderpay.delivery import (
     RetryPolicy,
     claim_attempt,
     claim_due_attempts,
+    compile_ahead,
     deliver,
     order_reference,
 )
@@ -34,6 +35,7 @@ from orderpay.models import notifications, webhook_events
 from orderpay.outbox import NotifyTarget
 from orderpay.states import NotificationStatus
 from tests.builders import AMA
+from tests.conftest import count_rows
 from tests.http_recorder import Answer
 from tests.redis_helpers import (
     HANG,
@@ -407,3 +409,33 @@ def test_a_gateway_that_never_answers_on_the_last_try_fails_the_notification(
     assert (row.status, row.attempts) == (NotificationStatus.FAILED, 1)
     assert row.last_error is not None
     assert "did not answer in time" in row.last_error
+
+
+# --- Work horses ----------------------------------------------------------------------------
+
+
+def test_compiling_ahead_changes_nothing_in_the_database(any_db: Database) -> None:
+    settled = a_settled_payment(any_db)
+    before = count_rows(any_db)
+
+    with any_db.transaction() as conn:
+        compile_ahead(conn, FAST)
+
+    assert count_rows(any_db) == before
+    row = notification(any_db, settled.notification_id)
+    assert (row.status, row.attempts) == (NotificationStatus.PENDING, 0)
+
+
+def test_after_compiling_ahead_a_delivery_compiles_no_statement_of_its_own(db: Database) -> None:
+    # What a forked work horse inherits: every statement its job runs is already compiled.
+    settled = a_settled_payment(db)
+    with db.transaction() as conn:
+        compile_ahead(conn, FAST)
+    compiled = db.engine._compiled_cache
+    assert compiled is not None
+    before = set(compiled)
+
+    result = deliver(db, LogChannel(), settled.notification_id, merchant_name=MERCHANT, policy=FAST)
+
+    assert result.outcome is Delivery.SENT
+    assert set(compiled) == before

@@ -25,7 +25,7 @@ class WorkerClass(StrEnum):
     # rq.SimpleWorker runs jobs in the worker process. It is the default because a delivery is
     # short, trusted code with its own HTTP timeouts, and a crash mid-send is covered by the
     # row's lease; a forked horse per job must also open its own database connection, which
-    # made it 7x slower here (19 against 135 notifications/s, bench/worker.py).
+    # makes it about 5x slower here (35 against 189 notifications/s, bench/worker.py).
     simple = "simple"
     fork = "fork"  # rq.Worker: a work horse process per job (isolation from the worker)
 
@@ -96,6 +96,12 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
         stale_after=timedelta(seconds=rt.settings.notify_lease_seconds),
     )  # fmt: skip
     worker_type = SimpleWorker if simple else Worker
+    if not simple:
+        from orderpay.delivery import compile_ahead
+
+        # Each forked work horse starts with the job's statements compiled.
+        with rt.database.transaction() as conn:
+            compile_ahead(conn, rt.retry_policy)
     rq_worker = worker_type([queue], connection=redis, serializer=JSONSerializer)
     # Jobs (and the work horses RQ forks for them) start from this process's runtime: its
     # settings are read and its schema checked once, not once per job.
