@@ -588,7 +588,8 @@ def check_totals(db: Database) -> bool:
 # :client_id) settles payments first + c * per_client ... first + (c + 1) * per_client - 1, in
 # order: no two transactions touch the same payment. A client that would leave its slice
 # divides by zero instead, which aborts the run (make the pool larger). The \gset after the
-# SELECT and the two INSERTs makes a missing row or a lost ON CONFLICT fail the run too.
+# lock, the inbox INSERT and the settling statement makes a missing row or a lost ON CONFLICT
+# fail the run too.
 # The relay's wake-up (NOTIFY) is not here: the listener sends it after the commit, at most
 # one per 20 ms per process (orderpay.wakeups.Nudger), not once per callback.
 PAYMENT_COLUMNS = (
@@ -617,24 +618,26 @@ VALUES ('momo', md5('p' || :n::text)::uuid || ':' || 'succeeded',
   || '"currency": "{CURRENCY}"}}', now(), 'processed', md5('o' || :n::text)::uuid,
   md5('p' || :n::text)::uuid)
 ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING webhook_events.id \\gset ev_
-UPDATE payments SET status = 'succeeded', failure_reason = NULL, lease_expires_at = NULL,
-  updated_at = now()
-WHERE payments.id = md5('p' || :n::text)::uuid AND payments.status = 'pending';
-UPDATE orders SET status = 'paid', updated_at = now()
-WHERE orders.id = md5('o' || :n::text)::uuid AND orders.status = 'pending';
-INSERT INTO notifications (order_id, payment_id, kind, channel, recipient, body, status,
-  attempts, due_at, created_at, updated_at)
-VALUES (md5('o' || :n::text)::uuid, md5('p' || :n::text)::uuid, 'payment_received', 'log',
-  '{PAYER}', '', 'pending', 0, now(), now(), now())
-ON CONFLICT (payment_id, kind) DO NOTHING RETURNING notifications.id \\gset nt_
-INSERT INTO order_events (order_id, at, event, detail)
-VALUES (md5('o' || :n::text)::uuid, now(), 'payment_succeeded',
-  'payment ' || md5('p' || :n::text)::uuid
-  || ' of {AMOUNT_TEXT} {CURRENCY} succeeded (momo callback)'),
-  (md5('o' || :n::text)::uuid, now(), 'order_paid',
-  'paid by payment ' || md5('p' || :n::text)::uuid),
-  (md5('o' || :n::text)::uuid, now(), 'notification_queued',
-  'notification ' || :nt_id::text || ' via log');
+WITH paid AS (UPDATE payments SET status = 'succeeded', failure_reason = NULL,
+  lease_expires_at = NULL, updated_at = now()
+  WHERE payments.id = md5('p' || :n::text)::uuid AND payments.status = 'pending'
+  RETURNING payments.id, payments.order_id),
+order_paid AS (UPDATE orders SET status = 'paid', updated_at = now() FROM paid
+  WHERE orders.id = paid.order_id AND orders.status = 'pending' RETURNING orders.id),
+queued AS (INSERT INTO notifications (order_id, payment_id, kind, channel, recipient, body,
+  status, attempts, due_at, created_at, updated_at)
+  SELECT paid.order_id, paid.id, 'payment_received', 'log', '{PAYER}', '', 'pending', 0, now(),
+  now(), now() FROM paid
+  ON CONFLICT (payment_id, kind) DO NOTHING RETURNING notifications.id),
+timeline AS (INSERT INTO order_events (order_id, at, event, detail)
+  SELECT e.order_id, now(), e.event, e.detail FROM (
+    SELECT 1 AS k, paid.order_id, 'payment_succeeded' AS event, 'payment ' || paid.id
+      || ' of {AMOUNT_TEXT} {CURRENCY} succeeded (momo callback)' AS detail FROM paid
+    UNION ALL SELECT 2, paid.order_id, 'order_paid', 'paid by payment ' || paid.id FROM paid
+    UNION ALL SELECT 3, paid.order_id, 'notification_queued',
+      'notification ' || CAST(queued.id AS TEXT) || ' via log' FROM paid JOIN queued ON true
+  ) AS e ORDER BY e.k)
+SELECT paid.id FROM paid \\gset paid_
 COMMIT;
 """
 

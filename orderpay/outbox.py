@@ -11,12 +11,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, Insert, String, Text, bindparam, literal, select, update
+from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
 from orderpay.db import InsertIgnoring
-from orderpay.models import notifications
+from orderpay.models import UTCDateTime, notifications
 from orderpay.states import NotificationStatus
 
 PAYMENT_RECEIVED = "payment_received"
@@ -68,6 +70,46 @@ def add_notification(
     }
     inserted: int | None = conn.execute(_INSERT(conn), values).scalar_one_or_none()
     return inserted
+
+
+def insert_notification_from(paid: Any) -> Insert:
+    """add_notification as part of a larger Postgres statement: the outbox row of each payment
+    `paid` (a CTE with `id` and `order_id` columns) yields. Parameters: v_channel, v_recipient,
+    v_now. Returns the new row's id, or nothing if the payment already has one."""
+    now = bindparam("v_now", type_=UTCDateTime())
+    return (
+        postgresql.insert(notifications)
+        .from_select(
+            [
+                "order_id",
+                "payment_id",
+                "kind",
+                "channel",
+                "recipient",
+                "body",
+                "status",
+                "attempts",
+                "due_at",
+                "created_at",
+                "updated_at",
+            ],
+            select(
+                paid.c.order_id,
+                paid.c.id,
+                literal(PAYMENT_RECEIVED, String()),
+                bindparam("v_channel", type_=String()),
+                bindparam("v_recipient", type_=String()),
+                literal("", Text()),
+                literal(NotificationStatus.PENDING.value, String()),
+                literal(0),
+                now,
+                now,
+                now,
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=["payment_id", "kind"])
+        .returning(notifications.c.id)
+    )
 
 
 _fresh = notifications.c.enqueued_at.is_(None) & (notifications.c.due_at <= bindparam("b_now"))

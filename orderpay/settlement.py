@@ -17,12 +17,24 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Text,
+    bindparam,
+    cast,
+    insert,
+    literal,
+    select,
+    true,
+    union_all,
+    update,
+)
 
 from orderpay.clock import utcnow
-from orderpay.models import customers, orders, payments
+from orderpay.models import UTCDateTime, customers, order_events, orders, payments
 from orderpay.money import Money
-from orderpay.outbox import NotifyTarget, add_notification
+from orderpay.outbox import NotifyTarget, add_notification, insert_notification_from
 from orderpay.payments import COLUMNS, Payment, from_row
 from orderpay.states import OPEN_PAYMENT_STATUSES, OrderStatus, PaymentStatus, payment_can_move
 from orderpay.timeline import record_events
@@ -71,6 +83,53 @@ _MOVE_PAYMENT = update(payments).where(
 _MARK_PAID = update(orders).where(
     orders.c.id == bindparam("b_id"), orders.c.status == OrderStatus.PENDING.value
 )
+
+
+def _succeed_in_one_statement() -> Select[Any]:
+    """On Postgres, everything a success writes as one statement (data-modifying CTEs): the
+    payment, the order, the outbox row and the three timeline rows. A callback is then three
+    statements (lock, inbox, this) instead of six."""
+    now = bindparam("v_now", type_=UTCDateTime())
+    paid = (
+        update(payments)
+        .where(payments.c.id == bindparam("b_id"), payments.c.status == bindparam("b_from"))
+        .values(
+            status=PaymentStatus.SUCCEEDED.value,
+            failure_reason=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .returning(payments.c.id, payments.c.order_id)
+        .cte("paid")
+    )
+    # The order row is locked by lock_payment and classify() checked it is pending.
+    order = (
+        update(orders)
+        .where(orders.c.id == paid.c.order_id, orders.c.status == OrderStatus.PENDING.value)
+        .values(status=OrderStatus.PAID.value, updated_at=now)
+        .returning(orders.c.id)
+        .cte("order_paid")
+    )
+    queued = insert_notification_from(paid).cte("queued")
+    # Numbered so the timeline rows get their ids in this order.
+    events = union_all(
+        select(literal(1).label("k"), paid.c.order_id, literal("payment_succeeded").label("event"),
+               bindparam("v_succeeded", type_=Text()).label("detail")),
+        select(literal(2), paid.c.order_id, literal("order_paid"),
+               bindparam("v_paid", type_=Text())),
+        select(literal(3), paid.c.order_id, literal("notification_queued"),
+               literal("notification ", Text()) + cast(queued.c.id, Text())
+               + bindparam("v_via", type_=Text()))
+        .select_from(paid.join(queued, true())),
+    ).subquery("e")  # fmt: skip
+    timeline = insert(order_events).from_select(
+        ["order_id", "at", "event", "detail"],
+        select(events.c.order_id, now, events.c.event, events.c.detail).order_by(events.c.k),
+    )
+    return select(paid.c.id).add_cte(order, timeline.cte("timeline"))
+
+
+_SUCCEED = _succeed_in_one_statement()
 
 
 def lock_payment(conn: Connection, statement: Select[Any], **params: Any) -> LockedPayment | None:
@@ -137,6 +196,16 @@ def settle(
 
     if not payment_can_move(payment.status, target):  # classify() let only open payments by
         raise ValueError(f"payment transition {payment.status} -> {target} is not allowed")
+    succeeded = f"payment {payment.id} of {payment.amount} succeeded ({source})"
+    paid = f"paid by payment {payment.id}"
+    recipient = notify.recipient_for(locked.customer_phone)
+    if target is PaymentStatus.SUCCEEDED and conn.dialect.name == "postgresql":
+        conn.execute(_SUCCEED, {
+            "b_id": payment.id, "b_from": payment.status.value, "v_now": now,
+            "v_channel": notify.channel, "v_recipient": recipient, "v_succeeded": succeeded,
+            "v_paid": paid, "v_via": f" via {notify.channel}",
+        })  # fmt: skip
+        return verdict
     conn.execute(
         _MOVE_PAYMENT,
         {
@@ -157,16 +226,9 @@ def settle(
 
     _mark_paid(conn, payment.order_id, now)
     notification_id = add_notification(
-        conn,
-        order_id=payment.order_id,
-        payment_id=payment.id,
-        recipient=notify.recipient_for(locked.customer_phone),
-        target=notify,
+        conn, order_id=payment.order_id, payment_id=payment.id, recipient=recipient, target=notify
     )
-    events = [
-        ("payment_succeeded", f"payment {payment.id} of {payment.amount} succeeded ({source})"),
-        ("order_paid", f"paid by payment {payment.id}"),
-    ]
+    events = [("payment_succeeded", succeeded), ("order_paid", paid)]
     if notification_id is not None:
         events.append(
             ("notification_queued", f"notification {notification_id} via {notify.channel}")

@@ -34,6 +34,7 @@ from orderpay.drain import Drain
 from orderpay.models import notifications, webhook_events
 from orderpay.outbox import NotifyTarget
 from orderpay.states import NotificationStatus
+from orderpay.timeline import events_of
 from tests.builders import AMA
 from tests.conftest import count_rows
 from tests.http_recorder import Answer
@@ -101,6 +102,35 @@ def test_a_settled_payment_leaves_one_pending_notification_due_now(any_db: Datab
     assert (row.attempts, row.enqueued_at, row.sent_at) == (0, None, None)
     assert row.recipient == AMA
     assert row.due_at <= utcnow()
+    assert event_names(any_db, settled.order_id)[-1] == "notification_queued"
+
+
+def test_settling_writes_the_payment_paid_and_queued_events_in_order_with_their_details(
+    any_db: Database,
+) -> None:
+    settled = a_settled_payment(any_db, price="12.50", quantity=2)
+
+    with any_db.transaction() as conn:
+        timeline = events_of(conn, [settled.order_id])[settled.order_id]
+
+    p, n = settled.payment_id, settled.notification_id
+    assert [(e.event, e.detail) for e in timeline[-3:]] == [
+        ("payment_succeeded", f"payment {p} of 25.00 GHS succeeded (momo callback)"),
+        ("order_paid", f"paid by payment {p}"),
+        ("notification_queued", f"notification {n} via log"),
+    ]
+    assert len({e.at for e in timeline[-3:]}) == 1
+
+
+def test_a_merchant_webhook_target_queues_the_notification_to_the_merchants_url(
+    any_db: Database,
+) -> None:
+    target = NotifyTarget(channel="webhook", webhook_url="https://merchant.example/hooks")
+
+    settled = a_settled_payment(any_db, target=target)
+
+    row = notification(any_db, settled.notification_id)
+    assert (row.channel, row.recipient) == ("webhook", "https://merchant.example/hooks")
     assert event_names(any_db, settled.order_id)[-1] == "notification_queued"
 
 
