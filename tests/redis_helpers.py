@@ -43,6 +43,7 @@ from sqlalchemy import select
 
 from orderpay import jobs, logs
 from orderpay.callbacks import apply_callback, parse_callback
+from orderpay.channels import SmsChannel
 from orderpay.charges import charge_order
 from orderpay.db import Database
 from orderpay.models import notifications
@@ -445,6 +446,14 @@ def shared_gateway_server_fixture() -> Iterator[None]:
             yield
         finally:
             _shared = previous
+
+
+def sms_channel(gateway: Gateway, timeout: float = 5.0, sender_id: str | None = None) -> SmsChannel:
+    """An Africa's Talking channel pointed at the local gateway."""
+    return SmsChannel(
+        base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY, sender_id=sender_id,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from tests.redis_helpers import (
     notification_rows,
     run_orderpay,
     shared_gateway_server_fixture,  # noqa: F401
+    sms_channel,
     wait_until,
 )
 
@@ -77,10 +78,7 @@ def test_the_sms_request_carries_the_api_key_username_recipient_and_message(
 ) -> None:
     settled = a_settled_payment(db, phone="0241234567")
     with a_gateway() as gateway:
-        channel = SmsChannel(
-            base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY,
-            sender_id=SENDER_ID, timeout=5,
-        )  # fmt: skip
+        channel = sms_channel(gateway, sender_id=SENDER_ID)
         with closing(channel):
             Drain(db, channel, FAST, MERCHANT).drain_due()
         (request,) = gateway.requests()
@@ -100,10 +98,7 @@ def test_the_gateways_message_id_is_stored_as_the_notifications_gateway_message_
 ) -> None:
     settled = a_settled_payment(db)
     with a_gateway() as gateway:
-        channel = SmsChannel(
-            base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY, sender_id=None,
-            timeout=5,
-        )  # fmt: skip
+        channel = sms_channel(gateway)
         with closing(channel):
             Drain(db, channel, FAST, MERCHANT).drain_due()
         ((_, message_id),) = gateway.answered
@@ -224,10 +219,7 @@ def test_the_worker_refuses_the_webhook_channel_without_a_secret_and_changes_not
 def test_an_unreadable_gateway_answer_is_retried_not_taken_as_sent(db: Database) -> None:
     settled = a_settled_payment(db)
     with a_gateway(Answer(200, b"<html>maintenance</html>", "text/html")) as gateway:
-        channel = SmsChannel(
-            base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY, sender_id=None,
-            timeout=5,
-        )  # fmt: skip
+        channel = sms_channel(gateway)
         with closing(channel):
             Drain(db, channel, FAST, MERCHANT).drain_due()
 

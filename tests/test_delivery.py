@@ -41,8 +41,6 @@ from tests.http_recorder import Answer
 from tests.redis_helpers import (
     HANG,
     MERCHANT,
-    SMS_API_KEY,
-    SMS_USERNAME,
     Gateway,
     a_gateway,
     a_settled_payment,
@@ -51,18 +49,12 @@ from tests.redis_helpers import (
     event_names,
     notification,
     shared_gateway_server_fixture,  # noqa: F401
+    sms_channel,
     wait_until,
 )
 
 FAST = RetryPolicy(intervals=(1, 1, 1, 1, 1), lease_seconds=30)
 HTTP_500 = Answer(500, b'{"error": "internal"}')
-
-
-def sms_channel(gateway: Gateway, timeout: float = 5.0) -> SmsChannel:
-    return SmsChannel(
-        base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY, sender_id=None,
-        timeout=timeout,
-    )  # fmt: skip
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from urllib.parse import urlencode
 
 import pytest
 
-from orderpay.channels import SmsChannel
 from orderpay.db import Database
 from orderpay.delivery import RetryPolicy
 from orderpay.drain import Drain
@@ -26,14 +25,13 @@ from tests.conftest import count_rows
 from tests.live_server import TestClient, listener_client, listener_settings
 from tests.redis_helpers import (
     MERCHANT,
-    SMS_API_KEY,
-    SMS_USERNAME,
     a_gateway,
     a_settled_payment,
     event_names,
     notification,
     notification_rows,
     shared_gateway_server_fixture,  # noqa: F401
+    sms_channel,
 )
 
 TOKEN = "dlr-token-7c1e0b5a9d"
@@ -53,10 +51,7 @@ def sent(db: Database) -> SentSms:
     """A notification sent by SMS: `sent`, with the gateway's message id."""
     settled = a_settled_payment(db)
     with a_gateway() as gateway:
-        channel = SmsChannel(
-            base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY, sender_id=None,
-            timeout=5,
-        )  # fmt: skip
+        channel = sms_channel(gateway)
         with closing(channel):
             Drain(db, channel, RetryPolicy((1,), 30), MERCHANT).drain_due()
         ((_, message_id),) = gateway.answered

@@ -7,7 +7,6 @@ from contextlib import closing
 
 import pytest
 
-from orderpay.channels import SmsChannel
 from orderpay.db import Database
 from orderpay.delivery import RetryPolicy
 from orderpay.drain import Drain
@@ -18,8 +17,6 @@ from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer
 from tests.redis_helpers import (
     MERCHANT,
-    SMS_API_KEY,
-    SMS_USERNAME,
     Gateway,
     SettledPayment,
     a_gateway,
@@ -31,6 +28,7 @@ from tests.redis_helpers import (
     notification_rows,
     redis_url_fixture,  # noqa: F401
     shared_gateway_server_fixture,  # noqa: F401
+    sms_channel,
     sms_env,
 )
 
@@ -48,10 +46,7 @@ def gateway() -> Iterator[Gateway]:
 def deliver_due(db: Database, gateway: Gateway, *script: Answer) -> None:
     """One drain against the gateway, which answers `script` first (then success)."""
     gateway.then(*script)
-    channel = SmsChannel(
-        base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY, sender_id=None,
-        timeout=5,
-    )  # fmt: skip
+    channel = sms_channel(gateway)
     with closing(channel):
         Drain(db, channel, POLICY, MERCHANT).drain_due()
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from orderpay.channels import SmsChannel
 from orderpay.db import Database
 from orderpay.delivery import RetryPolicy, order_reference
 from orderpay.drain import Drain
@@ -26,8 +25,6 @@ from orderpay.states import NotificationStatus
 from tests.redis_helpers import (
     HANG,
     MERCHANT,
-    SMS_API_KEY,
-    SMS_USERNAME,
     WorkerProcess,
     a_gateway,
     a_settled_payment,
@@ -36,6 +33,7 @@ from tests.redis_helpers import (
     notification_rows,
     redis_url_fixture,  # noqa: F401
     shared_gateway_server_fixture,  # noqa: F401
+    sms_channel,
     sms_env,
     wait_for_status,
     wait_until,
@@ -171,10 +169,7 @@ def test_a_notification_left_by_a_killed_worker_is_not_sent_again_before_its_lea
         doomed = worker_processes(env)
         wait_until(lambda: gateway.hanging == 1, timeout=30, what="the gateway to hold a request")
         doomed.kill_group()
-        channel = SmsChannel(
-            base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY, sender_id=None,
-            timeout=5,
-        )  # fmt: skip
+        channel = sms_channel(gateway)
         with closing(channel):
             results = Drain(db, channel, RetryPolicy((1,), 30), MERCHANT).drain_due()
         requests = gateway.count()
