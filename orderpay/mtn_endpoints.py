@@ -47,12 +47,7 @@ def check_endpoint(base_url: str, target_environment: str) -> str:
             "MTN_MOMO_TARGET_ENVIRONMENT must be 'sandbox' or a production target such as "
             "'mtnghana' (lowercase letters and digits)"
         )
-    try:
-        url = httpx.URL(base_url.strip())
-    except httpx.InvalidURL:
-        raise ConfigurationError("MTN_MOMO_BASE_URL is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError("MTN_MOMO_BASE_URL must be an absolute http(s) URL")
+    url = _absolute_url(base_url, "MTN_MOMO_BASE_URL")
     if url.userinfo or url.query or url.fragment:
         raise ConfigurationError(
             "MTN_MOMO_BASE_URL must not carry credentials, a query or a fragment"
@@ -84,17 +79,22 @@ def check_callback_url(callback_url: str | None, target_environment: str) -> str
     """The callback URL MTN is told about, or None (then MTN sends no callback)."""
     if callback_url is None or not callback_url.strip():
         return None
-    try:
-        url = httpx.URL(callback_url.strip())
-    except httpx.InvalidURL:
-        raise ConfigurationError("MTN_MOMO_CALLBACK_URL is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigurationError("MTN_MOMO_CALLBACK_URL must be an absolute http(s) URL")
+    url = _absolute_url(callback_url, "MTN_MOMO_CALLBACK_URL")
     if url.userinfo or url.fragment:
         raise ConfigurationError("MTN_MOMO_CALLBACK_URL must not carry credentials or a fragment")
     if target_environment.strip() != SANDBOX_TARGET and url.scheme != "https":
         raise ConfigurationError("MTN_MOMO_CALLBACK_URL must use https: MTN calls back over HTTPS")
     return str(url)
+
+
+def _absolute_url(value: str, name: str) -> httpx.URL:
+    try:
+        url = httpx.URL(value.strip())
+    except httpx.InvalidURL:
+        raise ConfigurationError(f"{name} is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(f"{name} must be an absolute http(s) URL")
+    return url
 
 
 @functools.cache
