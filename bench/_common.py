@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import NullPool, create_engine
+from sqlalchemy import Connection, NullPool, create_engine
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_BASE_URL = "postgresql+psycopg2://root@127.0.0.1:5432/root"
@@ -136,3 +137,19 @@ def say(line: str) -> None:
 def note(line: str) -> None:
     """Progress that is not a result: to stderr, so stdout holds only the figures."""
     print(line, file=sys.stderr, flush=True)
+
+
+def a_customer_and_product(
+    conn: Connection, *, phone: str, region: str, price_minor: int, currency: str
+) -> tuple[Any, Any]:
+    """The one customer and one product a bench's bulk orders refer to, made by the service."""
+    from orderpay.customers import create_customer
+    from orderpay.products import create_product
+
+    customer = create_customer(
+        conn, name="Bench Customer", phone=phone, email=None, default_region=region
+    )
+    product = create_product(
+        conn, name="Kenkey", price=f"{price_minor / 100:.2f}", currency=currency
+    )
+    return customer, product

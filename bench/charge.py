@@ -57,6 +57,7 @@ from pathlib import Path
 
 from _common import (
     DEFAULT_BASE_URL,
+    a_customer_and_product,
     console_script,
     libpq_env,
     median_wall_ms,
@@ -69,9 +70,7 @@ from _common import (
 from sqlalchemy import text
 
 from orderpay.charges import charge_order
-from orderpay.customers import create_customer
 from orderpay.db import Database
-from orderpay.products import create_product
 from orderpay.providers import SimulatorProvider
 
 DEFAULT_ORDERS = 2000
@@ -204,13 +203,10 @@ def create_orders(url: str, count: int) -> None:
     db = Database(url)
     try:
         with db.transaction() as conn:
-            customer = create_customer(
-                conn, name="Bench Customer", phone=PAYER, email=None,
-                default_region=DEFAULT_REGION,
+            customer, product = a_customer_and_product(
+                conn, phone=PAYER, region=DEFAULT_REGION, price_minor=PRICE_MINOR,
+                currency=CURRENCY,
             )  # fmt: skip
-            product = create_product(
-                conn, name="Kenkey", price=f"{PRICE_MINOR / 100:.2f}", currency=CURRENCY
-            )
             params = {
                 "count": count, "prefix": ID_PREFIX, "offset": ID_OFFSET,
                 "customer": customer.id, "product": product.id, "quantity": QUANTITY,

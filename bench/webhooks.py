@@ -67,6 +67,7 @@ from types import FrameType
 
 from _common import (
     DEFAULT_BASE_URL,
+    a_customer_and_product,
     console_script,
     libpq_env,
     note,
@@ -77,9 +78,7 @@ from _common import (
 )
 from sqlalchemy import text
 
-from orderpay.customers import create_customer
 from orderpay.db import Database
-from orderpay.products import create_product
 from orderpay.signatures import sign_hex
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -176,13 +175,10 @@ def create_payments(url: str, count: int) -> None:
     db = Database(url)
     try:
         with db.transaction() as conn:
-            customer = create_customer(
-                conn, name="Bench Customer", phone=PAYER, email=None,
-                default_region=DEFAULT_REGION,
+            customer, product = a_customer_and_product(
+                conn, phone=PAYER, region=DEFAULT_REGION, price_minor=PRICE_MINOR,
+                currency=CURRENCY,
             )  # fmt: skip
-            product = create_product(
-                conn, name="Kenkey", price=f"{PRICE_MINOR / 100:.2f}", currency=CURRENCY
-            )
             params = {
                 "count": count, "customer": customer.id, "product": product.id,
                 "quantity": QUANTITY, "price": PRICE_MINOR, "total": TOTAL_MINOR,
