@@ -64,10 +64,13 @@ class _HttpChannel:
     def __init__(self, timeout: float, transport: httpx.BaseTransport | None = None) -> None:
         import httpx
 
+        from orderpay.tls import tls_context
+
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
             transport=transport,
             follow_redirects=False,
+            verify=tls_context(),
         )
 
     def _post(self, url: str, **kwargs: Any) -> httpx.Response:

@@ -37,7 +37,7 @@ from pydantic import SecretStr
 
 from orderpay.errors import ConfigurationError, InvalidInput, ProviderUnavailable
 from orderpay.money import Money, parse_amount
-from orderpay.mtn_endpoints import check_callback_url, check_endpoint, tls_context
+from orderpay.mtn_endpoints import check_callback_url, check_endpoint
 from orderpay.phones import mask_phone, msisdn
 from orderpay.providers import (
     Accepted,
@@ -48,6 +48,7 @@ from orderpay.providers import (
     RemoteState,
     StatusAnswer,
 )
+from orderpay.tls import tls_context
 
 if TYPE_CHECKING:
     from orderpay.config import Settings

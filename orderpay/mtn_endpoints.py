@@ -5,10 +5,8 @@ Kept apart from the client (mtn.py) so the rules can be read, and tested, on the
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
-import ssl
 
 import httpx
 
@@ -95,10 +93,3 @@ def _absolute_url(value: str, name: str) -> httpx.URL:
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError(f"{name} must be an absolute http(s) URL")
     return url
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The certificate-verifying TLS context, built once per process (loading the CA bundle is
-    slow). httpx's default: certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set."""
-    return httpx.create_ssl_context(verify=True)

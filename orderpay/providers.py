@@ -169,6 +169,7 @@ class SimulatorProvider:
         import httpx
 
         from orderpay.signatures import sign_hex
+        from orderpay.tls import tls_context
 
         body: dict[str, str] = {
             "provider_reference": str(request.reference),
@@ -186,8 +187,9 @@ class SimulatorProvider:
         assert self.callback_url is not None
         try:
             response = httpx.post(
-                self.callback_url, content=raw, headers=headers, timeout=CALLBACK_TIMEOUT_SECONDS
-            )
+                self.callback_url, content=raw, headers=headers, timeout=CALLBACK_TIMEOUT_SECONDS,
+                verify=tls_context(),
+            )  # fmt: skip
             log.info(
                 "simulator callback for payment %s (payer %s): HTTP %s",
                 request.reference, mask_phone(request.payer_phone), response.status_code,

@@ -24,7 +24,6 @@ from orderpay.config import load_settings
 from orderpay.errors import ConfigurationError, ProviderUnavailable
 from orderpay.money import Money
 from orderpay.mtn import MtnProvider
-from orderpay.mtn_endpoints import tls_context
 from orderpay.providers import (
     Accepted,
     CollectionRequest,
@@ -33,6 +32,7 @@ from orderpay.providers import (
     RemoteState,
     StatusAnswer,
 )
+from orderpay.tls import tls_context
 from tests.fake_mtn import FakeMtn
 
 ORDINARY = "+46733123499"  # no special sandbox behaviour: succeeds

@@ -98,10 +98,13 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
     worker_type = SimpleWorker if simple else Worker
     if not simple:
         from orderpay.delivery import compile_ahead
+        from orderpay.tls import tls_context
 
-        # Each forked work horse starts with the job's statements compiled.
+        # Each forked work horse starts with the job's statements compiled and the TLS
+        # context its channel's client needs already loaded.
         with rt.database.transaction() as conn:
             compile_ahead(conn, rt.retry_policy)
+        tls_context()
     rq_worker = worker_type([queue], connection=redis, serializer=JSONSerializer)
     # Jobs (and the work horses RQ forks for them) start from this process's runtime: its
     # settings are read and its schema checked once, not once per job.
