@@ -40,14 +40,17 @@ class Runtime:
 
         return Database(self.settings.database_url, **self._engine_options)
 
+    def check_schema(self) -> None:
+        """Raise (exit 7) unless the database is at this code's schema; asked once."""
+        if not self._schema_checked:
+            self.raw_database.check_schema()
+            self._schema_checked = True
+
     @property
     def database(self) -> Database:
         """The database, once it is known to be at this code's schema."""
-        database = self.raw_database
-        if not self._schema_checked:
-            database.check_schema()
-            self._schema_checked = True
-        return database
+        self.check_schema()
+        return self.raw_database
 
     @cached_property
     def provider(self) -> Provider:
@@ -86,7 +89,7 @@ class Runtime:
             webhook_secret=_secret(settings.notify_webhook_secret),
         )
 
-    @property
+    @cached_property
     def retry_policy(self) -> RetryPolicy:
         from orderpay.delivery import RetryPolicy
 

@@ -67,7 +67,7 @@ def worker(
 
     configure_logging()
     rt = runtime(ctx)
-    rt.database.check_schema()
+    rt.check_schema()
     if rt.settings.redis_url:
         _run_rq(rt, burst=burst, queue_name=queue, simple=worker_class is WorkerClass.simple)
     else:
