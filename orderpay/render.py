@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,10 +36,6 @@ STATUS_STYLES = {
 def console() -> Console:
     # Wide when piped, so ids are never cut; rich still fits a real terminal.
     return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
-
-
-def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 def status(value: str) -> str:

@@ -170,7 +170,7 @@ def error_response(request: Request, error: Exception) -> Response:
         if isinstance(error, InvalidToken):
             headers["WWW-Authenticate"] = "Bearer"
         if isinstance(error, PaymentDeclined) and error.details.get("replayed"):
-            headers["Idempotent-Replayed"] = "true"
+            headers[rest.REPLAYED_HEADER] = "true"
         if isinstance(error, DatabaseUnavailable):
             headers["Retry-After"] = "5"
         return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)

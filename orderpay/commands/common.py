@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -34,10 +35,6 @@ Limit = Annotated[
 ]
 
 
-def wants_json(ctx: typer.Context) -> bool:
-    return bool(ctx.meta.get(JSON_META_KEY))
-
-
 def runtime(ctx: typer.Context) -> Runtime:
     obj = ctx.find_root().obj
     assert obj is not None, "the root callback sets the runtime"
@@ -45,9 +42,10 @@ def runtime(ctx: typer.Context) -> Runtime:
 
 
 def emit_json(document: Any) -> None:
-    from orderpay.render import print_json
+    """One JSON document on stdout (without importing rich, which human output needs)."""
+    import json
 
-    print_json(document)
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 def info(message: str) -> None:
