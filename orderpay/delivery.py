@@ -16,7 +16,6 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -27,7 +26,7 @@ from orderpay.clock import utcnow
 from orderpay.db import Transactional
 from orderpay.errors import GatewayRejected, GatewayUnavailable
 from orderpay.models import customers, notifications, orders, payments
-from orderpay.money import Money
+from orderpay.money import Money, exponent
 from orderpay.states import NotificationStatus
 from orderpay.timeline import record_events, with_event
 
@@ -82,8 +81,7 @@ def order_reference(order_id: uuid.UUID) -> str:
 
 def format_amount(amount: Money) -> str:
     """'GHS 1,250.00', 'UGX 3,000': grouped, with the currency's decimals."""
-    places = amount.as_string().partition(".")[2]
-    return f"{amount.currency} {Decimal(amount.as_string()):,.{len(places)}f}"
+    return f"{amount.currency} {amount.as_decimal():,.{exponent(amount.currency)}f}"
 
 
 def render(attempt: Attempt, merchant_name: str) -> OutgoingMessage:

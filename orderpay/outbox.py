@@ -47,9 +47,8 @@ def add_notification(
     payment_id: uuid.UUID,
     recipient: str,
     target: NotifyTarget,
-    kind: str = PAYMENT_RECEIVED,
 ) -> int | None:
-    """Insert the outbox row; None if this payment already has one of this kind.
+    """Insert the payment's `payment_received` outbox row; None if it already has one.
 
     The caller wakes the relay after its transaction commits (wakeups.Nudger).
     """
@@ -57,7 +56,7 @@ def add_notification(
     values = {
         "order_id": order_id,
         "payment_id": payment_id,
-        "kind": kind,
+        "kind": PAYMENT_RECEIVED,
         "channel": target.channel,
         "recipient": recipient,
         # Rendered by the job when it sends, with the merchant's current name.
