@@ -29,7 +29,7 @@ from orderpay.errors import (
 from orderpay.idempotency import check_key
 from orderpay.metrics import metrics
 from orderpay.orders import create_order as create_order_service
-from orderpay.orders import get_order_detail
+from orderpay.orders import details_of, get_order_detail
 from orderpay.shapes import order_shape, payment_shape
 
 if TYPE_CHECKING:
@@ -102,7 +102,8 @@ async def create_order(request: Request) -> Response:
     def create() -> dict[str, Any]:
         with runtime.database.transaction() as conn:
             order = create_order_service(conn, customer_id=customer, items=items)
-            return order_shape(get_order_detail(conn, order.id))
+            (detail,) = details_of(conn, [order])
+            return order_shape(detail)
 
     return JSONResponse(await run_in_threadpool(create), status_code=201)
 

@@ -60,12 +60,12 @@ def order_create(
       orderpay order create --customer 1 --item 0b9e...:2 --item 5c1f...
       orderpay order create --customer 1 --item 0b9e... --json
     """
-    from orderpay.orders import create_order, get_order_detail
+    from orderpay.orders import create_order, details_of
 
     items = [parse_item(raw) for raw in item or []]
     with runtime(ctx).database.transaction() as conn:
         order = create_order(conn, customer_id=customer, items=items)
-        detail = get_order_detail(conn, order.id)
+        (detail,) = details_of(conn, [order])
     _show_detail(detail, json_)
 
 
@@ -150,12 +150,11 @@ def order_cancel(
       orderpay order cancel 3f1c...
     """
     from orderpay.fields import parse_uuid
-    from orderpay.orders import cancel_order, get_order_detail
+    from orderpay.orders import cancel_order, details_of
 
     oid = parse_uuid(order_id, "order id")
     with runtime(ctx).database.transaction() as conn:
-        cancel_order(conn, oid)
-        detail = get_order_detail(conn, oid)
+        (detail,) = details_of(conn, [cancel_order(conn, oid)])
     _show_detail(detail, json_)
 
 
