@@ -33,6 +33,8 @@ from orderpay.orders import details_of, get_order_detail
 from orderpay.shapes import order_shape, payment_shape
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from orderpay.runtime import Runtime
 
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -42,17 +44,21 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
-def authorize(request: Request) -> Runtime:
-    runtime = _runtime(request)
-    token = runtime.settings.api_token
-    expected = token.get_secret_value() if token is not None else ""
+def require_token(secret: SecretStr | None, given: str | None, refusal: str) -> None:
+    """The route does not exist without a configured secret (404); otherwise `given` must
+    equal it, compared in constant time (401 with `refusal`)."""
+    expected = secret.get_secret_value() if secret is not None else ""
     if not expected:
         raise RouteNotFound("not found")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), expected.encode()
-    ):
-        raise InvalidToken("a valid bearer token is required")
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidToken(refusal)
+
+
+def authorize(request: Request) -> Runtime:
+    runtime = _runtime(request)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip() if scheme.lower() == "bearer" else None
+    require_token(runtime.settings.api_token, given, "a valid bearer token is required")
     return runtime
 
 

@@ -8,7 +8,6 @@ place, `error_response`; no input produces a 500.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -35,7 +34,6 @@ from orderpay.errors import (
     InvalidToken,
     OrderpayError,
     PaymentDeclined,
-    RouteNotFound,
 )
 from orderpay.hints import parse_hint, record_hint
 from orderpay.metrics import metrics
@@ -128,13 +126,8 @@ def _confirm(runtime: Runtime, payment: Payment) -> None:
 async def sms_delivery_report(request: Request) -> Response:
     """POST /api/webhooks/sms-dlr/?token=...: the SMS gateway's delivery reports."""
     runtime = runtime_of(request)
-    token = runtime.settings.sms_dlr_token
-    expected = token.get_secret_value() if token is not None else ""
-    if not expected:
-        raise RouteNotFound("not found")
     given = request.query_params.get("token", "")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise InvalidToken("invalid token")
+    rest.require_token(runtime.settings.sms_dlr_token, given, "invalid token")
     body = await read_body(request)
     report = parse_report(body, request.headers.get("content-type", ""))
 
