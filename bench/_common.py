@@ -153,3 +153,22 @@ def a_customer_and_product(
         conn, name="Kenkey", price=f"{price_minor / 100:.2f}", currency=currency
     )
     return customer, product
+
+
+def vacuum(db: Any, *, checkpoint: bool = False) -> None:
+    """VACUUM ANALYZE the database of `db` (and CHECKPOINT), so each timed run starts alike."""
+    with db.engine.connect() as conn:
+        auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+        auto.exec_driver_sql("VACUUM ANALYZE")
+        if checkpoint:
+            try:
+                auto.exec_driver_sql("CHECKPOINT")
+            except Exception as error:  # not allowed for this role: the run is only noisier
+                note(f"CHECKPOINT refused ({type(error).__name__}); continuing")
+
+
+def payment_columns() -> str:
+    """The payment columns the service selects and returns, as its SQL names them."""
+    from orderpay.payments import COLUMNS
+
+    return ", ".join(str(column) for column in COLUMNS)

@@ -62,10 +62,12 @@ from _common import (
     libpq_env,
     median_wall_ms,
     note,
+    payment_columns,
     pgbench_tps,
     ratio,
     say,
     throwaway_database,
+    vacuum,
 )
 from sqlalchemy import text
 
@@ -113,12 +115,7 @@ def charge_key(n: int) -> str:
 # `-t per_client`, client c (0-based :client_id) charges orders first + c * per_client ...
 # first + (c + 1) * per_client - 1: no two charges share an order or a key. The \gset after
 # the INSERT also makes a lost ON CONFLICT (no row back) fail the run instead of passing.
-PAYMENT_COLUMNS = (
-    "payments.id, payments.order_id, payments.idempotency_key, payments.fingerprint, "
-    "payments.amount, payments.currency, payments.payer_phone, payments.provider, "
-    "payments.provider_reference, payments.status, payments.failure_reason, "
-    "payments.lease_expires_at, payments.created_at, payments.updated_at"
-)
+PAYMENT_COLUMNS = payment_columns()
 WRITTEN_COLUMNS = PAYMENT_COLUMNS.replace("payments.", "written.")
 PGBENCH_SCRIPT = f"""\
 \\set i :i + 1
@@ -234,8 +231,7 @@ def create_orders(url: str, count: int) -> None:
                     " ORDER BY id"
                 )
             )
-        with db.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
+        vacuum(db)
     finally:
         db.dispose()
 

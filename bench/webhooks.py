@@ -71,10 +71,12 @@ from _common import (
     console_script,
     libpq_env,
     note,
+    payment_columns,
     pgbench_tps,
     ratio,
     say,
     throwaway_database,
+    vacuum,
 )
 from sqlalchemy import text
 
@@ -219,18 +221,6 @@ def create_payments(url: str, count: int) -> None:
         vacuum(db)
     finally:
         db.dispose()
-
-
-def vacuum(db: Database, *, checkpoint: bool = False) -> None:
-    """VACUUM ANALYZE this database (and CHECKPOINT), so each timed run starts alike."""
-    with db.engine.connect() as conn:
-        auto = conn.execution_options(isolation_level="AUTOCOMMIT")
-        auto.exec_driver_sql("VACUUM ANALYZE")
-        if checkpoint:
-            try:
-                auto.exec_driver_sql("CHECKPOINT")
-            except Exception as error:  # not allowed for this role: the run is only noisier
-                note(f"CHECKPOINT refused ({type(error).__name__}); continuing")
 
 
 def callback_body(n: int) -> bytes:
@@ -588,12 +578,7 @@ def check_totals(db: Database) -> bool:
 # fail the run too.
 # The relay's wake-up (NOTIFY) is not here: the listener sends it after the commit, at most
 # one per 20 ms per process (orderpay.wakeups.Nudger), not once per callback.
-PAYMENT_COLUMNS = (
-    "payments.id, payments.order_id, payments.idempotency_key, payments.fingerprint, "
-    "payments.amount, payments.currency, payments.payer_phone, payments.provider, "
-    "payments.provider_reference, payments.status, payments.failure_reason, "
-    "payments.lease_expires_at, payments.created_at, payments.updated_at"
-)
+PAYMENT_COLUMNS = payment_columns()
 PGBENCH_SCRIPT = f"""\
 \\set i :i + 1
 \\if :i > :per_client

@@ -78,7 +78,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import DEFAULT_BASE_URL, console_script, note, ratio, say, throwaway_database
+from _common import DEFAULT_BASE_URL, console_script, note, ratio, say, throwaway_database, vacuum
 from redis import Redis
 from sqlalchemy import text
 
@@ -195,11 +195,6 @@ def reset_notifications(db: Database) -> None:
         ))  # fmt: skip
         conn.execute(text("DELETE FROM order_events WHERE event = 'notification_sent'"))
     vacuum(db)
-
-
-def vacuum(db: Database) -> None:
-    with db.engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
 
 
 def scalar(db: Database, sql: str) -> Any:
