@@ -8,6 +8,7 @@
 # docker-compose.yml wires these together with Postgres and Redis.
 
 # Both stages must use the same Python: the virtualenv is copied from one to the other.
+# orderpay supports 3.11, 3.12 and 3.13; the image uses the one CI runs the whole suite on.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------------
@@ -23,17 +24,20 @@ WORKDIR /src
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --upgrade pip
 
-# Dependencies first, from pyproject.toml alone, so editing the code does not reinstall them.
-# Every dependency ships wheels for CPython 3.11 on Linux (psycopg2-binary included): no compiler.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('requirements.txt', 'w').write(chr(10).join(deps) + chr(10))" \
-    && /opt/venv/bin/pip install --requirement requirements.txt
+# Dependencies first, from the lock file alone, so editing the code does not reinstall them.
+# requirements.lock pins every package, transitive ones included, with their hashes
+# (`uv pip compile ... --generate-hashes`, see README "Development"): an image built next month
+# installs the very same files, and pip refuses any file whose hash differs. Every dependency
+# ships wheels for CPython on Linux (psycopg2-binary included): no compiler.
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --require-hashes --no-deps --requirement requirements.lock
 
-# Then the project itself, as a wheel (what `pip install .` installs; package data included).
-COPY README.md ./
+# Then the project itself, as a wheel (what `pip install .` installs; package data included),
+# without its dependencies: they are the locked ones above, and `pip check` proves they fit.
+COPY pyproject.toml README.md ./
 COPY orderpay ./orderpay
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install /wheels/orderpay-*.whl \
+    && /opt/venv/bin/pip install --no-deps /wheels/orderpay-*.whl \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/orderpay --version
 
