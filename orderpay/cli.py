@@ -6,6 +6,7 @@ it needs when it runs, so `orderpay --help` stays fast.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Any
 
@@ -25,6 +26,8 @@ from orderpay.commands import (
 from orderpay.commands.common import JSON_META_KEY
 from orderpay.errors import OrderpayError, UsageError
 
+DEBUG_ENV = "ORDERPAY_DEBUG"
+
 # Plain Click help: rich help formatting costs about 100 ms of start-up on every --help.
 MARKUP = None
 
@@ -41,7 +44,10 @@ class OrderpayGroup(TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         as_json = bool(ctx.meta.get(JSON_META_KEY))
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                _close_runtime(ctx)
         except OrderpayError as error:
             report(error.to_dict()["error"], as_json=as_json)
             raise typer.Exit(error.exit_code) from None
@@ -51,6 +57,48 @@ class OrderpayGroup(TyperGroup):
             usage = UsageError(error.format_message())
             report(usage.to_dict()["error"], as_json=True)
             raise typer.Exit(usage.exit_code) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except BrokenPipeError:
+            # The reader went away (`orderpay order list | head`): nothing is left to say.
+            _silence_stdout()
+            raise typer.Exit(1) from None
+        except Exception as error:
+            if _debugging():
+                raise
+            internal = OrderpayError(
+                f"{type(error).__name__}: {_first_line(error)} "
+                f"(a bug; {DEBUG_ENV}=1 shows the traceback)"
+            )
+            report(internal.to_dict()["error"], as_json=as_json)
+            raise typer.Exit(internal.exit_code) from None
+
+
+def _close_runtime(ctx: typer.Context) -> None:
+    runtime = ctx.obj
+    if runtime is not None:
+        ctx.obj = None
+        runtime.close()
+
+
+def _debugging() -> bool:
+    value = os.environ.get(DEBUG_ENV)
+    if value is None:
+        from orderpay.config import dotenv_value
+
+        value = dotenv_value(DEBUG_ENV)
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit and would fail again on the closed pipe.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def report(error: dict[str, Any], *, as_json: bool) -> None:
@@ -84,8 +132,10 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     rich_markup_mode=MARKUP,
-    pretty_exceptions_show_locals=False,
-    add_completion=False,
+    # ORDERPAY_DEBUG=1 re-raises a bug: print Python's own traceback, no locals (secrets).
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -105,9 +155,7 @@ def root(
 ) -> None:
     from orderpay.runtime import Runtime
 
-    runtime = Runtime()
-    ctx.obj = runtime
-    ctx.call_on_close(runtime.close)
+    ctx.obj = Runtime()  # closed by OrderpayGroup.invoke
 
 
 app.add_typer(database.db_app, name="db")
@@ -115,15 +163,21 @@ app.add_typer(database.config_app, name="config")
 app.add_typer(catalog.customer_app, name="customer")
 app.add_typer(catalog.product_app, name="product")
 app.add_typer(orders.order_app, name="order")
-app.command("charge")(payments.charge)
+app.command("charge", short_help="Collect an order's total from the payer.")(payments.charge)
 app.add_typer(payments.payment_app, name="payment")
-app.command("serve-webhooks")(listener.serve_webhooks)
+app.command("serve-webhooks", short_help="Run the callback listener and the REST API.")(
+    listener.serve_webhooks
+)
 app.add_typer(listener.webhook_app, name="webhook")
-app.command("worker")(worker.worker)
+app.command("worker", short_help="Deliver notifications (RQ, or from the database).")(worker.worker)
 app.add_typer(worker.notification_app, name="notification")
-app.command("reconcile")(operations.reconcile)
-app.command("doctor")(operations.doctor)
-app.command("demo")(operations.demo)
+app.command("reconcile", short_help="Settle payments whose outcome never arrived.")(
+    operations.reconcile
+)
+app.command("doctor", short_help="Check configuration, database, schema and Redis.")(
+    operations.doctor
+)
+app.command("demo", short_help="Run the whole flow on a throwaway database.")(operations.demo)
 
 
 def main() -> None:

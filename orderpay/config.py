@@ -6,12 +6,16 @@ Only entrypoints (cli, server, jobs) read it, and they pass plain values down. S
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from orderpay.errors import ConfigurationError, OrderpayError
 
 DEFAULT_DATABASE_URL = "sqlite:///orderpay.db"
+ENV_FILE = ".env"
 
 ProviderName = Literal["simulator", "mtn"]
 ChannelName = Literal["log", "sms", "webhook"]
@@ -23,7 +27,7 @@ def _env(name: str) -> Any:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env",
+        env_file=ENV_FILE,
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
@@ -73,13 +77,14 @@ class Settings(BaseSettings):
     notify_retry_intervals: str = Field(
         default="10,30,60,120,300", validation_alias=AliasChoices("ORDERPAY_NOTIFY_RETRY_INTERVALS")
     )
+    # Declared before the lease, which is checked against it.
+    notify_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, validation_alias=AliasChoices("ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
+    )
     # How long one delivery attempt may take before another worker may take the row over;
     # longer than a channel's whole timeout.
     notify_lease_seconds: float = Field(
         default=60.0, gt=0, validation_alias=AliasChoices("ORDERPAY_NOTIFY_LEASE_SECONDS")
-    )
-    notify_timeout_seconds: float = Field(
-        default=10.0, gt=0, le=60, validation_alias=AliasChoices("ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
     )
     # The relay wakes on Postgres NOTIFY; it also polls this often (SQLite, and as a fallback).
     relay_poll_seconds: float = Field(
@@ -95,6 +100,13 @@ class Settings(BaseSettings):
     notify_webhook_url: str | None = _env("ORDERPAY_NOTIFY_WEBHOOK_URL")
     notify_webhook_secret: SecretStr | None = _env("ORDERPAY_NOTIFY_WEBHOOK_SECRET")
 
+    # Read by the CLI's error handler straight from the environment (the settings may be the
+    # very thing that is broken); declared here so that `config show` lists it.
+    debug: bool = Field(default=False, validation_alias=AliasChoices("ORDERPAY_DEBUG"))
+
+    # Names of the settings given as flags (load_settings' overrides), for `config show`.
+    _flags: frozenset[str] = PrivateAttr(default=frozenset())
+
     @field_validator("notify_retry_intervals")
     @classmethod
     def _intervals(cls, value: str) -> str:
@@ -103,14 +115,14 @@ class Settings(BaseSettings):
             raise ValueError("a comma-separated list of whole seconds (1-86400), e.g. 10,30,60")
         return ",".join(parts)
 
-    @model_validator(mode="after")
-    def _lease_outlasts_a_send(self) -> Settings:
-        if self.notify_lease_seconds < self.notify_timeout_seconds:
+    @field_validator("notify_lease_seconds")
+    @classmethod
+    def _lease_outlasts_a_send(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("notify_timeout_seconds")
+        if timeout is not None and value < timeout:
             # A shorter lease lets another worker take over a send still in flight.
-            raise ValueError(
-                "ORDERPAY_NOTIFY_LEASE_SECONDS must be at least ORDERPAY_NOTIFY_TIMEOUT_SECONDS"
-            )
-        return self
+            raise ValueError("must be at least ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
+        return value
 
     @property
     def retry_intervals(self) -> tuple[int, ...]:
@@ -128,24 +140,29 @@ class Settings(BaseSettings):
 
     @field_validator("database_url_secret")
     @classmethod
-    def _database_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+    def _database_url_usable(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value():
-            from sqlalchemy.engine import make_url
-            from sqlalchemy.exc import ArgumentError
+            from orderpay.db import database_url
 
+            # Refused here, so every command (doctor included) says so before connecting.
             try:
-                make_url(value.get_secret_value())
-            except ArgumentError:
-                raise ValueError(
-                    "not a database URL, e.g. postgresql+psycopg2://user@host/db"
-                ) from None
+                database_url(value.get_secret_value())
+            except OrderpayError as error:
+                raise ValueError(error.message) from None
         return value
 
     @property
     def database_url(self) -> str:
-        """DATABASE_URL; else a Postgres URL from the seed's POSTGRES_* variables; else SQLite."""
+        """DATABASE_URL; else a Postgres URL from the seed's POSTGRES_* variables; else SQLite.
+
+        `postgres://` and `postgresql://` come back as `postgresql+psycopg2://`, the driver
+        that `pip install .` installs.
+        """
         if self.database_url_secret and self.database_url_secret.get_secret_value():
-            return self.database_url_secret.get_secret_value()
+            from orderpay.db import database_url
+
+            url = database_url(self.database_url_secret.get_secret_value())
+            return url.render_as_string(hide_password=False)
         if self.postgres_host:
             from sqlalchemy.engine import URL
 
@@ -174,42 +191,121 @@ class Settings(BaseSettings):
         raw = self.webhook_secret.get_secret_value()
         return [part.strip().encode() for part in raw.split(",") if part.strip()]
 
-    def public_view(self) -> dict[str, str | None]:
-        """Every setting as an operator may see it: secrets masked, URL passwords hidden."""
+    def public_view(self) -> dict[str, dict[str, str | None]]:
+        """Every setting as an operator may see it, and where its value came from (`flag`,
+        `environment`, `.env` or `default`): secrets masked, URL passwords hidden."""
         from sqlalchemy.engine import make_url
 
-        view: dict[str, str | None] = {}
+        sources = self.sources()
+        view: dict[str, dict[str, str | None]] = {}
         for name, field in type(self).model_fields.items():
-            if name in {"database_url_secret", "redis_url_secret"}:
-                continue
-            alias = field.validation_alias
-            env_name = alias.choices[0] if isinstance(alias, AliasChoices) else name
+            env_name = _env_name(name, field.validation_alias)
             value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                view[str(env_name)] = "********" if value.get_secret_value() else ""
+            if name == "database_url_secret":
+                shown: str | None = make_url(self.database_url).render_as_string(hide_password=True)
+                source = sources[env_name]
+                if source == "default" and self.postgres_host:
+                    source = f"POSTGRES_* ({sources['POSTGRES_HOST']})"
+            elif name == "redis_url_secret":
+                url = self.redis_url
+                shown = make_url(url).render_as_string(hide_password=True) if url else None
+                source = sources[env_name]
+            elif isinstance(value, SecretStr):
+                shown, source = ("********" if value.get_secret_value() else ""), sources[env_name]
             else:
-                view[str(env_name)] = None if value is None else str(value)
-        view["DATABASE_URL"] = make_url(self.database_url).render_as_string(hide_password=True)
-        view["REDIS_URL"] = (
-            make_url(self.redis_url).render_as_string(hide_password=True)
-            if self.redis_url
-            else None
-        )
+                shown, source = (None if value is None else str(value)), sources[env_name]
+            view[env_name] = {"value": shown, "source": source}
         return dict(sorted(view.items()))
+
+    def sources(self) -> dict[str, str]:
+        """Where each setting's value came from, by variable name; flags beat the
+        environment, which beats `.env`, which beats the default."""
+        from dotenv import dotenv_values
+
+        environment = {name.upper() for name in os.environ}
+        dotenv: set[str] = set()
+        if os.path.isfile(ENV_FILE) and os.access(ENV_FILE, os.R_OK):
+            dotenv = {name.upper() for name in dotenv_values(ENV_FILE)}
+        found: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            env_name = _env_name(name, field.validation_alias)
+            if env_name in self._flags:
+                found[env_name] = "flag"
+            elif env_name in environment:
+                found[env_name] = "environment"
+            elif env_name in dotenv:
+                found[env_name] = ".env"
+            else:
+                found[env_name] = "default"
+        return found
+
+
+class ExplicitSettings(Settings):
+    """Settings from the values given and the defaults only: no environment, no `.env`.
+
+    For `orderpay demo`, which must behave the same whatever the machine is configured for.
+    """
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    def sources(self) -> dict[str, str]:
+        names = (_env_name(n, f.validation_alias) for n, f in type(self).model_fields.items())
+        return {name: "flag" if name in self._flags else "default" for name in names}
+
+
+def dotenv_value(name: str) -> str | None:
+    """One variable of `./.env`, read without loading the settings."""
+    from dotenv import dotenv_values
+
+    if not (os.path.isfile(ENV_FILE) and os.access(ENV_FILE, os.R_OK)):
+        return None
+    for key, value in dotenv_values(ENV_FILE).items():
+        if key.upper() == name:
+            return value
+    return None
+
+
+def _env_name(name: str, alias: Any) -> str:
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else name.upper()
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the environment and `.env` now (never at import time)."""
+    """Read the environment and `.env` now (never at import time); `overrides` are flags,
+    by variable name (`DATABASE_URL=...`), and beat both."""
+    return _build(Settings, overrides)
+
+
+def explicit_settings(**values: Any) -> Settings:
+    """Settings from `values` (by variable name) and the defaults, ignoring the environment
+    and `.env`."""
+    return _build(ExplicitSettings, values)
+
+
+def _build(kind: type[Settings], overrides: dict[str, Any]) -> Settings:
     from pydantic import ValidationError
 
-    from orderpay.errors import ConfigurationError
-
     try:
-        return Settings(**overrides)
+        settings = kind(**overrides)
     except ValidationError as error:
         # Name the variables and the rule, never the values: they may be secrets.
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in error.errors(include_input=False, include_url=False)
-        )
-        raise ConfigurationError(f"invalid configuration: {problems}") from None
+        problems, variables = [], []
+        for item in error.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in item["loc"])
+            message = str(item["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+            if where:
+                variables.append(where)
+        raise ConfigurationError(
+            f"invalid configuration: {'; '.join(problems)}", variables=variables
+        ) from None
+    settings._flags = frozenset(overrides)
+    return settings

@@ -9,14 +9,21 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql import Executable
 
-from orderpay.errors import DatabaseUnavailable, SchemaOutOfDate
+from orderpay.errors import (
+    ConfigurationError,
+    DatabaseInaccessible,
+    DatabaseUnavailable,
+    OrderpayError,
+    SchemaOutOfDate,
+)
 
 # Alembic revisions in order, oldest first. Kept here so that checking the schema does not
 # import Alembic (half a second) on every command; a test keeps it equal to the migrations.
@@ -27,6 +34,89 @@ SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 UPGRADE_HINT = "run `orderpay db upgrade`"
+
+URL_FORMS = (
+    "postgresql://USER:PASSWORD@HOST:PORT/DB (or postgres://, postgresql+psycopg2://) "
+    "or sqlite:///PATH"
+)
+# Spellings of the drivers `pip install .` installs; bare `postgresql://` means psycopg 3 to
+# SQLAlchemy 2.1, which orderpay does not install, so it is pinned to psycopg2 here.
+POSTGRES_NAMES = frozenset({"postgres", "postgresql", "postgresql+psycopg2"})
+SQLITE_NAMES = frozenset({"sqlite", "sqlite+pysqlite"})
+# What the outside world is told when the database fails; the operator's log has the details.
+PUBLIC_UNAVAILABLE = "database unavailable; retry later"
+# Postgres errors that retrying never mends: a missing database or role, a refused login.
+POSTGRES_LOGIN_REFUSALS = (
+    "does not exist",
+    "authentication failed",
+    "pg_hba.conf",
+    "permission denied",
+    "no password supplied",
+)
+# SQLSTATEs of a connected session that may not write: no privilege, a read-only server.
+POSTGRES_NO_WRITE = {"42501": "lacks a privilege it needs", "25006": "is read-only"}
+
+
+def database_url(url: str | URL) -> URL:
+    """The URL orderpay connects with, or ConfigurationError naming the forms that work.
+
+    The URL itself is never echoed: it may carry a password.
+    """
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError:
+        raise ConfigurationError(f"the database URL does not parse; write {URL_FORMS}") from None
+    name = parsed.drivername
+    if name in POSTGRES_NAMES:
+        return parsed.set(drivername="postgresql+psycopg2")
+    if name in SQLITE_NAMES:
+        return parsed
+    backend, _, driver = name.partition("+")
+    if backend in ("postgres", "postgresql"):
+        raise ConfigurationError(
+            f"the database URL asks for the {driver!r} driver, which orderpay does not install "
+            f"(it uses psycopg2); write {URL_FORMS}"
+        )
+    raise ConfigurationError(
+        f"the database URL names {backend!r}, which orderpay does not support; write {URL_FORMS}"
+    )
+
+
+def describe(url: URL) -> str:
+    """The database as an operator should see it: password masked, SQLite paths absolute."""
+    if url.get_backend_name() == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            return "SQLite in memory"
+        return f"SQLite file {Path(url.database).absolute()}"
+    return url.render_as_string(hide_password=True)
+
+
+def _no_directory(directory: Path) -> str:
+    return (
+        f"the directory {directory} does not exist: create it (mkdir -p {directory}) "
+        "or point DATABASE_URL elsewhere"
+    )
+
+
+def sqlite_access_problem(path: Path) -> str | None:
+    """What keeps this process from using a SQLite file, with what to do about it; or None."""
+    path = path.absolute()
+    directory = path.parent
+    if not directory.is_dir():
+        return _no_directory(directory)
+    for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+        if candidate.exists() and not os.access(candidate, os.R_OK | os.W_OK):
+            return (
+                f"{candidate} is read-only for this user: make it writable "
+                f"(chmod u+rw {candidate}) or point DATABASE_URL at a copy you can write"
+            )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (
+            f"the directory {directory} is not writable by this user, and SQLite keeps "
+            f"{path.name} and its -wal and -shm files there: make it writable or point "
+            "DATABASE_URL at a directory you can write"
+        )
+    return None
 
 
 class Transactional(Protocol):
@@ -88,9 +178,12 @@ def make_engine(url: str, **options: Any) -> Engine:
 class Database:
     """One engine plus the rules for using it; made by entrypoints, never at import time."""
 
-    def __init__(self, url: str, **engine_options: Any) -> None:
-        self.url = url
-        self.engine = make_engine(url, **engine_options)
+    def __init__(self, url: str | URL, **engine_options: Any) -> None:
+        parsed = database_url(url)
+        self.url = parsed.render_as_string(hide_password=False)
+        # Named in every error, so an operator knows which database was opened.
+        self.label = describe(parsed)
+        self.engine = make_engine(self.url, **engine_options)
 
     @property
     def dialect(self) -> str:
@@ -103,17 +196,74 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A connection inside one transaction: committed on exit, rolled back on error."""
+        with self.translating(), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def translating(self) -> Iterator[None]:
+        """Driver errors raised inside become the OrderpayError they mean (see translate)."""
         try:
-            with self.engine.begin() as connection:
-                yield connection
-        except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as error:
-            raise DatabaseUnavailable(
-                f"database unavailable: {_first_line(error)}; retry later"
-            ) from error
+            yield
+        except (exc.DBAPIError, exc.TimeoutError) as error:
+            translated = self.translate(error)
+            if translated is None:
+                raise
+            raise translated from error
+
+    def check_writable(self) -> None:
+        """DatabaseInaccessible unless this process may write here: a write, rolled back."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            problem = sqlite_access_problem(Path(str(url.database)))
+            if problem is not None:
+                raise DatabaseInaccessible(f"cannot use {self.label}: {problem}")
+        with self.translating(), self.engine.connect() as connection:
+            transaction = connection.begin()
+            try:
+                connection.execute(text("UPDATE alembic_version SET version_num = version_num"))
+            finally:
+                transaction.rollback()
+
+    def translate(self, error: Exception) -> OrderpayError | None:
+        """The OrderpayError a driver error means, naming this database; None for a bug."""
+        detail = _first_line(error)
+        if self.engine.url.get_backend_name() == "sqlite":
+            if isinstance(error, exc.OperationalError) and _sqlite_access_error(detail):
+                database = str(self.engine.url.database)
+                problem = sqlite_access_problem(Path(database))
+                if problem is not None:
+                    return DatabaseInaccessible(f"cannot use {self.label}: {problem}")
+            if "file is not a database" in detail:
+                return DatabaseInaccessible(
+                    f"cannot use {self.label}: it is not a SQLite database; point DATABASE_URL "
+                    "at orderpay's database, or at a new file"
+                )
+        else:
+            state = getattr(getattr(error, "orig", None), "pgcode", None)
+            if state in POSTGRES_NO_WRITE:
+                return DatabaseInaccessible(
+                    f"{self.label}: the session {POSTGRES_NO_WRITE[state]} ({detail}); "
+                    "grant the database user what it needs, or point DATABASE_URL at the primary"
+                )
+            if state is None and any(hint in detail for hint in POSTGRES_LOGIN_REFUSALS):
+                return DatabaseInaccessible(
+                    f"cannot log in to {self.label}: {detail}; check DATABASE_URL"
+                )
+        if isinstance(error, (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)):
+            return DatabaseUnavailable(
+                f"database {self.label} is unavailable: {detail}; retry later",
+                public_message=PUBLIC_UNAVAILABLE,
+            )
+        return None
 
     def current_revision(self) -> str | None:
         if self._sqlite_file_missing():
-            return None  # don't create an empty database file just to look inside it
+            # Don't create an empty database file just to look inside it; but a directory
+            # that is not there is worth saying at once, not after `db upgrade`.
+            directory = Path(str(self.engine.url.database)).absolute().parent
+            if not directory.is_dir():
+                raise DatabaseInaccessible(f"cannot use {self.label}: {_no_directory(directory)}")
+            return None
         with self.transaction() as connection:
             return current_revision(connection)
 
@@ -122,15 +272,21 @@ class Database:
         revision = self.current_revision()
         if revision == SCHEMA_HEAD:
             return
+        public = "the database schema is not current"
         if revision is None:
-            raise SchemaOutOfDate(f"the database has no orderpay schema; {UPGRADE_HINT}")
+            raise SchemaOutOfDate(
+                f"{self.label} has no orderpay schema; {UPGRADE_HINT}", public_message=public
+            )
         if revision in SCHEMA_REVISIONS:
             raise SchemaOutOfDate(
-                f"the database schema is behind ({revision}, code needs {SCHEMA_HEAD}); "
-                f"{UPGRADE_HINT}"
+                f"the schema of {self.label} is behind ({revision}, code needs {SCHEMA_HEAD}); "
+                f"{UPGRADE_HINT}",
+                public_message=public,
             )
         raise SchemaOutOfDate(
-            f"the database schema ({revision}) is newer than this orderpay; upgrade orderpay"
+            f"the schema of {self.label} ({revision}) is newer than this orderpay; "
+            "upgrade orderpay",
+            public_message=public,
         )
 
     def _sqlite_file_missing(self) -> bool:
@@ -148,6 +304,10 @@ def current_revision(connection: Connection) -> str | None:
         return None
     row = connection.execute(text("SELECT version_num FROM alembic_version")).first()
     return None if row is None else str(row[0])
+
+
+def _sqlite_access_error(detail: str) -> bool:
+    return "readonly database" in detail or "unable to open database file" in detail
 
 
 def _first_line(error: Exception) -> str:

@@ -1,8 +1,11 @@
 """`orderpay demo`: the whole flow, end to end, on a bare machine.
 
-A throwaway SQLite database (or DATABASE_URL / REDIS_URL when set), a real listener on a free
-loopback port, a charge through the simulator, whose signed callback arrives over real HTTP,
-and the worker run in-process until the customer's message is sent.
+A private throwaway SQLite database, a real listener on a free loopback port, a charge through
+the simulator, whose signed callback arrives over real HTTP, and the database drain run
+in-process until the customer's message is sent. It reads no configuration (environment or
+`.env`) and never touches Redis: a demo must not write made-up customers and payments into a
+shop's real database. `--database-url` opts in to another database, which must hold no
+orderpay data.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from orderpay.config import Settings, load_settings
-from orderpay.errors import OrderpayError, Unavailable
+from orderpay.config import Settings, explicit_settings
+from orderpay.db import Database
+from orderpay.errors import DatabaseNotEmpty, OrderpayError, Unavailable
 from orderpay.orders import OrderDetail
 from orderpay.runtime import Runtime
 
@@ -64,25 +67,28 @@ def listener(settings: Settings, sock: socket.socket) -> Iterator[None]:
         thread.join(10)
 
 
-def run_demo(report: Report) -> OrderDetail:
-    """Run the demo; `report` is told each step. Returns the order as it ends."""
+def run_demo(report: Report, database_url: str | None = None) -> OrderDetail:
+    """Run the demo; `report` is told each step. Returns the order as it ends.
+
+    `database_url` (an explicit opt-in) replaces the throwaway SQLite file; it is refused when
+    that database already holds orderpay data.
+    """
     from orderpay.migrate import upgrade
 
     with tempfile.TemporaryDirectory(prefix="orderpay-demo-") as scratch, free_socket() as sock:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        overrides: dict[str, Any] = {
-            "MOMO_WEBHOOK_SECRET": secrets.token_urlsafe(32),
-            "ORDERPAY_PROVIDER": "simulator",
-            "ORDERPAY_NOTIFY_CHANNEL": "log",
-            "ORDERPAY_SIMULATOR_CALLBACK_URL": f"{url}/api/webhooks/momo/",
-        }
-        given = load_settings()
-        if given.database_url_secret is None and not given.postgres_host:
-            overrides["DATABASE_URL"] = f"sqlite:///{Path(scratch) / 'demo.db'}"
-        runtime = Runtime(load_settings(**overrides))
+        runtime = Runtime(
+            explicit_settings(
+                DATABASE_URL=database_url or f"sqlite:///{Path(scratch) / 'demo.db'}",
+                MOMO_WEBHOOK_SECRET=secrets.token_urlsafe(32),
+                ORDERPAY_SIMULATOR_CALLBACK_URL=f"{url}/api/webhooks/momo/",
+            )
+        )
         try:
             database = runtime.raw_database
-            report(f"database: {database.engine.url.render_as_string(hide_password=True)}")
+            if database_url is not None:
+                refuse_if_in_use(database)
+            report(f"database: {database.label}")
             before, after = upgrade(database)
             report(f"schema: {before or 'empty'} -> {after}")
             with listener(runtime.settings, sock):
@@ -98,6 +104,27 @@ def run_demo(report: Report) -> OrderDetail:
                 return get_order_detail(conn, order_id)
         finally:
             runtime.close()
+
+
+def refuse_if_in_use(database: Database) -> None:
+    """DatabaseNotEmpty when any orderpay table of `database` holds a row."""
+    from sqlalchemy import inspect, select
+
+    from orderpay.models import metadata
+
+    with database.transaction() as conn:
+        present = set(inspect(conn).get_table_names())
+        used = [
+            table.name
+            for table in metadata.sorted_tables
+            if table.name in present and conn.execute(select(1).select_from(table).limit(1)).first()
+        ]
+    if used:
+        raise DatabaseNotEmpty(
+            f"{database.label} already holds orderpay data (in {', '.join(sorted(used))}); the "
+            "demo adds a made-up customer, order and payment, so give --database-url an empty "
+            "database, or leave it out to use a throwaway one"
+        )
 
 
 def _shop(runtime: Runtime, report: Report) -> uuid.UUID:
@@ -143,42 +170,15 @@ def _wait_until_paid(runtime: Runtime, order_id: uuid.UUID) -> None:
 
 
 def _deliver(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
-    settings = runtime.settings
-    if settings.redis_url:
-        from datetime import timedelta
-
-        from rq import SimpleWorker
-        from rq.serializers import JSONSerializer
-
-        from orderpay.jobs import Relay, connect_redis, make_queue, runtime_for_jobs
-
-        redis = connect_redis(settings.redis_url)
-        queue = make_queue(redis, f"orderpay-demo-{uuid.uuid4().hex[:8]}")
-        relayed = Relay(
-            runtime.database, queue, settings.retry_intervals,
-            stale_after=timedelta(seconds=settings.notify_lease_seconds),
-        ).relay_due()  # fmt: skip
-        report(f"relay: {relayed} notification(s) moved to RQ ({queue.name})")
-        with runtime_for_jobs(runtime):
-            SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(
-                burst=True, logging_level="WARNING"
-            )
-        # Leave little of the demo in a Redis that may be someone's (what is left expires).
-        finished = queue.finished_job_registry
-        for job_id in finished.get_job_ids():
-            finished.remove(job_id, delete_job=True)
-        queue.delete(delete_jobs=True)
-        report("worker: RQ burst finished")
-    else:
-        from orderpay.drain import Drain
-
-        results = Drain(
-            runtime.database, runtime.channel, runtime.retry_policy, settings.merchant_name
-        ).drain_due()
-        report(f"worker: {len(results)} notification(s) delivered from the database")
+    from orderpay.drain import Drain
     from orderpay.notifications import list_notifications
     from orderpay.states import NotificationStatus
 
+    settings = runtime.settings
+    results = Drain(
+        runtime.database, runtime.channel, runtime.retry_policy, settings.merchant_name
+    ).drain_due()
+    report(f"worker: {len(results)} notification(s) delivered from the database")
     with runtime.database.transaction() as conn:
         unsent = list_notifications(conn, status=NotificationStatus.PENDING, order_id=order_id)
     if unsent:

@@ -18,14 +18,18 @@ class OrderpayError(Exception):
     exit_code: ClassVar[int] = 1
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, public_message: str | None = None, **details: Any) -> None:
         super().__init__(message)
+        # For the operator (CLI, logs): may name the database, its host or a file path.
         self.message = message
+        # For outside callers (HTTP answers), which must never learn hosts, users or paths.
+        self.public_message = public_message or message
         # Extra, JSON-serialisable context (ids, the stored payment...), never secrets.
         self.details = details
 
-    def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
+    def to_dict(self, *, public: bool = False) -> dict[str, Any]:
+        message = self.public_message if public else self.message
+        body: dict[str, Any] = {"code": self.code, "message": message}
         body.update(self.details)
         return {"error": body}
 
@@ -142,6 +146,25 @@ class UsageError(InvalidInput):
 
 class ConfigurationError(InvalidInput):
     code = "configuration_error"
+
+
+class DatabaseInaccessible(InvalidInput):
+    """The database's file or directory is missing, read-only or unwritable: retrying never
+    helps, so this is not an outage."""
+
+    code = "database_inaccessible"
+
+
+class DatabaseNotEmpty(InvalidInput):
+    """`orderpay demo --database-url` names a database that already holds orderpay data."""
+
+    code = "database_not_empty"
+
+
+class ConfirmationRequired(InvalidInput):
+    """A command that asks before it acts got no terminal to ask on, and no --yes."""
+
+    code = "confirmation_required"
 
 
 class GatewayRejected(InvalidInput):

@@ -166,6 +166,13 @@ def key_values(title: str, values: dict[str, Any]) -> None:
     console().print(table)
 
 
+def settings_table(view: dict[str, dict[str, str | None]]) -> None:
+    table = _table("Configuration", "setting", "value", "source")
+    for name, shown in view.items():
+        table.add_row(name, shown["value"] or "", shown["source"] or "")
+    console().print(table)
+
+
 def reconcile_table(results: Sequence[Confirmation]) -> None:
     table = _table("Reconciled", "payment", "order", "before", "after", "provider says", "note")
     for r in results:

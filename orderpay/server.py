@@ -28,7 +28,9 @@ from orderpay import rest
 from orderpay.bodies import read_body
 from orderpay.callbacks import apply_callback, parse_callback
 from orderpay.confirmation import confirm_payment
+from orderpay.db import PUBLIC_UNAVAILABLE
 from orderpay.errors import (
+    DatabaseInaccessible,
     DatabaseUnavailable,
     InvalidSignature,
     InvalidToken,
@@ -158,7 +160,15 @@ async def metrics_endpoint(_request: Request) -> Response:
 
 def error_response(request: Request, error: Exception) -> Response:
     """The one translation of errors into HTTP answers (DESIGN.md sections 6 and 7)."""
+    if isinstance(error, DatabaseInaccessible):
+        # The operator's to fix (a path, a permission), not the caller's: the caller is told
+        # to retry, as for any outage, and the log says what is wrong.
+        log.error("database inaccessible: %s", error.message)
+        error = DatabaseUnavailable(error.message, public_message=PUBLIC_UNAVAILABLE)
     if isinstance(error, OrderpayError):
+        if error.public_message != error.message:
+            log.error("%s on %s %s: %s", error.code, request.method, request.url.path,
+                      error.message)  # fmt: skip
         headers: dict[str, str] = {}
         if isinstance(error, InvalidToken):
             headers["WWW-Authenticate"] = "Bearer"
@@ -166,7 +176,9 @@ def error_response(request: Request, error: Exception) -> Response:
             headers[rest.REPLAYED_HEADER] = "true"
         if isinstance(error, DatabaseUnavailable):
             headers["Retry-After"] = "5"
-        return JSONResponse(error.to_dict(), status_code=error.http_status, headers=headers)
+        return JSONResponse(
+            error.to_dict(public=True), status_code=error.http_status, headers=headers
+        )
     if isinstance(error, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return JSONResponse(

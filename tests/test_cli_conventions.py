@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from tests.conftest import (
     Cli,
     count_rows,
 )
+from tests.user_shell import orderpay
 
 UNKNOWN_ORDER = "00000000-0000-4000-8000-000000000042"
 CLOSED_PORT_URL = "postgresql+psycopg2://root@127.0.0.1:1/x"
@@ -98,6 +100,13 @@ def _command_paths() -> Iterator[tuple[str, ...]]:
 COMMAND_PATHS = list(_command_paths())
 
 
+def _is_group(path: tuple[str, ...]) -> bool:
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return hasattr(command, "commands")
+
+
 def test_cli_has_the_commands_of_the_design() -> None:
     paths = {" ".join(path) for path in COMMAND_PATHS}
 
@@ -116,6 +125,49 @@ def test_help_exits_0_and_shows_an_example(path: tuple[str, ...]) -> None:
 
     assert outcome.exit_code == 0
     assert "Example" in outcome.stdout
+
+
+@pytest.mark.parametrize(
+    "path", COMMAND_PATHS, ids=[" ".join(p) or "orderpay" for p in COMMAND_PATHS]
+)
+def test_dash_h_shows_the_same_help_as_dash_dash_help(path: tuple[str, ...]) -> None:
+    long, short = Cli({})(*path, "--help"), Cli({})(*path, "-h")
+
+    assert short.exit_code == 0
+    assert short.stdout == long.stdout
+
+
+GROUP_PATHS = [path for path in COMMAND_PATHS if _is_group(path)]
+
+
+@pytest.mark.parametrize("path", GROUP_PATHS, ids=[" ".join(p) or "orderpay" for p in GROUP_PATHS])
+def test_command_summaries_are_whole_at_80_columns(path: tuple[str, ...]) -> None:
+    outcome = Cli({})(*path, "--help", COLUMNS="80")
+
+    listing = outcome.stdout.split("Commands:", 1)[1]
+    assert listing.strip()
+    for line in listing.splitlines():
+        assert len(line) <= 80, line
+        assert not line.rstrip().endswith("..."), line
+
+
+def test_shell_completion_can_be_shown_and_installed(tmp_path: Path) -> None:
+    shown = orderpay(tmp_path, "--show-completion", "bash")
+    helped = orderpay(tmp_path, "--help")
+
+    assert shown.exit_code == 0
+    assert "_ORDERPAY_COMPLETE=complete_bash" in shown.stdout
+    assert "--install-completion" in helped.stdout
+
+
+def test_shell_completion_completes_command_names(tmp_path: Path) -> None:
+    completed = orderpay(
+        tmp_path,
+        env={"_ORDERPAY_COMPLETE": "complete_bash", "COMP_WORDS": "orderpay cu", "COMP_CWORD": "1"},
+    )
+
+    assert completed.exit_code == 0
+    assert completed.stdout.split() == ["customer"]
 
 
 @pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)

@@ -104,7 +104,7 @@ def test_dotenv_file_configures_the_cli(tmp_path: Path) -> None:
 
     shown = Cli({}).ok("config", "show")
 
-    assert shown["DATABASE_URL"] == "sqlite:///from-dotenv.db"
+    assert shown["DATABASE_URL"] == {"value": "sqlite:///from-dotenv.db", "source": ".env"}
 
 
 def test_default_region_is_ghana() -> None:
@@ -160,8 +160,8 @@ def test_config_show_tells_a_set_secret_from_an_unset_one(monkeypatch: pytest.Mo
 
     shown = Cli({}).ok("config", "show")
 
-    assert shown["MOMO_WEBHOOK_SECRET"]
-    assert not shown["ORDERPAY_API_TOKEN"]
+    assert shown["MOMO_WEBHOOK_SECRET"]["value"]
+    assert not shown["ORDERPAY_API_TOKEN"]["value"]
 
 
 def test_config_show_keeps_the_database_url_without_its_password(
@@ -171,8 +171,8 @@ def test_config_show_keeps_the_database_url_without_its_password(
 
     shown = Cli({}).ok("config", "show")
 
-    assert shown["DATABASE_URL"].startswith("postgresql+psycopg2://shop:")
-    assert shown["DATABASE_URL"].endswith("@db:5432/shop")
+    assert shown["DATABASE_URL"]["value"].startswith("postgresql+psycopg2://shop:")
+    assert shown["DATABASE_URL"]["value"].endswith("@db:5432/shop")
 
 
 def test_invalid_setting_is_refused_naming_the_variable_but_not_its_value(
@@ -230,3 +230,68 @@ def test_unparsable_database_url_exits_2_naming_the_variable_without_echoing_it(
     assert outcome.exit_code == 2
     assert "DATABASE_URL" in outcome.error()["message"]
     assert DB_PASSWORD not in outcome.stdout + outcome.stderr
+
+
+def test_config_show_says_each_value_came_from_the_environment_dotenv_or_a_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("ORDERPAY_DEFAULT_REGION=UG\n", encoding="utf-8")
+    monkeypatch.setenv("ORDERPAY_PROVIDER", "simulator")
+
+    shown = Cli({}).ok("config", "show")
+
+    assert shown["ORDERPAY_PROVIDER"] == {"value": "simulator", "source": "environment"}
+    assert shown["ORDERPAY_DEFAULT_REGION"] == {"value": "UG", "source": ".env"}
+    assert shown["ORDERPAY_NOTIFY_CHANNEL"] == {"value": "log", "source": "default"}
+
+
+def test_config_show_says_the_environment_won_over_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("ORDERPAY_DEFAULT_REGION=UG\n", encoding="utf-8")
+    monkeypatch.setenv("ORDERPAY_DEFAULT_REGION", "KE")
+
+    shown = Cli({}).ok("config", "show")
+
+    assert shown["ORDERPAY_DEFAULT_REGION"] == {"value": "KE", "source": "environment"}
+
+
+def test_config_show_says_a_database_url_built_from_postgres_variables_came_from_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POSTGRES_HOST", "db.internal")
+
+    shown = Cli({}).ok("config", "show")
+
+    assert shown["DATABASE_URL"]["source"] == "POSTGRES_* (environment)"
+
+
+def test_a_setting_given_as_a_flag_says_so(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=sqlite:///from-dotenv.db\n", encoding="utf-8")
+
+    settings = load_settings(DATABASE_URL="sqlite:///from-flag.db")
+
+    assert settings.database_url == "sqlite:///from-flag.db"
+    assert settings.public_view()["DATABASE_URL"]["source"] == "flag"
+
+
+def test_config_show_human_output_has_a_source_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDERPAY_PROVIDER", "simulator")
+
+    outcome = Cli({})("config", "show", COLUMNS="120")
+
+    line = next(line for line in outcome.stdout.splitlines() if "ORDERPAY_PROVIDER" in line)
+    assert "simulator" in line
+    assert "environment" in line
+
+
+def test_a_rule_between_two_settings_names_the_setting_that_breaks_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORDERPAY_NOTIFY_LEASE_SECONDS", "5")
+
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+
+    assert refused.value.details["variables"] == ["ORDERPAY_NOTIFY_LEASE_SECONDS"]
+    assert "at least ORDERPAY_NOTIFY_TIMEOUT_SECONDS" in refused.value.message

@@ -105,6 +105,54 @@ def test_readyz_answers_503_database_unavailable_when_the_database_is_down() -> 
     assert answer.json()["error"]["code"] == "database_unavailable"
 
 
+def test_a_503_for_a_database_that_is_down_names_no_host_port_or_user(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = b'{"provider_reference": "r-1", "order_id": "%s", "status": "success"}' % (
+        b"00000000-0000-4000-8000-000000000001"
+    )
+
+    with (
+        caplog.at_level(logging.ERROR, logger="orderpay.server"),
+        listener_client(listener_settings(CLOSED_POSTGRES_URL)) as client,
+    ):
+        ready = client.get("/readyz")
+        callback = client.post(CALLBACK_PATH, content=body, headers=signed(body))
+
+    for answer in (ready, callback):
+        assert answer.status_code == 503
+        assert answer.json()["error"] == {
+            "code": "database_unavailable",
+            "message": "database unavailable; retry later",
+        }
+        assert "127.0.0.1" not in answer.text
+        assert "root" not in answer.text
+    # The operator's log has what the caller was not told.
+    assert "postgresql+psycopg2://root@127.0.0.1:1/orderpay is unavailable" in caplog.text
+
+
+def test_a_503_for_a_missing_schema_names_no_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+
+    with listener_client(listener_settings(f"sqlite:///{path}")) as client:
+        answer = client.get("/readyz")
+
+    assert answer.status_code == 503
+    assert answer.json()["error"]["message"] == "the database schema is not current"
+    assert str(tmp_path) not in answer.text
+
+
+def test_a_database_the_listener_may_not_write_is_a_503_for_the_caller(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "shop.db"
+
+    with listener_client(listener_settings(f"sqlite:///{missing}")) as client:
+        answer = client.get("/readyz")
+
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "database_unavailable"
+    assert str(tmp_path) not in answer.text
+
+
 def test_readyz_does_not_need_redis(pg_url: str) -> None:
     with listener_client(listener_settings(pg_url, REDIS_URL=CLOSED_REDIS_URL)) as client:
         answer = client.get("/readyz")

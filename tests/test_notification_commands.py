@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,7 @@ from tests.redis_helpers import (
     sms_channel,
     sms_env,
 )
+from tests.user_shell import orderpay, orderpay_at_a_terminal
 
 POLICY = RetryPolicy((1, 1), 30)
 REFUSAL = at_answer(403, "InvalidPhoneNumber", "None")
@@ -192,6 +194,54 @@ def test_retry_all_failed_yes_sends_every_failed_notification_again(
     for settled in failed:
         assert notification(any_db, settled.notification_id).status is NotificationStatus.SENT
     assert notification(any_db, sent.notification_id) == sent_before
+
+
+def test_retry_all_failed_without_a_terminal_or_yes_is_refused_and_changes_nothing(
+    pg_url: str, db: Database, gateway: Gateway, tmp_path: Path
+) -> None:
+    settled = a_failed_notification(db, gateway)
+    before = count_rows(db), notification_rows(db)
+
+    refused = orderpay(
+        tmp_path, "notification", "retry", "--all-failed", "--json", env={"DATABASE_URL": pg_url}
+    )
+
+    assert refused.exit_code == 2
+    assert refused.error()["code"] == "confirmation_required"
+    assert "--yes" in refused.error()["message"]
+    assert (count_rows(db), notification_rows(db)) == before
+    assert notification(db, settled.notification_id).status is NotificationStatus.FAILED
+
+
+def test_declining_retry_all_failed_at_the_prompt_exits_0_and_changes_nothing(
+    pg_url: str, db: Database, gateway: Gateway, tmp_path: Path
+) -> None:
+    a_failed_notification(db, gateway)
+    before = count_rows(db), notification_rows(db)
+
+    declined = orderpay_at_a_terminal(
+        tmp_path, "notification", "retry", "--all-failed", answer="n",
+        env={"DATABASE_URL": pg_url},
+    )  # fmt: skip
+
+    assert declined.exit_code == 0, declined.stdout
+    assert "Retry 1 failed notification(s)? [y/N]" in declined.stdout
+    assert "nothing changed" in declined.stdout
+    assert (count_rows(db), notification_rows(db)) == before
+
+
+def test_accepting_retry_all_failed_at_the_prompt_puts_them_back_to_pending(
+    pg_url: str, db: Database, gateway: Gateway, tmp_path: Path
+) -> None:
+    settled = a_failed_notification(db, gateway)
+
+    accepted = orderpay_at_a_terminal(
+        tmp_path, "notification", "retry", "--all-failed", answer="y",
+        env={"DATABASE_URL": pg_url},
+    )  # fmt: skip
+
+    assert accepted.exit_code == 0, accepted.stdout
+    assert notification(db, settled.notification_id).status is NotificationStatus.PENDING
 
 
 def test_retry_all_failed_with_nothing_failed_exits_0_and_changes_nothing(

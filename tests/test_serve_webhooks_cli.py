@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ from tests.live_server import (
     serve_webhooks,
     signed,
 )
+from tests.user_shell import orderpay
 
 SHORT_SECRET = "short-secret-31-characters-long"  # one character below the minimum
 
@@ -91,6 +93,57 @@ def test_serve_webhooks_does_not_warn_about_a_secret_of_32_characters(
         log = server.stderr()
 
     assert "shorter than" not in log
+
+
+def test_serve_webhooks_on_a_port_in_use_is_one_line_and_exit_2(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        refused = orderpay(
+            tmp_path, "serve-webhooks", "--port", str(port),
+            env={"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SECRET},
+        )  # fmt: skip
+
+    assert refused.exit_code == 2
+    assert refused.stderr == (
+        f"error: cannot listen on 127.0.0.1:{port}: the port is in use; stop what listens there "
+        "or pass another --port [configuration_error]\n"
+    )
+    assert "listening on" not in refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"], ids=["unknown", "foreign"])
+def test_serve_webhooks_on_a_host_it_cannot_listen_on_is_one_line_and_exit_2(
+    sqlite_url: str, tmp_path: Path, host: str
+) -> None:
+    refused = orderpay(
+        tmp_path, "serve-webhooks", "--host", host, "--port", str(free_port()),
+        env={"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SECRET},
+    )  # fmt: skip
+
+    assert refused.exit_code == 2
+    assert refused.stderr.count("\n") == 1
+    assert f"cannot listen on {host}:" in refused.stderr
+    assert "--host" in refused.stderr
+    assert "listening on" not in refused.stderr
+
+
+def test_serve_webhooks_with_an_unconfigured_provider_is_one_line_and_exit_2(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    refused = orderpay(
+        tmp_path, "serve-webhooks", "--port", str(free_port()), "--workers", "2",
+        env={"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SECRET, "ORDERPAY_PROVIDER": "mtn"},
+    )  # fmt: skip
+
+    assert refused.exit_code == 2
+    assert refused.stderr.count("\n") == 1
+    assert "MTN_MOMO_BASE_URL" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 # Stopping

@@ -51,3 +51,23 @@ def emit_json(document: Any) -> None:
 def info(message: str) -> None:
     """A human note on stderr: never mixed into data on stdout."""
     typer.echo(message, err=True)
+
+
+def confirm(question: str, *, yes: bool) -> None:
+    """Go on only with the operator's consent: `--yes`, or "y" at a prompt on a terminal.
+
+    Without a terminal to ask on (cron, a pipe, CI) a command is refused rather than run
+    unasked (exit 2). Declining changes nothing and is not an error: exit 0.
+    """
+    if yes:
+        return
+    from orderpay.errors import ConfirmationRequired
+
+    if not sys.stdin.isatty():
+        raise ConfirmationRequired(
+            f"{question.rstrip('?')}: this needs confirmation and there is no terminal to ask "
+            "on; re-run with --yes"
+        )
+    if not typer.confirm(question, default=False, err=True):
+        info("nothing changed")
+        raise typer.Exit(0)

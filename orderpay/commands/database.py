@@ -17,7 +17,7 @@ config_app = typer.Typer(
 )
 
 
-@db_app.command("upgrade")
+@db_app.command("upgrade", short_help="Create or upgrade the schema.")
 def db_upgrade(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """Create the schema, or upgrade it to this version of orderpay. Safe to re-run.
 
@@ -30,14 +30,17 @@ def db_upgrade(ctx: typer.Context, json_: JsonFlag = False) -> None:
     database = runtime(ctx).raw_database
     before, after = upgrade(database)
     if json_:
-        emit_json({"before": before, "after": after, "database": database.dialect})
+        emit_json(
+            {"before": before, "after": after, "database": database.dialect,
+             "location": database.label}
+        )  # fmt: skip
     elif before == after:
-        info(f"schema already at {after} ({database.dialect})")
+        info(f"schema already at {after} ({database.label})")
     else:
-        info(f"schema upgraded {before or '(empty)'} -> {after} ({database.dialect})")
+        info(f"schema upgraded {before or '(empty)'} -> {after} ({database.label})")
 
 
-@db_app.command("status")
+@db_app.command("status", short_help="Show the schema revision.")
 def db_status(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """Show the schema revision; exit 7 when the database is behind this version.
 
@@ -49,17 +52,23 @@ def db_status(ctx: typer.Context, json_: JsonFlag = False) -> None:
 
     rt = runtime(ctx)
     current = rt.raw_database.current_revision()
-    document = {"current": current, "head": SCHEMA_HEAD, "up_to_date": current == SCHEMA_HEAD}
+    document = {
+        "current": current, "head": SCHEMA_HEAD, "up_to_date": current == SCHEMA_HEAD,
+        "location": rt.raw_database.label,
+    }  # fmt: skip
     if json_:
         emit_json(document)
     else:
-        typer.echo(f"current {current or '(none)'}, head {SCHEMA_HEAD}")
+        typer.echo(f"current {current or '(none)'}, head {SCHEMA_HEAD} ({rt.raw_database.label})")
     rt.raw_database.check_schema()
 
 
-@config_app.command("show")
+@config_app.command("show", short_help="Show every setting and where it came from.")
 def config_show(ctx: typer.Context, json_: JsonFlag = False) -> None:
-    """Print every setting as orderpay sees it; secrets are masked.
+    """Print every setting as orderpay sees it, and where its value came from.
+
+    Sources: flag, environment, .env (in the working directory) or default. Secrets are
+    masked, and URL passwords hidden.
 
     \b
     Example:
@@ -69,6 +78,6 @@ def config_show(ctx: typer.Context, json_: JsonFlag = False) -> None:
     if json_:
         emit_json(view)
     else:
-        from orderpay.render import key_values
+        from orderpay.render import settings_table
 
-        key_values("Configuration", view)
+        settings_table(view)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,7 +46,7 @@ def serve_webhooks(
 
     import uvicorn
 
-    from orderpay.errors import ConfigurationError, OrderpayError
+    from orderpay.errors import ConfigurationError, OrderpayError, Unavailable
     from orderpay.logs import uvicorn_log_config
     from orderpay.metrics import MULTIPROC_ENV
 
@@ -56,6 +57,7 @@ def serve_webhooks(
             "MOMO_WEBHOOK_SECRET is not set: the listener cannot check callback signatures. "
             "Set it (a random string of 32+ characters) and start again."
         )
+    rt.provider  # noqa: B018 -- a provider that is not configured is refused before binding
     if any(len(secret) < MIN_SECRET_LENGTH for secret in secrets):
         info(f"warning: a callback secret is shorter than {MIN_SECRET_LENGTH} characters")
     try:
@@ -63,26 +65,68 @@ def serve_webhooks(
     except OrderpayError as error:
         info(f"warning: {error.message} (GET /readyz answers 503 until then)")
 
+    config = uvicorn.Config(
+        "orderpay.server:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=uvicorn_log_config(log_level.upper()),
+        log_level=log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    # Bound here, before saying "listening", so a busy port or a bad host is one line (exit 2);
+    # uvicorn serves on this very socket, so nothing can take the port in between.
+    sock = bind_listener(host, port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that
     # was in place before it started: make that one return, so a clean stop exits 0.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
-    level = log_level.upper()
-    with tempfile.TemporaryDirectory(prefix="orderpay-metrics-") as metrics_dir:
+    with sock, tempfile.TemporaryDirectory(prefix="orderpay-metrics-") as metrics_dir:
         if workers > 1:
             os.environ[MULTIPROC_ENV] = metrics_dir
         info(f"listening on http://{host}:{port} with {workers} worker(s)")
-        uvicorn.run(
-            "orderpay.server:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=uvicorn_log_config(level),
-            log_level=log_level.lower(),
-            access_log=False,
-            timeout_graceful_shutdown=10,
-            server_header=False,
-        )
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[sock]).run()
+            return
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        if not server.started:
+            raise Unavailable("the listener did not start; see the log above")
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), as uvicorn would bind it; ConfigurationError when
+    the port is taken or the host is not an address of this machine."""
+    import errno
+
+    from orderpay.errors import ConfigurationError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port}: the port is in use; stop what listens there "
+                "or pass another --port"
+            ) from None
+        if error.errno == errno.EACCES:
+            raise ConfigurationError(
+                f"cannot listen on {host}:{port}: permission denied; ports below 1024 need "
+                "privileges, pass another --port"
+            ) from None
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}; pass an address of "
+            "this machine with --host (127.0.0.1, 0.0.0.0, ::)"
+        ) from None
+    return sock
 
 
 def _secret(given: str | None, ctx: typer.Context) -> bytes:
@@ -96,7 +140,7 @@ def _secret(given: str | None, ctx: typer.Context) -> bytes:
     return secrets[0]
 
 
-@webhook_app.command("sign")
+@webhook_app.command("sign", short_help="Print the signature of a callback body.")
 def webhook_sign(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(metavar="FILE|-", help="The body to sign; - = stdin.")],
@@ -138,7 +182,7 @@ def _status_word(value: str) -> str:
     return value
 
 
-@webhook_app.command("simulate")
+@webhook_app.command("simulate", short_help="Send a signed test callback to a listener.")
 def webhook_simulate(
     ctx: typer.Context,
     order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="The order to settle.")],

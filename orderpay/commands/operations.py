@@ -83,70 +83,70 @@ def reconcile(
 
 
 def doctor(ctx: typer.Context, json_: JsonFlag = False) -> None:
-    """Check the configuration, the database, its schema and Redis; exit 7 if one is down.
+    """Check the configuration, the database, its schema and Redis, the provider and channel.
+
+    Every check runs and is shown, even when a setting is invalid. Exit 2 when something is
+    to be fixed (a setting, a path, a permission), 7 when something is down.
 
     \b
-    Example:
+    Examples:
       orderpay doctor
+      orderpay doctor --json
     """
-    from orderpay.errors import OrderpayError, Unavailable
+    from orderpay.config import load_settings
+    from orderpay.doctor import State, run_checks, verdict
 
-    rt = runtime(ctx)
-    settings = rt.settings
-    checks: dict[str, str] = {}
-    healthy = True
-    try:
-        rt.raw_database.check_schema()
-        checks["database"] = f"ok ({rt.raw_database.dialect}, schema current)"
-    except OrderpayError as error:
-        healthy = False
-        checks["database"] = f"FAIL: {error.message}"
-    if settings.redis_url:
-        from orderpay.jobs import connect_redis
-
-        try:
-            connect_redis(settings.redis_url).ping()
-            checks["redis"] = "ok"
-        except Exception as error:
-            healthy = False
-            checks["redis"] = f"FAIL: {type(error).__name__}"
-    else:
-        checks["redis"] = "not configured: workers deliver from the database"
-    secrets = settings.webhook_secrets()
-    checks["callback secret"] = (
-        f"{len(secrets)} configured" if secrets else "missing: serve-webhooks will not start"
-    )
-    try:
-        checks["provider"] = f"ok ({rt.provider.name})"
-        checks["notify channel"] = f"ok ({rt.channel.name})"
-    except OrderpayError as error:
-        healthy = False
-        checks["configuration"] = f"FAIL: {error.message}"
-    api_token = settings.api_token
-    checks["rest api"] = "enabled" if api_token and api_token.get_secret_value() else "disabled"
+    checks = run_checks(load_settings)
     if json_:
-        emit_json({"healthy": healthy, "checks": checks})
+        emit_json(
+            {
+                "healthy": not any(check.state is State.FAIL for check in checks),
+                "checks": [
+                    {
+                        "name": check.name,
+                        "state": check.state.value,
+                        "detail": check.detail,
+                        "failure": check.failure.value if check.failure else None,
+                    }
+                    for check in checks
+                ],
+            }
+        )
     else:
         from orderpay.render import key_values
 
-        key_values("orderpay doctor", checks)
-    if not healthy:
-        raise Unavailable("some checks failed (see above)")
+        shown = {check.name: f"{check.state.value.upper()}: {check.detail}" for check in checks}
+        key_values("orderpay doctor", shown)
+    problem = verdict(checks)
+    if problem is not None:
+        raise problem
 
 
-def demo(json_: JsonFlag = False) -> None:
+def demo(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="Run on this database instead of a throwaway one; it must hold no orderpay data.",
+        ),
+    ] = None,
+    json_: JsonFlag = False,
+) -> None:
     """Run the whole flow on a bare machine: order, charge, signed callback, notification.
 
-    Uses a throwaway SQLite database (or DATABASE_URL / REDIS_URL when set), the simulator,
-    and a real listener on a free loopback port; prints the order's timeline. Takes seconds.
+    Always on a private throwaway SQLite database with the simulator and no Redis, whatever
+    the environment or ./.env says, and a real listener on a free loopback port; prints the
+    order's timeline. Takes seconds. --database-url opts in to another database, refused when
+    it already holds orderpay data.
 
     \b
-    Example:
+    Examples:
       orderpay demo
+      orderpay demo --database-url postgresql://root@127.0.0.1/demo_scratch
     """
     from orderpay.demo import run_demo
 
-    detail = run_demo(report=info)
+    detail = run_demo(report=info, database_url=database_url)
     if json_:
         from orderpay.shapes import order_shape
 

@@ -69,7 +69,7 @@ def order_create(
     _show_detail(detail, json_)
 
 
-@order_app.command("show")
+@order_app.command("show", short_help="Show an order's items, payments and timeline.")
 def order_show(
     ctx: typer.Context,
     order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="The order's id.")],

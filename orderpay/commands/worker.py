@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, Limit, emit_json, info, runtime
+from orderpay.commands.common import JsonFlag, Limit, confirm, emit_json, info, runtime
 
 if TYPE_CHECKING:
     from orderpay.runtime import Runtime
@@ -192,7 +191,7 @@ def notification_list(
         notifications_table(rows)
 
 
-@notification_app.command("retry")
+@notification_app.command("retry", short_help="Send failed notifications again.")
 def notification_retry(
     ctx: typer.Context,
     notification_id: Annotated[
@@ -227,8 +226,8 @@ def notification_retry(
         if json_:
             emit_json([])
         return
-    if all_failed and not yes and sys.stdin.isatty():
-        typer.confirm(f"Retry {len(ids)} failed notification(s)?", abort=True, err=True)
+    if all_failed:
+        confirm(f"Retry {len(ids)} failed notification(s)?", yes=yes)
     from rich.console import Console
     from rich.progress import track
 
