@@ -65,15 +65,15 @@ def throwaway_database(base_url: str = DEFAULT_BASE_URL, *, migrate: bool = True
     """Create `orderpay_bench_<hex>` on the server of `base_url`, yield its URL, drop it.
 
     The database is dropped even when the body raises (WITH (FORCE) ends leftover sessions).
-    With `migrate`, the schema is brought to head through orderpay.migrate.upgrade.
+    With `migrate`, the schema is brought to head through orderpay.store.migrate.upgrade.
     """
     name = f"{DATABASE_PREFIX}_{uuid.uuid4().hex[:12]}"
     admin_execute(base_url, f"CREATE DATABASE {name}")
     url = url_for(base_url, name)
     try:
         if migrate:
-            from orderpay.db import Database
-            from orderpay.migrate import upgrade
+            from orderpay.store.db import Database
+            from orderpay.store.migrate import upgrade
 
             database = Database(url)
             try:
@@ -143,8 +143,8 @@ def a_customer_and_product(
     conn: Connection, *, phone: str, region: str, price_minor: int, currency: str
 ) -> tuple[Any, Any]:
     """The one customer and one product a bench's bulk orders refer to, made by the service."""
-    from orderpay.customers import create_customer
-    from orderpay.products import create_product
+    from orderpay.shop.customers import create_customer
+    from orderpay.shop.products import create_product
 
     customer = create_customer(
         conn, name="Bench Customer", phone=phone, email=None, default_region=region
@@ -169,6 +169,6 @@ def vacuum(db: Any, *, checkpoint: bool = False) -> None:
 
 def payment_columns() -> str:
     """The payment columns the service selects and returns, as its SQL names them."""
-    from orderpay.payments import COLUMNS
+    from orderpay.store.payments import COLUMNS
 
     return ", ".join(str(column) for column in COLUMNS)

@@ -14,8 +14,8 @@ drops the database at the end, even on error. Every charge uses its own order an
 
 What the numbers mean (stdout holds only these lines; progress goes to stderr):
 
-* `charge service N workers`: N forked processes, each with its own orderpay.db.Database and
-  SimulatorProvider, call orderpay.charges.charge_order for their share of the orders; the
+* `charge service N workers`: N forked processes, each with its own orderpay.store.db.Database and
+  SimulatorProvider, call orderpay.payments.charge.charge_order for their share of the orders; the
   rate is charges divided by the wall time from the barrier release to the last worker's
   finish (connections are opened and a few warm-up charges made before the barrier).
 * `pgbench N clients`: the ceiling. pgbench runs the statements charge_order sends on
@@ -71,9 +71,9 @@ from _common import (
 )
 from sqlalchemy import text
 
-from orderpay.charges import charge_order
-from orderpay.db import Database
-from orderpay.providers import SimulatorProvider
+from orderpay.payments.charge import charge_order
+from orderpay.providers.simulator import SimulatorProvider
+from orderpay.store.db import Database
 
 DEFAULT_ORDERS = 2000
 DEFAULT_WORKERS = "1,8"

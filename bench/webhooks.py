@@ -19,7 +19,8 @@ What is measured (stdout holds the figures; progress goes to stderr):
 
 * `webhooks N conns`: `orderpay serve-webhooks --workers 2 --log-level warning` driven by
   `wrk -t2 -cN -d10s` for the duration. Every request is a distinct, pre-signed success
-  callback (X-Momo-Signature = hex HMAC-SHA256 of the exact body, orderpay.signatures.sign_hex)
+  callback (X-Momo-Signature = hex HMAC-SHA256 of the exact body,
+  orderpay.domain.signatures.sign_hex)
   for its own pending payment: each run has its own pool of payments, split between wrk's
   threads, and each thread sends its share in order. callbacks/s = 200 `processed` answers
   divided by wrk's run time; p50/p99 are wrk's latency percentiles over all answers.
@@ -80,8 +81,8 @@ from _common import (
 )
 from sqlalchemy import text
 
-from orderpay.db import Database
-from orderpay.signatures import sign_hex
+from orderpay.domain.signatures import sign_hex
+from orderpay.store.db import Database
 
 BENCH_DIR = Path(__file__).resolve().parent
 CALLBACK_PATH = "/api/webhooks/momo/"
@@ -577,7 +578,7 @@ def check_totals(db: Database) -> bool:
 # lock, the inbox INSERT and the settling statement makes a missing row or a lost ON CONFLICT
 # fail the run too.
 # The relay's wake-up (NOTIFY) is not here: the listener sends it after the commit, at most
-# one per 20 ms per process (orderpay.wakeups.Nudger), not once per callback.
+# one per 20 ms per process (orderpay.store.wakeups.Nudger), not once per callback.
 PAYMENT_COLUMNS = payment_columns()
 PGBENCH_SCRIPT = f"""\
 \\set i :i + 1

@@ -14,7 +14,7 @@ The full default run takes about 13 minutes on a quiet 2-core machine: at about 
 notifications/s, the fork-per-job (`Worker`) runs and their ceilings take 10 of them.
 
 Set-up (not timed): a throwaway database `orderpay_bench_<hex>` on the server of --database-url,
-migrated with orderpay.migrate.upgrade, then in bulk SQL shaped like what
+migrated with orderpay.store.migrate.upgrade, then in bulk SQL shaped like what
 settlement.settle and outbox.add_notification leave behind: --count settled payments, each with
 its customer (an E.164 phone), order (`paid`) and item, a `succeeded` payment, the timeline
 rows, and one `pending` outbox row (channel `log`, body '', attempts 0, due now, not enqueued).
@@ -83,7 +83,6 @@ from redis import Redis
 from sqlalchemy import text
 
 from orderpay.config import Settings, load_settings
-from orderpay.db import Database
 from orderpay.jobs import (
     FAILURE_TTL_SECONDS,
     JOB_TIMEOUT_SECONDS,
@@ -92,6 +91,7 @@ from orderpay.jobs import (
     Relay,
     make_queue,
 )
+from orderpay.store.db import Database
 
 DEFAULT_COUNT = 5000
 DEFAULT_WORKERS = "1,2"
@@ -257,7 +257,7 @@ def relay_everything(db: Database, redis: Redis, settings: Settings, count: int)
     """Seconds Relay.relay_due() takes to move every due row to the queue."""
     relay = Relay(
         db, make_queue(redis), settings.retry_intervals,
-        stale_after=timedelta(seconds=settings.notify_lease_seconds),
+        lost_after=timedelta(seconds=settings.relay_lost_after_seconds),
     )  # fmt: skip
     start = time.perf_counter()
     moved = relay.relay_due()

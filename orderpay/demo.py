@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from orderpay.config import Settings, explicit_settings
-from orderpay.db import Database
 from orderpay.errors import DatabaseNotEmpty, OrderpayError, Unavailable
-from orderpay.orders import OrderDetail
 from orderpay.runtime import Runtime
+from orderpay.store.db import Database
+from orderpay.store.orders import OrderDetail
 
 # How long the demo waits for the callback to settle the payment.
 SETTLE_TIMEOUT_SECONDS = 15.0
@@ -73,7 +73,7 @@ def run_demo(report: Report, database_url: str | None = None) -> OrderDetail:
     `database_url` (an explicit opt-in) replaces the throwaway SQLite file; it is refused when
     that database already holds orderpay data.
     """
-    from orderpay.migrate import upgrade
+    from orderpay.store.migrate import upgrade
 
     with tempfile.TemporaryDirectory(prefix="orderpay-demo-") as scratch, free_socket() as sock:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -98,7 +98,7 @@ def run_demo(report: Report, database_url: str | None = None) -> OrderDetail:
                 _wait_until_paid(runtime, order_id)
                 report("callback: the simulator's signed outcome settled the payment")
                 _deliver(runtime, order_id, report)
-            from orderpay.orders import get_order_detail
+            from orderpay.store.orders import get_order_detail
 
             with runtime.database.transaction() as conn:
                 return get_order_detail(conn, order_id)
@@ -110,7 +110,7 @@ def refuse_if_in_use(database: Database) -> None:
     """DatabaseNotEmpty when any orderpay table of `database` holds a row."""
     from sqlalchemy import inspect, select
 
-    from orderpay.models import metadata
+    from orderpay.store.schema import metadata
 
     with database.transaction() as conn:
         present = set(inspect(conn).get_table_names())
@@ -128,9 +128,9 @@ def refuse_if_in_use(database: Database) -> None:
 
 
 def _shop(runtime: Runtime, report: Report) -> uuid.UUID:
-    from orderpay.customers import create_customer
-    from orderpay.orders import create_order
-    from orderpay.products import create_product
+    from orderpay.shop.customers import create_customer
+    from orderpay.shop.orders import create_order
+    from orderpay.shop.products import create_product
 
     with runtime.database.transaction() as conn:
         customer = create_customer(
@@ -145,7 +145,7 @@ def _shop(runtime: Runtime, report: Report) -> uuid.UUID:
 
 
 def _charge(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
-    from orderpay.charges import charge_order
+    from orderpay.payments.charge import charge_order
 
     key = f"demo-{order_id}"
     result = charge_order(
@@ -157,8 +157,8 @@ def _charge(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
 
 
 def _wait_until_paid(runtime: Runtime, order_id: uuid.UUID) -> None:
-    from orderpay.orders import get_order
-    from orderpay.states import OrderStatus
+    from orderpay.domain.states import OrderStatus
+    from orderpay.store.orders import get_order
 
     deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -170,13 +170,13 @@ def _wait_until_paid(runtime: Runtime, order_id: uuid.UUID) -> None:
 
 
 def _deliver(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
-    from orderpay.drain import Drain
-    from orderpay.notifications import list_notifications
-    from orderpay.states import NotificationStatus
+    from orderpay.domain.states import NotificationStatus
+    from orderpay.notify.drain import Drain
+    from orderpay.store.notifications import list_notifications
 
     settings = runtime.settings
     results = Drain(
-        runtime.database, runtime.channel, runtime.retry_policy, settings.merchant_name
+        runtime.database, runtime.channel_for, runtime.retry_policy, settings.merchant_name
     ).drain_due()
     report(f"worker: {len(results)} notification(s) delivered from the database")
     with runtime.database.transaction() as conn:

@@ -242,6 +242,24 @@ class NotificationNotRetryable(Conflict):
     code = "notification_not_retryable"
 
 
+class PaymentAlreadySettled(Conflict):
+    """An operator asked to cancel a payment that already has its outcome."""
+
+    code = "payment_already_settled"
+
+
+class PaymentPendingAtProvider(Conflict):
+    """The provider still has the payment pending: the payer may yet approve it."""
+
+    code = "payment_pending_at_provider"
+
+
+class WrongProvider(Conflict):
+    """The payment belongs to another provider than the one the command acts for."""
+
+    code = "wrong_provider"
+
+
 # Body too large (413)
 
 

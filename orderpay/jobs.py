@@ -17,16 +17,17 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from orderpay.clock import utcnow
-from orderpay.delivery import Delivery, DeliveryResult, deliver
 from orderpay.errors import GatewayUnavailable, QueueUnavailable
-from orderpay.outbox import claim_for_relay
+from orderpay.notify.delivery import Delivery, DeliveryResult, deliver
 from orderpay.runtime import Runtime
+from orderpay.store import outbox
+from orderpay.store.notifications import Relayable, relay_candidates
 
 if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
 
-    from orderpay.db import Database
+    from orderpay.store.db import Database
 
 log = logging.getLogger("orderpay.relay")
 
@@ -103,7 +104,7 @@ def send_notification(notification_id: int) -> str:
 def _deliver(runtime: Runtime, notification_id: int) -> DeliveryResult:
     return deliver(
         runtime.database,
-        runtime.channel,
+        runtime.channel_for,
         notification_id,
         merchant_name=runtime.settings.merchant_name,
         policy=runtime.retry_policy,
@@ -129,63 +130,96 @@ def connect_redis(url: str) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
 
 
+# RQ still holds a job in these states: it will run. Pushing it again would only queue a copy
+# (harmless, but a backlog would grow by itself every pass). A `started` job is not among them:
+# the relay only looks at rows no attempt holds, so a started job whose row is free is one
+# whose worker died (or hung) past the row's lease.
+HELD_BY_RQ = frozenset({"created", "queued", "scheduled", "deferred"})
+
+
 class Relay:
-    """Moves due outbox rows to RQ in batches and marks them enqueued in the same step."""
+    """Moves due outbox rows to RQ in batches and marks them enqueued in the same step.
+
+    A row handed out before is pushed again only when its job looks lost: handed out more
+    than `lost_after` ago, still pending and due, and RQ no longer holds the job.
+    """
 
     def __init__(
         self, database: Database, queue: Queue, retry_intervals: tuple[int, ...],
-        stale_after: timedelta, batch: int = RELAY_BATCH,
+        lost_after: timedelta, batch: int = RELAY_BATCH,
     ) -> None:  # fmt: skip
         self.database = database
         self.queue = queue
         self.retry_intervals = retry_intervals
-        self.stale_after = stale_after
+        self.lost_after = lost_after
         self.batch = batch
 
-    def relay_once(self) -> int:
-        """Enqueue one batch; the rows are marked only if Redis took the jobs."""
+    def relay_once(self) -> tuple[int, int]:
+        """Enqueue one batch: (rows looked at, jobs pushed). The rows are marked only if
+        Redis took the jobs."""
         from redis.exceptions import RedisError
         from rq import Retry
 
         with self.database.transaction() as conn:
-            rows = claim_for_relay(
-                conn, now=utcnow(), stale_after=self.stale_after, limit=self.batch
-            )
+            now = utcnow()
+            rows = relay_candidates(conn, now=now, lost_after=self.lost_after, limit=self.batch)
             if not rows:
-                return 0
-            retry = Retry(max=len(self.retry_intervals), interval=list(self.retry_intervals))
-            jobs = [
-                self.queue.prepare_data(
-                    send_notification,
-                    args=(nid,),
-                    job_id=job_id(nid, attempts),
-                    retry=retry,
-                    timeout=JOB_TIMEOUT_SECONDS,
-                    result_ttl=RESULT_TTL_SECONDS,
-                    failure_ttl=FAILURE_TTL_SECONDS,
-                )
-                for nid, attempts in rows
-            ]
+                return 0, 0
             try:
+                held = self._held_by_rq([row for row in rows if row.handed_out])
+                retry = Retry(max=len(self.retry_intervals), interval=list(self.retry_intervals))
+                jobs = [
+                    self.queue.prepare_data(
+                        send_notification,
+                        args=(row.notification_id,),
+                        job_id=job_id(row.notification_id, row.attempts),
+                        retry=retry,
+                        timeout=JOB_TIMEOUT_SECONDS,
+                        result_ttl=RESULT_TTL_SECONDS,
+                        failure_ttl=FAILURE_TTL_SECONDS,
+                    )
+                    for row in rows
+                    if row.notification_id not in held
+                ]
                 # One pipeline per batch; if Redis fails, the transaction rolls back and the
                 # rows wait for the next try.
-                self.queue.enqueue_many(jobs)
+                if jobs:
+                    self.queue.enqueue_many(jobs)
             except RedisError as error:
                 raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
-        return len(rows)
+            # Held rows are marked too: RQ is asked about them again only after lost_after.
+            outbox.mark_enqueued(conn, [row.notification_id for row in rows], now)
+        return len(rows), len(jobs)
+
+    def _held_by_rq(self, rows: list[Relayable]) -> set[int]:
+        """The rows whose current job RQ still holds (queued, scheduled, started...)."""
+        if not rows:
+            return set()
+        from rq.job import Job
+
+        redis = self.queue.connection
+        with redis.pipeline(transaction=False) as pipeline:
+            for row in rows:
+                pipeline.hget(Job.key_for(job_id(row.notification_id, row.attempts)), "status")
+            statuses = pipeline.execute()
+        return {
+            row.notification_id
+            for row, status in zip(rows, statuses, strict=True)
+            if status is not None and status.decode() in HELD_BY_RQ
+        }
 
     def relay_due(self) -> int:
-        """Enqueue every due row now (batch after batch)."""
+        """Enqueue every due row now (batch after batch); the number of jobs pushed."""
         total = 0
         while True:
-            moved = self.relay_once()
-            total += moved
-            if moved < self.batch:
+            looked_at, pushed = self.relay_once()
+            total += pushed
+            if looked_at < self.batch:
                 return total
 
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
         """Relay until `stop` is set: on every NOTIFY, and every `poll_seconds` anyway."""
-        from orderpay.wakeups import run_on_wakeups
+        from orderpay.store.wakeups import run_on_wakeups
 
         def step() -> None:
             moved = self.relay_due()

@@ -1,29 +1,44 @@
-"""Wiring for entrypoints: settings -> database, provider. Nothing here runs at import time."""
+"""Wiring for entrypoints: settings -> database, providers, channels. Nothing runs at import."""
 
 from __future__ import annotations
 
+import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from orderpay.channels import Channel
     from orderpay.config import Settings
-    from orderpay.db import Database
-    from orderpay.delivery import RetryPolicy
-    from orderpay.outbox import NotifyTarget
-    from orderpay.providers import Provider
-    from orderpay.wakeups import Nudger
+    from orderpay.notify.channels import Channel
+    from orderpay.notify.delivery import RetryPolicy
+    from orderpay.providers.base import Provider
+    from orderpay.store.db import Database
+    from orderpay.store.outbox import NotifyTarget
+    from orderpay.store.wakeups import Nudger
 
 
 class Runtime:
-    """What one process needs, built on first use and closed once."""
+    """What one process needs, built on first use and closed once.
+
+    Providers and channels are built by name, on first use, and kept: a payment is always
+    handled by its own provider and a notification sent through its own channel, whatever the
+    settings say new ones use. One of each per process, so a token cache outlives a request.
+    """
 
     def __init__(self, settings: Settings | None = None, **engine_options: Any) -> None:
         self._given_settings = settings
         self._engine_options = engine_options
         self._schema_checked = False
+        self._lock = threading.Lock()
+        self._providers: dict[str, Provider] = {}
+        self._channels: dict[str, Channel] = {}
+
+    def guard_sessions(self) -> None:
+        """Bound this long-running process's Postgres sessions (lock, statement and idle
+        transaction timeouts: store.db.SESSION_GUARDS). Before the database is first used."""
+        assert "raw_database" not in self.__dict__, "the database is already connected"
+        self._engine_options["session_guards"] = True
 
     @cached_property
     def settings(self) -> Settings:
@@ -36,7 +51,7 @@ class Runtime:
     @cached_property
     def raw_database(self) -> Database:
         """The database without the schema check (for `db upgrade` and health checks)."""
-        from orderpay.db import Database
+        from orderpay.store.db import Database
 
         return Database(self.settings.database_url, **self._engine_options)
 
@@ -52,53 +67,59 @@ class Runtime:
         self.check_schema()
         return self.raw_database
 
-    @cached_property
+    @property
     def provider(self) -> Provider:
-        """One provider per process, so a provider's token cache outlives a request."""
-        settings = self.settings
-        if settings.provider == "mtn":
-            from orderpay.mtn import MtnProvider
+        """The provider of new charges (ORDERPAY_PROVIDER)."""
+        return self.provider_for(self.settings.provider)
 
-            return MtnProvider.from_settings(settings)
-        from orderpay.providers import SimulatorProvider
+    def provider_for(self, name: str) -> Provider:
+        """The provider called `name`; ConfigurationError when its settings are missing."""
+        with self._lock:
+            if name not in self._providers:
+                from orderpay.providers import build_provider
 
-        secrets = settings.webhook_secrets()
-        return SimulatorProvider(
-            callback_url=settings.simulator_callback_url,
-            secret=secrets[0] if secrets else None,
-        )
+                self._providers[name] = build_provider(name, self.settings)
+            return self._providers[name]
 
     def notify_target(self) -> NotifyTarget:
-        from orderpay.outbox import NotifyTarget
+        from orderpay.store.outbox import NotifyTarget
 
         return NotifyTarget(self.settings.notify_channel, self.settings.notify_webhook_url)
 
-    @cached_property
+    @property
     def channel(self) -> Channel:
-        from orderpay.channels import build_channel
+        """The channel of new notifications (ORDERPAY_NOTIFY_CHANNEL)."""
+        return self.channel_for(self.settings.notify_channel)
 
-        settings = self.settings
-        return build_channel(
-            settings.notify_channel,
-            timeout=settings.notify_timeout_seconds,
-            sms_url=settings.sms_url,
-            sms_username=settings.sms_username,
-            sms_api_key=_secret(settings.sms_api_key),
-            sms_sender_id=settings.sms_sender_id,
-            webhook_url=settings.notify_webhook_url,
-            webhook_secret=_secret(settings.notify_webhook_secret),
-        )
+    def channel_for(self, name: str) -> Channel:
+        """The channel called `name`; ConfigurationError when its settings are missing."""
+        with self._lock:
+            if name not in self._channels:
+                from orderpay.notify.channels import build_channel
+
+                settings = self.settings
+                self._channels[name] = build_channel(
+                    name,
+                    timeout=settings.notify_timeout_seconds,
+                    sms_url=settings.sms_url,
+                    sms_username=settings.sms_username,
+                    sms_api_key=_secret(settings.sms_api_key),
+                    sms_sender_id=settings.sms_sender_id,
+                    webhook_url=settings.notify_webhook_url,
+                    webhook_secret=_secret(settings.notify_webhook_secret),
+                )
+            return self._channels[name]
 
     @cached_property
     def retry_policy(self) -> RetryPolicy:
-        from orderpay.delivery import RetryPolicy
+        from orderpay.notify.delivery import RetryPolicy
 
         return RetryPolicy(self.settings.retry_intervals, self.settings.notify_lease_seconds)
 
     @cached_property
     def nudger(self) -> Nudger:
         """Wakes the notification relay after commits that wrote outbox rows."""
-        from orderpay.wakeups import Nudger
+        from orderpay.store.wakeups import Nudger
 
         return Nudger(self.raw_database.engine)
 
@@ -107,16 +128,18 @@ class Runtime:
         (closing would close the parent's); what is needed is made again on first use."""
         if "raw_database" in self.__dict__:
             self.raw_database.engine.dispose(close=False)
-        for inherited in ("channel", "provider", "nudger"):
-            self.__dict__.pop(inherited, None)
+        self.__dict__.pop("nudger", None)
+        self._lock = threading.Lock()
+        self._providers, self._channels = {}, {}
 
     def close(self) -> None:
         if "nudger" in self.__dict__:
             self.nudger.close()
-        if "channel" in self.__dict__:
-            self.channel.close()
-        if "provider" in self.__dict__:
-            self.provider.close()
+        for channel in self._channels.values():
+            channel.close()
+        for provider in self._providers.values():
+            provider.close()
+        self._channels, self._providers = {}, {}
         if "raw_database" in self.__dict__:
             self.raw_database.dispose()
 

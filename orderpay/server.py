@@ -12,10 +12,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -24,11 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orderpay import rest
-from orderpay.bodies import read_body
-from orderpay.callbacks import apply_callback, parse_callback
-from orderpay.confirmation import confirm_payment
-from orderpay.db import PUBLIC_UNAVAILABLE
+from orderpay.domain.signatures import verify
 from orderpay.errors import (
     DatabaseInaccessible,
     DatabaseUnavailable,
@@ -36,13 +31,18 @@ from orderpay.errors import (
     InvalidToken,
     OrderpayError,
     PaymentDeclined,
+    RouteNotFound,
 )
-from orderpay.hints import parse_hint, record_hint
+from orderpay.http import rest
+from orderpay.http.bodies import read_body
+from orderpay.http.confirmer import Confirmer
 from orderpay.metrics import metrics
-from orderpay.payments import Payment
-from orderpay.reports import apply_report, parse_report
+from orderpay.notify.reports import apply_report, parse_report
+from orderpay.payments.callbacks import Callback, CallbackResult, apply_callback, parse_callback
+from orderpay.payments.hints import MTN_PROVIDER, parse_hint, record_hint
 from orderpay.runtime import Runtime
-from orderpay.signatures import verify
+from orderpay.store.db import PUBLIC_UNAVAILABLE, retrying
+from orderpay.store.payments import Payment
 
 if TYPE_CHECKING:
     from orderpay.config import Settings
@@ -55,13 +55,20 @@ def runtime_of(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+def confirmer_of(request: Request) -> Confirmer:
+    return request.app.state.confirmer  # type: ignore[no-any-return]
+
+
 async def momo_webhook(request: Request) -> Response:
     """POST /api/webhooks/momo/: a signed payment outcome, applied exactly once."""
     runtime = runtime_of(request)
+    secrets = runtime.settings.webhook_secrets()
+    if not secrets:
+        raise RouteNotFound("not found")  # nobody is configured to sign callbacks here
     try:
         body = await read_body(request)
         try:
-            verified = verify(body, request.headers, runtime.settings.webhook_secrets())
+            verified = verify(body, request.headers, secrets)
         except InvalidSignature as error:
             log.info("callback refused: %s", error.message)
             raise InvalidSignature("invalid signature") from None  # no detail for the sender
@@ -69,60 +76,49 @@ async def momo_webhook(request: Request) -> Response:
         result = await run_in_threadpool(_apply_callback, runtime, callback)
         if result.notification_queued:
             runtime.nudger.nudge()
+        if result.confirm is not None:
+            confirmer_of(request).submit(result.confirm, "signed callback, confirmed by status")
     except OrderpayError as error:
         metrics().callbacks.labels("momo", error.code).inc()
         raise
-    metrics().callbacks.labels("momo", result.answer).inc()
-    log.info(
-        "callback %s for payment %s: %s",
-        callback.status.value, result.payment_id, result.outcome or "duplicate event",
-    )  # fmt: skip
+    metrics().callbacks.labels("momo", result.answer.value).inc()
+    log.info("callback %s for payment %s: %s", callback.status.value, result.payment_id,
+             result.answer.value)  # fmt: skip
     return JSONResponse(
-        {"status": result.answer, "payment": str(result.payment_id) if result.payment_id else None}
+        {
+            "status": result.answer.value,
+            "payment": str(result.payment_id) if result.payment_id else None,
+        }
     )
 
 
-def _apply_callback(runtime: Runtime, callback: Any) -> Any:
-    with runtime.database.transaction() as conn:
-        return apply_callback(conn, callback, runtime.notify_target())
+def _apply_callback(runtime: Runtime, callback: Callback) -> CallbackResult:
+    return retrying(
+        runtime.database, lambda conn: apply_callback(conn, callback, runtime.notify_target())
+    )
 
 
 async def mtn_webhook(request: Request) -> Response:
     """POST or PUT /api/webhooks/mtn/: MTN's unsigned callback, a hint to ask MTN's status.
 
-    Recorded, answered at once, then confirmed by the status call after the response: a
-    forged SUCCESSFUL never marks an order paid.
+    Only when MTN is the provider. Recorded (bounded: see payments.hints), answered at once,
+    then confirmed by MTN's status call off the request threads: a forged SUCCESSFUL never
+    marks an order paid.
     """
     runtime = runtime_of(request)
+    if runtime.settings.provider != MTN_PROVIDER:
+        raise RouteNotFound("not found")
     body = await read_body(request)
     hint = parse_hint(body)
 
     def record() -> Payment | None:
-        with runtime.database.transaction() as conn:
-            return record_hint(conn, hint)
+        return retrying(runtime.database, lambda conn: record_hint(conn, hint))
 
     payment = await run_in_threadpool(record)
     metrics().callbacks.labels("mtn", "to_confirm" if payment else "ignored").inc()
-    task = BackgroundTask(_confirm, runtime, payment) if payment is not None else None
-    return JSONResponse({"status": "received"}, background=task)
-
-
-def _confirm(runtime: Runtime, payment: Payment) -> None:
-    from datetime import timedelta
-
-    try:
-        result = confirm_payment(
-            runtime.database, runtime.provider, payment, notify=runtime.notify_target(),
-            source="mtn callback, confirmed by status",
-            lease=timedelta(seconds=runtime.settings.charge_lease_seconds),
-        )  # fmt: skip
-    except OrderpayError as error:  # reconcile will settle it later
-        log.warning("confirming payment %s failed: %s", payment.id, error.message)
-        return
-    if result.notification_queued:
-        runtime.nudger.nudge()
-    log.info("payment %s confirmed: %s -> %s (%s)", payment.id, result.before.value,
-             result.after.value, result.remote)  # fmt: skip
+    if payment is not None:
+        confirmer_of(request).submit(payment, "mtn callback, confirmed by status")
+    return JSONResponse({"status": "received"})
 
 
 async def sms_delivery_report(request: Request) -> Response:
@@ -262,11 +258,14 @@ WORKER_THREADS = 16
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI application; `uvicorn --factory orderpay.server:create_app` runs it."""
-    runtime = Runtime(settings, pool_size=WORKER_THREADS, max_overflow=4, pool_timeout=10)
+    runtime = Runtime(
+        settings, pool_size=WORKER_THREADS, max_overflow=4, pool_timeout=10, session_guards=True
+    )
     # Build what threads will share now, so no two threads race to create it.
     runtime.settings  # noqa: B018
     runtime.raw_database  # noqa: B018
     runtime.provider  # noqa: B018
+    confirmer = Confirmer(runtime)
     metrics()
 
     @asynccontextmanager
@@ -275,6 +274,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
         yield
+        confirmer.close()
         runtime.close()
 
     app = Starlette(
@@ -285,4 +285,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )  # fmt: skip
     app.state.runtime = runtime
+    app.state.confirmer = confirmer
     return app

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from orderpay.customers import Customer, create_customer
-from orderpay.db import Database
-from orderpay.orders import Order, create_order
-from orderpay.products import Product, create_product
+from orderpay.shop.customers import Customer, create_customer
+from orderpay.shop.orders import create_order
+from orderpay.shop.products import Product, create_product
+from orderpay.store.db import Database
+from orderpay.store.orders import Order
 
 AMA = "+233241234567"
 MTN_SANDBOX_PAYER = "+46733123499"  # an MTN sandbox number that simply succeeds

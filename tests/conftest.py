@@ -21,9 +21,9 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from orderpay.cli import app
-from orderpay.db import Database
-from orderpay.migrate import upgrade
-from orderpay.models import metadata
+from orderpay.store.db import Database
+from orderpay.store.migrate import upgrade
+from orderpay.store.schema import metadata
 from tests.fake_mtn import FakeMtn
 from tests.live_server import TestClient, listener_client, listener_settings
 

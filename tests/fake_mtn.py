@@ -54,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from orderpay.mtn import MtnProvider
+from orderpay.providers.mtn import MtnProvider
 
 API_USER = "7c9d3a52-4a50-4d7e-9a6f-3b1c1f1d2e10"
 API_KEY = "fake-mtn-api-key-0f3e9b"

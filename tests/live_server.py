@@ -38,13 +38,13 @@ import uvicorn
 from starlette.exceptions import StarletteDeprecationWarning
 from starlette.types import ASGIApp
 
-from orderpay.charges import charge_order
 from orderpay.config import Settings, load_settings
-from orderpay.db import Database
-from orderpay.payments import Payment
-from orderpay.providers import SimulatorProvider
+from orderpay.domain.signatures import sign_hex
+from orderpay.payments.charge import charge_order
+from orderpay.providers.simulator import SimulatorProvider
 from orderpay.server import create_app
-from orderpay.signatures import sign_hex
+from orderpay.store.db import Database
+from orderpay.store.payments import Payment
 from tests.builders import AMA, a_key, an_order
 
 with warnings.catch_warnings():

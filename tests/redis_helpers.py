@@ -42,15 +42,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import select
 
 from orderpay import jobs, logs
-from orderpay.callbacks import apply_callback, parse_callback
-from orderpay.channels import SmsChannel
-from orderpay.charges import charge_order
-from orderpay.db import Database
-from orderpay.models import notifications
-from orderpay.notifications import Notification, get_notification
-from orderpay.outbox import NotifyTarget
-from orderpay.providers import SimulatorProvider
-from orderpay.timeline import events_of
+from orderpay.errors import ConfigurationError
+from orderpay.notify.channels import Channel, SmsChannel
+from orderpay.notify.delivery import Channels
+from orderpay.payments.callbacks import apply_callback, parse_callback
+from orderpay.payments.charge import charge_order
+from orderpay.providers.simulator import SimulatorProvider
+from orderpay.store.db import Database
+from orderpay.store.notifications import Notification, get_notification
+from orderpay.store.outbox import NotifyTarget
+from orderpay.store.schema import notifications
+from orderpay.store.timeline import events_of
 from tests.builders import AMA, a_key, an_order
 from tests.http_recorder import Answer, Recorded, Recorder, recording_server
 
@@ -262,6 +264,10 @@ def apply_success(db: Database, body: bytes, target: NotifyTarget) -> None:
         apply_callback(conn, parse_callback(body), target)
 
 
+SMS_TARGET = NotifyTarget("sms")
+LOG_TARGET = NotifyTarget("log")
+
+
 def a_settled_payment(
     db: Database,
     *,
@@ -271,14 +277,15 @@ def a_settled_payment(
     currency: str = "GHS",
     quantity: int = 2,
 ) -> SettledPayment:
-    """An order charged through the simulator and settled by a success callback."""
+    """An order charged through the simulator and settled by a success callback; its
+    notification is queued for `target` (by default the SMS channel: the local gateway)."""
     order = an_order(db, phone=phone, price=price, currency=currency, quantity=quantity)
     payment = charge_order(
         db, SimulatorProvider(), order_id=order.id, key=a_key(), default_region="GH",
         lease_seconds=90,
     ).payment  # fmt: skip
     body = success_callback(order.id, payment.id)
-    apply_success(db, body, target or NotifyTarget())
+    apply_success(db, body, target or SMS_TARGET)
     with db.transaction() as conn:
         nid = conn.execute(
             select(notifications.c.id).where(notifications.c.payment_id == payment.id)
@@ -446,6 +453,19 @@ def shared_gateway_server_fixture() -> Iterator[None]:
             yield
         finally:
             _shared = previous
+
+
+def serving(*channels: Channel) -> Channels:
+    """What a worker configured with just these channels delivers through: a row is sent
+    through the channel named on it, or held when this worker has none of that name."""
+    by_name = {channel.name: channel for channel in channels}
+
+    def channel_for(name: str) -> Channel:
+        if name not in by_name:
+            raise ConfigurationError(f"ORDERPAY_NOTIFY_CHANNEL={name} is not configured here")
+        return by_name[name]
+
+    return channel_for
 
 
 def sms_channel(gateway: Gateway, timeout: float = 5.0, sender_id: str | None = None) -> SmsChannel:

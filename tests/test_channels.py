@@ -7,19 +7,20 @@ from contextlib import closing
 
 import pytest
 
-from orderpay.channels import LogChannel, SmsChannel, WebhookChannel
-from orderpay.db import Database
-from orderpay.delivery import RetryPolicy
-from orderpay.drain import Drain
+from orderpay.domain.phones import mask_phone
+from orderpay.domain.signatures import verify
+from orderpay.domain.states import NotificationStatus
 from orderpay.errors import InvalidSignature
-from orderpay.outbox import NotifyTarget
-from orderpay.phones import mask_phone
-from orderpay.signatures import verify
-from orderpay.states import NotificationStatus
+from orderpay.notify.channels import LogChannel, SmsChannel, WebhookChannel
+from orderpay.notify.delivery import RetryPolicy
+from orderpay.notify.drain import Drain
+from orderpay.store.db import Database
+from orderpay.store.outbox import NotifyTarget
 from tests.builders import AMA
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer
 from tests.redis_helpers import (
+    LOG_TARGET,
     MERCHANT,
     SMS_API_KEY,
     SMS_USERNAME,
@@ -32,6 +33,7 @@ from tests.redis_helpers import (
     notification,
     notification_rows,
     run_orderpay,
+    serving,
     shared_gateway_server_fixture,  # noqa: F401
     sms_channel,
     wait_until,
@@ -44,10 +46,10 @@ SENDER_ID = "KENKEY"
 def test_the_log_channel_never_writes_a_full_phone_number(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settled = a_settled_payment(db)
+    settled = a_settled_payment(db, target=LOG_TARGET)
     caplog.set_level(logging.DEBUG)
 
-    Drain(db, LogChannel(), FAST, MERCHANT).drain_due()
+    Drain(db, serving(LogChannel()), FAST, MERCHANT).drain_due()
 
     assert notification(db, settled.notification_id).status is NotificationStatus.SENT
     assert "notification" in caplog.text
@@ -60,7 +62,7 @@ def test_the_log_channel_never_writes_a_full_phone_number(
 def test_the_workers_own_log_shows_the_message_with_the_phone_number_masked(
     pg_url: str, db: Database
 ) -> None:
-    settled = a_settled_payment(db)
+    settled = a_settled_payment(db, target=LOG_TARGET)
 
     done = run_orderpay({"DATABASE_URL": pg_url, "ORDERPAY_MERCHANT_NAME": MERCHANT}, "worker",
                         "--burst")  # fmt: skip
@@ -80,7 +82,7 @@ def test_the_sms_request_carries_the_api_key_username_recipient_and_message(
     with a_gateway() as gateway:
         channel = sms_channel(gateway, sender_id=SENDER_ID)
         with closing(channel):
-            Drain(db, channel, FAST, MERCHANT).drain_due()
+            Drain(db, serving(channel), FAST, MERCHANT).drain_due()
         (request,) = gateway.requests()
 
     form = form_of(request)
@@ -100,7 +102,7 @@ def test_the_gateways_message_id_is_stored_as_the_notifications_gateway_message_
     with a_gateway() as gateway:
         channel = sms_channel(gateway)
         with closing(channel):
-            Drain(db, channel, FAST, MERCHANT).drain_due()
+            Drain(db, serving(channel), FAST, MERCHANT).drain_due()
         ((_, message_id),) = gateway.answered
 
     assert message_id.startswith("ATXid_")
@@ -124,7 +126,7 @@ def test_the_merchant_webhook_is_signed_with_standard_webhooks_headers(db: Datab
     with a_gateway() as merchant:
         settled = a_settled_payment(db, target=merchant_target(merchant.url))
         with closing(WebhookChannel(secret=WEBHOOK_SECRET.encode(), timeout=5)) as channel:
-            Drain(db, channel, FAST, MERCHANT).drain_due()
+            Drain(db, serving(channel), FAST, MERCHANT).drain_due()
         (request,) = merchant.requests()
 
     verified = verify(request.body, request.headers, [WEBHOOK_SECRET.encode()])
@@ -145,7 +147,7 @@ def test_the_merchant_webhook_signature_does_not_verify_with_another_secret(
     with a_gateway() as merchant:
         a_settled_payment(db, target=merchant_target(merchant.url))
         with closing(WebhookChannel(secret=WEBHOOK_SECRET.encode(), timeout=5)) as channel:
-            Drain(db, channel, FAST, MERCHANT).drain_due()
+            Drain(db, serving(channel), FAST, MERCHANT).drain_due()
         (request,) = merchant.requests()
 
     with pytest.raises(InvalidSignature):
@@ -156,7 +158,7 @@ def test_the_webhook_id_is_stable_across_retries_of_one_notification(db: Databas
     with a_gateway(Answer(503, b"busy")) as merchant:
         settled = a_settled_payment(db, target=merchant_target(merchant.url))
         with closing(WebhookChannel(secret=WEBHOOK_SECRET.encode(), timeout=5)) as channel:
-            drain = Drain(db, channel, FAST, MERCHANT)
+            drain = Drain(db, serving(channel), FAST, MERCHANT)
 
             def sent() -> bool:
                 drain.drain_due()
@@ -175,7 +177,7 @@ def test_a_merchant_endpoint_that_refuses_the_event_fails_the_notification(db: D
     with a_gateway(Answer(410, b"gone")) as merchant:
         settled = a_settled_payment(db, target=merchant_target(merchant.url))
         with closing(WebhookChannel(secret=WEBHOOK_SECRET.encode(), timeout=5)) as channel:
-            Drain(db, channel, FAST, MERCHANT).drain_due()
+            Drain(db, serving(channel), FAST, MERCHANT).drain_due()
 
     row = notification(db, settled.notification_id)
     assert row.status is NotificationStatus.FAILED
@@ -221,7 +223,7 @@ def test_an_unreadable_gateway_answer_is_retried_not_taken_as_sent(db: Database)
     with a_gateway(Answer(200, b"<html>maintenance</html>", "text/html")) as gateway:
         channel = sms_channel(gateway)
         with closing(channel):
-            Drain(db, channel, FAST, MERCHANT).drain_due()
+            Drain(db, serving(channel), FAST, MERCHANT).drain_due()
 
     row = notification(db, settled.notification_id)
     assert (row.status, row.attempts, row.gateway_message_id) == (

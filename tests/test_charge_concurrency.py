@@ -12,9 +12,9 @@ from collections import Counter
 from typing import Any
 
 from orderpay.clock import utcnow
-from orderpay.db import Database
-from orderpay.payments import payments_of
-from orderpay.states import PaymentStatus
+from orderpay.domain.states import PaymentStatus
+from orderpay.store.db import Database
+from orderpay.store.payments import payments_of
 from tests.builders import an_order
 from tests.http_recorder import Answer, recording_server
 from tests.processes import run_cli_in_parallel

@@ -9,12 +9,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from orderpay.charges import claim_payment
-from orderpay.db import Database
-from orderpay.orders import cancel_order, get_order, move_order
-from orderpay.payments import get_payment, move_payment, payments_of
-from orderpay.states import OrderStatus, PaymentStatus
-from orderpay.timeline import events_of
+from orderpay.domain.states import OrderStatus, PaymentStatus
+from orderpay.payments import settlement
+from orderpay.payments.charge import claim_payment
+from orderpay.shop.orders import cancel_order
+from orderpay.store.db import Database
+from orderpay.store.locks import lock_payment
+from orderpay.store.orders import get_order
+from orderpay.store.outbox import NotifyTarget
+from orderpay.store.payments import get_payment, payments_of
+from orderpay.store.timeline import events_of
 from tests.builders import AMA, a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer, Recorded, recording_server
@@ -24,11 +28,15 @@ OUTAGE_PAYER = "+46733123462"  # MTN sandbox: SERVICE_UNAVAILABLE
 
 
 def settle(db: Database, payment_id: uuid.UUID) -> None:
-    """Mark a payment succeeded and its order paid, as an applied callback would."""
+    """Mark a payment succeeded and its order paid, as an applied callback does."""
     with db.transaction() as conn:
-        payment = move_payment(conn, payment_id, [PaymentStatus.PENDING], PaymentStatus.SUCCEEDED)
-        assert payment is not None
-        move_order(conn, get_order(conn, payment.order_id), OrderStatus.PAID, "order_paid")
+        locked = lock_payment(conn, payment_id)
+        assert locked is not None
+        verdict = settlement.settle(
+            conn, locked, PaymentStatus.SUCCEEDED, reason=None, amount=None, source="test",
+            notify=NotifyTarget(),
+        )  # fmt: skip
+        assert verdict is settlement.Settled.APPLIED
 
 
 def test_charging_an_order_records_a_pending_payment_for_its_total(

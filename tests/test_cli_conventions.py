@@ -14,7 +14,7 @@ import typer.main
 
 from orderpay import errors
 from orderpay.cli import app
-from orderpay.db import Database
+from orderpay.store.db import Database
 from tests.builders import an_order
 from tests.conftest import (
     Cli,

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from orderpay.db import Database
+from orderpay.store.db import Database
 from tests.builders import AMA
 from tests.conftest import (
     Cli,

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from orderpay import errors
-from orderpay.db import Database
+from orderpay.store.db import Database
 from tests.builders import AMA, a_customer, a_key, a_product, an_order
 from tests.conftest import (
     Cli,

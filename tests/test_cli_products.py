@@ -9,8 +9,8 @@ from datetime import datetime
 import pytest
 from sqlalchemy import select
 
-from orderpay.db import Database
-from orderpay.models import products
+from orderpay.store.db import Database
+from orderpay.store.schema import products
 from tests.conftest import (
     Cli,
     count_rows,

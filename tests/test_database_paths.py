@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orderpay.db import Database
-from orderpay.migrate import upgrade
+from orderpay.store.db import Database
+from orderpay.store.migrate import upgrade
 from tests.conftest import count_rows
 from tests.user_shell import Run, orderpay
 

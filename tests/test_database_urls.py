@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from orderpay.db import Database
+from orderpay.store.db import Database
 from tests.conftest import count_rows
 from tests.user_shell import orderpay
 

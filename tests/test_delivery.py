@@ -1,7 +1,7 @@
 """Delivering a settled payment's notification: the outbox row, the attempt, retries, timeouts.
 
-These run the delivery service (orderpay.delivery) and the embedded drain (orderpay.drain)
-in-process against a real database and a local SMS gateway.
+These run the delivery service (orderpay.notify.delivery) and the embedded drain
+(orderpay.notify.drain) in-process against a real database and a local SMS gateway.
 """
 
 from __future__ import annotations
@@ -15,31 +15,29 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from orderpay.callbacks import apply_callback, parse_callback
-from orderpay.channels import LogChannel, SmsChannel
 from orderpay.clock import utcnow
-from orderpay.db import Database
-from orderpay.delivery import (
-    Attempt,
+from orderpay.domain.states import NotificationStatus
+from orderpay.notify.channels import LogChannel, SmsChannel
+from orderpay.notify.delivery import (
     Delivery,
     DeliveryResult,
     RetryPolicy,
-    claim_attempt,
-    claim_due_attempts,
     compile_ahead,
     deliver,
     order_reference,
 )
-from orderpay.drain import Drain
-from orderpay.models import notifications, webhook_events
-from orderpay.outbox import NotifyTarget
-from orderpay.states import NotificationStatus
-from orderpay.timeline import events_of
+from orderpay.notify.drain import Drain
+from orderpay.payments.callbacks import apply_callback, parse_callback
+from orderpay.store.db import Database
+from orderpay.store.outbox import Attempt, NotifyTarget, claim_attempt, claim_next_due
+from orderpay.store.schema import notifications, webhook_events
+from orderpay.store.timeline import events_of
 from tests.builders import AMA
 from tests.conftest import count_rows
 from tests.http_recorder import Answer
 from tests.redis_helpers import (
     HANG,
+    LOG_TARGET,
     MERCHANT,
     Gateway,
     a_gateway,
@@ -48,12 +46,14 @@ from tests.redis_helpers import (
     at_answer,
     event_names,
     notification,
+    serving,
     shared_gateway_server_fixture,  # noqa: F401
     sms_channel,
     wait_until,
 )
 
 FAST = RetryPolicy(intervals=(1, 1, 1, 1, 1), lease_seconds=30)
+LEASE = timedelta(seconds=FAST.lease_seconds)
 HTTP_500 = Answer(500, b'{"error": "internal"}')
 
 
@@ -64,7 +64,7 @@ def gateway() -> Iterator[Gateway]:
 
 
 def drain_with(db: Database, channel: SmsChannel, policy: RetryPolicy = FAST) -> Drain:
-    return Drain(db, channel, policy, MERCHANT)
+    return Drain(db, serving(channel), policy, MERCHANT)
 
 
 def drain_until_settled(drain: Drain, db: Database, nid: int, timeout: float = 15.0) -> None:
@@ -109,7 +109,7 @@ def test_settling_writes_the_payment_paid_and_queued_events_in_order_with_their_
     assert [(e.event, e.detail) for e in timeline[-3:]] == [
         ("payment_succeeded", f"payment {p} of 25.00 GHS succeeded (momo callback)"),
         ("order_paid", f"paid by payment {p}"),
-        ("notification_queued", f"notification {n} via log"),
+        ("notification_queued", f"notification {n} via sms"),
     ]
     assert len({e.at for e in timeline[-3:]}) == 1
 
@@ -211,9 +211,13 @@ def test_a_ugx_amount_is_written_without_decimals(db: Database, gateway: Gateway
 def test_delivering_a_sent_notification_again_sends_nothing(db: Database, gateway: Gateway) -> None:
     settled = a_settled_payment(db)
     with closing(sms_channel(gateway)) as channel:
-        first = deliver(db, channel, settled.notification_id, merchant_name=MERCHANT, policy=FAST)
+        first = deliver(
+            db, serving(channel), settled.notification_id, merchant_name=MERCHANT, policy=FAST
+        )
 
-        again = deliver(db, channel, settled.notification_id, merchant_name=MERCHANT, policy=FAST)
+        again = deliver(
+            db, serving(channel), settled.notification_id, merchant_name=MERCHANT, policy=FAST
+        )
 
     assert (first.outcome, again.outcome) == (Delivery.SENT, Delivery.SKIPPED)
     assert gateway.count() == 1
@@ -232,7 +236,7 @@ def test_a_duplicate_job_while_the_first_attempt_holds_its_lease_sends_nothing(
     with closing(sms_channel(gateway)) as channel:
         first = threading.Thread(
             target=lambda: results.append(
-                deliver(db, channel, settled.notification_id, merchant_name=MERCHANT,
+                deliver(db, serving(channel), settled.notification_id, merchant_name=MERCHANT,
                         policy=policy)
             )
         )  # fmt: skip
@@ -241,7 +245,7 @@ def test_a_duplicate_job_while_the_first_attempt_holds_its_lease_sends_nothing(
             gateway.recorder.wait_for(1)
 
             duplicate = deliver(
-                db, channel, settled.notification_id, merchant_name=MERCHANT, policy=policy
+                db, serving(channel), settled.notification_id, merchant_name=MERCHANT, policy=policy
             )
         finally:
             first.join(10)
@@ -259,7 +263,7 @@ def test_a_job_that_waits_on_another_jobs_claim_of_the_row_takes_nothing(db: Dat
     second: list[Attempt | None] = []
     try:
         with db.transaction() as holding:
-            first = claim_attempt(holding, settled.notification_id, FAST, utcnow())
+            first = claim_attempt(holding, settled.notification_id, LEASE, utcnow())
             waiting = threading.Thread(target=lambda: second.append(
                 claim_in_own_transaction(other, settled.notification_id)
             ))  # fmt: skip
@@ -277,7 +281,7 @@ def test_a_job_that_waits_on_another_jobs_claim_of_the_row_takes_nothing(db: Dat
 
 def claim_in_own_transaction(database: Database, notification_id: int) -> Attempt | None:
     with database.transaction() as conn:
-        return claim_attempt(conn, notification_id, FAST, utcnow())
+        return claim_attempt(conn, notification_id, LEASE, utcnow())
 
 
 def sessions_waiting_on_a_lock(database: Database) -> int:
@@ -293,15 +297,15 @@ def test_rows_another_drain_is_claiming_are_skipped(db: Database) -> None:
     other = Database(db.url)
     try:
         with db.transaction() as holding:
-            held = claim_due_attempts(holding, FAST, utcnow(), limit=10)
+            held = claim_next_due(holding, LEASE, utcnow())
 
             with other.transaction() as conn:
-                meanwhile = claim_due_attempts(conn, FAST, utcnow(), limit=10)
+                meanwhile = claim_next_due(conn, LEASE, utcnow())
     finally:
         other.dispose()
 
-    assert len(held) == 1
-    assert meanwhile == []
+    assert held is not None
+    assert meanwhile is None
 
 
 # --- Retries --------------------------------------------------------------------------------
@@ -450,14 +454,16 @@ def test_compiling_ahead_changes_nothing_in_the_database(any_db: Database) -> No
 
 def test_after_compiling_ahead_a_delivery_compiles_no_statement_of_its_own(db: Database) -> None:
     # What a forked work horse inherits: every statement its job runs is already compiled.
-    settled = a_settled_payment(db)
+    settled = a_settled_payment(db, target=LOG_TARGET)
     with db.transaction() as conn:
         compile_ahead(conn, FAST)
     compiled = db.engine._compiled_cache
     assert compiled is not None
     before = set(compiled)
 
-    result = deliver(db, LogChannel(), settled.notification_id, merchant_name=MERCHANT, policy=FAST)
+    result = deliver(
+        db, serving(LogChannel()), settled.notification_id, merchant_name=MERCHANT, policy=FAST
+    )
 
     assert result.outcome is Delivery.SENT
     assert set(compiled) == before

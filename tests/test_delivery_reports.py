@@ -16,10 +16,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-from orderpay.db import Database
-from orderpay.delivery import RetryPolicy
-from orderpay.drain import Drain
-from orderpay.states import NotificationStatus
+from orderpay.domain.states import NotificationStatus
+from orderpay.notify.delivery import RetryPolicy
+from orderpay.notify.drain import Drain
+from orderpay.store.db import Database
 from tests.builders import AMA
 from tests.conftest import count_rows
 from tests.live_server import TestClient, listener_client, listener_settings
@@ -30,6 +30,7 @@ from tests.redis_helpers import (
     event_names,
     notification,
     notification_rows,
+    serving,
     shared_gateway_server_fixture,  # noqa: F401
     sms_channel,
 )
@@ -53,7 +54,7 @@ def sent(db: Database) -> SentSms:
     with a_gateway() as gateway:
         channel = sms_channel(gateway)
         with closing(channel):
-            Drain(db, channel, RetryPolicy((1,), 30), MERCHANT).drain_due()
+            Drain(db, serving(channel), RetryPolicy((1,), 30), MERCHANT).drain_due()
         ((_, message_id),) = gateway.answered
     assert notification(db, settled.notification_id).status is NotificationStatus.SENT
     return SentSms(settled.notification_id, settled.order_id, message_id)

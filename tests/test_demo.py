@@ -19,7 +19,7 @@ import pytest
 from redis import Redis
 from sqlalchemy import create_engine, inspect
 
-from orderpay.db import Database
+from orderpay.store.db import Database
 from tests.builders import AMA, an_order
 from tests.conftest import count_rows
 from tests.redis_helpers import dedicated_redis_db

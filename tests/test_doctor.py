@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from orderpay.db import Database
-from orderpay.migrate import upgrade
+from orderpay.store.db import Database
+from orderpay.store.migrate import upgrade
 from tests.user_shell import Run, orderpay
 
 CLOSED_REDIS = "redis://:hunter2-Garri@127.0.0.1:1/3"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orderpay.db import Database
+from orderpay.store.db import Database
 from tests.builders import AMA, an_order
 from tests.live_server import (
     API_TOKEN,

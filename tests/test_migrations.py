@@ -16,9 +16,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, exc, insert, inspect, text
 
-from orderpay.db import SCHEMA_HEAD, SCHEMA_REVISIONS, Database
-from orderpay.migrate import downgrade, script_revisions, upgrade
-from orderpay.models import metadata, order_items, payments, products
+from orderpay.store.db import SCHEMA_HEAD, SCHEMA_REVISIONS, Database
+from orderpay.store.migrate import downgrade, script_revisions, upgrade
+from orderpay.store.schema import metadata, order_items, payments, products
 from tests.builders import a_product, an_order
 from tests.conftest import Cli, _url_for, create_postgres_database, drop_postgres_database
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from orderpay.domain.money import MAX_MINOR_UNITS, Money, currency_code, parse_amount
 from orderpay.errors import InvalidAmount, UnknownCurrency
-from orderpay.money import MAX_MINOR_UNITS, Money, currency_code, parse_amount
 
 
 @pytest.mark.parametrize(

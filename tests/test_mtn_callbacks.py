@@ -1,8 +1,8 @@
 """POST/PUT /api/webhooks/mtn/: MTN's unsigned callbacks are hints, confirmed by MTN's status call.
 
 A callback only names a payment to ask about; the money moves on what MTN's status call says
-(reference/specs.md section 6, items 9 and 10). The listener answers at once and confirms in a
-background task, which Starlette's TestClient runs before it returns. MTN is the local fake.
+(reference/specs.md section 6, items 9 and 10). The listener answers at once and confirms on
+threads of its own; `send` waits until those confirmations are over. MTN is the local fake.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
-from orderpay.charges import charge_order
 from orderpay.config import Settings, load_settings
-from orderpay.db import Database
-from orderpay.mtn import MtnProvider
-from orderpay.notifications import notifications_of
-from orderpay.orders import get_order
-from orderpay.payments import Payment, get_payment
-from orderpay.states import OrderStatus, PaymentStatus
-from orderpay.timeline import events_of
+from orderpay.domain.states import OrderStatus, PaymentStatus
+from orderpay.payments.charge import charge_order
+from orderpay.providers.mtn import MtnProvider
+from orderpay.store.db import Database
+from orderpay.store.notifications import notifications_of
+from orderpay.store.orders import get_order
+from orderpay.store.payments import Payment, get_payment
+from orderpay.store.timeline import events_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import (
     count_rows,
@@ -102,6 +102,7 @@ def send(client: TestClient, body: bytes, method: str = "POST") -> httpx.Respons
     answer: httpx.Response = client.request(
         method, MTN_PATH, content=body, headers={"Content-Type": "application/json"}
     )
+    client.app.state.confirmer.wait()  # type: ignore[attr-defined]
     return answer
 
 

@@ -18,13 +18,13 @@ from typing import TypeVar
 
 import pytest
 
-from orderpay.charges import charge_order
 from orderpay.clock import utcnow
-from orderpay.db import Database
-from orderpay.mtn import MtnProvider
-from orderpay.orders import Order, get_order
-from orderpay.payments import Payment, payments_of
-from orderpay.states import OrderStatus, PaymentStatus
+from orderpay.domain.states import OrderStatus, PaymentStatus
+from orderpay.payments.charge import charge_order
+from orderpay.providers.mtn import MtnProvider
+from orderpay.store.db import Database
+from orderpay.store.orders import Order, get_order
+from orderpay.store.payments import Payment, payments_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import Cli
 from tests.fake_mtn import REQUEST_TO_PAY_PATH, TOKEN_PATH, FakeMtn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import socket
@@ -21,10 +22,9 @@ import httpx
 import pytest
 
 from orderpay.config import load_settings
+from orderpay.domain.money import Money
 from orderpay.errors import ConfigurationError, ProviderUnavailable
-from orderpay.money import Money
-from orderpay.mtn import MtnProvider
-from orderpay.providers import (
+from orderpay.providers.base import (
     Accepted,
     CollectionRequest,
     Declined,
@@ -32,6 +32,7 @@ from orderpay.providers import (
     RemoteState,
     StatusAnswer,
 )
+from orderpay.providers.mtn import MtnProvider
 from orderpay.tls import tls_context
 from tests.fake_mtn import FakeMtn
 
@@ -391,7 +392,21 @@ def test_sandbox_outcomes_map_to_remote_states(
 ) -> None:
     payment = charged(provider, phone)
 
-    assert provider.payment_status(payment) == expected
+    answer = provider.payment_status(payment)
+
+    assert dataclasses.replace(answer, transaction_id=None) == expected
+
+
+def test_a_success_carries_mtns_financial_transaction_id(
+    mtn: FakeMtn, provider: MtnProvider
+) -> None:
+    payment = charged(provider)
+
+    answer = provider.payment_status(payment)
+
+    transfer = mtn.transfer(payment.reference)
+    assert transfer is not None
+    assert answer.transaction_id == transfer.financial_transaction_id
 
 
 def test_the_ongoing_payer_expires_after_the_approval_window(
@@ -461,7 +476,9 @@ def test_an_unparseable_amount_is_left_out_of_a_success(
     payment = charged(provider)
     mtn.patch_body(payment.reference, amount="25.00.1")
 
-    assert provider.payment_status(payment) == StatusAnswer(RemoteState.SUCCEEDED)
+    answer = provider.payment_status(payment)
+
+    assert (answer.state, answer.amount) == (RemoteState.SUCCEEDED, None)
 
 
 @pytest.mark.parametrize("status", [500, 503])

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orderpay.db import Database
-from orderpay.delivery import RetryPolicy
-from orderpay.drain import Drain
-from orderpay.outbox import NotifyTarget
-from orderpay.states import NotificationStatus
+from orderpay.domain.states import NotificationStatus
+from orderpay.notify.delivery import RetryPolicy
+from orderpay.notify.drain import Drain
+from orderpay.store.db import Database
+from orderpay.store.outbox import NotifyTarget
 from tests.builders import AMA
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer
@@ -28,6 +28,7 @@ from tests.redis_helpers import (
     notification,
     notification_rows,
     redis_url_fixture,  # noqa: F401
+    serving,
     shared_gateway_server_fixture,  # noqa: F401
     sms_channel,
     sms_env,
@@ -50,7 +51,7 @@ def deliver_due(db: Database, gateway: Gateway, *script: Answer) -> None:
     gateway.then(*script)
     channel = sms_channel(gateway)
     with closing(channel):
-        Drain(db, channel, POLICY, MERCHANT).drain_due()
+        Drain(db, serving(channel), POLICY, MERCHANT).drain_due()
 
 
 def a_failed_notification(db: Database, gateway: Gateway) -> SettledPayment:

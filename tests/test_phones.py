@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from orderpay.domain.phones import mask_phone, msisdn, normalise_phone
 from orderpay.errors import InvalidPhone
-from orderpay.phones import mask_phone, msisdn, normalise_phone
 
 
 @pytest.mark.parametrize(

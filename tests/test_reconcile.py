@@ -19,19 +19,19 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from orderpay.charges import charge_order, claim_payment
 from orderpay.clock import utcnow
 from orderpay.config import load_settings
-from orderpay.db import Database
-from orderpay.drain import Drain
-from orderpay.models import payments
-from orderpay.notifications import notifications_of
-from orderpay.orders import Order, get_order
-from orderpay.payments import Payment, get_payment
-from orderpay.providers import CollectionRequest
+from orderpay.domain.states import NotificationStatus, OrderStatus, PaymentStatus
+from orderpay.notify.drain import Drain
+from orderpay.payments.charge import charge_order, claim_payment
+from orderpay.providers.base import CollectionRequest
 from orderpay.runtime import Runtime
-from orderpay.states import NotificationStatus, OrderStatus, PaymentStatus
-from orderpay.timeline import events_of
+from orderpay.store.db import Database
+from orderpay.store.notifications import notifications_of
+from orderpay.store.orders import Order, get_order
+from orderpay.store.payments import Payment, get_payment
+from orderpay.store.schema import payments
+from orderpay.store.timeline import events_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import (
     Cli,
@@ -142,7 +142,10 @@ def deliver_due(env: dict[str, str]) -> None:
     runtime = Runtime(load_settings(**env))
     try:
         drain = Drain(
-            runtime.database, runtime.channel, runtime.retry_policy, runtime.settings.merchant_name
+            runtime.database,
+            runtime.channel_for,
+            runtime.retry_policy,
+            runtime.settings.merchant_name,
         )
         drain.drain_due()
     finally:

@@ -18,13 +18,13 @@ from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from orderpay.charges import charge_order
 from orderpay.clock import utcnow
-from orderpay.db import Database
+from orderpay.domain.states import NotificationStatus
 from orderpay.errors import QueueUnavailable
 from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, job_id, make_queue, send_notification
-from orderpay.providers import SimulatorProvider
-from orderpay.states import NotificationStatus
+from orderpay.payments.charge import charge_order
+from orderpay.providers.simulator import SimulatorProvider
+from orderpay.store.db import Database
 from tests.builders import AMA, a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer
@@ -59,10 +59,10 @@ StartWorker = Callable[..., WorkerProcess]
 SIMPLE = ("--worker-class", "simple")
 
 
-def relay(db: Database, url: str, *, stale_after: timedelta = timedelta(seconds=60)) -> int:
+def relay(db: Database, url: str, *, lost_after: timedelta = timedelta(seconds=60)) -> int:
     redis = connect_redis(url)
     try:
-        return Relay(db, make_queue(redis), (1, 1, 1, 1, 1), stale_after=stale_after).relay_due()
+        return Relay(db, make_queue(redis), (1, 1, 1, 1, 1), lost_after=lost_after).relay_due()
     finally:
         redis.close()
 
@@ -158,23 +158,25 @@ def test_the_relay_marks_rows_enqueued_so_a_second_relay_enqueues_nothing(
         ]
 
 
-def test_relaying_one_attempt_twice_reuses_its_job_id_and_sends_one_message(
+def test_a_relay_that_suspects_a_lost_job_still_queued_in_rq_pushes_nothing_more(
     db: Database, redis_url: str, in_process_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settled = a_settled_payment(db)
     with a_gateway() as gateway:
         for name, value in {"DATABASE_URL": db.url, **sms_env(gateway.url)}.items():
             monkeypatch.setenv(name, value)
-        # A relay that believes the first job lost hands the same attempt out again.
-        relayed = [relay(db, redis_url, stale_after=timedelta(0)) for _ in range(2)]
+        # A relay that treats every handed-out row as lost asks RQ, which still holds the job.
+        relayed = [relay(db, redis_url, lost_after=timedelta(0)) for _ in range(2)]
         with redis_client(redis_url) as redis:
             jobs = list(redis.scan_iter("rq:job:*"))
+            queued = redis.llen(f"rq:queue:{QUEUE_NAME}")
 
         run_jobs(redis_url)
 
         requests = gateway.count()
-    assert relayed == [1, 1]
+    assert relayed == [1, 0]
     assert jobs == [f"rq:job:{job_id(settled.notification_id, 0)}".encode()]
+    assert queued == 1
     assert requests == 1
     assert notification(db, settled.notification_id).status is NotificationStatus.SENT
 
@@ -211,12 +213,14 @@ def test_one_message_per_settled_payment_across_a_replayed_callback_a_double_rel
     with a_gateway() as gateway:
         for name, value in {"DATABASE_URL": pg_url, **sms_env(gateway.url)}.items():
             monkeypatch.setenv(name, value)
-        with listener_client(listener_settings(pg_url, REDIS_URL=redis_url)) as client:
+        with listener_client(
+            listener_settings(pg_url, REDIS_URL=redis_url, ORDERPAY_NOTIFY_CHANNEL="sms")
+        ) as client:
             answers = [
                 client.post(CALLBACK, content=body, headers=signed(body, SECRET)).json()["status"]
                 for _ in range(2)
             ]
-        relayed = [relay(db, redis_url, stale_after=timedelta(0)) for _ in range(2)]
+        relayed = [relay(db, redis_url, lost_after=timedelta(0)) for _ in range(2)]
         run_jobs(redis_url)
         (row,) = notification_rows(db)
         with redis_client(redis_url) as redis:
@@ -227,7 +231,7 @@ def test_one_message_per_settled_payment_across_a_replayed_callback_a_double_rel
 
         requests = gateway.count()
     assert answers == ["processed", "duplicate"]
-    assert relayed == [1, 1]
+    assert relayed == [1, 0]
     assert requests == 1
     assert notification(db, row["id"]).status is NotificationStatus.SENT
 
@@ -295,7 +299,7 @@ def test_a_callback_taken_while_redis_is_down_is_delivered_once_redis_is_back(
     order_id, payment_id = a_pending_charge(db)
     private_redis.stop()
     body = success_callback(order_id, payment_id)
-    settings = listener_settings(pg_url, REDIS_URL=private_redis.url)
+    settings = listener_settings(pg_url, REDIS_URL=private_redis.url, ORDERPAY_NOTIFY_CHANNEL="sms")
     with listener_client(settings) as client:
         answer = client.post(CALLBACK, content=body, headers=signed(body, SECRET))
     with pytest.raises(QueueUnavailable):
@@ -329,7 +333,9 @@ def test_a_running_worker_rides_out_a_redis_outage_and_sends_the_message_once(
         )
         worker.wait_ready(private_redis.url)
         private_redis.stop()
-        with listener_client(listener_settings(pg_url, REDIS_URL=private_redis.url)) as client:
+        with listener_client(
+            listener_settings(pg_url, REDIS_URL=private_redis.url, ORDERPAY_NOTIFY_CHANNEL="sms")
+        ) as client:
             answer = client.post(CALLBACK, content=body, headers=signed(body, SECRET))
         time.sleep(1.0)  # the relay tries, and fails, meanwhile
         (waiting,) = notification_rows(db)
@@ -362,7 +368,9 @@ def test_a_settling_callback_wakes_the_relay_without_waiting_for_its_poll(
         worker = worker_processes(env, *SIMPLE)
         worker.wait_ready(redis_url)
         time.sleep(0.5)  # the relay's first pass is done; it now waits for a wake-up or 60 s
-        with listener_client(listener_settings(pg_url, REDIS_URL=redis_url)) as client:
+        with listener_client(
+            listener_settings(pg_url, REDIS_URL=redis_url, ORDERPAY_NOTIFY_CHANNEL="sms")
+        ) as client:
             answer = client.post(CALLBACK, content=body, headers=signed(body, SECRET))
 
         (row,) = notification_rows(db)

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from orderpay.charges import claim_payment
-from orderpay.db import Database
-from orderpay.orders import cancel_order
-from orderpay.payments import Payment, get_payment
-from orderpay.states import PaymentStatus
+from orderpay.domain.states import PaymentStatus
+from orderpay.payments.charge import claim_payment
+from orderpay.shop.orders import cancel_order
+from orderpay.store.db import Database
+from orderpay.store.payments import Payment, get_payment
 from tests.builders import a_customer, a_product, an_order
 from tests.conftest import count_rows
 from tests.live_server import (

@@ -20,11 +20,11 @@ import pytest
 from typer.testing import CliRunner
 
 from orderpay.cli import app
-from orderpay.db import Database
-from orderpay.orders import get_order
-from orderpay.payments import get_payment
-from orderpay.signatures import verify
-from orderpay.states import OrderStatus, PaymentStatus
+from orderpay.domain.signatures import verify
+from orderpay.domain.states import OrderStatus, PaymentStatus
+from orderpay.store.db import Database
+from orderpay.store.orders import get_order
+from orderpay.store.payments import get_payment
 from tests.builders import an_order
 from tests.conftest import Cli
 from tests.http_recorder import Answer, Recorded, recording_server

@@ -15,14 +15,14 @@ from tests.user_shell import Run, orderpay
 BUG = "RuntimeError: the planted bug in list_customers"
 
 SITECUSTOMIZE = """
-import orderpay.customers
+import orderpay.shop.customers
 
 
 def list_customers(*args, **kwargs):
     raise RuntimeError("the planted bug in list_customers\\nsecond line, never shown")
 
 
-orderpay.customers.list_customers = list_customers
+orderpay.shop.customers.list_customers = list_customers
 """
 
 

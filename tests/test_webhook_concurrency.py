@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from orderpay.db import Database
-from orderpay.notifications import notifications_of
-from orderpay.orders import get_order
-from orderpay.payments import Payment, get_payment
-from orderpay.signatures import standard_headers
-from orderpay.states import OrderStatus, PaymentStatus
-from orderpay.timeline import events_of
+from orderpay.domain.signatures import standard_headers
+from orderpay.domain.states import OrderStatus, PaymentStatus
+from orderpay.store.db import Database
+from orderpay.store.notifications import notifications_of
+from orderpay.store.orders import get_order
+from orderpay.store.payments import Payment, get_payment
+from orderpay.store.timeline import events_of
 from tests.live_server import (
     SECRET,
     LiveServer,

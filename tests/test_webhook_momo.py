@@ -18,16 +18,16 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from orderpay.charges import charge_order
-from orderpay.db import Database
-from orderpay.models import webhook_events
-from orderpay.notifications import notifications_of
-from orderpay.orders import get_order
-from orderpay.payments import Payment, get_payment
-from orderpay.providers import SimulatorProvider
-from orderpay.signatures import standard_headers
-from orderpay.states import OrderStatus, PaymentStatus
-from orderpay.timeline import events_of
+from orderpay.domain.signatures import standard_headers
+from orderpay.domain.states import OrderStatus, PaymentStatus
+from orderpay.payments.charge import charge_order
+from orderpay.providers.simulator import SimulatorProvider
+from orderpay.store.db import Database
+from orderpay.store.notifications import notifications_of
+from orderpay.store.orders import get_order
+from orderpay.store.payments import Payment, get_payment
+from orderpay.store.schema import webhook_events
+from orderpay.store.timeline import events_of
 from tests.builders import a_key, an_order
 from tests.conftest import count_rows
 from tests.live_server import (
@@ -271,7 +271,7 @@ def test_a_callback_for_an_unknown_order_is_404_order_not_found_and_stores_nothi
     assert count_rows(db) == before
 
 
-def test_a_callback_for_an_order_with_no_payment_awaiting_an_outcome_is_404_payment_not_found(
+def test_a_success_for_an_order_that_was_never_charged_is_kept_for_review(
     client: TestClient, db: Database
 ) -> None:
     order = an_order(db)
@@ -282,8 +282,16 @@ def test_a_callback_for_an_order_with_no_payment_awaiting_an_outcome_is_404_paym
 
     answer = post(client, body)
 
-    assert_error(answer, 404, "payment_not_found")
-    assert count_rows(db) == before
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "review", "payment": None}
+    after = count_rows(db)
+    assert after == before | {
+        "webhook_events": before["webhook_events"] + 1,
+        "order_events": before["order_events"] + 1,
+    }
+    with db.transaction() as conn:
+        assert get_order(conn, order.id).status is OrderStatus.PENDING
+        assert events_of(conn, [order.id])[order.id][-1].event == "callback_unmatched"
 
 
 def test_a_provider_reference_of_another_orders_payment_is_refused_with_400(

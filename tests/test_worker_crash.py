@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from orderpay.db import Database
-from orderpay.delivery import RetryPolicy, order_reference
-from orderpay.drain import Drain
-from orderpay.states import NotificationStatus
+from orderpay.domain.states import NotificationStatus
+from orderpay.notify.delivery import RetryPolicy, order_reference
+from orderpay.notify.drain import Drain
+from orderpay.store.db import Database
 from tests.redis_helpers import (
     HANG,
     MERCHANT,
@@ -32,6 +32,7 @@ from tests.redis_helpers import (
     notification,
     notification_rows,
     redis_url_fixture,  # noqa: F401
+    serving,
     shared_gateway_server_fixture,  # noqa: F401
     sms_channel,
     sms_env,
@@ -60,7 +61,9 @@ def test_a_worker_killed_mid_send_is_recovered_and_the_message_is_sent_once(
             ),
         }
         if mode == "rq":
-            env["REDIS_URL"] = redis_url
+            # The dead worker's job stays "started" in RQ; the relay hands the row out again
+            # once its lease is over and it was handed out more than this long ago.
+            env.update(REDIS_URL=redis_url, ORDERPAY_RELAY_LOST_AFTER_SECONDS="1")
         doomed = worker_processes(env)
         wait_until(lambda: gateway.hanging == 1, timeout=30, what="the gateway to hold a request")
 
@@ -171,7 +174,7 @@ def test_a_notification_left_by_a_killed_worker_is_not_sent_again_before_its_lea
         doomed.kill_group()
         channel = sms_channel(gateway)
         with closing(channel):
-            results = Drain(db, channel, RetryPolicy((1,), 30), MERCHANT).drain_due()
+            results = Drain(db, serving(channel), RetryPolicy((1,), 30), MERCHANT).drain_due()
         requests = gateway.count()
 
     row = notification(db, settled.notification_id)

@@ -10,8 +10,8 @@ import typer
 from orderpay.commands.common import JsonFlag, Limit, emit_json, runtime
 
 if TYPE_CHECKING:
-    from orderpay.customers import Customer
-    from orderpay.products import Product
+    from orderpay.shop.customers import Customer
+    from orderpay.shop.products import Product
 
 customer_app = typer.Typer(
     help="Create and list customers.\n\n\b\nExamples:\n"
@@ -49,7 +49,7 @@ def customer_create(
       orderpay customer create --name "Ama Mensah" --phone 0241234567
       orderpay customer create --name Test --phone +46733123450 --json
     """
-    from orderpay.customers import create_customer
+    from orderpay.shop.customers import create_customer
 
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
@@ -67,7 +67,7 @@ def customer_list(ctx: typer.Context, limit: Limit = 100, json_: JsonFlag = Fals
     Example:
       orderpay customer list --json
     """
-    from orderpay.customers import list_customers
+    from orderpay.shop.customers import list_customers
 
     with runtime(ctx).database.transaction() as conn:
         rows = list_customers(conn, limit=limit)
@@ -75,8 +75,8 @@ def customer_list(ctx: typer.Context, limit: Limit = 100, json_: JsonFlag = Fals
 
 
 def _show_customers(rows: Sequence[Customer], as_json: bool, single: bool = False) -> None:
-    from orderpay.render import customers_table
-    from orderpay.shapes import customer_shape
+    from orderpay.commands.render import customers_table
+    from orderpay.http.shapes import customer_shape
 
     if as_json:
         emit_json(customer_shape(rows[0]) if single else [customer_shape(c) for c in rows])
@@ -102,7 +102,7 @@ def product_create(
       orderpay product create --name Kenkey --price 12.50 --currency GHS
       orderpay product create --name Rolex --price 3000 --currency UGX --json
     """
-    from orderpay.products import create_product
+    from orderpay.shop.products import create_product
 
     with runtime(ctx).database.transaction() as conn:
         product = create_product(
@@ -119,7 +119,7 @@ def product_list(ctx: typer.Context, limit: Limit = 100, json_: JsonFlag = False
     Example:
       orderpay product list --json
     """
-    from orderpay.products import list_products
+    from orderpay.shop.products import list_products
 
     with runtime(ctx).database.transaction() as conn:
         rows = list_products(conn, limit=limit)
@@ -127,8 +127,8 @@ def product_list(ctx: typer.Context, limit: Limit = 100, json_: JsonFlag = False
 
 
 def _show_products(rows: Sequence[Product], as_json: bool, single: bool = False) -> None:
-    from orderpay.render import products_table
-    from orderpay.shapes import product_shape
+    from orderpay.commands.render import products_table
+    from orderpay.http.shapes import product_shape
 
     if as_json:
         emit_json(product_shape(rows[0]) if single else [product_shape(p) for p in rows])

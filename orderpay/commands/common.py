@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
     from orderpay.runtime import Runtime
 
 JSON_META_KEY = "orderpay.json"
+T = TypeVar("T")
 
 
 def _remember_json(ctx: typer.Context, value: bool) -> bool:
@@ -71,3 +73,13 @@ def confirm(question: str, *, yes: bool) -> None:
     if not typer.confirm(question, default=False, err=True):
         info("nothing changed")
         raise typer.Exit(0)
+
+
+def progress(items: Sequence[T], description: str, *, enabled: bool = True) -> Iterable[T]:
+    """`items`, with a progress bar on stderr when it is a terminal and the list is long."""
+    if not enabled or len(items) < 2 or not sys.stderr.isatty():
+        return items
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, description=description, console=Console(stderr=True))

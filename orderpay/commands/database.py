@@ -25,7 +25,7 @@ def db_upgrade(ctx: typer.Context, json_: JsonFlag = False) -> None:
     Example:
       DATABASE_URL=postgresql+psycopg2://root@127.0.0.1/shop orderpay db upgrade
     """
-    from orderpay.migrate import upgrade
+    from orderpay.store.migrate import upgrade
 
     database = runtime(ctx).raw_database
     before, after = upgrade(database)
@@ -48,7 +48,7 @@ def db_status(ctx: typer.Context, json_: JsonFlag = False) -> None:
     Example:
       orderpay db status --json
     """
-    from orderpay.db import SCHEMA_HEAD
+    from orderpay.store.db import SCHEMA_HEAD
 
     rt = runtime(ctx)
     current = rt.raw_database.current_revision()
@@ -78,6 +78,6 @@ def config_show(ctx: typer.Context, json_: JsonFlag = False) -> None:
     if json_:
         emit_json(view)
     else:
-        from orderpay.render import settings_table
+        from orderpay.commands.render import settings_table
 
         settings_table(view)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, emit_json, info, runtime
+from orderpay.commands.common import JsonFlag, emit_json, info, progress, runtime
 
 
 def reconcile(
@@ -22,9 +22,11 @@ def reconcile(
 ) -> None:
     """Ask the provider about payments still initiated or pending, and settle them.
 
-    Outcomes go through the same transition as callbacks, so the customer is notified once.
-    Initiated payments whose request may never have reached the provider are submitted again
-    under their own reference. Safe from cron and alongside the listener.
+    Each payment is asked of its own provider, even after ORDERPAY_PROVIDER changed (and the
+    table says so when that provider is not configured here). Outcomes go through the same
+    transition as callbacks, so the customer is notified once. Initiated payments whose
+    request may never have reached the provider are submitted again under their own
+    reference. Safe from cron and alongside the listener.
 
     \b
     Examples:
@@ -33,28 +35,18 @@ def reconcile(
     """
     from datetime import timedelta
 
-    from rich.console import Console
-    from rich.progress import track
-
-    from orderpay.confirmation import confirm_payment
-    from orderpay.reconcile import parse_age, payments_to_reconcile
+    from orderpay.payments.reconcile import parse_age, payments_to_reconcile, reconcile_payment
 
     age = parse_age(older_than)
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
-        candidates = payments_to_reconcile(conn, rt.provider.name, age, limit)
+        candidates = payments_to_reconcile(conn, age, limit)
     lease = timedelta(seconds=rt.settings.charge_lease_seconds)
-    progress = track(
-        candidates, description="reconciling", console=Console(stderr=True),
-        disable=json_ or len(candidates) < 2,
-    )  # fmt: skip
     notify = rt.notify_target()
-    results = []
-    for payment in progress:
-        result = confirm_payment(
-            rt.database, rt.provider, payment, notify=notify, source="reconcile", lease=lease
-        )
-        results.append(result)
+    results = [
+        reconcile_payment(rt.database, rt.provider_for, payment, notify=notify, lease=lease)
+        for payment in progress(candidates, "reconciling", enabled=not json_)
+    ]
     if any(result.notification_queued for result in results):
         rt.nudger.notify_now()
     if json_:
@@ -76,7 +68,7 @@ def reconcile(
             }
         )
         return
-    from orderpay.render import reconcile_table
+    from orderpay.commands.render import reconcile_table
 
     reconcile_table(results)
     info(f"checked {len(results)} payment(s); {sum(r.changed for r in results)} changed")
@@ -93,8 +85,8 @@ def doctor(ctx: typer.Context, json_: JsonFlag = False) -> None:
       orderpay doctor
       orderpay doctor --json
     """
+    from orderpay.commands.checks import State, run_checks, verdict
     from orderpay.config import load_settings
-    from orderpay.doctor import State, run_checks, verdict
 
     checks = run_checks(load_settings)
     if json_:
@@ -113,7 +105,7 @@ def doctor(ctx: typer.Context, json_: JsonFlag = False) -> None:
             }
         )
     else:
-        from orderpay.render import key_values
+        from orderpay.commands.render import key_values
 
         shown = {check.name: f"{check.state.value.upper()}: {check.detail}" for check in checks}
         key_values("orderpay doctor", shown)
@@ -148,11 +140,11 @@ def demo(
 
     detail = run_demo(report=info, database_url=database_url)
     if json_:
-        from orderpay.shapes import order_shape
+        from orderpay.http.shapes import order_shape
 
         emit_json(order_shape(detail))
         return
-    from orderpay.render import order_panel
+    from orderpay.commands.render import order_panel
 
     order_panel(detail)
     for notification in detail.notifications:

@@ -22,7 +22,7 @@ order_app = typer.Typer(
 
 
 class OrderStatusChoice(StrEnum):
-    # Mirrors orderpay.states.OrderStatus without importing it at start-up.
+    # Mirrors orderpay.domain.states.OrderStatus without importing it at start-up.
     pending = "pending"
     paid = "paid"
     cancelled = "cancelled"
@@ -30,8 +30,8 @@ class OrderStatusChoice(StrEnum):
 
 def parse_item(raw: str) -> tuple[uuid.UUID, int]:
     """PRODUCT_ID[:QTY] -> (uuid, quantity); quantity defaults to 1."""
+    from orderpay.domain.validation import parse_uuid
     from orderpay.errors import InvalidQuantity
-    from orderpay.fields import parse_uuid
 
     product, sep, quantity = raw.strip().partition(":")
     if not sep:
@@ -60,7 +60,8 @@ def order_create(
       orderpay order create --customer 1 --item 0b9e...:2 --item 5c1f...
       orderpay order create --customer 1 --item 0b9e... --json
     """
-    from orderpay.orders import create_order, details_of
+    from orderpay.shop.orders import create_order
+    from orderpay.store.orders import details_of
 
     items = [parse_item(raw) for raw in item or []]
     with runtime(ctx).database.transaction() as conn:
@@ -81,8 +82,8 @@ def order_show(
     Example:
       orderpay order show 3f1c... --json
     """
-    from orderpay.fields import parse_uuid
-    from orderpay.orders import get_order_detail
+    from orderpay.domain.validation import parse_uuid
+    from orderpay.store.orders import get_order_detail
 
     oid = parse_uuid(order_id, "order id")
     with runtime(ctx).database.transaction() as conn:
@@ -112,9 +113,9 @@ def order_list(
       orderpay order list --status pending
       orderpay order list --phone 0241234567 --json
     """
-    from orderpay.orders import details_of, list_orders
-    from orderpay.phones import normalise_phone
-    from orderpay.states import OrderStatus
+    from orderpay.domain.phones import normalise_phone
+    from orderpay.domain.states import OrderStatus
+    from orderpay.store.orders import details_of, list_orders
 
     rt = runtime(ctx)
     e164 = normalise_phone(phone, rt.settings.default_region) if phone is not None else None
@@ -128,11 +129,11 @@ def order_list(
         )
         details = details_of(conn, rows) if json_ else []
     if json_:
-        from orderpay.shapes import order_shape
+        from orderpay.http.shapes import order_shape
 
         emit_json([order_shape(detail) for detail in details])
     else:
-        from orderpay.render import orders_table
+        from orderpay.commands.render import orders_table
 
         orders_table(rows)
 
@@ -149,8 +150,9 @@ def order_cancel(
     Example:
       orderpay order cancel 3f1c...
     """
-    from orderpay.fields import parse_uuid
-    from orderpay.orders import cancel_order, details_of
+    from orderpay.domain.validation import parse_uuid
+    from orderpay.shop.orders import cancel_order
+    from orderpay.store.orders import details_of
 
     oid = parse_uuid(order_id, "order id")
     with runtime(ctx).database.transaction() as conn:
@@ -159,14 +161,14 @@ def order_cancel(
 
 
 def _show_detail(detail: object, as_json: bool) -> None:
-    from orderpay.orders import OrderDetail
+    from orderpay.store.orders import OrderDetail
 
     assert isinstance(detail, OrderDetail)
     if as_json:
-        from orderpay.shapes import order_shape
+        from orderpay.http.shapes import order_shape
 
         emit_json(order_shape(detail))
     else:
-        from orderpay.render import order_panel
+        from orderpay.commands.render import order_panel
 
         order_panel(detail)

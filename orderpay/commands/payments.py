@@ -7,17 +7,18 @@ from typing import Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, Limit, emit_json, runtime
+from orderpay.commands.common import JsonFlag, Limit, confirm, emit_json, info, runtime
 
 payment_app = typer.Typer(
-    help="Inspect payments.\n\n\b\nExamples:\n"
-    "  orderpay payment list --status pending\n  orderpay payment show PAYMENT_ID --json",
+    help="Inspect and cancel payments.\n\n\b\nExamples:\n"
+    "  orderpay payment list --status pending\n  orderpay payment show PAYMENT_ID --json\n"
+    '  orderpay payment cancel PAYMENT_ID --reason "customer paid cash"',
     rich_markup_mode=None,
 )
 
 
 class PaymentStatusChoice(StrEnum):
-    # Mirrors orderpay.states.PaymentStatus without importing it at start-up.
+    # Mirrors orderpay.domain.states.PaymentStatus without importing it at start-up.
     initiated = "initiated"
     pending = "pending"
     succeeded = "succeeded"
@@ -52,9 +53,9 @@ def charge(
       orderpay charge 3f1c... --key order-3f1c-1
       orderpay charge 3f1c... --key order-3f1c-1 --phone +233241234567 --json
     """
-    from orderpay.charges import charge_order
-    from orderpay.fields import parse_uuid
-    from orderpay.idempotency import check_key
+    from orderpay.domain.idempotency import check_key
+    from orderpay.domain.validation import parse_uuid
+    from orderpay.payments.charge import charge_order
 
     check_key(key)
     oid = parse_uuid(order_id, "order id")
@@ -69,11 +70,11 @@ def charge(
         lease_seconds=rt.settings.charge_lease_seconds,
     )
     if json_:
-        from orderpay.shapes import payment_shape
+        from orderpay.http.shapes import payment_shape
 
         emit_json(payment_shape(result.payment, replayed=result.replayed))
     else:
-        from orderpay.render import payment_panel
+        from orderpay.commands.render import payment_panel
 
         payment_panel(result.payment, replayed=result.replayed)
 
@@ -90,18 +91,18 @@ def payment_show(
     Example:
       orderpay payment show 7d2a... --json
     """
-    from orderpay.fields import parse_uuid
-    from orderpay.payments import get_payment
+    from orderpay.domain.validation import parse_uuid
+    from orderpay.store.payments import get_payment
 
     pid = parse_uuid(payment_id, "payment id")
     with runtime(ctx).database.transaction() as conn:
         payment = get_payment(conn, pid)
     if json_:
-        from orderpay.shapes import payment_shape
+        from orderpay.http.shapes import payment_shape
 
         emit_json(payment_shape(payment))
     else:
-        from orderpay.render import payment_panel
+        from orderpay.commands.render import payment_panel
 
         payment_panel(payment)
 
@@ -123,9 +124,9 @@ def payment_list(
       orderpay payment list --status pending
       orderpay payment list --order 3f1c... --json
     """
-    from orderpay.fields import parse_uuid
-    from orderpay.payments import list_payments
-    from orderpay.states import PaymentStatus
+    from orderpay.domain.states import PaymentStatus
+    from orderpay.domain.validation import parse_uuid
+    from orderpay.store.payments import list_payments
 
     oid = parse_uuid(order, "order id") if order is not None else None
     with runtime(ctx).database.transaction() as conn:
@@ -136,10 +137,76 @@ def payment_list(
             limit=limit,
         )
     if json_:
-        from orderpay.shapes import payment_shape
+        from orderpay.http.shapes import payment_shape
 
         emit_json([payment_shape(p) for p in rows])
     else:
-        from orderpay.render import payments_table
+        from orderpay.commands.render import payments_table
 
         payments_table(rows)
+
+
+@payment_app.command("cancel", short_help="Cancel a payment stuck initiated or pending.")
+def payment_cancel(
+    ctx: typer.Context,
+    payment_id: Annotated[str, typer.Argument(metavar="PAYMENT_ID", help="The payment.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the timeline and the payment's record.")
+    ] = "cancelled by the operator",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Fail it even when its provider cannot be asked; a success reported later "
+            "is then kept for review (money to refund), never a paid order.",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Cancel a payment stuck initiated or pending, after asking its provider.
+
+    The payment's own provider decides: no record of it there (or a failure) fails it with
+    your reason, and the order can be charged again with a new key; a success settles it as
+    paid instead; still pending there is refused (exit 4), the payer may yet approve. When the
+    provider cannot be asked: exit 7, unless --force.
+
+    \b
+    Examples:
+      orderpay payment cancel 7d2a... --reason "customer paid cash"
+      orderpay payment cancel 7d2a... --force --yes --json
+    """
+    from orderpay.domain.validation import clean_name, parse_uuid
+    from orderpay.payments.cancel import cancel_payment
+    from orderpay.store.payments import get_payment
+
+    pid = parse_uuid(payment_id, "payment id")
+    why = clean_name(reason, "reason")
+    rt = runtime(ctx)
+    with rt.database.transaction() as conn:
+        payment = get_payment(conn, pid)
+    confirm(
+        f"Cancel payment {payment.id} ({payment.amount}, {payment.status.value}, via "
+        f"{payment.provider})?",
+        yes=yes,
+    )
+    result = cancel_payment(
+        rt.database, rt.provider_for, pid, reason=why, force=force, notify=rt.notify_target()
+    )
+    if result.payment.status.value == "succeeded":
+        rt.nudger.notify_now()
+    if json_:
+        from orderpay.http.shapes import payment_shape
+
+        emit_json(
+            {
+                "outcome": result.outcome.value,
+                "provider_says": result.provider_says,
+                "payment": payment_shape(result.payment),
+            }
+        )
+    else:
+        info(
+            f"payment {result.payment.id}: {result.outcome.value} (provider says "
+            f"{result.provider_says}); now {result.payment.status.value}"
+        )

@@ -30,7 +30,7 @@ class WorkerClass(StrEnum):
 
 
 class NotificationStatusChoice(StrEnum):
-    # Mirrors orderpay.states.NotificationStatus without importing it at start-up.
+    # Mirrors orderpay.domain.states.NotificationStatus without importing it at start-up.
     pending = "pending"
     sent = "sent"
     delivered = "delivered"
@@ -55,7 +55,9 @@ def worker(
     """Deliver notifications: the outbox relay plus an RQ worker (with its scheduler).
 
     With REDIS_URL unset, delivers straight from the database instead (several workers may
-    run; they never take the same row). SIGTERM finishes the current delivery, then stops.
+    run; they never take the same row). Each notification goes through the channel it was
+    queued for; one whose channel this worker has no settings for stays pending, with the
+    reason in its last_error. SIGTERM finishes the current delivery, then stops.
 
     \b
     Examples:
@@ -66,7 +68,11 @@ def worker(
 
     configure_logging()
     rt = runtime(ctx)
+    rt.guard_sessions()
     rt.check_schema()
+    # The channel new notifications are queued for must work here (exit 2 otherwise); rows
+    # queued for another channel this worker has no settings for are held, not sent.
+    rt.channel  # noqa: B018
     if rt.settings.redis_url:
         _run_rq(rt, burst=burst, queue_name=queue, simple=worker_class is WorkerClass.simple)
     else:
@@ -92,11 +98,11 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
     queue = make_queue(redis, queue_name or QUEUE_NAME)
     relay = Relay(
         rt.database, queue, rt.settings.retry_intervals,
-        stale_after=timedelta(seconds=rt.settings.notify_lease_seconds),
+        lost_after=timedelta(seconds=rt.settings.relay_lost_after_seconds),
     )  # fmt: skip
     worker_type = SimpleWorker if simple else Worker
     if not simple:
-        from orderpay.delivery import compile_ahead
+        from orderpay.notify.delivery import compile_ahead
         from orderpay.tls import tls_context
 
         # Each forked work horse starts with the job's statements compiled and the TLS
@@ -131,9 +137,9 @@ def _run_embedded(rt: Runtime, *, burst: bool) -> None:
     import threading
     from collections import Counter
 
-    from orderpay.drain import Drain
+    from orderpay.notify.drain import Drain
 
-    drain = Drain(rt.database, rt.channel, rt.retry_policy, rt.settings.merchant_name)
+    drain = Drain(rt.database, rt.channel_for, rt.retry_policy, rt.settings.merchant_name)
     stop = threading.Event()
     if burst:
         results = drain.drain_due(stop)
@@ -169,9 +175,9 @@ def notification_list(
       orderpay notification list --status failed
       orderpay notification list --order 3f1c... --json
     """
-    from orderpay.fields import parse_uuid
-    from orderpay.notifications import list_notifications
-    from orderpay.states import NotificationStatus
+    from orderpay.domain.states import NotificationStatus
+    from orderpay.domain.validation import parse_uuid
+    from orderpay.store.notifications import list_notifications
 
     oid = parse_uuid(order, "order id") if order is not None else None
     with runtime(ctx).database.transaction() as conn:
@@ -182,11 +188,11 @@ def notification_list(
             limit=limit,
         )
     if json_:
-        from orderpay.shapes import notification_shape
+        from orderpay.http.shapes import notification_shape
 
         emit_json([notification_shape(n) for n in rows])
     else:
-        from orderpay.render import notifications_table
+        from orderpay.commands.render import notifications_table
 
         notifications_table(rows)
 
@@ -211,7 +217,8 @@ def notification_retry(
       orderpay notification retry --all-failed --yes
     """
     from orderpay.errors import InvalidField
-    from orderpay.notifications import failed_ids, retry_notification
+    from orderpay.store.notifications import failed_ids
+    from orderpay.store.outbox import retry_notification
 
     if (notification_id is None) == (not all_failed):
         raise InvalidField("give one notification ID or --all-failed, not both or neither")
@@ -248,7 +255,7 @@ def notification_retry(
     if retried:
         rt.nudger.notify_now()
     if json_:
-        from orderpay.shapes import notification_shape
+        from orderpay.http.shapes import notification_shape
 
         emit_json([notification_shape(n) for n in retried])
     else:

@@ -1,0 +1,199 @@
+"""What `orderpay doctor` checks, and what each failure means.
+
+Every check runs, even when an earlier one failed or a setting is invalid (a check that
+depends on an invalid setting is skipped, saying which). A failure is either the operator's to
+fix (configuration, paths, permissions: exit 2) or an outage that may pass (exit 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from orderpay.errors import ConfigurationError, InvalidInput, OrderpayError
+
+if TYPE_CHECKING:
+    from orderpay.config import Settings
+
+
+class State(StrEnum):
+    OK = "ok"
+    FAIL = "fail"
+    SKIPPED = "skipped"
+    INFO = "info"
+
+
+class Failure(StrEnum):
+    CONFIGURATION = "configuration"  # fix a setting, a path or a permission; retrying won't help
+    OUTAGE = "outage"  # something is down; it may come back
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    state: State
+    detail: str
+    failure: Failure | None = None
+
+
+# Which settings each check depends on (variable names, or prefixes ending in "_").
+DEPENDS_ON: dict[str, tuple[str, ...]] = {
+    "database": ("DATABASE_URL", "POSTGRES_"),
+    "redis": ("REDIS_URL",),
+    "provider": (
+        "ORDERPAY_PROVIDER", "MTN_MOMO_", "ORDERPAY_SIMULATOR_", "ORDERPAY_CHARGE_",
+        "MOMO_WEBHOOK_SECRET",
+    ),
+    "notify channel": ("ORDERPAY_NOTIFY_", "ORDERPAY_SMS_", "ORDERPAY_MERCHANT_NAME"),
+}  # fmt: skip
+
+
+def run_checks(load: Callable[..., Settings]) -> list[Check]:
+    """Every check, in order. `load(**overrides)` reads the settings."""
+    checks: list[Check] = []
+    invalid: list[str] = []
+    try:
+        settings = load()
+        checks.append(Check("configuration", State.OK, "every setting is valid"))
+    except ConfigurationError as error:
+        checks.append(Check("configuration", State.FAIL, error.message, Failure.CONFIGURATION))
+        invalid = list(error.details.get("variables", []))
+        try:
+            settings = load(**_defaults_for(invalid))
+        except ConfigurationError:
+            return checks  # nothing else can be read
+    for name, check in (
+        ("database", _database),
+        ("redis", _redis),
+        ("provider", _provider),
+        ("notify channel", _channel),
+    ):
+        blocking = [v for v in invalid if _depends(name, v)] if invalid else []
+        if not invalid or not blocking:
+            checks.append(check(settings))
+        else:
+            checks.append(Check(name, State.SKIPPED, f"fix {', '.join(blocking)} first"))
+    secrets = settings.webhook_secrets()
+    checks.append(
+        Check(
+            "callback secret",
+            State.INFO,
+            f"{len(secrets)} configured" if secrets else "missing: serve-webhooks will not start",
+        )
+    )
+    token = settings.api_token
+    enabled = bool(token and token.get_secret_value())
+    checks.append(Check("rest api", State.INFO, "enabled" if enabled else "disabled"))
+    return checks
+
+
+def verdict(checks: list[Check]) -> OrderpayError | None:
+    """The error doctor exits with: configuration problems first (exit 2), then outages (7)."""
+    from orderpay.errors import Unavailable
+
+    failed = [check for check in checks if check.state is State.FAIL]
+    if not failed:
+        return None
+    names = ", ".join(check.name for check in failed)
+    if any(check.failure is Failure.CONFIGURATION for check in failed):
+        return ConfigurationError(f"doctor: {len(failed)} check(s) failed ({names}); see above")
+    return Unavailable(f"doctor: {len(failed)} check(s) failed ({names}); retry later")
+
+
+def _depends(check: str, variable: str) -> bool:
+    return any(
+        variable.startswith(item) if item.endswith("_") else variable == item
+        for item in DEPENDS_ON.get(check, ())
+    )
+
+
+def _defaults_for(variables: list[str]) -> dict[str, Any]:
+    """The default of each named setting, by variable name."""
+    from pydantic import AliasChoices
+
+    from orderpay.config import Settings
+
+    defaults: dict[str, Any] = {}
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices) and alias.choices[0] in variables:
+            defaults[str(alias.choices[0])] = field.get_default(call_default_factory=True)
+    return defaults
+
+
+def _failed(name: str, error: OrderpayError) -> Check:
+    kind = Failure.CONFIGURATION if isinstance(error, InvalidInput) else Failure.OUTAGE
+    return Check(name, State.FAIL, error.message, kind)
+
+
+def _database(settings: Settings) -> Check:
+    from orderpay.store.db import Database
+
+    try:
+        database = Database(settings.database_url)
+    except OrderpayError as error:
+        return _failed("database", error)
+    try:
+        database.check_schema()
+        database.check_writable()
+    except OrderpayError as error:
+        return _failed("database", error)
+    finally:
+        database.dispose()
+    return Check("database", State.OK, f"{database.label}: schema current, writable")
+
+
+def _redis(settings: Settings) -> Check:
+    url = settings.redis_url
+    if not url:
+        return Check("redis", State.INFO, "not configured: workers deliver from the database")
+    from sqlalchemy.engine import make_url
+
+    from orderpay.jobs import connect_redis
+
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        client = connect_redis(url)
+    except ValueError as error:
+        return Check(
+            "redis", State.FAIL, f"REDIS_URL does not parse: {error}", Failure.CONFIGURATION
+        )
+    try:
+        client.ping()
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return Check(
+            "redis",
+            State.FAIL,
+            f"cannot reach {shown}: {type(error).__name__}: {reason}",
+            Failure.OUTAGE,
+        )
+    finally:
+        client.close()
+    return Check("redis", State.OK, f"{shown} answers")
+
+
+def _provider(settings: Settings) -> Check:
+    from orderpay.runtime import Runtime
+
+    runtime = Runtime(settings)
+    try:
+        return Check("provider", State.OK, runtime.provider.name)
+    except OrderpayError as error:
+        return _failed("provider", error)
+    finally:
+        runtime.close()
+
+
+def _channel(settings: Settings) -> Check:
+    from orderpay.runtime import Runtime
+
+    runtime = Runtime(settings)
+    try:
+        return Check("notify channel", State.OK, runtime.channel.name)
+    except OrderpayError as error:
+        return _failed("notify channel", error)
+    finally:
+        runtime.close()

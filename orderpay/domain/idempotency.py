@@ -1,0 +1,46 @@
+"""Idempotency keys: their format and the fingerprint of the request they stand for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+
+from orderpay.domain.money import Money
+from orderpay.errors import IdempotencyKeyMissing, InvalidIdempotencyKey
+
+MAX_KEY_LENGTH = 255
+# Visible ASCII only: a key that differs from another only by white space or an invisible
+# character is a bug waiting to happen, so such keys are refused rather than normalised.
+_KEY = re.compile(rf"^[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}$")
+
+
+def check_key(key: str | None) -> str:
+    """Return the key if it is well formed; refuse it before anything is written."""
+    if key is None or key == "":
+        raise IdempotencyKeyMissing(
+            "an idempotency key is required (CLI: --key KEY; HTTP: Idempotency-Key header)"
+        )
+    if not _KEY.fullmatch(key):
+        raise InvalidIdempotencyKey(
+            f"an idempotency key is 1-{MAX_KEY_LENGTH} visible ASCII characters "
+            "(no spaces or control characters)"
+        )
+    return key
+
+
+def charge_fingerprint(order_id: uuid.UUID, amount: Money, payer_phone: str) -> str:
+    """sha256 of the canonical JSON of what a charge asks for."""
+    canonical = json.dumps(
+        {
+            "command": "charge",
+            "order": str(order_id),
+            "amount": amount.minor_units,
+            "currency": amount.currency,
+            "payer": payer_phone,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

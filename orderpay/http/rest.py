@@ -1,0 +1,167 @@
+"""The seed's REST API, same paths and field names, behind a bearer token.
+
+`POST /api/orders/`, `GET /api/orders/{id}/`, `POST /api/payments/charge/`. The same service
+functions as the CLI; the same JSON shapes (shapes.py). With ORDERPAY_API_TOKEN unset, every
+route answers 404, as if the API did not exist.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from orderpay.domain.idempotency import check_key
+from orderpay.errors import (
+    InvalidField,
+    InvalidPayload,
+    InvalidQuantity,
+    InvalidToken,
+    OrderNotFound,
+    RouteNotFound,
+)
+from orderpay.http.bodies import read_body
+from orderpay.http.shapes import order_shape, payment_shape
+from orderpay.metrics import metrics
+from orderpay.payments.charge import charge_order
+from orderpay.shop.orders import create_order as create_order_service
+from orderpay.store.orders import details_of, get_order_detail
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from orderpay.runtime import Runtime
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def require_token(secret: SecretStr | None, given: str | None, refusal: str) -> None:
+    """The route does not exist without a configured secret (404); otherwise `given` must
+    equal it, compared in constant time (401 with `refusal`)."""
+    expected = secret.get_secret_value() if secret is not None else ""
+    if not expected:
+        raise RouteNotFound("not found")
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidToken(refusal)
+
+
+def authorize(request: Request) -> Runtime:
+    runtime = _runtime(request)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip() if scheme.lower() == "bearer" else None
+    require_token(runtime.settings.api_token, given, "a valid bearer token is required")
+    return runtime
+
+
+async def read_object(request: Request) -> dict[str, Any]:
+    body = await read_body(request)
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidPayload("the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidPayload("the body must be a JSON object")
+    return document
+
+
+def _uuid(value: Any, field: str) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise InvalidField(f"{field} must be a UUID string", field=field)
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidField(f"{field} must be a UUID string", field=field) from None
+
+
+def _items(value: Any) -> list[tuple[uuid.UUID, int]]:
+    if not isinstance(value, list):
+        raise InvalidField("items must be a list of {product, quantity}", field="items")
+    items = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise InvalidField("each item must be an object {product, quantity}", field="items")
+        quantity = entry.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, int):
+            raise InvalidQuantity(f"quantity {quantity!r} is not a whole number")
+        items.append((_uuid(entry.get("product"), "product"), quantity))
+    return items
+
+
+async def create_order(request: Request) -> Response:
+    """POST /api/orders/ {"customer": 1, "items": [{"product": "<uuid>", "quantity": 2}]}"""
+    runtime = authorize(request)
+    document = await read_object(request)
+    customer = document.get("customer")
+    if isinstance(customer, bool) or not isinstance(customer, int):
+        raise InvalidField("customer must be a customer id (an integer)", field="customer")
+    items = _items(document.get("items"))
+
+    def create() -> dict[str, Any]:
+        with runtime.database.transaction() as conn:
+            order = create_order_service(conn, customer_id=customer, items=items)
+            (detail,) = details_of(conn, [order])
+            return order_shape(detail)
+
+    return JSONResponse(await run_in_threadpool(create), status_code=201)
+
+
+async def get_order(request: Request) -> Response:
+    """GET /api/orders/{id}/"""
+    runtime = authorize(request)
+    raw = request.path_params["order_id"]
+    try:
+        order_id = uuid.UUID(raw)
+    except ValueError:
+        raise OrderNotFound(f"order {raw} does not exist") from None
+
+    def load() -> dict[str, Any]:
+        with runtime.database.transaction() as conn:
+            return order_shape(get_order_detail(conn, order_id))
+
+    return JSONResponse(await run_in_threadpool(load))
+
+
+async def charge(request: Request) -> Response:
+    """POST /api/payments/charge/ {"order": "<uuid>", "phone": optional} + Idempotency-Key.
+
+    A replay answers with the first answer's status and the payment as it is now, plus
+    `Idempotent-Replayed: true`.
+    """
+    runtime = authorize(request)
+    key = _key_from_header(request.headers.get("idempotency-key"))
+    document = await read_object(request)
+    order_id = _uuid(document.get("order"), "order")
+    phone = document.get("phone")
+    if phone is not None and not isinstance(phone, str):
+        raise InvalidField("phone must be a string", field="phone")
+    settings = runtime.settings
+    try:
+        result = await run_in_threadpool(
+            charge_order, runtime.database, runtime.provider, order_id=order_id, key=key,
+            payer_phone=phone, default_region=settings.default_region,
+            lease_seconds=settings.charge_lease_seconds,
+        )  # fmt: skip
+    except Exception as error:
+        metrics().charges.labels(getattr(error, "code", "internal_error")).inc()
+        raise
+    metrics().charges.labels("replayed" if result.replayed else "accepted").inc()
+    headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
+    return JSONResponse(
+        payment_shape(result.payment, replayed=result.replayed), status_code=201, headers=headers
+    )
+
+
+def _key_from_header(raw: str | None) -> str:
+    """The key, accepting the IETF draft's quoted sf-string form ("...") too."""
+    if raw is not None and len(raw) >= 2 and raw.startswith('"') and raw.endswith('"'):
+        raw = raw[1:-1]
+    return check_key(raw)

@@ -1,0 +1,114 @@
+"""JSON shapes of DESIGN.md section 8, shared by the CLI's --json and the REST API.
+
+Amounts are decimal strings in major units next to their currency, as the seed's API had.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from orderpay.shop.customers import Customer
+from orderpay.shop.products import Product
+from orderpay.store.notifications import Notification
+from orderpay.store.orders import Order, OrderDetail
+from orderpay.store.payments import Payment
+from orderpay.store.timeline import OrderEvent
+
+Shape = dict[str, Any]
+
+
+def timestamp(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def customer_shape(customer: Customer) -> Shape:
+    return {
+        "id": customer.id,
+        "name": customer.name,
+        "phone": customer.phone,
+        "email": customer.email,
+        "created_at": timestamp(customer.created_at),
+    }
+
+
+def product_shape(product: Product) -> Shape:
+    return {
+        "id": str(product.id),
+        "name": product.name,
+        "description": product.description,
+        "price": product.price.as_string(),
+        "currency": product.price.currency,
+        "active": product.active,
+        "created_at": timestamp(product.created_at),
+    }
+
+
+def payment_shape(payment: Payment, *, replayed: bool | None = None) -> Shape:
+    shape: Shape = {
+        "id": str(payment.id),
+        "order": str(payment.order_id),
+        "status": payment.status.value,
+        "amount": payment.amount.as_string(),
+        "currency": payment.amount.currency,
+        "idempotency_key": payment.idempotency_key,
+        "provider": payment.provider,
+        "provider_reference": payment.provider_reference,
+        "provider_transaction_id": payment.provider_transaction_id,
+        "payer_phone": payment.payer_phone,
+        "failure_reason": payment.failure_reason,
+        "created_at": timestamp(payment.created_at),
+        "updated_at": timestamp(payment.updated_at),
+    }
+    if replayed is not None:
+        shape["replayed"] = replayed
+    return shape
+
+
+def notification_shape(notification: Notification) -> Shape:
+    return {
+        "id": notification.id,
+        "order": str(notification.order_id),
+        "payment": str(notification.payment_id),
+        "kind": notification.kind,
+        "channel": notification.channel,
+        "recipient": notification.recipient,
+        "status": notification.status.value,
+        "attempts": notification.attempts,
+        "last_error": notification.last_error,
+        "gateway_message_id": notification.gateway_message_id,
+        "created_at": timestamp(notification.created_at),
+        "sent_at": timestamp(notification.sent_at),
+    }
+
+
+def event_shape(event: OrderEvent) -> Shape:
+    return {"at": timestamp(event.at), "event": event.event, "detail": event.detail}
+
+
+def order_summary_shape(order: Order) -> Shape:
+    return {
+        "id": str(order.id),
+        "customer": order.customer_id,
+        "status": order.status.value,
+        "currency": order.total.currency,
+        "total_amount": order.total.as_string(),
+        "created_at": timestamp(order.created_at),
+        "updated_at": timestamp(order.updated_at),
+    }
+
+
+def order_shape(detail: OrderDetail) -> Shape:
+    shape = order_summary_shape(detail.order)
+    shape["items"] = [
+        {
+            "product": str(item.product_id),
+            "quantity": item.quantity,
+            "unit_price": item.unit_price.as_string(),
+        }
+        for item in detail.items
+    ]
+    shape["payments"] = [payment_shape(p) for p in detail.payments]
+    shape["notifications"] = [notification_shape(n) for n in detail.notifications]
+    shape["events"] = [event_shape(e) for e in detail.events]
+    return shape

@@ -1,0 +1,212 @@
+"""Signed payment callbacks (DESIGN.md section 5, Callback): validate, record once, settle.
+
+The HTTP layer has already checked the signature over the raw bytes. Here the body is parsed
+and validated, and one transaction:
+1. records the event in the inbox before looking anything up: a copy of a recorded event is a
+   duplicate whatever it names, and changes nothing;
+2. finds the payment, locked with its order: by our reference, by the sender's transaction id
+   once we know it, or as the order's `pending` payment (never an `initiated` one, whose
+   receipt the provider has not confirmed);
+3. settles it (settlement.py), keeping the sender's own transaction id on the payment.
+
+Trust: the callback secret is shared with the senders that sign (the simulator, standing for
+the seed's signing sender). A signed callback about a payment of a provider that does not sign
+with it (MTN) settles nothing: it is a hint, confirmed by that provider's status call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import Connection, and_, bindparam, exists, select
+
+from orderpay.domain.money import Money, currency_code, parse_amount
+from orderpay.domain.states import PaymentStatus
+from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_object, parse_uuid
+from orderpay.errors import InvalidPayload, OrderNotFound, PaymentNotFound
+from orderpay.payments.settlement import Settled, settle
+from orderpay.store import inbox, locks, timeline
+from orderpay.store.locks import LockedPayment
+from orderpay.store.outbox import NotifyTarget
+from orderpay.store.payments import Payment
+from orderpay.store.schema import orders, payments
+
+MAX_REFERENCE_LENGTH = 128
+MAX_REASON_LENGTH = 255
+STATUS_WORDS = {
+    "success": PaymentStatus.SUCCEEDED,
+    "successful": PaymentStatus.SUCCEEDED,  # MTN's SUCCESSFUL
+    "failed": PaymentStatus.FAILED,
+}
+MOMO_SOURCE = "momo"
+# Providers whose outcomes arrive signed with MOMO_WEBHOOK_SECRET, so a signed callback is their
+# word. Any other provider's payment is only hinted at by one.
+SIGNING_PROVIDERS = frozenset({"simulator"})
+
+_ORDER_STATE = select(
+    orders.c.id,
+    exists().where(
+        and_(
+            payments.c.order_id == orders.c.id,
+            payments.c.status == PaymentStatus.INITIATED.value,
+        )
+    ),
+).where(orders.c.id == bindparam("b_order"))
+
+
+class Answer(StrEnum):
+    """What the listener tells the sender (always with 200)."""
+
+    PROCESSED = "processed"
+    DUPLICATE = "duplicate"
+    REVIEW = "review"
+    RECEIVED = "received"  # a hint: the payment's own provider is asked before anything moves
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    source: str
+    dedupe_key: str
+    provider_reference: str
+    order_id: uuid.UUID
+    status: PaymentStatus
+    amount: str | int | None
+    currency: str | None
+    reason: str | None
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackResult:
+    answer: Answer
+    payment_id: uuid.UUID | None
+    notification_queued: bool = False  # an outbox row was written: wake the relay on commit
+    confirm: Payment | None = None  # a hint: ask this payment's provider, off the request
+
+
+def parse_callback(body: bytes, *, webhook_id: str | None = None) -> Callback:
+    """Validate a `/api/webhooks/momo/` body; raise InvalidPayload naming the problem."""
+    document, text = json_object(body)
+    reference = document.get("provider_reference")
+    if (
+        not isinstance(reference, str)
+        or not 1 <= len(reference) <= MAX_REFERENCE_LENGTH
+        or has_unstorable_characters(reference)
+    ):
+        raise InvalidPayload(
+            f"provider_reference must be a string of 1-{MAX_REFERENCE_LENGTH} printable characters"
+        )
+    order_id = parse_uuid(document.get("order_id"), "order_id", error=InvalidPayload)
+    word = document.get("status")
+    status = STATUS_WORDS.get(word.lower()) if isinstance(word, str) else None
+    if status is None:
+        raise InvalidPayload("status must be success or failed (MTN: SUCCESSFUL or FAILED)")
+
+    amount = document.get("amount")
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, str | int)):
+        raise InvalidPayload('amount must be a decimal string such as "25.00"')
+    currency = document.get("currency")
+    if currency is not None:
+        if not isinstance(currency, str):
+            raise InvalidPayload("currency must be an ISO 4217 code")
+        currency = currency_code(currency)
+    reason = document.get("reason")
+    if reason is not None and (
+        not isinstance(reason, str)
+        or len(reason) > MAX_REASON_LENGTH
+        or has_unstorable_characters(reason)
+    ):
+        raise InvalidPayload(
+            f"reason must be a string of at most {MAX_REASON_LENGTH} printable characters"
+        )
+
+    # Without a sender's event id, one outcome for one reference is one event.
+    dedupe_key = webhook_id or f"{reference}:{status.value}"
+    return Callback(
+        source=MOMO_SOURCE,
+        dedupe_key=dedupe_key,
+        provider_reference=reference,
+        order_id=order_id,
+        status=status,
+        amount=amount,
+        currency=currency,
+        reason=reason,
+        payload=text,
+    )
+
+
+def reported_amount(callback: Callback, payment_currency: str) -> Money | None:
+    """The amount the callback reports (in its currency, else the payment's), or None."""
+    if callback.amount is None:
+        return None
+    return parse_amount(str(callback.amount), callback.currency or payment_currency)
+
+
+def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -> CallbackResult:
+    """Record the callback once and settle its payment, all in the caller's transaction.
+
+    Raises OrderNotFound / PaymentNotFound (HTTP 404: the sender retries later) when there is
+    nothing to apply it to yet; the transaction then rolls back and nothing is recorded.
+    """
+    event = inbox.receive(
+        conn, source=callback.source, dedupe_key=callback.dedupe_key, payload=callback.payload,
+        order_id=None,
+    )  # fmt: skip
+    if event is None:
+        known = inbox.payment_of(conn, source=callback.source, dedupe_key=callback.dedupe_key)
+        return CallbackResult(Answer.DUPLICATE, known)
+    locked = _locate(conn, callback)
+    if locked is None:
+        return _unmatched(conn, callback, event)
+    payment = locked.payment
+    if payment.provider not in SIGNING_PROVIDERS:
+        inbox.decide(conn, event, "hint", payment.order_id, payment.id)
+        return CallbackResult(Answer.RECEIVED, payment.id, confirm=payment)
+    ours = callback.provider_reference in (str(payment.id), payment.provider_reference)
+    verdict = settle(
+        conn, locked, callback.status, reason=callback.reason,
+        amount=reported_amount(callback, payment.amount.currency), currency=callback.currency,
+        source=f"{callback.source} callback",  notify=notify,
+        transaction_id=None if ours else callback.provider_reference, event_id=event,
+    )  # fmt: skip
+    if verdict is Settled.APPLIED:
+        queued = callback.status is PaymentStatus.SUCCEEDED
+        return CallbackResult(Answer.PROCESSED, payment.id, notification_queued=queued)
+    if verdict is Settled.UNCHANGED:
+        return CallbackResult(Answer.DUPLICATE, payment.id)
+    return CallbackResult(Answer.REVIEW, payment.id)
+
+
+def _locate(conn: Connection, callback: Callback) -> LockedPayment | None:
+    """The payment the callback is about, locked with its order (order first), or None."""
+    payment_id = as_uuid(callback.provider_reference)
+    if payment_id is not None:
+        locked = locks.lock_payment(conn, payment_id)
+        if locked is not None:
+            if locked.payment.order_id != callback.order_id:
+                raise InvalidPayload("provider_reference belongs to another order")
+            return locked
+    return locks.lock_for_reference(conn, callback.order_id, callback.provider_reference)
+
+
+def _unmatched(conn: Connection, callback: Callback, event: int) -> CallbackResult:
+    """No payment of the order matches. Until the provider's receipt of a charge is recorded
+    the callback may simply be early (404: the sender retries); otherwise the order already
+    settled, or never had this payment: possibly money taken twice, kept for review."""
+    row = conn.execute(_ORDER_STATE, {"b_order": callback.order_id}).first()
+    if row is None:
+        raise OrderNotFound(f"order {callback.order_id} does not exist")
+    if row[1]:
+        raise PaymentNotFound(
+            f"order {callback.order_id} has no payment awaiting an outcome yet; retry later"
+        )
+    timeline.record_event(
+        conn, callback.order_id, "callback_unmatched",
+        f"{callback.source} callback reported {callback.status} under reference "
+        f"{callback.provider_reference!r}, which matches no open payment of this order; "
+        "kept for review, nothing changed",
+    )  # fmt: skip
+    inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
+    return CallbackResult(Answer.REVIEW, None)

@@ -1,0 +1,142 @@
+"""An operator's cancel of a payment stuck `initiated` or `pending` (DESIGN.md section 5).
+
+The payment's own provider is asked first, and its word wins: no record of the payment, or a
+definite failure, fails it with the operator's reason; a success settles it (the order is paid
+after all); a payment still pending there is refused, since the payer may yet approve it. When
+the provider cannot be asked, the cancel is refused unless forced: a forced cancel fails the
+payment without the provider's word and says so on the timeline, and a success reported later
+is kept for review (money to refund), never a paid order. Either way the order can then be
+charged again with a new key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import Connection
+
+from orderpay.clock import utcnow
+from orderpay.domain.states import OPEN_PAYMENT_STATUSES, PaymentStatus
+from orderpay.errors import (
+    IdempotencyKeyInUse,
+    OrderpayError,
+    PaymentAlreadySettled,
+    PaymentPendingAtProvider,
+    ProviderUnavailable,
+)
+from orderpay.payments.confirmation import reference_of
+from orderpay.payments.settlement import settle
+from orderpay.providers.base import Provider, RemoteState
+from orderpay.store import ledger, locks
+from orderpay.store.db import Transactional, retrying
+from orderpay.store.outbox import NotifyTarget
+from orderpay.store.payments import Payment, get_payment
+
+MAX_REASON_LENGTH = 255
+
+
+class Cancelled(StrEnum):
+    CANCELLED = "cancelled"  # the provider has no such payment, or says it failed: failed
+    FORCED = "cancelled_unconfirmed"  # failed without the provider's word (--force)
+    SUCCEEDED = "succeeded"  # the provider says it succeeded: settled as paid instead
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    payment: Payment
+    outcome: Cancelled
+    provider_says: str  # what the provider answered, or why it was not asked
+
+
+def cancel_payment(
+    db: Transactional,
+    provider_for: Callable[[str], Provider],
+    payment_id: uuid.UUID,
+    *,
+    reason: str,
+    force: bool,
+    notify: NotifyTarget,
+) -> CancelResult:
+    """Cancel an open payment after asking its provider; see the module docstring."""
+    with db.transaction() as conn:
+        payment = _cancellable(get_payment(conn, payment_id))
+    try:
+        answer = provider_for(payment.provider).payment_status(reference_of(payment))
+    except OrderpayError as error:  # unreachable, or not configured in this process
+        if not force:
+            raise ProviderUnavailable(
+                f"cannot ask {payment.provider} about payment {payment.id}: {error.message}; "
+                "retry later, or pass --force to fail it without the provider's word (a "
+                "success reported later is then kept for review)",
+                payment=str(payment.id),
+            ) from None
+        detail = (
+            f"payment {payment.id} failed by the operator without asking {payment.provider} "
+            f"({error.message}): {reason}; a success reported later is kept for review"
+        )
+        after = _fail(db, payment.id, reason, detail, "payment_cancelled_unconfirmed")
+        return CancelResult(after, Cancelled.FORCED, "not asked")
+    said = answer.state.value
+    if answer.state is RemoteState.PENDING:
+        raise PaymentPendingAtProvider(
+            f"{payment.provider} still has payment {payment.id} pending: the payer may yet "
+            "approve it, so it cannot be cancelled now; wait for its outcome (or run "
+            "`orderpay reconcile` later)",
+            payment=str(payment.id),
+        )
+    if answer.state is RemoteState.UNKNOWN:
+        detail = f"payment {payment.id} cancelled by the operator: {reason}"
+        after = _fail(db, payment.id, reason, detail, "payment_cancelled")
+        return CancelResult(after, Cancelled.CANCELLED, f"{said}: no such payment")
+    target = (
+        PaymentStatus.SUCCEEDED if answer.state is RemoteState.SUCCEEDED else PaymentStatus.FAILED
+    )
+
+    def apply(conn: Connection) -> Payment:
+        locked = locks.lock_payment(conn, payment.id)
+        assert locked is not None, "payments are never deleted"
+        settle(
+            conn, locked, target, reason=answer.reason or reason, amount=answer.amount,
+            source=f"{payment.provider} status, asked to cancel", notify=notify,
+            transaction_id=answer.transaction_id,
+        )  # fmt: skip
+        return get_payment(conn, payment.id)
+
+    after = retrying(db, apply)
+    outcome = Cancelled.SUCCEEDED if target is PaymentStatus.SUCCEEDED else Cancelled.CANCELLED
+    return CancelResult(after, outcome, said)
+
+
+def _cancellable(payment: Payment) -> Payment:
+    if payment.status not in OPEN_PAYMENT_STATUSES:
+        raise PaymentAlreadySettled(
+            f"payment {payment.id} is {payment.status}; only initiated or pending payments "
+            "are cancelled",
+            payment=str(payment.id),
+        )
+    lease = payment.lease_expires_at
+    if payment.status is PaymentStatus.INITIATED and lease is not None and lease > utcnow():
+        raise IdempotencyKeyInUse(
+            f"a charge of payment {payment.id} is talking to {payment.provider} right now; "
+            f"retry after {lease:%H:%M:%S} UTC",
+            payment=str(payment.id),
+        )
+    return payment
+
+
+def _fail(
+    db: Transactional, payment_id: uuid.UUID, reason: str, detail: str, event: str
+) -> Payment:
+    """Fail the payment with the operator's reason, unless it moved on meanwhile."""
+
+    def apply(conn: Connection) -> Payment:
+        locked = locks.lock_payment(conn, payment_id)
+        assert locked is not None, "payments are never deleted"
+        payment = _cancellable(locked.payment)
+        ledger.fail(conn, payment, reason=reason, detail=detail, event=event)
+        return get_payment(conn, payment_id)
+
+    return retrying(db, apply)

@@ -1,0 +1,226 @@
+"""The charge flow (DESIGN.md section 5): claim the key, ask the provider, record the answer.
+
+Three steps, and the provider is called between transactions, never inside one:
+1. one transaction claims the key by inserting the payment as `initiated` with a lease;
+2. the provider is asked to collect, with the payment id as its reference;
+3. one transaction records the answer: `pending`, or `failed` with the reason.
+A crash between the steps leaves `initiated`; once the lease has run out, the same key resumes
+it (the provider treats the repeated reference as "already submitted").
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Connection, bindparam, select
+
+from orderpay.clock import utcnow
+from orderpay.domain.idempotency import charge_fingerprint, check_key
+from orderpay.domain.money import Money
+from orderpay.domain.phones import mask_phone, normalise_phone
+from orderpay.domain.states import LIVE_PAYMENT_STATUSES, OrderStatus, PaymentStatus
+from orderpay.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidAmount,
+    OrderAlreadyPaid,
+    OrderCancelled,
+    OrderNotFound,
+    PaymentDeclined,
+    PaymentInProgress,
+    ProviderUnavailable,
+)
+from orderpay.providers.base import Accepted, CollectionRequest, Provider, ProviderAnswer
+from orderpay.store import ledger, locks, timeline
+from orderpay.store.db import Transactional, retrying
+from orderpay.store.payments import Payment, find_by_key, get_payment
+from orderpay.store.schema import payments
+
+_LIVE_OF_ORDER = select(payments.c.id, payments.c.status).where(
+    payments.c.order_id == bindparam("b_order"),
+    payments.c.status.in_([s.value for s in LIVE_PAYMENT_STATUSES]),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    payment: Payment
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    payment: Payment
+    replayed: bool
+    must_submit: bool  # this process holds the lease and must ask the provider
+
+
+def charge_order(
+    db: Transactional,
+    provider: Provider,
+    *,
+    order_id: uuid.UUID,
+    key: str | None,
+    payer_phone: str | None = None,
+    default_region: str,
+    lease_seconds: float,
+) -> ChargeResult:
+    """Charge an order once per idempotency key; see the module docstring for the steps.
+
+    Raises PaymentDeclined when the provider refused (now or on a replayed key),
+    ProviderUnavailable when its answer is unknown (re-run the same key).
+    """
+    key = check_key(key)
+    payer = normalise_phone(payer_phone, default_region) if payer_phone is not None else None
+    lease = timedelta(seconds=lease_seconds)
+    claim = retrying(
+        db,
+        lambda conn: claim_payment(
+            conn, order_id=order_id, key=key, payer_phone=payer, provider=provider.name,
+            lease=lease,
+        ),
+    )  # fmt: skip
+    payment = claim.payment
+    if claim.must_submit:
+        payment = submit(db, provider, payment)
+    return finish(ChargeResult(payment, claim.replayed))
+
+
+def submit(db: Transactional, provider: Provider, payment: Payment) -> Payment:
+    """Steps 2 and 3 for a payment whose lease this process holds."""
+    request = CollectionRequest(payment.id, payment.order_id, payment.amount, payment.payer_phone)
+    try:
+        answer = provider.request_payment(request)
+    except ProviderUnavailable as error:
+        why = error.message
+        retrying(db, lambda conn: ledger.release_lease(conn, payment, why))
+        raise
+    except BaseException:
+        # A bug or an interrupt: free the key for an immediate retry, then surface it.
+        retrying(db, lambda conn: ledger.release_lease(conn, payment, "interrupted"))
+        raise
+    return retrying(db, lambda conn: record_answer(conn, payment, answer))
+
+
+def finish(result: ChargeResult) -> ChargeResult:
+    """A declined payment is an error for whoever charged, on a replay too."""
+    payment = result.payment
+    if payment.status is PaymentStatus.FAILED:
+        raise PaymentDeclined(
+            f"payment {payment.id} was declined: {payment.failure_reason or 'no reason given'}",
+            payment=str(payment.id),
+            reason=payment.failure_reason,
+            replayed=result.replayed,
+        )
+    return result
+
+
+def claim_payment(
+    conn: Connection,
+    *,
+    order_id: uuid.UUID,
+    key: str,
+    payer_phone: str | None,
+    provider: str,
+    lease: timedelta,
+) -> Claim:
+    """Step 1: insert the payment as `initiated`, or resolve the key's earlier use."""
+    row = locks.lock_order_for_charge(conn, order_id)
+    if row is None:
+        raise OrderNotFound(f"order {order_id} does not exist", order=str(order_id))
+    status, total, currency, customer_phone = row
+    amount = Money(total, currency)
+    payer = payer_phone or customer_phone
+    fingerprint = charge_fingerprint(order_id, amount, payer)
+    now = utcnow()
+
+    if status != OrderStatus.PENDING:
+        existing = find_by_key(conn, key)
+        if existing is not None:
+            return _resolve_existing(conn, existing, fingerprint, lease)
+        if status == OrderStatus.PAID:
+            raise OrderAlreadyPaid(f"order {order_id} is already paid", order=str(order_id))
+        raise OrderCancelled(f"order {order_id} is cancelled", order=str(order_id))
+    if amount.minor_units == 0:
+        raise InvalidAmount(f"order {order_id} totals {amount}; there is nothing to charge")
+
+    values = {
+        "id": uuid.uuid4(),
+        "order_id": order_id,
+        "idempotency_key": key,
+        "fingerprint": fingerprint,
+        "amount": amount.minor_units,
+        "currency": amount.currency,
+        "payer_phone": payer,
+        "provider": provider,
+        "status": PaymentStatus.INITIATED.value,
+        "lease_expires_at": now + lease,
+        "created_at": now,
+        "updated_at": now,
+    }
+    detail = f"payment {values['id']} for {amount} from {mask_phone(payer)} via {provider}"
+    inserted = ledger.insert_payment(conn, values, detail)
+    if inserted is not None:
+        return Claim(inserted, replayed=False, must_submit=True)
+
+    # Lost a race: either the key was claimed meanwhile, or another key holds the order.
+    existing = find_by_key(conn, key)
+    if existing is not None:
+        return _resolve_existing(conn, existing, fingerprint, lease)
+    live = conn.execute(_LIVE_OF_ORDER, {"b_order": order_id}).first()
+    if live is not None and live.status == PaymentStatus.SUCCEEDED:
+        raise OrderAlreadyPaid(f"order {order_id} is already paid", order=str(order_id))
+    raise PaymentInProgress(
+        f"order {order_id} already has a payment in progress"
+        + (f" ({live.id}, {live.status})" if live is not None else "")
+        + "; re-run its key to resume it, wait for its outcome, or cancel it "
+        "(`orderpay payment cancel`)",
+        order=str(order_id),
+        payment=str(live.id) if live is not None else None,
+    )
+
+
+def _resolve_existing(
+    conn: Connection, existing: Payment, fingerprint: str, lease: timedelta
+) -> Claim:
+    if existing.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "this idempotency key was used for a different charge "
+            "(another order, amount or payer); use a new key",
+            payment=str(existing.id),
+        )
+    if existing.status is not PaymentStatus.INITIATED:
+        return Claim(existing, replayed=True, must_submit=False)
+    # Resume an interrupted charge, but only one process at a time: take the lease if free.
+    taken = ledger.take_lease(conn, existing.id, lease)
+    if taken is None:
+        raise IdempotencyKeyInUse(
+            f"a charge with this key is in progress (payment {existing.id}); retry shortly",
+            payment=str(existing.id),
+        )
+    timeline.record_event(conn, taken.order_id, "payment_resumed", f"payment {taken.id}")
+    return Claim(taken, replayed=True, must_submit=True)
+
+
+def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) -> Payment:
+    """Step 3: `pending` if the provider accepted, `failed` if it refused."""
+    if isinstance(answer, Accepted):
+        moved = ledger.record_answer(
+            conn, payment, PaymentStatus.PENDING, reference=answer.provider_reference,
+            reason=None, event="payment_pending",
+            detail=f"payment {payment.id} accepted by {payment.provider}",
+        )  # fmt: skip
+    else:
+        moved = ledger.record_answer(
+            conn, payment, PaymentStatus.FAILED, reference=None, reason=answer.reason,
+            event="payment_failed", detail=f"payment {payment.id} declined: {answer.reason}",
+        )  # fmt: skip
+    if moved is not None:
+        return moved
+    # The outcome (a callback) got here before the provider's receipt did: keep the
+    # provider's reference all the same.
+    if isinstance(answer, Accepted):
+        ledger.keep_reference(conn, payment.id, answer.provider_reference)
+    return get_payment(conn, payment.id)

@@ -1,0 +1,69 @@
+"""`orderpay reconcile`: settle payments whose outcome never arrived, resume lost requests."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import Connection, select
+
+from orderpay.clock import utcnow
+from orderpay.domain.states import OPEN_PAYMENT_STATUSES
+from orderpay.errors import InvalidField, OrderpayError
+from orderpay.payments.confirmation import Confirmation, confirm_payment
+from orderpay.providers.base import Provider
+from orderpay.store.db import Transactional
+from orderpay.store.outbox import NotifyTarget
+from orderpay.store.payments import COLUMNS, Payment, from_row
+from orderpay.store.schema import payments
+
+_AGE = re.compile(r"([0-9]{1,9})\s*([smhd])")
+MAX_AGE = timedelta(days=365)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_age(raw: str) -> timedelta:
+    """'90s', '5m', '2h', '1d' -> timedelta."""
+    match = _AGE.fullmatch(raw.strip().lower())
+    if match is None:
+        raise InvalidField(f"{raw!r} is not an age such as 30s, 5m, 2h or 1d", field="older_than")
+    age = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if age > MAX_AGE:
+        raise InvalidField(f"{raw!r} is longer than a year", field="older_than")
+    return age
+
+
+def payments_to_reconcile(conn: Connection, older_than: timedelta, limit: int) -> list[Payment]:
+    """Payments still `initiated` or `pending`, unchanged for `older_than`, whoever their
+    provider: each is asked of its own provider, even after ORDERPAY_PROVIDER changed."""
+    rows = conn.execute(
+        select(*COLUMNS)
+        .where(
+            payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+            payments.c.updated_at <= utcnow() - older_than,
+        )
+        .order_by(payments.c.updated_at)
+        .limit(limit)
+    )
+    return [from_row(row) for row in rows]
+
+
+def reconcile_payment(
+    db: Transactional,
+    provider_for: Callable[[str], Provider],
+    payment: Payment,
+    *,
+    notify: NotifyTarget,
+    lease: timedelta,
+) -> Confirmation:
+    """Ask the payment's own provider and settle on its answer; says so when that provider
+    cannot be asked from here (not configured in this process)."""
+    try:
+        provider = provider_for(payment.provider)
+    except OrderpayError as error:
+        return Confirmation(
+            payment.id, payment.order_id, payment.status, payment.status, "not asked",
+            f"cannot ask {payment.provider}: {error.message}",
+        )  # fmt: skip
+    return confirm_payment(db, provider, payment, notify=notify, source="reconcile", lease=lease)

@@ -1,0 +1,106 @@
+"""Settling a payment: what a provider's outcome means for our records.
+
+The one decision for signed callbacks, MTN confirmations, reconcile and an operator's cancel.
+The caller has locked the payment and its order (store.ledger.lock_*) and knows the outcome
+the provider reports:
+- an open payment (`initiated`, `pending`) moves to the outcome; on success the order becomes
+  `paid` and the notification outbox row is written, all in the caller's transaction;
+- the same terminal outcome again changes nothing (the provider's transaction id is kept if it
+  was not known yet);
+- a different terminal outcome (success after failure, or the reverse) and an amount or
+  currency that differs from the payment's are kept for review: nothing moves, the timeline
+  says why, and an order is never marked paid on them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import Connection
+
+from orderpay.domain.money import Money
+from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus, PaymentStatus
+from orderpay.store import inbox, ledger, timeline
+from orderpay.store.locks import LockedPayment
+from orderpay.store.outbox import NotifyTarget
+
+
+class Settled(StrEnum):
+    APPLIED = "processed"  # the payment moved (and the order, on success)
+    UNCHANGED = "duplicate"  # it already had this outcome
+    CONFLICT = "review_conflict"  # it already had the other terminal outcome
+    MISMATCH = "review_amount"  # the reported amount or currency is not the payment's
+
+
+def classify(
+    locked: LockedPayment,
+    target: PaymentStatus,
+    amount: Money | None,
+    currency: str | None = None,
+) -> Settled:
+    """What an outcome would do to this payment, without doing it."""
+    payment = locked.payment
+    if amount is not None and amount != payment.amount:
+        return Settled.MISMATCH
+    if currency is not None and currency != payment.amount.currency:
+        return Settled.MISMATCH
+    if payment.status is target:
+        return Settled.UNCHANGED
+    if payment.status not in OPEN_PAYMENT_STATUSES:
+        return Settled.CONFLICT
+    if target is PaymentStatus.SUCCEEDED and locked.order_status is not OrderStatus.PENDING:
+        return Settled.CONFLICT
+    return Settled.APPLIED
+
+
+def settle(
+    conn: Connection,
+    locked: LockedPayment,
+    target: PaymentStatus,
+    *,
+    reason: str | None,
+    amount: Money | None,
+    currency: str | None = None,
+    source: str,
+    notify: NotifyTarget,
+    transaction_id: str | None = None,
+    event_id: int | None = None,
+) -> Settled:
+    """Apply a provider's outcome to a locked payment; see the module docstring.
+
+    `transaction_id`: the provider's own id of the money movement, kept on the payment.
+    `event_id`: the inbox event that reported it, whose outcome is recorded with it.
+    """
+    payment = locked.payment
+    verdict = classify(locked, target, amount, currency)
+    if verdict is Settled.APPLIED and target is PaymentStatus.SUCCEEDED:
+        event = None if event_id is None else (event_id, verdict.value)
+        ledger.succeed(
+            conn, locked, source=source, notify=notify, transaction_id=transaction_id,
+            event=event,
+        )  # fmt: skip
+        return verdict
+    if verdict is Settled.APPLIED:
+        ledger.fail(
+            conn, payment, reason=reason, transaction_id=transaction_id,
+            detail=f"payment {payment.id} failed ({source}): {reason or 'no reason given'}",
+        )  # fmt: skip
+    elif verdict is Settled.UNCHANGED:
+        if transaction_id is not None and payment.provider_transaction_id is None:
+            ledger.note_transaction_id(conn, payment.id, transaction_id)
+    elif verdict is Settled.MISMATCH:
+        reported = str(amount) if amount is not None else f"currency {currency}"
+        timeline.record_event(
+            conn, payment.order_id, "callback_amount_mismatch",
+            f"{source} reported {target} of {reported} for payment {payment.id} of "
+            f"{payment.amount}; kept for review, nothing changed",
+        )  # fmt: skip
+    else:
+        timeline.record_event(
+            conn, payment.order_id, "callback_conflict",
+            f"{source} reported {target} for payment {payment.id}, which is {payment.status} "
+            f"(order {locked.order_status}); kept for review, nothing changed",
+        )  # fmt: skip
+    if event_id is not None:
+        inbox.decide(conn, event_id, verdict.value, payment.order_id, payment.id)
+    return verdict

@@ -1,0 +1,79 @@
+"""Payment providers: the interface the charge flow talks to.
+
+A provider is called outside any transaction. It answers `Accepted` (it took the request and
+will report the outcome), `Declined` (a definite refusal), or raises `ProviderUnavailable` when
+the answer is unknown (timeouts, 5xx): then the payment stays `initiated` and the same key
+resumes it. A duplicate-reference answer means "already submitted" and is `Accepted`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from orderpay.domain.money import Money
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRequest:
+    reference: uuid.UUID  # our payment id; MTN's X-Reference-Id
+    order_id: uuid.UUID
+    amount: Money
+    payer_phone: str  # E.164
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    provider_reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class Declined:
+    reason: str
+
+
+ProviderAnswer = Accepted | Declined
+
+
+class RemoteState(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PENDING = "pending"  # accepted, no outcome yet (MTN: PENDING, CREATED)
+    UNKNOWN = "unknown"  # the provider does not (yet) know the reference (MTN: 404)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    state: RemoteState
+    reason: str | None = None
+    amount: Money | None = None
+    # The provider's own id of the money movement (MTN: financialTransactionId), once settled.
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRef:
+    """What a status query needs to know about a payment."""
+
+    reference: uuid.UUID
+    provider_reference: str | None
+    order_id: uuid.UUID
+    amount: Money
+    payer_phone: str
+    created_at: datetime
+
+
+class Provider(Protocol):
+    name: str
+
+    def request_payment(self, request: CollectionRequest) -> ProviderAnswer: ...
+
+    def payment_status(self, payment: PaymentRef) -> StatusAnswer: ...
+
+    def close(self) -> None: ...

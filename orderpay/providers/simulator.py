@@ -1,0 +1,143 @@
+"""The built-in simulator: a provider that needs no network, behaving like MTN's sandbox."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from orderpay.clock import utcnow
+from orderpay.domain.phones import mask_phone, msisdn
+from orderpay.errors import ProviderUnavailable
+from orderpay.providers.base import (
+    Accepted,
+    CollectionRequest,
+    Declined,
+    PaymentRef,
+    ProviderAnswer,
+    RemoteState,
+    StatusAnswer,
+)
+
+log = logging.getLogger(__name__)
+
+# MTN's sandbox test payers (section 3 of reference/specs.md), keyed by MSISDN.
+# Refused when the request is made: a definite answer, so the payment is `failed` at once.
+SANDBOX_REFUSALS = {
+    "46733123455": "PAYER_NOT_FOUND",
+    "46733123456": "PAYEE_NOT_ALLOWED_TO_RECEIVE",
+    "46733123457": "NOT_ALLOWED",
+    "46733123458": "NOT_ALLOWED_TARGET_ENVIRONMENT",
+    "46733123459": "INVALID_CALLBACK_URL_HOST",
+    "46733123460": "INVALID_CURRENCY",
+}
+# Errors on MTN's side: the request's fate is unknown, so it stays `initiated` (retry).
+SANDBOX_OUTAGES = {
+    "46733123461": "INTERNAL_PROCESSING_ERROR",
+    "46733123462": "SERVICE_UNAVAILABLE",
+}
+# Accepted, then failed (the outcome arrives by callback or status query).
+SANDBOX_FAILURES = {
+    "46733123450": "INTERNAL_PROCESSING_ERROR",
+    "46733123451": "APPROVAL_REJECTED",
+    "46733123452": "EXPIRED",
+    "46733123463": "COULD_NOT_PERFORM_TRANSACTION",
+}
+SANDBOX_ONGOING = "46733123453"  # PENDING until the payer's approval window expires
+SANDBOX_DELAYED = "46733123454"  # CREATED for a while, then succeeds
+# How long a payer has to approve a request before MTN expires it.
+APPROVAL_WINDOW = timedelta(minutes=5)
+# How long the sandbox's delayed payer stays CREATED (observed: over 40 s).
+DELAYED_FOR = timedelta(seconds=45)
+# The simulator's own callback is best effort: it must never hold a charge up for long.
+CALLBACK_TIMEOUT_SECONDS = 5.0
+
+
+class SimulatorProvider:
+    """A provider that needs no network: outcomes follow the payer number, as on MTN's sandbox.
+
+    Stateless: a status query derives the outcome from the payment itself, so any process
+    (the charge, the listener, `reconcile`) gets the same answer. When a callback URL is set it
+    posts the signed outcome there, as a real provider would.
+    """
+
+    name = "simulator"
+
+    def __init__(self, callback_url: str | None = None, secret: bytes | None = None) -> None:
+        self.callback_url = callback_url
+        self.secret = secret
+
+    def request_payment(self, request: CollectionRequest) -> ProviderAnswer:
+        payer = msisdn(request.payer_phone)
+        if payer in SANDBOX_OUTAGES:
+            raise ProviderUnavailable(
+                f"simulator: {SANDBOX_OUTAGES[payer]}; the payment stays initiated, "
+                "re-run the same key",
+                reason=SANDBOX_OUTAGES[payer],
+            )
+        if payer in SANDBOX_REFUSALS:
+            return Declined(SANDBOX_REFUSALS[payer])
+        outcome = self._outcome(payer, elapsed=timedelta(0))
+        if self.callback_url and outcome.state in (RemoteState.SUCCEEDED, RemoteState.FAILED):
+            self._post_callback(request, outcome)
+        return Accepted(str(request.reference))
+
+    def payment_status(self, payment: PaymentRef) -> StatusAnswer:
+        payer = msisdn(payment.payer_phone)
+        if payer in SANDBOX_REFUSALS or payer in SANDBOX_OUTAGES:
+            return StatusAnswer(RemoteState.UNKNOWN)
+        outcome = self._outcome(payer, elapsed=utcnow() - payment.created_at)
+        amount = payment.amount if outcome.state is RemoteState.SUCCEEDED else None
+        return StatusAnswer(outcome.state, outcome.reason, amount)
+
+    @staticmethod
+    def _outcome(payer: str, elapsed: timedelta) -> StatusAnswer:
+        if payer in SANDBOX_FAILURES:
+            return StatusAnswer(RemoteState.FAILED, SANDBOX_FAILURES[payer])
+        if payer == SANDBOX_ONGOING:
+            if elapsed >= APPROVAL_WINDOW:
+                return StatusAnswer(RemoteState.FAILED, "EXPIRED")
+            return StatusAnswer(RemoteState.PENDING)
+        if payer == SANDBOX_DELAYED and elapsed < DELAYED_FOR:
+            return StatusAnswer(RemoteState.PENDING)
+        return StatusAnswer(RemoteState.SUCCEEDED)
+
+    def close(self) -> None:
+        pass  # nothing held between calls
+
+    def _post_callback(self, request: CollectionRequest, outcome: StatusAnswer) -> None:
+        import httpx
+
+        from orderpay.domain.signatures import sign_hex
+        from orderpay.tls import tls_context
+
+        body: dict[str, str] = {
+            "provider_reference": str(request.reference),
+            "order_id": str(request.order_id),
+            "status": "success" if outcome.state is RemoteState.SUCCEEDED else "failed",
+            "amount": request.amount.as_string(),
+            "currency": request.amount.currency,
+        }
+        if outcome.reason:
+            body["reason"] = outcome.reason
+        raw = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.secret:
+            headers["X-Momo-Signature"] = sign_hex(raw, self.secret)
+        assert self.callback_url is not None
+        try:
+            response = httpx.post(
+                self.callback_url, content=raw, headers=headers, timeout=CALLBACK_TIMEOUT_SECONDS,
+                verify=tls_context(),
+            )  # fmt: skip
+            log.info(
+                "simulator callback for payment %s (payer %s): HTTP %s",
+                request.reference, mask_phone(request.payer_phone), response.status_code,
+            )  # fmt: skip
+        except httpx.HTTPError as error:
+            # A provider's callback can be lost; the status query (reconcile) is the fallback.
+            log.warning(
+                "simulator callback for payment %s failed: %s",
+                request.reference,
+                type(error).__name__,
+            )

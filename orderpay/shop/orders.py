@@ -1,0 +1,105 @@
+"""Orders: creation with a computed total, and cancellation by the operator."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, select
+
+from orderpay.domain.money import MAX_MINOR_UNITS, Money
+from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus
+from orderpay.errors import (
+    CurrencyMismatch,
+    InvalidAmount,
+    InvalidField,
+    InvalidQuantity,
+    OrderAlreadyPaid,
+    OrderNotFound,
+    PaymentInProgress,
+    ProductInactive,
+    ProductNotFound,
+)
+from orderpay.shop.customers import get_customer
+from orderpay.shop.products import get_products
+from orderpay.store import ledger, locks
+from orderpay.store.orders import Order
+from orderpay.store.schema import payments
+
+MAX_ITEMS = 100
+MAX_QUANTITY = 1_000_000
+
+
+def check_quantity(quantity: int) -> int:
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        raise InvalidQuantity(f"quantity {quantity!r} is not a whole number")
+    if not 1 <= quantity <= MAX_QUANTITY:
+        raise InvalidQuantity(f"quantity must be between 1 and {MAX_QUANTITY}, not {quantity}")
+    return quantity
+
+
+def create_order(
+    conn: Connection, *, customer_id: int, items: Sequence[tuple[uuid.UUID, int]]
+) -> Order:
+    """Create a pending order; its total is computed from the products' current prices."""
+    if not items:
+        raise InvalidField("an order needs at least one item", field="items")
+    if len(items) > MAX_ITEMS:
+        raise InvalidField(f"an order holds at most {MAX_ITEMS} items", field="items")
+    quantities: dict[uuid.UUID, int] = {}
+    for product_id, quantity in items:
+        quantities[product_id] = quantities.get(product_id, 0) + check_quantity(quantity)
+        check_quantity(quantities[product_id])
+
+    customer = get_customer(conn, customer_id)
+    found = get_products(conn, list(quantities))
+    for product_id in quantities:
+        if product_id not in found:
+            raise ProductNotFound(f"product {product_id} does not exist", product=str(product_id))
+        if not found[product_id].active:
+            raise ProductInactive(f"product {product_id} is no longer sold")
+    currencies = {product.price.currency for product in found.values()}
+    if len(currencies) > 1:
+        raise CurrencyMismatch(
+            f"an order's items must share one currency, not {', '.join(sorted(currencies))}"
+        )
+    currency = currencies.pop()
+    total = sum(found[pid].price.minor_units * qty for pid, qty in quantities.items())
+    if total > MAX_MINOR_UNITS:
+        raise InvalidAmount("the order's total is larger than orderpay accepts")
+
+    money = Money(total, currency)
+    count = sum(quantities.values())
+    return ledger.insert_order(
+        conn,
+        customer_id=customer.id,
+        total=money,
+        lines=[(pid, qty, found[pid].price.minor_units) for pid, qty in quantities.items()],
+        detail=f"{count} item{'s' if count != 1 else ''}, total {money}",
+    )
+
+
+def cancel_order(conn: Connection, order_id: uuid.UUID) -> Order:
+    """Cancel a pending order with no payment in flight. Cancelling twice is harmless."""
+    order = locks.lock_order(conn, order_id)
+    if order is None:
+        raise OrderNotFound(f"order {order_id} does not exist", order=str(order_id))
+    if order.status is OrderStatus.CANCELLED:
+        return order
+    if order.status is OrderStatus.PAID:
+        raise OrderAlreadyPaid(f"order {order_id} is paid; it cannot be cancelled")
+    in_flight = conn.execute(
+        select(payments.c.id).where(
+            payments.c.order_id == order_id,
+            payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+        )
+    ).first()
+    if in_flight is not None:
+        raise PaymentInProgress(
+            f"order {order_id} has payment {in_flight.id} in flight; wait for its outcome, "
+            f"or cancel the payment (`orderpay payment cancel {in_flight.id}`)",
+            payment=str(in_flight.id),
+        )
+    return ledger.move_order(
+        conn, order, OrderStatus.CANCELLED, "order_cancelled", "by the operator"
+    )

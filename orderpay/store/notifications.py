@@ -1,0 +1,174 @@
+"""Notifications as read from the outbox table. Their writes live in store/outbox.py alone."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from orderpay.domain.states import NotificationStatus
+from orderpay.errors import NotificationNotFound
+from orderpay.store.schema import notifications
+
+# The Postgres channel the relay listens on (wakeups.Nudger NOTIFYs it after commits).
+OUTBOX_CHANNEL = "orderpay_outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: int
+    order_id: uuid.UUID
+    payment_id: uuid.UUID
+    kind: str
+    channel: str
+    recipient: str
+    body: str
+    status: NotificationStatus
+    attempts: int
+    last_error: str | None
+    gateway_message_id: str | None
+    due_at: datetime
+    lease_until: datetime | None
+    enqueued_at: datetime | None
+    sent_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+COLUMNS = (
+    notifications.c.id,
+    notifications.c.order_id,
+    notifications.c.payment_id,
+    notifications.c.kind,
+    notifications.c.channel,
+    notifications.c.recipient,
+    notifications.c.body,
+    notifications.c.status,
+    notifications.c.attempts,
+    notifications.c.last_error,
+    notifications.c.gateway_message_id,
+    notifications.c.due_at,
+    notifications.c.lease_until,
+    notifications.c.enqueued_at,
+    notifications.c.sent_at,
+    notifications.c.created_at,
+    notifications.c.updated_at,
+)
+
+
+def from_row(row: Sequence[Any]) -> Notification:
+    values = list(row)
+    values[7] = NotificationStatus(values[7])
+    return Notification(*values)
+
+
+def notifications_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[Notification]:
+    rows = conn.execute(
+        select(*COLUMNS).where(notifications.c.order_id.in_(order_ids)).order_by(notifications.c.id)
+    )
+    return [from_row(row) for row in rows]
+
+
+def list_notifications(
+    conn: Connection,
+    *,
+    status: NotificationStatus | None = None,
+    order_id: uuid.UUID | None = None,
+    limit: int = 50,
+) -> list[Notification]:
+    query = select(*COLUMNS).order_by(notifications.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(notifications.c.status == status.value)
+    if order_id is not None:
+        query = query.where(notifications.c.order_id == order_id)
+    return [from_row(row) for row in conn.execute(query)]
+
+
+def get_notification(conn: Connection, notification_id: int) -> Notification:
+    row = conn.execute(select(*COLUMNS).where(notifications.c.id == notification_id)).first()
+    if row is None:
+        raise NotificationNotFound(
+            f"notification {notification_id} does not exist", notification=notification_id
+        )
+    return from_row(row)
+
+
+def failed_ids(conn: Connection, limit: int = 10_000) -> list[int]:
+    rows = conn.execute(
+        select(notifications.c.id)
+        .where(notifications.c.status == NotificationStatus.FAILED.value)
+        .order_by(notifications.c.id)
+        .limit(limit)
+    )
+    return [nid for (nid,) in rows]
+
+
+def pending_due_at(conn: Connection, notification_id: int) -> datetime | None:
+    """When a pending row may next be sent (its due time, or the end of its lease)."""
+    row = conn.execute(_PENDING_DUE, {"b_id": notification_id}).first()
+    if row is None:
+        return None
+    due_at: datetime = row[0]
+    lease_until: datetime | None = row[1]
+    return max(due_at, lease_until) if lease_until is not None else due_at
+
+
+def by_gateway_message(conn: Connection, message_id: str) -> tuple[int, uuid.UUID, str] | None:
+    """(id, order id, status) of the notification sent as the gateway's `message_id`."""
+    row = conn.execute(
+        select(notifications.c.id, notifications.c.order_id, notifications.c.status).where(
+            notifications.c.gateway_message_id == message_id
+        )
+    ).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+_PENDING_DUE = select(notifications.c.due_at, notifications.c.lease_until).where(
+    notifications.c.id == bindparam("b_id"),
+    notifications.c.status == NotificationStatus.PENDING.value,
+)
+
+
+# --- What the relay hands to RQ (locked against other relays, not written here) --------------
+
+_due = (
+    notifications.c.status == NotificationStatus.PENDING.value,
+    notifications.c.due_at <= bindparam("b_now"),
+    notifications.c.lease_until.is_(None) | (notifications.c.lease_until <= bindparam("b_now")),
+)
+_RELAYABLE = (
+    select(notifications.c.id, notifications.c.attempts, notifications.c.enqueued_at)
+    .where(
+        *_due,
+        notifications.c.enqueued_at.is_(None)
+        | (notifications.c.enqueued_at <= bindparam("b_handed_before")),
+    )
+    .order_by(notifications.c.due_at)
+    .limit(bindparam("b_limit"))
+)
+_RELAYABLE_SKIP_LOCKED = _RELAYABLE.with_for_update(skip_locked=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Relayable:
+    notification_id: int
+    attempts: int
+    handed_out: bool  # the relay gave it to RQ before: RQ may still hold its job
+
+
+def relay_candidates(
+    conn: Connection, *, now: datetime, lost_after: timedelta, limit: int
+) -> list[Relayable]:
+    """Due rows no attempt holds: never handed to RQ, or handed out more than `lost_after`
+    ago (whose job the caller checks RQ for). Locked against other relays (SKIP LOCKED)
+    until the caller's transaction ends."""
+    statement = _RELAYABLE if conn.dialect.name == "sqlite" else _RELAYABLE_SKIP_LOCKED
+    params = {"b_now": now, "b_handed_before": now - lost_after, "b_limit": limit}
+    return [
+        Relayable(nid, attempts, enqueued_at is not None)
+        for nid, attempts, enqueued_at in conn.execute(statement, params)
+    ]

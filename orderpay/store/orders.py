@@ -1,0 +1,134 @@
+"""Orders as read from the database, with their items, payments, notifications and timeline.
+
+Their writes live in store/ledger.py alone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from orderpay.domain.money import Money
+from orderpay.domain.states import OrderStatus
+from orderpay.errors import OrderNotFound
+from orderpay.store.notifications import Notification, notifications_of
+from orderpay.store.payments import Payment, payments_of
+from orderpay.store.schema import customers, order_items, orders
+from orderpay.store.timeline import OrderEvent, events_of
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: uuid.UUID
+    customer_id: int
+    status: OrderStatus
+    total: Money
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderItem:
+    product_id: uuid.UUID
+    quantity: int
+    unit_price: Money
+
+
+@dataclass(frozen=True, slots=True)
+class OrderDetail:
+    order: Order
+    items: list[OrderItem]
+    payments: list[Payment]
+    notifications: list[Notification]
+    events: list[OrderEvent]
+
+
+COLUMNS = (
+    orders.c.id,
+    orders.c.customer_id,
+    orders.c.status,
+    orders.c.total,
+    orders.c.currency,
+    orders.c.created_at,
+    orders.c.updated_at,
+)
+
+
+def order_from_row(row: Sequence[Any]) -> Order:
+    oid, customer_id, status, total, currency, created_at, updated_at = row
+    return Order(
+        oid, customer_id, OrderStatus(status), Money(total, currency), created_at, updated_at
+    )
+
+
+def get_order(conn: Connection, order_id: uuid.UUID, *, lock: str | None = None) -> Order:
+    """One order; `lock` is None, 'share' (FOR SHARE) or 'update' (FOR UPDATE)."""
+    query = select(*COLUMNS).where(orders.c.id == order_id)
+    if lock is not None:
+        query = query.with_for_update(read=lock == "share")
+    row = conn.execute(query).first()
+    if row is None:
+        raise OrderNotFound(f"order {order_id} does not exist", order=str(order_id))
+    return order_from_row(row)
+
+
+def get_order_detail(conn: Connection, order_id: uuid.UUID) -> OrderDetail:
+    return details_of(conn, [get_order(conn, order_id)])[0]
+
+
+def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
+    """Orders with their items, payments, notifications and timeline, in four queries."""
+    ids = [order.id for order in batch]
+    items: dict[uuid.UUID, list[OrderItem]] = {oid: [] for oid in ids}
+    rows = conn.execute(
+        select(order_items.c.order_id, order_items.c.product_id, order_items.c.quantity,
+               order_items.c.unit_price, orders.c.currency)
+        .join(orders, orders.c.id == order_items.c.order_id)
+        .where(order_items.c.order_id.in_(ids))
+        .order_by(order_items.c.id)
+    )  # fmt: skip
+    for oid, pid, qty, price, currency in rows:
+        items[oid].append(OrderItem(pid, qty, Money(price, currency)))
+    payment_rows: dict[uuid.UUID, list[Payment]] = {oid: [] for oid in ids}
+    for payment in payments_of(conn, ids):
+        payment_rows[payment.order_id].append(payment)
+    notification_rows: dict[uuid.UUID, list[Notification]] = {oid: [] for oid in ids}
+    for notification in notifications_of(conn, ids):
+        notification_rows[notification.order_id].append(notification)
+    events = events_of(conn, ids)
+    return [
+        OrderDetail(
+            order=order,
+            items=items[order.id],
+            payments=payment_rows[order.id],
+            notifications=notification_rows[order.id],
+            events=events.get(order.id, []),
+        )
+        for order in batch
+    ]
+
+
+def list_orders(
+    conn: Connection,
+    *,
+    status: OrderStatus | None = None,
+    customer_id: int | None = None,
+    phone: str | None = None,
+    limit: int = 50,
+) -> list[Order]:
+    """Newest first; `phone` (E.164) matches the customer's phone."""
+    query = select(*COLUMNS).order_by(orders.c.created_at.desc()).limit(limit)
+    if status is not None:
+        query = query.where(orders.c.status == status.value)
+    if customer_id is not None:
+        query = query.where(orders.c.customer_id == customer_id)
+    if phone is not None:
+        query = query.join(customers, customers.c.id == orders.c.customer_id).where(
+            customers.c.phone == phone
+        )
+    return [order_from_row(row) for row in conn.execute(query)]

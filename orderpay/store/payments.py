@@ -1,0 +1,118 @@
+"""Payments as read from the database. Their writes live in store/ledger.py alone."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from orderpay.domain.money import Money
+from orderpay.domain.states import OPEN_PAYMENT_STATUSES, PaymentStatus
+from orderpay.errors import PaymentNotFound
+from orderpay.store.schema import payments
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    id: uuid.UUID
+    order_id: uuid.UUID
+    idempotency_key: str
+    fingerprint: str
+    amount: Money
+    payer_phone: str
+    provider: str
+    provider_reference: str | None
+    provider_transaction_id: str | None
+    status: PaymentStatus
+    failure_reason: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+COLUMNS = (
+    payments.c.id,
+    payments.c.order_id,
+    payments.c.idempotency_key,
+    payments.c.fingerprint,
+    payments.c.amount,
+    payments.c.currency,
+    payments.c.payer_phone,
+    payments.c.provider,
+    payments.c.provider_reference,
+    payments.c.provider_transaction_id,
+    payments.c.status,
+    payments.c.failure_reason,
+    payments.c.lease_expires_at,
+    payments.c.created_at,
+    payments.c.updated_at,
+)
+
+
+def from_row(row: Sequence[Any]) -> Payment:
+    (pid, order_id, key, fingerprint, amount, currency, payer, provider, reference, transaction,
+     status, reason, lease, created_at, updated_at) = row  # fmt: skip
+    return Payment(
+        pid, order_id, key, fingerprint, Money(amount, currency), payer, provider, reference,
+        transaction, PaymentStatus(status), reason, lease, created_at, updated_at,
+    )  # fmt: skip
+
+
+# Built once: these run on every charge, and building a statement costs more than running it.
+_BY_ID = select(*COLUMNS).where(payments.c.id == bindparam("b_id"))
+_BY_KEY = select(*COLUMNS).where(payments.c.idempotency_key == bindparam("b_key"))
+_OPEN_OF_ORDER = select(*COLUMNS).where(
+    payments.c.order_id == bindparam("b_order"),
+    payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+)
+
+
+def get_payment(conn: Connection, payment_id: uuid.UUID) -> Payment:
+    payment = find_payment(conn, payment_id)
+    if payment is None:
+        raise PaymentNotFound(f"payment {payment_id} does not exist", payment=str(payment_id))
+    return payment
+
+
+def find_payment(conn: Connection, payment_id: uuid.UUID) -> Payment | None:
+    row = conn.execute(_BY_ID, {"b_id": payment_id}).first()
+    return None if row is None else from_row(row)
+
+
+def open_payment_of_order(conn: Connection, order_id: uuid.UUID) -> Payment | None:
+    """The order's `initiated` or `pending` payment (there is at most one)."""
+    row = conn.execute(_OPEN_OF_ORDER, {"b_order": order_id}).first()
+    return None if row is None else from_row(row)
+
+
+def find_by_key(conn: Connection, key: str) -> Payment | None:
+    row = conn.execute(_BY_KEY, {"b_key": key}).first()
+    return None if row is None else from_row(row)
+
+
+def payments_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[Payment]:
+    rows = conn.execute(
+        select(*COLUMNS)
+        .where(payments.c.order_id.in_(order_ids))
+        .order_by(payments.c.created_at, payments.c.id)
+    )
+    return [from_row(row) for row in rows]
+
+
+def list_payments(
+    conn: Connection,
+    *,
+    order_id: uuid.UUID | None = None,
+    status: PaymentStatus | None = None,
+    limit: int = 50,
+) -> list[Payment]:
+    query = select(*COLUMNS).order_by(payments.c.created_at.desc()).limit(limit)
+    if order_id is not None:
+        query = query.where(payments.c.order_id == order_id)
+    if status is not None:
+        query = query.where(payments.c.status == status.value)
+    return [from_row(row) for row in conn.execute(query)]

@@ -1,0 +1,92 @@
+"""The order timeline (order_events): append-only, one row per state change.
+
+The one module that writes order_events: other writers that add a timeline row to their own
+statement on Postgres build it with `with_event` or `insert_events_from`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, String, Text, bindparam, insert, select
+
+from orderpay.clock import utcnow
+from orderpay.store.schema import UTCDateTime, order_events
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    at: datetime
+    event: str
+    detail: str
+
+
+# inline(): nothing reads an event's id back, so none is fetched.
+_INSERT = insert(order_events).inline()
+
+
+def record_event(
+    conn: Connection,
+    order_id: uuid.UUID,
+    event: str,
+    detail: str = "",
+    *,
+    at: datetime | None = None,
+) -> None:
+    conn.execute(
+        _INSERT, {"order_id": order_id, "at": at or utcnow(), "event": event, "detail": detail}
+    )
+
+
+def record_events(
+    conn: Connection,
+    order_id: uuid.UUID,
+    events: list[tuple[str, str]],
+    *,
+    at: datetime | None = None,
+) -> None:
+    """Several (event, detail) rows in one statement, in order."""
+    when = at or utcnow()
+    conn.execute(
+        _INSERT, [{"order_id": order_id, "at": when, "event": e, "detail": d} for e, d in events]
+    )
+
+
+def with_event(dml: Any) -> Select[Any]:
+    """`dml` (an UPDATE or INSERT returning `order_id`) plus its timeline row, as one Postgres
+    statement (a data-modifying CTE): a round trip fewer than two statements. The event row is
+    written only if `dml` wrote a row. Parameters: the statement's own, and e_at, e_event and
+    e_detail for the event."""
+    written = dml.cte("written")
+    event = insert_events_from(
+        select(
+            written.c.order_id,
+            bindparam("e_at", type_=UTCDateTime()),
+            bindparam("e_event", type_=String()),
+            bindparam("e_detail", type_=Text()),
+        )
+    )
+    return select(*written.c).add_cte(event.cte("event"))
+
+
+def insert_events_from(rows: Any) -> Any:
+    """INSERT the timeline rows that `rows` (a SELECT of order_id, at, event, detail, in the
+    order the rows are to get their ids) yields: for a larger Postgres statement."""
+    return insert(order_events).from_select(["order_id", "at", "event", "detail"], rows)
+
+
+def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OrderEvent]]:
+    """Each order's timeline, oldest first."""
+    rows = conn.execute(
+        select(order_events.c.order_id, order_events.c.at, order_events.c.event,
+               order_events.c.detail)
+        .where(order_events.c.order_id.in_(order_ids))
+        .order_by(order_events.c.id)
+    )  # fmt: skip
+    timeline: dict[uuid.UUID, list[OrderEvent]] = {}
+    for order_id, at, event, detail in rows:
+        timeline.setdefault(order_id, []).append(OrderEvent(at, event, detail))
+    return timeline
