@@ -20,6 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
+from orderpay import clock
 from orderpay.cli import app
 from orderpay.store.db import Database
 from orderpay.store.migrate import upgrade
@@ -63,12 +64,14 @@ def drop_postgres_database(name: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's configuration or `.env`."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test sees the developer's configuration or `.env`, or a clock another test moved."""
     for name in list(os.environ):
         if name.startswith(CONFIG_PREFIXES) or name in CONFIG_NAMES:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    yield
+    clock.reset()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ Usage:
         mtn.calls("token"), mtn.calls("requesttopay"), mtn.calls("status")
         mtn.requests                            # every request, in order (Recorded)
         mtn.fail("requesttopay", 500)           # knobs: fail / hang / refuse / late_404 ...
+        mtn.release("status")                   # end hangs now (in progress and to come)
+        mtn.in_flight("status"), mtn.peak_in_flight("status")  # requests being answered now,
+        mtn.peak_in_flight_per_reference("status")             # and the most at once
         mtn.advance(300)                        # move the fake's clock (no sleeping)
 
 The fake's clock only moves outcomes, token expiry and scheduled callbacks; `advance()` is the
@@ -210,6 +213,13 @@ class FakeMtn:
         self._wakeup = threading.Condition(self._lock)
         self._closing = False
         self._generation = 0  # bumped by reset(): work from before a reset is dropped
+        # Requests being answered right now, per (kind, reference: "" but for status), and
+        # the most there ever were at once, per kind and per (kind, reference).
+        self._in_flight: Counter[tuple[str, str]] = Counter()
+        self._peak_kind: Counter[str] = Counter()
+        self._peak_reference: Counter[tuple[str, str]] = Counter()
+        self._flight_changed = threading.Condition(self._lock)
+        self._released: Counter[str] = Counter()  # bumped by release(kind)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sender: threading.Thread | None = None
@@ -282,7 +292,12 @@ class FakeMtn:
             self._requests.clear()
             self._deliveries.clear()
             self._queue.clear()
+            self._in_flight.clear()
+            self._peak_kind.clear()
+            self._peak_reference.clear()
+            self._released.clear()
             self._wakeup.notify_all()
+            self._flight_changed.notify_all()
 
     def __enter__(self) -> FakeMtn:
         return self.start()
@@ -372,6 +387,41 @@ class FakeMtn:
     def now(self) -> float:
         return time.monotonic() + self._offset
 
+    def in_flight(self, kind: str, reference: str | uuid.UUID | None = None) -> int:
+        """Requests of `kind` (about `reference`, for status) being answered right now."""
+        with self._lock:
+            return self._count_in_flight(kind, reference)
+
+    def peak_in_flight(self, kind: str) -> int:
+        """The most requests of `kind` ever being answered at once (since start or reset)."""
+        with self._lock:
+            return self._peak_kind[kind]
+
+    def peak_in_flight_per_reference(self, kind: str) -> int:
+        """The most requests of `kind` about one and the same reference ever being answered at
+        once (status queries name their reference; other kinds count as one reference)."""
+        with self._lock:
+            return max(
+                (peak for (k, _), peak in self._peak_reference.items() if k == kind), default=0
+            )
+
+    def wait_for_in_flight(self, kind: str, count: int, timeout: float = 10.0) -> int:
+        """Until at least `count` requests of `kind` are being answered at once (a hang holds
+        them); the number in flight then, which is less than `count` after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._count_in_flight(kind, None) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._flight_changed.wait(left)
+            return self._count_in_flight(kind, None)
+
+    def _count_in_flight(self, kind: str, reference: str | uuid.UUID | None) -> int:
+        if reference is not None:
+            return self._in_flight[(kind, str(reference))]
+        return sum(n for (k, _), n in self._in_flight.items() if k == kind)
+
     # Knobs.
 
     def advance(self, seconds: float) -> None:
@@ -413,6 +463,13 @@ class FakeMtn:
         when the fake stops). `process=True` does the work before waiting: MTN took the request
         and the client timed out."""
         self._add(Fault(kind, None, None, seconds, times, False, process))
+
+    def release(self, kind: str) -> None:
+        """End the hangs of `kind`: those in progress answer now, those still to come are
+        dropped (the gateway is responsive again)."""
+        with self._lock:
+            self._faults = [f for f in self._faults if not (f.kind == kind and f.status is None)]
+            self._released[kind] += 1
 
     def refuse_payer(self, payer: str, code: str, status: int = 400) -> None:
         """Requests to pay from this MSISDN are refused with `status` {"code": code}."""
@@ -493,19 +550,23 @@ class FakeMtn:
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             body = await request.body()
-            generation = self._generation
-            fault = self._take_fault(kind)
-            if fault is None:
-                response = handler(request, body)
-            else:
-                done = handler(request, body) if fault.process else None
-                await self._sleep(fault.delay, generation)
-                if generation != self._generation:
-                    return Response(status_code=503)  # reset while hanging: forget it
-                if fault.status is not None:
-                    response = _fault_response(fault)
+            flight = (kind, str(request.path_params.get("reference", "")))
+            generation = self._take_off(flight)
+            try:
+                fault = self._take_fault(kind)
+                if fault is None:
+                    response = handler(request, body)
                 else:
-                    response = done or handler(request, body)
+                    done = handler(request, body) if fault.process else None
+                    await self._sleep(fault.delay, generation, kind)
+                    if generation != self._generation:
+                        return Response(status_code=503)  # reset while hanging: forget it
+                    if fault.status is not None:
+                        response = _fault_response(fault)
+                    else:
+                        response = done or handler(request, body)
+            finally:
+                self._land(flight, generation)
             headers = {name.decode("latin-1"): value.decode("latin-1")
                        for name, value in request.scope["headers"]}  # fmt: skip
             recorded = Recorded(
@@ -529,9 +590,36 @@ class FakeMtn:
                     return fault
         return None
 
-    async def _sleep(self, seconds: float, generation: int) -> None:
+    def _take_off(self, flight: tuple[str, str]) -> int:
+        """Count a request as in flight; the generation it belongs to."""
+        with self._lock:
+            self._in_flight[flight] += 1
+            kind = flight[0]
+            now_kind = self._count_in_flight(kind, None)
+            self._peak_kind[kind] = max(self._peak_kind[kind], now_kind)
+            self._peak_reference[flight] = max(
+                self._peak_reference[flight], self._in_flight[flight]
+            )
+            self._flight_changed.notify_all()
+            return self._generation
+
+    def _land(self, flight: tuple[str, str], generation: int) -> None:
+        with self._lock:
+            if generation == self._generation:  # reset() already forgot it otherwise
+                self._in_flight[flight] -= 1
+                if self._in_flight[flight] <= 0:
+                    del self._in_flight[flight]
+                self._flight_changed.notify_all()
+
+    async def _sleep(self, seconds: float, generation: int, kind: str) -> None:
         end = time.monotonic() + seconds
-        while not self._closing and generation == self._generation and time.monotonic() < end:
+        released = self._released[kind]
+        while (
+            not self._closing
+            and generation == self._generation
+            and released == self._released[kind]
+            and time.monotonic() < end
+        ):
             await asyncio.sleep(min(0.02, max(0.0, end - time.monotonic())))
 
     def _token(self, request: Request, body: bytes) -> Response:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +75,7 @@ __all__ = [
     "listener_client",
     "listener_settings",
     "live_server",
+    "post_in_parallel",
     "serve_webhooks",
     "signed",
 ]
@@ -278,3 +279,32 @@ def _wait_until_healthy(running: ServeWebhooks, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"serve-webhooks did not become healthy:\n{running.stderr()}")
+
+
+def post_in_parallel(
+    url: str, requests: list[tuple[bytes, Callable[[], dict[str, str]]]]
+) -> list[httpx.Response]:
+    """POST every (body, headers) at once, one thread and one connection each."""
+    barrier = threading.Barrier(len(requests))
+    answers: list[httpx.Response | BaseException | None] = [None] * len(requests)
+
+    def send(index: int, body: bytes, headers: dict[str, str]) -> None:
+        try:
+            with httpx.Client(timeout=30) as http:
+                barrier.wait(10)
+                answers[index] = http.post(url, content=body, headers=headers)
+        except BaseException as error:  # reported by the main thread
+            answers[index] = error
+
+    threads = [
+        threading.Thread(target=send, args=(index, body, make_headers()))
+        for index, (body, make_headers) in enumerate(requests)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    failures = [a for a in answers if not isinstance(a, httpx.Response)]
+    assert failures == []
+    return [a for a in answers if isinstance(a, httpx.Response)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,15 +20,13 @@ from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.payments.charge import charge_order
 from orderpay.providers.mtn import MtnProvider
 from orderpay.store.db import Database
-from orderpay.store.notifications import notifications_of
-from orderpay.store.orders import get_order
-from orderpay.store.payments import Payment, get_payment
-from orderpay.store.timeline import events_of
+from orderpay.store.payments import Payment
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import (
     count_rows,
 )
 from tests.fake_mtn import DELAYED, ONGOING, REJECTS, FakeMtn
+from tests.ledger_views import seen
 from tests.live_server import TestClient, listener, listener_client
 
 MTN_PATH = "/api/webhooks/mtn/"
@@ -65,29 +62,6 @@ def charge(db: Database, provider: MtnProvider, order_id: uuid.UUID) -> Payment:
     return charge_order(
         db, provider, order_id=order_id, key=a_key(), default_region="GH", lease_seconds=90
     ).payment
-
-
-@dataclass(frozen=True)
-class Seen:
-    """What a callback may have changed about one payment and its order."""
-
-    payment: PaymentStatus
-    reason: str | None
-    order: OrderStatus
-    notifications: int
-    events: list[str]
-
-
-def seen(db: Database, payment: Payment) -> Seen:
-    with db.transaction() as conn:
-        now = get_payment(conn, payment.id)
-        return Seen(
-            payment=now.status,
-            reason=now.failure_reason,
-            order=get_order(conn, payment.order_id).status,
-            notifications=len(notifications_of(conn, [payment.order_id])),
-            events=[e.event for e in events_of(conn, [payment.order_id])[payment.order_id]],
-        )
 
 
 def settled_once(db: Database, payment: Payment) -> None:

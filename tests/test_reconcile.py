@@ -28,10 +28,9 @@ from orderpay.providers.base import CollectionRequest
 from orderpay.runtime import Runtime
 from orderpay.store.db import Database
 from orderpay.store.notifications import notifications_of
-from orderpay.store.orders import Order, get_order
+from orderpay.store.orders import Order
 from orderpay.store.payments import Payment, get_payment
 from orderpay.store.schema import payments
-from orderpay.store.timeline import events_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import (
     Cli,
@@ -39,6 +38,7 @@ from tests.conftest import (
 )
 from tests.fake_mtn import DELAYED, ONGOING, REJECTS, FakeMtn
 from tests.http_recorder import Recorder, recording_server
+from tests.ledger_views import current, events, notification_count, order_status
 from tests.live_server import listener
 
 FORK = multiprocessing.get_context("fork")
@@ -100,26 +100,6 @@ def claimed_payment(db: Database, payer: str = MTN_SANDBOX_PAYER) -> Payment:
         )  # fmt: skip
     assert claim.payment.status is PaymentStatus.INITIATED
     return claim.payment
-
-
-def current(db: Database, payment: Payment) -> Payment:
-    with db.transaction() as conn:
-        return get_payment(conn, payment.id)
-
-
-def order_status(db: Database, payment: Payment) -> OrderStatus:
-    with db.transaction() as conn:
-        return get_order(conn, payment.order_id).status
-
-
-def events(db: Database, payment: Payment) -> list[str]:
-    with db.transaction() as conn:
-        return [e.event for e in events_of(conn, [payment.order_id])[payment.order_id]]
-
-
-def notification_count(db: Database, payment: Payment) -> int:
-    with db.transaction() as conn:
-        return len(notifications_of(conn, [payment.order_id]))
 
 
 def backdate(db: Database, payment: Payment, age: timedelta, *, created: bool = False) -> None:

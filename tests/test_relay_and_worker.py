@@ -17,6 +17,7 @@ import pytest
 from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
+from sqlalchemy import text
 
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus
@@ -25,6 +26,7 @@ from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, job_id, make_queue, 
 from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
+from orderpay.store.notifications import OUTBOX_CHANNEL
 from tests.builders import AMA, a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer
@@ -48,6 +50,7 @@ from tests.redis_helpers import (
     sms_env,
     success_callback,
     wait_for_status,
+    wait_until,
     worker_processes_fixture,  # noqa: F401
 )
 
@@ -337,14 +340,13 @@ def test_a_running_worker_rides_out_a_redis_outage_and_sends_the_message_once(
             listener_settings(pg_url, REDIS_URL=private_redis.url, ORDERPAY_NOTIFY_CHANNEL="sms")
         ) as client:
             answer = client.post(CALLBACK, content=body, headers=signed(body, SECRET))
-        time.sleep(1.0)  # the relay tries, and fails, meanwhile
+        wait_until(lambda: "relay paused" in worker.output(), what="the relay to meet the outage")
         (waiting,) = notification_rows(db)
         still_running = worker.process.poll() is None
 
         private_redis.start()
         row = wait_for_status(db, waiting["id"], "sent", timeout=30)
-        time.sleep(0.3)  # a second send, if there were one, would be on its way
-        exit_code = worker.terminate()
+        exit_code = worker.terminate()  # a send in flight, if there were one, ends first
         requests = gateway.count()
 
     assert answer.status_code == 200, answer.text
@@ -367,7 +369,8 @@ def test_a_settling_callback_wakes_the_relay_without_waiting_for_its_poll(
         }  # fmt: skip
         worker = worker_processes(env, *SIMPLE)
         worker.wait_ready(redis_url)
-        time.sleep(0.5)  # the relay's first pass is done; it now waits for a wake-up or 60 s
+        # The relay's first pass is over once it LISTENs: it now waits for a wake-up or 60 s.
+        wait_until(lambda: listening_sessions(db) == 1, what="the relay to LISTEN")
         with listener_client(
             listener_settings(pg_url, REDIS_URL=redis_url, ORDERPAY_NOTIFY_CHANNEL="sms")
         ) as client:
@@ -383,6 +386,15 @@ def test_a_settling_callback_wakes_the_relay_without_waiting_for_its_poll(
 
 
 # --- RQ retries, on a worker started with the scheduler ------------------------------------
+
+
+def listening_sessions(db: Database) -> int:
+    """Sessions of this database waiting for the outbox's NOTIFY (the relay's LISTEN)."""
+    with db.engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            f" AND query = 'LISTEN {OUTBOX_CHANNEL}'"
+        )).scalar_one())  # fmt: skip
 
 
 def rq_env(pg_url: str, redis_url: str, gateway_url: str, **extra: str) -> dict[str, str]:
@@ -417,12 +429,16 @@ def test_rq_marks_the_notification_failed_with_the_error_after_the_last_retry(
         worker = worker_processes(env, *SIMPLE)
 
         row = wait_for_status(db, settled.notification_id, "failed", timeout=30)
-
-        time.sleep(0.3)  # a further try, if there were one, would be on its way
         exit_code = worker.terminate()
         requests = gateway.count()
+        with redis_client(redis_url) as redis:
+            queue = make_queue(redis)
+            still_to_run = queue.count + queue.scheduled_job_registry.count
+            failed_jobs = queue.failed_job_registry.count
     assert exit_code == 0, worker.output()
     assert (row.attempts, requests) == (2, 2)
+    assert still_to_run == 0  # no further try is queued or scheduled in RQ
+    assert failed_jobs == 1
     assert row.last_error is not None
     assert "HTTP 500" in row.last_error
     with redis_client(redis_url) as redis:

@@ -6,11 +6,9 @@ moment. Whatever the interleaving, one outcome is applied once.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from orderpay.domain.signatures import standard_headers
@@ -27,6 +25,7 @@ from tests.live_server import (
     callback_body,
     listener,
     listener_settings,
+    post_in_parallel,
     signed,
 )
 
@@ -37,35 +36,6 @@ PARALLEL = 16
 def server(pg_url: str) -> Iterator[LiveServer]:
     with listener(listener_settings(pg_url)) as running:
         yield running
-
-
-def post_in_parallel(
-    url: str, requests: list[tuple[bytes, Callable[[], dict[str, str]]]]
-) -> list[httpx.Response]:
-    """POST every (body, headers) at once, one thread and one connection each."""
-    barrier = threading.Barrier(len(requests))
-    answers: list[httpx.Response | BaseException | None] = [None] * len(requests)
-
-    def send(index: int, body: bytes, headers: dict[str, str]) -> None:
-        try:
-            with httpx.Client(timeout=30) as http:
-                barrier.wait(10)
-                answers[index] = http.post(url, content=body, headers=headers)
-        except BaseException as error:  # reported by the main thread
-            answers[index] = error
-
-    threads = [
-        threading.Thread(target=send, args=(index, body, make_headers()))
-        for index, (body, make_headers) in enumerate(requests)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in threads)
-    failures = [a for a in answers if not isinstance(a, httpx.Response)]
-    assert failures == []
-    return [a for a in answers if isinstance(a, httpx.Response)]
 
 
 def event_counts(db: Database, payment: Payment) -> Counter[str]:

@@ -11,7 +11,6 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,13 +22,11 @@ from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
-from orderpay.store.notifications import notifications_of
-from orderpay.store.orders import get_order
 from orderpay.store.payments import Payment, get_payment
 from orderpay.store.schema import webhook_events
-from orderpay.store.timeline import events_of
 from tests.builders import a_key, an_order
 from tests.conftest import count_rows
+from tests.ledger_views import seen
 from tests.live_server import (
     CALLBACK_PATH,
     CLOSED_POSTGRES_URL,
@@ -47,26 +44,6 @@ from tests.live_server import (
 )
 
 MAX_BODY = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Seen:
-    """What a callback may have changed about one payment and its order."""
-
-    payment: PaymentStatus
-    order: OrderStatus
-    notifications: int
-    events: list[str]
-
-
-def seen(db: Database, payment: Payment) -> Seen:
-    with db.transaction() as conn:
-        return Seen(
-            payment=get_payment(conn, payment.id).status,
-            order=get_order(conn, payment.order_id).status,
-            notifications=len(notifications_of(conn, [payment.order_id])),
-            events=[e.event for e in events_of(conn, [payment.order_id])[payment.order_id]],
-        )
 
 
 def post(client: TestClient, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -271,7 +248,7 @@ def test_a_callback_for_an_unknown_order_is_404_order_not_found_and_stores_nothi
     assert count_rows(db) == before
 
 
-def test_a_success_for_an_order_that_was_never_charged_is_kept_for_review(
+def test_a_callback_for_an_order_with_no_payment_awaiting_an_outcome_is_404_payment_not_found(
     client: TestClient, db: Database
 ) -> None:
     order = an_order(db)
@@ -282,16 +259,8 @@ def test_a_success_for_an_order_that_was_never_charged_is_kept_for_review(
 
     answer = post(client, body)
 
-    assert answer.status_code == 200
-    assert answer.json() == {"status": "review", "payment": None}
-    after = count_rows(db)
-    assert after == before | {
-        "webhook_events": before["webhook_events"] + 1,
-        "order_events": before["order_events"] + 1,
-    }
-    with db.transaction() as conn:
-        assert get_order(conn, order.id).status is OrderStatus.PENDING
-        assert events_of(conn, [order.id])[order.id][-1].event == "callback_unmatched"
+    assert_error(answer, 404, "payment_not_found")
+    assert count_rows(db) == before
 
 
 def test_a_provider_reference_of_another_orders_payment_is_refused_with_400(

@@ -55,6 +55,7 @@ def payment_shape(payment: Payment, *, replayed: bool | None = None) -> Shape:
         "provider": payment.provider,
         "provider_reference": payment.provider_reference,
         "provider_transaction_id": payment.provider_transaction_id,
+        "awaiting_confirmation": payment.awaiting_confirmation,
         "payer_phone": payment.payer_phone,
         "failure_reason": payment.failure_reason,
         "created_at": timestamp(payment.created_at),

@@ -20,10 +20,10 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import Connection, and_, bindparam, exists, select
+from sqlalchemy import Connection, bindparam, select
 
 from orderpay.domain.money import Money, currency_code, parse_amount
-from orderpay.domain.states import PaymentStatus
+from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_object, parse_uuid
 from orderpay.errors import InvalidPayload, OrderNotFound, PaymentNotFound
 from orderpay.payments.settlement import Settled, settle
@@ -31,7 +31,7 @@ from orderpay.store import inbox, locks, timeline
 from orderpay.store.locks import LockedPayment
 from orderpay.store.outbox import NotifyTarget
 from orderpay.store.payments import Payment
-from orderpay.store.schema import orders, payments
+from orderpay.store.schema import orders
 
 MAX_REFERENCE_LENGTH = 128
 MAX_REASON_LENGTH = 255
@@ -45,15 +45,9 @@ MOMO_SOURCE = "momo"
 # word. Any other provider's payment is only hinted at by one.
 SIGNING_PROVIDERS = frozenset({"simulator"})
 
-_ORDER_STATE = select(
-    orders.c.id,
-    exists().where(
-        and_(
-            payments.c.order_id == orders.c.id,
-            payments.c.status == PaymentStatus.INITIATED.value,
-        )
-    ),
-).where(orders.c.id == bindparam("b_order"))
+_ORDER_PAID = select(orders.c.id, orders.c.status == OrderStatus.PAID.value).where(
+    orders.c.id == bindparam("b_order")
+)
 
 
 class Answer(StrEnum):
@@ -192,21 +186,22 @@ def _locate(conn: Connection, callback: Callback) -> LockedPayment | None:
 
 
 def _unmatched(conn: Connection, callback: Callback, event: int) -> CallbackResult:
-    """No payment of the order matches. Until the provider's receipt of a charge is recorded
-    the callback may simply be early (404: the sender retries); otherwise the order already
-    settled, or never had this payment: possibly money taken twice, kept for review."""
-    row = conn.execute(_ORDER_STATE, {"b_order": callback.order_id}).first()
+    """No payment of the order matches. For an order already paid this is an outcome under
+    another reference (possibly money taken twice): kept for review. Otherwise the callback
+    may simply be early, before the provider's receipt of a charge is recorded: 404, nothing
+    recorded, and the sender retries."""
+    row = conn.execute(_ORDER_PAID, {"b_order": callback.order_id}).first()
     if row is None:
         raise OrderNotFound(f"order {callback.order_id} does not exist")
-    if row[1]:
+    if not row[1]:
         raise PaymentNotFound(
-            f"order {callback.order_id} has no payment awaiting an outcome yet; retry later"
+            f"order {callback.order_id} has no payment awaiting an outcome; retry later"
         )
     timeline.record_event(
         conn, callback.order_id, "callback_unmatched",
         f"{callback.source} callback reported {callback.status} under reference "
-        f"{callback.provider_reference!r}, which matches no open payment of this order; "
-        "kept for review, nothing changed",
+        f"{callback.provider_reference!r}, which matches no payment of this paid order; "
+        "kept for review (a second payment?), nothing changed",
     )  # fmt: skip
     inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
     return CallbackResult(Answer.REVIEW, None)

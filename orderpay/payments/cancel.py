@@ -77,7 +77,7 @@ def cancel_payment(
             f"payment {payment.id} failed by the operator without asking {payment.provider} "
             f"({error.message}): {reason}; a success reported later is kept for review"
         )
-        after = _fail(db, payment.id, reason, detail, "payment_cancelled_unconfirmed")
+        after = _fail(db, payment.id, reason, detail, "payment_cancelled_unconfirmed", forced=True)
         return CancelResult(after, Cancelled.FORCED, "not asked")
     said = answer.state.value
     if answer.state is RemoteState.PENDING:
@@ -89,7 +89,7 @@ def cancel_payment(
         )
     if answer.state is RemoteState.UNKNOWN:
         detail = f"payment {payment.id} cancelled by the operator: {reason}"
-        after = _fail(db, payment.id, reason, detail, "payment_cancelled")
+        after = _fail(db, payment.id, reason, detail, "payment_cancelled", forced=False)
         return CancelResult(after, Cancelled.CANCELLED, f"{said}: no such payment")
     target = (
         PaymentStatus.SUCCEEDED if answer.state is RemoteState.SUCCEEDED else PaymentStatus.FAILED
@@ -128,7 +128,7 @@ def _cancellable(payment: Payment) -> Payment:
 
 
 def _fail(
-    db: Transactional, payment_id: uuid.UUID, reason: str, detail: str, event: str
+    db: Transactional, payment_id: uuid.UUID, reason: str, detail: str, event: str, *, forced: bool
 ) -> Payment:
     """Fail the payment with the operator's reason, unless it moved on meanwhile."""
 
@@ -136,7 +136,7 @@ def _fail(
         locked = locks.lock_payment(conn, payment_id)
         assert locked is not None, "payments are never deleted"
         payment = _cancellable(locked.payment)
-        ledger.fail(conn, payment, reason=reason, detail=detail, event=event)
+        ledger.fail(conn, payment, reason=reason, detail=detail, event=event, unconfirmed=forced)
         return get_payment(conn, payment_id)
 
     return retrying(db, apply)

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from sqlalchemy import Connection
 
-from orderpay.domain.states import OPEN_PAYMENT_STATUSES, PaymentStatus
+from orderpay.domain.states import PaymentStatus
 from orderpay.errors import ProviderUnavailable
 from orderpay.payments.charge import submit
 from orderpay.payments.settlement import Settled, settle
@@ -27,7 +27,7 @@ from orderpay.providers.base import (
 from orderpay.store import ledger, locks
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.outbox import NotifyTarget
-from orderpay.store.payments import Payment
+from orderpay.store.payments import Payment, to_confirm
 
 REMOTE_OUTCOMES = {
     RemoteState.SUCCEEDED: PaymentStatus.SUCCEEDED,
@@ -75,7 +75,7 @@ def confirm_payment(
     reference (the provider deduplicates it), holding the charge lease like a resumed key.
     """
     before = payment.status
-    if before not in OPEN_PAYMENT_STATUSES:
+    if not to_confirm(payment):
         return _unchanged(payment, "not asked", "already settled")
     if payment.provider != provider.name:
         # Asking MTN about a simulator payment (or the reverse) could resubmit it for real.

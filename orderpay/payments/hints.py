@@ -1,9 +1,10 @@
 """MTN's own callbacks (`POST`/`PUT /api/webhooks/mtn/`): unsigned, so only hints.
 
-Anyone can post to this route, so what it stores is bounded: only a hint about an open MTN
-payment is recorded, once per (payment, status), as the fields MTN's callback carries (never
-the raw body). The hint names the payment to ask about; confirmation.confirm_payment then asks
-MTN's status call before anything changes.
+Anyone can post to this route, so what it stores is bounded: only a hint about an MTN payment
+whose outcome is awaited (open, or failed by an operator without MTN's word) is recorded, once
+per (payment, status), as the fields MTN's callback carries (never the raw body). The hint
+names the payment to ask about; confirmation.confirm_payment then asks MTN's status call
+before anything changes.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
-from orderpay.domain.states import OPEN_PAYMENT_STATUSES
 from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_object
 from orderpay.errors import InvalidPayload
 from orderpay.store import inbox
-from orderpay.store.payments import Payment, find_payment, open_payment_of_order
+from orderpay.store.payments import (
+    Payment,
+    find_payment,
+    payment_to_confirm_of_order,
+    to_confirm,
+)
 
 MTN_SOURCE = "mtn"
 MTN_PROVIDER = "mtn"
@@ -58,12 +63,8 @@ def record_hint(conn: Connection, hint: Hint) -> Payment | None:
     (nothing open to confirm, or a hint already recorded: then nothing is written)."""
     payment = find_payment(conn, hint.reference) if hint.reference is not None else None
     if payment is None and hint.order_id is not None:
-        payment = open_payment_of_order(conn, hint.order_id)
-    if (
-        payment is None
-        or payment.provider != MTN_PROVIDER
-        or payment.status not in OPEN_PAYMENT_STATUSES
-    ):
+        payment = payment_to_confirm_of_order(conn, hint.order_id)
+    if payment is None or payment.provider != MTN_PROVIDER or not to_confirm(payment):
         return None
     recorded = inbox.record_once(
         conn, source=MTN_SOURCE, dedupe_key=f"{payment.id}:{hint.status or 'UNKNOWN'}",

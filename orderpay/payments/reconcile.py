@@ -35,12 +35,14 @@ def parse_age(raw: str) -> timedelta:
 
 
 def payments_to_reconcile(conn: Connection, older_than: timedelta, limit: int) -> list[Payment]:
-    """Payments still `initiated` or `pending`, unchanged for `older_than`, whoever their
-    provider: each is asked of its own provider, even after ORDERPAY_PROVIDER changed."""
+    """Payments still `initiated` or `pending` (or failed by an operator without their
+    provider's word), unchanged for `older_than`, whoever their provider: each is asked of its
+    own provider, even after ORDERPAY_PROVIDER changed."""
     rows = conn.execute(
         select(*COLUMNS)
         .where(
-            payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+            payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES])
+            | payments.c.awaiting_confirmation,
             payments.c.updated_at <= utcnow() - older_than,
         )
         .order_by(payments.c.updated_at)

@@ -6,7 +6,7 @@ the provider reports:
 - an open payment (`initiated`, `pending`) moves to the outcome; on success the order becomes
   `paid` and the notification outbox row is written, all in the caller's transaction;
 - the same terminal outcome again changes nothing (the provider's transaction id is kept if it
-  was not known yet);
+  was not known yet; a failure the operator forced is now confirmed);
 - a different terminal outcome (success after failure, or the reverse) and an amount or
   currency that differs from the payment's are kept for review: nothing moves, the timeline
   says why, and an order is never marked paid on them.
@@ -96,11 +96,18 @@ def settle(
             f"{payment.amount}; kept for review, nothing changed",
         )  # fmt: skip
     else:
+        unconfirmed = (
+            ", failed by the operator without the provider's word: money to refund?"
+            if payment.awaiting_confirmation
+            else ""
+        )
         timeline.record_event(
             conn, payment.order_id, "callback_conflict",
             f"{source} reported {target} for payment {payment.id}, which is {payment.status} "
-            f"(order {locked.order_status}); kept for review, nothing changed",
+            f"(order {locked.order_status}){unconfirmed}; kept for review, nothing changed",
         )  # fmt: skip
+    if payment.awaiting_confirmation and verdict is not Settled.APPLIED:
+        ledger.confirmed(conn, payment.id)  # the provider's word is in: stop asking
     if event_id is not None:
         inbox.decide(conn, event_id, verdict.value, payment.order_id, payment.id)
     return verdict

@@ -161,7 +161,7 @@ class MtnProvider:
         missing = [_ENV[name] for name, value in values.items() if not (value and value.strip())]
         if missing:
             raise ConfigurationError(
-                f"ORDERPAY_PROVIDER=mtn needs {', '.join(missing)} (environment or .env)",
+                f"the mtn provider needs {', '.join(missing)} (environment or .env)",
                 missing=missing,
             )
         budget = DEFAULT_BUDGET_SECONDS

@@ -2,10 +2,9 @@
 payments (DESIGN.md section 1).
 
 Every transition of an order or a payment is written here, once: each is a compare-and-set
-(`WHERE status = :expected`) or runs under the row locks taken here, and writes its timeline
-row. Where Postgres and SQLite need different SQL the difference stays inside the function.
-Locks are always taken order first, then payment: a charge resuming a key and a callback
-settling its payment wait for each other instead of deadlocking.
+(`WHERE status = :expected`) or runs under the row locks of store/locks.py (order first, then
+payment), and writes its timeline row. Where Postgres and SQLite need different SQL the
+difference stays inside the function.
 
 On Postgres a write and its timeline row go in one statement (data-modifying CTEs): a round
 trip fewer per step, which is most of what a charge or a callback costs.
@@ -52,7 +51,6 @@ from orderpay.store.payments import COLUMNS, Payment, from_row
 from orderpay.store.schema import UTCDateTime, order_items, orders, payments
 
 _INITIATED = PaymentStatus.INITIATED.value
-_PENDING = PaymentStatus.PENDING.value
 
 
 # --- Orders -----------------------------------------------------------------------------------
@@ -235,6 +233,7 @@ _MOVE = (
     .values(
         status=bindparam("v_status"),
         failure_reason=bindparam("v_reason"),
+        awaiting_confirmation=bindparam("v_awaiting"),
         provider_transaction_id=func.coalesce(
             payments.c.provider_transaction_id, bindparam("v_transaction", type_=Text())
         ),
@@ -254,12 +253,21 @@ _NOTE_TRANSACTION = (
 )
 
 
+_CONFIRMED = (
+    update(payments)
+    .where(payments.c.id == bindparam("b_id"), payments.c.awaiting_confirmation)
+    .values(awaiting_confirmation=False)
+)
+
+
 def _succeed_in_one_statement(with_inbox: bool) -> Select[Any]:
     """Everything a success writes, as one Postgres statement: the payment, the order, the
     outbox row, the three timeline rows, and (`with_inbox`) the callback's outcome."""
     now = bindparam("v_now", type_=UTCDateTime())
     paid = (
-        _MOVE.values(status=PaymentStatus.SUCCEEDED.value, failure_reason=None)
+        _MOVE.values(
+            status=PaymentStatus.SUCCEEDED.value, failure_reason=None, awaiting_confirmation=False
+        )
         .returning(payments.c.id, payments.c.order_id)
         .cte("paid")
     )
@@ -327,7 +335,7 @@ def succeed(
             outcome = inbox.outcome_params(event[0], event[1], payment.order_id, payment.id)
             conn.execute(_SUCCEED_CALLBACK, params | outcome)
         return
-    _move(conn, payment, PaymentStatus.SUCCEEDED, None, transaction_id, now)
+    _move(conn, payment, PaymentStatus.SUCCEEDED, None, transaction_id, now, awaiting=False)
     conn.execute(_MARK_PAID, {"b_id": payment.order_id, "v_now": now})
     notification_id = outbox.add_notification(
         conn, order_id=payment.order_id, payment_id=payment.id, recipient=recipient, target=notify
@@ -350,13 +358,16 @@ def fail(
     detail: str,
     transaction_id: str | None = None,
     event: str = "payment_failed",
+    unconfirmed: bool = False,
 ) -> None:
     """An open payment failed (the provider's word, or an operator's cancel); the order stays
-    pending, chargeable with a new key."""
+    pending, chargeable with a new key. `unconfirmed`: without the provider's word (it is
+    still asked, and a success it reports later is kept for review)."""
     if not payment_can_move(payment.status, PaymentStatus.FAILED):
         raise ValueError(f"payment transition {payment.status} -> failed is not allowed")
     now = utcnow()
-    if not _move(conn, payment, PaymentStatus.FAILED, reason, transaction_id, now):
+    moved = _move(conn, payment, PaymentStatus.FAILED, reason, transaction_id, now, unconfirmed)
+    if not moved:
         raise ConcurrentUpdate(f"payment {payment.id} changed while it was being updated; retry")
     timeline.record_events(conn, payment.order_id, [(event, detail)], at=now)
 
@@ -368,12 +379,14 @@ def _move(
     reason: str | None,
     transaction_id: str | None,
     now: datetime,
+    awaiting: bool,
 ) -> bool:
     moved = conn.execute(
         _MOVE,
         {
             "b_id": payment.id, "b_from": payment.status.value, "v_status": target.value,
-            "v_reason": reason, "v_transaction": transaction_id, "v_now": now,
+            "v_reason": reason, "v_awaiting": awaiting, "v_transaction": transaction_id,
+            "v_now": now,
         },
     )  # fmt: skip
     return bool(moved.rowcount == 1)
@@ -382,3 +395,8 @@ def _move(
 def note_transaction_id(conn: Connection, payment_id: uuid.UUID, transaction_id: str) -> None:
     """Keep the provider's transaction id of a payment, unless it already has one."""
     conn.execute(_NOTE_TRANSACTION, {"b_id": payment_id, "v_transaction": transaction_id})
+
+
+def confirmed(conn: Connection, payment_id: uuid.UUID) -> None:
+    """The provider gave its word on a payment failed without it: stop asking."""
+    conn.execute(_CONFIRMED, {"b_id": payment_id})

@@ -29,6 +29,7 @@ class Payment:
     provider_transaction_id: str | None
     status: PaymentStatus
     failure_reason: str | None
+    awaiting_confirmation: bool
     lease_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
@@ -47,6 +48,7 @@ COLUMNS = (
     payments.c.provider_transaction_id,
     payments.c.status,
     payments.c.failure_reason,
+    payments.c.awaiting_confirmation,
     payments.c.lease_expires_at,
     payments.c.created_at,
     payments.c.updated_at,
@@ -55,19 +57,25 @@ COLUMNS = (
 
 def from_row(row: Sequence[Any]) -> Payment:
     (pid, order_id, key, fingerprint, amount, currency, payer, provider, reference, transaction,
-     status, reason, lease, created_at, updated_at) = row  # fmt: skip
+     status, reason, awaiting, lease, created_at, updated_at) = row  # fmt: skip
     return Payment(
         pid, order_id, key, fingerprint, Money(amount, currency), payer, provider, reference,
-        transaction, PaymentStatus(status), reason, lease, created_at, updated_at,
+        transaction, PaymentStatus(status), reason, bool(awaiting), lease, created_at, updated_at,
     )  # fmt: skip
 
 
 # Built once: these run on every charge, and building a statement costs more than running it.
 _BY_ID = select(*COLUMNS).where(payments.c.id == bindparam("b_id"))
 _BY_KEY = select(*COLUMNS).where(payments.c.idempotency_key == bindparam("b_key"))
-_OPEN_OF_ORDER = select(*COLUMNS).where(
-    payments.c.order_id == bindparam("b_order"),
-    payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]),
+_TO_CONFIRM_OF_ORDER = (
+    select(*COLUMNS)
+    .where(
+        payments.c.order_id == bindparam("b_order"),
+        payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES])
+        | payments.c.awaiting_confirmation,
+    )
+    .order_by(payments.c.created_at.desc())
+    .limit(1)
 )
 
 
@@ -83,9 +91,15 @@ def find_payment(conn: Connection, payment_id: uuid.UUID) -> Payment | None:
     return None if row is None else from_row(row)
 
 
-def open_payment_of_order(conn: Connection, order_id: uuid.UUID) -> Payment | None:
-    """The order's `initiated` or `pending` payment (there is at most one)."""
-    row = conn.execute(_OPEN_OF_ORDER, {"b_order": order_id}).first()
+def to_confirm(payment: Payment) -> bool:
+    """Whether the provider's word on this payment is still awaited: it is open, or it was
+    failed without asking the provider."""
+    return payment.status in OPEN_PAYMENT_STATUSES or payment.awaiting_confirmation
+
+
+def payment_to_confirm_of_order(conn: Connection, order_id: uuid.UUID) -> Payment | None:
+    """The order's newest payment whose provider's word is awaited (see to_confirm)."""
+    row = conn.execute(_TO_CONFIRM_OF_ORDER, {"b_order": order_id}).first()
     return None if row is None else from_row(row)
 
 

@@ -154,6 +154,9 @@ payments = Table(
     Column("provider_transaction_id", String(128), nullable=True),
     Column("status", String(16), nullable=False),
     Column("failure_reason", Text(), nullable=True),
+    # Failed by an operator without the provider's word (cancel --force): the provider is still
+    # asked until it gives a definite outcome; a success then is kept for review.
+    Column("awaiting_confirmation", Boolean(), nullable=False, server_default=text("false")),
     # While set and in the future, one process is talking to the provider for this payment;
     # others with the same key answer idempotency_key_in_use instead of calling again.
     Column("lease_expires_at", UTCDateTime(), nullable=True),

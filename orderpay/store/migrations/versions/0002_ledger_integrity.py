@@ -1,4 +1,5 @@
-"""Payments keep the provider's transaction id; notification leases get their own column.
+"""Payments keep the provider's transaction id and whether a failure awaits the provider's
+word; notification leases get their own column.
 
 Revision ID: 0002_ledger_integrity
 Revises: 0001_initial
@@ -19,6 +20,14 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("payments") as batch:
         batch.add_column(sa.Column("provider_transaction_id", sa.String(length=128), nullable=True))
+        batch.add_column(
+            sa.Column(
+                "awaiting_confirmation",
+                sa.Boolean(),
+                server_default=sa.text("false"),
+                nullable=False,
+            )
+        )
     op.create_index(
         "uq_payments_provider_provider_transaction_id",
         "payments",
@@ -36,4 +45,5 @@ def downgrade() -> None:
         batch.drop_column("lease_until")
     op.drop_index("uq_payments_provider_provider_transaction_id", table_name="payments")
     with op.batch_alter_table("payments") as batch:
+        batch.drop_column("awaiting_confirmation")
         batch.drop_column("provider_transaction_id")
