@@ -15,12 +15,16 @@ from typer.core import TyperGroup
 
 from orderpay import __version__
 from orderpay.commands import (
-    catalog,
+    callback_log,
+    customers,
     database,
+    events,
+    exports,
     listener,
     operations,
     orders,
     payments,
+    products,
     worker,
 )
 from orderpay.commands.common import JSON_META_KEY
@@ -105,7 +109,8 @@ def report(error: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         import json  # not at the top: `orderpay --help` never needs it
 
-        sys.stderr.write(json.dumps({"error": error}) + "\n")
+        # ensure_ascii=False: a name like "Akosua Nyàmé" reads as itself, not as \u escapes.
+        sys.stderr.write(json.dumps({"error": error}, ensure_ascii=False) + "\n")
     else:
         sys.stderr.write(f"error: {error['message']} [{error['code']}]\n")
 
@@ -123,9 +128,14 @@ app = typer.Typer(
         "  orderpay product create --name Kenkey --price 12.50 --currency GHS\n"
         "  orderpay order create --customer 1 --item PRODUCT_ID:2\n"
         "  orderpay charge ORDER_ID --key order-1-attempt-1\n"
-        "  orderpay order show ORDER_ID\n"
+        "  orderpay order show 3f1c2a9e  # any unique id prefix\n"
+        "  orderpay order list --since 7d --status paid\n"
         "  orderpay serve-webhooks --port 8000\n"
-        "  orderpay worker\n\n"
+        "  orderpay worker\n"
+        "  orderpay events tail          # follow the timeline live\n"
+        "  orderpay webhook list --outcome unmatched\n"
+        "  orderpay payment export --since 2026-11-01 --until 2026-12-01 -o nov.csv\n"
+        "  orderpay db prune --older-than 90d\n\n"
         "Configuration comes from the environment and ./.env (see `orderpay config show`). "
         "Exit codes: 0 ok, 1 bug, 2 invalid input, 3 not found, 4 conflict, "
         "5 idempotency key reused, 6 payment declined, 7 unavailable (retry)."
@@ -160,16 +170,21 @@ def root(
 
 app.add_typer(database.db_app, name="db")
 app.add_typer(database.config_app, name="config")
-app.add_typer(catalog.customer_app, name="customer")
-app.add_typer(catalog.product_app, name="product")
+app.add_typer(customers.customer_app, name="customer")
+app.add_typer(products.product_app, name="product")
 app.add_typer(orders.order_app, name="order")
 app.command("charge", short_help="Collect an order's total from the payer.")(payments.charge)
 app.add_typer(payments.payment_app, name="payment")
+payments.payment_app.command("export", short_help="Export a period's payments as CSV or JSON.")(
+    exports.payment_export
+)
 app.command("serve-webhooks", short_help="Run the callback listener and the REST API.")(
     listener.serve_webhooks
 )
 app.add_typer(listener.webhook_app, name="webhook")
+callback_log.register(listener.webhook_app)
 app.command("worker", short_help="Deliver notifications (RQ, or from the database).")(worker.worker)
+app.add_typer(events.events_app, name="events")
 app.add_typer(worker.notification_app, name="notification")
 app.command("reconcile", short_help="Settle payments whose outcome never arrived.")(
     operations.reconcile

@@ -173,6 +173,7 @@ def _deliver(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
     from orderpay.domain.states import NotificationStatus
     from orderpay.notify.drain import Drain
     from orderpay.store.notifications import list_notifications
+    from orderpay.store.paging import Window
 
     settings = runtime.settings
     results = Drain(
@@ -180,6 +181,8 @@ def _deliver(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
     ).drain_due()
     report(f"worker: {len(results)} notification(s) delivered from the database")
     with runtime.database.transaction() as conn:
-        unsent = list_notifications(conn, status=NotificationStatus.PENDING, order_id=order_id)
+        unsent = list_notifications(
+            conn, Window(), status=NotificationStatus.PENDING, order_id=order_id
+        ).items
     if unsent:
         raise OrderpayError("the demo's notification was not sent; see the log above")

@@ -161,6 +161,18 @@ class DatabaseNotEmpty(InvalidInput):
     code = "database_not_empty"
 
 
+class AmbiguousId(InvalidInput):
+    """A short id that the start of several ids matches."""
+
+    code = "ambiguous_id"
+
+
+class EventNotReplayable(InvalidInput):
+    """A stored callback of a source that `orderpay webhook replay` cannot run again."""
+
+    code = "event_not_replayable"
+
+
 class ConfirmationRequired(InvalidInput):
     """A command that asks before it acts got no terminal to ask on, and no --yes."""
 
@@ -207,6 +219,12 @@ class NotificationNotFound(NotFound):
     code = "notification_not_found"
 
 
+class WebhookEventNotFound(NotFound):
+    """No stored callback (webhook_events row) has this id."""
+
+    code = "webhook_event_not_found"
+
+
 class RouteNotFound(NotFound):
     code = "not_found"
 
@@ -232,6 +250,12 @@ class IdempotencyKeyInUse(Conflict):
 
 class ConcurrentUpdate(Conflict):
     code = "concurrent_update"
+
+
+class CustomerExists(Conflict):
+    """A customer with this phone exists already (creating another needs --allow-duplicate)."""
+
+    code = "customer_exists"
 
 
 class ProductInactive(Conflict):
@@ -301,8 +325,9 @@ def category_of(error_class: type[OrderpayError]) -> type[OrderpayError]:
 
 
 def error_for_status(status: int, message: str) -> OrderpayError:
-    """An error of the category a remote orderpay answered with (for its exit code)."""
+    """An error of the category a remote orderpay answered with (for its exit code): its own
+    category's, else a refusal of the request (4xx: exit 2) or an outage (5xx: exit 7)."""
     for category in CATEGORIES:
         if category.http_status == status:
             return category(message)
-    return OrderpayError(message)
+    return Unavailable(message) if status >= 500 else InvalidInput(message)

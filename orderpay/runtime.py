@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from orderpay.notify.delivery import RetryPolicy
     from orderpay.providers.base import Provider
     from orderpay.store.db import Database
-    from orderpay.store.outbox import NotifyTarget
+    from orderpay.store.notifications import NotifyTarget
     from orderpay.store.wakeups import Nudger
 
 
@@ -82,7 +82,7 @@ class Runtime:
             return self._providers[name]
 
     def notify_target(self) -> NotifyTarget:
-        from orderpay.store.outbox import NotifyTarget
+        from orderpay.store.notifications import NotifyTarget
 
         return NotifyTarget(self.settings.notify_channel, self.settings.notify_webhook_url)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -74,6 +74,8 @@ async def momo_webhook(request: Request) -> Response:
             raise InvalidSignature("invalid signature") from None  # no detail for the sender
         callback = parse_callback(body, webhook_id=verified.webhook_id)
         result = await run_in_threadpool(_apply_callback, runtime, callback)
+        if result.error is not None:  # kept as unmatched and committed: 404, the sender retries
+            raise result.error
         if result.notification_queued:
             runtime.nudger.nudge()
         if result.confirm is not None:
@@ -238,16 +240,28 @@ def route_label(scope: Scope) -> str:
     return "unmatched"
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def both_forms(path: str, endpoint: Endpoint, methods: list[str]) -> list[Route]:
+    """The route at `path` and at `path` with its trailing slash toggled (DESIGN.md section 6:
+    routes answer the same with or without it; Starlette would answer the other form with an
+    empty 307, which a POST's sender does not follow). The canonical form comes first, so
+    `route_label` names both by it."""
+    other = path.removesuffix("/") if path.endswith("/") else path + "/"
+    return [Route(path, endpoint, methods=methods), Route(other, endpoint, methods=methods)]
+
+
 ROUTES = [
-    Route("/api/webhooks/momo/", momo_webhook, methods=["POST"]),
-    Route("/api/webhooks/mtn/", mtn_webhook, methods=["POST", "PUT"]),
-    Route("/api/webhooks/sms-dlr/", sms_delivery_report, methods=["POST"]),
-    Route("/api/orders/", rest.create_order, methods=["POST"]),
-    Route("/api/orders/{order_id}/", rest.get_order, methods=["GET"]),
-    Route("/api/payments/charge/", rest.charge, methods=["POST"]),
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    *both_forms("/api/webhooks/momo/", momo_webhook, ["POST"]),
+    *both_forms("/api/webhooks/mtn/", mtn_webhook, ["POST", "PUT"]),
+    *both_forms("/api/webhooks/sms-dlr/", sms_delivery_report, ["POST"]),
+    *both_forms("/api/orders/", rest.create_order, ["POST"]),
+    *both_forms("/api/orders/{order_id}/", rest.get_order, ["GET"]),
+    *both_forms("/api/payments/charge/", rest.charge, ["POST"]),
+    *both_forms("/healthz", healthz, ["GET"]),
+    *both_forms("/readyz", readyz, ["GET"]),
+    *both_forms("/metrics", metrics_endpoint, ["GET"]),
 ]
 
 

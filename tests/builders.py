@@ -16,7 +16,9 @@ MTN_SANDBOX_PAYER = "+46733123499"  # an MTN sandbox number that simply succeeds
 
 def a_customer(db: Database, *, name: str = "Ama Mensah", phone: str = AMA) -> Customer:
     with db.transaction() as conn:
-        return create_customer(conn, name=name, phone=phone, email=None, default_region="GH")
+        return create_customer(
+            conn, name=name, phone=phone, email=None, default_region="GH", allow_duplicate=True
+        )
 
 
 def a_product(
@@ -33,12 +35,13 @@ def an_order(
     price: str = "12.50",
     currency: str = "GHS",
     quantity: int = 2,
+    product: str = "Kenkey",
 ) -> Order:
     """A pending order for one product; 2 x 12.50 GHS = 25.00 GHS by default."""
     customer = a_customer(db, phone=phone)
-    product = a_product(db, price=price, currency=currency)
+    made = a_product(db, name=product, price=price, currency=currency)
     with db.transaction() as conn:
-        return create_order(conn, customer_id=customer.id, items=[(product.id, quantity)])
+        return create_order(conn, customer_id=customer.id, items=[(made.id, quantity)])
 
 
 def a_key() -> str:

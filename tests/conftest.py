@@ -228,6 +228,12 @@ class Cli:
         assert outcome.exit_code == 0, outcome.stderr
         return outcome.json()
 
+    def items(self, *args: str, **env: str) -> Any:
+        """Run a --json list command that must succeed; return its page's items."""
+        page = self.ok(*args, **env)
+        assert set(page) == {"items", "next"}, page
+        return page["items"]
+
 
 @pytest.fixture
 def cli(pg_url: str) -> Cli:

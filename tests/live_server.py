@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -196,6 +197,24 @@ def callback_body(payment: Payment, status: str = "success", **fields: Any) -> b
     }
     document.update(fields)
     return json.dumps({k: v for k, v in document.items() if v is not OMIT}).encode()
+
+
+SENDER_ID = "MP240101.1234.A56789"  # a seed-style sender's own id of the money movement
+
+
+def sender_body(
+    order_id: uuid.UUID, reference: str = SENDER_ID, status: str = "success", **fields: Any
+) -> bytes:
+    """What a seed-style sender posts: its own transaction id as the reference."""
+    document = {
+        "provider_reference": reference,
+        "order_id": str(order_id),
+        "status": status,
+        "amount": "25.00",
+        "currency": "GHS",
+        **fields,
+    }
+    return json.dumps(document).encode()
 
 
 def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:

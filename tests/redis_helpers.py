@@ -49,8 +49,7 @@ from orderpay.payments.callbacks import apply_callback, parse_callback
 from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
-from orderpay.store.notifications import Notification, get_notification
-from orderpay.store.outbox import NotifyTarget
+from orderpay.store.notifications import Notification, NotifyTarget, get_notification
 from orderpay.store.schema import notifications
 from orderpay.store.timeline import events_of
 from tests.builders import AMA, a_key, an_order

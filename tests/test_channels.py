@@ -15,7 +15,7 @@ from orderpay.notify.channels import LogChannel, SmsChannel, WebhookChannel
 from orderpay.notify.delivery import RetryPolicy
 from orderpay.notify.drain import Drain
 from orderpay.store.db import Database
-from orderpay.store.outbox import NotifyTarget
+from orderpay.store.notifications import NotifyTarget
 from tests.builders import AMA
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer

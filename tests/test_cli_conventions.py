@@ -70,10 +70,11 @@ USAGE_ERROR_IDS = ["customer-not-a-number", "unknown-status", "limit-zero", "pho
 
 # Read commands and their JSON document type.
 READ_COMMANDS = [
-    (("customer", "list"), list),
-    (("product", "list"), list),
-    (("order", "list"), list),
-    (("payment", "list"), list),
+    (("customer", "list"), dict),
+    (("product", "list"), dict),
+    (("order", "list"), dict),
+    (("payment", "list"), dict),
+    (("notification", "list"), dict),
     (("config", "show"), dict),
     (("db", "status"), dict),
 ]

@@ -69,12 +69,20 @@ def test_product_currency_is_case_insensitive(shared_cli: Cli) -> None:
     assert product["currency"] == "GHS"
 
 
-def test_free_product_is_accepted(shared_cli: Cli) -> None:
-    product = shared_cli.ok(
-        "product", "create", "--name", "Sachet water", "--price", "0", "--currency", "GHS"
-    )
+def test_a_free_product_is_refused_because_its_orders_could_never_be_charged(
+    shared_cli: Cli, shared_db: Database
+) -> None:
+    before = count_rows(shared_db)
 
-    assert product["price"] == "0.00"
+    outcome = shared_cli(
+        "product", "create", "--name", "Sachet water", "--price", "0", "--currency", "GHS",
+        "--json",
+    )  # fmt: skip
+
+    assert outcome.exit_code == 2
+    assert outcome.error()["code"] == "invalid_amount"
+    assert "more than zero" in outcome.error()["message"]
+    assert count_rows(shared_db) == before
 
 
 def test_product_create_without_json_prints_a_table_on_stdout(shared_cli: Cli) -> None:
@@ -95,13 +103,13 @@ def test_product_list_shows_products_newest_first(any_cli: Cli) -> None:
         "product", "create", "--name", "Rolex", "--price", "3000", "--currency", "UGX"
     )
 
-    listed = any_cli.ok("product", "list")
+    listed = any_cli.items("product", "list")
 
     assert listed == [rolex, kenkey]
 
 
 def test_product_list_of_an_empty_shop_is_an_empty_list(any_cli: Cli) -> None:
-    listed = any_cli.ok("product", "list")
+    listed = any_cli.items("product", "list")
 
     assert listed == []
 

@@ -81,7 +81,7 @@ def test_reading_a_read_only_file_still_works(tmp_path: Path, read_only_file: Pa
     listed = _as_user(tmp_path, "customer", "list", "--json")
 
     assert listed.exit_code == 0, listed.stderr
-    assert listed.json() == []
+    assert listed.json() == {"items": [], "next": None}
 
 
 def test_a_database_in_an_unwritable_directory_is_exit_2_naming_the_directory(

@@ -49,7 +49,7 @@ def test_the_postgres_variables_and_a_bare_scheme_in_dotenv_work_alike(
     listed = orderpay(tmp_path, "customer", "list", "--json")
 
     assert listed.exit_code == 0, listed.stderr
-    assert listed.json() == []
+    assert listed.json() == {"items": [], "next": None}
 
 
 def test_config_show_reports_the_driver_that_is_used(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ from orderpay.notify.delivery import (
 from orderpay.notify.drain import Drain
 from orderpay.payments.callbacks import apply_callback, parse_callback
 from orderpay.store.db import Database
-from orderpay.store.outbox import Attempt, NotifyTarget, claim_attempt, claim_next_due
+from orderpay.store.notifications import Attempt, NotifyTarget
+from orderpay.store.outbox import claim_attempt, claim_next_due
 from orderpay.store.schema import notifications, webhook_events
 from orderpay.store.timeline import events_of
 from tests.builders import AMA

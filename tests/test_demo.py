@@ -69,7 +69,7 @@ def test_the_demo_shows_the_order_paid(demo: DemoRun) -> None:
 
 
 def test_the_demo_shows_the_message_sent(demo: DemoRun) -> None:
-    assert re.search(r"│\s*log\s*│\s*\+\d+\s*│\s*sent\s*│", demo.stdout), demo.stdout
+    assert re.search(r"│\s*log\s*│\s*sent\s*│\s*\+\d+\*+\d{4}\s*│", demo.stdout), demo.stdout
     assert re.search(r"│\s*notification_sent\s*│", demo.stdout), demo.stdout
     assert re.search(rf"message to \{AMA}: \S.*we received your payment", demo.stderr), demo.stderr
 

@@ -21,8 +21,8 @@ from orderpay.payments.callbacks import CallbackResult, apply_callback, parse_ca
 from orderpay.payments.charge import Claim, claim_payment
 from orderpay.store.db import Database, retrying
 from orderpay.store.locks import lock_order_for_charge
+from orderpay.store.notifications import NotifyTarget
 from orderpay.store.orders import get_order
-from orderpay.store.outbox import NotifyTarget
 from orderpay.store.payments import Payment, get_payment
 from tests.builders import AMA, a_key, an_order
 from tests.live_server import callback_body

@@ -282,22 +282,24 @@ def _product_row(price: int) -> dict[str, Any]:
     }
 
 
-def test_schema_accepts_a_product_priced_zero(any_db: Database) -> None:
-    _insert(any_db, products, _product_row(price=0))
-
-    assert _scalars(any_db, "SELECT price FROM products") == [0]
-
-
-def test_schema_refuses_a_negative_price(any_db: Database) -> None:
+@pytest.mark.parametrize("price", [0, -1])
+def test_schema_refuses_a_product_priced_zero_or_less(any_db: Database, price: int) -> None:
     with pytest.raises(exc.IntegrityError) as refused:
-        _insert(any_db, products, _product_row(price=-1))
+        _insert(any_db, products, _product_row(price=price))
 
     assert _violates(
         any_db,
         refused.value,
-        postgres="ck_products_price_not_negative",
-        sqlite="ck_products_price_not_negative",
+        postgres="ck_products_price_positive",
+        sqlite="ck_products_price_positive",
     )
+    assert _scalars(any_db, "SELECT price FROM products") == []
+
+
+def test_schema_accepts_a_product_priced_one_minor_unit(any_db: Database) -> None:
+    _insert(any_db, products, _product_row(price=1))
+
+    assert _scalars(any_db, "SELECT price FROM products") == [1]
 
 
 @pytest.mark.parametrize("quantity", [0, -1])

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from orderpay import clock
 from orderpay.domain.states import NotificationStatus
 from orderpay.notify.delivery import RetryPolicy
 from orderpay.notify.drain import Drain
 from orderpay.store.db import Database
-from orderpay.store.outbox import NotifyTarget
+from orderpay.store.notifications import NotifyTarget
 from tests.builders import AMA
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer
@@ -77,7 +79,7 @@ def test_notification_list_json_shows_each_notification(
 ) -> None:
     settled = a_failed_notification(any_db, gateway)
 
-    (shown,) = any_cli.ok("notification", "list")
+    (shown,) = any_cli.items("notification", "list")
 
     assert shown["id"] == settled.notification_id
     assert shown["order"] == str(settled.order_id)
@@ -92,7 +94,7 @@ def test_notification_list_filters_by_status(cli: Cli, db: Database, gateway: Ga
     failed = a_failed_notification(db, gateway)
     a_sent_notification(db, gateway)
 
-    shown = cli.ok("notification", "list", "--status", "failed")
+    shown = cli.items("notification", "list", "--status", "failed")
 
     assert [n["id"] for n in shown] == [failed.notification_id]
 
@@ -101,7 +103,7 @@ def test_notification_list_filters_by_order(cli: Cli, db: Database) -> None:
     a_settled_payment(db, target=SMS)
     wanted = a_settled_payment(db, target=SMS)
 
-    shown = cli.ok("notification", "list", "--order", str(wanted.order_id))
+    shown = cli.items("notification", "list", "--order", str(wanted.order_id))
 
     assert [n["id"] for n in shown] == [wanted.notification_id]
 
@@ -173,6 +175,22 @@ def test_a_retried_notification_is_sent_by_the_rq_worker(
     assert outcome.exit_code == 0, outcome.stderr
     assert requests == 1
     assert notification(db, settled.notification_id).status is NotificationStatus.SENT
+
+
+def test_a_notification_whose_recipient_was_masked_by_a_prune_is_not_retried(
+    cli: Cli, db: Database, gateway: Gateway
+) -> None:
+    settled = a_failed_notification(db, gateway)
+    clock.advance(timedelta(days=100))
+    cli.ok("db", "prune", "--older-than", "90d", "--yes")
+    before = notification(db, settled.notification_id)
+
+    outcome = cli("notification", "retry", str(settled.notification_id), "--json")
+
+    assert outcome.exit_code == 4
+    assert outcome.error()["code"] == "notification_not_retryable"
+    assert "masked" in outcome.error()["message"]
+    assert notification(db, settled.notification_id) == before
 
 
 def test_retry_all_failed_yes_sends_every_failed_notification_again(

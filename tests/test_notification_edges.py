@@ -29,7 +29,7 @@ from orderpay.notify.channels import WebhookChannel
 from orderpay.notify.delivery import Delivery, RetryPolicy, order_reference
 from orderpay.notify.drain import Drain
 from orderpay.store.db import Database
-from orderpay.store.outbox import NotifyTarget
+from orderpay.store.notifications import NotifyTarget
 from tests.conftest import Cli
 from tests.redis_helpers import (
     LOG_TARGET,
@@ -278,7 +278,7 @@ def test_a_notification_failed_by_an_unexpected_error_is_listed_and_retried_by_t
     clock.advance(timedelta(seconds=2))
     drain.drain_due()
 
-    listed: list[dict[str, Any]] = cli.ok("notification", "list", "--status", "failed")
+    listed: list[dict[str, Any]] = cli.items("notification", "list", "--status", "failed")
     retried = cli("notification", "retry", "--all-failed", "--yes")
 
     assert [(item["id"], item["status"]) for item in listed] == [

@@ -180,7 +180,9 @@ def test_running_reconcile_again_changes_nothing_and_sends_nothing_more(
     again = mtn_cli.ok("reconcile", *NOW)
     deliver_due(env)
 
-    assert again == {"checked": 0, "changed": []}
+    assert again == {
+        "checked": 0, "dry_run": False, "changed": [], "review": [], "unchanged": []
+    }  # fmt: skip
     assert count_rows(db) == before
     assert merchant.count() == 1
     assert events(db, payment).count("payment_succeeded") == 1
@@ -436,6 +438,7 @@ def test_json_prints_one_document_describing_each_change(
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.json() == {
         "checked": 1,
+        "dry_run": False,
         "changed": [
             {
                 "payment": str(payment.id),
@@ -446,6 +449,8 @@ def test_json_prints_one_document_describing_each_change(
                 "note": "",
             }
         ],
+        "review": [],
+        "unchanged": [],
     }
 
 

@@ -136,16 +136,35 @@ def test_creating_an_order_answers_201_with_the_order_and_its_computed_total(
 ) -> None:
     document = an_order_document(db, quantity=3)
 
-    answer = create_order(client, {**document, "total_amount": "0.01", "status": "paid"})
+    answer = create_order(client, document)
 
     assert answer.status_code == 201
     order = answer.json()
-    assert order["total_amount"] == "37.50"  # 3 x 12.50, whatever the body claimed
+    assert order["total_amount"] == "37.50"  # 3 x 12.50
     assert (order["status"], order["currency"]) == ("pending", "GHS")
     assert order["customer"] == document["customer"]
     assert order["items"] == [
-        {"product": document["items"][0]["product"], "quantity": 3, "unit_price": "12.50"}
+        {
+            "product": document["items"][0]["product"],
+            "name": "Kenkey",
+            "quantity": 3,
+            "unit_price": "12.50",
+            "line_total": "37.50",
+        }
     ]
+
+
+def test_an_order_body_claiming_a_total_or_a_status_is_400_and_stores_nothing(
+    client: TestClient, db: Database
+) -> None:
+    document = an_order_document(db, quantity=3)
+    before = count_rows(db)
+
+    answer = create_order(client, {**document, "total_amount": "0.01", "status": "paid"})
+
+    assert_error(answer, 400, "invalid_field")  # the total is computed, never taken from input
+    assert answer.json()["error"]["fields"] == ["total_amount", "status"]
+    assert count_rows(db) == before
 
 
 def test_an_order_has_the_shape_of_the_design(client: TestClient, db: Database) -> None:

@@ -260,7 +260,14 @@ def test_a_callback_for_an_order_with_no_payment_awaiting_an_outcome_is_404_paym
     answer = post(client, body)
 
     assert_error(answer, 404, "payment_not_found")
-    assert count_rows(db) == before
+    # Kept as unmatched for a later copy to match (DESIGN.md section 5); nothing else changes.
+    assert count_rows(db) == before | {
+        "webhook_events": before["webhook_events"] + 1,
+        "order_events": before["order_events"] + 1,
+    }
+    with db.transaction() as conn:
+        kept = conn.execute(select(webhook_events.c.outcome, webhook_events.c.order_id)).all()
+    assert kept == [("unmatched", order.id)]
 
 
 def test_a_provider_reference_of_another_orders_payment_is_refused_with_400(

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
+    import uuid
+
+    from sqlalchemy import Connection
+
     from orderpay.runtime import Runtime
+    from orderpay.store.paging import Page, Window
 
 JSON_META_KEY = "orderpay.json"
 T = TypeVar("T")
@@ -35,6 +40,20 @@ JsonFlag = Annotated[
 Limit = Annotated[
     int, typer.Option("--limit", min=1, max=1000, help="Show at most this many, newest first.")
 ]
+Since = Annotated[
+    str | None,
+    typer.Option(
+        "--since", help="Only from this time on: 2026-11-01, 2026-11-01T14:30, or an age (7d)."
+    ),
+]
+Until = Annotated[
+    str | None,
+    typer.Option("--until", help="Only before this time (same forms as --since)."),
+]
+After = Annotated[
+    str | None,
+    typer.Option("--after", help="The next page: the cursor a previous page ended with."),
+]
 
 
 def runtime(ctx: typer.Context) -> Runtime:
@@ -48,6 +67,70 @@ def emit_json(document: Any) -> None:
     import json
 
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def order_id(conn: Connection, raw: str) -> uuid.UUID:
+    """The order `raw` names: its id, or a unique prefix of it."""
+    from orderpay.errors import OrderNotFound
+    from orderpay.store.ids import resolve
+    from orderpay.store.schema import orders
+
+    return resolve(conn, orders, raw, what="order", not_found=OrderNotFound)
+
+
+def payment_id(conn: Connection, raw: str) -> uuid.UUID:
+    """The payment `raw` names: its id, or a unique prefix of it."""
+    from orderpay.errors import PaymentNotFound
+    from orderpay.store.ids import resolve
+    from orderpay.store.schema import payments
+
+    return resolve(conn, payments, raw, what="payment", not_found=PaymentNotFound)
+
+
+def product_id(conn: Connection, raw: str) -> uuid.UUID:
+    """The product `raw` names: its id, or a unique prefix of it."""
+    from orderpay.errors import ProductNotFound
+    from orderpay.store.ids import resolve
+    from orderpay.store.schema import products
+
+    return resolve(conn, products, raw, what="product", not_found=ProductNotFound)
+
+
+def window(since: str | None, until: str | None, limit: int, after: str | None) -> Window:
+    """The page a list command asks for, from its --since, --until, --limit and --after."""
+    from orderpay.clock import utcnow
+    from orderpay.domain.times import parse_moment
+    from orderpay.store.paging import Window
+
+    now = utcnow()
+    return Window(
+        since=parse_moment(since, now, "since") if since is not None else None,
+        until=parse_moment(until, now, "until") if until is not None else None,
+        limit=limit,
+        after=after,
+    )
+
+
+def emit_page(page: Page[T], shape: Callable[[T], Any]) -> None:
+    """A page as JSON: {"items": [...], "next": cursor or null}."""
+    emit_json({"items": [shape(item) for item in page.items], "next": page.next})
+
+
+def show_page(
+    page: Page[T], *, as_json: bool, shape: Callable[[T], Any], table: Callable[[list[T]], None]
+) -> None:
+    """A list command's answer: the page as JSON, or as a table followed by the way to more."""
+    if as_json:
+        emit_page(page, shape)
+        return
+    table(page.items)
+    more(page)
+
+
+def more(page: Page[Any]) -> None:
+    """After a human table: how to see the next page, if there is one."""
+    if page.next is not None:
+        info(f"more: --after {page.next}")
 
 
 def info(message: str) -> None:

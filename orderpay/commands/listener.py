@@ -1,4 +1,5 @@
-"""`orderpay serve-webhooks` and `orderpay webhook sign|simulate`."""
+"""`orderpay serve-webhooks` and `orderpay webhook sign|simulate` (list|show|replay: in
+callback_log.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import typer
 from orderpay.commands.common import JsonFlag, emit_json, info, runtime
 
 webhook_app = typer.Typer(
-    help="Sign callback bodies and send signed test callbacks.\n\n\b\nExamples:\n"
+    help="Send test callbacks; list, show and replay stored ones.\n\n\b\n"
+    "Examples:\n"
     "  orderpay webhook sign callback.json\n"
-    "  orderpay webhook simulate ORDER_ID --status success",
+    "  orderpay webhook simulate ORDER_ID --status success\n"
+    "  orderpay webhook list --outcome unmatched\n"
+    "  orderpay webhook show 42\n"
+    "  orderpay webhook replay 42",
     rich_markup_mode=None,
 )
 
@@ -215,22 +220,21 @@ def webhook_simulate(
 
     import httpx
 
+    from orderpay.commands.common import order_id as resolve_order
     from orderpay.domain.signatures import sign_hex
-    from orderpay.domain.validation import parse_uuid
     from orderpay.errors import (
+        InvalidField,
         PaymentNotFound,
-        ProviderUnavailable,
+        Unavailable,
         WrongProvider,
         error_for_status,
     )
     from orderpay.payments.callbacks import SIGNING_PROVIDERS
-    from orderpay.store.orders import get_order
     from orderpay.store.payments import payments_of
 
-    oid = parse_uuid(order_id, "order id")
     key = _secret(secret, ctx)
     with runtime(ctx).database.transaction() as conn:
-        get_order(conn, oid)
+        oid = resolve_order(conn, order_id)
         found = payments_of(conn, [oid])
     if not found:
         raise PaymentNotFound(f"order {oid} has no payment to settle; charge it first")
@@ -258,8 +262,10 @@ def webhook_simulate(
             headers={"Content-Type": "application/json", "X-Momo-Signature": sign_hex(body, key)},
             timeout=10,
         )
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
+        raise InvalidField(f"--url {url!r} is not a listener's URL: {error}", field="url") from None
     except httpx.HTTPError as error:
-        raise ProviderUnavailable(f"cannot reach the listener at {url}: {error}") from None
+        raise Unavailable(f"cannot reach the listener at {url}: {error}") from None
     try:
         answer_body = answer.json()
     except ValueError:
@@ -267,6 +273,6 @@ def webhook_simulate(
     if json_:
         emit_json({"status_code": answer.status_code, "body": answer_body, "sent": document})
     else:
-        typer.echo(f"HTTP {answer.status_code} {json.dumps(answer_body)}")
+        typer.echo(f"HTTP {answer.status_code} {json.dumps(answer_body, ensure_ascii=False)}")
     if answer.status_code >= 300:
         raise error_for_status(answer.status_code, f"the listener answered {answer.status_code}")

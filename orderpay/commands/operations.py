@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orderpay.commands.common import JsonFlag, emit_json, info, progress, runtime
+
+if TYPE_CHECKING:
+    from orderpay.payments.confirmation import Confirmation
 
 
 def reconcile(
@@ -18,6 +21,13 @@ def reconcile(
     limit: Annotated[
         int, typer.Option("--limit", min=1, max=100_000, help="At most this many payments.")
     ] = 500,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Ask the providers and report what would change; change and resubmit nothing.",
+        ),
+    ] = False,
     json_: JsonFlag = False,
 ) -> None:
     """Ask the provider about payments still initiated or pending, and settle them.
@@ -26,52 +36,71 @@ def reconcile(
     table says so when that provider is not configured here). Outcomes go through the same
     transition as callbacks, so the customer is notified once. Initiated payments whose
     request may never have reached the provider are submitted again under their own
-    reference. Safe from cron and alongside the listener.
+    reference. Safe from cron and alongside the listener. --json lists the payments that
+    changed, those kept for review (the provider disagrees with our records) and those left
+    unchanged, each with a note. --dry-run only asks: it writes nothing and submits nothing.
 
     \b
     Examples:
       orderpay reconcile
+      orderpay reconcile --dry-run
       orderpay reconcile --older-than 30s --limit 100 --json
     """
     from datetime import timedelta
 
-    from orderpay.payments.reconcile import parse_age, payments_to_reconcile, reconcile_payment
+    from orderpay.domain.times import parse_age
+    from orderpay.payments.reconcile import payments_to_reconcile, reconcile_payment
 
-    age = parse_age(older_than)
+    age = parse_age(older_than, "older_than")
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
         candidates = payments_to_reconcile(conn, age, limit)
     lease = timedelta(seconds=rt.settings.charge_lease_seconds)
     notify = rt.notify_target()
     results = [
-        reconcile_payment(rt.database, rt.provider_for, payment, notify=notify, lease=lease)
+        reconcile_payment(
+            rt.database, rt.provider_for, payment, notify=notify, lease=lease, dry_run=dry_run
+        )
         for payment in progress(candidates, "reconciling", enabled=not json_)
     ]
     if any(result.notification_queued for result in results):
         rt.nudger.notify_now()
+    from orderpay.payments.confirmation import Action
+
+    changed = [r for r in results if r.action in (Action.SETTLED, Action.RESUBMITTED)]
+    review = [r for r in results if r.action is Action.REVIEW]
     if json_:
+
+        def entry(r: Confirmation) -> dict[str, str]:
+            return {
+                "payment": str(r.payment_id),
+                "order": str(r.order_id),
+                "before": r.before.value,
+                "after": r.after.value,
+                "provider_says": r.remote,
+                "note": r.note,
+            }
+
         emit_json(
             {
                 "checked": len(results),
-                "changed": [
-                    {
-                        "payment": str(r.payment_id),
-                        "order": str(r.order_id),
-                        "before": r.before.value,
-                        "after": r.after.value,
-                        "provider_says": r.remote,
-                        "note": r.note,
-                    }
-                    for r in results
-                    if r.changed or r.note
-                ],
+                "dry_run": dry_run,
+                "changed": [entry(r) for r in changed],
+                "review": [entry(r) for r in review],
+                "unchanged": [entry(r) for r in results if r.action is Action.NONE],
             }
         )
         return
     from orderpay.commands.render import reconcile_table
 
-    reconcile_table(results)
-    info(f"checked {len(results)} payment(s); {sum(r.changed for r in results)} changed")
+    if dry_run:
+        info("dry run: nothing is changed or submitted; the table shows what reconcile would do")
+    reconcile_table(results, title="Would reconcile (dry run)" if dry_run else "Reconciled")
+    verb, kept = ("would change", "would be kept") if dry_run else ("changed", "kept")
+    summary = f"checked {len(results)} payment(s); {len(changed)} {verb}"
+    if review:
+        summary += f", {len(review)} {kept} for review"
+    info(summary + (" (dry run)" if dry_run else ""))
 
 
 def doctor(ctx: typer.Context, json_: JsonFlag = False) -> None:

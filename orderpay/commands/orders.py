@@ -7,16 +7,32 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, Limit, emit_json, runtime
+from orderpay.commands.common import (
+    After,
+    JsonFlag,
+    Limit,
+    Since,
+    Until,
+    emit_json,
+    runtime,
+    show_page,
+    window,
+)
+from orderpay.commands.common import (
+    order_id as resolve_order,
+)
+from orderpay.commands.common import (
+    product_id as resolve_product,
+)
 
 if TYPE_CHECKING:
-    import uuid
+    from orderpay.store.orders import OrderDetail
 
 order_app = typer.Typer(
     help="Create, inspect, list and cancel orders.\n\n\b\nExamples:\n"
     "  orderpay order create --customer 1 --item PRODUCT_ID:2\n"
-    "  orderpay order show ORDER_ID\n"
-    "  orderpay order list --status pending --json",
+    "  orderpay order show 3f1c2a9e\n"
+    "  orderpay order list --status pending --since 7d --json",
     rich_markup_mode=None,
 )
 
@@ -28,19 +44,23 @@ class OrderStatusChoice(StrEnum):
     cancelled = "cancelled"
 
 
-def parse_item(raw: str) -> tuple[uuid.UUID, int]:
-    """PRODUCT_ID[:QTY] -> (uuid, quantity); quantity defaults to 1."""
-    from orderpay.domain.validation import parse_uuid
+def parse_item(raw: str) -> tuple[str, int]:
+    """PRODUCT_ID[:QTY] -> (the product id as given, quantity); quantity defaults to 1."""
     from orderpay.errors import InvalidQuantity
 
     product, sep, quantity = raw.strip().partition(":")
     if not sep:
-        return parse_uuid(product, "product id"), 1
+        return product, 1
     # ASCII digits only (int() would also read other scripts' digits); the sign is the
     # service's business, so "-1" reaches it and is refused there as out of range.
     if not quantity.removeprefix("-").isascii() or not quantity.removeprefix("-").isdigit():
         raise InvalidQuantity(f"quantity {quantity!r} in {raw!r} is not a whole number")
-    return parse_uuid(product, "product id"), int(quantity)
+    return product, int(quantity)
+
+
+OrderId = Annotated[
+    str, typer.Argument(metavar="ORDER_ID", help="The order's id, or its first characters.")
+]
 
 
 @order_app.command("create")
@@ -49,7 +69,11 @@ def order_create(
     customer: Annotated[int, typer.Option("--customer", help="The customer's id.")],
     item: Annotated[
         list[str] | None,
-        typer.Option("--item", help="PRODUCT_ID[:QTY]; repeat for more items. QTY defaults to 1."),
+        typer.Option(
+            "--item",
+            help="PRODUCT_ID[:QTY] (the id or its first characters); repeat for more items. "
+            "QTY defaults to 1.",
+        ),
     ] = None,
     json_: JsonFlag = False,
 ) -> None:
@@ -57,37 +81,37 @@ def order_create(
 
     \b
     Examples:
-      orderpay order create --customer 1 --item 0b9e...:2 --item 5c1f...
-      orderpay order create --customer 1 --item 0b9e... --json
+      orderpay order create --customer 1 --item 0b9e41c2:2 --item 5c1f
+      orderpay order create --customer 1 --item 0b9e41c2 --json
     """
-    from orderpay.shop.orders import create_order
+    from orderpay.shop.customers import get_customer
+    from orderpay.shop.orders import check_quantity, create_order
     from orderpay.store.orders import details_of
 
-    items = [parse_item(raw) for raw in item or []]
+    given = [parse_item(raw) for raw in item or []]
+    for _, quantity in given:
+        check_quantity(quantity)  # bad input is refused before anything is looked up
     with runtime(ctx).database.transaction() as conn:
+        get_customer(conn, customer)
+        items = [(resolve_product(conn, product), quantity) for product, quantity in given]
         order = create_order(conn, customer_id=customer, items=items)
         (detail,) = details_of(conn, [order])
     _show_detail(detail, json_)
 
 
-@order_app.command("show", short_help="Show an order's items, payments and timeline.")
-def order_show(
-    ctx: typer.Context,
-    order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="The order's id.")],
-    json_: JsonFlag = False,
-) -> None:
-    """Show an order: items, payments, notifications and its timeline.
+@order_app.command("show", short_help="Show an order's story: items, payments, timeline.")
+def order_show(ctx: typer.Context, order_id: OrderId, json_: JsonFlag = False) -> None:
+    """Show an order's story: its customer, items, payments, notifications and timeline.
 
     \b
-    Example:
-      orderpay order show 3f1c... --json
+    Examples:
+      orderpay order show 3f1c2a9e
+      orderpay order show 3f1c2a9e-0c4d-4a53-9d1e-5b8f0a6c7e21 --json
     """
-    from orderpay.domain.validation import parse_uuid
     from orderpay.store.orders import get_order_detail
 
-    oid = parse_uuid(order_id, "order id")
     with runtime(ctx).database.transaction() as conn:
-        detail = get_order_detail(conn, oid)
+        detail = get_order_detail(conn, resolve_order(conn, order_id))
     _show_detail(detail, json_)
 
 
@@ -103,67 +127,61 @@ def order_list(
     phone: Annotated[
         str | None, typer.Option("--phone", help="Only orders of the customer with this phone.")
     ] = None,
+    since: Since = None,
+    until: Until = None,
     limit: Limit = 50,
+    after: After = None,
     json_: JsonFlag = False,
 ) -> None:
-    """List orders, newest first, optionally filtered.
+    """List orders, newest first, a page at a time, optionally filtered.
 
     \b
     Examples:
-      orderpay order list --status pending
+      orderpay order list --status pending --since 7d
       orderpay order list --phone 0241234567 --json
     """
     from orderpay.domain.phones import normalise_phone
     from orderpay.domain.states import OrderStatus
+    from orderpay.shop.customers import get_customer
     from orderpay.store.orders import details_of, list_orders
 
     rt = runtime(ctx)
     e164 = normalise_phone(phone, rt.settings.default_region) if phone is not None else None
     with rt.database.transaction() as conn:
-        rows = list_orders(
-            conn,
+        if customer is not None:
+            get_customer(conn, customer)  # a filter naming no customer is an error, not empty
+        page = list_orders(
+            conn, window(since, until, limit, after),
             status=OrderStatus(status.value) if status is not None else None,
-            customer_id=customer,
-            phone=e164,
-            limit=limit,
-        )
-        details = details_of(conn, rows) if json_ else []
-    if json_:
-        from orderpay.http.shapes import order_shape
+            customer_id=customer, phone=e164,
+        )  # fmt: skip
+        details = {d.order.id: d for d in details_of(conn, page.items)} if json_ else {}
+    from orderpay.commands.render import orders_table
+    from orderpay.http.shapes import order_shape
 
-        emit_json([order_shape(detail) for detail in details])
-    else:
-        from orderpay.commands.render import orders_table
-
-        orders_table(rows)
+    show_page(
+        page, as_json=json_, shape=lambda order: order_shape(details[order.id]), table=orders_table
+    )
 
 
 @order_app.command("cancel")
-def order_cancel(
-    ctx: typer.Context,
-    order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="The order's id.")],
-    json_: JsonFlag = False,
-) -> None:
+def order_cancel(ctx: typer.Context, order_id: OrderId, json_: JsonFlag = False) -> None:
     """Cancel a pending order that has no payment in flight.
 
     \b
-    Example:
-      orderpay order cancel 3f1c...
+    Examples:
+      orderpay order cancel 3f1c2a9e
+      orderpay order cancel 3f1c2a9e --json
     """
-    from orderpay.domain.validation import parse_uuid
     from orderpay.shop.orders import cancel_order
     from orderpay.store.orders import details_of
 
-    oid = parse_uuid(order_id, "order id")
     with runtime(ctx).database.transaction() as conn:
-        (detail,) = details_of(conn, [cancel_order(conn, oid)])
+        (detail,) = details_of(conn, [cancel_order(conn, resolve_order(conn, order_id))])
     _show_detail(detail, json_)
 
 
-def _show_detail(detail: object, as_json: bool) -> None:
-    from orderpay.store.orders import OrderDetail
-
-    assert isinstance(detail, OrderDetail)
+def _show_detail(detail: OrderDetail, as_json: bool) -> None:
     if as_json:
         from orderpay.http.shapes import order_shape
 

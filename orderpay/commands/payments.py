@@ -7,12 +7,28 @@ from typing import Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, Limit, confirm, emit_json, info, runtime
+from orderpay.commands.common import (
+    After,
+    JsonFlag,
+    Limit,
+    Since,
+    Until,
+    confirm,
+    emit_json,
+    info,
+    runtime,
+    show_page,
+    window,
+)
+from orderpay.commands.common import order_id as resolve_order
+from orderpay.commands.common import payment_id as resolve_payment
 
 payment_app = typer.Typer(
-    help="Inspect and cancel payments.\n\n\b\nExamples:\n"
-    "  orderpay payment list --status pending\n  orderpay payment show PAYMENT_ID --json\n"
-    '  orderpay payment cancel PAYMENT_ID --reason "customer paid cash"',
+    help="Inspect, export and cancel payments.\n\n\b\nExamples:\n"
+    "  orderpay payment list --status pending --since 1d\n"
+    "  orderpay payment show 9c41e0d2 --json\n"
+    "  orderpay payment export --since 2026-11-01 --until 2026-12-01 -o nov.csv\n"
+    '  orderpay payment cancel 9c41e0d2 --reason "customer paid cash"',
     rich_markup_mode=None,
 )
 
@@ -54,12 +70,12 @@ def charge(
       orderpay charge 3f1c... --key order-3f1c-1 --phone +233241234567 --json
     """
     from orderpay.domain.idempotency import check_key
-    from orderpay.domain.validation import parse_uuid
     from orderpay.payments.charge import charge_order
 
     check_key(key)
-    oid = parse_uuid(order_id, "order id")
     rt = runtime(ctx)
+    with rt.database.transaction() as conn:
+        oid = resolve_order(conn, order_id)
     result = charge_order(
         rt.database,
         rt.provider,
@@ -79,24 +95,24 @@ def charge(
         payment_panel(result.payment, replayed=result.replayed)
 
 
+PaymentId = Annotated[
+    str, typer.Argument(metavar="PAYMENT_ID", help="The payment's id, or its first characters.")
+]
+
+
 @payment_app.command("show")
-def payment_show(
-    ctx: typer.Context,
-    payment_id: Annotated[str, typer.Argument(metavar="PAYMENT_ID", help="The payment's id.")],
-    json_: JsonFlag = False,
-) -> None:
-    """Show one payment.
+def payment_show(ctx: typer.Context, payment_id: PaymentId, json_: JsonFlag = False) -> None:
+    """Show one payment, with the provider's transaction id once known.
 
     \b
-    Example:
-      orderpay payment show 7d2a... --json
+    Examples:
+      orderpay payment show 7d2a61f0
+      orderpay payment show 7d2a61f0 --json
     """
-    from orderpay.domain.validation import parse_uuid
     from orderpay.store.payments import get_payment
 
-    pid = parse_uuid(payment_id, "payment id")
     with runtime(ctx).database.transaction() as conn:
-        payment = get_payment(conn, pid)
+        payment = get_payment(conn, resolve_payment(conn, payment_id))
     if json_:
         from orderpay.http.shapes import payment_shape
 
@@ -114,42 +130,38 @@ def payment_list(
     status: Annotated[
         PaymentStatusChoice | None, typer.Option("--status", help="Only payments in this status.")
     ] = None,
+    since: Since = None,
+    until: Until = None,
     limit: Limit = 50,
+    after: After = None,
     json_: JsonFlag = False,
 ) -> None:
-    """List payments, newest first.
+    """List payments, newest first, a page at a time.
 
     \b
     Examples:
-      orderpay payment list --status pending
-      orderpay payment list --order 3f1c... --json
+      orderpay payment list --status pending --since 2026-11-01
+      orderpay payment list --order 3f1c2a9e --json
     """
     from orderpay.domain.states import PaymentStatus
-    from orderpay.domain.validation import parse_uuid
     from orderpay.store.payments import list_payments
 
-    oid = parse_uuid(order, "order id") if order is not None else None
     with runtime(ctx).database.transaction() as conn:
-        rows = list_payments(
-            conn,
-            order_id=oid,
+        oid = resolve_order(conn, order) if order is not None else None
+        page = list_payments(
+            conn, window(since, until, limit, after), order_id=oid,
             status=PaymentStatus(status.value) if status is not None else None,
-            limit=limit,
-        )
-    if json_:
-        from orderpay.http.shapes import payment_shape
+        )  # fmt: skip
+    from orderpay.commands.render import payments_table
+    from orderpay.http.shapes import payment_shape
 
-        emit_json([payment_shape(p) for p in rows])
-    else:
-        from orderpay.commands.render import payments_table
-
-        payments_table(rows)
+    show_page(page, as_json=json_, shape=payment_shape, table=payments_table)
 
 
 @payment_app.command("cancel", short_help="Cancel a payment stuck initiated or pending.")
 def payment_cancel(
     ctx: typer.Context,
-    payment_id: Annotated[str, typer.Argument(metavar="PAYMENT_ID", help="The payment.")],
+    payment_id: PaymentId,
     reason: Annotated[
         str, typer.Option("--reason", help="Why, for the timeline and the payment's record.")
     ] = "cancelled by the operator",
@@ -176,14 +188,14 @@ def payment_cancel(
       orderpay payment cancel 7d2a... --reason "customer paid cash"
       orderpay payment cancel 7d2a... --force --yes --json
     """
-    from orderpay.domain.validation import clean_name, parse_uuid
+    from orderpay.domain.validation import clean_name
     from orderpay.payments.cancel import cancel_payment
     from orderpay.store.payments import get_payment
 
-    pid = parse_uuid(payment_id, "payment id")
     why = clean_name(reason, "reason")
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
+        pid = resolve_payment(conn, payment_id)
         payment = get_payment(conn, pid)
     confirm(
         f"Cancel payment {payment.id} ({payment.amount}, {payment.status.value}, via "

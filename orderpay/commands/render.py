@@ -1,17 +1,23 @@
-"""Human output for the CLI: rich tables and panels on stdout. JSON lives in shapes.py."""
+"""Human output for the CLI: tables and panels on stdout, fitted to the terminal (tables.py).
+
+Lists show short ids (the first 8 characters; every command takes a unique prefix), times with
+their zone, and amounts with their currency, never cut. JSON lives in http/shapes.py.
+"""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group
+from rich.console import Group, RenderableType
 from rich.panel import Panel
-from rich.table import Table
+from rich.text import Text
 
+from orderpay.commands.tables import Column, console, fit, styled, when
+from orderpay.domain.phones import mask_phone
 from orderpay.shop.customers import Customer
 from orderpay.shop.products import Product
+from orderpay.store.ids import short
 from orderpay.store.notifications import Notification
 from orderpay.store.orders import Order, OrderDetail
 from orderpay.store.payments import Payment
@@ -20,165 +26,167 @@ from orderpay.store.timeline import OrderEvent
 if TYPE_CHECKING:
     from orderpay.payments.confirmation import Confirmation
 
-STATUS_STYLES = {
-    "pending": "yellow",
-    "initiated": "yellow",
-    "paid": "green",
-    "succeeded": "green",
-    "sent": "green",
-    "delivered": "green",
-    "failed": "red",
-    "undelivered": "red",
-    "cancelled": "dim",
-}
+E = Column  # for the tables below: E(header, essential=..., ...)
 
 
-def console() -> Console:
-    # Wide when piped, so ids are never cut; rich still fits a real terminal.
-    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+def show(renderable: RenderableType) -> None:
+    console().print(renderable)
 
 
-def status(value: str) -> str:
-    style = STATUS_STYLES.get(value, "")
-    return f"[{style}]{value}[/{style}]" if style else value
-
-
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left", show_edge=False)
-    for column in columns:
-        table.add_column(column, no_wrap=column in {"id", "order", "payment"})
-    return table
-
-
-def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+def width() -> int:
+    return console().width
 
 
 def customers_table(rows: Sequence[Customer], title: str = "Customers") -> None:
-    table = _table(title, "id", "name", "phone", "email", "created")
-    for c in rows:
-        table.add_row(str(c.id), c.name, c.phone, c.email or "", _when(c.created_at))
-    console().print(table)
+    columns = [E("id", True), E("name", True), E("phone", True), E("email", rank=2),
+               E("created", rank=1)]  # fmt: skip
+    cells = [[str(c.id), c.name, c.phone, c.email or "", when(c.created_at)] for c in rows]
+    show(fit(title, columns, cells, width=width(), empty="no customers"))
 
 
 def products_table(rows: Sequence[Product], title: str = "Products") -> None:
-    table = _table(title, "id", "name", "price", "active", "created")
-    for p in rows:
-        table.add_row(
-            str(p.id), p.name, str(p.price), "yes" if p.active else "no", _when(p.created_at)
-        )
-    console().print(table)
+    columns = [E("id", True), E("name", True), E("price", True, justify="right"),
+               E("active", rank=1), E("created", rank=2)]  # fmt: skip
+    cells = [
+        [short(p.id), p.name, str(p.price), "yes" if p.active else "no", when(p.created_at)]
+        for p in rows
+    ]
+    show(fit(title, columns, cells, width=width(), empty="no products"))
 
 
 def orders_table(rows: Sequence[Order], title: str = "Orders") -> None:
-    table = _table(title, "id", "status", "total", "customer", "created")
-    for o in rows:
-        table.add_row(
-            str(o.id), status(o.status.value), str(o.total), str(o.customer_id), _when(o.created_at)
-        )
-    console().print(table)
+    columns = [E("id", True), E("status", True), E("total", True, justify="right"),
+               E("customer", rank=1), E("created", rank=2)]  # fmt: skip
+    cells = [
+        [short(o.id), o.status.value, str(o.total), str(o.customer_id), when(o.created_at)]
+        for o in rows
+    ]
+    show(fit(title, columns, cells, width=width(), empty="no orders"))
 
 
 def payments_table(rows: Sequence[Payment], title: str = "Payments") -> None:
-    table = _table(title, "id", "order", "status", "amount", "payer", "key", "reason", "created")
-    for p in rows:
-        table.add_row(
-            str(p.id), str(p.order_id), status(p.status.value), str(p.amount), p.payer_phone,
-            p.idempotency_key, p.failure_reason or "", _when(p.created_at),
-        )  # fmt: skip
-    console().print(table)
+    columns = [E("id", True), E("order", True), E("status", True),
+               E("amount", True, justify="right"), E("payer", rank=2), E("provider", rank=3),
+               E("key", rank=1), E("reason", rank=4, text=True), E("created", rank=5)]  # fmt: skip
+    cells = [
+        [short(p.id), short(p.order_id), p.status.value, str(p.amount), mask_phone(p.payer_phone),
+         p.provider, p.idempotency_key, p.failure_reason or "", when(p.created_at)]
+        for p in rows
+    ]  # fmt: skip
+    show(fit(title, columns, cells, width=width(), empty="no payments"))
 
 
 def notifications_table(rows: Sequence[Notification], title: str = "Notifications") -> None:
-    table = _table(
-        title, "id", "order", "kind", "channel", "recipient", "status", "attempts", "last error"
-    )
-    for n in rows:
-        table.add_row(
-            str(n.id), str(n.order_id), n.kind, n.channel, n.recipient, status(n.status.value),
-            str(n.attempts), n.last_error or "",
-        )  # fmt: skip
-    console().print(table)
+    columns = [E("id", True), E("order", True), E("status", True), E("channel", rank=1),
+               E("recipient", rank=3), E("attempts", rank=2, justify="right"),
+               E("last error", rank=4, text=True)]  # fmt: skip
+    cells = [
+        [str(n.id), short(n.order_id), n.status.value, n.channel, _recipient(n.recipient),
+         str(n.attempts), n.last_error or ""]
+        for n in rows
+    ]  # fmt: skip
+    show(fit(title, columns, cells, width=width(), empty="no notifications"))
 
 
-def timeline_table(events: Iterable[OrderEvent]) -> Table:
-    table = _table("Timeline", "at", "event", "detail")
-    for e in events:
-        table.add_row(_when(e.at), e.event, e.detail)
-    return table
+def _recipient(value: str) -> str:
+    return mask_phone(value) if value.startswith("+") else value
+
+
+def timeline(events: Iterable[OrderEvent], inner: int) -> RenderableType:
+    columns = [E("at", True), E("event", True), E("detail", rank=1, text=True)]
+    cells = [[when(e.at), e.event, e.detail] for e in events]
+    return fit("Timeline", columns, cells, width=inner, empty="nothing yet")
 
 
 def order_panel(detail: OrderDetail) -> None:
+    """The order's story: who, what, how it was paid, who was told, and every step."""
     order = detail.order
-    items = _table("Items", "product", "quantity", "unit price")
-    for item in detail.items:
-        items.add_row(str(item.product_id), str(item.quantity), str(item.unit_price))
-    summary = (
-        f"status [b]{status(order.status.value)}[/b]   total [b]{order.total}[/b]   "
-        f"customer {order.customer_id}\ncreated {_when(order.created_at)}   "
-        f"updated {_when(order.updated_at)}"
-    )
+    inner = width() - 4  # the panel's border and padding
+    count = len(detail.items)
+    summary = Text.assemble(
+        ("status ", ""), styled("status", order.status.value), ("   total ", ""),
+        (str(order.total), "bold"), (f"   {count} product{'s' if count != 1 else ''}", ""),
+        f"\ncustomer {order.customer_id}: {detail.customer_name} "
+        f"({mask_phone(detail.customer_phone)})",
+        f"\ncreated {when(order.created_at)}   updated {when(order.updated_at)}",
+    )  # fmt: skip
+    items = fit(
+        "Items",
+        [E("product", rank=1), E("name", True), E("qty", True, justify="right"),
+         E("unit price", True, justify="right"), E("line total", True, justify="right")],
+        [[short(i.product_id), i.name, str(i.quantity), str(i.unit_price), str(i.line_total)]
+         for i in detail.items],
+        width=inner,
+    )  # fmt: skip
     parts: list[Any] = [summary, items]
     if detail.payments:
-        payments = _table("Payments", "id", "status", "amount", "payer", "key", "reason")
-        for p in detail.payments:
-            payments.add_row(
-                str(p.id), status(p.status.value), str(p.amount), p.payer_phone,
-                p.idempotency_key, p.failure_reason or "",
-            )  # fmt: skip
-        parts.append(payments)
+        parts.append(fit(
+            "Payments",
+            [E("id", True), E("status", True), E("amount", True, justify="right"),
+             E("key", True), E("provider", rank=1), E("transaction", rank=2),
+             E("payer", rank=3), E("reason", rank=4, text=True)],
+            [[short(p.id), p.status.value, str(p.amount), p.idempotency_key, p.provider,
+              p.provider_transaction_id or "", mask_phone(p.payer_phone), p.failure_reason or ""]
+             for p in detail.payments],
+            width=inner,
+        ))  # fmt: skip
     if detail.notifications:
-        notes = _table("Notifications", "id", "channel", "recipient", "status", "attempts")
-        for n in detail.notifications:
-            notes.add_row(
-                str(n.id), n.channel, n.recipient, status(n.status.value), str(n.attempts)
-            )
-        parts.append(notes)
-    parts.append(timeline_table(detail.events))
-    console().print(
-        Panel(Group(*parts), title=f"Order {order.id}", title_align="left", expand=False)
-    )
+        parts.append(fit(
+            "Notifications",
+            [E("id", True), E("channel", True), E("status", True), E("recipient", rank=2),
+             E("attempts", rank=1, justify="right")],
+            [[str(n.id), n.channel, n.status.value, _recipient(n.recipient), str(n.attempts)]
+             for n in detail.notifications],
+            width=inner,
+        ))  # fmt: skip
+    parts.append(timeline(detail.events, inner))
+    show(Panel(Group(*parts), title=f"Order {order.id}", title_align="left", expand=False))
 
 
 def payment_panel(payment: Payment, *, replayed: bool | None = None) -> None:
-    lines = [
-        f"status     {status(payment.status.value)}",
-        f"order      {payment.order_id}",
-        f"amount     {payment.amount}",
-        f"payer      {payment.payer_phone}",
-        f"key        {payment.idempotency_key}",
-        f"provider   {payment.provider} {payment.provider_reference or ''}".rstrip(),
-        f"provider transaction  {payment.provider_transaction_id or '-'}",
+    rows = [
+        ("status", payment.status.value),
+        ("order", str(payment.order_id)),
+        ("amount", str(payment.amount)),
+        ("payer", payment.payer_phone),
+        ("key", payment.idempotency_key),
+        ("provider", payment.provider),
+        ("reference", payment.provider_reference or ""),
+        ("transaction", payment.provider_transaction_id or ""),
+        ("reason", payment.failure_reason or ""),
+        ("created", when(payment.created_at)),
+        ("updated", when(payment.updated_at)),
     ]
-    if payment.failure_reason:
-        lines.append(f"reason     {payment.failure_reason}")
-    lines.append(f"created    {_when(payment.created_at)}")
+    if payment.awaiting_confirmation:
+        rows.append(("note", f"failed without {payment.provider}'s word; it is still asked"))
+    body = Text()
+    for name, value in rows:
+        if value:
+            body.append(f"{name:<12}", style="bold")
+            body.append_text(styled(name, value))
+            body.append("\n")
     if replayed:
-        lines.append("[dim]replayed: this key was used before; nothing new was charged[/dim]")
-    console().print(
-        Panel("\n".join(lines), title=f"Payment {payment.id}", title_align="left", expand=False)
-    )
+        body.append("replayed: this key was used before; nothing new was charged", style="dim")
+    show(Panel(body, title=f"Payment {payment.id}", title_align="left", expand=False))
 
 
 def key_values(title: str, values: dict[str, Any]) -> None:
-    table = _table(title, "setting", "value")
-    for name, value in values.items():
-        table.add_row(name, "" if value is None else str(value))
-    console().print(table)
+    cells = [[name, "" if value is None else str(value)] for name, value in values.items()]
+    show(fit(title, [E("setting", True), E("value", True, text=True)], cells, width=width()))
 
 
 def settings_table(view: dict[str, dict[str, str | None]]) -> None:
-    table = _table("Configuration", "setting", "value", "source")
-    for name, shown in view.items():
-        table.add_row(name, shown["value"] or "", shown["source"] or "")
-    console().print(table)
+    cells = [[name, shown["value"] or "", shown["source"] or ""] for name, shown in view.items()]
+    columns = [E("setting", True), E("value", True, text=True), E("source", True)]
+    show(fit("Configuration", columns, cells, width=width()))
 
 
-def reconcile_table(results: Sequence[Confirmation]) -> None:
-    table = _table("Reconciled", "payment", "order", "before", "after", "provider says", "note")
-    for r in results:
-        table.add_row(
-            str(r.payment_id), str(r.order_id), status(r.before.value), status(r.after.value),
-            r.remote, r.note,
-        )  # fmt: skip
-    console().print(table)
+def reconcile_table(results: Sequence[Confirmation], title: str = "Reconciled") -> None:
+    columns = [E("payment", True), E("before", True), E("after", True),
+               E("provider says", rank=1), E("order", rank=3),
+               E("note", rank=2, text=True)]  # fmt: skip
+    cells = [
+        [short(r.payment_id), r.before.value, r.after.value, r.remote, short(r.order_id), r.note]
+        for r in results
+    ]
+    show(fit(title, columns, cells, width=width(), empty="nothing to reconcile"))

@@ -7,7 +7,21 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, Limit, confirm, emit_json, info, runtime
+from orderpay.commands.common import (
+    After,
+    JsonFlag,
+    Limit,
+    Since,
+    Until,
+    confirm,
+    emit_json,
+    info,
+    progress,
+    runtime,
+    show_page,
+    window,
+)
+from orderpay.commands.common import order_id as resolve_order
 
 if TYPE_CHECKING:
     from orderpay.runtime import Runtime
@@ -165,36 +179,33 @@ def notification_list(
         NotificationStatusChoice | None, typer.Option("--status", help="Only this status.")
     ] = None,
     order: Annotated[str | None, typer.Option("--order", help="Only this order's.")] = None,
+    since: Since = None,
+    until: Until = None,
     limit: Limit = 50,
+    after: After = None,
     json_: JsonFlag = False,
 ) -> None:
-    """List notifications, newest first.
+    """List notifications, newest first, a page at a time.
 
     \b
     Examples:
-      orderpay notification list --status failed
-      orderpay notification list --order 3f1c... --json
+      orderpay notification list --status failed --since 1d
+      orderpay notification list --order 3f1c2a9e --json
     """
     from orderpay.domain.states import NotificationStatus
-    from orderpay.domain.validation import parse_uuid
     from orderpay.store.notifications import list_notifications
 
-    oid = parse_uuid(order, "order id") if order is not None else None
     with runtime(ctx).database.transaction() as conn:
-        rows = list_notifications(
-            conn,
+        oid = resolve_order(conn, order) if order is not None else None
+        page = list_notifications(
+            conn, window(since, until, limit, after),
             status=NotificationStatus(status.value) if status is not None else None,
             order_id=oid,
-            limit=limit,
-        )
-    if json_:
-        from orderpay.http.shapes import notification_shape
+        )  # fmt: skip
+    from orderpay.commands.render import notifications_table
+    from orderpay.http.shapes import notification_shape
 
-        emit_json([notification_shape(n) for n in rows])
-    else:
-        from orderpay.commands.render import notifications_table
-
-        notifications_table(rows)
+    show_page(page, as_json=json_, shape=notification_shape, table=notifications_table)
 
 
 @notification_app.command("retry", short_help="Send failed notifications again.")
@@ -235,16 +246,10 @@ def notification_retry(
         return
     if all_failed:
         confirm(f"Retry {len(ids)} failed notification(s)?", yes=yes)
-    from rich.console import Console
-    from rich.progress import track
-
     from orderpay.errors import NotificationNotRetryable
 
     retried = []
-    progress = track(
-        ids, description="retrying", disable=len(ids) < 20, console=Console(stderr=True)
-    )
-    for nid in progress:
+    for nid in progress(ids, "retrying", enabled=len(ids) >= 20):
         try:
             with rt.database.transaction() as conn:
                 retried.append(retry_notification(conn, nid))

@@ -8,7 +8,6 @@ route answers 404, as if the API did not exist.
 from __future__ import annotations
 
 import hmac
-import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from orderpay.domain.idempotency import check_key
+from orderpay.domain.validation import as_uuid, json_object, parse_uuid
 from orderpay.errors import (
     InvalidField,
-    InvalidPayload,
     InvalidQuantity,
     InvalidToken,
     OrderNotFound,
@@ -38,6 +37,11 @@ if TYPE_CHECKING:
     from orderpay.runtime import Runtime
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+ORDER_FIELDS = ("customer", "items")
+ITEM_FIELDS = ("product", "quantity")
+CHARGE_FIELDS = ("order", "phone")
+MAX_FIELDS_NAMED = 10
+MAX_FIELD_NAME = 64
 
 
 def _runtime(request: Request) -> Runtime:
@@ -62,44 +66,46 @@ def authorize(request: Request) -> Runtime:
     return runtime
 
 
-async def read_object(request: Request) -> dict[str, Any]:
-    body = await read_body(request)
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidPayload("the body is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise InvalidPayload("the body must be a JSON object")
+async def read_object(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
+    document, _ = json_object(await read_body(request))
+    only(document, fields)
     return document
 
 
-def _uuid(value: Any, field: str) -> uuid.UUID:
-    if not isinstance(value, str):
-        raise InvalidField(f"{field} must be a UUID string", field=field)
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidField(f"{field} must be a UUID string", field=field) from None
+def only(document: dict[str, Any], fields: tuple[str, ...], where: str = "") -> None:
+    """Refuse fields the route does not know (400 invalid_field naming them): a misspelt
+    field (`payer_phone` for `phone`) must not be silently ignored and its default used."""
+    unknown = [name for name in document if name not in fields]
+    if unknown:
+        # The sender's own names, echoed back: a few, and not too long, whatever it sent.
+        shown = [name[:MAX_FIELD_NAME] for name in unknown[:MAX_FIELDS_NAMED]]
+        more = f" and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else ""
+        raise InvalidField(
+            f"{where}unknown field{'s' if len(unknown) > 1 else ''} {', '.join(shown)}{more} "
+            f"(expected {', '.join(fields)})",
+            fields=shown,
+        )
 
 
 def _items(value: Any) -> list[tuple[uuid.UUID, int]]:
     if not isinstance(value, list):
         raise InvalidField("items must be a list of {product, quantity}", field="items")
     items = []
-    for entry in value:
+    for index, entry in enumerate(value):
         if not isinstance(entry, dict):
             raise InvalidField("each item must be an object {product, quantity}", field="items")
+        only(entry, ITEM_FIELDS, f"items[{index}]: ")
         quantity = entry.get("quantity", 1)
         if isinstance(quantity, bool) or not isinstance(quantity, int):
             raise InvalidQuantity(f"quantity {quantity!r} is not a whole number")
-        items.append((_uuid(entry.get("product"), "product"), quantity))
+        items.append((parse_uuid(entry.get("product"), "product"), quantity))
     return items
 
 
 async def create_order(request: Request) -> Response:
     """POST /api/orders/ {"customer": 1, "items": [{"product": "<uuid>", "quantity": 2}]}"""
     runtime = authorize(request)
-    document = await read_object(request)
+    document = await read_object(request, ORDER_FIELDS)
     customer = document.get("customer")
     if isinstance(customer, bool) or not isinstance(customer, int):
         raise InvalidField("customer must be a customer id (an integer)", field="customer")
@@ -118,10 +124,9 @@ async def get_order(request: Request) -> Response:
     """GET /api/orders/{id}/"""
     runtime = authorize(request)
     raw = request.path_params["order_id"]
-    try:
-        order_id = uuid.UUID(raw)
-    except ValueError:
-        raise OrderNotFound(f"order {raw} does not exist") from None
+    order_id = as_uuid(raw)
+    if order_id is None:
+        raise OrderNotFound(f"order {raw} does not exist")
 
     def load() -> dict[str, Any]:
         with runtime.database.transaction() as conn:
@@ -138,8 +143,8 @@ async def charge(request: Request) -> Response:
     """
     runtime = authorize(request)
     key = _key_from_header(request.headers.get("idempotency-key"))
-    document = await read_object(request)
-    order_id = _uuid(document.get("order"), "order")
+    document = await read_object(request, CHARGE_FIELDS)
+    order_id = parse_uuid(document.get("order"), "order")
     phone = document.get("phone")
     if phone is not None and not isinstance(phone, str):
         raise InvalidField("phone must be a string", field="phone")

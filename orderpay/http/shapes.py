@@ -101,11 +101,14 @@ def order_summary_shape(order: Order) -> Shape:
 
 def order_shape(detail: OrderDetail) -> Shape:
     shape = order_summary_shape(detail.order)
+    shape["customer_name"] = detail.customer_name
     shape["items"] = [
         {
             "product": str(item.product_id),
+            "name": item.name,
             "quantity": item.quantity,
             "unit_price": item.unit_price.as_string(),
+            "line_total": item.line_total.as_string(),
         }
         for item in detail.items
     ]

@@ -28,8 +28,7 @@ from orderpay.errors import GatewayRejected, OrderpayError
 from orderpay.notify.channels import Channel, OutgoingMessage
 from orderpay.store import outbox
 from orderpay.store.db import Transactional, retrying
-from orderpay.store.notifications import pending_due_at
-from orderpay.store.outbox import Attempt
+from orderpay.store.notifications import Attempt, pending_due_at
 
 log = logging.getLogger("orderpay.notify")
 

@@ -9,6 +9,11 @@ and validated, and one transaction:
    receipt the provider has not confirmed);
 3. settles it (settlement.py), keeping the sender's own transaction id on the payment.
 
+A callback that matches no payment of an existing order (it came before the charge recorded the
+provider's receipt, say) is kept as `unmatched`, committed, and answered 404 so the sender
+retries; a later copy of it, or `orderpay webhook replay`, tries the match again. At most
+MAX_UNMATCHED_PER_ORDER are kept per order; a callback about an unknown order is not kept.
+
 Trust: the callback secret is shared with the senders that sign (the simulator, standing for
 the seed's signing sender). A signed callback about a payment of a provider that does not sign
 with it (MTN) settles nothing: it is a hint, confirmed by that provider's status call.
@@ -20,18 +25,17 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection
 
 from orderpay.domain.money import Money, currency_code, parse_amount
 from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_object, parse_uuid
-from orderpay.errors import InvalidPayload, OrderNotFound, PaymentNotFound
+from orderpay.errors import InvalidPayload, NotFound, OrderNotFound, PaymentNotFound
 from orderpay.payments.settlement import Settled, settle
 from orderpay.store import inbox, locks, timeline
 from orderpay.store.locks import LockedPayment
-from orderpay.store.outbox import NotifyTarget
+from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment
-from orderpay.store.schema import orders
 
 MAX_REFERENCE_LENGTH = 128
 MAX_REASON_LENGTH = 255
@@ -44,19 +48,20 @@ MOMO_SOURCE = "momo"
 # Providers whose outcomes arrive signed with MOMO_WEBHOOK_SECRET, so a signed callback is their
 # word. Any other provider's payment is only hinted at by one.
 SIGNING_PROVIDERS = frozenset({"simulator"})
-
-_ORDER_PAID = select(orders.c.id, orders.c.status == OrderStatus.PAID.value).where(
-    orders.c.id == bindparam("b_order")
-)
+# Unmatched callbacks kept per order: enough for every outcome of a few charges arriving early,
+# and a bound on what a sender that names one order over and over can make us store.
+MAX_UNMATCHED_PER_ORDER = 20
+KEPT_UNMATCHED = "callback_kept_unmatched"  # the timeline row of each kept event
 
 
 class Answer(StrEnum):
-    """What the listener tells the sender (always with 200)."""
+    """What the listener tells the sender (200, but UNMATCHED: 404, the result's `error`)."""
 
     PROCESSED = "processed"
     DUPLICATE = "duplicate"
     REVIEW = "review"
     RECEIVED = "received"  # a hint: the payment's own provider is asked before anything moves
+    UNMATCHED = "unmatched"  # kept, committed; the sender is told `error` (404) and retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ class CallbackResult:
     payment_id: uuid.UUID | None
     notification_queued: bool = False  # an outbox row was written: wake the relay on commit
     confirm: Payment | None = None  # a hint: ask this payment's provider, off the request
+    error: NotFound | None = None  # UNMATCHED: what to answer, once the transaction committed
 
 
 def parse_callback(body: bytes, *, webhook_id: str | None = None) -> Callback:
@@ -141,29 +147,29 @@ def reported_amount(callback: Callback, payment_currency: str) -> Money | None:
 def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -> CallbackResult:
     """Record the callback once and settle its payment, all in the caller's transaction.
 
-    Raises OrderNotFound / PaymentNotFound (HTTP 404: the sender retries later) when there is
-    nothing to apply it to yet; the transaction then rolls back and nothing is recorded.
+    When no payment of its order matches (yet), the event is kept as `unmatched` and the result
+    carries the error to answer (404 payment_not_found, the sender retries) once the caller has
+    committed. Raises OrderNotFound for an unknown order, and PaymentNotFound past the bound of
+    kept events: the transaction then rolls back and nothing is recorded.
     """
     event = inbox.receive(
-        conn, source=callback.source, dedupe_key=callback.dedupe_key, payload=callback.payload,
-        order_id=None,
-    )  # fmt: skip
-    if event is None:
-        known = inbox.payment_of(conn, source=callback.source, dedupe_key=callback.dedupe_key)
-        return CallbackResult(Answer.DUPLICATE, known)
+        conn, source=callback.source, dedupe_key=callback.dedupe_key, payload=callback.payload
+    )
+    if event.id is None:
+        return CallbackResult(Answer.DUPLICATE, event.payment_id)
     locked = _locate(conn, callback)
     if locked is None:
-        return _unmatched(conn, callback, event)
+        return _unmatched(conn, callback, event.id, again=event.again)
     payment = locked.payment
     if payment.provider not in SIGNING_PROVIDERS:
-        inbox.decide(conn, event, "hint", payment.order_id, payment.id)
+        inbox.decide(conn, event.id, "hint", payment.order_id, payment.id)
         return CallbackResult(Answer.RECEIVED, payment.id, confirm=payment)
     ours = callback.provider_reference in (str(payment.id), payment.provider_reference)
     verdict = settle(
         conn, locked, callback.status, reason=callback.reason,
         amount=reported_amount(callback, payment.amount.currency), currency=callback.currency,
         source=f"{callback.source} callback",  notify=notify,
-        transaction_id=None if ours else callback.provider_reference, event_id=event,
+        transaction_id=None if ours else callback.provider_reference, event_id=event.id,
     )  # fmt: skip
     if verdict is Settled.APPLIED:
         queued = callback.status is PaymentStatus.SUCCEEDED
@@ -185,23 +191,39 @@ def _locate(conn: Connection, callback: Callback) -> LockedPayment | None:
     return locks.lock_for_reference(conn, callback.order_id, callback.provider_reference)
 
 
-def _unmatched(conn: Connection, callback: Callback, event: int) -> CallbackResult:
+def _unmatched(conn: Connection, callback: Callback, event: int, *, again: bool) -> CallbackResult:
     """No payment of the order matches. For an order already paid this is an outcome under
     another reference (possibly money taken twice): kept for review. Otherwise the callback
-    may simply be early, before the provider's receipt of a charge is recorded: 404, nothing
-    recorded, and the sender retries."""
-    row = conn.execute(_ORDER_PAID, {"b_order": callback.order_id}).first()
-    if row is None:
+    may simply be early, before the provider's receipt of a charge is recorded: kept as
+    `unmatched` (within the bound), answered 404, and tried again when the sender retries."""
+    # Locked: two callbacks of one order count its kept events one after the other.
+    order = locks.lock_order(conn, callback.order_id)
+    if order is None:
         raise OrderNotFound(f"order {callback.order_id} does not exist")
-    if not row[1]:
-        raise PaymentNotFound(
-            f"order {callback.order_id} has no payment awaiting an outcome; retry later"
-        )
+    if order.status is OrderStatus.PAID:
+        timeline.record_event(
+            conn, callback.order_id, "callback_unmatched",
+            f"{callback.source} callback reported {callback.status} under reference "
+            f"{callback.provider_reference!r}, which matches no payment of this paid order; "
+            "kept for review (a second payment?), nothing changed",
+        )  # fmt: skip
+        inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
+        return CallbackResult(Answer.REVIEW, None)
+    error = PaymentNotFound(
+        f"order {callback.order_id} has no payment awaiting an outcome; retry later"
+    )
+    if again:  # kept already: it stays as it is
+        return CallbackResult(Answer.UNMATCHED, None, error=error)
+    # Counted on the timeline, whose rows are indexed by order (the inbox's are not, and an
+    # index there would cost every callback its HOT update): the events ever kept, at most.
+    if timeline.count_events(conn, callback.order_id, KEPT_UNMATCHED) >= MAX_UNMATCHED_PER_ORDER:
+        raise error  # rolls back: nothing more is kept for this order
+    inbox.decide(conn, event, inbox.UNMATCHED, callback.order_id, None)
     timeline.record_event(
-        conn, callback.order_id, "callback_unmatched",
+        conn, callback.order_id, KEPT_UNMATCHED,
         f"{callback.source} callback reported {callback.status} under reference "
-        f"{callback.provider_reference!r}, which matches no payment of this paid order; "
-        "kept for review (a second payment?), nothing changed",
+        f"{callback.provider_reference!r}, which matches no payment awaiting an outcome: "
+        f"answered 404 and kept as webhook event {event}, tried again when the sender "
+        "retries or by `orderpay webhook replay`",
     )  # fmt: skip
-    inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
-    return CallbackResult(Answer.REVIEW, None)
+    return CallbackResult(Answer.UNMATCHED, None, error=error)

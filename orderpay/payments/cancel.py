@@ -32,7 +32,7 @@ from orderpay.payments.settlement import settle
 from orderpay.providers.base import Provider, RemoteState
 from orderpay.store import ledger, locks
 from orderpay.store.db import Transactional, retrying
-from orderpay.store.outbox import NotifyTarget
+from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment, get_payment
 
 MAX_REASON_LENGTH = 255

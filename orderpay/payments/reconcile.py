@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -10,28 +9,13 @@ from sqlalchemy import Connection, select
 
 from orderpay.clock import utcnow
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES
-from orderpay.errors import InvalidField, OrderpayError
+from orderpay.errors import OrderpayError
 from orderpay.payments.confirmation import Confirmation, confirm_payment
 from orderpay.providers.base import Provider
 from orderpay.store.db import Transactional
-from orderpay.store.outbox import NotifyTarget
+from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import COLUMNS, Payment, from_row
 from orderpay.store.schema import payments
-
-_AGE = re.compile(r"([0-9]{1,9})\s*([smhd])")
-MAX_AGE = timedelta(days=365)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_age(raw: str) -> timedelta:
-    """'90s', '5m', '2h', '1d' -> timedelta."""
-    match = _AGE.fullmatch(raw.strip().lower())
-    if match is None:
-        raise InvalidField(f"{raw!r} is not an age such as 30s, 5m, 2h or 1d", field="older_than")
-    age = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    if age > MAX_AGE:
-        raise InvalidField(f"{raw!r} is longer than a year", field="older_than")
-    return age
 
 
 def payments_to_reconcile(conn: Connection, older_than: timedelta, limit: int) -> list[Payment]:
@@ -58,14 +42,18 @@ def reconcile_payment(
     *,
     notify: NotifyTarget,
     lease: timedelta,
+    dry_run: bool = False,
 ) -> Confirmation:
     """Ask the payment's own provider and settle on its answer; says so when that provider
-    cannot be asked from here (not configured in this process)."""
+    cannot be asked from here (not configured in this process). With `dry_run`, only ask:
+    the answer says what would change, and nothing is written or resubmitted."""
     try:
         provider = provider_for(payment.provider)
     except OrderpayError as error:
         return Confirmation(
             payment.id, payment.order_id, payment.status, payment.status, "not asked",
-            f"cannot ask {payment.provider}: {error.message}",
+            f"cannot ask {payment.provider}: {error.message}", dry_run=dry_run,
         )  # fmt: skip
-    return confirm_payment(db, provider, payment, notify=notify, source="reconcile", lease=lease)
+    return confirm_payment(
+        db, provider, payment, notify=notify, source="reconcile", lease=lease, dry_run=dry_run
+    )

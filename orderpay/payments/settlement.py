@@ -22,7 +22,7 @@ from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus, PaymentStatus
 from orderpay.store import inbox, ledger, timeline
 from orderpay.store.locks import LockedPayment
-from orderpay.store.outbox import NotifyTarget
+from orderpay.store.notifications import NotifyTarget
 
 
 class Settled(StrEnum):

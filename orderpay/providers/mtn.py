@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -35,6 +34,7 @@ import httpx
 from pydantic import SecretStr
 
 from orderpay.domain.phones import mask_phone, msisdn
+from orderpay.domain.validation import as_uuid
 from orderpay.errors import ConfigurationError, ProviderUnavailable
 from orderpay.providers.base import (
     CollectionRequest,
@@ -401,9 +401,4 @@ class MtnProvider:
 
 def _reference_of(payment: PaymentRef) -> str:
     """MTN knows a payment by our payment id (its X-Reference-Id); always a UUID in the path."""
-    if payment.provider_reference:
-        try:
-            return str(uuid.UUID(payment.provider_reference))
-        except ValueError:
-            pass
-    return str(payment.reference)
+    return str(as_uuid(payment.provider_reference) or payment.reference)

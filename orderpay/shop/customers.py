@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 
 from orderpay.clock import utcnow
 from orderpay.domain.phones import normalise_phone
 from orderpay.domain.validation import clean_email, clean_name
-from orderpay.errors import CustomerNotFound
+from orderpay.errors import CustomerExists, CustomerNotFound, InvalidField, InvalidPhone
+from orderpay.store.paging import Page, Window, page_of, windowed
 from orderpay.store.schema import customers
 
 MAX_ID = 2**63 - 1
@@ -41,15 +42,32 @@ _COLUMNS = (
 
 
 def create_customer(
-    conn: Connection, *, name: str, phone: str, email: str | None, default_region: str
+    conn: Connection,
+    *,
+    name: str,
+    phone: str,
+    email: str | None,
+    default_region: str,
+    allow_duplicate: bool = False,
 ) -> Customer:
-    """Validate and store a customer; the phone is kept in E.164."""
+    """Validate and store a customer; the phone is kept in E.164. A phone that a customer
+    already has is refused unless `allow_duplicate` (one person, one customer)."""
     values = {
         "name": clean_name(name),
         "phone": normalise_phone(phone, default_region),
         "email": clean_email(email),
         "created_at": utcnow(),
     }
+    if not allow_duplicate:
+        existing = conn.execute(
+            select(customers.c.id).where(customers.c.phone == values["phone"]).limit(1)
+        ).first()
+        if existing is not None:
+            raise CustomerExists(
+                f"customer {existing[0]} already has the phone {values['phone']}; use it, or "
+                "pass --allow-duplicate to create another",
+                customer=existing[0],
+            )
     row = conn.execute(insert(customers).values(**values).returning(*_COLUMNS)).one()
     return _from_row(row)
 
@@ -63,6 +81,57 @@ def get_customer(conn: Connection, customer_id: int) -> Customer:
     return _from_row(row)
 
 
-def list_customers(conn: Connection, *, limit: int = 100) -> list[Customer]:
-    rows = conn.execute(select(*_COLUMNS).order_by(customers.c.id.desc()).limit(limit))
-    return [_from_row(row) for row in rows]
+def list_customers(
+    conn: Connection, window: Window, *, search: str | None = None, default_region: str = "GH"
+) -> Page[Customer]:
+    """A page of customers, newest first; `search` matches the name, the email, or the phone
+    (written any way a phone is written: 024 123 4567, +233241234567, or its last digits)."""
+    query = select(*_COLUMNS)
+    if search is not None and search.strip():
+        term = search.strip()
+        matches = customers.c.name.icontains(term, autoescape=True) | customers.c.email.icontains(
+            term, autoescape=True
+        )
+        digits = "".join(ch for ch in term if ch.isdigit())
+        if len(digits) >= 3:
+            matches = matches | customers.c.phone.contains(digits, autoescape=True)
+            phone = _phone_or_none(term, default_region)
+            if phone is not None:
+                matches = matches | (customers.c.phone == phone)
+        query = query.where(matches)
+    query = windowed(query, customers.c.created_at, customers.c.id, window, int)
+    rows = [_from_row(row) for row in conn.execute(query)]
+    return page_of(rows, window, lambda c: (c.created_at, c.id))
+
+
+def update_customer(
+    conn: Connection,
+    customer_id: int,
+    *,
+    name: str | None = None,
+    phone: str | None = None,
+    email: str | None = None,
+    default_region: str,
+) -> Customer:
+    """Correct a customer's name, phone or email (an empty email removes it)."""
+    get_customer(conn, customer_id)
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = clean_name(name)
+    if phone is not None:
+        values["phone"] = normalise_phone(phone, default_region)
+    if email is not None:
+        values["email"] = clean_email(email)
+    if not values:
+        raise InvalidField("nothing to change: give --name, --phone or --email")
+    row = conn.execute(
+        update(customers).where(customers.c.id == customer_id).values(**values).returning(*_COLUMNS)
+    ).one()
+    return _from_row(row)
+
+
+def _phone_or_none(raw: str, default_region: str) -> str | None:
+    try:
+        return normalise_phone(raw, default_region)
+    except InvalidPhone:
+        return None

@@ -69,14 +69,18 @@ def create_order(
         raise InvalidAmount("the order's total is larger than orderpay accepts")
 
     money = Money(total, currency)
-    count = sum(quantities.values())
+    lines, units = len(quantities), sum(quantities.values())
     return ledger.insert_order(
         conn,
         customer_id=customer.id,
         total=money,
         lines=[(pid, qty, found[pid].price.minor_units) for pid, qty in quantities.items()],
-        detail=f"{count} item{'s' if count != 1 else ''}, total {money}",
+        detail=f"{_count(lines, 'product')} ({_count(units, 'unit')}), total {money}",
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def cancel_order(conn: Connection, order_id: uuid.UUID) -> Order:

@@ -28,8 +28,15 @@ from orderpay.errors import (
 
 # Alembic revisions in order, oldest first. Kept here so that checking the schema does not
 # import Alembic (half a second) on every command; a test keeps it equal to the migrations.
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001_initial", "0002_ledger_integrity")
+SCHEMA_REVISIONS: tuple[str, ...] = (
+    "0001_initial",
+    "0002_ledger_integrity",
+    "0003_price_positive",
+)
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
+
+# The execution option of a connection that only reads (Database.reading).
+READ_ONLY = "orderpay_read_only"
 
 # How long SQLite waits for another writer before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -147,8 +154,10 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         # Take the write lock up front: a deferred transaction that reads, then writes, can
-        # fail with "database is locked" no matter how long it waits.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # fail with "database is locked" no matter how long it waits. Only a transaction
+        # that never writes (Database.reading) takes none: a long read holds no writer back.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 # The long-running processes' Postgres sessions (listener, worker): a lock waited on too long
@@ -202,6 +211,15 @@ class Database:
         """A connection inside one transaction: committed on exit, rolled back on error."""
         with self.translating(), self.engine.begin() as connection:
             yield connection
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A transaction that only reads (a long one: an export). On SQLite it takes no write
+        lock, so writers go on meanwhile; elsewhere it is transaction()."""
+        with self.translating(), self.engine.connect() as connection:
+            connection.execution_options(**{READ_ONLY: True})
+            with connection.begin():
+                yield connection
 
     @contextmanager
     def translating(self) -> Iterator[None]:

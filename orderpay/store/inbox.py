@@ -6,11 +6,21 @@ nothing either. A callback is recorded before anything is looked up (`receive`: 
 not known to exist yet, so it is left empty), so a copy is known as a copy whatever it names;
 its outcome, order and payment are filled in once known (`decide`, or as part of the settling
 statement on Postgres: `outcome_update`).
+
+One outcome is not final: an event kept as `unmatched` (no payment of its order matched it
+yet, DESIGN.md section 5) is taken up again by a later copy, which tries the match again
+rather than counting as a duplicate. A new callback is still one statement (INSERT ... ON
+CONFLICT DO NOTHING); a copy reads the stored row (as it did for its payment), and only a copy
+of an `unmatched` one writes: it claims the row with a compare-and-set, so copies racing each
+other try one at a time. (An INSERT ... ON CONFLICT DO UPDATE ... WHERE outcome = 'unmatched'
+would be one statement for copies too, but it locks the stored row whatever its outcome: every
+duplicate would then write WAL, wait for a flush at commit and queue behind the other copies.)
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Update, bindparam, select, update
@@ -20,8 +30,29 @@ from orderpay.store.db import InsertIgnoring
 from orderpay.store.schema import webhook_events
 
 RECEIVED = "received"  # recorded, outcome not yet known (rolled back with its transaction)
+UNMATCHED = "unmatched"  # kept: nothing matched it yet, and a later copy tries again
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What `receive` found: an event to decide (`id`), or a copy of one already decided."""
+
+    id: int | None  # None: a copy, to answer as a duplicate
+    again: bool = False  # a copy of an event kept as unmatched, taken up again
+    payment_id: uuid.UUID | None = None  # a copy's: the payment the stored event was about
+
 
 _INSERT = InsertIgnoring(webhook_events, ["source", "dedupe_key"], webhook_events.c.id)
+_STORED = select(webhook_events.c.id, webhook_events.c.outcome, webhook_events.c.payment_id).where(
+    webhook_events.c.source == bindparam("b_source"),
+    webhook_events.c.dedupe_key == bindparam("b_key"),
+)
+_TAKE_UP = (
+    update(webhook_events)
+    .where(webhook_events.c.id == bindparam("b_event"), webhook_events.c.outcome == UNMATCHED)
+    .values(received_at=bindparam("v_at"), payload=bindparam("v_payload"))
+    .returning(webhook_events.c.id)
+)
 _DECIDE = (
     update(webhook_events)
     .where(webhook_events.c.id == bindparam("b_event"))
@@ -31,23 +62,18 @@ _DECIDE = (
         payment_id=bindparam("v_payment"),
     )
 )
-_PAYMENT_OF = select(webhook_events.c.payment_id).where(
-    webhook_events.c.source == bindparam("b_source"),
-    webhook_events.c.dedupe_key == bindparam("b_key"),
-)
 
 
-def receive(
+def _insert(
     conn: Connection,
     *,
     source: str,
     dedupe_key: str,
     payload: str,
     order_id: uuid.UUID | None,
-    outcome: str = RECEIVED,
-    payment_id: uuid.UUID | None = None,
+    outcome: str,
+    payment_id: uuid.UUID | None,
 ) -> int | None:
-    """Record an event in the caller's transaction: its id, or None if it is a copy."""
     inserted = conn.execute(
         _INSERT(conn),
         {
@@ -63,6 +89,33 @@ def receive(
     return None if inserted is None else int(inserted[0])
 
 
+def receive(conn: Connection, *, source: str, dedupe_key: str, payload: str) -> Received:
+    """Record a callback in the caller's transaction, its order and outcome still unknown.
+
+    A copy of a recorded event comes back without an id (a duplicate), unless the event was
+    kept as `unmatched`: then it is taken up again (its payload and received_at refreshed)
+    and comes back with its id and `again`, to be decided anew.
+    """
+    new = _insert(
+        conn, source=source, dedupe_key=dedupe_key, payload=payload, order_id=None,
+        outcome=RECEIVED, payment_id=None,
+    )  # fmt: skip
+    if new is not None:
+        return Received(new)
+    keys = {"b_source": source, "b_key": dedupe_key}
+    stored = conn.execute(_STORED, keys).first()
+    if stored is None or stored[1] != UNMATCHED:
+        return Received(None, payment_id=None if stored is None else stored[2])
+    # Row-locked until commit: a racing copy waits, then finds the event decided.
+    taken = conn.execute(
+        _TAKE_UP, {"b_event": stored[0], "v_at": utcnow(), "v_payload": payload}
+    ).first()
+    if taken is not None:
+        return Received(int(taken[0]), again=True)
+    decided = conn.execute(_STORED, keys).first()  # by the copy that took it up first
+    return Received(None, payment_id=None if decided is None else decided[2])
+
+
 def record_once(
     conn: Connection,
     *,
@@ -74,7 +127,7 @@ def record_once(
     payment_id: uuid.UUID | None = None,
 ) -> bool:
     """Record an event whose outcome is already known; False if it was recorded before."""
-    event = receive(
+    event = _insert(
         conn, source=source, dedupe_key=dedupe_key, payload=payload, order_id=order_id,
         outcome=outcome, payment_id=payment_id,
     )  # fmt: skip
@@ -104,7 +157,15 @@ def outcome_params(
     return {"b_event": event_id, "v_outcome": outcome, "v_order": order_id, "v_payment": payment_id}
 
 
-def payment_of(conn: Connection, *, source: str, dedupe_key: str) -> uuid.UUID | None:
-    """The payment a recorded event was about (to answer a copy of it)."""
-    row = conn.execute(_PAYMENT_OF, {"b_source": source, "b_key": dedupe_key}).first()
-    return None if row is None else row[0]
+_MASK_PAYLOAD = (
+    update(webhook_events)
+    .where(webhook_events.c.id == bindparam("b_id"), webhook_events.c.payload == bindparam("b_old"))
+    .values(payload=bindparam("v_payload"))
+)
+
+
+def mask_payloads(conn: Connection, masked: list[dict[str, Any]]) -> int:
+    """Retention (store/retention.py): put masked copies over stored payloads, each given as
+    {"b_id", "b_old": the payload as read, "v_payload"}; a payload that changed since it was
+    read is left for the next run. How many were replaced."""
+    return sum(conn.execute(_MASK_PAYLOAD, row).rowcount for row in masked)

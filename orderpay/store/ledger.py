@@ -45,6 +45,7 @@ from orderpay.errors import ConcurrentUpdate
 from orderpay.store import inbox, outbox, timeline
 from orderpay.store.db import InsertIgnoring
 from orderpay.store.locks import LockedPayment
+from orderpay.store.notifications import NotifyTarget
 from orderpay.store.orders import COLUMNS as ORDER_COLUMNS
 from orderpay.store.orders import Order, order_from_row
 from orderpay.store.payments import COLUMNS, Payment, from_row
@@ -309,7 +310,7 @@ def succeed(
     locked: LockedPayment,
     *,
     source: str,
-    notify: outbox.NotifyTarget,
+    notify: NotifyTarget,
     transaction_id: str | None = None,
     event: tuple[int, str] | None = None,
 ) -> None:

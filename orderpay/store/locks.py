@@ -31,9 +31,7 @@ class LockedPayment:
     customer_phone: str
 
 
-def _locking(*conditions: Any) -> Select[Any]:
-    # FOR UPDATE OF orders, payments: Postgres takes the row locks in this order, the order's
-    # first, as a resuming charge does (FOR SHARE of the order, then its payment).
+def _joined(*conditions: Any) -> Select[Any]:
     return (
         select(*COLUMNS, orders.c.status, customers.c.phone)
         .select_from(
@@ -42,12 +40,18 @@ def _locking(*conditions: Any) -> Select[Any]:
             )
         )
         .where(*conditions)
-        .with_for_update(of=[orders, payments])
     )
+
+
+def _locking(*conditions: Any) -> Select[Any]:
+    # FOR UPDATE OF orders, payments: Postgres takes the row locks in this order, the order's
+    # first, as a resuming charge does (FOR SHARE of the order, then its payment).
+    return _joined(*conditions).with_for_update(of=[orders, payments])
 
 
 # Built once: these run on every callback, and building a statement costs more than running it.
 _LOCK_BY_ID = _locking(payments.c.id == bindparam("b_payment"))
+_PEEK_BY_ID = _joined(payments.c.id == bindparam("b_payment"))
 _LOCK_PENDING_OF_ORDER = _locking(
     orders.c.id == bindparam("b_order"), payments.c.status == _PENDING
 )
@@ -94,6 +98,12 @@ def _locked(row: Sequence[Any] | None) -> LockedPayment | None:
 def lock_payment(conn: Connection, payment_id: uuid.UUID) -> LockedPayment | None:
     """The payment with its order, both locked (FOR UPDATE), order first."""
     return _locked(conn.execute(_LOCK_BY_ID, {"b_payment": payment_id}).first())
+
+
+def peek_payment(conn: Connection, payment_id: uuid.UUID) -> LockedPayment | None:
+    """What lock_payment reads, without locking anything: for decisions that write nothing
+    (`orderpay reconcile --dry-run`), which must not hold up callbacks and charges."""
+    return _locked(conn.execute(_PEEK_BY_ID, {"b_payment": payment_id}).first())
 
 
 def lock_pending_of_order(conn: Connection, order_id: uuid.UUID) -> LockedPayment | None:

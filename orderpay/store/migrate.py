@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy import Connection
 
     from orderpay.store.db import Database
 
@@ -24,7 +27,7 @@ def upgrade(database: Database, revision: str = "head") -> tuple[str | None, str
 
     before = database.current_revision()
     config = alembic_config()
-    with database.transaction() as connection:
+    with migrating(database) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
     return before, database.current_revision()
@@ -34,9 +37,35 @@ def downgrade(database: Database, revision: str) -> None:
     from alembic import command
 
     config = alembic_config()
-    with database.transaction() as connection:
+    with migrating(database) as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
+
+
+@contextmanager
+def migrating(database: Database) -> Iterator[Connection]:
+    """One transaction for the migrations. On SQLite, foreign keys are off meanwhile: batch
+    mode rebuilds a table (create a copy, drop the old one, rename), and dropping a table that
+    other rows refer to fails while they are on, even though the copy takes its place. This is
+    SQLite's own procedure for altering a table: off outside the transaction (the pragma does
+    nothing inside one), then `PRAGMA foreign_key_check` before the commit, then on again."""
+    sqlite = database.engine.url.get_backend_name() == "sqlite"
+    with database.translating(), database.engine.connect() as connection:
+        if not sqlite:
+            with connection.begin():
+                yield connection
+            return
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        raw.execute("PRAGMA foreign_keys = OFF")  # outside any transaction: not yet begun
+        try:
+            with connection.begin():
+                yield connection
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+        finally:
+            raw.execute("PRAGMA foreign_keys = ON")
 
 
 def script_revisions() -> list[str]:

@@ -1,4 +1,5 @@
-"""Notifications as read from the outbox table. Their writes live in store/outbox.py alone."""
+"""Notifications as read from the outbox table, and the shapes the outbox hands out (where new
+rows go, one claimed attempt). Their writes live in store/outbox.py alone."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 
+from orderpay.domain.money import Money
 from orderpay.domain.states import NotificationStatus
 from orderpay.errors import NotificationNotFound
-from orderpay.store.schema import notifications
+from orderpay.store.paging import Page, Window, page_of, windowed
+from orderpay.store.schema import customers, notifications, payments
 
 # The Postgres channel the relay listens on (wakeups.Nudger NOTIFYs it after commits).
 OUTBOX_CHANNEL = "orderpay_outbox"
@@ -75,17 +78,20 @@ def notifications_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[Notif
 
 def list_notifications(
     conn: Connection,
+    window: Window,
     *,
     status: NotificationStatus | None = None,
     order_id: uuid.UUID | None = None,
-    limit: int = 50,
-) -> list[Notification]:
-    query = select(*COLUMNS).order_by(notifications.c.id.desc()).limit(limit)
+) -> Page[Notification]:
+    """A page of notifications, newest first."""
+    query = select(*COLUMNS)
     if status is not None:
         query = query.where(notifications.c.status == status.value)
     if order_id is not None:
         query = query.where(notifications.c.order_id == order_id)
-    return [from_row(row) for row in conn.execute(query)]
+    query = windowed(query, notifications.c.created_at, notifications.c.id, window, int)
+    rows = [from_row(row) for row in conn.execute(query)]
+    return page_of(rows, window, lambda n: (n.created_at, n.id))
 
 
 def get_notification(conn: Connection, notification_id: int) -> Notification:
@@ -172,3 +178,60 @@ def relay_candidates(
         Relayable(nid, attempts, enqueued_at is not None)
         for nid, attempts, enqueued_at in conn.execute(statement, params)
     ]
+
+
+# --- Where new rows go, and the attempts that send them ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyTarget:
+    """How new notifications are sent: the channel written on the row, and the merchant's URL
+    for `webhook`. A row keeps its channel: changing the setting affects new rows only."""
+
+    channel: str = "log"
+    webhook_url: str | None = None
+
+    def recipient_for(self, customer_phone: str) -> str:
+        if self.channel == "webhook" and self.webhook_url:
+            return self.webhook_url
+        return customer_phone
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One claimed try at sending one row; `number` and `lease_until` identify the claim."""
+
+    notification_id: int
+    number: int
+    lease_until: datetime
+    order_id: uuid.UUID
+    payment_id: uuid.UUID
+    channel: str
+    recipient: str
+    amount: Money
+    customer_name: str
+
+
+ATTEMPT_COLUMNS = (
+    notifications.c.id,
+    notifications.c.attempts,
+    notifications.c.lease_until,
+    notifications.c.order_id,
+    notifications.c.payment_id,
+    notifications.c.channel,
+    notifications.c.recipient,
+    payments.c.amount,
+    payments.c.currency,
+    customers.c.name,
+)
+
+
+def attempt_of(
+    row: Sequence[Any], number: int | None = None, lease: datetime | None = None
+) -> Attempt:
+    (nid, attempts, lease_until, order_id, payment_id, channel, recipient, amount, currency,
+     name) = row  # fmt: skip
+    return Attempt(
+        nid, number if number is not None else attempts, lease or lease_until, order_id,
+        payment_id, channel, recipient, Money(amount, currency), name,
+    )  # fmt: skip

@@ -17,8 +17,9 @@ from orderpay.domain.money import Money
 from orderpay.domain.states import OrderStatus
 from orderpay.errors import OrderNotFound
 from orderpay.store.notifications import Notification, notifications_of
+from orderpay.store.paging import Page, Window, page_of, windowed
 from orderpay.store.payments import Payment, payments_of
-from orderpay.store.schema import customers, order_items, orders
+from orderpay.store.schema import customers, order_items, orders, products
 from orderpay.store.timeline import OrderEvent, events_of
 
 
@@ -35,13 +36,20 @@ class Order:
 @dataclass(frozen=True, slots=True)
 class OrderItem:
     product_id: uuid.UUID
+    name: str  # the product's name now (a product keeps its id when renamed)
     quantity: int
-    unit_price: Money
+    unit_price: Money  # the price when the order was made
+
+    @property
+    def line_total(self) -> Money:
+        return Money(self.unit_price.minor_units * self.quantity, self.unit_price.currency)
 
 
 @dataclass(frozen=True, slots=True)
 class OrderDetail:
     order: Order
+    customer_name: str
+    customer_phone: str
     items: list[OrderItem]
     payments: list[Payment]
     notifications: list[Notification]
@@ -82,18 +90,29 @@ def get_order_detail(conn: Connection, order_id: uuid.UUID) -> OrderDetail:
 
 
 def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
-    """Orders with their items, payments, notifications and timeline, in four queries."""
+    """Orders with their customer, items, payments, notifications and timeline, in five
+    queries."""
     ids = [order.id for order in batch]
     items: dict[uuid.UUID, list[OrderItem]] = {oid: [] for oid in ids}
     rows = conn.execute(
-        select(order_items.c.order_id, order_items.c.product_id, order_items.c.quantity,
-               order_items.c.unit_price, orders.c.currency)
+        select(order_items.c.order_id, order_items.c.product_id, products.c.name,
+               order_items.c.quantity, order_items.c.unit_price, orders.c.currency)
         .join(orders, orders.c.id == order_items.c.order_id)
+        .join(products, products.c.id == order_items.c.product_id)
         .where(order_items.c.order_id.in_(ids))
         .order_by(order_items.c.id)
     )  # fmt: skip
-    for oid, pid, qty, price, currency in rows:
-        items[oid].append(OrderItem(pid, qty, Money(price, currency)))
+    for oid, pid, name, qty, price, currency in rows:
+        items[oid].append(OrderItem(pid, name, qty, Money(price, currency)))
+    customer_ids = {order.customer_id for order in batch}
+    who = {
+        cid: (name, phone)
+        for cid, name, phone in conn.execute(
+            select(customers.c.id, customers.c.name, customers.c.phone).where(
+                customers.c.id.in_(customer_ids)
+            )
+        )
+    }
     payment_rows: dict[uuid.UUID, list[Payment]] = {oid: [] for oid in ids}
     for payment in payments_of(conn, ids):
         payment_rows[payment.order_id].append(payment)
@@ -104,6 +123,8 @@ def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
     return [
         OrderDetail(
             order=order,
+            customer_name=who[order.customer_id][0],
+            customer_phone=who[order.customer_id][1],
             items=items[order.id],
             payments=payment_rows[order.id],
             notifications=notification_rows[order.id],
@@ -115,14 +136,14 @@ def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
 
 def list_orders(
     conn: Connection,
+    window: Window,
     *,
     status: OrderStatus | None = None,
     customer_id: int | None = None,
     phone: str | None = None,
-    limit: int = 50,
-) -> list[Order]:
-    """Newest first; `phone` (E.164) matches the customer's phone."""
-    query = select(*COLUMNS).order_by(orders.c.created_at.desc()).limit(limit)
+) -> Page[Order]:
+    """A page of orders, newest first; `phone` (E.164) matches the customer's phone."""
+    query = select(*COLUMNS)
     if status is not None:
         query = query.where(orders.c.status == status.value)
     if customer_id is not None:
@@ -131,4 +152,6 @@ def list_orders(
         query = query.join(customers, customers.c.id == orders.c.customer_id).where(
             customers.c.phone == phone
         )
-    return [order_from_row(row) for row in conn.execute(query)]
+    query = windowed(query, orders.c.created_at, orders.c.id, window, uuid.UUID)
+    rows = [order_from_row(row) for row in conn.execute(query)]
+    return page_of(rows, window, lambda o: (o.created_at, o.id))

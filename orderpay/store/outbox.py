@@ -15,47 +15,31 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Insert,
-    String,
-    Text,
-    bindparam,
-    literal,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Insert, String, Text, bindparam, literal, select, update
 from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
-from orderpay.domain.money import Money
 from orderpay.domain.states import NotificationStatus, notification_can_move
 from orderpay.errors import NotificationNotRetryable
 from orderpay.store import timeline
 from orderpay.store.db import InsertIgnoring
-from orderpay.store.notifications import COLUMNS, Notification, from_row, get_notification
+from orderpay.store.notifications import (
+    ATTEMPT_COLUMNS,
+    COLUMNS,
+    Attempt,
+    Notification,
+    NotifyTarget,
+    attempt_of,
+    from_row,
+    get_notification,
+)
 from orderpay.store.schema import UTCDateTime, customers, notifications, orders, payments
 
 PAYMENT_RECEIVED = "payment_received"
 _PENDING = NotificationStatus.PENDING.value
-
-
-@dataclass(frozen=True, slots=True)
-class NotifyTarget:
-    """How new notifications are sent: the channel written on the row, and the merchant's URL
-    for `webhook`. A row keeps its channel: changing the setting affects new rows only."""
-
-    channel: str = "log"
-    webhook_url: str | None = None
-
-    def recipient_for(self, customer_phone: str) -> str:
-        if self.channel == "webhook" and self.webhook_url:
-            return self.webhook_url
-        return customer_phone
 
 
 # --- New rows ---------------------------------------------------------------------------------
@@ -114,33 +98,6 @@ def insert_notification_from(paid: Any) -> Insert:
 # --- Attempts ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One claimed try at sending one row; `number` and `lease_until` identify the claim."""
-
-    notification_id: int
-    number: int
-    lease_until: datetime
-    order_id: uuid.UUID
-    payment_id: uuid.UUID
-    channel: str
-    recipient: str
-    amount: Money
-    customer_name: str
-
-
-_ATTEMPT_COLUMNS = (
-    notifications.c.id,
-    notifications.c.attempts,
-    notifications.c.lease_until,
-    notifications.c.order_id,
-    notifications.c.payment_id,
-    notifications.c.channel,
-    notifications.c.recipient,
-    payments.c.amount,
-    payments.c.currency,
-    customers.c.name,
-)
 _joined = (
     payments.c.id == notifications.c.payment_id,
     orders.c.id == notifications.c.order_id,
@@ -159,7 +116,7 @@ _CLAIM_ONE = (
     update(notifications)
     .where(notifications.c.id == bindparam("b_id"), *_due, *_joined)
     .values(_claim_values)
-    .returning(*_ATTEMPT_COLUMNS)
+    .returning(*ATTEMPT_COLUMNS)
 )
 _queued = notifications.alias("queued")  # not correlated with the UPDATE's own row
 _NEXT_DUE_ID = (
@@ -178,11 +135,11 @@ _CLAIM_NEXT = (
     update(notifications)
     .where(notifications.c.id == _NEXT_DUE_ID, *_joined)
     .values(_claim_values)
-    .returning(*_ATTEMPT_COLUMNS)
+    .returning(*ATTEMPT_COLUMNS)
 )
 # SQLite (one writer at a time, under BEGIN IMMEDIATE) reads, then sets.
 _DUE_ROWS = (
-    select(*_ATTEMPT_COLUMNS).where(*_due, *_joined).order_by(notifications.c.due_at).limit(1)
+    select(*ATTEMPT_COLUMNS).where(*_due, *_joined).order_by(notifications.c.due_at).limit(1)
 )
 _DUE_ROW = _DUE_ROWS.where(notifications.c.id == bindparam("b_id"))
 _SET_CLAIM = (
@@ -210,17 +167,6 @@ _SENT_WITH_EVENT = timeline.with_event(
 )
 
 
-def _attempt(
-    row: Sequence[Any], number: int | None = None, lease: datetime | None = None
-) -> Attempt:
-    (nid, attempts, lease_until, order_id, payment_id, channel, recipient, amount, currency,
-     name) = row  # fmt: skip
-    return Attempt(
-        nid, number if number is not None else attempts, lease or lease_until, order_id,
-        payment_id, channel, recipient, Money(amount, currency), name,
-    )  # fmt: skip
-
-
 def claim_attempt(
     conn: Connection, notification_id: int, lease: timedelta, now: datetime
 ) -> Attempt | None:
@@ -229,7 +175,7 @@ def claim_attempt(
     if conn.dialect.name == "postgresql":
         params = {"b_id": notification_id, "b_now": now, "v_lease_until": lease_until}
         row = conn.execute(_CLAIM_ONE, params).first()
-        return None if row is None else _attempt(row)
+        return None if row is None else attempt_of(row)
     row = conn.execute(_DUE_ROW, {"b_id": notification_id, "b_now": now}).first()
     return None if row is None else _set_claim(conn, row, lease_until, now)
 
@@ -240,7 +186,7 @@ def claim_next_due(conn: Connection, lease: timedelta, now: datetime) -> Attempt
     lease_until = now + lease
     if conn.dialect.name == "postgresql":
         row = conn.execute(_CLAIM_NEXT, {"b_now": now, "v_lease_until": lease_until}).first()
-        return None if row is None else _attempt(row)
+        return None if row is None else attempt_of(row)
     row = conn.execute(_DUE_ROWS, {"b_now": now}).first()
     return None if row is None else _set_claim(conn, row, lease_until, now)
 
@@ -251,7 +197,7 @@ def _set_claim(
     taken = conn.execute(
         _SET_CLAIM, {"b_id": row[0], "b_n": row[1], "b_now": now, "v_lease_until": lease_until}
     )
-    return _attempt(row, row[1] + 1, lease_until) if taken.rowcount == 1 else None
+    return attempt_of(row, row[1] + 1, lease_until) if taken.rowcount == 1 else None
 
 
 def _owned(attempt: Attempt, **values: Any) -> dict[str, Any]:
@@ -366,6 +312,11 @@ def retry_notification(conn: Connection, notification_id: int) -> Notification:
         raise NotificationNotRetryable(
             f"notification {notification_id} is {current.status}; only failed ones are retried"
         )
+    if "*" in current.recipient:
+        # `db prune` masked it: sending again would go to a number nobody can read.
+        raise NotificationNotRetryable(
+            f"notification {notification_id} has a masked recipient (db prune); it cannot be sent"
+        )
     now = utcnow()
     moved = conn.execute(
         update(notifications)
@@ -417,3 +368,12 @@ def record_delivery(
         return False
     timeline.record_event(conn, order_id, f"notification_{target.value}", detail, at=now)
     return True
+
+
+def mask_contacts(conn: Connection, masked: list[dict[str, Any]]) -> int:
+    """Retention: masked v_body, v_to over rows not pending and still b_body, b_to (b_id)."""
+    n = notifications.c
+    cas = update(notifications).where(n.id == bindparam("b_id"), n.status != _PENDING,
+        n.body == bindparam("b_body"), n.recipient == bindparam("b_to"),
+    ).values(body=bindparam("v_body"), recipient=bindparam("v_to"))  # fmt: skip
+    return sum(conn.execute(cas, row).rowcount for row in masked)

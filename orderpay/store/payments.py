@@ -13,6 +13,7 @@ from sqlalchemy import Connection, bindparam, select
 from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, PaymentStatus
 from orderpay.errors import PaymentNotFound
+from orderpay.store.paging import Page, Window, page_of, windowed
 from orderpay.store.schema import payments
 
 
@@ -119,14 +120,17 @@ def payments_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[Payment]:
 
 def list_payments(
     conn: Connection,
+    window: Window,
     *,
     order_id: uuid.UUID | None = None,
     status: PaymentStatus | None = None,
-    limit: int = 50,
-) -> list[Payment]:
-    query = select(*COLUMNS).order_by(payments.c.created_at.desc()).limit(limit)
+) -> Page[Payment]:
+    """A page of payments, newest first."""
+    query = select(*COLUMNS)
     if order_id is not None:
         query = query.where(payments.c.order_id == order_id)
     if status is not None:
         query = query.where(payments.c.status == status.value)
-    return [from_row(row) for row in conn.execute(query)]
+    query = windowed(query, payments.c.created_at, payments.c.id, window, uuid.UUID)
+    rows = [from_row(row) for row in conn.execute(query)]
+    return page_of(rows, window, lambda p: (p.created_at, p.id))

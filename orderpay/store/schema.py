@@ -104,7 +104,8 @@ products = Table(
     Column("currency", String(3), nullable=False),
     Column("active", Boolean(), nullable=False, server_default=text("true")),
     Column("created_at", UTCDateTime(), nullable=False),
-    CheckConstraint("price >= 0", name="price_not_negative"),
+    # Zero too: an order of it would total 0, which no payment can collect (0003_price_positive).
+    CheckConstraint("price > 0", name="price_positive"),
     CheckConstraint("length(name) >= 1", name="name_not_empty"),
 )
 
@@ -166,11 +167,15 @@ payments = Table(
     CheckConstraint(_in("status", PaymentStatus), name="status_known"),
     UniqueConstraint("idempotency_key"),
     UniqueConstraint("provider", "provider_reference"),
+    # Partial: most payments have no transaction id yet, and a charge's insert need not
+    # index them.
     Index(
         "uq_payments_provider_provider_transaction_id",
         "provider",
         "provider_transaction_id",
         unique=True,
+        postgresql_where=text("provider_transaction_id IS NOT NULL"),
+        sqlite_where=text("provider_transaction_id IS NOT NULL"),
     ),
     Index(
         "uq_payments_order_id_live",

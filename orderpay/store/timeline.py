@@ -7,11 +7,12 @@ statement on Postgres build it with `with_event` or `insert_events_from`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, String, Text, bindparam, insert, select
+from sqlalchemy import Connection, Select, String, Text, bindparam, func, insert, or_, select
 
 from orderpay.clock import utcnow
 from orderpay.store.schema import UTCDateTime, order_events
@@ -19,6 +20,17 @@ from orderpay.store.schema import UTCDateTime, order_events
 
 @dataclass(frozen=True, slots=True)
 class OrderEvent:
+    at: datetime
+    event: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """A timeline row as `orderpay events tail` follows them: with its id and order."""
+
+    id: int
+    order_id: uuid.UUID
     at: datetime
     event: str
     detail: str
@@ -90,3 +102,50 @@ def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, l
     for order_id, at, event, detail in rows:
         timeline.setdefault(order_id, []).append(OrderEvent(at, event, detail))
     return timeline
+
+
+def count_events(conn: Connection, order_id: uuid.UUID, event: str) -> int:
+    """How many `event` rows the order's timeline has (an index range scan of the order's)."""
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(order_events)
+            .where(order_events.c.order_id == order_id, order_events.c.event == event)
+        ).scalar_one()
+    )
+
+
+def last_event_id(conn: Connection) -> int:
+    """The id of the newest timeline row this transaction sees, 0 when there is none."""
+    return int(conn.execute(select(func.max(order_events.c.id))).scalar_one() or 0)
+
+
+def newest_event_ids(conn: Connection, span: int) -> set[int]:
+    """The ids this transaction sees among the newest `span` ids (from the highest down),
+    read in one statement (one snapshot): the rest of that range is rolled back, or not
+    committed yet."""
+    newest = select(func.max(order_events.c.id)).scalar_subquery()
+    rows = conn.execute(select(order_events.c.id).where(order_events.c.id > newest - span))
+    return {int(row[0]) for row in rows}
+
+
+def events_after(
+    conn: Connection,
+    after: int,
+    *,
+    missing: Collection[int] = (),
+    order_id: uuid.UUID | None = None,
+    limit: int = 500,
+) -> list[TimelineEntry]:
+    """Timeline rows with ids above `after`, plus any of the ids `missing` (below it, written
+    by transactions that had not committed yet when the rows after them were read), oldest
+    first, at most `limit`."""
+    newer = order_events.c.id > after
+    query = select(
+        order_events.c.id, order_events.c.order_id, order_events.c.at, order_events.c.event,
+        order_events.c.detail,
+    ).where(or_(newer, order_events.c.id.in_(sorted(missing))) if missing else newer)  # fmt: skip
+    if order_id is not None:
+        query = query.where(order_events.c.order_id == order_id)
+    rows = conn.execute(query.order_by(order_events.c.id).limit(limit))
+    return [TimelineEntry(int(i), o, at, event, detail) for i, o, at, event, detail in rows]

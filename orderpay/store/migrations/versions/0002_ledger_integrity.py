@@ -33,6 +33,8 @@ def upgrade() -> None:
         "payments",
         ["provider", "provider_transaction_id"],
         unique=True,
+        postgresql_where=sa.text("provider_transaction_id IS NOT NULL"),
+        sqlite_where=sa.text("provider_transaction_id IS NOT NULL"),
     )
     with op.batch_alter_table("notifications") as batch:
         batch.add_column(sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True))

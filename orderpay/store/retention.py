@@ -1,0 +1,113 @@
+"""Retention (`orderpay db prune`): phone numbers masked in what is kept about old callbacks
+and old messages, nothing else changed.
+
+Old means received (webhook_events.received_at) or created (notifications.created_at) before
+a cutoff. The ledger (orders, payments, refunds) and the timeline are never touched: amounts,
+statuses and ids stay as they were, and so do the payer's phone on the payment and the
+customer's record. A notification still pending keeps its recipient (it is yet to be sent).
+
+Rows are read here in batches of BATCH by id, one transaction per batch, and written by their
+tables' own writers (inbox.mask_payloads, outbox.mask_contacts) only if unchanged since they
+were read: a prune can run beside the listener and the worker, be interrupted, and run again
+(a masked row stays as it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select
+
+from orderpay.domain.phones import mask_if_phone
+from orderpay.domain.redaction import mask_payload
+from orderpay.domain.states import NotificationStatus
+from orderpay.store import inbox, outbox
+from orderpay.store.db import Transactional
+from orderpay.store.schema import notifications, webhook_events
+
+BATCH = 500
+_PENDING = NotificationStatus.PENDING.value
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    examined: int  # rows older than the cutoff
+    masked: int  # of them, rows that held a phone number and now hold it masked
+
+
+@dataclass(frozen=True, slots=True)
+class Prune:
+    callbacks: Pruned  # webhook_events payloads
+    notifications: Pruned  # notification bodies and recipients
+
+
+def old_rows(conn: Connection, cutoff: datetime) -> tuple[int, int]:
+    """How many callbacks and notifications a prune at `cutoff` looks at."""
+    events = select(func.count()).where(webhook_events.c.received_at < cutoff)
+    messages = select(func.count()).where(
+        notifications.c.created_at < cutoff, notifications.c.status != _PENDING
+    )
+    return conn.execute(events).scalar_one(), conn.execute(messages).scalar_one()
+
+
+def prune_phones(database: Transactional, cutoff: datetime, default_region: str) -> Prune:
+    """Mask the phone numbers in callbacks and notifications older than `cutoff`."""
+    return Prune(
+        _in_batches(database, lambda c, after: _callbacks(c, cutoff, default_region, after)),
+        _in_batches(database, lambda c, after: _notifications(c, cutoff, default_region, after)),
+    )
+
+
+def _in_batches(
+    database: Transactional, batch: Callable[[Connection, int], tuple[int, int, int]]
+) -> Pruned:
+    examined = masked = 0
+    after = 0
+    while True:
+        with database.transaction() as conn:
+            seen, changed, last = batch(conn, after)
+        examined, masked = examined + seen, masked + changed
+        if seen < BATCH:
+            return Pruned(examined, masked)
+        after = last
+
+
+def _callbacks(conn: Connection, cutoff: datetime, region: str, after: int) -> tuple[int, int, int]:
+    rows = conn.execute(
+        select(webhook_events.c.id, webhook_events.c.payload)
+        .where(webhook_events.c.received_at < cutoff, webhook_events.c.id > after)
+        .order_by(webhook_events.c.id)
+        .limit(BATCH)
+    ).all()
+    changes = []
+    for event_id, payload in rows:
+        masked = mask_payload(payload, region)
+        if masked != payload:
+            changes.append({"b_id": event_id, "b_old": payload, "v_payload": masked})
+    return len(rows), inbox.mask_payloads(conn, changes), rows[-1][0] if rows else after
+
+
+def _notifications(
+    conn: Connection, cutoff: datetime, region: str, after: int
+) -> tuple[int, int, int]:
+    rows = conn.execute(
+        select(notifications.c.id, notifications.c.body, notifications.c.recipient)
+        .where(
+            notifications.c.created_at < cutoff,
+            notifications.c.status != _PENDING,
+            notifications.c.id > after,
+        )
+        .order_by(notifications.c.id)
+        .limit(BATCH)
+    ).all()
+    changes = []
+    for notification_id, body, recipient in rows:
+        masked_body, masked_to = mask_payload(body, region), mask_if_phone(recipient, region)
+        if (masked_body, masked_to) != (body, recipient):
+            changes.append(
+                {"b_id": notification_id, "b_body": body, "b_to": recipient,
+                 "v_body": masked_body, "v_to": masked_to}
+            )  # fmt: skip
+    return len(rows), outbox.mask_contacts(conn, changes), rows[-1][0] if rows else after
