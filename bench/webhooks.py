@@ -610,7 +610,7 @@ queued AS (INSERT INTO notifications (order_id, payment_id, kind, channel, recip
   status, attempts, due_at, created_at, updated_at)
   SELECT paid.order_id, paid.id, 'payment_received', 'log', '{PAYER}', '', 'pending', 0, now(),
   now(), now() FROM paid
-  ON CONFLICT (payment_id, kind) DO NOTHING RETURNING notifications.id),
+  ON CONFLICT (payment_id, kind) WHERE refund_id IS NULL DO NOTHING RETURNING notifications.id),
 timeline AS (INSERT INTO order_events (order_id, at, event, detail)
   SELECT e.order_id, now(), e.event, e.detail FROM (
     SELECT 1 AS k, paid.order_id, 'payment_succeeded' AS event, 'payment ' || paid.id

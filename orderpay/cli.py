@@ -25,6 +25,8 @@ from orderpay.commands import (
     orders,
     payments,
     products,
+    refunds,
+    review,
     worker,
 )
 from orderpay.commands.common import JSON_META_KEY
@@ -128,17 +130,19 @@ app = typer.Typer(
         "  orderpay product create --name Kenkey --price 12.50 --currency GHS\n"
         "  orderpay order create --customer 1 --item PRODUCT_ID:2\n"
         "  orderpay charge ORDER_ID --key order-1-attempt-1\n"
+        '  orderpay refund PAYMENT_ID --key refund-1 --amount 5.00 --reason "one item" --yes\n'
         "  orderpay order show 3f1c2a9e  # any unique id prefix\n"
         "  orderpay order list --since 7d --status paid\n"
         "  orderpay serve-webhooks --port 8000\n"
         "  orderpay worker\n"
         "  orderpay events tail          # follow the timeline live\n"
         "  orderpay webhook list --outcome unmatched\n"
+        "  orderpay review list          # outcomes kept for an operator's decision\n"
         "  orderpay payment export --since 2026-11-01 --until 2026-12-01 -o nov.csv\n"
         "  orderpay db prune --older-than 90d\n\n"
         "Configuration comes from the environment and ./.env (see `orderpay config show`). "
         "Exit codes: 0 ok, 1 bug, 2 invalid input, 3 not found, 4 conflict, "
-        "5 idempotency key reused, 6 payment declined, 7 unavailable (retry)."
+        "5 idempotency key reused, 6 payment or refund declined, 7 unavailable (retry)."
     ),
     no_args_is_help=True,
     rich_markup_mode=MARKUP,
@@ -175,6 +179,9 @@ app.add_typer(products.product_app, name="product")
 app.add_typer(orders.order_app, name="order")
 app.command("charge", short_help="Collect an order's total from the payer.")(payments.charge)
 app.add_typer(payments.payment_app, name="payment")
+app.command("refund", short_help="Give (part of) a succeeded payment back to its payer.")(
+    refunds.refund
+)
 payments.payment_app.command("export", short_help="Export a period's payments as CSV or JSON.")(
     exports.payment_export
 )
@@ -186,6 +193,7 @@ callback_log.register(listener.webhook_app)
 app.command("worker", short_help="Deliver notifications (RQ, or from the database).")(worker.worker)
 app.add_typer(events.events_app, name="events")
 app.add_typer(worker.notification_app, name="notification")
+app.add_typer(review.review_app, name="review", short_help="Decide outcomes kept for review.")
 app.command("reconcile", short_help="Settle payments whose outcome never arrived.")(
     operations.reconcile
 )

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     mtn_api_key: SecretStr | None = _env("MTN_MOMO_API_KEY")
     mtn_target_environment: str | None = _env("MTN_MOMO_TARGET_ENVIRONMENT")
     mtn_callback_url: str | None = _env("MTN_MOMO_CALLBACK_URL")
+    # The Disbursement product (refunds) has its own subscription key and API user.
+    mtn_disbursement_subscription_key: SecretStr | None = _env(
+        "MTN_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY"
+    )
+    mtn_disbursement_api_user: str | None = _env("MTN_MOMO_DISBURSEMENT_API_USER")
+    mtn_disbursement_api_key: SecretStr | None = _env("MTN_MOMO_DISBURSEMENT_API_KEY")
 
     merchant_name: str = Field(
         default="orderpay shop", validation_alias=AliasChoices("ORDERPAY_MERCHANT_NAME")
@@ -116,6 +122,10 @@ class Settings(BaseSettings):
     notify_webhook_url: str | None = _env("ORDERPAY_NOTIFY_WEBHOOK_URL")
     notify_webhook_secret: SecretStr | None = _env("ORDERPAY_NOTIFY_WEBHOOK_SECRET")
 
+    # Who is acting, recorded with operator actions (cancel, refund, retry, resolve); unset:
+    # the OS user (Settings.operator_name).
+    operator: str | None = _env("ORDERPAY_OPERATOR")
+
     # Read by the CLI's error handler straight from the environment (the settings may be the
     # very thing that is broken); declared here so that `config show` lists it.
     debug: bool = Field(default=False, validation_alias=AliasChoices("ORDERPAY_DEBUG"))
@@ -139,6 +149,20 @@ class Settings(BaseSettings):
             # A shorter lease lets another worker take over a send still in flight.
             raise ValueError("must be at least ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
         return value
+
+    @property
+    def operator_name(self) -> str:
+        """Who is acting: ORDERPAY_OPERATOR, else the OS user (as getpass finds it)."""
+        if self.operator and self.operator.strip():
+            return self.operator.strip()[:64]
+        import getpass
+
+        try:
+            return getpass.getuser()[:64]
+        except (KeyError, OSError):  # no user name for this uid (a bare container)
+            import os
+
+            return f"uid {os.getuid()}"
 
     @property
     def retry_intervals(self) -> tuple[int, ...]:

@@ -79,6 +79,12 @@ class PaymentDeclined(OrderpayError):
     code = "payment_declined"
 
 
+class RefundDeclined(PaymentDeclined):
+    """The provider refused to send a refund (a definite answer: the refund is `failed`)."""
+
+    code = "refund_declined"
+
+
 class Unavailable(OrderpayError):
     http_status = 503
     exit_code = 7
@@ -225,6 +231,14 @@ class WebhookEventNotFound(NotFound):
     code = "webhook_event_not_found"
 
 
+class RefundNotFound(NotFound):
+    code = "refund_not_found"
+
+
+class ReviewItemNotFound(NotFound):
+    code = "review_item_not_found"
+
+
 class RouteNotFound(NotFound):
     code = "not_found"
 
@@ -282,6 +296,22 @@ class WrongProvider(Conflict):
     """The payment belongs to another provider than the one the command acts for."""
 
     code = "wrong_provider"
+
+
+class PaymentNotRefundable(Conflict):
+    """Only a succeeded payment gives money back."""
+
+    code = "payment_not_refundable"
+
+
+class RefundExceedsPayment(Conflict):
+    """The refunds of a payment that did not fail would add up to more than it."""
+
+    code = "refund_exceeds_payment"
+
+
+class ReviewItemResolved(Conflict):
+    code = "review_item_resolved"
 
 
 # Body too large (413)

@@ -8,6 +8,7 @@ file there and `/metrics` adds them up, so any worker answers with the totals.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -34,7 +35,10 @@ class Metrics:
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
 
-    def render(self) -> tuple[bytes, str]:
+    def render(self, *, review_items_open: int | None = None) -> tuple[bytes, str]:
+        """The exposition text. `review_items_open`: read from the database at scrape time by
+        the caller (the same in every worker, so no per-process figure); None leaves the gauge
+        out, as when the database cannot say."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
         if os.environ.get(MULTIPROC_ENV):
@@ -46,7 +50,26 @@ class Metrics:
             from prometheus_client import REGISTRY
 
             registry = REGISTRY
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        body = generate_latest(registry)
+        if review_items_open is not None:
+            body += generate_latest(_ScrapeTime(review_items_open))
+        return body, CONTENT_TYPE_LATEST
+
+
+class _ScrapeTime:
+    """Figures read at scrape time, served beside the process's own."""
+
+    def __init__(self, review_items_open: int) -> None:
+        self.review_items_open = review_items_open
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(
+            "orderpay_review_items_open",
+            "Review items waiting for an operator's decision (orderpay review list).",
+            value=self.review_items_open,
+        )
 
 
 @cache

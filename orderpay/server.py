@@ -43,6 +43,7 @@ from orderpay.payments.hints import MTN_PROVIDER, parse_hint, record_hint
 from orderpay.runtime import Runtime
 from orderpay.store.db import PUBLIC_UNAVAILABLE, retrying
 from orderpay.store.payments import Payment
+from orderpay.store.reviews import count_open
 
 if TYPE_CHECKING:
     from orderpay.config import Settings
@@ -151,9 +152,21 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "database": runtime.raw_database.dialect})
 
 
-async def metrics_endpoint(_request: Request) -> Response:
-    body, content_type = metrics().render()
+async def metrics_endpoint(request: Request) -> Response:
+    waiting = await run_in_threadpool(_review_items_open, runtime_of(request))
+    body, content_type = metrics().render(review_items_open=waiting)
     return Response(body, media_type=content_type)
+
+
+def _review_items_open(runtime: Runtime) -> int | None:
+    """The open review items, counted at scrape time; None when the database cannot say, so
+    that an outage leaves the gauge out instead of failing the whole scrape."""
+    try:
+        with runtime.database.transaction() as conn:
+            return count_open(conn)
+    except Exception as error:  # any database failure: the other metrics are still served
+        log.warning("review items not counted for /metrics: %s", getattr(error, "message", error))
+        return None
 
 
 def error_response(request: Request, error: Exception) -> Response:
@@ -259,6 +272,7 @@ ROUTES = [
     *both_forms("/api/orders/", rest.create_order, ["POST"]),
     *both_forms("/api/orders/{order_id}/", rest.get_order, ["GET"]),
     *both_forms("/api/payments/charge/", rest.charge, ["POST"]),
+    *both_forms("/api/payments/{payment_id}/refunds/", rest.refund, ["POST"]),
     *both_forms("/healthz", healthz, ["GET"]),
     *both_forms("/readyz", readyz, ["GET"]),
     *both_forms("/metrics", metrics_endpoint, ["GET"]),

@@ -46,6 +46,7 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
         "ORDERPAY_PROVIDER", "MTN_MOMO_", "ORDERPAY_SIMULATOR_", "ORDERPAY_CHARGE_",
         "MOMO_WEBHOOK_SECRET",
     ),
+    "refunds": ("MTN_MOMO_DISBURSEMENT_",),
     "notify channel": ("ORDERPAY_NOTIFY_", "ORDERPAY_SMS_", "ORDERPAY_MERCHANT_NAME"),
 }  # fmt: skip
 
@@ -64,17 +65,27 @@ def run_checks(load: Callable[..., Settings]) -> list[Check]:
             settings = load(**_defaults_for(invalid))
         except ConfigurationError:
             return checks  # nothing else can be read
-    for name, check in (
-        ("database", _database),
-        ("redis", _redis),
-        ("provider", _provider),
-        ("notify channel", _channel),
-    ):
+    named: list[tuple[str, Callable[[Settings], Check]]] = [
+        ("database", _database), ("redis", _redis), ("provider", _provider),
+    ]  # fmt: skip
+    # Refunds go through the payment's own provider, not ORDERPAY_PROVIDER: MTN payments
+    # made before a switch to the simulator still need Disbursement, so any of its settings
+    # being set asks for the check too (and a half-set one fails it).
+    if settings.provider == "mtn" or _disbursement_set(settings):
+        named.append(("refunds", _mtn_refunds))
+    named.append(("notify channel", _channel))
+    for name, check in named:
         blocking = [v for v in invalid if _depends(name, v)] if invalid else []
         if not invalid or not blocking:
             checks.append(check(settings))
         else:
             checks.append(Check(name, State.SKIPPED, f"fix {', '.join(blocking)} first"))
+    database_ok = any(c.name == "database" and c.state is State.OK for c in checks)
+    checks.append(
+        _review_queue(settings)
+        if database_ok
+        else Check("review queue", State.SKIPPED, "needs the database")
+    )
     secrets = settings.webhook_secrets()
     checks.append(
         Check(
@@ -145,6 +156,25 @@ def _database(settings: Settings) -> Check:
     return Check("database", State.OK, f"{database.label}: schema current, writable")
 
 
+def _review_queue(settings: Settings) -> Check:
+    """How many findings wait for an operator: said, never a failure (they are work to do,
+    not a broken deployment)."""
+    from orderpay.store.db import Database
+    from orderpay.store.reviews import count_open
+
+    database = Database(settings.database_url)
+    try:
+        with database.transaction() as conn:
+            waiting = count_open(conn)
+    except OrderpayError as error:  # it answered the database check a moment ago
+        return Check("review queue", State.SKIPPED, f"not read: {error.message}")
+    finally:
+        database.dispose()
+    if not waiting:
+        return Check("review queue", State.INFO, "0 open")
+    return Check("review queue", State.INFO, f"{waiting} open: see `orderpay review list`")
+
+
 def _redis(settings: Settings) -> Check:
     url = settings.redis_url
     if not url:
@@ -185,6 +215,41 @@ def _provider(settings: Settings) -> Check:
         return _failed("provider", error)
     finally:
         runtime.close()
+
+
+def _disbursement_set(settings: Settings) -> bool:
+    from orderpay.providers.mtn_disbursement import ENV
+
+    return len(_disbursement_missing(settings)) < len(ENV)
+
+
+def _disbursement_missing(settings: Settings) -> list[str]:
+    from orderpay.providers.mtn_disbursement import disbursement_credentials
+
+    _, missing = disbursement_credentials(
+        settings.mtn_disbursement_subscription_key,
+        settings.mtn_disbursement_api_user,
+        settings.mtn_disbursement_api_key,
+    )
+    return missing
+
+
+def _mtn_refunds(settings: Settings) -> Check:
+    """MTN refunds go through the Disbursement product. None of its settings is a choice (MTN
+    payments are then not refundable: info); some of them is a mistake (fail)."""
+    from orderpay.providers.mtn_disbursement import ENV
+
+    missing = _disbursement_missing(settings)
+    if not missing:
+        return Check("refunds", State.OK, "MTN Disbursement configured")
+    if len(missing) == len(ENV):
+        return Check(
+            "refunds", State.INFO, f"refunds not configured: MTN refunds need {', '.join(missing)}"
+        )
+    return Check(
+        "refunds", State.FAIL, f"MTN Disbursement is missing {', '.join(missing)}",
+        Failure.CONFIGURATION,
+    )  # fmt: skip
 
 
 def _channel(settings: Settings) -> Check:

@@ -110,8 +110,9 @@ def events_tail(
 
     Starts from now: only events written after it started, unless --from-start (all of
     them first) or --after (those after that event first). A line per event: time, order,
-    event, detail; under --json one JSON object per line (NDJSON) with id, order, at, event
-    and detail. --count and --until-idle end it on their own (scripts, tests).
+    event, detail, and "(by NAME)" for an operator's action; under --json one JSON object per
+    line (NDJSON) with id, order, at, event, detail and operator (null unless an operator
+    acted). --count and --until-idle end it on their own (scripts, tests).
 
     \b
     Examples:
@@ -222,11 +223,13 @@ def _printer(as_json: bool) -> Emit:
         if as_json:
             line = json.dumps(
                 {"id": entry.id, "order": str(entry.order_id), "at": entry.at.isoformat(),
-                 "event": entry.event, "detail": entry.detail},
+                 "event": entry.event, "detail": entry.detail, "operator": entry.operator},
                 ensure_ascii=False,
             )  # fmt: skip
         else:
-            line = f"{when(entry.at)}  {short(entry.order_id)}  {entry.event}  {entry.detail}"
+            # Who acted, as `order show` prints it: an operator's action only.
+            by = f" (by {entry.operator})" if entry.operator else ""
+            line = f"{when(entry.at)}  {short(entry.order_id)}  {entry.event}  {entry.detail}{by}"
         typer.echo(line)  # flushed: a reader of a pipe sees each event as it comes
 
     return emit

@@ -10,16 +10,22 @@ from orderpay.commands.common import JsonFlag, emit_json, info, progress, runtim
 
 if TYPE_CHECKING:
     from orderpay.payments.confirmation import Confirmation
+    from orderpay.payments.refund_reconcile import RefundCheck
 
 
 def reconcile(
     ctx: typer.Context,
     older_than: Annotated[
         str,
-        typer.Option("--older-than", help="Only payments unchanged for this long: 30s, 5m, 2h."),
+        typer.Option(
+            "--older-than", help="Only payments and refunds unchanged for this long: 30s, 5m, 2h."
+        ),
     ] = "5m",
     limit: Annotated[
-        int, typer.Option("--limit", min=1, max=100_000, help="At most this many payments.")
+        int,
+        typer.Option(
+            "--limit", min=1, max=100_000, help="At most this many payments, and refunds."
+        ),
     ] = 500,
     dry_run: Annotated[
         bool,
@@ -30,15 +36,16 @@ def reconcile(
     ] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Ask the provider about payments still initiated or pending, and settle them.
+    """Ask the provider about payments and refunds still initiated or pending; settle them.
 
     Each payment is asked of its own provider, even after ORDERPAY_PROVIDER changed (and the
     table says so when that provider is not configured here). Outcomes go through the same
     transition as callbacks, so the customer is notified once. Initiated payments whose
     request may never have reached the provider are submitted again under their own
-    reference. Safe from cron and alongside the listener. --json lists the payments that
-    changed, those kept for review (the provider disagrees with our records) and those left
-    unchanged, each with a note. --dry-run only asks: it writes nothing and submits nothing.
+    reference, and so are refunds (resumed like their key). Safe from cron and alongside the
+    listener. --json lists the payments that changed, those kept for review (the provider
+    disagrees with our records) and those left unchanged, each with a note, and the same for
+    refunds under "refunds". --dry-run only asks: it writes nothing and submits nothing.
 
     \b
     Examples:
@@ -50,11 +57,14 @@ def reconcile(
 
     from orderpay.domain.times import parse_age
     from orderpay.payments.reconcile import payments_to_reconcile, reconcile_payment
+    from orderpay.payments.refund_reconcile import reconcile_refund
+    from orderpay.store.refunds import refunds_to_reconcile
 
     age = parse_age(older_than, "older_than")
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
         candidates = payments_to_reconcile(conn, age, limit)
+        open_refunds = refunds_to_reconcile(conn, age, limit)
     lease = timedelta(seconds=rt.settings.charge_lease_seconds)
     notify = rt.notify_target()
     results = [
@@ -63,16 +73,39 @@ def reconcile(
         )
         for payment in progress(candidates, "reconciling", enabled=not json_)
     ]
-    if any(result.notification_queued for result in results):
+    refund_results = [
+        reconcile_refund(
+            rt.database, rt.provider_for, refund, notify=notify, lease=lease, dry_run=dry_run
+        )
+        for refund in progress(open_refunds, "reconciling refunds", enabled=not json_)
+    ]
+    queued = [r.notification_queued for r in results] + [
+        r.notification_queued for r in refund_results
+    ]
+    if any(queued):
         rt.nudger.notify_now()
     from orderpay.payments.confirmation import Action
 
-    changed = [r for r in results if r.action in (Action.SETTLED, Action.RESUBMITTED)]
+    moved = (Action.SETTLED, Action.RESUBMITTED)
+    changed = [r for r in results if r.action in moved]
     review = [r for r in results if r.action is Action.REVIEW]
+    refunds_changed = [r for r in refund_results if r.action in moved]
+    refunds_review = [r for r in refund_results if r.action is Action.REVIEW]
     if json_:
 
         def entry(r: Confirmation) -> dict[str, str]:
             return {
+                "payment": str(r.payment_id),
+                "order": str(r.order_id),
+                "before": r.before.value,
+                "after": r.after.value,
+                "provider_says": r.remote,
+                "note": r.note,
+            }
+
+        def refund_entry(r: RefundCheck) -> dict[str, str]:
+            return {
+                "refund": str(r.refund_id),
                 "payment": str(r.payment_id),
                 "order": str(r.order_id),
                 "before": r.before.value,
@@ -88,18 +121,32 @@ def reconcile(
                 "changed": [entry(r) for r in changed],
                 "review": [entry(r) for r in review],
                 "unchanged": [entry(r) for r in results if r.action is Action.NONE],
+                "refunds": {
+                    "checked": len(refund_results),
+                    "changed": [refund_entry(r) for r in refunds_changed],
+                    "review": [refund_entry(r) for r in refunds_review],
+                    "unchanged": [
+                        refund_entry(r) for r in refund_results if r.action is Action.NONE
+                    ],
+                },
             }
         )
         return
-    from orderpay.commands.render import reconcile_table
+    from orderpay.commands.render import reconcile_table, refund_reconcile_table
 
     if dry_run:
         info("dry run: nothing is changed or submitted; the table shows what reconcile would do")
     reconcile_table(results, title="Would reconcile (dry run)" if dry_run else "Reconciled")
+    if refund_results:
+        refund_reconcile_table(refund_results, title="Refunds (dry run)" if dry_run else "Refunds")
     verb, kept = ("would change", "would be kept") if dry_run else ("changed", "kept")
     summary = f"checked {len(results)} payment(s); {len(changed)} {verb}"
     if review:
         summary += f", {len(review)} {kept} for review"
+    if refund_results:
+        summary += f"; {len(refund_results)} refund(s), {len(refunds_changed)} {verb}"
+        if refunds_review:
+            summary += f", {len(refunds_review)} {kept} for review"
     info(summary + (" (dry run)" if dry_run else ""))
 
 

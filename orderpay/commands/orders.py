@@ -176,8 +176,12 @@ def order_cancel(ctx: typer.Context, order_id: OrderId, json_: JsonFlag = False)
     from orderpay.shop.orders import cancel_order
     from orderpay.store.orders import details_of
 
-    with runtime(ctx).database.transaction() as conn:
-        (detail,) = details_of(conn, [cancel_order(conn, resolve_order(conn, order_id))])
+    rt = runtime(ctx)
+    with rt.database.transaction() as conn:
+        cancelled = cancel_order(
+            conn, resolve_order(conn, order_id), operator=rt.settings.operator_name
+        )
+        (detail,) = details_of(conn, [cancelled])
     _show_detail(detail, json_)
 
 

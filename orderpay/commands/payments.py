@@ -102,7 +102,9 @@ PaymentId = Annotated[
 
 @payment_app.command("show")
 def payment_show(ctx: typer.Context, payment_id: PaymentId, json_: JsonFlag = False) -> None:
-    """Show one payment, with the provider's transaction id once known.
+    """Show one payment and its refunds.
+
+    The provider's transaction id shows once the provider reported it.
 
     \b
     Examples:
@@ -110,17 +112,19 @@ def payment_show(ctx: typer.Context, payment_id: PaymentId, json_: JsonFlag = Fa
       orderpay payment show 7d2a61f0 --json
     """
     from orderpay.store.payments import get_payment
+    from orderpay.store.refunds import refunds_of_payment
 
     with runtime(ctx).database.transaction() as conn:
         payment = get_payment(conn, resolve_payment(conn, payment_id))
+        refunds = refunds_of_payment(conn, payment.id)
     if json_:
-        from orderpay.http.shapes import payment_shape
+        from orderpay.http.shapes import payment_shape, refund_shape
 
-        emit_json(payment_shape(payment))
+        emit_json(payment_shape(payment) | {"refunds": [refund_shape(r) for r in refunds]})
     else:
         from orderpay.commands.render import payment_panel
 
-        payment_panel(payment)
+        payment_panel(payment, refunds=refunds)
 
 
 @payment_app.command("list")
@@ -203,8 +207,9 @@ def payment_cancel(
         yes=yes,
     )
     result = cancel_payment(
-        rt.database, rt.provider_for, pid, reason=why, force=force, notify=rt.notify_target()
-    )
+        rt.database, rt.provider_for, pid, reason=why, force=force, notify=rt.notify_target(),
+        operator=rt.settings.operator_name,
+    )  # fmt: skip
     if result.payment.status.value == "succeeded":
         rt.nudger.notify_now()
     if json_:

@@ -15,16 +15,19 @@ from rich.text import Text
 
 from orderpay.commands.tables import Column, console, fit, styled, when
 from orderpay.domain.phones import mask_phone
+from orderpay.domain.states import RefundStatus
 from orderpay.shop.customers import Customer
 from orderpay.shop.products import Product
 from orderpay.store.ids import short
 from orderpay.store.notifications import Notification
 from orderpay.store.orders import Order, OrderDetail
 from orderpay.store.payments import Payment
+from orderpay.store.refunds import Refund
 from orderpay.store.timeline import OrderEvent
 
 if TYPE_CHECKING:
     from orderpay.payments.confirmation import Confirmation
+    from orderpay.payments.refund_reconcile import RefundCheck
 
 E = Column  # for the tables below: E(header, essential=..., ...)
 
@@ -94,7 +97,9 @@ def _recipient(value: str) -> str:
 
 def timeline(events: Iterable[OrderEvent], inner: int) -> RenderableType:
     columns = [E("at", True), E("event", True), E("detail", rank=1, text=True)]
-    cells = [[when(e.at), e.event, e.detail] for e in events]
+    # Who acted goes with the detail, which wraps: a column of its own would not fit 80.
+    cells = [[when(e.at), e.event, f"{e.detail} (by {e.operator})" if e.operator else e.detail]
+             for e in events]  # fmt: skip
     return fit("Timeline", columns, cells, width=inner, empty="nothing yet")
 
 
@@ -130,6 +135,8 @@ def order_panel(detail: OrderDetail) -> None:
              for p in detail.payments],
             width=inner,
         ))  # fmt: skip
+    if detail.refunds:
+        parts.append(refunds_table(detail.refunds, inner))
     if detail.notifications:
         parts.append(fit(
             "Notifications",
@@ -143,7 +150,52 @@ def order_panel(detail: OrderDetail) -> None:
     show(Panel(Group(*parts), title=f"Order {order.id}", title_align="left", expand=False))
 
 
-def payment_panel(payment: Payment, *, replayed: bool | None = None) -> None:
+def refunds_table(refunds: Sequence[Refund], inner: int) -> RenderableType:
+    return fit(
+        "Refunds",
+        [E("id", True), E("status", True), E("amount", True, justify="right"), E("key", True),
+         E("payment", rank=1), E("operator", rank=2), E("reason", rank=3, text=True),
+         E("failure", rank=4, text=True)],
+        [[short(r.id), r.status.value, str(r.amount), r.idempotency_key, short(r.payment_id),
+          r.operator, r.reason, r.failure_reason or ""] for r in refunds],
+        width=inner,
+    )  # fmt: skip
+
+
+def field_lines(rows: Sequence[tuple[str, str]]) -> Text:
+    """`name  value` lines of a panel, leaving out empty values."""
+    return Text("\n").join(
+        Text.assemble((f"{name:<12}", "bold"), styled(name, value)) for name, value in rows if value
+    )
+
+
+def refund_panel(refund: Refund, *, replayed: bool | None = None) -> None:
+    rows = [
+        ("status", refund.status.value),
+        ("payment", str(refund.payment_id)),
+        ("order", str(refund.order_id)),
+        ("amount", str(refund.amount)),
+        ("key", refund.idempotency_key),
+        ("reason", refund.reason),
+        ("operator", refund.operator),
+        ("provider", refund.provider),
+        ("reference", refund.provider_reference or ""),
+        ("transaction", refund.provider_transaction_id or ""),
+        ("failure", refund.failure_reason or ""),
+        ("created", when(refund.created_at)),
+        ("updated", when(refund.updated_at)),
+    ]
+    body = field_lines(rows)
+    if refund.status is RefundStatus.PENDING:
+        body.append("\nthe provider has not settled it yet: `orderpay reconcile` will", style="dim")
+    if replayed:
+        body.append("\nreplayed: this key was used before; nothing new was refunded", style="dim")
+    show(Panel(body, title=f"Refund {refund.id}", title_align="left", expand=False))
+
+
+def payment_panel(
+    payment: Payment, *, replayed: bool | None = None, refunds: Sequence[Refund] = ()
+) -> None:
     rows = [
         ("status", payment.status.value),
         ("order", str(payment.order_id)),
@@ -159,15 +211,13 @@ def payment_panel(payment: Payment, *, replayed: bool | None = None) -> None:
     ]
     if payment.awaiting_confirmation:
         rows.append(("note", f"failed without {payment.provider}'s word; it is still asked"))
-    body = Text()
-    for name, value in rows:
-        if value:
-            body.append(f"{name:<12}", style="bold")
-            body.append_text(styled(name, value))
-            body.append("\n")
+    body = field_lines(rows)
     if replayed:
-        body.append("replayed: this key was used before; nothing new was charged", style="dim")
-    show(Panel(body, title=f"Payment {payment.id}", title_align="left", expand=False))
+        body.append("\nreplayed: this key was used before; nothing new was charged", style="dim")
+    content: RenderableType = body
+    if refunds:
+        content = Group(body, refunds_table(refunds, width() - 4))
+    show(Panel(content, title=f"Payment {payment.id}", title_align="left", expand=False))
 
 
 def key_values(title: str, values: dict[str, Any]) -> None:
@@ -190,3 +240,14 @@ def reconcile_table(results: Sequence[Confirmation], title: str = "Reconciled") 
         for r in results
     ]
     show(fit(title, columns, cells, width=width(), empty="nothing to reconcile"))
+
+
+def refund_reconcile_table(results: Sequence[RefundCheck], title: str = "Refunds") -> None:
+    columns = [E("refund", True), E("before", True), E("after", True),
+               E("provider says", rank=1), E("payment", rank=3),
+               E("note", rank=2, text=True)]  # fmt: skip
+    cells = [
+        [short(r.refund_id), r.before.value, r.after.value, r.remote, short(r.payment_id), r.note]
+        for r in results
+    ]
+    show(fit(title, columns, cells, width=width(), empty="no refunds to reconcile"))

@@ -28,6 +28,8 @@ STATUS_STYLES = {
     "failed": "red",
     "undelivered": "red",
     "cancelled": "dim",
+    "partially_refunded": "cyan",
+    "refunded": "cyan",
 }
 
 

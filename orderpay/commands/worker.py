@@ -249,10 +249,11 @@ def notification_retry(
     from orderpay.errors import NotificationNotRetryable
 
     retried = []
+    operator = rt.settings.operator_name
     for nid in progress(ids, "retrying", enabled=len(ids) >= 20):
         try:
             with rt.database.transaction() as conn:
-                retried.append(retry_notification(conn, nid))
+                retried.append(retry_notification(conn, nid, operator=operator))
         except NotificationNotRetryable:
             if not all_failed:
                 raise

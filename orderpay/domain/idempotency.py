@@ -44,3 +44,26 @@ def charge_fingerprint(order_id: uuid.UUID, amount: Money, payer_phone: str) -> 
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def refund_fingerprint(payment_id: uuid.UUID, amount: Money | None, currency: str) -> str:
+    """sha256 of the canonical JSON of what a refund asks for: which payment, how much
+    (`amount` None: "what remains refundable", as asked), in which currency.
+
+    The operator's reason is left out on purpose. It explains the refund and moves no money:
+    a retry whose reason was reworded (or that a client builds with a timestamp) is the same
+    refund, and replays it with the stored reason, instead of failing as key reuse. The
+    requested amount, not the amount it resolved to, is what is compared: a replay of "refund
+    the rest" after that refund succeeded finds nothing left, yet asks for the same thing.
+    """
+    canonical = json.dumps(
+        {
+            "command": "refund",
+            "payment": str(payment_id),
+            "amount": None if amount is None else amount.minor_units,
+            "currency": currency,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -8,10 +8,19 @@ from enum import StrEnum
 class OrderStatus(StrEnum):
     PENDING = "pending"
     PAID = "paid"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
     CANCELLED = "cancelled"
 
 
 class PaymentStatus(StrEnum):
+    INITIATED = "initiated"
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class RefundStatus(StrEnum):
     INITIATED = "initiated"
     PENDING = "pending"
     SUCCEEDED = "succeeded"
@@ -28,7 +37,10 @@ class NotificationStatus(StrEnum):
 
 ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset({OrderStatus.PAID, OrderStatus.CANCELLED}),
-    OrderStatus.PAID: frozenset(),
+    # Refunds move a paid order once they succeed: all of the payment back, or part of it.
+    OrderStatus.PAID: frozenset({OrderStatus.PARTIALLY_REFUNDED, OrderStatus.REFUNDED}),
+    OrderStatus.PARTIALLY_REFUNDED: frozenset({OrderStatus.REFUNDED}),
+    OrderStatus.REFUNDED: frozenset(),
     OrderStatus.CANCELLED: frozenset(),
 }
 
@@ -41,6 +53,17 @@ PAYMENT_TRANSITIONS: dict[PaymentStatus, frozenset[PaymentStatus]] = {
     PaymentStatus.PENDING: frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED}),
     PaymentStatus.SUCCEEDED: frozenset(),
     PaymentStatus.FAILED: frozenset(),
+}
+
+# A refund follows a payment's rules (DESIGN.md section 4): its outcome may beat the record of
+# the provider's receipt, and `succeeded` and `failed` are terminal.
+REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
+    RefundStatus.INITIATED: frozenset(
+        {RefundStatus.PENDING, RefundStatus.SUCCEEDED, RefundStatus.FAILED}
+    ),
+    RefundStatus.PENDING: frozenset({RefundStatus.SUCCEEDED, RefundStatus.FAILED}),
+    RefundStatus.SUCCEEDED: frozenset(),
+    RefundStatus.FAILED: frozenset(),
 }
 
 NOTIFICATION_TRANSITIONS: dict[NotificationStatus, frozenset[NotificationStatus]] = {
@@ -59,6 +82,11 @@ LIVE_PAYMENT_STATUSES = frozenset(
 )
 OPEN_PAYMENT_STATUSES = frozenset({PaymentStatus.INITIATED, PaymentStatus.PENDING})
 TERMINAL_PAYMENT_STATUSES = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED})
+# Orders whose payment succeeded: refunds since do not make them payable again.
+PAID_ORDER_STATUSES = frozenset(
+    {OrderStatus.PAID, OrderStatus.PARTIALLY_REFUNDED, OrderStatus.REFUNDED}
+)
+OPEN_REFUND_STATUSES = frozenset({RefundStatus.INITIATED, RefundStatus.PENDING})
 
 
 def payment_can_move(current: PaymentStatus, target: PaymentStatus) -> bool:
@@ -67,6 +95,10 @@ def payment_can_move(current: PaymentStatus, target: PaymentStatus) -> bool:
 
 def order_can_move(current: OrderStatus, target: OrderStatus) -> bool:
     return target in ORDER_TRANSITIONS[current]
+
+
+def refund_can_move(current: RefundStatus, target: RefundStatus) -> bool:
+    return target in REFUND_TRANSITIONS[current]
 
 
 def notification_can_move(current: NotificationStatus, target: NotificationStatus) -> bool:

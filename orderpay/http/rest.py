@@ -1,6 +1,7 @@
 """The seed's REST API, same paths and field names, behind a bearer token.
 
-`POST /api/orders/`, `GET /api/orders/{id}/`, `POST /api/payments/charge/`. The same service
+`POST /api/orders/`, `GET /api/orders/{id}/`, `POST /api/payments/charge/`, and
+`POST /api/payments/{id}/refunds/`. The same service
 functions as the CLI; the same JSON shapes (shapes.py). With ORDERPAY_API_TOKEN unset, every
 route answers 404, as if the API did not exist.
 """
@@ -22,12 +23,14 @@ from orderpay.errors import (
     InvalidQuantity,
     InvalidToken,
     OrderNotFound,
+    PaymentNotFound,
     RouteNotFound,
 )
 from orderpay.http.bodies import read_body
-from orderpay.http.shapes import order_shape, payment_shape
+from orderpay.http.shapes import order_shape, payment_shape, refund_shape
 from orderpay.metrics import metrics
 from orderpay.payments.charge import charge_order
+from orderpay.payments.refund import ask_for, refund_payment
 from orderpay.shop.orders import create_order as create_order_service
 from orderpay.store.orders import details_of, get_order_detail
 
@@ -40,6 +43,10 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 ORDER_FIELDS = ("customer", "items")
 ITEM_FIELDS = ("product", "quantity")
 CHARGE_FIELDS = ("order", "phone")
+REFUND_FIELDS = ("amount", "currency", "reason")
+# Who a refund asked through the API is recorded as: the holder of the one bearer token (the
+# server's OS user, or its ORDERPAY_OPERATOR, did not ask for it).
+API_OPERATOR = "api"
 MAX_FIELDS_NAMED = 10
 MAX_FIELD_NAME = 64
 
@@ -162,6 +169,43 @@ async def charge(request: Request) -> Response:
     headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
     return JSONResponse(
         payment_shape(result.payment, replayed=result.replayed), status_code=201, headers=headers
+    )
+
+
+async def refund(request: Request) -> Response:
+    """POST /api/payments/{id}/refunds/ {"amount"?: "12.50", "currency"?: "GHS", "reason": "..."}
+    + Idempotency-Key. Without `amount`, what remains refundable. 201 with the refund (pending
+    or succeeded); a replay answers as the first time, plus `Idempotent-Replayed: true`.
+    """
+    runtime = authorize(request)
+    key = _key_from_header(request.headers.get("idempotency-key"))
+    raw = request.path_params["payment_id"]
+    payment_id = as_uuid(raw)
+    if payment_id is None:
+        raise PaymentNotFound(f"payment {raw} does not exist")
+    document = await read_object(request, REFUND_FIELDS)
+    fields = {name: document.get(name) for name in REFUND_FIELDS}
+    for name, value in fields.items():
+        # An explicit null is refused, not read as "left out": for `amount` that would refund
+        # all that remains, for a client that meant an amount it failed to fill in.
+        if (value is not None or name in document) and not isinstance(value, str):
+            example = {"amount": '"12.50"', "currency": '"GHS"'}.get(name, "text")
+            raise InvalidField(f"{name} must be a string ({example})", field=name)
+    if fields["reason"] is None:
+        raise InvalidField("reason is required: why the money goes back", field="reason")
+    ask = ask_for(
+        payment_id, key=key, amount=fields["amount"], currency=fields["currency"],
+        reason=fields["reason"], operator=API_OPERATOR,
+    )  # fmt: skip
+    result = await run_in_threadpool(
+        refund_payment, runtime.database, runtime.provider_for, ask,
+        lease_seconds=runtime.settings.charge_lease_seconds, notify=runtime.notify_target(),
+    )  # fmt: skip
+    if result.notification_queued:
+        runtime.nudger.nudge()  # coalesced, off the event loop
+    headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
+    return JSONResponse(
+        refund_shape(result.refund, replayed=result.replayed), status_code=201, headers=headers
     )
 
 

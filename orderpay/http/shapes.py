@@ -13,6 +13,8 @@ from orderpay.shop.products import Product
 from orderpay.store.notifications import Notification
 from orderpay.store.orders import Order, OrderDetail
 from orderpay.store.payments import Payment
+from orderpay.store.refunds import Refund
+from orderpay.store.reviews import ReviewItem
 from orderpay.store.timeline import OrderEvent
 
 Shape = dict[str, Any]
@@ -66,11 +68,35 @@ def payment_shape(payment: Payment, *, replayed: bool | None = None) -> Shape:
     return shape
 
 
+def refund_shape(refund: Refund, *, replayed: bool | None = None) -> Shape:
+    shape: Shape = {
+        "id": str(refund.id),
+        "payment": str(refund.payment_id),
+        "order": str(refund.order_id),
+        "status": refund.status.value,
+        "amount": refund.amount.as_string(),
+        "currency": refund.amount.currency,
+        "idempotency_key": refund.idempotency_key,
+        "reason": refund.reason,
+        "provider": refund.provider,
+        "provider_reference": refund.provider_reference,
+        "provider_transaction_id": refund.provider_transaction_id,
+        "failure_reason": refund.failure_reason,
+        "operator": refund.operator,
+        "created_at": timestamp(refund.created_at),
+        "updated_at": timestamp(refund.updated_at),
+    }
+    if replayed is not None:
+        shape["replayed"] = replayed
+    return shape
+
+
 def notification_shape(notification: Notification) -> Shape:
     return {
         "id": notification.id,
         "order": str(notification.order_id),
         "payment": str(notification.payment_id),
+        "refund": None if notification.refund_id is None else str(notification.refund_id),
         "kind": notification.kind,
         "channel": notification.channel,
         "recipient": notification.recipient,
@@ -84,7 +110,30 @@ def notification_shape(notification: Notification) -> Shape:
 
 
 def event_shape(event: OrderEvent) -> Shape:
-    return {"at": timestamp(event.at), "event": event.event, "detail": event.detail}
+    return {
+        "at": timestamp(event.at),
+        "event": event.event,
+        "detail": event.detail,
+        "operator": event.operator,  # who acted, for an operator's action; else null
+    }
+
+
+def review_item_shape(item: ReviewItem) -> Shape:
+    return {
+        "id": item.id,
+        "reason": item.reason,
+        "open": item.is_open,
+        "order": str(item.order_id),
+        "payment": None if item.payment_id is None else str(item.payment_id),
+        "refund": None if item.refund_id is None else str(item.refund_id),
+        "event": item.event_id,
+        "reported": item.reported,
+        "suggested_action": item.suggested_action,
+        "opened_at": timestamp(item.opened_at),
+        "resolved_at": timestamp(item.resolved_at),
+        "resolved_by": item.resolved_by,
+        "note": item.note,
+    }
 
 
 def order_summary_shape(order: Order) -> Shape:
@@ -113,6 +162,7 @@ def order_shape(detail: OrderDetail) -> Shape:
         for item in detail.items
     ]
     shape["payments"] = [payment_shape(p) for p in detail.payments]
+    shape["refunds"] = [refund_shape(r) for r in detail.refunds]
     shape["notifications"] = [notification_shape(n) for n in detail.notifications]
     shape["events"] = [event_shape(e) for e in detail.events]
     return shape

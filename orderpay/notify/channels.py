@@ -36,6 +36,7 @@ class OutgoingMessage:
     recipient: str  # E.164 phone, or the merchant's URL for `webhook`
     text: str
     event: dict[str, Any]  # the structured form, for channels that send JSON
+    event_type: str = "payment.received"  # the webhook event's `type` (`refund.sent`)
 
 
 class Channel(Protocol):
@@ -159,7 +160,7 @@ class WebhookChannel(_HttpChannel):
         from orderpay.domain.signatures import standard_headers
 
         webhook_id = f"msg_orderpay_notification_{message.notification_id}"
-        body = json.dumps({"type": "payment.received", "data": message.event}).encode()
+        body = json.dumps({"type": message.event_type, "data": message.event}).encode()
         headers = standard_headers(body, self._secret, webhook_id)
         headers["Content-Type"] = "application/json"
         response = self._post(message.recipient, content=body, headers=headers)

@@ -77,21 +77,31 @@ def format_amount(amount: Money) -> str:
 def render(attempt: Attempt, merchant_name: str) -> OutgoingMessage:
     first_name = attempt.customer_name.split()[0] if attempt.customer_name.split() else ""
     greeting = f"Hi {first_name}, w" if first_name else "W"
-    text = (
-        f"{greeting}e received your payment of {format_amount(attempt.amount)} for order "
-        f"{order_reference(attempt.order_id)}. Thank you! - {merchant_name}"
-    )
+    reference = order_reference(attempt.order_id)
+    if attempt.refund_id is not None:  # refund_sent: the refund's amount, not the payment's
+        text = (
+            f"{greeting}e have sent you a refund of {format_amount(attempt.amount)} for order "
+            f"{reference}. - {merchant_name}"
+        )
+    else:
+        text = (
+            f"{greeting}e received your payment of {format_amount(attempt.amount)} for order "
+            f"{reference}. Thank you! - {merchant_name}"
+        )
     event = {
         "notification": attempt.notification_id,
         "order": str(attempt.order_id),
         "payment": str(attempt.payment_id),
         "amount": attempt.amount.as_string(),
         "currency": attempt.amount.currency,
-        "reference": order_reference(attempt.order_id),
+        "reference": reference,
         "merchant": merchant_name,
         "message": text,
     }
-    return OutgoingMessage(attempt.notification_id, attempt.recipient, text, event)
+    if attempt.refund_id is None:
+        return OutgoingMessage(attempt.notification_id, attempt.recipient, text, event)
+    event["refund"] = str(attempt.refund_id)
+    return OutgoingMessage(attempt.notification_id, attempt.recipient, text, event, "refund.sent")
 
 
 # Finds the channel a row is sent through, by the name written on it; ConfigurationError

@@ -13,6 +13,10 @@ A callback that matches no payment of an existing order (it came before the char
 provider's receipt, say) is kept as `unmatched`, committed, and answered 404 so the sender
 retries; a later copy of it, or `orderpay webhook replay`, tries the match again. At most
 MAX_UNMATCHED_PER_ORDER are kept per order; a callback about an unknown order is not kept.
+Two exceptions are kept for review instead (200 `review`), as no later match can settle them:
+any outcome under an unknown reference for an order already paid (money taken twice?), and a
+success under one for a cancelled order (money taken for nothing: DESIGN.md section 5). A
+failure under one for a cancelled order moved no money: it stays `unmatched` like the rest.
 
 Trust: the callback secret is shared with the senders that sign (the simulator, standing for
 the seed's signing sender). A signed callback about a payment of a provider that does not sign
@@ -28,9 +32,10 @@ from enum import StrEnum
 from sqlalchemy import Connection
 
 from orderpay.domain.money import Money, currency_code, parse_amount
-from orderpay.domain.states import OrderStatus, PaymentStatus
+from orderpay.domain.states import PAID_ORDER_STATUSES, OrderStatus, PaymentStatus
 from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_object, parse_uuid
 from orderpay.errors import InvalidPayload, NotFound, OrderNotFound, PaymentNotFound
+from orderpay.payments import review
 from orderpay.payments.settlement import Settled, settle
 from orderpay.store import inbox, locks, timeline
 from orderpay.store.locks import LockedPayment
@@ -170,6 +175,7 @@ def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -
         amount=reported_amount(callback, payment.amount.currency), currency=callback.currency,
         source=f"{callback.source} callback",  notify=notify,
         transaction_id=None if ours else callback.provider_reference, event_id=event.id,
+        reference=callback.provider_reference,
     )  # fmt: skip
     if verdict is Settled.APPLIED:
         queued = callback.status is PaymentStatus.SUCCEEDED
@@ -193,22 +199,47 @@ def _locate(conn: Connection, callback: Callback) -> LockedPayment | None:
 
 def _unmatched(conn: Connection, callback: Callback, event: int, *, again: bool) -> CallbackResult:
     """No payment of the order matches. For an order already paid this is an outcome under
-    another reference (possibly money taken twice): kept for review. Otherwise the callback
-    may simply be early, before the provider's receipt of a charge is recorded: kept as
-    `unmatched` (within the bound), answered 404, and tried again when the sender retries."""
+    another reference (possibly money taken twice), and for a cancelled order a success under
+    one (money taken for an order that no payment can settle any more): kept for review.
+    Otherwise the callback may simply be early, before the provider's receipt of a charge is
+    recorded: kept as `unmatched` (within the bound), answered 404, and tried again when the
+    sender retries. A failure for a cancelled order is kept that way too: it moved no money,
+    so nothing needs a decision."""
     # Locked: two callbacks of one order count its kept events one after the other.
     order = locks.lock_order(conn, callback.order_id)
     if order is None:
         raise OrderNotFound(f"order {callback.order_id} does not exist")
-    if order.status is OrderStatus.PAID:
-        timeline.record_event(
-            conn, callback.order_id, "callback_unmatched",
-            f"{callback.source} callback reported {callback.status} under reference "
-            f"{callback.provider_reference!r}, which matches no payment of this paid order; "
-            "kept for review (a second payment?), nothing changed",
+    if order.status in PAID_ORDER_STATUSES:
+        kept = review.keep_second_payment(
+            conn, order_id=order.id, order_currency=order.total.currency,
+            source=callback.source, status=callback.status,
+            reference=callback.provider_reference, amount=callback.amount,
+            currency=callback.currency, reason=callback.reason, event_id=event,
         )  # fmt: skip
-        inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
-        return CallbackResult(Answer.REVIEW, None)
+        why = f"no payment of this paid order; {kept} (a second payment?)"
+    elif order.status is OrderStatus.CANCELLED and callback.status is PaymentStatus.SUCCEEDED:
+        kept = review.keep_success_on_cancelled_order(
+            conn, order_id=order.id, order_currency=order.total.currency,
+            source=callback.source, reference=callback.provider_reference,
+            amount=callback.amount, currency=callback.currency, reason=callback.reason,
+            event_id=event,
+        )  # fmt: skip
+        why = f"no payment of this cancelled order; {kept} (money to refund?)"
+    else:
+        return _kept_unmatched(conn, callback, event, again=again)
+    timeline.record_event(
+        conn, callback.order_id, "callback_unmatched",
+        f"{callback.source} callback reported {callback.status} under reference "
+        f"{callback.provider_reference!r}, which matches {why}, nothing changed",
+    )  # fmt: skip
+    inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
+    return CallbackResult(Answer.REVIEW, None)
+
+
+def _kept_unmatched(
+    conn: Connection, callback: Callback, event: int, *, again: bool
+) -> CallbackResult:
+    """Kept as `unmatched` (within the bound) and answered 404: the sender retries."""
     error = PaymentNotFound(
         f"order {callback.order_id} has no payment awaiting an outcome; retry later"
     )

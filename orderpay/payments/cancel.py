@@ -59,8 +59,14 @@ def cancel_payment(
     reason: str,
     force: bool,
     notify: NotifyTarget,
+    operator: str,
 ) -> CancelResult:
-    """Cancel an open payment after asking its provider; see the module docstring."""
+    """Cancel an open payment after asking its provider; see the module docstring.
+
+    `operator`: who cancels (Settings.operator_name), recorded on the timeline row of the
+    failure it writes. A success the provider reports instead is the provider's word, not
+    the operator's: its rows name the cancel in their detail only.
+    """
     with db.transaction() as conn:
         payment = _cancellable(get_payment(conn, payment_id))
     try:
@@ -77,7 +83,10 @@ def cancel_payment(
             f"payment {payment.id} failed by the operator without asking {payment.provider} "
             f"({error.message}): {reason}; a success reported later is kept for review"
         )
-        after = _fail(db, payment.id, reason, detail, "payment_cancelled_unconfirmed", forced=True)
+        after = _fail(
+            db, payment.id, reason, detail, "payment_cancelled_unconfirmed", forced=True,
+            operator=operator,
+        )  # fmt: skip
         return CancelResult(after, Cancelled.FORCED, "not asked")
     said = answer.state.value
     if answer.state is RemoteState.PENDING:
@@ -89,7 +98,9 @@ def cancel_payment(
         )
     if answer.state is RemoteState.UNKNOWN:
         detail = f"payment {payment.id} cancelled by the operator: {reason}"
-        after = _fail(db, payment.id, reason, detail, "payment_cancelled", forced=False)
+        after = _fail(
+            db, payment.id, reason, detail, "payment_cancelled", forced=False, operator=operator
+        )
         return CancelResult(after, Cancelled.CANCELLED, f"{said}: no such payment")
     target = (
         PaymentStatus.SUCCEEDED if answer.state is RemoteState.SUCCEEDED else PaymentStatus.FAILED
@@ -100,8 +111,8 @@ def cancel_payment(
         assert locked is not None, "payments are never deleted"
         settle(
             conn, locked, target, reason=answer.reason or reason, amount=answer.amount,
-            source=f"{payment.provider} status, asked to cancel", notify=notify,
-            transaction_id=answer.transaction_id,
+            source=f"{payment.provider} status, asked to cancel by {operator}", notify=notify,
+            transaction_id=answer.transaction_id, operator=operator,
         )  # fmt: skip
         return get_payment(conn, payment.id)
 
@@ -128,7 +139,14 @@ def _cancellable(payment: Payment) -> Payment:
 
 
 def _fail(
-    db: Transactional, payment_id: uuid.UUID, reason: str, detail: str, event: str, *, forced: bool
+    db: Transactional,
+    payment_id: uuid.UUID,
+    reason: str,
+    detail: str,
+    event: str,
+    *,
+    forced: bool,
+    operator: str,
 ) -> Payment:
     """Fail the payment with the operator's reason, unless it moved on meanwhile."""
 
@@ -136,7 +154,10 @@ def _fail(
         locked = locks.lock_payment(conn, payment_id)
         assert locked is not None, "payments are never deleted"
         payment = _cancellable(locked.payment)
-        ledger.fail(conn, payment, reason=reason, detail=detail, event=event, unconfirmed=forced)
+        ledger.fail(
+            conn, payment, reason=reason, detail=detail, event=event, unconfirmed=forced,
+            operator=operator,
+        )  # fmt: skip
         return get_payment(conn, payment_id)
 
     return retrying(db, apply)

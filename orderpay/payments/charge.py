@@ -20,7 +20,12 @@ from orderpay.clock import utcnow
 from orderpay.domain.idempotency import charge_fingerprint, check_key
 from orderpay.domain.money import Money
 from orderpay.domain.phones import mask_phone, normalise_phone
-from orderpay.domain.states import LIVE_PAYMENT_STATUSES, OrderStatus, PaymentStatus
+from orderpay.domain.states import (
+    LIVE_PAYMENT_STATUSES,
+    PAID_ORDER_STATUSES,
+    OrderStatus,
+    PaymentStatus,
+)
 from orderpay.errors import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -140,7 +145,7 @@ def claim_payment(
         existing = find_by_key(conn, key)
         if existing is not None:
             return _resolve_existing(conn, existing, fingerprint, lease)
-        if status == OrderStatus.PAID:
+        if status in PAID_ORDER_STATUSES:
             raise OrderAlreadyPaid(f"order {order_id} is already paid", order=str(order_id))
         raise OrderCancelled(f"order {order_id} is cancelled", order=str(order_id))
     if amount.minor_units == 0:

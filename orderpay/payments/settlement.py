@@ -7,9 +7,13 @@ the provider reports:
   `paid` and the notification outbox row is written, all in the caller's transaction;
 - the same terminal outcome again changes nothing (the provider's transaction id is kept if it
   was not known yet; a failure the operator forced is now confirmed);
-- a different terminal outcome (success after failure, or the reverse) and an amount or
-  currency that differs from the payment's are kept for review: nothing moves, the timeline
-  says why, and an order is never marked paid on them.
+- a different terminal outcome (success after failure, or the reverse), a success for an
+  order that is no longer pending, and an amount or currency that differs from the
+  payment's are kept for review: nothing moves, a review item is opened (payments/review.py:
+  one per finding), the timeline says why, and an order is never marked paid on them.
+  The amount is checked first: an outcome of another amount is an amount finding whatever
+  the payment's status, and its suggested action reads both (a success for a payment not
+  recorded succeeded is all to refund; a failure took no money).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sqlalchemy import Connection
 
 from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus, PaymentStatus
+from orderpay.payments import review
 from orderpay.store import inbox, ledger, timeline
 from orderpay.store.locks import LockedPayment
 from orderpay.store.notifications import NotifyTarget
@@ -65,11 +70,15 @@ def settle(
     notify: NotifyTarget,
     transaction_id: str | None = None,
     event_id: int | None = None,
+    reference: str | None = None,
+    operator: str | None = None,
 ) -> Settled:
     """Apply a provider's outcome to a locked payment; see the module docstring.
 
     `transaction_id`: the provider's own id of the money movement, kept on the payment.
     `event_id`: the inbox event that reported it, whose outcome is recorded with it.
+    `reference`: the reference the report named (for a review item's `reported`).
+    `operator`: who asked (an operator's cancel), recorded with a failure it writes.
     """
     payment = locked.payment
     verdict = classify(locked, target, amount, currency)
@@ -84,16 +93,23 @@ def settle(
         ledger.fail(
             conn, payment, reason=reason, transaction_id=transaction_id,
             detail=f"payment {payment.id} failed ({source}): {reason or 'no reason given'}",
+            operator=operator,
         )  # fmt: skip
     elif verdict is Settled.UNCHANGED:
         if transaction_id is not None and payment.provider_transaction_id is None:
             ledger.note_transaction_id(conn, payment.id, transaction_id)
     elif verdict is Settled.MISMATCH:
-        reported = str(amount) if amount is not None else f"currency {currency}"
+        reported: Money | str = amount if amount is not None else f"currency {currency}"
+        said = review.reported_text(
+            _who(source, payment.provider), target, amount=amount, currency=currency,
+            reference=reference, transaction_id=transaction_id, reason=reason,
+            payer_phone=payment.payer_phone,
+        )  # fmt: skip
+        kept = review.keep_amount_mismatch(conn, locked, target, said, reported, event_id=event_id)
         timeline.record_event(
             conn, payment.order_id, "callback_amount_mismatch",
             f"{source} reported {target} of {reported} for payment {payment.id} of "
-            f"{payment.amount}; kept for review, nothing changed",
+            f"{payment.amount}; {kept}, nothing changed",
         )  # fmt: skip
     else:
         unconfirmed = (
@@ -101,13 +117,25 @@ def settle(
             if payment.awaiting_confirmation
             else ""
         )
+        said = review.reported_text(
+            _who(source, payment.provider), target, amount=amount, currency=currency,
+            reference=reference, transaction_id=transaction_id, reason=reason,
+            payer_phone=payment.payer_phone,
+        )  # fmt: skip
+        kept = review.keep_outcome_conflict(conn, locked, target, said, event_id=event_id)
         timeline.record_event(
             conn, payment.order_id, "callback_conflict",
             f"{source} reported {target} for payment {payment.id}, which is {payment.status} "
-            f"(order {locked.order_status}){unconfirmed}; kept for review, nothing changed",
+            f"(order {locked.order_status}){unconfirmed}; {kept}, nothing changed",
         )  # fmt: skip
     if payment.awaiting_confirmation and verdict is not Settled.APPLIED:
         ledger.confirmed(conn, payment.id)  # the provider's word is in: stop asking
     if event_id is not None:
         inbox.decide(conn, event_id, verdict.value, payment.order_id, payment.id)
     return verdict
+
+
+def _who(source: str, provider: str) -> str:
+    """Who reported an outcome, for a review item: the source, and the provider if it does
+    not name it ("reconcile, mtn"; "mtn callback, confirmed by status")."""
+    return source if provider in source else f"{source}, {provider}"

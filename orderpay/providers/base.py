@@ -1,4 +1,4 @@
-"""Payment providers: the interface the charge flow talks to.
+"""Payment providers: the interface the charge and refund flows talk to.
 
 A provider is called outside any transaction. It answers `Accepted` (it took the request and
 will report the outcome), `Declined` (a definite refusal), or raises `ProviderUnavailable` when
@@ -69,11 +69,46 @@ class PaymentRef:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """Give back `amount` of a succeeded payment to its payer."""
+
+    reference: uuid.UUID  # our refund id; MTN's X-Reference-Id of the refund
+    payment: PaymentRef  # the payment refunded (MTN: referenceIdToRefund)
+    amount: Money
+    reason: str  # the operator's, for the payer's statement where the provider shows one
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRef:
+    """What a refund's status query needs to know about it."""
+
+    reference: uuid.UUID
+    provider_reference: str | None
+    payment: PaymentRef
+    amount: Money
+    created_at: datetime
+
+
 class Provider(Protocol):
     name: str
+    # Whether it gives back part of a payment (several refunds of one payment); without it a
+    # refund must be of the whole payment.
+    partial_refunds: bool
 
     def request_payment(self, request: CollectionRequest) -> ProviderAnswer: ...
 
     def payment_status(self, payment: PaymentRef) -> StatusAnswer: ...
+
+    # Refunds follow the same answers: Accepted (will settle; a duplicate reference is
+    # "already submitted"), Declined (definite), ProviderUnavailable (unknown: stays
+    # `initiated`, the same key resumes it).
+    def request_refund(self, request: RefundRequest) -> ProviderAnswer: ...
+
+    def refund_status(self, refund: RefundRef) -> StatusAnswer: ...
+
+    # Raises ConfigurationError when refunds need settings that are missing, before anything
+    # is stored or asked.
+    def check_refunds_configured(self) -> None: ...
 
     def close(self) -> None: ...

@@ -1,4 +1,8 @@
-"""MTN MoMo Collection behind the Provider protocol: a thin httpx client (reference/specs.md s.3).
+"""MTN MoMo behind the Provider protocol: a thin httpx client (reference/specs.md s.3).
+
+Charges go through MTN's Collection product, refunds through its Disbursement product
+(providers/mtn_disbursement.py). Each product has its own credentials and token cache
+(providers/mtn_api.py); they share the base URL, the target environment and one HTTP client.
 
 Two calls per charge at most: `POST /collection/token/` (only when no cached token is fresh)
 and `POST /collection/v1_0/requesttopay` with our payment id as `X-Reference-Id`. The status
@@ -17,39 +21,44 @@ query is `GET /collection/v1_0/requesttopay/{reference}`. How answers map:
 
 A 401 from an API call drops the cached token, fetches a new one and retries that call once.
 Every operation (token fetch, call, retry) shares one time budget well under the charge lease.
-Secrets (subscription key, API key, tokens) stay out of repr(), logs and exception messages.
+Secrets (subscription keys, API keys, tokens) stay out of repr(), logs and exception messages.
+
+Without the MTN_MOMO_DISBURSEMENT_* settings charges work as before; refunds then raise
+ConfigurationError naming what is missing (`check_refunds_configured()` says so up front).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import SecretStr
 
 from orderpay.domain.phones import mask_phone, msisdn
-from orderpay.domain.validation import as_uuid
-from orderpay.errors import ConfigurationError, ProviderUnavailable
+from orderpay.errors import ConfigurationError
 from orderpay.providers.base import (
     CollectionRequest,
     PaymentRef,
     ProviderAnswer,
-    RemoteState,
+    RefundRef,
+    RefundRequest,
     StatusAnswer,
 )
-from orderpay.providers.mtn_answers import (
-    NOT_FOUND,
-    error_code,
-    error_message,
-    positive_int,
-    status_answer,
-    submission_answer,
+from orderpay.providers.mtn_api import (
+    TOKEN_REFRESH_MARGIN_SECONDS,
+    Credentials,
+    MtnApi,
+    reference_of,
+    secret,
+)
+from orderpay.providers.mtn_disbursement import (
+    MtnDisbursement,
+    disbursement_credentials,
+    refunds_not_configured,
 )
 from orderpay.providers.mtn_endpoints import check_callback_url, check_endpoint
 from orderpay.tls import tls_context
@@ -67,9 +76,6 @@ REQUEST_TO_PAY_PATH = "/collection/v1_0/requesttopay"
 # charge never outlives its lease while talking to MTN.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=10.0, pool=5.0)
 DEFAULT_BUDGET_SECONDS = 45.0
-# A cached token is dropped this long before MTN says it expires (at most half its lifetime).
-TOKEN_REFRESH_MARGIN_SECONDS = 60.0
-DEFAULT_TOKEN_LIFETIME_SECONDS = 3600
 
 _ENV = {
     "base_url": "MTN_MOMO_BASE_URL",
@@ -80,26 +86,20 @@ _ENV = {
 }
 
 
-def _secret(value: str | SecretStr) -> SecretStr:
-    return value if isinstance(value, SecretStr) else SecretStr(value)
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    value: str = field(repr=False)
-    fresh_until: float  # on the provider's clock
-
-
 class MtnProvider:
-    """The MTN MoMo Collection provider. One instance per process; thread-safe; close() it.
+    """The MTN MoMo provider. One instance per process; thread-safe; close() it.
 
     Build it with `MtnProvider.from_settings(settings)`, or with explicit values (tests). The
     base URL and target environment are checked as a pair (see `check_endpoint`): `sandbox`
     goes with the sandbox host or a loopback fake, a production target with any other https
-    host. TLS certificates are always verified.
+    host. TLS certificates are always verified. The disbursement_* values are optional: without
+    them the provider charges but does not refund.
     """
 
     name = "mtn"
+    # MTN's refund takes an amount: part of a payment may be given back, in several refunds
+    # (the fake MTN enforces "never more than the payment"; unobserved on the real sandbox).
+    partial_refunds = True
 
     def __init__(
         self,
@@ -110,6 +110,9 @@ class MtnProvider:
         api_key: str | SecretStr,
         target_environment: str,
         callback_url: str | None = None,
+        disbursement_subscription_key: str | SecretStr | None = None,
+        disbursement_api_user: str | None = None,
+        disbursement_api_key: str | SecretStr | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         budget_seconds: float = DEFAULT_BUDGET_SECONDS,
         token_refresh_margin: float = TOKEN_REFRESH_MARGIN_SECONDS,
@@ -121,17 +124,20 @@ class MtnProvider:
         self.callback_url = check_callback_url(callback_url, self.target_environment)
         if not api_user.strip():
             raise ConfigurationError("MTN_MOMO_API_USER is empty")
-        self._api_user = api_user.strip()
-        self._api_key = _secret(api_key)
-        self._subscription_key = _secret(subscription_key)
-        if not self._api_key.get_secret_value() or not self._subscription_key.get_secret_value():
+        collection = Credentials(
+            product="collection",
+            subscription_key=secret(subscription_key),
+            api_user=api_user.strip(),
+            api_key=secret(api_key),
+            variables="MTN_MOMO_API_USER, MTN_MOMO_API_KEY and MTN_MOMO_SUBSCRIPTION_KEY",
+        )
+        if not (
+            collection.api_key.get_secret_value() and collection.subscription_key.get_secret_value()
+        ):
             raise ConfigurationError("MTN_MOMO_API_KEY and MTN_MOMO_SUBSCRIPTION_KEY must be set")
-        self._timeout = timeout
-        self._budget = budget_seconds
-        self._margin = token_refresh_margin
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._token: _Token | None = None
+        disbursement, self._refunds_missing = disbursement_credentials(
+            disbursement_subscription_key, disbursement_api_user, disbursement_api_key
+        )
         self._client = httpx.Client(
             verify=tls_context(),  # certificates and host names are always checked
             timeout=timeout,
@@ -139,6 +145,17 @@ class MtnProvider:
             follow_redirects=False,
             headers={"User-Agent": "orderpay"},
         )
+
+        def api(credentials: Credentials) -> MtnApi:
+            return MtnApi(
+                self._client, credentials, base_url=self.base_url,
+                target_environment=self.target_environment, timeout=timeout,
+                budget_seconds=budget_seconds, token_refresh_margin=token_refresh_margin,
+                clock=clock,
+            )  # fmt: skip
+
+        self._collection = api(collection)
+        self._disbursement = MtnDisbursement(api(disbursement)) if disbursement else None
 
     @classmethod
     def from_settings(
@@ -148,7 +165,8 @@ class MtnProvider:
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> MtnProvider:
-        """Build the provider from MTN_MOMO_* settings; ConfigurationError names what is wrong."""
+        """Build the provider from MTN_MOMO_* settings; ConfigurationError names what is wrong.
+        The MTN_MOMO_DISBURSEMENT_* settings are only needed to refund."""
         values: dict[str, str | None] = {
             "base_url": settings.mtn_base_url,
             "subscription_key": settings.mtn_subscription_key.get_secret_value()
@@ -174,6 +192,9 @@ class MtnProvider:
             api_key=str(values["api_key"]),
             target_environment=str(values["target_environment"]),
             callback_url=settings.mtn_callback_url,
+            disbursement_subscription_key=settings.mtn_disbursement_subscription_key,
+            disbursement_api_user=settings.mtn_disbursement_api_user,
+            disbursement_api_key=settings.mtn_disbursement_api_key,
             timeout=timeout,
             budget_seconds=budget,
             transport=transport,
@@ -183,7 +204,8 @@ class MtnProvider:
         return (
             f"MtnProvider(base_url={self.base_url!r}, "
             f"target_environment={self.target_environment!r}, "
-            f"callback={'on' if self.callback_url else 'off'})"
+            f"callback={'on' if self.callback_url else 'off'}, "
+            f"refunds={'on' if self._disbursement else 'off'})"
         )
 
     def close(self) -> None:
@@ -198,10 +220,22 @@ class MtnProvider:
     ) -> None:  # fmt: skip
         self.close()
 
+    # Refund configuration.
+
+    @property
+    def refunds_missing(self) -> list[str]:
+        """The MTN_MOMO_DISBURSEMENT_* variables refunds still need (empty: configured)."""
+        return list(self._refunds_missing)
+
+    def check_refunds_configured(self) -> None:
+        """Raise ConfigurationError (exit 2) naming the missing MTN_MOMO_DISBURSEMENT_*
+        variables. The refund flow calls it before it stores anything."""
+        if self._disbursement is None:
+            raise refunds_not_configured(self._refunds_missing)
+
     # The Provider protocol.
 
     def request_payment(self, request: CollectionRequest) -> ProviderAnswer:
-        deadline = time.monotonic() + self._budget
         reference = str(request.reference)
         body = {
             "amount": request.amount.as_string(),
@@ -211,194 +245,29 @@ class MtnProvider:
             "payerMessage": f"Payment for order {str(request.order_id)[:8]}",
             "payeeNote": f"order {request.order_id}",
         }
-        headers = {"X-Reference-Id": reference}
-        if self.callback_url:
-            headers["X-Callback-Url"] = self.callback_url
-        response = self._call("POST", REQUEST_TO_PAY_PATH, deadline, headers=headers, json=body)
-        answer = self._submission_answer(response, reference)
+        headers = {"X-Callback-Url": self.callback_url} if self.callback_url else {}
+        answer, status = self._collection.submit(
+            REQUEST_TO_PAY_PATH, reference, body, what="payment request", headers=headers
+        )
         log.info(
             "MTN requesttopay %s (payer %s): HTTP %s, %s",
-            reference, mask_phone(request.payer_phone), response.status_code, answer,
+            reference, mask_phone(request.payer_phone), status, answer,
         )  # fmt: skip
         return answer
 
     def payment_status(self, payment: PaymentRef) -> StatusAnswer:
-        deadline = time.monotonic() + self._budget
-        reference = _reference_of(payment)
-        response = self._call("GET", f"{REQUEST_TO_PAY_PATH}/{reference}", deadline)
-        status = response.status_code
-        if status == 404 and error_code(response) == NOT_FOUND:
-            log.info("MTN status %s: not found (yet)", reference)
-            return StatusAnswer(RemoteState.UNKNOWN)
-        if status != 200:
-            raise self._unavailable("status query", response)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise ProviderUnavailable(
-                "MTN answered the status query with an unreadable body; try again later",
-                reason="unreadable_answer",
-            )
-        answer = status_answer(data)
-        log.info("MTN status %s: %r -> %s", reference, data.get("status"), answer.state)
-        return answer
-
-    # HTTP plumbing.
-
-    def _call(
-        self, method: str, path: str, deadline: float, *,
-        headers: dict[str, str] | None = None, json: Any = None,
-    ) -> httpx.Response:  # fmt: skip
-        """One API call with a bearer token; on 401, one retry with a fresh token."""
-
-        def send(token: str) -> httpx.Response:
-            all_headers = {
-                "Authorization": f"Bearer {token}",
-                "X-Target-Environment": self.target_environment,
-                "Ocp-Apim-Subscription-Key": self._subscription_key.get_secret_value(),
-                **(headers or {}),
-            }
-            return self._request(method, path, deadline, headers=all_headers, json=json)
-
-        token = self._bearer(deadline)
-        response = send(token)
-        if response.status_code == 401:
-            log.info("MTN answered 401 to %s %s; fetching a new token", method, path)
-            self._forget(token)
-            response = send(self._bearer(deadline))
-        return response
-
-    def _request(
-        self, method: str, path: str, deadline: float, *, headers: dict[str, str],
-        json: Any = None, content: bytes | None = None, auth: httpx.Auth | None = None,
-    ) -> httpx.Response:  # fmt: skip
-        try:
-            return self._client.request(
-                method, self.base_url + path, headers=headers, json=json, content=content,
-                auth=auth, timeout=self._timeout_until(deadline),
-            )  # fmt: skip
-        except httpx.TimeoutException as error:
-            raise ProviderUnavailable(
-                f"MTN did not answer {method} {path} in time ({type(error).__name__}); "
-                "try again later",
-                reason="timeout",
-            ) from error
-        except httpx.HTTPError as error:
-            raise ProviderUnavailable(
-                f"could not reach MTN for {method} {path} ({type(error).__name__}); "
-                "try again later",
-                reason="unreachable",
-            ) from error
-
-    def _timeout_until(self, deadline: float) -> httpx.Timeout:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise ProviderUnavailable(
-                f"MTN did not answer within {self._budget:g} s; try again later",
-                reason="timeout",
-            )
-
-        t = self._timeout
-        connect, read, write, pool = (
-            left if limit is None else min(limit, left)
-            for limit in (t.connect, t.read, t.write, t.pool)
-        )
-        return httpx.Timeout(connect=connect, read=read, write=write, pool=pool)
-
-    # The token cache.
-
-    def _bearer(self, deadline: float) -> str:
-        # One thread fetches while the others wait for its token (within their own budget).
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise ProviderUnavailable(
-                f"MTN did not hand out a token within {self._budget:g} s; try again later",
-                reason="timeout",
-            )
-        try:
-            cached = self._token
-            if cached is not None and self._clock() < cached.fresh_until:
-                return cached.value
-            self._token = self._fetch_token(deadline)
-            return self._token.value
-        finally:
-            self._lock.release()
-
-    def _forget(self, token: str) -> None:
-        with self._lock:
-            if self._token is not None and self._token.value == token:
-                self._token = None
-
-    def _fetch_token(self, deadline: float) -> _Token:
-        response = self._request(
-            "POST",
-            TOKEN_PATH,
-            deadline,
-            headers={
-                "Ocp-Apim-Subscription-Key": self._subscription_key.get_secret_value(),
-                # The gateway answers 411 to a bodyless POST without it [observed].
-                "Content-Length": "0",
-            },
-            content=b"",
-            auth=httpx.BasicAuth(self._api_user, self._api_key.get_secret_value()),
-        )
-        if response.status_code in (401, 403):
-            raise ProviderUnavailable(
-                f"MTN refused the API credentials (HTTP {response.status_code} from the token "
-                "endpoint); check MTN_MOMO_API_USER, MTN_MOMO_API_KEY and "
-                "MTN_MOMO_SUBSCRIPTION_KEY",
-                reason="credentials_refused",
-            )
-        if response.status_code != 200:
-            raise self._unavailable("token request", response)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        value = data.get("access_token") if isinstance(data, dict) else None
-        if not isinstance(value, str) or not value:
-            # Never quote this body: it may hold a token.
-            raise ProviderUnavailable(
-                "MTN answered the token request without a usable token; try again later",
-                reason="unreadable_answer",
-            )
-        assert isinstance(data, dict)
-        lifetime = positive_int(data.get("expires_in")) or DEFAULT_TOKEN_LIFETIME_SECONDS
-        fresh_for = lifetime - min(self._margin, lifetime / 2)
-        log.info("MTN token fetched (valid %s s)", lifetime)
-        return _Token(value, self._clock() + fresh_for)
-
-    # Answers.
-
-    def _submission_answer(self, response: httpx.Response, reference: str) -> ProviderAnswer:
-        answer = submission_answer(response.status_code, error_code(response), reference)
-        if answer is None:
-            raise self._unavailable("payment request", response)
-        return answer
-
-    def _unavailable(self, what: str, response: httpx.Response) -> ProviderUnavailable:
-        code, message = error_code(response), error_message(response)
-        detail = f" {code}" if code else ""
-        if message:
-            detail += f": {self._scrub(message)}"
-        return ProviderUnavailable(
-            f"MTN answered the {what} with HTTP {response.status_code}{detail}; "
-            "the outcome is unknown, try again later",
-            reason=code or f"http_{response.status_code}",
+        reference = reference_of(payment.provider_reference, payment.reference)
+        return self._collection.status_of(
+            f"{REQUEST_TO_PAY_PATH}/{reference}", reference, what="status query"
         )
 
-    def _scrub(self, text: str) -> str:
-        """Remove anything secret MTN might echo back."""
-        secrets = [self._api_key.get_secret_value(), self._subscription_key.get_secret_value()]
-        if self._token is not None:
-            secrets.append(self._token.value)
-        for secret in secrets:
-            if secret:
-                text = text.replace(secret, "********")
-        return text
+    def request_refund(self, request: RefundRequest) -> ProviderAnswer:
+        return self._refunds().request_refund(request)
 
+    def refund_status(self, refund: RefundRef) -> StatusAnswer:
+        return self._refunds().refund_status(refund)
 
-def _reference_of(payment: PaymentRef) -> str:
-    """MTN knows a payment by our payment id (its X-Reference-Id); always a UUID in the path."""
-    return str(as_uuid(payment.provider_reference) or payment.reference)
+    def _refunds(self) -> MtnDisbursement:
+        if self._disbursement is None:
+            raise refunds_not_configured(self._refunds_missing)
+        return self._disbursement

@@ -1,4 +1,5 @@
-"""How MTN MoMo's answers read: error codes, and a request-to-pay's status body."""
+"""How MTN MoMo's answers read: error codes, and the status body of a request to pay or a
+refund (both products answer in the same shape)."""
 
 from __future__ import annotations
 
@@ -79,8 +80,11 @@ def _amount_of(data: dict[str, Any]) -> Money | None:
         return None
 
 
-def submission_answer(status: int, code: str | None, reference: str) -> ProviderAnswer | None:
-    """What a request-to-pay's HTTP status and error code mean; None: unknown (unavailable)."""
+def submission_answer(
+    status: int, code: str | None, reference: str, *, refusals: frozenset[str] = REFUSAL_CODES
+) -> ProviderAnswer | None:
+    """What a submission's (request to pay, refund) HTTP status and error code mean; None:
+    unknown (unavailable). `refusals`: the codes that refuse whatever the 4xx status."""
     if status == 202:
         return Accepted(provider_reference=reference)
     if code == ALREADY_SUBMITTED and 400 <= status < 500:
@@ -90,7 +94,7 @@ def submission_answer(status: int, code: str | None, reference: str) -> Provider
         definite
         and 400 <= status < 500
         and status not in TRANSIENT_STATUSES
-        and (code in REFUSAL_CODES or status in (400, 403))
+        and (code in refusals or status in (400, 403))
     ):
         assert code is not None
         return Declined(reason=code)

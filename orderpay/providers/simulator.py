@@ -15,6 +15,8 @@ from orderpay.providers.base import (
     Declined,
     PaymentRef,
     ProviderAnswer,
+    RefundRef,
+    RefundRequest,
     RemoteState,
     StatusAnswer,
 )
@@ -45,6 +47,13 @@ SANDBOX_FAILURES = {
 }
 SANDBOX_ONGOING = "46733123453"  # PENDING until the payer's approval window expires
 SANDBOX_DELAYED = "46733123454"  # CREATED for a while, then succeeds
+# Refunds follow the payment's payer: the numbers above keep their meaning (a refusal, an
+# outage, accepted then failed, not settled yet), and since the simulator's charges from those
+# numbers never succeed, these numbers, whose charges succeed, reach each case of a refund.
+REFUND_REFUSALS = {**SANDBOX_REFUSALS, "46733123470": "NOT_ENOUGH_FUNDS"}
+REFUND_OUTAGES = {**SANDBOX_OUTAGES, "46733123471": "SERVICE_UNAVAILABLE"}
+REFUND_FAILURES = {**SANDBOX_FAILURES, "46733123472": "PAYEE_NOT_FOUND"}
+REFUND_DELAYED = {SANDBOX_ONGOING, SANDBOX_DELAYED, "46733123473"}  # PENDING, then succeeds
 # How long a payer has to approve a request before MTN expires it.
 APPROVAL_WINDOW = timedelta(minutes=5)
 # How long the sandbox's delayed payer stays CREATED (observed: over 40 s).
@@ -62,6 +71,7 @@ class SimulatorProvider:
     """
 
     name = "simulator"
+    partial_refunds = True
 
     def __init__(self, callback_url: str | None = None, secret: bytes | None = None) -> None:
         self.callback_url = callback_url
@@ -89,6 +99,33 @@ class SimulatorProvider:
         outcome = self._outcome(payer, elapsed=utcnow() - payment.created_at)
         amount = payment.amount if outcome.state is RemoteState.SUCCEEDED else None
         return StatusAnswer(outcome.state, outcome.reason, amount)
+
+    def request_refund(self, request: RefundRequest) -> ProviderAnswer:
+        """Refunds post no callback (the momo route settles payments): the refund flow asks
+        refund_status right away, and `orderpay reconcile` settles the rest."""
+        payer = msisdn(request.payment.payer_phone)
+        if payer in REFUND_OUTAGES:
+            raise ProviderUnavailable(
+                f"simulator: {REFUND_OUTAGES[payer]}; the refund stays initiated, "
+                "re-run the same key",
+                reason=REFUND_OUTAGES[payer],
+            )
+        if payer in REFUND_REFUSALS:
+            return Declined(REFUND_REFUSALS[payer])
+        return Accepted(str(request.reference))
+
+    def refund_status(self, refund: RefundRef) -> StatusAnswer:
+        payer = msisdn(refund.payment.payer_phone)
+        if payer in REFUND_REFUSALS or payer in REFUND_OUTAGES:
+            return StatusAnswer(RemoteState.UNKNOWN)
+        if payer in REFUND_FAILURES:
+            return StatusAnswer(RemoteState.FAILED, REFUND_FAILURES[payer])
+        if payer in REFUND_DELAYED and utcnow() - refund.created_at < DELAYED_FOR:
+            return StatusAnswer(RemoteState.PENDING)
+        return StatusAnswer(RemoteState.SUCCEEDED, amount=refund.amount)
+
+    def check_refunds_configured(self) -> None:
+        pass  # the simulator needs no settings to refund
 
     @staticmethod
     def _outcome(payer: str, elapsed: timedelta) -> StatusAnswer:

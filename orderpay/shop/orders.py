@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, select
 
 from orderpay.domain.money import MAX_MINOR_UNITS, Money
-from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus
+from orderpay.domain.states import OPEN_PAYMENT_STATUSES, PAID_ORDER_STATUSES, OrderStatus
 from orderpay.errors import (
     CurrencyMismatch,
     InvalidAmount,
@@ -83,15 +83,16 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def cancel_order(conn: Connection, order_id: uuid.UUID) -> Order:
-    """Cancel a pending order with no payment in flight. Cancelling twice is harmless."""
+def cancel_order(conn: Connection, order_id: uuid.UUID, *, operator: str | None = None) -> Order:
+    """Cancel a pending order with no payment in flight. Cancelling twice is harmless.
+    `operator`: who cancels (Settings.operator_name), recorded on the timeline."""
     order = locks.lock_order(conn, order_id)
     if order is None:
         raise OrderNotFound(f"order {order_id} does not exist", order=str(order_id))
     if order.status is OrderStatus.CANCELLED:
         return order
-    if order.status is OrderStatus.PAID:
-        raise OrderAlreadyPaid(f"order {order_id} is paid; it cannot be cancelled")
+    if order.status in PAID_ORDER_STATUSES:
+        raise OrderAlreadyPaid(f"order {order_id} is {order.status}; it cannot be cancelled")
     in_flight = conn.execute(
         select(payments.c.id).where(
             payments.c.order_id == order_id,
@@ -105,5 +106,6 @@ def cancel_order(conn: Connection, order_id: uuid.UUID) -> Order:
             payment=str(in_flight.id),
         )
     return ledger.move_order(
-        conn, order, OrderStatus.CANCELLED, "order_cancelled", "by the operator"
-    )
+        conn, order, OrderStatus.CANCELLED, "order_cancelled", "by the operator",
+        operator=operator,
+    )  # fmt: skip

@@ -12,7 +12,17 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, exc, text
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    exc,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql import Executable
@@ -32,6 +42,7 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0001_initial",
     "0002_ledger_integrity",
     "0003_price_positive",
+    "0004_refunds_review",
 )
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
@@ -129,10 +140,19 @@ class InsertIgnoring:
     than running it. The columns inserted are the keys of the parameters given.
     """
 
-    def __init__(self, table: Table, conflict: list[str] | None, *returning: Column[Any]) -> None:
+    def __init__(
+        self,
+        table: Table,
+        conflict: list[str] | None,
+        *returning: Column[Any],
+        where: ColumnElement[bool] | None = None,
+    ) -> None:
+        """`where`: the predicate of the partial unique index that `conflict` names."""
         self._by_dialect: dict[str, Executable] = {}
         for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)):
-            statement = dialect.insert(table).on_conflict_do_nothing(index_elements=conflict)
+            statement = dialect.insert(table).on_conflict_do_nothing(
+                index_elements=conflict, index_where=where
+            )
             self._by_dialect[name] = statement.returning(*returning) if returning else statement
 
     def __call__(self, conn: Connection) -> Executable:

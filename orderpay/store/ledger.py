@@ -86,9 +86,10 @@ def insert_order(
 
 
 def move_order(
-    conn: Connection, order: Order, target: OrderStatus, event: str, detail: str = ""
-) -> Order:
-    """Compare-and-set the order's status and write the timeline row."""
+    conn: Connection, order: Order, target: OrderStatus, event: str, detail: str = "",
+    *, operator: str | None = None,
+) -> Order:  # fmt: skip
+    """Compare-and-set the order's status and write the timeline row (`operator`: who)."""
     if not order_can_move(order.status, target):
         raise ValueError(f"order transition {order.status} -> {target} is not allowed")
     now = utcnow()
@@ -100,7 +101,7 @@ def move_order(
     ).first()
     if row is None:
         raise ConcurrentUpdate(f"order {order.id} changed while it was being updated; retry")
-    timeline.record_event(conn, order.id, event, detail, at=now)
+    timeline.record_event(conn, order.id, event, detail, at=now, operator=operator)
     return order_from_row(row)
 
 
@@ -131,8 +132,12 @@ _TAKE_LEASE = (
     )
     .returning(*COLUMNS)
 )
+# Only the lease this run holds: a run whose provider call outlived its lease must not free
+# the lease of the run that took over meanwhile.
 _RELEASE_LEASE = update(payments).where(
-    payments.c.id == bindparam("b_id"), payments.c.status == _INITIATED
+    payments.c.id == bindparam("b_id"),
+    payments.c.status == _INITIATED,
+    payments.c.lease_expires_at == bindparam("b_lease"),
 )
 _KEEP_REFERENCE = update(payments).where(
     payments.c.id == bindparam("b_id"), payments.c.provider_reference.is_(None)
@@ -177,10 +182,15 @@ def take_lease(conn: Connection, payment_id: uuid.UUID, lease: timedelta) -> Pay
 
 
 def release_lease(conn: Connection, payment: Payment, why: str) -> None:
-    """Keep the payment `initiated` but let the next run of the key resume at once."""
+    """Keep the payment `initiated` but let the next run of the key resume at once, if the
+    lease is still the one this run took (`payment.lease_expires_at`)."""
     released = conn.execute(
-        _RELEASE_LEASE, {"b_id": payment.id, "lease_expires_at": None, "updated_at": utcnow()}
-    )
+        _RELEASE_LEASE,
+        {
+            "b_id": payment.id, "b_lease": payment.lease_expires_at, "lease_expires_at": None,
+            "updated_at": utcnow(),
+        },
+    )  # fmt: skip
     if released.rowcount:
         timeline.record_event(
             conn, payment.order_id, "payment_submission_failed",
@@ -360,17 +370,18 @@ def fail(
     transaction_id: str | None = None,
     event: str = "payment_failed",
     unconfirmed: bool = False,
+    operator: str | None = None,
 ) -> None:
     """An open payment failed (the provider's word, or an operator's cancel); the order stays
     pending, chargeable with a new key. `unconfirmed`: without the provider's word (it is
-    still asked, and a success it reports later is kept for review)."""
+    still asked, and a success it reports later is kept for review). `operator`: who."""
     if not payment_can_move(payment.status, PaymentStatus.FAILED):
         raise ValueError(f"payment transition {payment.status} -> failed is not allowed")
     now = utcnow()
     moved = _move(conn, payment, PaymentStatus.FAILED, reason, transaction_id, now, unconfirmed)
     if not moved:
         raise ConcurrentUpdate(f"payment {payment.id} changed while it was being updated; retry")
-    timeline.record_events(conn, payment.order_id, [(event, detail)], at=now)
+    timeline.record_event(conn, payment.order_id, event, detail, at=now, operator=operator)
 
 
 def _move(

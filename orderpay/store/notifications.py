@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from orderpay.domain.money import Money
 from orderpay.domain.states import NotificationStatus
 from orderpay.errors import NotificationNotFound
 from orderpay.store.paging import Page, Window, page_of, windowed
-from orderpay.store.schema import customers, notifications, payments
+from orderpay.store.schema import customers, notifications, payments, refunds
 
 # The Postgres channel the relay listens on (wakeups.Nudger NOTIFYs it after commits).
 OUTBOX_CHANNEL = "orderpay_outbox"
@@ -40,6 +40,7 @@ class Notification:
     sent_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    refund_id: uuid.UUID | None = None  # a refund's notification (kind refund_sent)
 
 
 COLUMNS = (
@@ -60,6 +61,7 @@ COLUMNS = (
     notifications.c.sent_at,
     notifications.c.created_at,
     notifications.c.updated_at,
+    notifications.c.refund_id,
 )
 
 
@@ -208,10 +210,21 @@ class Attempt:
     payment_id: uuid.UUID
     channel: str
     recipient: str
-    amount: Money
+    amount: Money  # what the message tells: the payment's, or a refund's own amount
     customer_name: str
+    kind: str = "payment_received"
+    refund_id: uuid.UUID | None = None
 
 
+# A refund's row tells the refund's amount, not the payment's: a primary-key lookup, made only
+# for rows that name a refund (the others' refund_id is NULL and finds nothing).
+_AMOUNT_TOLD = func.coalesce(
+    select(refunds.c.amount)
+    .where(refunds.c.id == notifications.c.refund_id)
+    .correlate(notifications)
+    .scalar_subquery(),
+    payments.c.amount,
+)
 ATTEMPT_COLUMNS = (
     notifications.c.id,
     notifications.c.attempts,
@@ -220,9 +233,11 @@ ATTEMPT_COLUMNS = (
     notifications.c.payment_id,
     notifications.c.channel,
     notifications.c.recipient,
-    payments.c.amount,
+    _AMOUNT_TOLD,
     payments.c.currency,
     customers.c.name,
+    notifications.c.kind,
+    notifications.c.refund_id,
 )
 
 
@@ -230,8 +245,8 @@ def attempt_of(
     row: Sequence[Any], number: int | None = None, lease: datetime | None = None
 ) -> Attempt:
     (nid, attempts, lease_until, order_id, payment_id, channel, recipient, amount, currency,
-     name) = row  # fmt: skip
+     name, kind, refund_id) = row  # fmt: skip
     return Attempt(
         nid, number if number is not None else attempts, lease or lease_until, order_id,
-        payment_id, channel, recipient, Money(amount, currency), name,
+        payment_id, channel, recipient, Money(int(amount), currency), name, kind, refund_id,
     )  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from orderpay.errors import OrderNotFound
 from orderpay.store.notifications import Notification, notifications_of
 from orderpay.store.paging import Page, Window, page_of, windowed
 from orderpay.store.payments import Payment, payments_of
+from orderpay.store.refunds import Refund, refunds_of
 from orderpay.store.schema import customers, order_items, orders, products
 from orderpay.store.timeline import OrderEvent, events_of
 
@@ -54,6 +55,7 @@ class OrderDetail:
     payments: list[Payment]
     notifications: list[Notification]
     events: list[OrderEvent]
+    refunds: list[Refund] = field(default_factory=list)
 
 
 COLUMNS = (
@@ -90,8 +92,8 @@ def get_order_detail(conn: Connection, order_id: uuid.UUID) -> OrderDetail:
 
 
 def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
-    """Orders with their customer, items, payments, notifications and timeline, in five
-    queries."""
+    """Orders with their customer, items, payments, refunds, notifications and timeline, in
+    six queries."""
     ids = [order.id for order in batch]
     items: dict[uuid.UUID, list[OrderItem]] = {oid: [] for oid in ids}
     rows = conn.execute(
@@ -120,6 +122,9 @@ def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
     for notification in notifications_of(conn, ids):
         notification_rows[notification.order_id].append(notification)
     events = events_of(conn, ids)
+    refund_rows: dict[uuid.UUID, list[Refund]] = {oid: [] for oid in ids}
+    for refund in refunds_of(conn, ids):
+        refund_rows[refund.order_id].append(refund)
     return [
         OrderDetail(
             order=order,
@@ -129,6 +134,7 @@ def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
             payments=payment_rows[order.id],
             notifications=notification_rows[order.id],
             events=events.get(order.id, []),
+            refunds=refund_rows[order.id],
         )
         for order in batch
     ]

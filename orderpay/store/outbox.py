@@ -39,12 +39,23 @@ from orderpay.store.notifications import (
 from orderpay.store.schema import UTCDateTime, customers, notifications, orders, payments
 
 PAYMENT_RECEIVED = "payment_received"
+REFUND_SENT = "refund_sent"
 _PENDING = NotificationStatus.PENDING.value
 
 
 # --- New rows ---------------------------------------------------------------------------------
 
-_INSERT = InsertIgnoring(notifications, ["payment_id", "kind"], notifications.c.id)
+# A payment's own notifications: the partial unique index on (payment_id, kind) for rows that
+# are not a refund's (schema.py).
+_OF_PAYMENT = notifications.c.refund_id.is_(None)
+_INSERT = InsertIgnoring(
+    notifications, ["payment_id", "kind"], notifications.c.id, where=_OF_PAYMENT
+)
+# A refund's: one of a kind per refund (the other partial unique index).
+_INSERT_OF_REFUND = InsertIgnoring(
+    notifications, ["refund_id", "kind"], notifications.c.id,
+    where=notifications.c.refund_id.is_not(None),
+)  # fmt: skip
 
 
 def add_notification(
@@ -54,13 +65,16 @@ def add_notification(
     payment_id: uuid.UUID,
     recipient: str,
     target: NotifyTarget,
+    refund_id: uuid.UUID | None = None,
 ) -> int | None:
-    """Insert the payment's `payment_received` outbox row; None if it already has one."""
+    """Insert the payment's `payment_received` outbox row, or with `refund_id` that refund's
+    `refund_sent` row (its body shows the refund's amount); None if it already has one."""
     now = utcnow()
     values = {
         "order_id": order_id,
         "payment_id": payment_id,
-        "kind": PAYMENT_RECEIVED,
+        "refund_id": refund_id,
+        "kind": PAYMENT_RECEIVED if refund_id is None else REFUND_SENT,
         "channel": target.channel,
         "recipient": recipient,
         # Rendered by the job when it sends, with the merchant's current name.
@@ -71,7 +85,8 @@ def add_notification(
         "created_at": now,
         "updated_at": now,
     }
-    inserted: int | None = conn.execute(_INSERT(conn), values).scalar_one_or_none()
+    insert = _INSERT if refund_id is None else _INSERT_OF_REFUND
+    inserted: int | None = conn.execute(insert(conn), values).scalar_one_or_none()
     return inserted
 
 
@@ -90,7 +105,7 @@ def insert_notification_from(paid: Any) -> Insert:
     return (
         postgresql.insert(notifications)
         .from_select(columns, values)
-        .on_conflict_do_nothing(index_elements=["payment_id", "kind"])
+        .on_conflict_do_nothing(index_elements=["payment_id", "kind"], index_where=_OF_PAYMENT)
         .returning(notifications.c.id)
     )
 
@@ -302,8 +317,9 @@ def mark_enqueued(conn: Connection, notification_ids: list[int], now: datetime) 
 # --- The operator, and the gateway's delivery reports ------------------------------------------
 
 
-def retry_notification(conn: Connection, notification_id: int) -> Notification:
+def retry_notification(conn: Connection, notification_id: int, *, operator: str) -> Notification:
     """An operator's retry: a failed notification becomes pending, due now, with fresh tries.
+    `operator`: who retries it (Settings.operator_name), recorded on the timeline.
 
     The caller wakes the relay after the transaction commits (wakeups.Nudger).
     """
@@ -335,6 +351,7 @@ def retry_notification(conn: Connection, notification_id: int) -> Notification:
     timeline.record_event(
         conn, current.order_id, "notification_retried",
         f"notification {notification_id} back to pending by the operator", at=now,
+        operator=operator,
     )  # fmt: skip
     return from_row(moved)
 

@@ -30,11 +30,13 @@ from sqlalchemy import (
     text,
 )
 
+from orderpay.domain.reviews import ReviewReason
 from orderpay.domain.states import (
     LIVE_PAYMENT_STATUSES,
     NotificationStatus,
     OrderStatus,
     PaymentStatus,
+    RefundStatus,
 )
 
 NAMING_CONVENTION = {
@@ -114,7 +116,7 @@ orders = Table(
     metadata,
     Column("id", Uuid(), primary_key=True),
     Column("customer_id", BigId, ForeignKey("customers.id"), nullable=False),
-    Column("status", String(16), nullable=False),
+    Column("status", String(32), nullable=False),  # partially_refunded: 18 characters
     Column("currency", String(3), nullable=False),
     Column("total", BigInteger(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -188,6 +190,71 @@ payments = Table(
     Index(None, "status", "updated_at"),
 )
 
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column("payment_id", Uuid(), ForeignKey("payments.id"), nullable=False),
+    Column("order_id", Uuid(), ForeignKey("orders.id"), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("amount", BigInteger(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("provider_reference", String(128), nullable=True),
+    Column("provider_transaction_id", String(128), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text(), nullable=False),  # the operator's, why the money goes back
+    Column("failure_reason", Text(), nullable=True),  # the provider's, when it refused
+    Column("operator", String(64), nullable=False),
+    # As on payments: while in the future, one process is talking to the provider about it.
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(_in("status", RefundStatus), name="status_known"),
+    CheckConstraint("length(reason) >= 1", name="reason_not_empty"),
+    UniqueConstraint("idempotency_key"),
+    UniqueConstraint("provider", "provider_reference"),
+    Index(None, "payment_id"),
+    Index(None, "order_id"),
+    Index(None, "status", "updated_at"),
+)
+
+# What needs an operator's decision. `subject` names what the item is about (a payment, a
+# refund, an order and a reference) so that the same finding, reported again, does not open a
+# second item while the first is open; a resolved item stays, with who resolved it and why.
+review_items = Table(
+    "review_items",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("reason", String(32), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("order_id", Uuid(), ForeignKey("orders.id"), nullable=False),
+    Column("payment_id", Uuid(), ForeignKey("payments.id"), nullable=True),
+    Column("refund_id", Uuid(), ForeignKey("refunds.id"), nullable=True),
+    Column("event_id", BigInteger(), nullable=True),  # the webhook event that reported it
+    Column("reported", Text(), nullable=False),  # what the provider said
+    Column("suggested_action", Text(), nullable=False),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Column("resolved_by", String(64), nullable=True),
+    Column("note", Text(), nullable=True),
+    CheckConstraint("(resolved_at IS NULL) = (resolved_by IS NULL)", name="resolved_with_operator"),
+    CheckConstraint(_in("reason", ReviewReason), name="reason_known"),
+    # One open item per subject, whatever its reason: a finding reported again may read as
+    # another reason (payments/review.py), and is still the one item to decide.
+    Index(
+        "uq_review_items_open_subject",
+        "subject",
+        unique=True,
+        postgresql_where=text("resolved_at IS NULL"),
+        sqlite_where=text("resolved_at IS NULL"),
+    ),
+    Index(None, "opened_at"),
+    Index(None, "order_id"),
+)
+
 webhook_events = Table(
     "webhook_events",
     metadata,
@@ -208,6 +275,8 @@ notifications = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("order_id", Uuid(), ForeignKey("orders.id"), nullable=False),
     Column("payment_id", Uuid(), ForeignKey("payments.id"), nullable=False),
+    # Set on a refund's notification (its payment_id is the refunded payment's).
+    Column("refund_id", Uuid(), ForeignKey("refunds.id"), nullable=True),
     Column("kind", String(32), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("recipient", String(255), nullable=False),
@@ -227,7 +296,23 @@ notifications = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("attempts >= 0", name="attempts_not_negative"),
     CheckConstraint(_in("status", NotificationStatus), name="status_known"),
-    UniqueConstraint("payment_id", "kind"),
+    # One notification of a kind per payment, and per refund: a payment may have several.
+    Index(
+        "uq_notifications_payment_id_kind",
+        "payment_id",
+        "kind",
+        unique=True,
+        postgresql_where=text("refund_id IS NULL"),
+        sqlite_where=text("refund_id IS NULL"),
+    ),
+    Index(
+        "uq_notifications_refund_id_kind",
+        "refund_id",
+        "kind",
+        unique=True,
+        postgresql_where=text("refund_id IS NOT NULL"),
+        sqlite_where=text("refund_id IS NOT NULL"),
+    ),
     Index(None, "gateway_message_id"),
     Index(None, "order_id"),
     Index(
@@ -246,5 +331,6 @@ order_events = Table(
     Column("at", UTCDateTime(), nullable=False),
     Column("event", String(64), nullable=False),
     Column("detail", Text(), nullable=False, server_default=""),
+    Column("operator", String(64), nullable=True),  # who acted, for an operator's action
     Index(None, "order_id", "id"),
 )

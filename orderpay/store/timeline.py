@@ -23,6 +23,7 @@ class OrderEvent:
     at: datetime
     event: str
     detail: str
+    operator: str | None = None  # who acted, for an operator's action
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class TimelineEntry:
     at: datetime
     event: str
     detail: str
+    operator: str | None = None
 
 
 # inline(): nothing reads an event's id back, so none is fetched.
@@ -47,10 +49,14 @@ def record_event(
     detail: str = "",
     *,
     at: datetime | None = None,
+    operator: str | None = None,
 ) -> None:
+    """One timeline row; `operator`: who acted, when an operator did (Settings.operator_name)."""
     conn.execute(
-        _INSERT, {"order_id": order_id, "at": at or utcnow(), "event": event, "detail": detail}
-    )
+        _INSERT,
+        {"order_id": order_id, "at": at or utcnow(), "event": event, "detail": detail,
+         "operator": operator},
+    )  # fmt: skip
 
 
 def record_events(
@@ -63,8 +69,10 @@ def record_events(
     """Several (event, detail) rows in one statement, in order."""
     when = at or utcnow()
     conn.execute(
-        _INSERT, [{"order_id": order_id, "at": when, "event": e, "detail": d} for e, d in events]
-    )
+        _INSERT,
+        [{"order_id": order_id, "at": when, "event": e, "detail": d, "operator": None}
+         for e, d in events],
+    )  # fmt: skip
 
 
 def with_event(dml: Any) -> Select[Any]:
@@ -94,13 +102,13 @@ def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, l
     """Each order's timeline, oldest first."""
     rows = conn.execute(
         select(order_events.c.order_id, order_events.c.at, order_events.c.event,
-               order_events.c.detail)
+               order_events.c.detail, order_events.c.operator)
         .where(order_events.c.order_id.in_(order_ids))
         .order_by(order_events.c.id)
     )  # fmt: skip
     timeline: dict[uuid.UUID, list[OrderEvent]] = {}
-    for order_id, at, event, detail in rows:
-        timeline.setdefault(order_id, []).append(OrderEvent(at, event, detail))
+    for order_id, at, event, detail, operator in rows:
+        timeline.setdefault(order_id, []).append(OrderEvent(at, event, detail, operator))
     return timeline
 
 
@@ -143,9 +151,9 @@ def events_after(
     newer = order_events.c.id > after
     query = select(
         order_events.c.id, order_events.c.order_id, order_events.c.at, order_events.c.event,
-        order_events.c.detail,
+        order_events.c.detail, order_events.c.operator,
     ).where(or_(newer, order_events.c.id.in_(sorted(missing))) if missing else newer)  # fmt: skip
     if order_id is not None:
         query = query.where(order_events.c.order_id == order_id)
     rows = conn.execute(query.order_by(order_events.c.id).limit(limit))
-    return [TimelineEntry(int(i), o, at, event, detail) for i, o, at, event, detail in rows]
+    return [TimelineEntry(int(i), o, at, event, detail, op) for i, o, at, event, detail, op in rows]

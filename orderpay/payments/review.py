@@ -1,0 +1,383 @@
+"""The review queue's rules: which reason a finding gets, what it suggests, and resolving it.
+
+A finding is an outcome orderpay refuses to act on (DESIGN.md section 5). It is kept as a
+review item in the transaction that records it (store.reviews.open_item), with a reason code,
+what the provider said (`reported`), and one suggested action built here.
+
+The same finding, reported again (another copy of a callback under another sender id,
+reconcile asking again, an MTN hint and a signed callback about one payment), opens no second
+item while the first is open. Two reports are the same finding when they have the same
+subject:
+- `payment:{id}`: the payment's outcome contradicts our record of it. A payment has one
+  terminal status, so it can only be contradicted one way; its reason may read differently
+  on a later report (a forced cancel is "confirmed" by the first report, the order may have
+  moved meanwhile), so the subject alone decides, whatever the reason;
+- `payment:{id}:amount:{outcome}`: the provider reports another amount or currency for the
+  payment with this outcome (`succeeded`, `failed`): a success of another amount is money
+  taken, a failure is not, so a success is never folded into an open item about a failure;
+- `order:{id}:ref:{reference}:{status}`: an outcome under a reference that matches no payment
+  of an order already paid, or a success under one for a cancelled order (a success and a
+  failure under one reference are two findings: the first may be money taken twice, the
+  second is not);
+- `refund:{id}`: a refund's outcome or amount contradicts our record (refund_settlement.py).
+Every report stays on the order's timeline; the item is the operator's to-do. Findings are
+opened under the payment's or the order's lock, so two reports do not race each other; the
+open item is read FOR UPDATE, so a resolve that commits meanwhile is seen (a new item is then
+opened), and the partial unique index on the open item's subject is the backstop.
+
+Resolving is the operator's: a note is required, who and when are recorded on the item and on
+the order's timeline (`review_resolved`), and a resolved item stays in the history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from orderpay.domain.money import Money, parse_amount
+from orderpay.domain.phones import mask_phones_in
+from orderpay.domain.reviews import ReviewReason
+from orderpay.domain.states import PAID_ORDER_STATUSES, OrderStatus, PaymentStatus
+from orderpay.domain.validation import has_unstorable_characters
+from orderpay.errors import InvalidField, InvalidInput
+from orderpay.store import reviews, timeline
+from orderpay.store.db import Transactional, retrying
+from orderpay.store.ids import short
+from orderpay.store.locks import LockedPayment
+from orderpay.store.reviews import ReviewItem
+
+MAX_NOTE_LENGTH = 2000
+RESOLVED_EVENT = "review_resolved"
+# Region for local-form phone numbers in a provider's free text when the payer's is unknown.
+FALLBACK_REGION = "GH"
+
+
+# --- Suggested actions: one place for their wording ------------------------------------------
+
+
+def suggested_action(
+    reason: ReviewReason,
+    *,
+    provider: str,
+    amount: Money | None,
+    reported: Money | str | None = None,
+    succeeded: bool = True,
+    order_status: OrderStatus | None = None,
+    payment_status: PaymentStatus | None = None,
+) -> str:
+    """A short imperative for the operator; amounts with their currency.
+
+    `amount`: our payment's amount (None when no payment matched); `reported`: what the
+    provider reported instead; `succeeded`: whether the provider reports a success;
+    `order_status`: the order's status now; `payment_status`: our record of the payment.
+    """
+    money = str(amount) if amount is not None else "the amount"
+    if reason is ReviewReason.SUCCESS_AFTER_CANCEL:
+        return f"refund {money}: {provider} took it after the operator's forced cancel"
+    if reason is ReviewReason.SUCCESS_ON_CANCELLED_ORDER:
+        if amount is None and isinstance(reported, Money):  # no payment of ours matched
+            money = str(reported)
+        return f"refund {money}: the order was cancelled"
+    if reason is ReviewReason.SECOND_PAYMENT:
+        if amount is not None:  # a payment of ours succeeded on an order another one paid
+            return f"refund {money}: the order was already paid by another payment"
+        if succeeded:
+            what = str(reported) if reported is not None else "money"
+            return f"check with {provider} whether {what} was taken twice; refund it if so"
+        return f"check the reference with {provider}; a failure took no money"
+    if reason is ReviewReason.AMOUNT_MISMATCH:
+        if not succeeded:
+            return f"check with {provider}; a failure took no money"
+        if payment_status is not None and payment_status is not PaymentStatus.SUCCEEDED:
+            # Nothing was recorded as paid by it: all of what was taken goes back.
+            taken = str(reported) if isinstance(reported, Money) else f"what was taken ({reported})"
+            return f"refund {taken}: {provider} reports it taken, our record says {payment_status}"
+        return (
+            f"check with {provider} what was taken ({reported} reported, {money} charged); "
+            "refund any excess"
+        )
+    if reason is ReviewReason.OUTCOME_CONFLICT and succeeded:
+        return f"check with {provider} whether {money} was taken; if so, refund it"
+    if reason is ReviewReason.OUTCOME_CONFLICT:  # a failure after a success
+        marked = f" (marked {order_status})" if order_status is not None else ""
+        return (
+            f"check with {provider} whether {money} was taken; if not, hold the order{marked} "
+            "and collect it again"
+        )
+    return f"check with {provider} and decide"
+
+
+def reported_text(
+    source: str,
+    outcome: PaymentStatus,
+    *,
+    amount: Money | str | None = None,
+    currency: str | None = None,
+    reference: str | None = None,
+    transaction_id: str | None = None,
+    reason: str | None = None,
+    payer_phone: str | None = None,
+) -> str:
+    """What the provider said, for a person: status, amount, reference, its transaction id
+    and reason. Phone numbers in the provider's free text (its reason) are masked; ids and
+    references are kept as they came, as `db prune` keeps them."""
+    parts = [f"{source}: {outcome}"]
+    if amount is not None:
+        parts.append(str(amount))
+    elif currency is not None:
+        parts.append(f"currency {currency}")
+    if reference is not None:
+        parts.append(f"reference {reference}")
+    if transaction_id is not None and transaction_id != reference:
+        parts.append(f"transaction {transaction_id}")
+    if reason:
+        parts.append(f"reason {mask_phones_in(reason, _region_of(payer_phone))}")
+    return ", ".join(parts)
+
+
+def _region_of(phone: str | None) -> str:
+    """The region of the payer's number: local-form numbers in free text are read there."""
+    if phone:
+        import phonenumbers
+
+        try:
+            region = phonenumbers.region_code_for_number(phonenumbers.parse(phone))
+        except phonenumbers.NumberParseException:
+            region = None
+        if region:
+            return str(region)
+    return FALLBACK_REGION
+
+
+# --- Findings: opened in the transaction that records them ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    item_id: int
+    opened: bool  # False: an item about the same finding was open already
+
+    def __str__(self) -> str:
+        if self.opened:
+            return f"kept for review as item {self.item_id}"
+        return f"kept for review (item {self.item_id}, open already)"
+
+
+def keep(
+    conn: Connection,
+    *,
+    reason: ReviewReason,
+    subject: str,
+    order_id: uuid.UUID,
+    reported: str,
+    action: str,
+    payment_id: uuid.UUID | None = None,
+    refund_id: uuid.UUID | None = None,
+    event_id: int | None = None,
+) -> Kept:
+    """Open an item for a finding, unless an item about its subject is open already. The
+    caller holds the lock of what the subject names (the payment, or the order); the open
+    item is read locked, so a resolve in flight is waited for and, if it closed the item, a
+    new item is opened rather than the report attached to a resolved one."""
+    existing = reviews.open_item_about(conn, subject)
+    if existing is None:
+        opened = reviews.open_item(
+            conn, reason=reason.value, subject=subject, order_id=order_id, reported=reported,
+            suggested_action=action, payment_id=payment_id, refund_id=refund_id,
+            event_id=event_id,
+        )  # fmt: skip
+        if opened is not None:
+            return Kept(opened, opened=True)
+        existing = reviews.open_item_about(conn, subject)  # opened meanwhile: the backstop
+        assert existing is not None, "the unique index said an item is open"
+    return Kept(existing.id, opened=False)
+
+
+def outcome_reason(locked: LockedPayment, target: PaymentStatus) -> ReviewReason:
+    """Why a terminal outcome that contradicts our records is kept for review."""
+    payment = locked.payment
+    if target is not PaymentStatus.SUCCEEDED:
+        return ReviewReason.OUTCOME_CONFLICT  # a failure after a success
+    if payment.awaiting_confirmation:
+        return ReviewReason.SUCCESS_AFTER_CANCEL  # failed by an operator without its word
+    if locked.order_status is OrderStatus.CANCELLED:
+        return ReviewReason.SUCCESS_ON_CANCELLED_ORDER
+    if locked.order_status in PAID_ORDER_STATUSES:
+        return ReviewReason.SECOND_PAYMENT  # another payment paid the order
+    return ReviewReason.OUTCOME_CONFLICT  # a success after a failure
+
+
+def keep_outcome_conflict(
+    conn: Connection,
+    locked: LockedPayment,
+    target: PaymentStatus,
+    reported: str,
+    *,
+    event_id: int | None,
+) -> Kept:
+    """A terminal outcome that contradicts the payment's status or its order's (a success
+    after a failure or the reverse, a success after a forced cancel, a success for an order
+    cancelled or paid by another payment)."""
+    payment = locked.payment
+    reason = outcome_reason(locked, target)
+    action = suggested_action(
+        reason, provider=payment.provider, amount=payment.amount,
+        succeeded=target is PaymentStatus.SUCCEEDED, order_status=locked.order_status,
+    )  # fmt: skip
+    return keep(
+        conn, reason=reason, subject=f"payment:{payment.id}", order_id=payment.order_id,
+        reported=reported, action=action, payment_id=payment.id, event_id=event_id,
+    )  # fmt: skip
+
+
+def keep_amount_mismatch(
+    conn: Connection,
+    locked: LockedPayment,
+    target: PaymentStatus,
+    reported: str,
+    reported_money: Money | str,
+    *,
+    event_id: int | None,
+) -> Kept:
+    """The provider reports outcome `target` with another amount or currency than the
+    payment's. What to do depends on the outcome (a failure took no money) and on our record
+    of the payment (a success for a payment not recorded succeeded paid for nothing)."""
+    payment = locked.payment
+    action = suggested_action(
+        ReviewReason.AMOUNT_MISMATCH, provider=payment.provider, amount=payment.amount,
+        reported=reported_money, succeeded=target is PaymentStatus.SUCCEEDED,
+        payment_status=payment.status,
+    )  # fmt: skip
+    return keep(
+        conn, reason=ReviewReason.AMOUNT_MISMATCH,
+        subject=f"payment:{payment.id}:amount:{target}", order_id=payment.order_id,
+        reported=reported, action=action, payment_id=payment.id, event_id=event_id,
+    )  # fmt: skip
+
+
+def keep_second_payment(
+    conn: Connection,
+    *,
+    order_id: uuid.UUID,
+    order_currency: str,
+    source: str,
+    status: PaymentStatus,
+    reference: str,
+    amount: str | int | None,
+    currency: str | None,
+    reason: str | None,
+    event_id: int,
+) -> Kept:
+    """An outcome under a reference that matches no payment of an order already paid."""
+    return _keep_under_reference(
+        conn, ReviewReason.SECOND_PAYMENT, order_id=order_id, order_currency=order_currency,
+        source=source, status=status, reference=reference, amount=amount, currency=currency,
+        reason=reason, event_id=event_id,
+    )  # fmt: skip
+
+
+def keep_success_on_cancelled_order(
+    conn: Connection,
+    *,
+    order_id: uuid.UUID,
+    order_currency: str,
+    source: str,
+    reference: str,
+    amount: str | int | None,
+    currency: str | None,
+    reason: str | None,
+    event_id: int,
+) -> Kept:
+    """A success under a reference that matches no payment of a cancelled order: money taken
+    for an order that will never be paid (a cancelled order has no payment in flight, so no
+    later charge can match it)."""
+    return _keep_under_reference(
+        conn, ReviewReason.SUCCESS_ON_CANCELLED_ORDER, order_id=order_id,
+        order_currency=order_currency, source=source, status=PaymentStatus.SUCCEEDED,
+        reference=reference, amount=amount, currency=currency, reason=reason,
+        event_id=event_id,
+    )  # fmt: skip
+
+
+def _keep_under_reference(
+    conn: Connection,
+    why: ReviewReason,
+    *,
+    order_id: uuid.UUID,
+    order_currency: str,
+    source: str,
+    status: PaymentStatus,
+    reference: str,
+    amount: str | int | None,
+    currency: str | None,
+    reason: str | None,
+    event_id: int,
+) -> Kept:
+    """An outcome under a reference that matches no payment of the order (none is named)."""
+    money = _money_or_text(amount, currency or order_currency)
+    reported = reported_text(
+        f"{source} callback", status, amount=money, currency=currency, reference=reference,
+        reason=reason,
+    )  # fmt: skip
+    action = suggested_action(
+        why, provider="the provider", amount=None, reported=money,
+        succeeded=status is PaymentStatus.SUCCEEDED,
+    )  # fmt: skip
+    return keep(
+        conn, reason=why, subject=f"order:{order_id}:ref:{reference}:{status}",
+        order_id=order_id, reported=reported, action=action, event_id=event_id,
+    )  # fmt: skip
+
+
+def _money_or_text(amount: str | int | None, currency: str) -> Money | str | None:
+    """A reported amount as money when it reads as one; else as it was sent, escaped (never
+    an error: the finding is kept whatever the sender wrote, even a NUL)."""
+    if amount is None:
+        return None
+    try:
+        return parse_amount(str(amount), currency)
+    except InvalidInput:
+        return f"{str(amount)[:32]!a} {currency}"
+
+
+# --- The operator's side ----------------------------------------------------------------------
+
+
+def clean_note(raw: str) -> str:
+    """The operator's note on a resolution: required, printable, bounded."""
+    note = raw.strip()
+    if not note:
+        raise InvalidField("--note must say what was decided; it must not be empty", field="note")
+    if len(note) > MAX_NOTE_LENGTH:
+        raise InvalidField(f"--note is longer than {MAX_NOTE_LENGTH} characters", field="note")
+    if has_unstorable_characters(note):
+        raise InvalidField("--note must not contain control characters", field="note")
+    return note
+
+
+def resolve(db: Transactional, item_id: int, *, note: str, operator: str) -> ReviewItem:
+    """Resolve an open item with the operator's note; its order's timeline says who and why.
+
+    ReviewItemNotFound for an unknown id; ReviewItemResolved (nothing changes) when it was
+    resolved already, by anyone: one resolution per item, two at once included.
+    """
+    why = clean_note(note)
+
+    def apply(conn: Connection) -> ReviewItem:
+        item = reviews.resolve_item(conn, item_id, operator=operator, note=why)
+        about = f" (payment {short(item.payment_id)})" if item.payment_id is not None else ""
+        timeline.record_event(
+            conn, item.order_id, RESOLVED_EVENT,
+            f"review item {item.id} ({item.reason}){about} resolved: {why}",
+            at=item.resolved_at, operator=operator,
+        )  # fmt: skip
+        return item
+
+    return retrying(db, apply)
+
+
+def outcome_subject(payment_id: uuid.UUID) -> str:
+    """The subject of findings about a payment's outcome (see the module docstring)."""
+    return f"payment:{payment_id}"

@@ -1,0 +1,279 @@
+"""The refunds ledger: the one module that writes the refunds table, and its reads.
+
+A refund follows a payment's rules (DESIGN.md sections 4 and 5): `initiated` (claimed with a
+lease, the provider not yet known to have it) -> `pending` (the provider accepted) ->
+`succeeded` | `failed`. Every transition is a compare-and-set on the status it leaves, and
+writes its timeline row. The sum of a payment's refunds that did not fail is checked by the
+caller under the payment's row lock (store/locks.py: order, then payment) before a refund is
+inserted; a failed refund frees its amount again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Text, bindparam, func, select, update
+
+from orderpay.clock import utcnow
+from orderpay.domain.money import Money
+from orderpay.domain.states import OPEN_REFUND_STATUSES, RefundStatus, refund_can_move
+from orderpay.errors import RefundNotFound
+from orderpay.store import timeline
+from orderpay.store.db import InsertIgnoring
+from orderpay.store.schema import refunds
+
+_r = refunds.c
+_INITIATED = RefundStatus.INITIATED.value
+_FAILED = RefundStatus.FAILED.value
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    id: uuid.UUID
+    payment_id: uuid.UUID
+    order_id: uuid.UUID
+    idempotency_key: str
+    fingerprint: str
+    amount: Money
+    provider: str
+    provider_reference: str | None
+    provider_transaction_id: str | None
+    status: RefundStatus
+    reason: str  # the operator's: why the money goes back
+    failure_reason: str | None  # the provider's, when it refused or the refund failed
+    operator: str  # who asked for it
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_REFUND_STATUSES
+
+
+COLUMNS = (
+    _r.id, _r.payment_id, _r.order_id, _r.idempotency_key, _r.fingerprint, _r.amount,
+    _r.currency, _r.provider, _r.provider_reference, _r.provider_transaction_id, _r.status,
+    _r.reason, _r.failure_reason, _r.operator, _r.lease_expires_at, _r.created_at,
+    _r.updated_at,
+)  # fmt: skip
+
+
+def from_row(row: Sequence[Any]) -> Refund:
+    (rid, payment_id, order_id, key, fingerprint, amount, currency, provider, reference,
+     transaction, status, reason, failure, operator, lease, created, updated) = row  # fmt: skip
+    return Refund(
+        rid, payment_id, order_id, key, fingerprint, Money(amount, currency), provider,
+        reference, transaction, RefundStatus(status), reason, failure, operator, lease,
+        created, updated,
+    )  # fmt: skip
+
+
+# --- Claim, lease, answer ---------------------------------------------------------------------
+
+# The key decides between two claims of one key; the payment's lock (held by the caller)
+# decides between refunds of one payment under different keys.
+_INSERT = InsertIgnoring(refunds, ["idempotency_key"], *COLUMNS)
+_TAKE_LEASE = (
+    update(refunds)
+    .where(
+        _r.id == bindparam("b_id"),
+        _r.status == _INITIATED,
+        _r.lease_expires_at.is_(None) | (_r.lease_expires_at < bindparam("b_now")),
+    )
+    .returning(*COLUMNS)
+)
+# Only the lease this run holds: a run whose provider call outlived its lease must not free
+# the lease of the run that took over meanwhile.
+_RELEASE_LEASE = update(refunds).where(
+    _r.id == bindparam("b_id"),
+    _r.status == _INITIATED,
+    _r.lease_expires_at == bindparam("b_lease"),
+)
+_KEEP_REFERENCE = update(refunds).where(_r.id == bindparam("b_id"), _r.provider_reference.is_(None))
+_MOVE = (
+    update(refunds)
+    .where(_r.id == bindparam("b_id"), _r.status == bindparam("b_from"))
+    .values(
+        status=bindparam("v_status"),
+        provider_reference=func.coalesce(
+            _r.provider_reference, bindparam("v_reference", type_=Text())
+        ),
+        provider_transaction_id=func.coalesce(
+            _r.provider_transaction_id, bindparam("v_transaction", type_=Text())
+        ),
+        failure_reason=bindparam("v_reason", type_=Text()),
+        lease_expires_at=None,
+        updated_at=bindparam("v_now"),
+    )
+    .returning(*COLUMNS)
+)
+_NOTE_TRANSACTION = (
+    update(refunds)
+    .where(_r.id == bindparam("b_id"), _r.provider_transaction_id.is_(None))
+    .values(provider_transaction_id=bindparam("v_transaction"))
+)
+
+
+def insert_refund(conn: Connection, values: dict[str, Any], detail: str) -> Refund | None:
+    """A new `initiated` refund with its timeline row (naming the operator); None when its
+    idempotency key is taken."""
+    row = conn.execute(_INSERT(conn), values).first()
+    if row is None:
+        return None
+    timeline.record_event(
+        conn, values["order_id"], "refund_initiated", detail, at=values["created_at"],
+        operator=values["operator"],
+    )  # fmt: skip
+    return from_row(row)
+
+
+def take_lease(
+    conn: Connection, refund_id: uuid.UUID, lease: timedelta, *, operator: str | None
+) -> Refund | None:
+    """Become the one process talking to the provider about an `initiated` refund, unless
+    another holds an unexpired lease. `operator`: who resumed it (None: reconcile)."""
+    now = utcnow()
+    params = {"b_id": refund_id, "b_now": now, "lease_expires_at": now + lease, "updated_at": now}
+    row = conn.execute(_TAKE_LEASE, params).first()
+    if row is None:
+        return None
+    taken = from_row(row)
+    timeline.record_event(
+        conn, taken.order_id, "refund_resumed", f"refund {taken.id}", at=now, operator=operator
+    )
+    return taken
+
+
+def release_lease(conn: Connection, refund: Refund, why: str) -> None:
+    """Keep the refund `initiated` but let the next run of the key resume it at once, if the
+    lease is still the one this run took (`refund.lease_expires_at`)."""
+    released = conn.execute(
+        _RELEASE_LEASE,
+        {
+            "b_id": refund.id, "b_lease": refund.lease_expires_at, "lease_expires_at": None,
+            "updated_at": utcnow(),
+        },
+    )  # fmt: skip
+    if released.rowcount:
+        timeline.record_event(
+            conn, refund.order_id, "refund_submission_failed",
+            f"refund {refund.id} stays initiated: {why}",
+        )  # fmt: skip
+
+
+def move(
+    conn: Connection,
+    refund: Refund,
+    target: RefundStatus,
+    *,
+    event: str,
+    detail: str,
+    reference: str | None = None,
+    reason: str | None = None,
+    transaction_id: str | None = None,
+) -> Refund | None:
+    """Compare-and-set `refund.status` -> `target` with its timeline row: the provider's
+    receipt (`pending`, keeping its `reference`) or its outcome. None if the refund had moved
+    on meanwhile (the caller reads it again)."""
+    if not refund_can_move(refund.status, target):
+        raise ValueError(f"refund transition {refund.status} -> {target} is not allowed")
+    now = utcnow()
+    row = conn.execute(
+        _MOVE,
+        {
+            "b_id": refund.id, "b_from": refund.status.value, "v_status": target.value,
+            "v_reference": reference, "v_transaction": transaction_id, "v_reason": reason,
+            "v_now": now,
+        },
+    ).first()  # fmt: skip
+    if row is None:
+        return None
+    timeline.record_event(conn, refund.order_id, event, detail, at=now)
+    return from_row(row)
+
+
+def keep_reference(conn: Connection, refund_id: uuid.UUID, reference: str) -> None:
+    """The provider's reference of a refund settled before its receipt was recorded."""
+    conn.execute(
+        _KEEP_REFERENCE,
+        {"b_id": refund_id, "provider_reference": reference, "lease_expires_at": None},
+    )
+
+
+def note_transaction_id(conn: Connection, refund_id: uuid.UUID, transaction_id: str) -> None:
+    """Keep the provider's transaction id of a refund, unless it already has one."""
+    conn.execute(_NOTE_TRANSACTION, {"b_id": refund_id, "v_transaction": transaction_id})
+
+
+# --- Reads ------------------------------------------------------------------------------------
+
+_BY_ID = select(*COLUMNS).where(_r.id == bindparam("b_id"))
+_BY_KEY = select(*COLUMNS).where(_r.idempotency_key == bindparam("b_key"))
+_NOT_FAILED_TOTAL = select(func.coalesce(func.sum(_r.amount), 0)).where(
+    _r.payment_id == bindparam("b_payment"), _r.status != _FAILED
+)
+_SUCCEEDED_TOTAL = select(func.coalesce(func.sum(_r.amount), 0)).where(
+    _r.payment_id == bindparam("b_payment"), _r.status == RefundStatus.SUCCEEDED.value
+)
+
+
+def find_refund(conn: Connection, refund_id: uuid.UUID) -> Refund | None:
+    row = conn.execute(_BY_ID, {"b_id": refund_id}).first()
+    return None if row is None else from_row(row)
+
+
+def get_refund(conn: Connection, refund_id: uuid.UUID) -> Refund:
+    refund = find_refund(conn, refund_id)
+    if refund is None:
+        raise RefundNotFound(f"refund {refund_id} does not exist", refund=str(refund_id))
+    return refund
+
+
+def find_by_key(conn: Connection, key: str) -> Refund | None:
+    row = conn.execute(_BY_KEY, {"b_key": key}).first()
+    return None if row is None else from_row(row)
+
+
+def committed_total(conn: Connection, payment_id: uuid.UUID) -> int:
+    """Minor units of the payment's refunds that did not fail (open ones count: their money
+    may be on its way). Exact only under the payment's row lock."""
+    return int(conn.execute(_NOT_FAILED_TOTAL, {"b_payment": payment_id}).scalar_one())
+
+
+def succeeded_total(conn: Connection, payment_id: uuid.UUID) -> int:
+    """Minor units of the payment given back so far."""
+    return int(conn.execute(_SUCCEEDED_TOTAL, {"b_payment": payment_id}).scalar_one())
+
+
+def refunds_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[Refund]:
+    """The refunds of these orders, oldest first."""
+    rows = conn.execute(
+        select(*COLUMNS).where(_r.order_id.in_(order_ids)).order_by(_r.created_at, _r.id)
+    )
+    return [from_row(row) for row in rows]
+
+
+def refunds_of_payment(conn: Connection, payment_id: uuid.UUID) -> list[Refund]:
+    rows = conn.execute(
+        select(*COLUMNS).where(_r.payment_id == payment_id).order_by(_r.created_at, _r.id)
+    )
+    return [from_row(row) for row in rows]
+
+
+def refunds_to_reconcile(conn: Connection, older_than: timedelta, limit: int) -> list[Refund]:
+    """Refunds still `initiated` or `pending`, unchanged for `older_than`, oldest first."""
+    rows = conn.execute(
+        select(*COLUMNS)
+        .where(
+            _r.status.in_([s.value for s in OPEN_REFUND_STATUSES]),
+            _r.updated_at <= utcnow() - older_than,
+        )
+        .order_by(_r.updated_at)
+        .limit(limit)
+    )
+    return [from_row(row) for row in rows]
