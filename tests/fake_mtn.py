@@ -1,4 +1,6 @@
-"""A fake MTN MoMo Collection API: a real Starlette app served by uvicorn on loopback.
+"""A fake MTN MoMo API: a real Starlette app served by uvicorn on loopback. Collection is here;
+the Disbursement product (refunds) is `mtn.disbursement`, on the same server
+(tests/fake_mtn_disbursement.py; what both check alike: tests/fake_mtn_gateway.py).
 
 It enforces what the real gateway requires (reference/specs.md s.3) and reproduces the
 *observed* sandbox outcomes by payer MSISDN:
@@ -20,20 +22,19 @@ Usage:
         mtn.calls("token"), mtn.calls("requesttopay"), mtn.calls("status")
         mtn.requests                            # every request, in order (Recorded)
         mtn.fail("requesttopay", 500)           # knobs: fail / hang / refuse / late_404 ...
+        mtn.unroute("refund")                   # the gateway no longer knows that route
         mtn.release("status")                   # end hangs now (in progress and to come)
         mtn.in_flight("status"), mtn.peak_in_flight("status")  # requests being answered now,
         mtn.peak_in_flight_per_reference("status")             # and the most at once
         mtn.advance(300)                        # move the fake's clock (no sleeping)
 
-The fake's clock only moves outcomes, token expiry and scheduled callbacks; `advance()` is the
-way to let time pass in a test.
+The fake's clock only moves outcomes (refunds' too), token expiry and scheduled callbacks;
+`advance()` is the way to let time pass in a test.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import copy
 import heapq
 import itertools
@@ -58,6 +59,15 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from orderpay.providers.mtn import MtnProvider
+from tests.fake_mtn_disbursement import KINDS as DISBURSEMENT_KINDS
+from tests.fake_mtn_disbursement import FakeDisbursement
+from tests.fake_mtn_gateway import (
+    DECIMAL,
+    api_call_refused,
+    error,
+    reference_id,
+    token_response,
+)
 
 API_USER = "7c9d3a52-4a50-4d7e-9a6f-3b1c1f1d2e10"
 API_KEY = "fake-mtn-api-key-0f3e9b"
@@ -67,7 +77,10 @@ TARGET = "sandbox"
 TOKEN_PATH = "/collection/token/"
 REQUEST_TO_PAY_PATH = "/collection/v1_0/requesttopay"
 STATUS_PATH = "/collection/v1_0/requesttopay/{reference}"
-KINDS = {"token": TOKEN_PATH, "requesttopay": REQUEST_TO_PAY_PATH, "status": STATUS_PATH}
+KINDS = {
+    "token": TOKEN_PATH, "requesttopay": REQUEST_TO_PAY_PATH, "status": STATUS_PATH,
+    **DISBURSEMENT_KINDS,
+}  # fmt: skip
 
 FAILS_INTERNAL = "46733123450"
 REJECTS = "46733123451"
@@ -80,12 +93,7 @@ FIXED_FAILURES = {
     EXPIRES: "EXPIRED",
 }
 
-LENGTH_REQUIRED_HTML = (
-    "<html><head><title>411 Length Required</title></head>"
-    "<body><h1>Length Required</h1></body></html>"
-)
 CALLBACK_USER_AGENT = "LWAC Http Client 1.0"
-_DECIMAL = re.compile(r"^\d+(\.\d+)?$")
 _DIGITS = re.compile(r"^\d{5,15}$")
 
 
@@ -206,6 +214,7 @@ class FakeMtn:
         self._faults: list[Fault] = []
         self._refused_payers: dict[str, tuple[int, str]] = {}
         self._late_404: dict[str, int] = {}
+        self._unrouted: set[str] = set()
         self._requests: list[Recorded] = []
         self._deliveries: list[Delivery] = []
         self._queue: list[_Scheduled] = []
@@ -230,6 +239,8 @@ class FakeMtn:
             for name, value in vars(self).items()
             if not name.startswith("_") and name != "url"
         }
+        # Refunds: the Disbursement product, on the same server (tests/fake_mtn_disbursement.py).
+        self.disbursement = FakeDisbursement(self)
 
     # Lifecycle.
 
@@ -289,6 +300,7 @@ class FakeMtn:
             self._faults.clear()
             self._refused_payers.clear()
             self._late_404.clear()
+            self._unrouted.clear()
             self._requests.clear()
             self._deliveries.clear()
             self._queue.clear()
@@ -296,6 +308,7 @@ class FakeMtn:
             self._peak_kind.clear()
             self._peak_reference.clear()
             self._released.clear()
+            self.disbursement.reset_locked()
             self._wakeup.notify_all()
             self._flight_changed.notify_all()
 
@@ -313,19 +326,22 @@ class FakeMtn:
     # Helpers for tests.
 
     def provider(self, **overrides: Any) -> MtnProvider:
-        """An MtnProvider pointed at this fake with its credentials (the caller closes it)."""
+        """An MtnProvider pointed at this fake with its credentials, Collection's and
+        Disbursement's (the caller closes it)."""
         options: dict[str, Any] = {
             "base_url": self.url,
             "subscription_key": self.subscription_key,
             "api_user": self.api_user,
             "api_key": self.api_key,
             "target_environment": self.target_environment,
+            **self.disbursement.provider_options(),
         }
         options.update(overrides)
         return MtnProvider(**options)
 
-    def env(self, callback_url: str | None = None) -> dict[str, str]:
-        """The environment that makes `orderpay` use this fake."""
+    def env(self, callback_url: str | None = None, *, refunds: bool = True) -> dict[str, str]:
+        """The environment that makes `orderpay` use this fake (with its Disbursement
+        credentials unless `refunds=False`)."""
         env = {
             "ORDERPAY_PROVIDER": "mtn",
             "MTN_MOMO_BASE_URL": self.url,
@@ -333,6 +349,7 @@ class FakeMtn:
             "MTN_MOMO_API_USER": self.api_user,
             "MTN_MOMO_API_KEY": self.api_key,
             "MTN_MOMO_TARGET_ENVIRONMENT": self.target_environment,
+            **(self.disbursement.env() if refunds else {}),
         }
         if callback_url:
             env["MTN_MOMO_CALLBACK_URL"] = callback_url
@@ -344,7 +361,8 @@ class FakeMtn:
             return list(self._requests)
 
     def calls(self, kind: str) -> int:
-        """How many requests of one kind ("token", "requesttopay", "status") arrived."""
+        """How many requests of one kind ("token", "requesttopay", "status", and for refunds
+        "disbursement_token", "refund", "refund_status") arrived."""
         with self._lock:
             return sum(1 for r in self._requests if r.kind == kind)
 
@@ -431,11 +449,13 @@ class FakeMtn:
             self._wakeup.notify_all()
 
     def expire_tokens(self) -> None:
-        """Every token issued so far is now expired (the client's cache does not know)."""
+        """Every token issued so far, by both products, is now expired (the client's cache
+        does not know)."""
         with self._lock:
             now = self.now()
             for token in self._tokens:
                 self._tokens[token] = min(self._tokens[token], now - 1)
+            self.disbursement.expire_tokens_locked(now)
 
     def fail(
         self,
@@ -470,6 +490,15 @@ class FakeMtn:
         with self._lock:
             self._faults = [f for f in self._faults if not (f.kind == kind and f.status is None)]
             self._released[kind] += 1
+
+    def unroute(self, kind: str) -> None:
+        """From now on the gateway answers requests of `kind` as a path it does not know (its
+        404, with no MTN error code), as a client calling a wrong path would see; they are still
+        recorded under `kind`."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown route kind {kind!r}; one of {sorted(KINDS)}")
+        with self._lock:
+            self._unrouted.add(kind)
 
     def refuse_payer(self, payer: str, code: str, status: int = 400) -> None:
         """Requests to pay from this MSISDN are refused with `status` {"code": code}."""
@@ -537,6 +566,7 @@ class FakeMtn:
                     methods=["POST"],
                 ),
                 Route(STATUS_PATH, self._endpoint("status", self._status), methods=["GET"]),
+                *self.disbursement.routes(self._endpoint),
                 Route(
                     "/{path:path}",
                     self._endpoint("other", self._unknown),
@@ -553,8 +583,12 @@ class FakeMtn:
             flight = (kind, str(request.path_params.get("reference", "")))
             generation = self._take_off(flight)
             try:
-                fault = self._take_fault(kind)
-                if fault is None:
+                with self._lock:
+                    unrouted = kind in self._unrouted
+                fault = None if unrouted else self._take_fault(kind)
+                if unrouted:
+                    response = self._unknown(request, body)
+                elif fault is None:
                     response = handler(request, body)
                 else:
                     done = handler(request, body) if fault.process else None
@@ -623,78 +657,59 @@ class FakeMtn:
             await asyncio.sleep(min(0.02, max(0.0, end - time.monotonic())))
 
     def _token(self, request: Request, body: bytes) -> Response:
-        if "content-length" not in request.headers:
-            return HTMLResponse(LENGTH_REQUIRED_HTML, status_code=411)
-        if request.headers.get("ocp-apim-subscription-key") != self.subscription_key:
-            return _subscription_refused()
-        if _basic_credentials(request.headers.get("authorization", "")) != (
-            self.api_user,
-            self.api_key,
-        ):
-            return JSONResponse({"error": "login_failed"}, status_code=401)
-        token = secrets.token_urlsafe(32)
+        def issue() -> tuple[str, int]:
+            token = secrets.token_urlsafe(32)
+            with self._lock:
+                self._tokens[token] = self.now() + self.token_expires_in
+            return token, self.token_expires_in
+
+        return token_response(
+            request, subscription_key=self.subscription_key,
+            credentials=(self.api_user, self.api_key), issue=issue,
+        )  # fmt: skip
+
+    def _token_valid(self, token: str) -> bool:
         with self._lock:
-            self._tokens[token] = self.now() + self.token_expires_in
-        return JSONResponse(
-            {
-                "access_token": token,
-                "token_type": "access_token",
-                "expires_in": self.token_expires_in,
-            }
-        )
+            expires = self._tokens.get(token)
+            return expires is not None and self.now() < expires
 
     def _check_api_call(self, request: Request) -> Response | None:
-        if request.headers.get("ocp-apim-subscription-key") != self.subscription_key:
-            return _subscription_refused()
-        auth = request.headers.get("authorization", "")
-        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
-        with self._lock:
-            expires = self._tokens.get(token or "")
-            valid = expires is not None and self.now() < expires
-        if not valid:
-            return _error(401, "UNAUTHORIZED", "Access token is missing, invalid or expired")
-        target = request.headers.get("x-target-environment")
-        if target != self.target_environment:
-            return _error(
-                400, "NOT_ALLOWED_TARGET_ENVIRONMENT", "Access to target environment is forbidden"
-            )
-        return None
+        return api_call_refused(
+            request, subscription_key=self.subscription_key, token_valid=self._token_valid,
+            target_environment=self.target_environment,
+        )  # fmt: skip
 
     def _request_to_pay(self, request: Request, body: bytes) -> Response:
         refused = self._check_api_call(request)
         if refused is not None:
             return refused
-        raw_reference = request.headers.get("x-reference-id", "")
-        try:
-            reference = uuid.UUID(raw_reference)
-        except ValueError:
-            return _error(400, "INVALID_REFERENCE_ID", "X-Reference-Id must be a UUID")
-        if reference.version != 4 or str(reference) != raw_reference.lower():
-            return _error(400, "INVALID_REFERENCE_ID", "X-Reference-Id must be a UUID v4")
+        reference, bad_reference = reference_id(request)
+        if bad_reference is not None:
+            return bad_reference
         try:
             data = json.loads(body)
         except ValueError:
-            return _error(400, "VALIDATION_ERROR", "body is not JSON")
+            return error(400, "VALIDATION_ERROR", "body is not JSON")
         problem = _body_problem(data)
         if problem:
-            return _error(400, "VALIDATION_ERROR", problem)
+            return error(400, "VALIDATION_ERROR", problem)
         callback_url = request.headers.get("x-callback-url")
         if callback_url is not None and self.callback_hosts is not None:
             host = httpx.URL(callback_url).host
             if host not in self.callback_hosts:
-                return _error(400, "INVALID_CALLBACK_URL_HOST", "Callback URL host not allowed")
+                return error(400, "INVALID_CALLBACK_URL_HOST", "Callback URL host not allowed")
         if self.currencies is not None and data["currency"] not in self.currencies:
-            return _error(400, "INVALID_CURRENCY", "Currency not supported.")
+            return error(400, "INVALID_CURRENCY", "Currency not supported.")
         payer = data["payer"]["partyId"]
         with self._lock:
-            if str(reference) in self._transfers:
-                return _error(
+            if reference in self._transfers:
+                return error(
                     409, "RESOURCE_ALREADY_EXIST",
                     "Duplicated reference id. Creation of resource failed.",
                 )  # fmt: skip
             if payer in self._refused_payers:
                 status, code = self._refused_payers[payer]
-                return _error(status, code, f"Payer refused: {code}")
+                return error(status, code, f"Payer refused: {code}")
             transfer = Transfer(
                 reference=str(reference),
                 payer=payer,
@@ -724,11 +739,13 @@ class FakeMtn:
                 self._late_404[reference] = hidden - 1
             transfer = self._transfers.get(reference)
             if hidden > 0 or transfer is None:
-                return _error(404, "RESOURCE_NOT_FOUND", "Requested resource was not found.")
+                return error(404, "RESOURCE_NOT_FOUND", "Requested resource was not found.")
             return JSONResponse(self._body(transfer))
 
     def _unknown(self, request: Request, body: bytes) -> Response:
-        return _error(404, "RESOURCE_NOT_FOUND", "No such route.")
+        # Azure API Management answers a path no API defines itself, before MTN sees it: no
+        # MTN `code`, so a client cannot mistake it for MTN's RESOURCE_NOT_FOUND.
+        return JSONResponse({"statusCode": 404, "message": "Resource not found"}, status_code=404)
 
     # Outcomes (call with the lock held).
 
@@ -823,29 +840,13 @@ class FakeMtn:
                     delivery = Delivery(
                         item.reference, item.method, url, body, response.status_code
                     )
-                except httpx.HTTPError as error:
+                except httpx.HTTPError as failure:
                     delivery = Delivery(
-                        item.reference, item.method, url, body, None, type(error).__name__
+                        item.reference, item.method, url, body, None, type(failure).__name__
                     )
                 with self._lock:
                     if item.generation == self._generation:
                         self._deliveries.append(delivery)
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status)
-
-
-def _subscription_refused() -> JSONResponse:
-    # Azure API Management's shape, as the real gateway answers.
-    return JSONResponse(
-        {
-            "statusCode": 401,
-            "message": "Access denied due to invalid subscription key. "
-            "Make sure to provide a valid key for an active subscription.",
-        },
-        status_code=401,
-    )
 
 
 def _fault_response(fault: Fault) -> Response:
@@ -856,18 +857,7 @@ def _fault_response(fault: Fault) -> Response:
         )
     if fault.code is None:
         return Response(status_code=fault.status)
-    return _error(fault.status, fault.code, f"Injected failure: {fault.code}")
-
-
-def _basic_credentials(header: str) -> tuple[str, str] | None:
-    if not header.startswith("Basic "):
-        return None
-    try:
-        decoded = base64.b64decode(header.removeprefix("Basic "), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, key = decoded.partition(":")
-    return (user, key) if sep else None
+    return error(fault.status, fault.code, f"Injected failure: {fault.code}")
 
 
 def _body_problem(data: Any) -> str | None:
@@ -875,7 +865,7 @@ def _body_problem(data: Any) -> str | None:
     if not isinstance(data, dict):
         return "body must be a JSON object"
     amount = data.get("amount")
-    if not isinstance(amount, str) or not _DECIMAL.fullmatch(amount):
+    if not isinstance(amount, str) or not DECIMAL.fullmatch(amount):
         return "amount must be a decimal string"
     if not isinstance(data.get("currency"), str) or len(data["currency"]) != 3:
         return "currency must be an ISO 4217 code"

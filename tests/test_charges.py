@@ -9,10 +9,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
+from orderpay import clock
 from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.payments import settlement
 from orderpay.payments.charge import claim_payment
 from orderpay.shop.orders import cancel_order
+from orderpay.store import ledger
 from orderpay.store.db import Database
 from orderpay.store.locks import lock_payment
 from orderpay.store.notifications import NotifyTarget
@@ -399,3 +401,27 @@ def test_a_key_whose_charge_is_still_in_flight_answers_key_in_use(
     assert outcome.exit_code == 4
     assert outcome.error()["code"] == "idempotency_key_in_use"
     assert count_rows(any_db) == before
+
+
+def test_a_charge_whose_lease_ran_out_leaves_the_lease_of_the_run_that_took_over(
+    db: Database,
+) -> None:
+    order = an_order(db)
+    lease = timedelta(seconds=90)
+    with db.transaction() as conn:
+        first_run = claim_payment(
+            conn, order_id=order.id, key="order-1", payer_phone=None, provider="simulator",
+            lease=lease,
+        ).payment  # fmt: skip
+    clock.advance(lease + timedelta(seconds=1))
+    with db.transaction() as conn:
+        second_run = ledger.take_lease(conn, first_run.id, lease)
+    assert second_run is not None
+
+    with db.transaction() as conn:  # the first run's provider call times out at last
+        ledger.release_lease(conn, first_run, "provider timed out")
+
+    with db.transaction() as conn:
+        assert get_payment(conn, first_run.id).lease_expires_at == second_run.lease_expires_at
+        events = [e.event for e in events_of(conn, [order.id])[order.id]]
+    assert "payment_submission_failed" not in events

@@ -26,6 +26,8 @@ SECRETS = {
     "REDIS_URL": (f"redis://:{DB_PASSWORD}@127.0.0.1:6379/0", DB_PASSWORD),
     "MTN_MOMO_API_KEY": ("mtn-api-key-Waakye", "mtn-api-key-Waakye"),
     "MTN_MOMO_SUBSCRIPTION_KEY": ("mtn-sub-key-Jollof", "mtn-sub-key-Jollof"),
+    "MTN_MOMO_DISBURSEMENT_API_KEY": ("mtn-disb-key-Banku", "mtn-disb-key-Banku"),
+    "MTN_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY": ("mtn-disb-sub-Fufu", "mtn-disb-sub-Fufu"),
     "ORDERPAY_SMS_API_KEY": ("sms-key-Kelewele", "sms-key-Kelewele"),
     "ORDERPAY_NOTIFY_WEBHOOK_SECRET": ("notify-Shito", "notify-Shito"),
 }

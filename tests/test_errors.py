@@ -23,8 +23,9 @@ def _all_subclasses(cls: type[OrderpayError]) -> list[type[OrderpayError]]:
     return found
 
 
-# Concrete errors are the ones code raises: the leaves of the hierarchy. Two categories
-# (idempotency_key_reused, payment_declined) have no subclasses and are raised themselves.
+# Concrete errors are the ones code raises: the leaves of the hierarchy. Two categories are
+# raised themselves: idempotency_key_reused (a leaf) and payment_declined (whose subclass
+# refund_declined is a leaf); _by_code finds either.
 CONCRETE = sorted(
     {cls for cls in _all_subclasses(OrderpayError) if not cls.__subclasses__()},
     key=lambda cls: cls.__name__,
@@ -63,7 +64,7 @@ DESIGN_CODES = [
 
 
 def _by_code(code: str) -> type[OrderpayError]:
-    matches = [cls for cls in CONCRETE if cls.code == code]
+    matches = [cls for cls in _all_subclasses(OrderpayError) if cls.code == code]
     assert len(matches) == 1, f"{code}: {matches}"
     return matches[0]
 

@@ -101,7 +101,46 @@ def test_tail_prints_events_written_after_it_started_in_order_as_ndjson(
         ("third", "detail of third", str(order.id)),
     ]
     assert [e["id"] for e in lines] == sorted(e["id"] for e in lines)
-    assert all(set(e) == {"id", "order", "at", "event", "detail"} for e in lines)
+    assert all(set(e) == {"id", "order", "at", "event", "detail", "operator"} for e in lines)
+    assert [e["operator"] for e in lines] == [None, None, None]  # none was an operator's
+
+
+def an_operators_action(db: Database, order_id: uuid.UUID) -> None:
+    with db.transaction() as conn:
+        record_event(conn, order_id, "order_cancelled", "by the operator", operator="akosua")
+
+
+def test_tail_names_the_operator_of_an_operators_action_in_json(
+    tmp_path: Path, pg_url: str, db: Database
+) -> None:
+    order = an_order(db)
+    with tail(tmp_path, pg_url, "--json", "--count", "2", "--after", str(last_id(db))) as running:
+        write(db, order.id, "by_the_system")
+        an_operators_action(db, order.id)
+
+        exit_code, stdout, _ = running.finish()
+
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert exit_code == 0
+    assert [(e["event"], e["operator"]) for e in lines] == [
+        ("by_the_system", None), ("order_cancelled", "akosua"),
+    ]  # fmt: skip
+
+
+def test_tail_prints_who_acted_after_the_detail_as_order_show_does(
+    tmp_path: Path, pg_url: str, db: Database
+) -> None:
+    order = an_order(db)
+    with tail(tmp_path, pg_url, "--count", "2", "--after", str(last_id(db))) as running:
+        write(db, order.id, "by_the_system")
+        an_operators_action(db, order.id)
+
+        exit_code, stdout, _ = running.finish()
+
+    system, operator = stdout.splitlines()
+    assert exit_code == 0
+    assert system.endswith("by_the_system  detail of by_the_system")
+    assert operator.endswith("order_cancelled  by the operator (by akosua)")
 
 
 def test_tail_starts_from_now_leaving_out_events_written_before_it(

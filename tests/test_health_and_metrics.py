@@ -11,7 +11,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from orderpay.payments.review import resolve
 from orderpay.store.db import Database
+from orderpay.store.paging import Window
+from orderpay.store.reviews import list_items
 from tests.builders import AMA, an_order
 from tests.live_server import (
     API_TOKEN,
@@ -270,6 +273,67 @@ def test_metrics_of_several_workers_add_up_whichever_worker_answers(
                 scrapes.append(callbacks(scraper, "processed"))
 
     assert scrapes == [len(payments)] * 8
+
+
+# The review queue, counted at scrape time from the database
+
+REVIEW_GAUGE = "orderpay_review_items_open"
+
+
+def kept_for_review(client: TestClient | httpx.Client, db: Database) -> None:
+    """A success reported for another amount than the payment's: one review item."""
+    payment = a_pending_payment(db)
+    body = callback_body(payment, "success", amount="1.00")
+    answer = client.post(CALLBACK_PATH, content=body, headers=signed(body))
+    assert answer.json()["status"] == "review"
+
+
+def test_the_review_gauge_counts_the_open_items(client: TestClient, sqlite_db: Database) -> None:
+    assert metric(client, REVIEW_GAUGE) == 0
+    assert f"# TYPE {REVIEW_GAUGE} gauge" in client.get("/metrics").text
+
+    kept_for_review(client, sqlite_db)
+    kept_for_review(client, sqlite_db)
+
+    assert metric(client, REVIEW_GAUGE) == 2
+
+
+def test_a_resolved_item_leaves_the_review_gauge(client: TestClient, sqlite_db: Database) -> None:
+    kept_for_review(client, sqlite_db)
+    with sqlite_db.transaction() as conn:
+        (item,) = list_items(conn, Window()).items
+    assert metric(client, REVIEW_GAUGE) == 1
+
+    resolve(sqlite_db, item.id, note="refunded", operator="akosua")
+
+    assert metric(client, REVIEW_GAUGE) == 0
+
+
+def test_metrics_are_served_without_the_review_gauge_while_the_database_is_down() -> None:
+    with listener_client(listener_settings(CLOSED_POSTGRES_URL)) as down:
+        answer = down.get("/metrics")
+
+    assert answer.status_code == 200
+    names = {family.name for family in text_string_to_metric_families(answer.text)}
+    assert "orderpay_http_request_duration_seconds" in names
+    assert REVIEW_GAUGE not in names
+
+
+def test_the_review_gauge_is_the_databases_count_whichever_worker_answers(
+    pg_url: str, db: Database, tmp_path: Path
+) -> None:
+    """Several workers each read the count: it is never added up across them."""
+    env = {"DATABASE_URL": pg_url, "MOMO_WEBHOOK_SECRET": SECRET}
+
+    with serve_webhooks(tmp_path, env, "--workers", "2") as server:
+        with httpx.Client(base_url=server.url) as sender:
+            kept_for_review(sender, db)
+        scrapes = []
+        for _ in range(6):  # a new connection each: either worker may answer
+            with httpx.Client(base_url=server.url) as scraper:
+                scrapes.append(metric(scraper, REVIEW_GAUGE))
+
+    assert scrapes == [1] * 6
 
 
 # Logs

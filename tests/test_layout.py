@@ -18,6 +18,8 @@ WRITERS = {
     "orders": "store/ledger.py",
     "order_items": "store/ledger.py",
     "payments": "store/ledger.py",
+    "refunds": "store/refunds.py",
+    "review_items": "store/reviews.py",
     "notifications": "store/outbox.py",
     "webhook_events": "store/inbox.py",
     "order_events": "store/timeline.py",

@@ -326,6 +326,7 @@ def test_reconcile_after_switching_to_the_simulator_still_asks_mtn_and_settles(
         ],
         "review": [],
         "unchanged": [],
+        "refunds": {"checked": 0, "changed": [], "review": [], "unchanged": []},
     }
     assert mtn.calls("status") == 1
     assert current(db, payment).status is PaymentStatus.SUCCEEDED

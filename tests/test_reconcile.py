@@ -181,7 +181,8 @@ def test_running_reconcile_again_changes_nothing_and_sends_nothing_more(
     deliver_due(env)
 
     assert again == {
-        "checked": 0, "dry_run": False, "changed": [], "review": [], "unchanged": []
+        "checked": 0, "dry_run": False, "changed": [], "review": [], "unchanged": [],
+        "refunds": {"checked": 0, "changed": [], "review": [], "unchanged": []},
     }  # fmt: skip
     assert count_rows(db) == before
     assert merchant.count() == 1
@@ -451,6 +452,7 @@ def test_json_prints_one_document_describing_each_change(
         ],
         "review": [],
         "unchanged": [],
+        "refunds": {"checked": 0, "changed": [], "review": [], "unchanged": []},
     }
 
 

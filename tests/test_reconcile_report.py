@@ -63,6 +63,7 @@ def report(
         "changed": list(changed),
         "review": list(review),
         "unchanged": list(unchanged),
+        "refunds": {"checked": 0, "changed": [], "review": [], "unchanged": []},
     }
 
 

@@ -177,7 +177,7 @@ def test_an_order_has_the_shape_of_the_design(client: TestClient, db: Database) 
     } <= set(order)  # fmt: skip
     uuid.UUID(order["id"])
     assert (order["payments"], order["notifications"]) == ([], [])
-    assert [set(event) for event in order["events"]] == [{"at", "event", "detail"}]
+    assert [set(event) for event in order["events"]] == [{"at", "event", "detail", "operator"}]
     assert order["events"][0]["event"] == "order_created"
 
 
