@@ -43,6 +43,7 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0002_ledger_integrity",
     "0003_price_positive",
     "0004_refunds_review",
+    "0005_callback_in_one_trip",
 )
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 

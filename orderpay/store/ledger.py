@@ -412,3 +412,9 @@ def note_transaction_id(conn: Connection, payment_id: uuid.UUID, transaction_id:
 def confirmed(conn: Connection, payment_id: uuid.UUID) -> None:
     """The provider gave its word on a payment failed without it: stop asking."""
     conn.execute(_CONFIRMED, {"b_id": payment_id})
+
+
+# One round trip for a signed callback's common case (migration 0005; payments/fast_callbacks.py
+# gives the parameters): what succeed or fail write, or `fallback` having written nothing.
+_SETTLE_ARGS = ", ".join(f"${n}" for n in range(1, 17))  # asyncpg's placeholders
+SETTLE_CALLBACK = f"SELECT * FROM orderpay_settle_callback({_SETTLE_ARGS})"

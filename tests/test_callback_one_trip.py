@@ -1,0 +1,557 @@
+"""The one-round-trip callback path writes what the ordinary transaction writes (issue 12).
+
+Every callback case runs on two identical Postgres databases (one set up, then cloned): on one
+through apply_callback_fast, falling back to callbacks.apply_callback when it answers None (as
+the route does), on the other through apply_callback alone. The answers and every row of the
+ledger tables must be the same, ids and timestamps aside where they differ by nature. The fast
+path must also settle the common cases itself and write nothing when it falls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from orderpay.errors import OrderpayError
+from orderpay.payments.callbacks import Callback, CallbackResult, apply_callback, parse_callback
+from orderpay.payments.charge import charge_order
+from orderpay.payments.fast_callbacks import apply_callback_fast
+from orderpay.providers.simulator import SimulatorProvider
+from orderpay.shop.orders import cancel_order
+from orderpay.store.async_db import create_pool
+from orderpay.store.db import Database, retrying
+from orderpay.store.migrate import downgrade, upgrade
+from orderpay.store.notifications import NotifyTarget
+from orderpay.store.payments import Payment
+from tests.builders import a_key, an_order
+from tests.conftest import _url_for, create_postgres_database, drop_postgres_database
+from tests.live_server import SENDER_ID, a_pending_payment
+
+LOG = NotifyTarget("log")
+WEBHOOK = NotifyTarget("webhook", "https://merchant.example/hooks/paid")
+
+
+class MtnLike(SimulatorProvider):
+    """A provider that does not sign momo callbacks: a signed one about its payment is a hint."""
+
+    name = "mtn"
+
+
+def body(reference: str, order_id: uuid.UUID, status: str = "success", **fields: Any) -> bytes:
+    document = {
+        "provider_reference": reference,
+        "order_id": str(order_id),
+        "status": status,
+        "amount": "25.00",
+        "currency": "GHS",
+        **fields,
+    }
+    return json.dumps({k: v for k, v in document.items() if v is not None}).encode()
+
+
+def ours(payment: Payment, status: str = "success", **fields: Any) -> bytes:
+    return body(payment.provider_reference or str(payment.id), payment.order_id, status, **fields)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One callback of a case: its body, and its webhook id (None: keyed by reference)."""
+
+    body: bytes
+    webhook_id: str | None = None
+
+    def parsed(self) -> Callback:
+        return parse_callback(self.body, webhook_id=self.webhook_id)
+
+
+# Not a callback: a step of the situation, the order charged (again) between two callbacks.
+CHARGE = Sent(b"")
+
+
+@dataclass(frozen=True)
+class Case:
+    """A situation (`setup` builds it and returns the callbacks to send, in order) and, per
+    callback, whether the fast path settles it itself (True) or falls back (False)."""
+
+    name: str
+    setup: Callable[[Database], list[Sent]]
+    fast: tuple[bool, ...]
+    notify: NotifyTarget = field(default=LOG)
+
+
+def pending(db: Database, **options: Any) -> Payment:
+    return a_pending_payment(db, **options)
+
+
+def charged_again(db: Database, order_id: uuid.UUID) -> Payment:
+    """A second charge of an order whose first payment failed."""
+    return charge_order(
+        db, SimulatorProvider(), order_id=order_id, key="charged-again", default_region="GH",
+        lease_seconds=90,
+    ).payment  # fmt: skip
+
+
+def _success(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db)))]
+
+
+def _success_to_a_webhook(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db)))]
+
+
+def _failure(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db), "failed", reason="APPROVAL_REJECTED"))]
+
+
+def _failure_without_reason(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db), "failed"))]
+
+
+def _replay(db: Database) -> list[Sent]:
+    sent = Sent(ours(pending(db)))
+    return [sent, sent]
+
+
+def _replayed_failure(db: Database) -> list[Sent]:
+    sent = Sent(ours(pending(db), "failed", reason="EXPIRED"))
+    return [sent, sent]
+
+
+def _same_webhook_id(db: Database) -> list[Sent]:
+    sent = Sent(ours(pending(db)), webhook_id="msg_1")
+    return [sent, sent]
+
+
+def _copy_under_another_webhook_id(db: Database) -> list[Sent]:
+    payment = pending(db)
+    return [Sent(ours(payment), "msg_1"), Sent(ours(payment), "msg_2")]
+
+
+def _senders_own_id(db: Database) -> list[Sent]:
+    return [Sent(body(SENDER_ID, pending(db).order_id))]
+
+
+def _senders_own_id_failure(db: Database) -> list[Sent]:
+    return [Sent(body(SENDER_ID, pending(db).order_id, "failed", reason="NOT_ENOUGH_FUNDS"))]
+
+
+def _senders_own_id_then_a_copy(db: Database) -> list[Sent]:
+    order_id = pending(db).order_id
+    return [Sent(body(SENDER_ID, order_id), "msg_1"), Sent(body(SENDER_ID, order_id), "msg_2")]
+
+
+def _senders_own_id_then_ours(db: Database) -> list[Sent]:
+    payment = pending(db)
+    return [Sent(body(SENDER_ID, payment.order_id)), Sent(ours(payment), "msg_2")]
+
+
+def _unknown_uuid_reference(db: Database) -> list[Sent]:
+    return [Sent(body(str(uuid.uuid4()), pending(db).order_id))]
+
+
+def _our_id_in_capitals(db: Database) -> list[Sent]:
+    payment = pending(db)
+    return [Sent(body(str(payment.id).upper(), payment.order_id))]
+
+
+def _without_amount_and_currency(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db), amount=None, currency=None))]
+
+
+def _amount_without_currency(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db), currency=None))]
+
+
+def _amount_as_a_number(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db, price="12", currency="RWF"), amount=24, currency="RWF"))]
+
+
+def _zero_decimal_currency(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db, price="1250", currency="UGX"), amount="2500", currency="UGX"))]
+
+
+def _amount_mismatch(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db), amount="24.99"))]
+
+
+def _amount_mismatch_without_currency(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db), amount="2500", currency=None))]
+
+
+def _currency_mismatch(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db), currency="KES"))]
+
+
+def _amount_with_too_many_decimals(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db), amount="25.001"))]
+
+
+def _amount_with_decimals_in_a_zero_decimal_currency(db: Database) -> list[Sent]:
+    return [Sent(ours(pending(db, price="1250", currency="UGX"), amount="2500.5", currency=None))]
+
+
+def _success_after_failure(db: Database) -> list[Sent]:
+    payment = pending(db)
+    return [Sent(ours(payment, "failed", reason="EXPIRED")), Sent(ours(payment))]
+
+
+def _failure_after_success(db: Database) -> list[Sent]:
+    payment = pending(db)
+    return [Sent(ours(payment)), Sent(ours(payment, "failed", reason="EXPIRED"))]
+
+
+def _unknown_reference_on_a_paid_order(db: Database) -> list[Sent]:
+    payment = pending(db)
+    return [Sent(ours(payment)), Sent(body("someone-elses-ref", payment.order_id))]
+
+
+def _unknown_reference_on_a_cancelled_order(db: Database, status: str) -> list[Sent]:
+    order = an_order(db)
+    with db.transaction() as conn:
+        cancel_order(conn, order.id)
+    return [Sent(body(SENDER_ID, order.id, status))]
+
+
+def _success_on_a_cancelled_order(db: Database) -> list[Sent]:
+    return _unknown_reference_on_a_cancelled_order(db, "success")
+
+
+def _failure_on_a_cancelled_order(db: Database) -> list[Sent]:
+    return _unknown_reference_on_a_cancelled_order(db, "failed")
+
+
+def _no_payment_yet_then_a_copy_once_charged(db: Database) -> list[Sent]:
+    order = an_order(db)
+    early = Sent(body(SENDER_ID, order.id), "msg_1")
+    return [early, CHARGE, early]
+
+
+def _an_unknown_order(db: Database) -> list[Sent]:
+    pending(db)
+    return [Sent(body(SENDER_ID, uuid.uuid4()))]
+
+
+def _another_orders_payment(db: Database) -> list[Sent]:
+    first, second = pending(db), pending(db)
+    return [Sent(body(str(first.id), second.order_id))]
+
+
+def _a_payment_of_a_provider_that_does_not_sign(db: Database) -> list[Sent]:
+    order = an_order(db)
+    payment = charge_order(
+        db, MtnLike(), order_id=order.id, key=a_key(), default_region="GH", lease_seconds=90
+    ).payment
+    return [Sent(ours(payment))]
+
+
+def _two_payments_the_failed_one_named(db: Database) -> list[Sent]:
+    first = pending(db)
+    failed = Sent(ours(first, "failed", reason="EXPIRED"))
+    return [failed, CHARGE, Sent(ours(first), "msg_2")]
+
+
+def _two_payments_the_new_one_by_the_senders_id(db: Database) -> list[Sent]:
+    first = pending(db)
+    failed = Sent(ours(first, "failed", reason="EXPIRED"))
+    return [failed, CHARGE, Sent(body(SENDER_ID, first.order_id), "msg_2")]
+
+
+CASES = [
+    Case("success", _success, (True,)),
+    Case("success, notified by the merchant's webhook", _success_to_a_webhook, (True,), WEBHOOK),
+    Case("failure", _failure, (True,)),
+    Case("failure without a reason", _failure_without_reason, (True,)),
+    Case("replayed success", _replay, (True, True)),
+    Case("replayed failure", _replayed_failure, (True, True)),
+    Case("same webhook id twice", _same_webhook_id, (True, True)),
+    Case("copy under another webhook id", _copy_under_another_webhook_id, (True, False)),
+    Case("sender's own transaction id", _senders_own_id, (True,)),
+    Case("sender's own transaction id, failure", _senders_own_id_failure, (True,)),
+    Case("sender's id, then a copy under it", _senders_own_id_then_a_copy, (True, False)),
+    Case("sender's id, then ours", _senders_own_id_then_ours, (True, False)),
+    Case("an unknown UUID as reference", _unknown_uuid_reference, (True,)),
+    Case("our payment id in capitals", _our_id_in_capitals, (True,)),
+    Case("no amount, no currency", _without_amount_and_currency, (True,)),
+    Case("amount without currency", _amount_without_currency, (True,)),
+    Case("amount as a JSON number", _amount_as_a_number, (True,)),
+    Case("a currency without decimals", _zero_decimal_currency, (True,)),
+    Case("amount mismatch", _amount_mismatch, (False,)),
+    Case("amount mismatch without currency", _amount_mismatch_without_currency, (False,)),
+    Case("currency mismatch", _currency_mismatch, (False,)),
+    Case("amount with too many decimals", _amount_with_too_many_decimals, (False,)),
+    Case(
+        "decimals in a currency without them",
+        _amount_with_decimals_in_a_zero_decimal_currency,
+        (False,),
+    ),
+    Case("success after failure", _success_after_failure, (True, False)),
+    Case("failure after success", _failure_after_success, (True, False)),
+    Case("unknown reference on a paid order", _unknown_reference_on_a_paid_order, (True, False)),
+    Case("success on a cancelled order", _success_on_a_cancelled_order, (False,)),
+    Case("failure on a cancelled order", _failure_on_a_cancelled_order, (False,)),
+    Case(
+        "no payment yet, then a copy once charged",
+        _no_payment_yet_then_a_copy_once_charged,
+        (False, False),
+    ),
+    Case("an unknown order", _an_unknown_order, (False,)),
+    Case("another order's payment", _another_orders_payment, (False,)),
+    Case("a provider that does not sign", _a_payment_of_a_provider_that_does_not_sign, (False,)),
+    Case("two payments, the failed one named", _two_payments_the_failed_one_named, (True, False)),
+    Case(
+        "two payments, the new one by the sender's id",
+        _two_payments_the_new_one_by_the_senders_id,
+        (True, True),
+    ),
+]
+
+
+# --- Running a case ---------------------------------------------------------------------------
+
+Answer = tuple[Any, ...]
+Runner = Callable[[Database, Callback, NotifyTarget], "CallbackResult | None"]
+
+
+def answer_of(result: CallbackResult) -> Answer:
+    code = None if result.error is None else result.error.code
+    confirm = None if result.confirm is None else result.confirm.id
+    return (result.answer.value, result.payment_id, result.notification_queued, confirm, code)
+
+
+def ordinary(db: Database, callback: Callback, notify: NotifyTarget) -> CallbackResult:
+    return retrying(db, lambda conn: apply_callback(conn, callback, notify))
+
+
+def play(
+    db: Database,
+    sent: list[Sent],
+    notify: NotifyTarget,
+    first: Callable[[Callback], CallbackResult | None] | None,
+) -> tuple[list[Answer], list[bool]]:
+    """Send each callback: through `first` (the fast path) and, when it answers None, the
+    ordinary transaction; without `first`, through the ordinary transaction alone. The answers
+    (or the errors raised), and per callback whether `first` settled it."""
+    answers: list[Answer] = []
+    settled_first: list[bool] = []
+    for one in sent:
+        if one is CHARGE:
+            order_id = uuid.UUID(json.loads(sent[0].body)["order_id"])
+            charged_again(db, order_id)
+            continue
+        callback = one.parsed()
+        try:
+            result = None if first is None else first(callback)
+            settled_first.append(result is not None)
+            if result is None:
+                result = ordinary(db, callback, notify)
+            answers.append(answer_of(result))
+        except OrderpayError as error:
+            answers.append(("raised", error.code))
+    return answers, settled_first
+
+
+@contextmanager
+def fast_runner(url: str) -> Iterator[Callable[[Callback, NotifyTarget], CallbackResult | None]]:
+    """apply_callback_fast on its own event loop and pool, callable from synchronous code."""
+    loop = asyncio.new_event_loop()
+    pool = loop.run_until_complete(create_pool(url, min_size=1, max_size=1))
+    try:
+        yield lambda callback, notify: loop.run_until_complete(
+            apply_callback_fast(pool, callback, notify)
+        )
+    finally:
+        loop.run_until_complete(pool.close())
+        loop.close()
+
+
+LEDGER_ROWS = {
+    "payments": "SELECT id, order_id, idempotency_key, amount, currency, payer_phone, provider,"
+    " provider_reference, provider_transaction_id, status, failure_reason,"
+    " awaiting_confirmation, lease_expires_at FROM payments ORDER BY created_at, id",
+    "orders": "SELECT id, customer_id, status, currency, total FROM orders ORDER BY created_at, id",
+    "notifications": "SELECT id, order_id, payment_id, refund_id, kind, channel, recipient, body,"
+    " status, attempts, last_error, gateway_message_id FROM notifications ORDER BY id",
+    "order_events": "SELECT order_id, event, detail, operator FROM order_events ORDER BY id",
+    # The inbox's ids differ by nature: the ordinary path numbers every copy it receives.
+    "webhook_events": "SELECT source, dedupe_key, payload, outcome, order_id, payment_id"
+    " FROM webhook_events ORDER BY source, dedupe_key",
+    "review_items": "SELECT r.reason, r.subject, r.order_id, r.payment_id, w.dedupe_key,"
+    " r.reported, r.suggested_action, r.resolved_at FROM review_items r"
+    " LEFT JOIN webhook_events w ON w.id = r.event_id ORDER BY r.id",
+}
+
+
+def ledger_rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the ledger tables, payment ids named (`naming`)."""
+    with db.transaction() as conn:
+        rows = {table: [tuple(row) for row in conn.execute(text(query))]
+                for table, query in LEDGER_ROWS.items()}  # fmt: skip
+    named = naming(db)
+    return {table: [tuple(named(v) for v in row) for row in found] for table, found in rows.items()}
+
+
+def naming(db: Database) -> Callable[[Any], Any]:
+    """Payments made after the clone (a case's CHARGE) have other ids on each side: each
+    payment id is named by its place in the order payments were made, wherever it appears
+    (in columns, answers, the timeline's texts)."""
+    with db.transaction() as conn:
+        made = conn.execute(text(LEDGER_ROWS["payments"])).all()
+    names = {str(row[0]): f"<payment {n}>" for n, row in enumerate(made)}
+
+    def named(value: Any) -> Any:
+        if isinstance(value, uuid.UUID) and str(value) in names:
+            return names[str(value)]
+        if isinstance(value, str):
+            for payment_id, name in names.items():
+                value = value.replace(payment_id, name)
+        return value
+
+    return named
+
+
+@pytest.fixture
+def twins(postgres_template: str) -> Iterator[tuple[str, Callable[[], str]]]:
+    """A database to set a case up in, and a way to clone it once it is set up."""
+    names = [create_postgres_database(template=postgres_template)]
+
+    def clone() -> str:
+        names.append(create_postgres_database(template=names[0]))
+        return _url_for(names[-1])
+
+    yield _url_for(names[0]), clone
+    for name in names:
+        drop_postgres_database(name)
+
+
+def set_up(url: str, case: Case) -> list[Sent]:
+    db = Database(url)
+    try:
+        return case.setup(db)
+    finally:
+        db.dispose()  # no connection may stay open on a template
+
+
+# --- The tests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_the_fast_path_writes_the_rows_and_answers_of_the_ordinary_transaction(
+    case: Case, twins: tuple[str, Callable[[], str]]
+) -> None:
+    url, clone = twins
+    sent = set_up(url, case)
+    other_url = clone()
+    fast_db, ordinary_db = Database(url), Database(other_url)
+    try:
+        with fast_runner(url) as fast:
+            fast_answers, _ = play(fast_db, sent, case.notify, lambda c: fast(c, case.notify))
+        ordinary_answers, _ = play(ordinary_db, sent, case.notify, None)
+
+        fast_named, ordinary_named = naming(fast_db), naming(ordinary_db)
+        assert [tuple(map(fast_named, a)) for a in fast_answers] == [
+            tuple(map(ordinary_named, a)) for a in ordinary_answers
+        ]
+        assert ledger_rows(fast_db) == ledger_rows(ordinary_db)
+    finally:
+        fast_db.dispose()
+        ordinary_db.dispose()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_the_fast_path_settles_the_common_case_itself_and_falls_back_having_written_nothing(
+    case: Case, twins: tuple[str, Callable[[], str]]
+) -> None:
+    url, _ = twins
+    sent = set_up(url, case)
+    db = Database(url)
+    written_on_fallback: list[str] = []
+
+    def fast_first(fast: Callable[[Callback, NotifyTarget], CallbackResult | None]) -> Any:
+        def first(callback: Callback) -> CallbackResult | None:
+            before = ledger_rows(db)
+            result = fast(callback, case.notify)
+            if result is None and ledger_rows(db) != before:
+                written_on_fallback.append(callback.dedupe_key)
+            return result
+
+        return first
+
+    try:
+        with fast_runner(url) as fast:
+            _, settled_first = play(db, sent, case.notify, fast_first(fast))
+
+        assert tuple(settled_first) == case.fast
+        assert written_on_fallback == []
+    finally:
+        db.dispose()
+
+
+# --- Copies racing ----------------------------------------------------------------------------
+
+COPIES = 8
+
+
+async def _race(url: str, callback: Callback) -> list[CallbackResult | None]:
+    pool = await create_pool(url, min_size=COPIES, max_size=COPIES)
+    try:
+        return list(
+            await asyncio.gather(*[apply_callback_fast(pool, callback, LOG) for _ in range(COPIES)])
+        )
+    finally:
+        await pool.close()
+
+
+def test_copies_racing_through_the_fast_path_settle_once_and_the_rest_answer_duplicate(
+    db: Database, pg_url: str
+) -> None:
+    payment = pending(db)
+
+    results = asyncio.run(_race(pg_url, Sent(ours(payment)).parsed()))
+
+    answers = sorted(
+        (r.answer.value, r.payment_id) if r is not None else ("fallback", None) for r in results
+    )
+    assert answers == [("duplicate", payment.id)] * (COPIES - 1) + [("processed", payment.id)]
+    rows = ledger_rows(db)
+    assert len(rows["notifications"]) == 1
+    assert [e[1] for e in rows["order_events"]].count("payment_succeeded") == 1
+
+
+# --- The migration ----------------------------------------------------------------------------
+
+FUNCTION_EXISTS = "SELECT count(*) FROM pg_proc WHERE proname = 'orderpay_settle_callback'"
+
+
+def test_downgrading_below_0005_drops_the_function(db: Database) -> None:
+    downgrade(db, "0004_refunds_review")
+
+    with db.transaction() as conn:
+        assert conn.execute(text(FUNCTION_EXISTS)).scalar_one() == 0
+
+
+def test_upgrading_to_0005_creates_the_function(db: Database) -> None:
+    downgrade(db, "0004_refunds_review")
+
+    upgrade(db)
+
+    with db.transaction() as conn:
+        assert conn.execute(text(FUNCTION_EXISTS)).scalar_one() == 1
+
+
+def test_on_sqlite_0005_changes_no_table(sqlite_db: Database) -> None:
+    downgrade(sqlite_db, "0004_refunds_review")
+    with sqlite_db.transaction() as conn:
+        before = conn.exec_driver_sql("SELECT sql FROM sqlite_master ORDER BY name").all()
+
+    upgrade(sqlite_db)
+
+    with sqlite_db.transaction() as conn:
+        assert conn.exec_driver_sql("SELECT sql FROM sqlite_master ORDER BY name").all() == before
