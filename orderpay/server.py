@@ -2,8 +2,10 @@
 
 This module is a thin HTTP shell: it reads and bounds bodies, checks signatures and tokens,
 calls one service function per request in a worker thread (the services are synchronous and
-own no transaction), and renders results. OrderpayError becomes an HTTP answer in exactly one
-place, `error_response`; no input produces a 500.
+own no transaction), and renders results. The signed callback route is a bare ASGI handler in
+front of this Starlette app (http/momo_route.py: its hot path runs on the event loop). An
+OrderpayError becomes an HTTP answer in one place, http/answers.py, through `error_response`
+here and the callback route there; no input produces a 500.
 """
 
 from __future__ import annotations
@@ -23,25 +25,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orderpay.domain.signatures import verify
 from orderpay.errors import (
     DatabaseInaccessible,
-    DatabaseUnavailable,
-    InvalidSignature,
-    InvalidToken,
     OrderpayError,
-    PaymentDeclined,
     RouteNotFound,
 )
 from orderpay.http import rest
+from orderpay.http.answers import error_json, public_error
 from orderpay.http.bodies import read_body
 from orderpay.http.confirmer import Confirmer
+from orderpay.http.momo_route import MomoRoute
 from orderpay.metrics import metrics
 from orderpay.notify.reports import apply_report, parse_report
-from orderpay.payments.callbacks import Callback, CallbackResult, apply_callback, parse_callback
 from orderpay.payments.hints import MTN_PROVIDER, parse_hint, record_hint
 from orderpay.runtime import Runtime
-from orderpay.store.db import PUBLIC_UNAVAILABLE, retrying
+from orderpay.store.db import retrying
 from orderpay.store.payments import Payment
 from orderpay.store.reviews import count_open
 
@@ -58,47 +56,6 @@ def runtime_of(request: Request) -> Runtime:
 
 def confirmer_of(request: Request) -> Confirmer:
     return request.app.state.confirmer  # type: ignore[no-any-return]
-
-
-async def momo_webhook(request: Request) -> Response:
-    """POST /api/webhooks/momo/: a signed payment outcome, applied exactly once."""
-    runtime = runtime_of(request)
-    secrets = runtime.settings.webhook_secrets()
-    if not secrets:
-        raise RouteNotFound("not found")  # nobody is configured to sign callbacks here
-    try:
-        body = await read_body(request)
-        try:
-            verified = verify(body, request.headers, secrets)
-        except InvalidSignature as error:
-            log.info("callback refused: %s", error.message)
-            raise InvalidSignature("invalid signature") from None  # no detail for the sender
-        callback = parse_callback(body, webhook_id=verified.webhook_id)
-        result = await run_in_threadpool(_apply_callback, runtime, callback)
-        if result.error is not None:  # kept as unmatched and committed: 404, the sender retries
-            raise result.error
-        if result.notification_queued:
-            runtime.nudger.nudge()
-        if result.confirm is not None:
-            confirmer_of(request).submit(result.confirm, "signed callback, confirmed by status")
-    except OrderpayError as error:
-        metrics().callbacks.labels("momo", error.code).inc()
-        raise
-    metrics().callbacks.labels("momo", result.answer.value).inc()
-    log.info("callback %s for payment %s: %s", callback.status.value, result.payment_id,
-             result.answer.value)  # fmt: skip
-    return JSONResponse(
-        {
-            "status": result.answer.value,
-            "payment": str(result.payment_id) if result.payment_id else None,
-        }
-    )
-
-
-def _apply_callback(runtime: Runtime, callback: Callback) -> CallbackResult:
-    return retrying(
-        runtime.database, lambda conn: apply_callback(conn, callback, runtime.notify_target())
-    )
 
 
 async def mtn_webhook(request: Request) -> Response:
@@ -170,37 +127,19 @@ def _review_items_open(runtime: Runtime) -> int | None:
 
 
 def error_response(request: Request, error: Exception) -> Response:
-    """The one translation of errors into HTTP answers (DESIGN.md sections 6 and 7)."""
+    """The one translation of errors into HTTP answers (DESIGN.md sections 6 and 7); the
+    callback route (http/momo_route.py) renders through the same http/answers.py."""
     if isinstance(error, DatabaseInaccessible):
-        # The operator's to fix (a path, a permission), not the caller's: the caller is told
-        # to retry, as for any outage, and the log says what is wrong.
+        # The operator's to fix (a path, a permission), not the caller's: the log says what.
         log.error("database inaccessible: %s", error.message)
-        error = DatabaseUnavailable(error.message, public_message=PUBLIC_UNAVAILABLE)
+    error = public_error(error)
     if isinstance(error, OrderpayError):
         if error.public_message != error.message:
             log.error("%s on %s %s: %s", error.code, request.method, request.url.path,
                       error.message)  # fmt: skip
-        headers: dict[str, str] = {}
-        if isinstance(error, InvalidToken):
-            headers["WWW-Authenticate"] = "Bearer"
-        if isinstance(error, PaymentDeclined) and error.details.get("replayed"):
-            headers[rest.REPLAYED_HEADER] = "true"
-        if isinstance(error, DatabaseUnavailable):
-            headers["Retry-After"] = "5"
-        return JSONResponse(
-            error.to_dict(public=True), status_code=error.http_status, headers=headers
-        )
-    if isinstance(error, HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return JSONResponse(
-            {"error": {"code": code, "message": str(error.detail)}},
-            status_code=error.status_code,
-            headers=dict(error.headers or {}),
-        )
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return JSONResponse(
-        {"error": {"code": "internal_error", "message": "internal error"}}, status_code=500
-    )
+    elif not isinstance(error, HTTPException):
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return error_json(error)
 
 
 class AccessLog:
@@ -266,7 +205,6 @@ def both_forms(path: str, endpoint: Endpoint, methods: list[str]) -> list[Route]
 
 
 ROUTES = [
-    *both_forms("/api/webhooks/momo/", momo_webhook, ["POST"]),
     *both_forms("/api/webhooks/mtn/", mtn_webhook, ["POST", "PUT"]),
     *both_forms("/api/webhooks/sms-dlr/", sms_delivery_report, ["POST"]),
     *both_forms("/api/orders/", rest.create_order, ["POST"]),
@@ -284,8 +222,9 @@ ROUTES = [
 WORKER_THREADS = 16
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The ASGI application; `uvicorn --factory orderpay.server:create_app` runs it."""
+def create_app(settings: Settings | None = None) -> MomoRoute:
+    """The ASGI application; `uvicorn --factory orderpay.server:create_app` runs it: the
+    callback route (http/momo_route.py, bare ASGI) in front of the Starlette app."""
     runtime = Runtime(
         settings, pool_size=WORKER_THREADS, max_overflow=4, pool_timeout=10, session_guards=True
     )
@@ -301,7 +240,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+        await route.open_pool()  # one asyncpg pool per worker process, on Postgres
         yield
+        await route.close_pool()
         confirmer.close()
         runtime.close()
 
@@ -314,4 +255,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )  # fmt: skip
     app.state.runtime = runtime
     app.state.confirmer = confirmer
-    return app
+    route = MomoRoute(app, runtime, confirmer)
+    return route

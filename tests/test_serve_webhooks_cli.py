@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orderpay.cli import app
+from orderpay.commands.listener import MAX_DEFAULT_WORKERS
 from orderpay.domain.signatures import verify
 from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.store.db import Database
@@ -147,6 +148,19 @@ def test_serve_webhooks_with_an_unconfigured_provider_is_one_line_and_exit_2(
 
 
 # Stopping
+
+
+def test_serve_webhooks_starts_one_worker_per_cpu_by_default(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SECRET}
+    expected = min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
+
+    with serve_webhooks(tmp_path, env) as server:
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        server.terminate(timeout=20)
+
+    assert f"with {expected} worker(s)" in server.stderr()
 
 
 def test_serve_webhooks_exits_0_promptly_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:

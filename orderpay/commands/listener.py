@@ -26,13 +26,37 @@ webhook_app = typer.Typer(
 # Shorter HMAC secrets are guessable offline from one captured callback.
 MIN_SECRET_LENGTH = 32
 DEFAULT_CALLBACK_URL = "http://127.0.0.1:8000/api/webhooks/momo/"
+# Each worker is one event loop: one per CPU lets the listener use the machine (a callback is
+# mostly CPU in Python and in Postgres); beyond a few, Postgres connections (a pool of each kind
+# per worker) grow faster than throughput.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """One worker process per CPU this process may run on, at most MAX_DEFAULT_WORKERS."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_DEFAULT_WORKERS))
 
 
 def serve_webhooks(
     ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help=f"Worker processes (default: one per CPU, at most {MAX_DEFAULT_WORKERS}).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning.")] = "info",
 ) -> None:
     """Run the listener: signed payment callbacks, the REST API, /healthz, /readyz, /metrics.
@@ -56,6 +80,8 @@ def serve_webhooks(
     from orderpay.logs import uvicorn_log_config
     from orderpay.metrics import MULTIPROC_ENV
 
+    if workers is None:
+        workers = default_workers()
     rt = runtime(ctx)
     secrets = rt.settings.webhook_secrets()
     if not secrets and rt.settings.provider == "simulator":
