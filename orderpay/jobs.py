@@ -1,8 +1,9 @@
 """The RQ boundary: the notification job, the queue, and the relay that feeds it.
 
 Jobs take ids only (JSON serializer), never phone numbers or secrets. Every notification
-reaches RQ through the relay; a duplicate job is harmless because the job claims its attempt
-with a compare-and-set before sending (delivery.py).
+reaches RQ through the relay, in batches (a job delivers several rows: RQ's cost per job is
+then shared by them); a duplicate job is harmless because the job claims each row's attempt
+with a compare-and-set right before sending it (notify.delivery).
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from orderpay.clock import utcnow
 from orderpay.errors import GatewayUnavailable, QueueUnavailable
-from orderpay.notify.delivery import Delivery, DeliveryResult, deliver
+from orderpay.notify.delivery import Batch, Delivery, RetryPolicy, deliver_batch
 from orderpay.runtime import Runtime
 from orderpay.store import outbox
 from orderpay.store.notifications import Relayable, relay_candidates
@@ -30,13 +34,20 @@ if TYPE_CHECKING:
     from orderpay.store.db import Database
 
 log = logging.getLogger("orderpay.relay")
+T = TypeVar("T")
 
 QUEUE_NAME = "orderpay-notifications"
 RELAY_BATCH = 500
+# Rows per job at most. A job's RQ overhead (dequeue, bookkeeping, its registries) then counts
+# once per batch, and its rows are claimed and recorded in groups (notify.delivery).
+JOB_ROWS = 100
 # Job results are not read; keep them only briefly. Failed jobs stay for inspection.
 RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
 JOB_TIMEOUT_SECONDS = 120
+# A batch job stops taking rows after this long and hands the rest to a new job: well inside
+# RQ's timeout even when the gateway is slow (a send takes at most the channel's timeout).
+JOB_BUDGET_SECONDS = 45.0
 # RQ schedules retries at whole-second resolution: they may start up to this much early.
 SCHEDULER_EARLINESS_SECONDS = 1.5
 
@@ -73,47 +84,138 @@ def runtime_for_jobs(runtime: Runtime) -> Iterator[None]:
 
 
 class NotificationFailed(Exception):
-    """The row is `failed`: its last try failed or the gateway refused the message."""
+    """A row is `failed`: its last try failed or the gateway refused the message."""
 
 
-def send_notification(notification_id: int) -> str:
-    """The RQ job: one delivery attempt; a transient failure raises so RQ's Retry runs it again.
+# Set when the worker is asked to stop (SIGTERM): a batch job then ends after the send in
+# flight, gives back the rows it claimed but had not sent, and hands the rest to a new job.
+stopping = threading.Event()
 
-    A final failure (the last try, or a refusal) leaves the row `failed` with the error and
-    fails the job without further RQ retries, so it lands in RQ's FailedJobRegistry too.
+
+def send_notifications(notification_ids: list[int]) -> str:
+    """The RQ job: one delivery attempt of each of these rows (a batch the relay made).
+
+    A transient failure of any row raises once the batch is done, so RQ's Retry runs the job
+    again after the backoff: the rows sent meanwhile are skipped, and those retried are due
+    by then. A final failure (a last try, or a refusal) of a row with none to retry leaves it
+    `failed` with the error and fails the job without further retries, so it lands in RQ's
+    FailedJobRegistry too. Rows the job did not get to (stopped, or out of time) go to a new
+    job at once.
     """
     runtime = process_runtime()
-    result = _deliver(runtime, notification_id)
-    if result.due_in is not None and 0 < result.due_in <= SCHEDULER_EARLINESS_SECONDS:
+    policy = replace(runtime.retry_policy, send_seconds=runtime.settings.notify_timeout_seconds)
+    deadline = time.monotonic() + JOB_BUDGET_SECONDS
+    batch = _deliver(runtime, policy, notification_ids, deadline)
+    results, left = batch.results, batch.left
+    early = [r for r in results if r.due_in is not None and r.outcome is Delivery.SKIPPED
+             and 0 < r.due_in <= SCHEDULER_EARLINESS_SECONDS]  # fmt: skip
+    if early and not stopping.is_set():
         # RQ's scheduler keeps whole seconds, so a retry can start a moment before the time
-        # the row was given; wait for it rather than leave the row to the relay's sweep.
-        time.sleep(result.due_in)
-        result = _deliver(runtime, notification_id)
-    if result.outcome is Delivery.RETRY:
-        raise GatewayUnavailable(f"notification {notification_id}: {result.error}")
-    if result.outcome is Delivery.FAILED:
+        # its rows were given; wait for them rather than leave them to the relay's sweep.
+        time.sleep(max(r.due_in or 0 for r in early))
+        again = _deliver(runtime, policy, [r.notification_id for r in early], deadline)
+        results = [r for r in results if r not in early] + again.results
+        left += again.left
+    if left:
+        _hand_over(left)
+    outcomes = Counter(result.outcome for result in results)
+    summary = ", ".join(f"{n} {outcome.value}" for outcome, n in sorted(outcomes.items()))
+    if outcomes[Delivery.RETRY]:
+        errors = {r.error or "" for r in results if r.outcome is Delivery.RETRY}
+        raise GatewayUnavailable(f"notifications to try again ({summary}): {sorted(errors)}")
+    if outcomes[Delivery.FAILED]:
         from rq import get_current_job
 
         job = get_current_job()
         if job is not None:
-            job.retries_left = 0  # another try could only find the row failed and do nothing
-        raise NotificationFailed(f"notification {notification_id}: {result.error}")
-    return result.outcome.value
+            job.retries_left = 0  # another try could only find the rows done and do nothing
+        failed = [r.notification_id for r in results if r.outcome is Delivery.FAILED]
+        raise NotificationFailed(f"notification(s) {failed} failed ({summary})")
+    return summary
 
 
-def _deliver(runtime: Runtime, notification_id: int) -> DeliveryResult:
-    return deliver(
-        runtime.database,
-        runtime.channel_for,
-        notification_id,
-        merchant_name=runtime.settings.merchant_name,
-        policy=runtime.retry_policy,
-    )
+def send_notification(notification_id: int) -> str:
+    """The job as enqueued before batches (one row): jobs still queued from then run as is."""
+    return send_notifications([notification_id])
 
 
-def job_id(notification_id: int, attempts: int) -> str:
-    """Deterministic per (row, attempt): a relay that runs twice enqueues the same job."""
+def _deliver(
+    runtime: Runtime, policy: RetryPolicy, notification_ids: list[int], deadline: float
+) -> Batch:
+    return deliver_batch(
+        runtime.database, runtime.channel_for, notification_ids,
+        merchant_name=runtime.settings.merchant_name, policy=policy, stop=stopping.is_set,
+        deadline=deadline,
+    )  # fmt: skip
+
+
+def _hand_over(notification_ids: list[int]) -> None:
+    """A new job, on this job's queue, for the rows this one did not get to."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:  # not run by RQ: the relay hands the rows out again after lost_after
+        return
+    queue = make_queue(job.connection, job.origin)
+    intervals = process_runtime().settings.retry_intervals
+    enqueue_batches(queue, [notification_ids], intervals, salt=job.id)
+
+
+def job_id(notification_ids: Sequence[int], attempts: Sequence[int], salt: str = "") -> str:
+    """Deterministic per batch (its rows and their attempts): a relay that runs twice over the
+    same rows enqueues the same job."""
+    key = ",".join(f"{nid}:{n}" for nid, n in zip(notification_ids, attempts, strict=True))
+    digest = zlib.crc32(f"{salt}|{key}".encode())
+    return f"notify-{notification_ids[0]}-{len(notification_ids)}-{digest:08x}"
+
+
+def row_job_key(notification_id: int) -> str:
+    """The Redis key naming the job a row was last handed to (the relay asks RQ about it)."""
+    return f"orderpay:notification:{notification_id}:job"
+
+
+def legacy_job_id(notification_id: int, attempts: int) -> str:
+    """A job of one row, as enqueued before batches."""
     return f"notify-{notification_id}-{attempts}"
+
+
+def split(rows: Sequence[T], workers: int) -> list[list[T]]:
+    """Rows into jobs of at most JOB_ROWS, and at least one per worker while rows last, so
+    that a short backlog is shared by the workers rather than sent by one."""
+    if not rows:
+        return []
+    jobs = max(-(-len(rows) // JOB_ROWS), min(len(rows), max(1, workers)))
+    size = -(-len(rows) // jobs)
+    return [list(rows[start : start + size]) for start in range(0, len(rows), size)]
+
+
+def enqueue_batches(
+    queue: Queue, batches: Sequence[Sequence[int]], retry_intervals: tuple[int, ...],
+    attempts: Sequence[Sequence[int]] | None = None, salt: str = "",
+) -> int:  # fmt: skip
+    """One job per batch, and each row's job named under row_job_key, in one pipeline."""
+    from rq import Retry
+
+    retry = Retry(max=len(retry_intervals), interval=list(retry_intervals))
+    named = [
+        (batch, job_id(batch, attempts[i] if attempts else [-1] * len(batch), salt))
+        for i, batch in enumerate(batches)
+    ]
+    jobs = [
+        queue.prepare_data(
+            send_notifications, args=(list(batch),), job_id=jid, retry=retry,
+            timeout=JOB_TIMEOUT_SECONDS, result_ttl=RESULT_TTL_SECONDS,
+            failure_ttl=FAILURE_TTL_SECONDS,
+        )
+        for batch, jid in named
+    ]  # fmt: skip
+    with queue.connection.pipeline() as pipeline:
+        queue.enqueue_many(jobs, pipeline=pipeline)
+        for batch, jid in named:
+            for nid in batch:
+                pipeline.set(row_job_key(nid), jid, ex=FAILURE_TTL_SECONDS)
+        pipeline.execute()
+    return len(jobs)
 
 
 def make_queue(redis: Redis, name: str = QUEUE_NAME) -> Queue:
@@ -155,10 +257,10 @@ class Relay:
         self.batch = batch
 
     def relay_once(self) -> tuple[int, int]:
-        """Enqueue one batch: (rows looked at, jobs pushed). The rows are marked only if
-        Redis took the jobs."""
+        """Enqueue one pass: (rows looked at, rows handed to new jobs). The rows are marked
+        only if Redis took the jobs."""
         from redis.exceptions import RedisError
-        from rq import Retry
+        from rq import Worker
 
         with self.database.transaction() as conn:
             now = utcnow()
@@ -167,40 +269,39 @@ class Relay:
                 return 0, 0
             try:
                 held = self._held_by_rq([row for row in rows if row.handed_out])
-                retry = Retry(max=len(self.retry_intervals), interval=list(self.retry_intervals))
-                jobs = [
-                    self.queue.prepare_data(
-                        send_notification,
-                        args=(row.notification_id,),
-                        job_id=job_id(row.notification_id, row.attempts),
-                        retry=retry,
-                        timeout=JOB_TIMEOUT_SECONDS,
-                        result_ttl=RESULT_TTL_SECONDS,
-                        failure_ttl=FAILURE_TTL_SECONDS,
-                    )
-                    for row in rows
-                    if row.notification_id not in held
-                ]
-                # One pipeline per batch; if Redis fails, the transaction rolls back and the
+                due = [row for row in rows if row.notification_id not in held]
+                workers = Worker.count(connection=self.queue.connection, queue=self.queue)
+                batches = split(due, workers)
+                # One pipeline per pass; if Redis fails, the transaction rolls back and the
                 # rows wait for the next try.
-                if jobs:
-                    self.queue.enqueue_many(jobs)
+                if batches:
+                    ids = [[row.notification_id for row in batch] for batch in batches]
+                    attempts = [[row.attempts for row in batch] for batch in batches]
+                    enqueue_batches(self.queue, ids, self.retry_intervals, attempts)
             except RedisError as error:
                 raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
             # Held rows are marked too: RQ is asked about them again only after lost_after.
             outbox.mark_enqueued(conn, [row.notification_id for row in rows], now)
-        return len(rows), len(jobs)
+        return len(rows), len(due)
 
     def _held_by_rq(self, rows: list[Relayable]) -> set[int]:
-        """The rows whose current job RQ still holds (queued, scheduled, started...)."""
+        """The rows whose current job RQ still holds (queued, scheduled, deferred...): the
+        job named under row_job_key, or the one-row job of before batches."""
         if not rows:
             return set()
         from rq.job import Job
 
         redis = self.queue.connection
+        named = redis.mget([row_job_key(row.notification_id) for row in rows])
+        jobs = [
+            (name.decode() if isinstance(name, bytes) else str(name))
+            if name is not None
+            else legacy_job_id(row.notification_id, row.attempts)
+            for row, name in zip(rows, named, strict=True)
+        ]
         with redis.pipeline(transaction=False) as pipeline:
-            for row in rows:
-                pipeline.hget(Job.key_for(job_id(row.notification_id, row.attempts)), "status")
+            for jid in jobs:
+                pipeline.hget(Job.key_for(jid), "status")
             statuses = pipeline.execute()
         return {
             row.notification_id
@@ -209,7 +310,7 @@ class Relay:
         }
 
     def relay_due(self) -> int:
-        """Enqueue every due row now (batch after batch); the number of jobs pushed."""
+        """Enqueue every due row now (pass after pass); the number of rows handed to jobs."""
         total = 0
         while True:
             looked_at, pushed = self.relay_once()

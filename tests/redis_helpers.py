@@ -638,3 +638,25 @@ def worker_processes_fixture(tmp_path: Path) -> Iterator[Callable[..., WorkerPro
     finally:
         for worker in started:
             worker.close()
+
+
+def queued_jobs(redis: Redis) -> dict[str, list[int]]:
+    """The jobs waiting in orderpay's queue, in order, with the rows each one delivers."""
+    import zlib
+
+    jobs_rows: dict[str, list[int]] = {}
+    for raw in redis.lrange(f"rq:queue:{jobs.QUEUE_NAME}", 0, -1):
+        job_id = raw.decode()
+        data = redis.hget(f"rq:job:{job_id}", "data")
+        function, _instance, args, _kwargs = json.loads(zlib.decompress(data)) if data else (
+            None, None, [[]], {},
+        )  # fmt: skip
+        jobs_rows[job_id] = list(args[0]) if function == "orderpay.jobs.send_notifications" else [
+            args[0]
+        ]  # fmt: skip
+    return jobs_rows
+
+
+def queued_rows(redis: Redis) -> list[int]:
+    """The rows the jobs waiting in orderpay's queue deliver, in order."""
+    return [nid for rows in queued_jobs(redis).values() for nid in rows]

@@ -13,7 +13,7 @@ from contextlib import closing
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus
@@ -29,8 +29,8 @@ from orderpay.notify.delivery import (
 from orderpay.notify.drain import Drain
 from orderpay.payments.callbacks import apply_callback, parse_callback
 from orderpay.store.db import Database
-from orderpay.store.notifications import Attempt, NotifyTarget
-from orderpay.store.outbox import claim_attempt, claim_next_due
+from orderpay.store.notifications import NotifyTarget
+from orderpay.store.outbox import claim_among, claim_next_due
 from orderpay.store.schema import notifications, webhook_events
 from orderpay.store.timeline import events_of
 from tests.builders import AMA
@@ -256,41 +256,22 @@ def test_a_duplicate_job_while_the_first_attempt_holds_its_lease_sends_nothing(
     assert gateway.count() == 1
 
 
-def test_a_job_that_waits_on_another_jobs_claim_of_the_row_takes_nothing(db: Database) -> None:
-    # The second claim blocks on the first one's row lock, then re-checks the row it waited
-    # for: the row is leased now, so it returns no attempt rather than a second one.
-    settled = a_settled_payment(db)
+def test_a_job_whose_rows_another_job_is_claiming_takes_none_of_them(db: Database) -> None:
+    # SKIP LOCKED: the second claim neither waits for the first one's row locks nor takes a
+    # second attempt of a row the first one is claiming; it takes the rows no one holds.
+    ids = [a_settled_payment(db).notification_id for _ in range(3)]
     other = Database(db.url)
-    second: list[Attempt | None] = []
     try:
         with db.transaction() as holding:
-            first = claim_attempt(holding, settled.notification_id, LEASE, utcnow())
-            waiting = threading.Thread(target=lambda: second.append(
-                claim_in_own_transaction(other, settled.notification_id)
-            ))  # fmt: skip
-            waiting.start()
-            wait_until(lambda: sessions_waiting_on_a_lock(db) == 1, what="the second claim")
-        waiting.join(10)
+            first = claim_among(holding, ids[:2], 2, LEASE, utcnow())
+            with other.transaction() as conn:
+                second = claim_among(conn, ids, 3, LEASE, utcnow())
     finally:
         other.dispose()
 
-    assert first is not None
-    assert first.number == 1
-    assert second == [None]
-    assert notification(db, settled.notification_id).attempts == 1
-
-
-def claim_in_own_transaction(database: Database, notification_id: int) -> Attempt | None:
-    with database.transaction() as conn:
-        return claim_attempt(conn, notification_id, LEASE, utcnow())
-
-
-def sessions_waiting_on_a_lock(database: Database) -> int:
-    with database.engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )).scalar_one())  # fmt: skip
+    assert [attempt.notification_id for attempt in first] == ids[:2]
+    assert [attempt.notification_id for attempt in second] == ids[2:]
+    assert [notification(db, nid).attempts for nid in ids] == [1, 1, 1]
 
 
 def test_rows_another_drain_is_claiming_are_skipped(db: Database) -> None:

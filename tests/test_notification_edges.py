@@ -41,6 +41,7 @@ from tests.redis_helpers import (
     in_process_worker_fixture,  # noqa: F401
     notification,
     notification_rows,
+    queued_rows,
     redis_client,
     redis_url_fixture,  # noqa: F401
     serving,
@@ -184,8 +185,9 @@ def relay_due(db: Database, redis_url: str) -> None:
 
 
 def queue_length(redis_url: str) -> int:
+    """How many rows the jobs in the queue hold (a job holds a batch of rows)."""
     with redis_client(redis_url) as redis:
-        return int(redis.llen(QUEUE_KEY))
+        return len(queued_rows(redis))
 
 
 def test_a_backlog_waiting_in_rq_is_never_pushed_again_however_long_it_waits(
@@ -211,7 +213,7 @@ def test_jobs_lost_by_a_flushed_redis_are_pushed_again_once_lost_after_has_passe
         a_settled_payment(db)
     relay_due(db, redis_url)
     with redis_client(redis_url) as redis:
-        handed_out = redis.llen(QUEUE_KEY)
+        handed_out = len(queued_rows(redis))
         redis.flushdb()  # the queue and every job hash are gone
 
     relay_due(db, redis_url)

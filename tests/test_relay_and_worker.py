@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from redis import Redis
 from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -22,7 +23,15 @@ from sqlalchemy import text
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus
 from orderpay.errors import QueueUnavailable
-from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, job_id, make_queue, send_notification
+from orderpay.jobs import (
+    QUEUE_NAME,
+    Relay,
+    connect_redis,
+    make_queue,
+    row_job_key,
+    send_notification,
+    send_notifications,
+)  # fmt: skip
 from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
@@ -43,6 +52,7 @@ from tests.redis_helpers import (
     notification,
     notification_rows,
     private_redis_fixture,  # noqa: F401
+    queued_rows,
     redis_client,
     redis_url_fixture,  # noqa: F401
     run_orderpay,
@@ -68,6 +78,13 @@ def relay(db: Database, url: str, *, lost_after: timedelta = timedelta(seconds=6
         return Relay(db, make_queue(redis), (1, 1, 1, 1, 1), lost_after=lost_after).relay_due()
     finally:
         redis.close()
+
+
+def handed_to(redis: Redis, notification_id: int) -> str:
+    """The id of the job the relay last handed this row to."""
+    name = redis.get(row_job_key(notification_id))
+    assert name is not None
+    return bytes(name).decode()
 
 
 def run_jobs(url: str) -> None:
@@ -119,11 +136,11 @@ def test_the_job_is_enqueued_as_json_with_the_notification_id_only(
     assert relay(db, redis_url) == 1
 
     with redis_client(redis_url) as redis:
-        data = redis.hget(f"rq:job:{job_id(settled.notification_id, 0)}", "data")
+        data = redis.hget(f"rq:job:{handed_to(redis, settled.notification_id)}", "data")
     assert data is not None
     function, instance, args, kwargs = json.loads(zlib.decompress(data))
-    assert function == "orderpay.jobs.send_notification"
-    assert (instance, args, kwargs) == (None, [settled.notification_id], {})
+    assert function == "orderpay.jobs.send_notifications"
+    assert (instance, args, kwargs) == (None, [[settled.notification_id]], {})
 
 
 def test_nothing_in_redis_names_the_customers_phone_or_a_secret(
@@ -156,9 +173,7 @@ def test_the_relay_marks_rows_enqueued_so_a_second_relay_enqueues_nothing(
     assert row.enqueued_at is not None
     assert row.status is NotificationStatus.PENDING
     with redis_client(redis_url) as redis:
-        assert redis.lrange(f"rq:queue:{QUEUE_NAME}", 0, -1) == [
-            job_id(settled.notification_id, 0).encode()
-        ]
+        assert queued_rows(redis) == [settled.notification_id]
 
 
 def test_a_relay_that_suspects_a_lost_job_still_queued_in_rq_pushes_nothing_more(
@@ -173,12 +188,13 @@ def test_a_relay_that_suspects_a_lost_job_still_queued_in_rq_pushes_nothing_more
         with redis_client(redis_url) as redis:
             jobs = list(redis.scan_iter("rq:job:*"))
             queued = redis.llen(f"rq:queue:{QUEUE_NAME}")
+            handed = handed_to(redis, settled.notification_id)
 
         run_jobs(redis_url)
 
         requests = gateway.count()
     assert relayed == [1, 0]
-    assert jobs == [f"rq:job:{job_id(settled.notification_id, 0)}".encode()]
+    assert jobs == [f"rq:job:{handed}".encode()]
     assert queued == 1
     assert requests == 1
     assert notification(db, settled.notification_id).status is NotificationStatus.SENT
@@ -196,7 +212,7 @@ def test_a_re_run_job_sends_nothing_more(
         with redis_client(redis_url) as redis:
             make_queue(redis).enqueue(
                 send_notification, settled.notification_id,
-                job_id=job_id(settled.notification_id, 0),
+                job_id="the-same-job-again",
             )  # fmt: skip
 
         run_jobs(redis_url)
@@ -227,9 +243,7 @@ def test_one_message_per_settled_payment_across_a_replayed_callback_a_double_rel
         run_jobs(redis_url)
         (row,) = notification_rows(db)
         with redis_client(redis_url) as redis:
-            make_queue(redis).enqueue(
-                send_notification, row["id"], job_id=job_id(row["id"], row["attempts"])
-            )
+            make_queue(redis).enqueue(send_notifications, [row["id"]], job_id="the-same-job-again")
         run_jobs(redis_url)
 
         requests = gateway.count()
@@ -442,10 +456,11 @@ def test_rq_marks_the_notification_failed_with_the_error_after_the_last_retry(
     assert row.last_error is not None
     assert "HTTP 500" in row.last_error
     with redis_client(redis_url) as redis:
+        handed = handed_to(redis, settled.notification_id)
         failed = FailedJobRegistry(
             QUEUE_NAME, connection=redis, serializer=JSONSerializer
         ).get_job_ids()
-    assert failed == [job_id(settled.notification_id, 0)]
+    assert failed == [handed]
 
 
 def test_a_gateway_that_never_answers_does_not_hang_the_rq_worker(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -101,7 +101,14 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
     from rq.serializers import JSONSerializer
 
     from orderpay.errors import QueueUnavailable
-    from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, make_queue, runtime_for_jobs
+    from orderpay.jobs import (
+        QUEUE_NAME,
+        Relay,
+        connect_redis,
+        make_queue,
+        runtime_for_jobs,
+        stopping,
+    )  # fmt: skip
 
     assert rt.settings.redis_url is not None
     redis = connect_redis(rt.settings.redis_url)
@@ -114,7 +121,17 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
         rt.database, queue, rt.settings.retry_intervals,
         lost_after=timedelta(seconds=rt.settings.relay_lost_after_seconds),
     )  # fmt: skip
-    worker_type = SimpleWorker if simple else Worker
+    worker_type: type[Any] = SimpleWorker if simple else Worker
+    if simple:
+
+        class StoppingWorker(SimpleWorker):
+            def request_stop(self, signum: int, frame: Any) -> None:
+                # The batch job in flight ends after its current send (jobs.stopping).
+                stopping.set()
+                super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+        worker_type = StoppingWorker
+    stopping.clear()
     if not simple:
         from orderpay.notify.delivery import compile_ahead
         from orderpay.tls import tls_context

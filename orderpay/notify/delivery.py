@@ -1,4 +1,4 @@
-"""Delivering one notification (DESIGN.md section 5, Notify): the job's rules.
+"""Delivering notifications (DESIGN.md section 5, Notify): the job's rules.
 
 One attempt is three steps, the channel called between transactions:
 1. claim: a compare-and-set that counts the attempt and leases the row (store.outbox), right
@@ -6,16 +6,19 @@ One attempt is three steps, the channel called between transactions:
 2. send through the row's own channel (the one written on it when it was queued);
 3. record: `sent` with the gateway's message id; or, on any failure, a retry after the backoff,
    or `failed` with the error after the last try or a refusal.
-A worker without the settings of the row's channel leaves the row pending, uncounted, with the
-reason in last_error. A worker killed mid-send leaves the lease to run out; the relay (or the
-embedded drain) then hands the row out again, and the next attempt sends it.
+An RQ job runs these steps for a batch of rows, a group at a time (deliver_batch): one claim
+and one record per group. A worker without the settings of the row's channel leaves the row
+pending, uncounted, with the reason in last_error. A worker killed mid-send leaves the lease to
+run out; the relay (or the embedded drain) then hands the row out again, and the next attempt
+sends it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -28,9 +31,22 @@ from orderpay.errors import GatewayRejected, OrderpayError
 from orderpay.notify.channels import Channel, OutgoingMessage
 from orderpay.store import outbox
 from orderpay.store.db import Transactional, retrying
-from orderpay.store.notifications import Attempt, pending_due_at
+from orderpay.store.notifications import Attempt, Outcome, Recorded, pending_due_times
 
 log = logging.getLogger("orderpay.notify")
+
+# A batch is claimed and recorded in groups, each sized to be sent in about this long: a whole
+# batch for the log channel. A row whose channel reaches the customer (sms, webhook) is always
+# a group of its own, recorded right after its send, so a killed worker leaves at most that
+# one row sent but unrecorded (sent again once its lease runs out), as before batching.
+GROUP_SECONDS = 0.05
+# Channels whose send a customer cannot receive twice: the only ones sent in groups.
+GROUPED_CHANNELS = frozenset({"log"})
+FIRST_GROUP = 1  # before the channel's pace is known
+MAX_GROUP = 500
+# A row after the first of its group is sent only if its lease outlasts the longest send by
+# this much, the time to record its outcome.
+RECORD_MARGIN_SECONDS = 1.0
 
 
 class Delivery(StrEnum):
@@ -55,6 +71,13 @@ class DeliveryResult:
 class RetryPolicy:
     intervals: tuple[int, ...]  # seconds before each retry; len(intervals) retries
     lease_seconds: float
+    # The longest one send may take (the channels' timeout); None: as long as the lease, so
+    # that a group sends only its first row.
+    send_seconds: float | None = None
+
+    @property
+    def longest_send(self) -> float:
+        return self.lease_seconds if self.send_seconds is None else self.send_seconds
 
     @property
     def max_attempts(self) -> int:
@@ -118,21 +141,86 @@ def deliver(
     policy: RetryPolicy,
 ) -> DeliveryResult:
     """One delivery attempt of one notification; safe to call twice or concurrently."""
+    batch = deliver_batch(
+        db, channels, [notification_id], merchant_name=merchant_name, policy=policy
+    )
+    return batch.results[0]
 
-    def claim(conn: Connection) -> Attempt | DeliveryResult:
-        now = utcnow()
-        lease = timedelta(seconds=policy.lease_seconds)
-        attempt = outbox.claim_attempt(conn, notification_id, lease, now)
-        if attempt is not None:
-            return attempt
-        due_at = pending_due_at(conn, notification_id)
-        due_in = (due_at - now).total_seconds() if due_at is not None else None
-        return DeliveryResult(Delivery.SKIPPED, notification_id, due_in=due_in)
 
-    claimed = retrying(db, claim)
-    if isinstance(claimed, DeliveryResult):
-        return claimed
-    return send_attempt(db, channels, claimed, merchant_name=merchant_name, policy=policy)
+@dataclass(frozen=True, slots=True)
+class Batch:
+    results: list[DeliveryResult]  # one per row tried, or found not ours to send (SKIPPED)
+    left: list[int]  # rows not tried (stopped, or out of time): to be handed out again
+
+
+def deliver_batch(
+    db: Transactional,
+    channels: Channels,
+    notification_ids: Sequence[int],
+    *,
+    merchant_name: str,
+    policy: RetryPolicy,
+    stop: Callable[[], bool] = lambda: False,
+    deadline: float | None = None,
+) -> Batch:
+    """Deliver these rows (an RQ job's), each through its own channel, in claimed groups.
+
+    A group is claimed in one statement right before its sends, sent one row after another,
+    and its outcomes recorded in one statement. A group is sized to take about GROUP_SECONDS,
+    and only log rows share one: an sms or webhook row is sent alone and recorded right after
+    its send, so a killed worker leaves at most that row to be sent again. A row after
+    the first of its group is sent only while its lease outlasts the longest send, or it is
+    given back and claimed again with a fresh lease. `stop()` (SIGTERM) and `deadline`
+    (time.monotonic()) end the batch between two sends: the rows not tried are in `left`.
+    """
+    remaining = list(dict.fromkeys(notification_ids))
+    results: list[DeliveryResult] = []
+    lease = timedelta(seconds=policy.lease_seconds)
+    size = FIRST_GROUP
+
+    def over() -> bool:
+        return stop() or (deadline is not None and time.monotonic() >= deadline)
+
+    while remaining:
+        if over():
+            return Batch(results, remaining)
+        claimed = _claim(db, remaining, size, lease)
+        if not claimed:
+            break
+        taken = {attempt.notification_id for attempt in claimed}
+        remaining = [nid for nid in remaining if nid not in taken]
+        started = time.monotonic()
+        done: list[Recorded] = []
+        try:
+            for index, attempt in enumerate(claimed):
+                if index > 0 and (
+                    over()
+                    or attempt.channel not in GROUPED_CHANNELS
+                    or not _lease_covers_a_send(attempt, policy)
+                ):
+                    break
+                done.append(_send_one(channels, attempt, merchant_name, policy))
+        finally:
+            # Also on the way out of an error: the rows sent are recorded, the rest given
+            # back (due at once), before the error goes up.
+            unsent = claimed[len(done) :]
+            done += [Recorded(attempt, Outcome.RELEASED) for attempt in unsent]
+            results += _record(db, done, policy)
+        remaining = [attempt.notification_id for attempt in unsent] + remaining
+        per_send = (time.monotonic() - started) / (len(claimed) - len(unsent))
+        size = max(1, min(MAX_GROUP, int(GROUP_SECONDS / per_send) if per_send else MAX_GROUP))
+        if any(attempt.channel not in GROUPED_CHANNELS for attempt in claimed):
+            size = 1  # the next rows are likely the same channel's: one at a time
+    now = utcnow()
+    due = retrying(db, lambda conn: pending_due_times(conn, remaining)) if remaining else {}
+    for nid in remaining:
+        due_in = (due[nid] - now).total_seconds() if nid in due else None
+        results.append(DeliveryResult(Delivery.SKIPPED, nid, due_in=due_in))
+    return Batch(results, [])
+
+
+def _claim(db: Transactional, among: list[int], size: int, lease: timedelta) -> list[Attempt]:
+    return retrying(db, lambda conn: outbox.claim_among(conn, among, size, lease, utcnow()))
 
 
 def send_attempt(
@@ -144,47 +232,79 @@ def send_attempt(
     policy: RetryPolicy,
 ) -> DeliveryResult:
     """Steps 2 and 3 for a claimed attempt: send outside any transaction, then record."""
+    return _record(db, [_send_one(channels, attempt, merchant_name, policy)], policy)[0]
+
+
+def _lease_covers_a_send(attempt: Attempt, policy: RetryPolicy) -> bool:
+    """Whether a send started now ends, and is recorded, while the claim still holds the row:
+    after that, another worker may claim it and send it again."""
+    left = (attempt.lease_until - utcnow()).total_seconds()
+    return left >= policy.longest_send + RECORD_MARGIN_SECONDS
+
+
+def _send_one(
+    channels: Channels, attempt: Attempt, merchant_name: str, policy: RetryPolicy
+) -> Recorded:
+    """Send one claimed row through its own channel; what became of it, not yet recorded."""
     try:
         channel = channels(attempt.channel)
     except OrderpayError as error:
-        return _hold(db, attempt, error.message, policy)
-    message = render(attempt, merchant_name)
+        # Left pending, uncounted, for a worker that has the row's channel.
+        reason = f"this worker cannot send through the {attempt.channel} channel: {error.message}"
+        log.warning("notification %s: %s", attempt.notification_id, reason)
+        until = utcnow() + timedelta(seconds=policy.lease_seconds)
+        return Recorded(attempt, Outcome.HELD, error=reason, due_at=until)
+    body = ""
     try:
+        message = render(attempt, merchant_name)
+        body = message.text
         message_id = channel.send(message)
-    except Exception as error:  # any failure is a failed attempt, counted towards the limit
+    except Exception as error:  # any failure is a failed attempt of this row, and only this row
         reason = error.message if isinstance(error, OrderpayError) else _describe(error)
-        final = isinstance(error, GatewayRejected) or attempt.number >= policy.max_attempts
-        retry_in = None if final else policy.delay_after(attempt.number)
         log.warning("notification %s, try %s: %s", attempt.notification_id, attempt.number,
                     reason)  # fmt: skip
-        recorded = retrying(
-            db,
-            lambda conn: outbox.record_failure(
-                conn, attempt, body=message.text, error=reason, retry_in=retry_in
-            ),
-        )
-        if not recorded:
-            return DeliveryResult(Delivery.SKIPPED, attempt.notification_id, attempt.number, reason)
-        outcome = Delivery.RETRY if retry_in is not None else Delivery.FAILED
-        return DeliveryResult(outcome, attempt.notification_id, attempt.number, reason, retry_in)
-    if not retrying(db, lambda conn: outbox.mark_sent(conn, attempt, message.text, message_id)):
-        # Our lease ran out and another attempt took the row over while we were sending.
-        log.warning("notification %s: sent, but attempt %s no longer held the row",
-                    attempt.notification_id, attempt.number)  # fmt: skip
-        return DeliveryResult(Delivery.SKIPPED, attempt.notification_id, attempt.number)
-    return DeliveryResult(Delivery.SENT, attempt.notification_id, attempt.number)
+        if isinstance(error, GatewayRejected) or attempt.number >= policy.max_attempts:
+            return Recorded(attempt, Outcome.FAILED, body=body, error=reason)
+        retry_in = policy.delay_after(attempt.number)
+        due_at = utcnow() + timedelta(seconds=retry_in)
+        return Recorded(attempt, Outcome.RETRY, body, error=reason, due_at=due_at,
+                        retry_in=retry_in)  # fmt: skip
+    return Recorded(attempt, Outcome.SENT, body=body, message_id=message_id)
 
 
-def _hold(db: Transactional, attempt: Attempt, why: str, policy: RetryPolicy) -> DeliveryResult:
-    """Leave the row pending, uncounted, for a worker that has the row's channel."""
-    error = f"this worker cannot send through the {attempt.channel} channel: {why}"
-    until = utcnow() + timedelta(seconds=policy.lease_seconds)
-    retrying(db, lambda conn: outbox.hold(conn, attempt, error, until))
-    log.warning("notification %s: %s", attempt.notification_id, error)
-    return DeliveryResult(
-        Delivery.HELD, attempt.notification_id, attempt.number - 1, error,
-        due_in=policy.lease_seconds,
-    )  # fmt: skip
+_RESULT = {
+    Outcome.SENT: Delivery.SENT,
+    Outcome.RETRY: Delivery.RETRY,
+    Outcome.FAILED: Delivery.FAILED,
+    Outcome.HELD: Delivery.HELD,
+}
+
+
+def _record(db: Transactional, done: list[Recorded], policy: RetryPolicy) -> list[DeliveryResult]:
+    """Record a group's outcomes in one transaction; a result for each row tried."""
+    written = retrying(db, lambda conn: outbox.record_outcomes(conn, done))
+    results = []
+    for recorded in done:
+        attempt, outcome = recorded.attempt, recorded.outcome
+        nid = attempt.notification_id
+        if outcome is Outcome.RELEASED:
+            continue  # never tried: claimed again later
+        if nid not in written:
+            if outcome is Outcome.SENT:
+                # Our lease ran out and another attempt took the row over while we were sending.
+                log.warning("notification %s: sent, but attempt %s no longer held the row",
+                            nid, attempt.number)  # fmt: skip
+            results.append(DeliveryResult(Delivery.SKIPPED, nid, attempt.number, recorded.error))
+        elif outcome is Outcome.HELD:
+            results.append(DeliveryResult(
+                Delivery.HELD, nid, attempt.number - 1, recorded.error,
+                due_in=policy.lease_seconds,
+            ))  # fmt: skip
+        else:
+            results.append(DeliveryResult(
+                _RESULT[outcome], nid, attempt.number, recorded.error, recorded.retry_in
+            ))  # fmt: skip
+    return results
 
 
 def _describe(error: Exception) -> str:
@@ -204,8 +324,8 @@ def compile_ahead(conn: Connection, policy: RetryPolicy) -> None:
     (about 10 ms a job on a 2-core machine). Changes nothing in the database.
     """
     now = utcnow()
-    outbox.claim_attempt(conn, _NO_ROW, timedelta(seconds=policy.lease_seconds), now)
-    pending_due_at(conn, _NO_ROW)
+    outbox.claim_among(conn, [_NO_ROW], 1, timedelta(seconds=policy.lease_seconds), now)
+    pending_due_times(conn, [_NO_ROW])
     nobody = uuid.UUID(int=0)
     attempt = Attempt(_NO_ROW, 1, now, nobody, nobody, "log", "", Money(0, "GHS"), "")
-    outbox.mark_sent(conn, attempt, "", "")
+    outbox.record_outcomes(conn, [Recorded(attempt, Outcome.SENT, message_id="")])

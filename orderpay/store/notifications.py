@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
@@ -135,6 +136,20 @@ def by_gateway_message(conn: Connection, message_id: str) -> tuple[int, uuid.UUI
     return None if row is None else (row[0], row[1], row[2])
 
 
+def pending_due_times(conn: Connection, notification_ids: list[int]) -> dict[int, datetime]:
+    """pending_due_at of several rows, in one statement: the pending ones among them."""
+    if not notification_ids:
+        return {}
+    rows = conn.execute(_PENDING_DUE_AMONG, {"b_ids": notification_ids})
+    return {nid: max(due_at, lease or due_at) for nid, due_at, lease in rows}
+
+
+_PENDING_DUE_AMONG = select(
+    notifications.c.id, notifications.c.due_at, notifications.c.lease_until
+).where(
+    notifications.c.id.in_(bindparam("b_ids", expanding=True)),
+    notifications.c.status == NotificationStatus.PENDING.value,
+)
 _PENDING_DUE = select(notifications.c.due_at, notifications.c.lease_until).where(
     notifications.c.id == bindparam("b_id"),
     notifications.c.status == NotificationStatus.PENDING.value,
@@ -250,3 +265,40 @@ def attempt_of(
         nid, number if number is not None else attempts, lease or lease_until, order_id,
         payment_id, channel, recipient, Money(int(amount), currency), name, kind, refund_id,
     )  # fmt: skip
+
+
+class Outcome(StrEnum):
+    """What became of a claimed attempt (recorded by store.outbox.record_outcomes)."""
+
+    SENT = "sent"
+    RETRY = "retry"  # a failed try: due again at `due_at`
+    FAILED = "failed"  # the last try failed, or the gateway refused
+    HELD = "held"  # given back uncounted, pending until `due_at`: no settings for its channel
+    RELEASED = "released"  # given back uncounted before its send started: due again at once
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    attempt: Attempt
+    outcome: Outcome
+    body: str = ""  # the rendered message (SENT, FAILED)
+    message_id: str | None = None  # SENT: the gateway's
+    error: str | None = None  # RETRY, FAILED, HELD
+    due_at: datetime | None = None  # RETRY, HELD
+    retry_in: int | None = None  # RETRY: seconds, for the timeline
+
+
+def event_of(done: Recorded) -> tuple[str, str] | None:
+    """The timeline row (event, detail) an outcome writes, if any."""
+    nid = done.attempt.notification_id
+    if done.outcome is Outcome.SENT:
+        return "notification_sent", f"notification {nid} sent ({done.message_id})"
+    if done.outcome is Outcome.FAILED:
+        return "notification_failed", f"notification {nid}: {done.error}"
+    if done.outcome is Outcome.RETRY:
+        return (
+            "notification_attempt_failed",
+            f"notification {nid}, try {done.attempt.number}: {done.error}; "
+            f"retry in {done.retry_in} s",
+        )
+    return None

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Insert, String, Text, bindparam, literal, select, update
+from sqlalchemy import Connection, Insert, String, Text, bindparam, literal, select, text, update
 from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
@@ -32,11 +32,20 @@ from orderpay.store.notifications import (
     Attempt,
     Notification,
     NotifyTarget,
+    Outcome,
+    Recorded,
     attempt_of,
+    event_of,
     from_row,
     get_notification,
 )
-from orderpay.store.schema import UTCDateTime, customers, notifications, orders, payments
+from orderpay.store.schema import (
+    UTCDateTime,
+    customers,
+    notifications,
+    orders,
+    payments,
+)  # fmt: skip
 
 PAYMENT_RECEIVED = "payment_received"
 REFUND_SENT = "refund_sent"
@@ -121,78 +130,77 @@ _joined = (
 _free = notifications.c.lease_until.is_(None) | (notifications.c.lease_until <= bindparam("b_now"))
 _due = (notifications.c.status == _PENDING, notifications.c.due_at <= bindparam("b_now"), _free)
 _claim_values = {
-    "attempts": notifications.c.attempts + 1,
-    "lease_until": bindparam("v_lease_until"),
+    "attempts": notifications.c.attempts + 1, "lease_until": bindparam("v_lease_until"),
     "updated_at": bindparam("b_now"),
-}
-# Postgres: one statement claims and returns the attempt; the UPDATE re-checks its conditions
-# on the row it waited for, so of two concurrent claims one takes the row, the other nothing.
-_CLAIM_ONE = (
-    update(notifications)
-    .where(notifications.c.id == bindparam("b_id"), *_due, *_joined)
-    .values(_claim_values)
-    .returning(*ATTEMPT_COLUMNS)
-)
+}  # fmt: skip
 _queued = notifications.alias("queued")  # not correlated with the UPDATE's own row
+_queued_due = (
+    _queued.c.status == _PENDING, _queued.c.due_at <= bindparam("b_now"),
+    _queued.c.lease_until.is_(None) | (_queued.c.lease_until <= bindparam("b_now")),
+)  # fmt: skip
+# Postgres: one statement claims and returns the attempts; the rows no other claim holds are
+# locked first (SKIP LOCKED), and the UPDATE re-checks its conditions on them, so of two
+# concurrent claims of a row one takes it, the other nothing.
 _NEXT_DUE_ID = (
-    select(_queued.c.id)
-    .where(
-        _queued.c.status == _PENDING,
-        _queued.c.due_at <= bindparam("b_now"),
-        _queued.c.lease_until.is_(None) | (_queued.c.lease_until <= bindparam("b_now")),
-    )
-    .order_by(_queued.c.due_at)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
-)
+    select(_queued.c.id).where(*_queued_due).order_by(_queued.c.due_at).limit(1)
+    .with_for_update(skip_locked=True).scalar_subquery()
+)  # fmt: skip
 _CLAIM_NEXT = (
+    update(notifications).where(notifications.c.id == _NEXT_DUE_ID, *_joined)
+    .values(_claim_values).returning(*ATTEMPT_COLUMNS)
+)  # fmt: skip
+# The rows are picked once, in a CTE: as a plain IN (subquery) Postgres may run the subquery
+# again for each row the UPDATE joins, skipping the rows the statement has just claimed and
+# taking the next ones, past the LIMIT.
+_PICKED = (
+    select(_queued.c.id)
+    .where(_queued.c.id.in_(bindparam("b_ids", expanding=True)), *_queued_due)
+    .order_by(_queued.c.id).limit(bindparam("b_limit")).with_for_update(skip_locked=True)
+    .cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
+)  # fmt: skip
+_CLAIM_AMONG = (
     update(notifications)
-    .where(notifications.c.id == _NEXT_DUE_ID, *_joined)
-    .values(_claim_values)
-    .returning(*ATTEMPT_COLUMNS)
-)
+    .where(notifications.c.id.in_(select(_PICKED.c.id)), *_due, *_joined)
+    .values(_claim_values).returning(*ATTEMPT_COLUMNS)
+)  # fmt: skip
 # SQLite (one writer at a time, under BEGIN IMMEDIATE) reads, then sets.
 _DUE_ROWS = (
     select(*ATTEMPT_COLUMNS).where(*_due, *_joined).order_by(notifications.c.due_at).limit(1)
 )
-_DUE_ROW = _DUE_ROWS.where(notifications.c.id == bindparam("b_id"))
+_DUE_AMONG = (
+    select(*ATTEMPT_COLUMNS)
+    .where(notifications.c.id.in_(bindparam("b_ids", expanding=True)), *_due, *_joined)
+    .order_by(notifications.c.id).limit(bindparam("b_limit"))
+)  # fmt: skip
 _SET_CLAIM = (
     update(notifications)
-    .where(notifications.c.id == bindparam("b_id"), notifications.c.attempts == bindparam("b_n"))
     .values(_claim_values)
+    .where(notifications.c.id == bindparam("b_id"), notifications.c.attempts == bindparam("b_n"))
 )
 # Every write of an attempt's outcome is conditional on the claim still holding the row.
 _OWNED = update(notifications).where(
-    notifications.c.id == bindparam("b_id"),
-    notifications.c.status == _PENDING,
+    notifications.c.id == bindparam("b_id"), notifications.c.status == _PENDING,
     notifications.c.attempts == bindparam("b_attempts"),
     notifications.c.lease_until == bindparam("b_lease"),
-)
-_SENT_WITH_EVENT = timeline.with_event(
-    _OWNED.values(
-        status=NotificationStatus.SENT.value,
-        body=bindparam("v_body"),
-        gateway_message_id=bindparam("v_message_id"),
-        last_error=None,
-        lease_until=None,
-        sent_at=bindparam("e_at"),
-        updated_at=bindparam("e_at"),
-    ).returning(notifications.c.order_id)
-)
+)  # fmt: skip
 
 
-def claim_attempt(
-    conn: Connection, notification_id: int, lease: timedelta, now: datetime
-) -> Attempt | None:
-    """The next attempt of one row (an RQ job): if it is pending, due and held by no one."""
+def claim_among(
+    conn: Connection, notification_ids: Sequence[int], limit: int, lease: timedelta,
+    now: datetime,
+) -> list[Attempt]:  # fmt: skip
+    """An RQ job's next attempts: up to `limit` of these rows that are pending, due and held
+    by no one, lowest id first, in one statement, all with the same lease. Rows another
+    worker is claiming meanwhile are left to it (SKIP LOCKED)."""
+    if not notification_ids or limit < 1:
+        return []
     lease_until = now + lease
+    params = {"b_ids": list(notification_ids), "b_now": now, "b_limit": limit}
     if conn.dialect.name == "postgresql":
-        params = {"b_id": notification_id, "b_now": now, "v_lease_until": lease_until}
-        row = conn.execute(_CLAIM_ONE, params).first()
-        return None if row is None else attempt_of(row)
-    row = conn.execute(_DUE_ROW, {"b_id": notification_id, "b_now": now}).first()
-    return None if row is None else _set_claim(conn, row, lease_until, now)
+        rows = conn.execute(_CLAIM_AMONG, {**params, "v_lease_until": lease_until}).all()
+        return sorted((attempt_of(row) for row in rows), key=lambda a: a.notification_id)
+    claimed = [_set_claim(conn, row, lease_until, now) for row in conn.execute(_DUE_AMONG, params)]
+    return [attempt for attempt in claimed if attempt is not None]
 
 
 def claim_next_due(conn: Connection, lease: timedelta, now: datetime) -> Attempt | None:
@@ -215,87 +223,100 @@ def _set_claim(
     return attempt_of(row, row[1] + 1, lease_until) if taken.rowcount == 1 else None
 
 
-def _owned(attempt: Attempt, **values: Any) -> dict[str, Any]:
-    """Parameters for _OWNED: only the attempt that holds the row may record its outcome."""
-    return {
-        "b_id": attempt.notification_id,
-        "b_attempts": attempt.number,
-        "b_lease": attempt.lease_until,
-        **values,
-    }
-
-
-def release_attempt(conn: Connection, attempt: Attempt) -> None:
-    """Undo a claim whose send never started: the row is free, and due, at once."""
-    conn.execute(_OWNED, _owned(attempt, attempts=attempt.number - 1, lease_until=None))
-
-
-def hold(conn: Connection, attempt: Attempt, error: str, until: datetime) -> bool:
-    """Give a claim back without counting it, and keep the row pending until `until` with
-    `error` as the reason (this worker cannot send through the row's channel). The relay
-    hands it out again once due."""
-    held = conn.execute(
-        _OWNED,
-        _owned(
-            attempt, attempts=attempt.number - 1, lease_until=None, due_at=until,
-            enqueued_at=None, last_error=error, updated_at=utcnow(),
-        ),
-    )  # fmt: skip
-    return bool(held.rowcount == 1)
-
-
-def mark_sent(conn: Connection, attempt: Attempt, body: str, message_id: str) -> bool:
-    """`sent`, with its timeline row, if the attempt still holds the row."""
-    now = utcnow()
-    detail = f"notification {attempt.notification_id} sent ({message_id})"
-    if conn.dialect.name == "postgresql":
-        params = _owned(
-            attempt, v_body=body, v_message_id=message_id, e_at=now,
-            e_event="notification_sent", e_detail=detail,
-        )  # fmt: skip
-        return conn.execute(_SENT_WITH_EVENT, params).first() is not None
-    moved = conn.execute(
-        _OWNED,
-        _owned(
-            attempt, status=NotificationStatus.SENT.value, body=body,
-            gateway_message_id=message_id, last_error=None, lease_until=None, sent_at=now,
-            updated_at=now,
-        ),
-    )  # fmt: skip
-    if moved.rowcount != 1:
-        return False
-    timeline.record_event(conn, attempt.order_id, "notification_sent", detail, at=now)
-    return True
-
-
-def record_failure(
-    conn: Connection,
-    attempt: Attempt,
-    *,
-    body: str,
-    error: str,
-    retry_in: int | None,
-) -> bool:
-    """A failed attempt: retried after `retry_in` seconds, or (None) the row is `failed`."""
-    now = utcnow()
-    if retry_in is None:
-        values: dict[str, Any] = {"status": NotificationStatus.FAILED.value, "body": body}
-        event = ("notification_failed", f"notification {attempt.notification_id}: {error}")
-    else:
-        # enqueued_at stays: the job's own retry (RQ) brings it back, or the embedded drain
-        # once due_at comes; the relay steps in only if RQ no longer holds the job.
-        values = {"due_at": now + timedelta(seconds=retry_in)}
-        event = (
-            "notification_attempt_failed",
-            f"notification {attempt.notification_id}, try {attempt.number}: {error}; "
-            f"retry in {retry_in} s",
+# Postgres: the outcomes of several attempts in one statement. Each row is written only if its
+# claim still holds it (same attempt number and lease, as _OWNED for one row); the timeline
+# rows of the rows written follow in the same statement.
+_RECORD_SQL = """
+UPDATE notifications AS x SET
+  status = CASE WHEN o.outcome IN ('sent', 'failed') THEN o.outcome ELSE x.status END,
+  body = CASE WHEN o.outcome IN ('sent', 'failed') THEN o.body ELSE x.body END,
+  gateway_message_id = CASE o.outcome WHEN 'sent' THEN o.message_id ELSE x.gateway_message_id END,
+  last_error = CASE o.outcome WHEN 'sent' THEN NULL WHEN 'released' THEN x.last_error
+               ELSE o.error END,
+  lease_until = NULL,
+  due_at = CASE WHEN o.outcome IN ('retry', 'held') THEN o.due_at ELSE x.due_at END,
+  attempts = CASE WHEN o.outcome IN ('held', 'released') THEN x.attempts - 1 ELSE x.attempts END,
+  enqueued_at = CASE o.outcome WHEN 'held' THEN NULL ELSE x.enqueued_at END,
+  sent_at = CASE o.outcome WHEN 'sent' THEN CAST(:e_at AS timestamptz) ELSE x.sent_at END,
+  updated_at = CASE o.outcome WHEN 'released' THEN x.updated_at ELSE CAST(:e_at AS timestamptz) END
+FROM unnest(CAST(:o_id AS bigint[]), CAST(:o_number AS integer[]), CAST(:o_lease AS timestamptz[]),
+  CAST(:o_outcome AS text[]), CAST(:o_body AS text[]), CAST(:o_message_id AS text[]),
+  CAST(:o_error AS text[]), CAST(:o_due_at AS timestamptz[]), CAST(:o_event AS text[]),
+  CAST(:o_detail AS text[]))
+  AS o(id, number, lease, outcome, body, message_id, error, due_at, event, detail)
+WHERE x.id = o.id AND x.status = 'pending' AND x.attempts = o.number AND x.lease_until = o.lease
+RETURNING x.id, x.order_id, o.event, o.detail
+"""
+_written = (
+    text(_RECORD_SQL)
+    .columns(notifications.c.id, notifications.c.order_id, event=String(), detail=Text())
+    .cte("written")
+)  # fmt: skip
+_RECORD = select(_written.c.id).add_cte(
+    timeline.insert_events_from(
+        select(
+            _written.c.order_id, bindparam("e_at", type_=UTCDateTime()), _written.c.event,
+            _written.c.detail,
         )
-    moved = conn.execute(
-        _OWNED, _owned(attempt, last_error=error, lease_until=None, updated_at=now, **values)
-    )
-    if moved.rowcount != 1:
+        .where(_written.c.event.is_not(None))
+        .order_by(_written.c.id)
+    ).cte("events")
+)  # fmt: skip
+
+
+def record_outcomes(conn: Connection, outcomes: Sequence[Recorded]) -> set[int]:
+    """Record what became of claimed attempts (store.notifications.Recorded), with their
+    timeline rows, in one statement; the ids of the rows written: an attempt that no longer
+    holds its row (its lease ran out and another took the row over) writes nothing."""
+    if not outcomes:
+        return set()
+    now = utcnow()
+    events = [event_of(done) for done in outcomes]
+    if conn.dialect.name != "postgresql":
+        return {
+            done.attempt.notification_id
+            for done, event in zip(outcomes, events, strict=True)
+            if _record_one(conn, done, event, now)
+        }
+    params = {
+        "e_at": now,
+        "o_id": [done.attempt.notification_id for done in outcomes],
+        "o_number": [done.attempt.number for done in outcomes],
+        "o_lease": [done.attempt.lease_until for done in outcomes],
+        "o_outcome": [done.outcome.value for done in outcomes],
+        "o_body": [done.body for done in outcomes],
+        "o_message_id": [done.message_id for done in outcomes],
+        "o_error": [done.error for done in outcomes],
+        "o_due_at": [done.due_at for done in outcomes],
+        "o_event": [event[0] if event else None for event in events],
+        "o_detail": [event[1] if event else None for event in events],
+    }
+    return {nid for (nid,) in conn.execute(_RECORD, params)}
+
+
+def _record_one(
+    conn: Connection, done: Recorded, event: tuple[str, str] | None, now: datetime
+) -> bool:
+    """SQLite (one writer at a time): the same writes, one row at a time."""
+    a, outcome = done.attempt, done.outcome
+    values: dict[str, Any] = {"lease_until": None, "updated_at": now}
+    if outcome is Outcome.SENT:
+        values |= {"status": outcome.value, "body": done.body, "last_error": None,
+                   "gateway_message_id": done.message_id, "sent_at": now}  # fmt: skip
+    elif outcome is Outcome.FAILED:
+        values |= {"status": outcome.value, "body": done.body, "last_error": done.error}
+    elif outcome is Outcome.RETRY:
+        values |= {"due_at": done.due_at, "last_error": done.error}
+    elif outcome is Outcome.HELD:
+        values |= {"attempts": a.number - 1, "due_at": done.due_at, "enqueued_at": None,
+                   "last_error": done.error}  # fmt: skip
+    else:  # RELEASED: as if never claimed
+        values = {"attempts": a.number - 1, "lease_until": None}
+    params = {"b_id": a.notification_id, "b_attempts": a.number, "b_lease": a.lease_until}
+    if conn.execute(_OWNED, {**params, **values}).rowcount != 1:
         return False
-    timeline.record_events(conn, attempt.order_id, [event], at=now)
+    if event is not None:
+        timeline.record_event(conn, a.order_id, *event, at=now)
     return True
 
 
