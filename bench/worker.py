@@ -26,13 +26,15 @@ at the end.
 What is measured (stdout holds the figures and checks; progress goes to stderr):
 
 * `relay alone`: orderpay.jobs.Relay(...).relay_due() in this process moves every row to the
-  RQ queue (SELECT ... FOR UPDATE SKIP LOCKED, one enqueue_many pipeline per batch of 500,
-  UPDATE enqueued_at), no worker running; rows/s. It runs before every worker run too (the
-  rows are reset in between); the last line gives the median of all of them.
+  RQ queue (SELECT ... FOR UPDATE SKIP LOCKED, one enqueue_many pipeline per pass of 500
+  rows, jobs of up to 100 rows, UPDATE enqueued_at), no worker running; rows/s. It runs
+  before every worker run too (the rows are reset in between); the last line gives the
+  median of all of them.
 * `worker (CLASS, N processes)`: with every row relayed, N `orderpay worker --burst
   --worker-class fork|simple` processes (REDIS_URL set, so RQ mode; their relay finds nothing
-  left to do) run the real job, orderpay.jobs.send_notification: claim, render, LogChannel
-  send (one JSON log line, to a file), record. notifications/s = rows divided by the wall time
+  left to do) run the real job, orderpay.jobs.send_notifications: a batch of rows claimed in
+  groups, each rendered and sent through the LogChannel (one JSON log line, to a file), each
+  group recorded in one statement. notifications/s = rows divided by the wall time
   from starting the processes to the moment the database shows every row `sent` (polled every
   20 ms, or 1/1000 of the time so far once that is longer). Process start-up is inside the
   figure, as it is for the ceiling. A run with no progress for 2 minutes fails.
@@ -42,13 +44,17 @@ What is measured (stdout holds the figures and checks; progress goes to stderr):
   (an argument-less builtin whose result serialises to JSON), enqueued like the relay does
   (enqueue_many, same timeouts and TTLs) on a queue of their own; jobs/s from start to the
   moment RQ's finished-job registry holds every job. ratio = notifications/s / jobs/s.
+* `sms gateway`: with --gateway-delay (default 0.05 s), --gateway-count rows queued for the
+  `sms` channel are sent by N SimpleWorker processes through a local Africa's Talking stand-in
+  that answers every message after that delay; notifications/s, checked against the
+  messages the gateway received (each row once).
 * `--profile`: one more run, in this process: a SimpleWorker drains every job under cProfile,
   with SQLAlchemy, pool and Redis calls counted; prints the round trips per job and the share
   of time in each step, and the top functions (stderr). cProfile slows Python code down, so the
   shares are indicative and the rate is not comparable to the figures above.
 
 Checks (the script exits 1 when one fails): after a relay, every row is marked enqueued and the
-queue holds one job per row; after a worker run, every row is `sent` with attempts == 1, body
+queue's jobs hold every row once; after a worker run, every row is `sent` with attempts == 1, body
 rendered and gateway_message_id `log-<id>`, there is exactly one `notification_sent` timeline
 row per order, and no job failed; after a no-op run, every job finished and none failed.
 
@@ -272,10 +278,11 @@ def check_relayed(db: Database, redis: Redis, count: int) -> bool:
         db, "SELECT count(*) FROM notifications"
         " WHERE status = 'pending' AND enqueued_at IS NOT NULL AND attempts = 0",
     ))  # fmt: skip
-    queued = make_queue(redis).count
-    ok = enqueued == count and queued == count
-    say(f"check relay: {enqueued} rows marked enqueued, queue holds {queued} jobs"
-        f" (want {count} each): {'ok' if ok else 'FAILED'}")  # fmt: skip
+    queue = make_queue(redis)
+    rows = sorted(nid for job in queue.get_jobs() for nid in job.args[0])
+    ok = enqueued == count == len(rows) == len(set(rows))
+    say(f"check relay: {enqueued} rows marked enqueued, the queue's {queue.count} jobs hold"
+        f" {len(rows)} rows, each once (want {count}): {'ok' if ok else 'FAILED'}")  # fmt: skip
     return ok
 
 
@@ -397,6 +404,86 @@ def worker_env(database_url: str, redis_url: str) -> dict[str, str]:
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}es"
+
+
+# --- a slow SMS gateway -------------------------------------------------------------------
+
+
+@contextmanager
+def fake_sms_gateway(delay: float) -> Iterator[tuple[str, list[str]]]:
+    """A local Africa's Talking: answers every message (statusCode 101) after `delay` seconds,
+    many at a time; yields its URL and the recipients it was sent, in order."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs
+
+    received: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            received.append(form["message"][0])
+            time.sleep(delay)
+            body = json.dumps({"SMSMessageData": {"Message": "Sent to 1/1", "Recipients": [{
+                "statusCode": 101, "number": form["to"][0], "status": "Success",
+                "cost": "GHS 0.0300", "messageId": f"ATXid_{uuid.uuid4().hex}",
+            }]}}).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def gateway_run(db: Database, redis: Redis, settings: Settings, env: dict[str, str],
+                workdir: Path, orderpay_cli: str, workers: int, delay: float,
+                count: int) -> bool:  # fmt: skip
+    """`count` rows queued for sms, sent by `workers` SimpleWorker processes through a gateway
+    that answers in `delay` s; the figure and its check."""
+    reset_notifications(db)
+    with db.transaction() as conn:
+        conn.execute(text(  # only the first `count` rows are due; the others stay as sent
+            "UPDATE notifications SET channel = 'sms',"
+            " status = CASE WHEN id <= (SELECT min(id) FROM notifications) + :n - 1"
+            " THEN 'pending' ELSE 'sent' END"
+        ), {"n": count})  # fmt: skip
+    redis.flushdb()
+    relay = Relay(db, make_queue(redis), settings.retry_intervals,
+                  lost_after=timedelta(seconds=settings.relay_lost_after_seconds))  # fmt: skip
+    if relay.relay_due() != count:
+        raise RuntimeError("the relay did not move every row queued for sms")
+    with fake_sms_gateway(delay) as (url, received):
+        sms = {**env, "ORDERPAY_NOTIFY_CHANNEL": "sms", "ORDERPAY_SMS_URL": url,
+               "ORDERPAY_SMS_USERNAME": "sandbox", "ORDERPAY_SMS_API_KEY": "bench-key"}  # fmt: skip
+        argvs = [[orderpay_cli, "worker", "--burst", "--worker-class", "simple"]] * workers
+        total = int(scalar(db, "SELECT count(*) FROM notifications"))
+        done = drain(argvs, sms, workdir, f"sms-{workers}", lambda: sent_count(db), total)
+        messages = len(received)
+    once = int(scalar(db, "SELECT count(*) FROM notifications WHERE channel = 'sms'"
+                          " AND status = 'sent' AND attempts = 1 AND gateway_message_id LIKE"
+                          " 'ATXid_%'"))  # fmt: skip
+    ok = messages == once == count
+    say(f"worker (SimpleWorker, {plural(workers, 'process')}, sms gateway answering in"
+        f" {delay * 1000:.0f} ms): {count / done.seconds:.1f} notifications/s"
+        f" ({count} in {done.seconds:.2f} s); check: {messages} messages received, {once} rows"
+        f" sent on the first try (want {count} each): {'ok' if ok else 'FAILED'}")  # fmt: skip
+    with db.transaction() as conn:
+        conn.execute(text("UPDATE notifications SET channel = 'log'"))
+    return ok
 
 
 # --- profile ----------------------------------------------------------------------------
@@ -577,6 +664,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="also cProfile one SimpleWorker run in this process"
     )
+    parser.add_argument(
+        "--gateway-delay",
+        type=float,
+        default=0.05,
+        help="also send through a local SMS gateway answering in this many seconds (0: skip)",
+    )
+    parser.add_argument(
+        "--gateway-count",
+        type=int,
+        default=400,
+        help="notifications sent through the SMS gateway (default 400)",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     args.worker_counts = [int(part) for part in args.workers.split(",") if part.strip()]
     args.class_names = [part.strip() for part in args.classes.split(",") if part.strip()]
@@ -666,6 +765,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f" {GOAL_RELAY_ROWS_PER_SECOND:.0f}:"
                         f" {'met' if count / median >= GOAL_RELAY_ROWS_PER_SECOND else 'NOT met'})"
                     )
+                if args.gateway_delay > 0:
+                    for n in args.worker_counts:
+                        ok &= gateway_run(
+                            db, redis, settings, env, workdir, orderpay_cli, n,
+                            args.gateway_delay, min(args.gateway_count, count),
+                        )  # fmt: skip
                 if args.profile:
                     reset_notifications(db)
                     redis.flushdb()
