@@ -35,12 +35,13 @@ from orderpay.store.db import (
 if TYPE_CHECKING:
     import asyncpg
 
-# Per listener worker process. Postgres, not the pool, is the limit on a 2-core machine: two
-# workers of 8 connections keep 16 statements in flight, where pgbench peaks (~2,900 tps at 16
-# clients, fewer at 64); more only queues inside Postgres. Callbacks beyond them wait for a
-# connection on the event loop, which costs nothing while they wait.
+# Per listener worker process. Measured with bench/webhooks.py (64 connections, 2 workers, 2
+# cores), alternating: 8 connections per worker gave 1,795-2,018 callbacks/s with p99 114-170
+# ms; 16 gave 2,015-2,135/s with p99 69-72 ms (one noisy run: 1,286/s, 105 ms); 32 gave
+# 1,740-1,798/s, p99 85-90 ms. Too few and callbacks queue for a connection behind a slow
+# one; too many and they queue inside Postgres. Waiting for one costs nothing on the loop.
 POOL_MIN_SIZE = 2
-POOL_MAX_SIZE = 8
+POOL_MAX_SIZE = 16
 CONNECT_TIMEOUT_S = 5.0  # as store/db.py's psycopg2 connect_timeout
 # SQLSTATE classes of a server that cannot serve us now (psycopg2 raises OperationalError for
 # them, which store/db.py translates to DatabaseUnavailable): 08 connection, 53 resources,
