@@ -19,11 +19,12 @@ from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus
 from orderpay.notify.channels import LogChannel, SmsChannel
 from orderpay.notify.delivery import (
+    Channels,
     Delivery,
     DeliveryResult,
     RetryPolicy,
     compile_ahead,
-    deliver,
+    deliver_batch,
     order_reference,
 )
 from orderpay.notify.drain import Drain
@@ -56,6 +57,21 @@ from tests.redis_helpers import (
 FAST = RetryPolicy(intervals=(1, 1, 1, 1, 1), lease_seconds=30)
 LEASE = timedelta(seconds=FAST.lease_seconds)
 HTTP_500 = Answer(500, b'{"error": "internal"}')
+
+
+def deliver(
+    db: Database,
+    channels: Channels,
+    notification_id: int,
+    *,
+    merchant_name: str,
+    policy: RetryPolicy,
+) -> DeliveryResult:
+    """One delivery attempt of one notification: a batch of one, as an RQ job runs it."""
+    batch = deliver_batch(
+        db, channels, [notification_id], merchant_name=merchant_name, policy=policy
+    )
+    return batch.results[0]
 
 
 @pytest.fixture

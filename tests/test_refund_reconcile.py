@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection
 
 from orderpay import clock
 from orderpay.domain.money import Money
@@ -22,8 +23,9 @@ from orderpay.providers.simulator import DELAYED_FOR
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget, notifications_of
 from orderpay.store.orders import get_order
+from orderpay.store.paging import Window
 from orderpay.store.refunds import Refund, get_refund
-from orderpay.store.reviews import items_of
+from orderpay.store.reviews import ReviewItem, list_items
 from tests.builders import AMA
 from tests.conftest import Cli, count_rows
 from tests.refund_helpers import (
@@ -37,6 +39,11 @@ from tests.refund_helpers import (
 )
 
 NOW = ("--older-than", "0s")
+
+
+def items_of(conn: Connection, order_id: uuid.UUID) -> list[ReviewItem]:
+    """Every review item of the order, open or resolved."""
+    return list_items(conn, Window(), open_only=False, order_id=order_id).items
 
 
 def a_pending_refund(cli: Cli, db: Database, amount: str = "25.00") -> Any:
@@ -220,7 +227,7 @@ def test_a_success_reported_for_a_failed_refund_is_kept_for_review_and_moves_not
     assert status_of(any_db, failed_id) is RefundStatus.FAILED
     with any_db.transaction() as conn:
         assert get_order(conn, payment.order_id).status is OrderStatus.PAID
-        (item,) = items_of(conn, [payment.order_id])
+        (item,) = items_of(conn, payment.order_id)
     assert (item.reason, item.subject, item.refund_id) == (
         ReviewReason.REFUND_CONFLICT, f"refund:{failed_id}", failed_id,
     )  # fmt: skip
@@ -238,7 +245,7 @@ def test_a_failure_reported_for_a_succeeded_refund_is_kept_for_review(db: Databa
     assert settled.verdict is RefundSettled.CONFLICT
     assert status_of(db, done.id) is RefundStatus.SUCCEEDED
     with db.transaction() as conn:
-        (item,) = items_of(conn, [payment.order_id])
+        (item,) = items_of(conn, payment.order_id)
         assert get_order(conn, payment.order_id).status is OrderStatus.REFUNDED
     assert item.reason == ReviewReason.REFUND_CONFLICT
 
@@ -252,5 +259,5 @@ def test_another_amount_reported_for_a_refund_is_kept_for_review(db: Database) -
     assert settled.verdict is RefundSettled.MISMATCH
     assert status_of(db, pending.id) is RefundStatus.PENDING
     with db.transaction() as conn:
-        (item,) = items_of(conn, [payment.order_id])
+        (item,) = items_of(conn, payment.order_id)
     assert item.reason == ReviewReason.AMOUNT_MISMATCH

@@ -132,21 +132,6 @@ def render(attempt: Attempt, merchant_name: str) -> OutgoingMessage:
 Channels = Callable[[str], Channel]
 
 
-def deliver(
-    db: Transactional,
-    channels: Channels,
-    notification_id: int,
-    *,
-    merchant_name: str,
-    policy: RetryPolicy,
-) -> DeliveryResult:
-    """One delivery attempt of one notification; safe to call twice or concurrently."""
-    batch = deliver_batch(
-        db, channels, [notification_id], merchant_name=merchant_name, policy=policy
-    )
-    return batch.results[0]
-
-
 @dataclass(frozen=True, slots=True)
 class Batch:
     results: list[DeliveryResult]  # one per row tried, or found not ours to send (SKIPPED)

@@ -32,6 +32,7 @@ from enum import StrEnum
 from sqlalchemy import Connection
 
 from orderpay.domain.money import Money, currency_code, parse_amount
+from orderpay.domain.reviews import ReviewReason
 from orderpay.domain.states import PAID_ORDER_STATUSES, OrderStatus, PaymentStatus
 from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_object, parse_uuid
 from orderpay.errors import InvalidPayload, NotFound, OrderNotFound, PaymentNotFound
@@ -210,27 +211,26 @@ def _unmatched(conn: Connection, callback: Callback, event: int, *, again: bool)
     if order is None:
         raise OrderNotFound(f"order {callback.order_id} does not exist")
     if order.status in PAID_ORDER_STATUSES:
-        kept = review.keep_second_payment(
-            conn, order_id=order.id, order_currency=order.total.currency,
-            source=callback.source, status=callback.status,
-            reference=callback.provider_reference, amount=callback.amount,
-            currency=callback.currency, reason=callback.reason, event_id=event,
-        )  # fmt: skip
-        why = f"no payment of this paid order; {kept} (a second payment?)"
+        finding, state, question = ReviewReason.SECOND_PAYMENT, "paid", "a second payment?"
     elif order.status is OrderStatus.CANCELLED and callback.status is PaymentStatus.SUCCEEDED:
-        kept = review.keep_success_on_cancelled_order(
-            conn, order_id=order.id, order_currency=order.total.currency,
-            source=callback.source, reference=callback.provider_reference,
-            amount=callback.amount, currency=callback.currency, reason=callback.reason,
-            event_id=event,
-        )  # fmt: skip
-        why = f"no payment of this cancelled order; {kept} (money to refund?)"
+        finding, state, question = (
+            ReviewReason.SUCCESS_ON_CANCELLED_ORDER,
+            "cancelled",
+            "money to refund?",
+        )
     else:
         return _kept_unmatched(conn, callback, event, again=again)
+    kept = review.keep_under_reference(
+        conn, finding, order_id=order.id, order_currency=order.total.currency,
+        source=callback.source, status=callback.status, reference=callback.provider_reference,
+        amount=callback.amount, currency=callback.currency, reason=callback.reason,
+        event_id=event,
+    )  # fmt: skip
     timeline.record_event(
         conn, callback.order_id, "callback_unmatched",
         f"{callback.source} callback reported {callback.status} under reference "
-        f"{callback.provider_reference!r}, which matches {why}, nothing changed",
+        f"{callback.provider_reference!r}, which matches no payment of this {state} order; {kept} "
+        f"({question}), nothing changed",
     )  # fmt: skip
     inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
     return CallbackResult(Answer.REVIEW, None)

@@ -24,7 +24,7 @@ from orderpay.providers.base import Provider
 from orderpay.store import refunds
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.notifications import NotifyTarget
-from orderpay.store.payments import get_payment
+from orderpay.store.payments import Payment, get_payment
 from orderpay.store.refunds import Refund
 
 _ACTIONS = {
@@ -68,7 +68,7 @@ def reconcile_refund(
     with db.transaction() as conn:
         payment = get_payment(conn, refund.payment_id)
     if refund.status is RefundStatus.INITIATED:
-        return _resume(db, provider, refund, notify=notify, lease=lease, dry_run=dry_run)
+        return _resume(db, provider, refund, payment, notify=notify, lease=lease, dry_run=dry_run)
     try:
         answer = provider.refund_status(refund_ref(refund, payment))
     except ProviderUnavailable as error:
@@ -100,6 +100,7 @@ def _resume(
     db: Transactional,
     provider: Provider,
     refund: Refund,
+    payment: Payment,
     *,
     notify: NotifyTarget,
     lease: timedelta,
@@ -117,8 +118,6 @@ def _resume(
     held = retrying(db, lambda conn: refunds.take_lease(conn, refund.id, lease, operator=None))
     if held is None:
         return _unchanged(refund, "not asked", "a refund of this key is in progress", False)
-    with db.transaction() as conn:
-        payment = get_payment(conn, refund.payment_id)
     try:
         after = submit(db, provider, held, payment, resumed=True)
     except ProviderUnavailable as error:

@@ -257,51 +257,7 @@ def keep_amount_mismatch(
     )  # fmt: skip
 
 
-def keep_second_payment(
-    conn: Connection,
-    *,
-    order_id: uuid.UUID,
-    order_currency: str,
-    source: str,
-    status: PaymentStatus,
-    reference: str,
-    amount: str | int | None,
-    currency: str | None,
-    reason: str | None,
-    event_id: int,
-) -> Kept:
-    """An outcome under a reference that matches no payment of an order already paid."""
-    return _keep_under_reference(
-        conn, ReviewReason.SECOND_PAYMENT, order_id=order_id, order_currency=order_currency,
-        source=source, status=status, reference=reference, amount=amount, currency=currency,
-        reason=reason, event_id=event_id,
-    )  # fmt: skip
-
-
-def keep_success_on_cancelled_order(
-    conn: Connection,
-    *,
-    order_id: uuid.UUID,
-    order_currency: str,
-    source: str,
-    reference: str,
-    amount: str | int | None,
-    currency: str | None,
-    reason: str | None,
-    event_id: int,
-) -> Kept:
-    """A success under a reference that matches no payment of a cancelled order: money taken
-    for an order that will never be paid (a cancelled order has no payment in flight, so no
-    later charge can match it)."""
-    return _keep_under_reference(
-        conn, ReviewReason.SUCCESS_ON_CANCELLED_ORDER, order_id=order_id,
-        order_currency=order_currency, source=source, status=PaymentStatus.SUCCEEDED,
-        reference=reference, amount=amount, currency=currency, reason=reason,
-        event_id=event_id,
-    )  # fmt: skip
-
-
-def _keep_under_reference(
+def keep_under_reference(
     conn: Connection,
     why: ReviewReason,
     *,
@@ -315,7 +271,10 @@ def _keep_under_reference(
     reason: str | None,
     event_id: int,
 ) -> Kept:
-    """An outcome under a reference that matches no payment of the order (none is named)."""
+    """An outcome under a reference that matches no payment of the order (none is named):
+    `second_payment` on an order already paid (money taken twice?), or
+    `success_on_cancelled_order` for a success on a cancelled order (money taken for an order
+    no payment can settle any more)."""
     money = _money_or_text(amount, currency or order_currency)
     reported = reported_text(
         f"{source} callback", status, amount=money, currency=currency, reference=reference,

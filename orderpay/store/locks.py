@@ -52,9 +52,6 @@ def _locking(*conditions: Any) -> Select[Any]:
 # Built once: these run on every callback, and building a statement costs more than running it.
 _LOCK_BY_ID = _locking(payments.c.id == bindparam("b_payment"))
 _PEEK_BY_ID = _joined(payments.c.id == bindparam("b_payment"))
-_LOCK_PENDING_OF_ORDER = _locking(
-    orders.c.id == bindparam("b_order"), payments.c.status == _PENDING
-)
 # A sender's reference may be what we sent (provider_reference), the sender's own transaction
 # id once we know it, or unknown: then the order's pending payment (never an initiated one,
 # which the provider has not confirmed receiving) is the one meant.
@@ -104,10 +101,6 @@ def peek_payment(conn: Connection, payment_id: uuid.UUID) -> LockedPayment | Non
     """What lock_payment reads, without locking anything: for decisions that write nothing
     (`orderpay reconcile --dry-run`), which must not hold up callbacks and charges."""
     return _locked(conn.execute(_PEEK_BY_ID, {"b_payment": payment_id}).first())
-
-
-def lock_pending_of_order(conn: Connection, order_id: uuid.UUID) -> LockedPayment | None:
-    return _locked(conn.execute(_LOCK_PENDING_OF_ORDER, {"b_order": order_id}).first())
 
 
 def lock_for_reference(

@@ -116,16 +116,6 @@ def failed_ids(conn: Connection, limit: int = 10_000) -> list[int]:
     return [nid for (nid,) in rows]
 
 
-def pending_due_at(conn: Connection, notification_id: int) -> datetime | None:
-    """When a pending row may next be sent (its due time, or the end of its lease)."""
-    row = conn.execute(_PENDING_DUE, {"b_id": notification_id}).first()
-    if row is None:
-        return None
-    due_at: datetime = row[0]
-    lease_until: datetime | None = row[1]
-    return max(due_at, lease_until) if lease_until is not None else due_at
-
-
 def by_gateway_message(conn: Connection, message_id: str) -> tuple[int, uuid.UUID, str] | None:
     """(id, order id, status) of the notification sent as the gateway's `message_id`."""
     row = conn.execute(
@@ -137,7 +127,8 @@ def by_gateway_message(conn: Connection, message_id: str) -> tuple[int, uuid.UUI
 
 
 def pending_due_times(conn: Connection, notification_ids: list[int]) -> dict[int, datetime]:
-    """pending_due_at of several rows, in one statement: the pending ones among them."""
+    """When each pending row among these may next be sent (its due time, or the end of its
+    lease), in one statement; rows no longer pending are left out."""
     if not notification_ids:
         return {}
     rows = conn.execute(_PENDING_DUE_AMONG, {"b_ids": notification_ids})
@@ -150,11 +141,6 @@ _PENDING_DUE_AMONG = select(
     notifications.c.id.in_(bindparam("b_ids", expanding=True)),
     notifications.c.status == NotificationStatus.PENDING.value,
 )
-_PENDING_DUE = select(notifications.c.due_at, notifications.c.lease_until).where(
-    notifications.c.id == bindparam("b_id"),
-    notifications.c.status == NotificationStatus.PENDING.value,
-)
-
 
 # --- What the relay hands to RQ (locked against other relays, not written here) --------------
 

@@ -154,12 +154,6 @@ def open_item_about(conn: Connection, subject: str) -> ReviewItem | None:
     return None if row is None else from_row(row)
 
 
-def items_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[ReviewItem]:
-    """Every item of these orders, open or not, oldest first."""
-    rows = conn.execute(select(*COLUMNS).where(_r.order_id.in_(order_ids)).order_by(_r.id))
-    return [from_row(row) for row in rows]
-
-
 def count_open(conn: Connection) -> int:
     """How many items wait for a decision (doctor, /metrics)."""
     return int(
