@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,20 @@ def pg_url(postgres_template: str) -> Iterator[str]:
     name = create_postgres_database(template=postgres_template)
     yield _url_for(name)
     drop_postgres_database(name)
+
+
+@pytest.fixture
+def twins(postgres_template: str) -> Iterator[tuple[str, Callable[[], str]]]:
+    """A database to set a case up in, and a way to clone it once it is set up."""
+    names = [create_postgres_database(template=postgres_template)]
+
+    def clone() -> str:
+        names.append(create_postgres_database(template=names[0]))
+        return _url_for(names[-1])
+
+    yield _url_for(names[0]), clone
+    for name in names:
+        drop_postgres_database(name)
 
 
 @pytest.fixture(scope="module")

@@ -311,13 +311,13 @@ class Spy:
     """Records what the fast path decided (None: it fell back), and delegates to it."""
 
     def __init__(self, route: MomoRoute) -> None:
-        assert route._fast is not None, "no fast path: the asyncpg pool was not made"
-        self.fast = route._fast
+        assert route.batcher is not None, "no fast path: the asyncpg pool was not made"
+        self.settle = route.batcher.settle
         self.decided: list[CallbackResult | None] = []
-        route._fast = self
+        route.batcher.settle = self  # type: ignore[method-assign]
 
-    async def __call__(self, pool: Any, callback: Any, notify: Any) -> CallbackResult | None:
-        result = await self.fast(pool, callback, notify)
+    async def __call__(self, callback: Any) -> CallbackResult | None:
+        result = await self.settle(callback)
         self.decided.append(result)
         return result
 

@@ -6,11 +6,11 @@ thread-pool hop as much again (issue 12's measurements). This handler answers ex
 Starlette route did (same 64 KiB limit, signature check, bodies, status codes and headers,
 DESIGN.md sections 5-7) with none of that:
 
-* on Postgres it settles the callback on the event loop through the asyncpg pool of this
-  worker process (payments.fast_callbacks: one round trip for the common case); when that
-  says "fallback" (nothing written: a duplicate, a mismatch, an unknown reference...) or the
-  pool is not there, today's transaction (payments.callbacks.apply_callback) runs in the
-  thread pool, as every callback did before;
+* on Postgres it settles the callback on the event loop through this worker process's
+  CallbackBatcher and asyncpg pool (payments.fast_callbacks: one round trip per batch of
+  callbacks for the common case); when that says "fallback" (nothing written: a mismatch, an
+  unknown reference...) or the pool is not there, today's transaction
+  (payments.callbacks.apply_callback) runs in the thread pool, as every callback did before;
 * on SQLite it always takes today's path;
 * it logs one line per callback that is not `processed` and one in SUCCESS_LOG_SAMPLE of the
   processed ones, counts every callback in orderpay_callbacks_total, and observes no latency
@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +55,7 @@ from orderpay.store.db import retrying
 
 if TYPE_CHECKING:
     from orderpay.http.confirmer import Confirmer
+    from orderpay.payments.fast_callbacks import CallbackBatcher
     from orderpay.runtime import Runtime
 
 log = logging.getLogger("orderpay.server")
@@ -73,8 +73,6 @@ FAST_FAILURE_LOG_SECONDS = 10.0
 POOL_CLOSE_SECONDS = 10.0
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
-FastApply = Callable[[Any, Callback, Any], Awaitable[CallbackResult | None]]
-
 
 class MomoRoute:
     """The ASGI app: the callback route, and `app` (Starlette) for everything else."""
@@ -87,9 +85,9 @@ class MomoRoute:
         self.notify = runtime.notify_target()
         self.postgres = runtime.raw_database.dialect == "postgresql"
         self.pool: Any = None  # asyncpg.Pool once made
+        self.batcher: CallbackBatcher | None = None  # once the pool is made
         # Off: every callback takes the ordinary transaction (tests compare the two paths).
         self.fast_path = True
-        self._fast: FastApply | None = None
         self._pool_lock: asyncio.Lock | None = None
         self._pool_retry_at = 0.0
         self._fast_failure_logged_at = -FAST_FAILURE_LOG_SECONDS
@@ -114,11 +112,18 @@ class MomoRoute:
             if self.pool is not None or time.monotonic() < self._pool_retry_at:
                 return
             try:
-                from orderpay.payments.fast_callbacks import apply_callback_fast
+                from orderpay.payments.fast_callbacks import CallbackBatcher, settle_batch
                 from orderpay.store.async_db import create_pool
 
-                self.pool = await create_pool(self.runtime.settings.database_url)
-                self._fast = partial(apply_callback_fast, label=self.runtime.raw_database.label)
+                # A connection per batch in flight: the batcher never needs more.
+                size = CallbackBatcher.MAX_IN_FLIGHT
+                self.pool = await create_pool(
+                    self.runtime.settings.database_url, min_size=size, max_size=size
+                )
+                self.batcher = CallbackBatcher(
+                    partial(settle_batch, self.pool, notify=self.notify,
+                            label=self.runtime.raw_database.label)
+                )  # fmt: skip
             except Exception as error:  # the driver's or the socket's: the ordinary path
                 self._pool_retry_at = time.monotonic() + POOL_RETRY_SECONDS
                 log.warning("callbacks take the ordinary path for now: no asyncpg pool (%s)",
@@ -126,6 +131,7 @@ class MomoRoute:
 
     async def close_pool(self) -> None:
         pool, self.pool = self.pool, None
+        self.batcher = None
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
@@ -197,9 +203,9 @@ class MomoRoute:
         """The fast path when there is a pool and it decides; else today's transaction."""
         if self.postgres and self.pool is None and time.monotonic() >= self._pool_retry_at:
             await self.open_pool()
-        if self.fast_path and self.pool is not None and self._fast is not None:
+        if self.fast_path and self.batcher is not None:
             try:
-                result = await self._fast(self.pool, callback, self.notify)
+                result = await self.batcher.settle(callback)
             except DatabaseUnavailable as error:
                 self._fast_failed(error)  # the ordinary path answers 503 if it is down
             except OrderpayError:

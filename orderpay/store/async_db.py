@@ -35,11 +35,10 @@ from orderpay.store.db import (
 if TYPE_CHECKING:
     import asyncpg
 
-# Per listener worker process. Measured with bench/webhooks.py (64 connections, 2 workers, 2
-# cores), alternating: 8 connections per worker gave 1,795-2,018 callbacks/s with p99 114-170
-# ms; 16 gave 2,015-2,135/s with p99 69-72 ms (one noisy run: 1,286/s, 105 ms); 32 gave
-# 1,740-1,798/s, p99 85-90 ms. Too few and callbacks queue for a connection behind a slow
-# one; too many and they queue inside Postgres. Waiting for one costs nothing on the loop.
+# The defaults. The listener sizes its pool to its CallbackBatcher's batches in flight (two
+# statements per worker process, each settling many callbacks: payments/fast_callbacks.py);
+# before batches, one callback per statement wanted 16 connections per worker (8 left
+# callbacks queueing for a connection behind a slow one, 32 queueing inside Postgres).
 POOL_MIN_SIZE = 2
 POOL_MAX_SIZE = 16
 CONNECT_TIMEOUT_S = 5.0  # as store/db.py's psycopg2 connect_timeout

@@ -44,6 +44,7 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0003_price_positive",
     "0004_refunds_review",
     "0005_callback_in_one_trip",
+    "0006_callbacks_in_batches",
 )
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 

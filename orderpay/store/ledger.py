@@ -3,8 +3,7 @@ payments (DESIGN.md section 1).
 
 Every transition of an order or a payment is written here, once: each is a compare-and-set
 (`WHERE status = :expected`) or runs under the row locks of store/locks.py (order first, then
-payment), and writes its timeline row. Where Postgres and SQLite need different SQL the
-difference stays inside the function.
+payment), and writes its timeline row. Postgres and SQLite differ inside the functions only.
 
 On Postgres a write and its timeline row go in one statement (data-modifying CTEs): a round
 trip fewer per step, which is most of what a charge or a callback costs.
@@ -414,7 +413,8 @@ def confirmed(conn: Connection, payment_id: uuid.UUID) -> None:
     conn.execute(_CONFIRMED, {"b_id": payment_id})
 
 
-# One round trip for a signed callback's common case (migration 0005; payments/fast_callbacks.py
-# gives the parameters): what succeed or fail write, or `fallback` having written nothing.
-_SETTLE_ARGS = ", ".join(f"${n}" for n in range(1, 17))  # asyncpg's placeholders
-SETTLE_CALLBACK = f"SELECT * FROM orderpay_settle_callback({_SETTLE_ARGS})"
+# A batch of signed callbacks in one round trip (migration 0006; fast_callbacks.py's arrays).
+_SETTLE_TYPES = "text[] text[] text[] uuid[] uuid[] text[] text[] numeric[] text[] text[] text text"
+_SETTLE_TYPES += " timestamptz text[] text[] int[]"
+_SETTLE_ARGS = ", ".join(f"${n}::{kind}" for n, kind in enumerate(_SETTLE_TYPES.split(), 1))
+SETTLE_CALLBACKS = f"SELECT * FROM orderpay_settle_callbacks({_SETTLE_ARGS})"
