@@ -31,7 +31,8 @@ a small size: the stage line says how many payments there are). At each stage:
 * `pgbench`: the database's ceiling, on the SQL the service itself sends, taken from the code
   (see the pgbench section below): `ordinary` is today's transaction for one success callback
   (the statements apply_callback sends: issue 12's baseline), `one-trip` the fast path's one
-  statement. -j 2, -T duration, -M prepared by default; each transaction on its own payment.
+  statement for a batch of one callback (the listener sends batches as callbacks arrive).
+  -j 2, -T duration, -M prepared by default; each transaction on its own payment.
   ratio = webhooks callbacks/s divided by the ceiling at the same connection count.
 
 Once, before the stages: `HMAC-only ceiling`, bench/webhooks_hmac_app.py (a Starlette route
@@ -617,8 +618,9 @@ def check_totals(db: Database) -> bool:
 #   callback before issue 12). It is run once on a probe payment with SQLAlchemy's
 #   before/after_cursor_execute hooks recording each statement, its parameters and, for a
 #   one-row result, the row; the transaction is rolled back.
-# * `one-trip`: the fast path's one statement (store/ledger.py SETTLE_CALLBACK with
-#   payments.fast_callbacks.settle_arguments), which the listener sends through asyncpg.
+# * `one-trip`: the fast path's one statement (store/ledger.py SETTLE_CALLBACKS with
+#   payments.fast_callbacks.settle_arguments) for a batch of one callback, as the listener sends
+#   a lone callback through asyncpg.
 #
 # Each recorded value is turned into pgbench SQL: the probe payment's and order's ids (alone or
 # inside a text such as the payload) become expressions of :n, timestamps now(), a value an
@@ -781,21 +783,23 @@ def ordinary_pgbench_script(url: str, probe: int) -> tuple[str, int]:
 
 
 def one_trip_pgbench_script(probe: int) -> str | None:
-    """pgbench's script of the fast path's one statement (None when this code has none)."""
+    """pgbench's script of the fast path's one statement for a batch of one callback (None
+    when this code has none)."""
     try:
         from orderpay.payments.callbacks import parse_callback
         from orderpay.payments.fast_callbacks import settle_arguments
-        from orderpay.store.ledger import SETTLE_CALLBACK
+        from orderpay.store.ledger import SETTLE_CALLBACKS
         from orderpay.store.notifications import NotifyTarget
     except ImportError:
         return None
-    arguments = settle_arguments(parse_callback(callback_body(probe)), NotifyTarget("log", None))
+    callbacks = [parse_callback(callback_body(probe))]
+    arguments = settle_arguments(callbacks, NotifyTarget("log", None))
     if arguments is None:
         raise RuntimeError("the fast path takes no success callback")
     renderer = Renderer(probe)
     statement = re.sub(
         r"\$(\d+)", lambda match: renderer.value(arguments[int(match.group(1)) - 1]),
-        SETTLE_CALLBACK,
+        SETTLE_CALLBACKS,
     )  # fmt: skip
     return PGBENCH_PROLOGUE + statement + " \\gset f_\n"
 
