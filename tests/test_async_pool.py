@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from orderpay.errors import ConcurrentUpdate, ConfigurationError, DatabaseUnavailable
 from orderpay.payments.callbacks import parse_callback
-from orderpay.payments.fast_callbacks import apply_callback_fast
+from orderpay.payments.fast_callbacks import settle_batch
 from orderpay.store.async_db import asyncpg_dsn, create_pool, translate
 from orderpay.store.db import SESSION_GUARDS, Database
 from orderpay.store.notifications import NotifyTarget
@@ -81,7 +81,8 @@ async def _fast_callback_on(url: str) -> Any:
         document = {"provider_reference": "r-1", "order_id": str(uuid.uuid4()),
                     "status": "success"}  # fmt: skip
         callback = parse_callback(json.dumps(document).encode())
-        return await apply_callback_fast(pool, callback, NotifyTarget("log"), label="test db")
+        [result] = await settle_batch(pool, [callback], NotifyTarget("log"), label="test db")
+        return result
     finally:
         await pool.close()
 

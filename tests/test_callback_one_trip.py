@@ -1,10 +1,11 @@
 """The one-round-trip callback path writes what the ordinary transaction writes (issue 12).
 
 Every callback case runs on two identical Postgres databases (one set up, then cloned): on one
-through apply_callback_fast, falling back to callbacks.apply_callback when it answers None (as
-the route does), on the other through apply_callback alone. The answers and every row of the
-ledger tables must be the same, ids and timestamps aside where they differ by nature. The fast
-path must also settle the common cases itself and write nothing when it falls back.
+through the fast path (a batch of one), falling back to callbacks.apply_callback when it
+answers None (as the route does), on the other through apply_callback alone. The answers and
+every row of the ledger tables must be the same, ids and timestamps aside where they differ by
+nature. The fast path must also settle the common cases itself and write nothing when it falls
+back. Batches of several callbacks: tests/test_callback_batches.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import text
 from orderpay.errors import OrderpayError
 from orderpay.payments.callbacks import Callback, CallbackResult, apply_callback, parse_callback
 from orderpay.payments.charge import charge_order
-from orderpay.payments.fast_callbacks import apply_callback_fast
+from orderpay.payments.fast_callbacks import settle_batch
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.shop.orders import cancel_order
 from orderpay.store.async_db import create_pool
@@ -357,15 +358,19 @@ def play(
     return answers, settled_first
 
 
+async def settle_one(pool: Any, callback: Callback, notify: NotifyTarget) -> CallbackResult | None:
+    """The fast path for one callback: a batch of one, as the route sends a lone callback."""
+    [result] = await settle_batch(pool, [callback], notify)
+    return result
+
+
 @contextmanager
 def fast_runner(url: str) -> Iterator[Callable[[Callback, NotifyTarget], CallbackResult | None]]:
-    """apply_callback_fast on its own event loop and pool, callable from synchronous code."""
+    """settle_one on its own event loop and pool, callable from synchronous code."""
     loop = asyncio.new_event_loop()
     pool = loop.run_until_complete(create_pool(url, min_size=1, max_size=1))
     try:
-        yield lambda callback, notify: loop.run_until_complete(
-            apply_callback_fast(pool, callback, notify)
-        )
+        yield lambda callback, notify: loop.run_until_complete(settle_one(pool, callback, notify))
     finally:
         loop.run_until_complete(pool.close())
         loop.close()
@@ -487,9 +492,7 @@ COPIES = 8
 async def _race(url: str, callback: Callback) -> list[CallbackResult | None]:
     pool = await create_pool(url, min_size=COPIES, max_size=COPIES)
     try:
-        return list(
-            await asyncio.gather(*[apply_callback_fast(pool, callback, LOG) for _ in range(COPIES)])
-        )
+        return list(await asyncio.gather(*[settle_one(pool, callback, LOG) for _ in range(COPIES)]))
     finally:
         await pool.close()
 

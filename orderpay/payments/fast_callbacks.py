@@ -55,17 +55,6 @@ _FALL_BACK_ON = ("40P01", "40001", "42883")
 _FALL_BACK_ON_CLASS = "23"
 
 
-async def apply_callback_fast(
-    pool: asyncpg.Pool,
-    callback: Callback,
-    notify: NotifyTarget,
-    *,
-    label: str = "Postgres",
-) -> CallbackResult | None:
-    """settle_batch for one callback."""
-    return (await settle_batch(pool, [callback], notify, label=label))[0]
-
-
 async def settle_batch(
     pool: asyncpg.Pool,
     callbacks: Sequence[Callback],
@@ -84,15 +73,7 @@ async def settle_batch(
     the operator's messages name it (Database.label).
     """
     results: list[CallbackResult | None] = [None] * len(callbacks)
-    sent: list[int] = []  # the callbacks' places, in the order sent
-    columns: list[list[Any]] = [[] for _ in range(_PER_CALLBACK)]
-    for place, callback in enumerate(callbacks):
-        arguments = callback_arguments(callback)
-        if arguments is None:
-            continue
-        sent.append(place)
-        for column, value in zip(columns, arguments, strict=True):
-            column.append(value)
+    sent, columns = _columns(callbacks)
     if not sent:
         return results
     try:
@@ -161,15 +142,23 @@ def batch_arguments(notify: NotifyTarget) -> tuple[Any, ...]:
 def settle_arguments(callbacks: Sequence[Callback], notify: NotifyTarget) -> tuple[Any, ...] | None:
     """All of SETTLE_CALLBACKS's parameters for these callbacks (bench/webhooks.py's pgbench
     script is made from them); None when none of them can be the common case."""
+    sent, columns = _columns(callbacks)
+    return (*columns, *batch_arguments(notify)) if sent else None
+
+
+def _columns(callbacks: Sequence[Callback]) -> tuple[list[int], list[list[Any]]]:
+    """The places of the callbacks that can be the common case, and their elements of
+    SETTLE_CALLBACKS's arrays, one list per array."""
+    sent: list[int] = []
     columns: list[list[Any]] = [[] for _ in range(_PER_CALLBACK)]
-    for callback in callbacks:
+    for place, callback in enumerate(callbacks):
         arguments = callback_arguments(callback)
-        if arguments is not None:
-            for column, value in zip(columns, arguments, strict=True):
-                column.append(value)
-    if not columns[0]:
-        return None
-    return (*columns, *batch_arguments(notify))
+        if arguments is None:
+            continue
+        sent.append(place)
+        for column, value in zip(columns, arguments, strict=True):
+            column.append(value)
+    return sent, columns
 
 
 Settle = Callable[[Sequence[Callback]], Awaitable[list[CallbackResult | None]]]
