@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 PROCESSED = "processed"
 DUPLICATE = "duplicate"
-FALLBACK = "fallback"  # nothing written: the ordinary transaction decides
 
 # Passed with every call, so that the rules stay in Python: the function only reads them.
 _SIGNING = sorted(SIGNING_PROVIDERS)

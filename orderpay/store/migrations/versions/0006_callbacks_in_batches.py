@@ -55,6 +55,8 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import op
 
 revision = "0006_callbacks_in_batches"
@@ -96,7 +98,7 @@ DECLARE
     d_exponent integer[];
     d_phone text[];
     d_transaction text[];
-    -- locked but not the common case: a second look at the inbox
+    -- a second look at the inbox: locked but not the common case, or their row did not go in
     r_k integer[];
     -- 4. recorded in the inbox by this batch
     w_k integer[];
@@ -205,21 +207,6 @@ BEGIN
         ) AS l
     ) AS y;
 
-    -- A copy that committed while this batch waited for a lock (it settled the payment).
-    IF r_k IS NOT NULL THEN
-        FOR v_k, v_seen, v_seen_payment IN
-            SELECT r.k, w.outcome, w.payment_id
-            FROM unnest(r_k) AS r (k)
-            JOIN webhook_events w
-              ON w.source = p_source[r.k] AND w.dedupe_key = p_dedupe_key[r.k]
-        LOOP
-            IF v_seen <> 'unmatched' THEN
-                v_outcome[v_k] := 'duplicate';
-                v_payment[v_k] := v_seen_payment;
-            END IF;
-        END LOOP;
-    END IF;
-
     IF d_k IS NOT NULL THEN
         -- 4. The inbox rows; a copy recorded since by the ordinary path keeps its own.
         WITH recorded AS (
@@ -237,20 +224,25 @@ BEGIN
         JOIN recorded ON recorded.source = p_source[d.k]
                      AND recorded.dedupe_key = p_dedupe_key[d.k];
 
-        IF w_k IS NULL OR cardinality(w_k) < cardinality(d_k) THEN
-            FOR v_k, v_seen, v_seen_payment IN
-                SELECT d.k, w.outcome, w.payment_id
-                FROM unnest(d_k) AS d (k)
-                JOIN webhook_events w
-                  ON w.source = p_source[d.k] AND w.dedupe_key = p_dedupe_key[d.k]
-                WHERE w_k IS NULL OR NOT d.k = ANY (w_k)
-            LOOP
-                IF v_seen <> 'unmatched' THEN
-                    v_outcome[v_k] := 'duplicate';
-                    v_payment[v_k] := v_seen_payment;
-                END IF;
-            END LOOP;
-        END IF;
+        r_k := coalesce(r_k, ARRAY[]::integer[]) || ARRAY(
+            SELECT d.k FROM unnest(d_k) AS d (k) WHERE w_k IS NULL OR NOT d.k = ANY (w_k));
+    END IF;
+
+    -- A second look at the inbox for the callbacks locked but not settled here, and those whose
+    -- row did not go in: a copy that committed meanwhile (it settled the payment, or recorded
+    -- the event first) makes them a `duplicate`.
+    IF cardinality(r_k) > 0 THEN
+        FOR v_k, v_seen, v_seen_payment IN
+            SELECT r.k, w.outcome, w.payment_id
+            FROM unnest(r_k) AS r (k)
+            JOIN webhook_events w
+              ON w.source = p_source[r.k] AND w.dedupe_key = p_dedupe_key[r.k]
+        LOOP
+            IF v_seen <> 'unmatched' THEN
+                v_outcome[v_k] := 'duplicate';
+                v_payment[v_k] := v_seen_payment;
+            END IF;
+        END LOOP;
     END IF;
 
     IF w_k IS NOT NULL THEN
@@ -310,11 +302,9 @@ BEGIN
         WHERE d.k = ANY (w_k) AND e.detail IS NOT NULL  -- a failure writes one row
         ORDER BY d.k, e.step;
 
-        FOREACH v_k IN ARRAY w_k LOOP
-            v_outcome[v_k] := 'processed';
-        END LOOP;
         FOR v_i IN 1 .. cardinality(d_k) LOOP
             IF d_k[v_i] = ANY (w_k) THEN
+                v_outcome[d_k[v_i]] := 'processed';
                 v_payment[d_k[v_i]] := d_payment[v_i];
             END IF;
         END LOOP;
@@ -327,32 +317,24 @@ $function$
 """
 
 
-def _previous_function() -> str:
-    """0005's function text, to put back on downgrade (kept in that migration only)."""
+def _previous() -> Any:
+    """0005's migration module: its function's text and signature are kept there only."""
     script = op.get_context().script
     assert script is not None
-    revision = script.get_revision("0005_callback_in_one_trip")
+    revision = script.get_revision(down_revision)
     assert revision is not None
-    return str(revision.module.FUNCTION)
-
-
-def _previous_signature() -> str:
-    script = op.get_context().script
-    assert script is not None
-    revision = script.get_revision("0005_callback_in_one_trip")
-    assert revision is not None
-    return str(revision.module.SIGNATURE)
+    return revision.module
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return  # SQLite: the route keeps the ordinary path
     op.execute(FUNCTION)
-    op.execute(f"DROP FUNCTION IF EXISTS orderpay_settle_callback({_previous_signature()})")
+    op.execute(f"DROP FUNCTION IF EXISTS orderpay_settle_callback({_previous().SIGNATURE})")
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(_previous_function())
+    op.execute(_previous().FUNCTION)
     op.execute(f"DROP FUNCTION IF EXISTS orderpay_settle_callbacks({SIGNATURE})")
