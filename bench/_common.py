@@ -49,8 +49,13 @@ def libpq_kwargs(url: URL) -> dict[str, str | int]:
 def libpq_env(url: str) -> dict[str, str]:
     """The environment that points libpq tools (pgbench, psql) at the database of `url`."""
     kwargs = libpq_kwargs(make_url(url))
-    names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
-             "dbname": "PGDATABASE"}  # fmt: skip
+    names = {
+        "host": "PGHOST",
+        "port": "PGPORT",
+        "user": "PGUSER",
+        "password": "PGPASSWORD",
+        "dbname": "PGDATABASE",
+    }
     env = dict(os.environ)
     env.update({names[key]: str(value) for key, value in kwargs.items()})
     return env

@@ -201,14 +201,23 @@ def create_orders(url: str, count: int) -> None:
     try:
         with db.transaction() as conn:
             customer, product = a_customer_and_product(
-                conn, phone=PAYER, region=DEFAULT_REGION, price_minor=PRICE_MINOR,
+                conn,
+                phone=PAYER,
+                region=DEFAULT_REGION,
+                price_minor=PRICE_MINOR,
                 currency=CURRENCY,
-            )  # fmt: skip
+            )
             params = {
-                "count": count, "prefix": ID_PREFIX, "offset": ID_OFFSET,
-                "customer": customer.id, "product": product.id, "quantity": QUANTITY,
-                "price": PRICE_MINOR, "total": PRICE_MINOR * QUANTITY, "currency": CURRENCY,
-            }  # fmt: skip
+                "count": count,
+                "prefix": ID_PREFIX,
+                "offset": ID_OFFSET,
+                "customer": customer.id,
+                "product": product.id,
+                "quantity": QUANTITY,
+                "price": PRICE_MINOR,
+                "total": PRICE_MINOR * QUANTITY,
+                "currency": CURRENCY,
+            }
             conn.execute(
                 text(
                     "INSERT INTO orders (id, customer_id, status, currency, total, created_at,"
@@ -272,9 +281,13 @@ def check_orders(url: str, expected: int) -> bool:
 def _charge_all(db: Database, provider: SimulatorProvider, numbers: Sequence[int]) -> None:
     for n in numbers:
         charge_order(
-            db, provider, order_id=order_id(n), key=charge_key(n),
-            default_region=DEFAULT_REGION, lease_seconds=LEASE_SECONDS,
-        )  # fmt: skip
+            db,
+            provider,
+            order_id=order_id(n),
+            key=charge_key(n),
+            default_region=DEFAULT_REGION,
+            lease_seconds=LEASE_SECONDS,
+        )
 
 
 def _worker(
@@ -357,12 +370,24 @@ def run_pgbench(url: str, script: Path, block: Block) -> float:
     if pgbench is None:
         raise SystemExit("pgbench not found on PATH")
     command = [
-        pgbench, "--no-vacuum", "--protocol=simple", "--file", str(script),
-        "--client", str(block.clients), "--jobs", str(min(block.clients, 2)),
-        "--transactions", str(block.per_client),
-        "--define", "i=0", "--define", f"first={block.first}",
-        "--define", f"per_client={block.per_client}",
-    ]  # fmt: skip
+        pgbench,
+        "--no-vacuum",
+        "--protocol=simple",
+        "--file",
+        str(script),
+        "--client",
+        str(block.clients),
+        "--jobs",
+        str(min(block.clients, 2)),
+        "--transactions",
+        str(block.per_client),
+        "--define",
+        "i=0",
+        "--define",
+        f"first={block.first}",
+        "--define",
+        f"per_client={block.per_client}",
+    ]
     completed = subprocess.run(
         command, env=libpq_env(url), capture_output=True, text=True, check=False
     )
@@ -409,26 +434,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Charges per second through the service layer next to pgbench.",
     )
     parser.add_argument(
-        "--orders", type=int, default=DEFAULT_ORDERS,
+        "--orders",
+        type=int,
+        default=DEFAULT_ORDERS,
         help=f"charges in each measured run, split evenly between workers "
         f"(default {DEFAULT_ORDERS})",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--workers", type=parse_workers, default=parse_workers(DEFAULT_WORKERS),
+        "--workers",
+        type=parse_workers,
+        default=parse_workers(DEFAULT_WORKERS),
         help=f"comma-separated worker (and pgbench client) counts (default {DEFAULT_WORKERS})",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--database-url", default=DEFAULT_BASE_URL,
+        "--database-url",
+        default=DEFAULT_BASE_URL,
         help="server to create the throwaway database on (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--profile", type=int, default=0, metavar="CHARGES",
+        "--profile",
+        type=int,
+        default=0,
+        metavar="CHARGES",
         help="after the runs, cProfile this many charges in one worker (report on stderr)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--repeat", type=int, default=1,
+        "--repeat",
+        type=int,
+        default=1,
         help="run each pgbench/service pair this many times, interleaved; report medians",
-    )  # fmt: skip
+    )
     parser.add_argument("--skip-help", action="store_true", help="don't time orderpay --help")
     args = parser.parse_args(argv)
     if args.orders < max(args.workers):

@@ -177,8 +177,11 @@ def upgrade_schema(url: str) -> None:
     env = dict(os.environ, DATABASE_URL=url)
     completed = subprocess.run(
         [str(console_script("orderpay")), "db", "upgrade"],
-        env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"orderpay db upgrade failed:\n{completed.stdout}{completed.stderr}")
 
@@ -196,9 +199,12 @@ def create_catalog(url: str) -> Catalog:
     try:
         with db.transaction() as conn:
             customer, product = a_customer_and_product(
-                conn, phone=PAYER, region=DEFAULT_REGION, price_minor=PRICE_MINOR,
+                conn,
+                phone=PAYER,
+                region=DEFAULT_REGION,
+                price_minor=PRICE_MINOR,
                 currency=CURRENCY,
-            )  # fmt: skip
+            )
         return Catalog(customer.id, product.id, customer.phone)
     finally:
         db.dispose()
@@ -221,11 +227,18 @@ def create_payments(url: str, catalog: Catalog, block: Block, *, seed: bool) -> 
     try:
         with db.transaction() as conn:
             params = {
-                "first": block.first, "last": block.last, "customer": catalog.customer,
-                "product": catalog.product, "quantity": QUANTITY, "price": PRICE_MINOR,
-                "total": TOTAL_MINOR, "currency": CURRENCY, "phone": catalog.phone,
-                "masked": MASKED_PAYER, "amount": f"{AMOUNT_TEXT} {CURRENCY}",
-            }  # fmt: skip
+                "first": block.first,
+                "last": block.last,
+                "customer": catalog.customer,
+                "product": catalog.product,
+                "quantity": QUANTITY,
+                "price": PRICE_MINOR,
+                "total": TOTAL_MINOR,
+                "currency": CURRENCY,
+                "phone": catalog.phone,
+                "masked": MASKED_PAYER,
+                "amount": f"{AMOUNT_TEXT} {CURRENCY}",
+            }
             series = "generate_series(CAST(:first AS int), CAST(:last AS int)) AS n"
             transaction_id = SENDER_ID_SQL if seed else "NULL"
             statements = [
@@ -414,10 +427,19 @@ def run_wrk(lua: Path, callbacks: Path, port: int, connections: int, duration: f
     if wrk is None:
         raise SystemExit("wrk not found on PATH: apt-get install wrk")
     command = [
-        wrk, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "30s",
-        "-s", str(lua), f"http://{HOST}:{port}{CALLBACK_PATH}",
-        "--", str(callbacks), str(WRK_THREADS),
-    ]  # fmt: skip
+        wrk,
+        f"-t{WRK_THREADS}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(lua),
+        f"http://{HOST}:{port}{CALLBACK_PATH}",
+        "--",
+        str(callbacks),
+        str(WRK_THREADS),
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     match = re.search(r"^RESULT (.*)$", completed.stdout, re.MULTILINE)
     if completed.returncode != 0 or match is None:
@@ -478,14 +500,20 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def server(name: str, argv: Sequence[str], env: dict[str, str], port: int, workdir: Path
-           ) -> Iterator[None]:  # fmt: skip
+def server(
+    name: str, argv: Sequence[str], env: dict[str, str], port: int, workdir: Path
+) -> Iterator[None]:
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            list(argv), env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            list(argv),
+            env=env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_healthy(process, port, log)
         yield
@@ -524,8 +552,9 @@ def succeeded_in(db: Database, first: int, last: int) -> int:
         db,
         "SELECT count(*) FROM generate_series(CAST(:first AS int), CAST(:last AS int)) AS n"
         " JOIN payments AS p ON p.id = md5('p' || n)::uuid WHERE p.status = 'succeeded'",
-        first=first, last=last,
-    )  # fmt: skip
+        first=first,
+        last=last,
+    )
 
 
 def settle_count(db: Database, block: Block) -> int:
@@ -546,18 +575,24 @@ def block_counts(db: Database, block: Block) -> tuple[int, int, int]:
     params = {"first": block.first, "last": block.last}
     series = "generate_series(CAST(:first AS int), CAST(:last AS int)) AS n"
     notifications = scalar(
-        db, f"SELECT count(*) FROM {series} JOIN notifications AS x"
-        " ON x.payment_id = md5('p' || n)::uuid", **params,
-    )  # fmt: skip
+        db,
+        f"SELECT count(*) FROM {series} JOIN notifications AS x"
+        " ON x.payment_id = md5('p' || n)::uuid",
+        **params,
+    )
     events = scalar(
-        db, f"SELECT count(*) FROM {series} JOIN webhook_events AS w"
-        " ON w.payment_id = md5('p' || n)::uuid", **params,
-    )  # fmt: skip
+        db,
+        f"SELECT count(*) FROM {series} JOIN webhook_events AS w"
+        " ON w.payment_id = md5('p' || n)::uuid",
+        **params,
+    )
     timeline = scalar(
-        db, f"SELECT count(*) FROM {series} JOIN order_events AS e"
+        db,
+        f"SELECT count(*) FROM {series} JOIN order_events AS e"
         " ON e.order_id = md5('o' || n)::uuid"
-        " AND e.event IN ('payment_succeeded', 'order_paid', 'notification_queued')", **params,
-    )  # fmt: skip
+        " AND e.event IN ('payment_succeeded', 'order_paid', 'notification_queued')",
+        **params,
+    )
     return notifications, events, timeline
 
 
@@ -672,8 +707,14 @@ def record_ordinary_callback(url: str, probe: int) -> list[Sent]:
         for sequence in list(sequences):
             conn.execute(text("SELECT setval(:s, :v)"), {"s": sequence, "v": FIRST_SERIAL})
 
-    def after(_conn: object, cursor: object, statement: str, parameters: object,
-              _context: object, _many: bool) -> None:  # fmt: skip
+    def after(
+        _conn: object,
+        cursor: object,
+        statement: str,
+        parameters: object,
+        _context: object,
+        _many: bool,
+    ) -> None:
         row = None
         description = getattr(cursor, "description", None)
         if description is not None:
@@ -764,9 +805,10 @@ def quote(text_: str) -> str:
 
 def pgbench_statement(sent: Sent, renderer: Renderer, index: int) -> str:
     statement = re.sub(
-        r"%\((\w+)\)s", lambda match: renderer.value(sent.parameters[match.group(1)]),
+        r"%\((\w+)\)s",
+        lambda match: renderer.value(sent.parameters[match.group(1)]),
         sent.statement,
-    ).replace("%%", "%")  # fmt: skip
+    ).replace("%%", "%")
     if sent.row is None:
         return statement.rstrip() + ";"
     prefix = f"s{index}_"
@@ -798,9 +840,10 @@ def one_trip_pgbench_script(probe: int) -> str | None:
         raise RuntimeError("the fast path takes no success callback")
     renderer = Renderer(probe)
     statement = re.sub(
-        r"\$(\d+)", lambda match: renderer.value(arguments[int(match.group(1)) - 1]),
+        r"\$(\d+)",
+        lambda match: renderer.value(arguments[int(match.group(1)) - 1]),
         SETTLE_CALLBACKS,
-    )  # fmt: skip
+    )
     return PGBENCH_PROLOGUE + statement + " \\gset f_\n"
 
 
@@ -823,12 +866,24 @@ def run_pgbench(
     if pgbench is None:
         raise SystemExit("pgbench not found on PATH: apt-get install postgresql-client")
     command = [
-        pgbench, "--no-vacuum", f"--protocol={protocol}", "--file", str(script),
-        "--client", str(clients), "--jobs", str(min(clients, PGBENCH_JOBS)),
-        "--time", f"{duration:g}",
-        "--define", "i=0", "--define", f"first={block.first}",
-        "--define", f"per_client={block.size // clients}",
-    ]  # fmt: skip
+        pgbench,
+        "--no-vacuum",
+        f"--protocol={protocol}",
+        "--file",
+        str(script),
+        "--client",
+        str(clients),
+        "--jobs",
+        str(min(clients, PGBENCH_JOBS)),
+        "--time",
+        f"{duration:g}",
+        "--define",
+        "i=0",
+        "--define",
+        f"first={block.first}",
+        "--define",
+        f"per_client={block.size // clients}",
+    ]
     completed = subprocess.run(
         command, env=libpq_env(url), capture_output=True, text=True, check=False
     )
@@ -1030,9 +1085,17 @@ class Bench:
         write_callbacks(callbacks, self.allocator.block(args.pool), self.secret.encode(), seed=True)
         port = free_port()
         argv = [
-            sys.executable, str(BENCH_DIR / "webhooks_hmac_app.py"), "--host", HOST,
-            "--port", str(port), "--workers", str(WORKERS), "--log-level", "warning",
-        ]  # fmt: skip
+            sys.executable,
+            str(BENCH_DIR / "webhooks_hmac_app.py"),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            str(WORKERS),
+            "--log-level",
+            "warning",
+        ]
         note("HMAC-only ceiling: starting")
         with server("hmac-only", argv, self.env, port, self.workdir):
             run_wrk(self.lua, callbacks, port, GOAL_CONNECTIONS, WARMUP_SECONDS)
@@ -1067,9 +1130,17 @@ class Bench:
             say(f"stage {size:,}: {result.payments:,} payments stored at the first timed run")
             port = free_port()
             argv = [
-                str(console_script("orderpay")), "serve-webhooks", "--host", HOST,
-                "--port", str(port), "--workers", str(WORKERS), "--log-level", "warning",
-            ]  # fmt: skip
+                str(console_script("orderpay")),
+                "serve-webhooks",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workers",
+                str(WORKERS),
+                "--log-level",
+                "warning",
+            ]
             note("serve-webhooks: starting, warming up")
             with server(f"serve-webhooks-{size}", argv, self.env, port, self.workdir):
                 run_wrk(self.lua, warmup_file, port, GOAL_CONNECTIONS, WARMUP_SECONDS)
@@ -1093,9 +1164,13 @@ class Bench:
                         vacuum(db, checkpoint=True)
                         note(f"pgbench {kind}: {connections} clients")
                         pg = run_pgbench(
-                            self.url, script, block, connections, args.duration,
+                            self.url,
+                            script,
+                            block,
+                            connections,
+                            args.duration,
                             args.pgbench_protocol,
-                        )  # fmt: skip
+                        )
                         result.pgbench[kind, connections] = pg
                         say(
                             f"pgbench {kind} {connections} clients: {pg.tps:.0f} tps (latency "

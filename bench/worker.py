@@ -194,11 +194,13 @@ def create_settled_payments(db: Database, count: int) -> None:
 def reset_notifications(db: Database) -> None:
     """Every row back to pending, not enqueued, no attempt; the sent events gone."""
     with db.transaction() as conn:
-        conn.execute(text(
-            "UPDATE notifications SET status = 'pending', body = '', attempts = 0,"
-            " last_error = NULL, gateway_message_id = NULL, due_at = now(), enqueued_at = NULL,"
-            " sent_at = NULL, updated_at = now()"
-        ))  # fmt: skip
+        conn.execute(
+            text(
+                "UPDATE notifications SET status = 'pending', body = '', attempts = 0,"
+                " last_error = NULL, gateway_message_id = NULL, due_at = now(), enqueued_at = NULL,"
+                " sent_at = NULL, updated_at = now()"
+            )
+        )
         conn.execute(text("DELETE FROM order_events WHERE event = 'notification_sent'"))
     vacuum(db)
 
@@ -262,9 +264,11 @@ def enqueue_noop_jobs(redis: Redis, count: int) -> None:
 def relay_everything(db: Database, redis: Redis, settings: Settings, count: int) -> float:
     """Seconds Relay.relay_due() takes to move every due row to the queue."""
     relay = Relay(
-        db, make_queue(redis), settings.retry_intervals,
+        db,
+        make_queue(redis),
+        settings.retry_intervals,
         lost_after=timedelta(seconds=settings.relay_lost_after_seconds),
-    )  # fmt: skip
+    )
     start = time.perf_counter()
     moved = relay.relay_due()
     elapsed = time.perf_counter() - start
@@ -274,30 +278,42 @@ def relay_everything(db: Database, redis: Redis, settings: Settings, count: int)
 
 
 def check_relayed(db: Database, redis: Redis, count: int) -> bool:
-    enqueued = int(scalar(
-        db, "SELECT count(*) FROM notifications"
-        " WHERE status = 'pending' AND enqueued_at IS NOT NULL AND attempts = 0",
-    ))  # fmt: skip
+    enqueued = int(
+        scalar(
+            db,
+            "SELECT count(*) FROM notifications"
+            " WHERE status = 'pending' AND enqueued_at IS NOT NULL AND attempts = 0",
+        )
+    )
     queue = make_queue(redis)
     rows = sorted(nid for job in queue.get_jobs() for nid in job.args[0])
     ok = enqueued == count == len(rows) == len(set(rows))
-    say(f"check relay: {enqueued} rows marked enqueued, the queue's {queue.count} jobs hold"
-        f" {len(rows)} rows, each once (want {count}): {'ok' if ok else 'FAILED'}")  # fmt: skip
+    say(
+        f"check relay: {enqueued} rows marked enqueued, the queue's {queue.count} jobs hold"
+        f" {len(rows)} rows, each once (want {count}): {'ok' if ok else 'FAILED'}"
+    )
     return ok
 
 
 @contextmanager
-def started(argvs: Sequence[Sequence[str]], env: dict[str, str], workdir: Path,
-            tag: str) -> Iterator[list[subprocess.Popen[bytes]]]:  # fmt: skip
+def started(
+    argvs: Sequence[Sequence[str]], env: dict[str, str], workdir: Path, tag: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start one process per argv (output to files in workdir); stop leftovers on exit."""
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for index, argv in enumerate(argvs):
             with open(workdir / f"{tag}-{index}.log", "wb") as output:
-                processes.append(subprocess.Popen(
-                    argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=output,
-                    stderr=subprocess.STDOUT,
-                ))  # fmt: skip
+                processes.append(
+                    subprocess.Popen(
+                        argv,
+                        env=env,
+                        cwd=workdir,
+                        stdin=subprocess.DEVNULL,
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         yield processes
     finally:
         for process in processes:
@@ -323,8 +339,14 @@ def log_tail(workdir: Path, tag: str, lines: int = 15) -> str:
     return "\n".join(parts)
 
 
-def drain(argvs: Sequence[Sequence[str]], env: dict[str, str], workdir: Path, tag: str,
-          done: Callable[[], int], count: int) -> Drained:  # fmt: skip
+def drain(
+    argvs: Sequence[Sequence[str]],
+    env: dict[str, str],
+    workdir: Path,
+    tag: str,
+    done: Callable[[], int],
+    count: int,
+) -> Drained:
     """Start the workers and time them until `done()` reaches `count`; wait for them to exit."""
     start = time.perf_counter()
     first: float | None = None
@@ -339,8 +361,10 @@ def drain(argvs: Sequence[Sequence[str]], env: dict[str, str], workdir: Path, ta
                 elapsed = now - start
                 break
             if all(process.poll() is not None for process in processes) and done() < count:
-                raise RuntimeError(f"{tag}: the workers exited with {done()} of {count} done:\n"
-                                   + log_tail(workdir, tag))  # fmt: skip
+                raise RuntimeError(
+                    f"{tag}: the workers exited with {done()} of {count} done:\n"
+                    + log_tail(workdir, tag)
+                )
             if finished != progress[0]:
                 progress = (finished, now)
             elif now - progress[1] > STALL_SECONDS:
@@ -357,14 +381,16 @@ def drain(argvs: Sequence[Sequence[str]], env: dict[str, str], workdir: Path, ta
 
 def check_delivered(db: Database, redis: Redis, count: int, label: str) -> bool:
     sent, once, complete = row(
-        db, "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE attempts = 1),"
+        db,
+        "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE attempts = 1),"
         " count(*) FILTER (WHERE status = 'sent' AND attempts = 1 AND body LIKE 'Hi Ama, w%'"
         " AND gateway_message_id = 'log-' || id AND sent_at IS NOT NULL) FROM notifications",
-    )  # fmt: skip
+    )
     events, orders = row(
-        db, "SELECT count(*), count(DISTINCT order_id) FROM order_events"
+        db,
+        "SELECT count(*), count(DISTINCT order_id) FROM order_events"
         " WHERE event = 'notification_sent'",
-    )  # fmt: skip
+    )
     failed = failed_jobs(redis, QUEUE_NAME)
     left = make_queue(redis).count
     ok = sent == once == complete == events == orders == count and failed == left == 0
@@ -391,13 +417,18 @@ def check_noop(redis: Redis, count: int, label: str) -> bool:
 def worker_env(database_url: str, redis_url: str) -> dict[str, str]:
     """The workers' environment: this database, this Redis, the log channel; no .env (they run
     in a scratch directory)."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("ORDERPAY_", "POSTGRES_", "MTN_", "MOMO_"))}  # fmt: skip
-    env.update({
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "ORDERPAY_NOTIFY_CHANNEL": "log",
-    })  # fmt: skip
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ORDERPAY_", "POSTGRES_", "MTN_", "MOMO_"))
+    }
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "ORDERPAY_NOTIFY_CHANNEL": "log",
+        }
+    )
     env.pop("PYTHONPATH", None)
     return env
 
@@ -425,10 +456,22 @@ def fake_sms_gateway(delay: float) -> Iterator[tuple[str, list[str]]]:
             form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
             received.append(form["message"][0])
             time.sleep(delay)
-            body = json.dumps({"SMSMessageData": {"Message": "Sent to 1/1", "Recipients": [{
-                "statusCode": 101, "number": form["to"][0], "status": "Success",
-                "cost": "GHS 0.0300", "messageId": f"ATXid_{uuid.uuid4().hex}",
-            }]}}).encode()  # fmt: skip
+            body = json.dumps(
+                {
+                    "SMSMessageData": {
+                        "Message": "Sent to 1/1",
+                        "Recipients": [
+                            {
+                                "statusCode": 101,
+                                "number": form["to"][0],
+                                "status": "Success",
+                                "cost": "GHS 0.0300",
+                                "messageId": f"ATXid_{uuid.uuid4().hex}",
+                            }
+                        ],
+                    }
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -449,38 +492,65 @@ def fake_sms_gateway(delay: float) -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-def gateway_run(db: Database, redis: Redis, settings: Settings, env: dict[str, str],
-                workdir: Path, orderpay_cli: str, workers: int, delay: float,
-                count: int) -> bool:  # fmt: skip
+def gateway_run(
+    db: Database,
+    redis: Redis,
+    settings: Settings,
+    env: dict[str, str],
+    workdir: Path,
+    orderpay_cli: str,
+    workers: int,
+    delay: float,
+    count: int,
+) -> bool:
     """`count` rows queued for sms, sent by `workers` SimpleWorker processes through a gateway
     that answers in `delay` s; the figure and its check."""
     reset_notifications(db)
     with db.transaction() as conn:
-        conn.execute(text(  # only the first `count` rows are due; the others stay as sent
-            "UPDATE notifications SET channel = 'sms',"
-            " status = CASE WHEN id <= (SELECT min(id) FROM notifications) + :n - 1"
-            " THEN 'pending' ELSE 'sent' END"
-        ), {"n": count})  # fmt: skip
+        conn.execute(
+            text(  # only the first `count` rows are due; the others stay as sent
+                "UPDATE notifications SET channel = 'sms',"
+                " status = CASE WHEN id <= (SELECT min(id) FROM notifications) + :n - 1"
+                " THEN 'pending' ELSE 'sent' END"
+            ),
+            {"n": count},
+        )
     redis.flushdb()
-    relay = Relay(db, make_queue(redis), settings.retry_intervals,
-                  lost_after=timedelta(seconds=settings.relay_lost_after_seconds))  # fmt: skip
+    relay = Relay(
+        db,
+        make_queue(redis),
+        settings.retry_intervals,
+        lost_after=timedelta(seconds=settings.relay_lost_after_seconds),
+    )
     if relay.relay_due() != count:
         raise RuntimeError("the relay did not move every row queued for sms")
     with fake_sms_gateway(delay) as (url, received):
-        sms = {**env, "ORDERPAY_NOTIFY_CHANNEL": "sms", "ORDERPAY_SMS_URL": url,
-               "ORDERPAY_SMS_USERNAME": "sandbox", "ORDERPAY_SMS_API_KEY": "bench-key"}  # fmt: skip
+        sms = {
+            **env,
+            "ORDERPAY_NOTIFY_CHANNEL": "sms",
+            "ORDERPAY_SMS_URL": url,
+            "ORDERPAY_SMS_USERNAME": "sandbox",
+            "ORDERPAY_SMS_API_KEY": "bench-key",
+        }
         argvs = [[orderpay_cli, "worker", "--burst", "--worker-class", "simple"]] * workers
         total = int(scalar(db, "SELECT count(*) FROM notifications"))
         done = drain(argvs, sms, workdir, f"sms-{workers}", lambda: sent_count(db), total)
         messages = len(received)
-    once = int(scalar(db, "SELECT count(*) FROM notifications WHERE channel = 'sms'"
-                          " AND status = 'sent' AND attempts = 1 AND gateway_message_id LIKE"
-                          " 'ATXid_%'"))  # fmt: skip
+    once = int(
+        scalar(
+            db,
+            "SELECT count(*) FROM notifications WHERE channel = 'sms'"
+            " AND status = 'sent' AND attempts = 1 AND gateway_message_id LIKE"
+            " 'ATXid_%'",
+        )
+    )
     ok = messages == once == count
-    say(f"worker (SimpleWorker, {plural(workers, 'process')}, sms gateway answering in"
+    say(
+        f"worker (SimpleWorker, {plural(workers, 'process')}, sms gateway answering in"
         f" {delay * 1000:.0f} ms): {count / done.seconds:.1f} notifications/s"
         f" ({count} in {done.seconds:.2f} s); check: {messages} messages received, {once} rows"
-        f" sent on the first try (want {count} each): {'ok' if ok else 'FAILED'}")  # fmt: skip
+        f" sent on the first try (want {count} each): {'ok' if ok else 'FAILED'}"
+    )
     with db.transaction() as conn:
         conn.execute(text("UPDATE notifications SET channel = 'log'"))
     return ok
@@ -548,12 +618,16 @@ def counted_round_trips() -> Iterator[Counter[str]]:
 
 def cumulative(stats: pstats.Stats, file_suffix: str, function: str) -> float:
     raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
-    return sum(value[3] for (path, _line, name), value in raw.items()
-               if name == function and path.endswith(file_suffix))  # fmt: skip
+    return sum(
+        value[3]
+        for (path, _line, name), value in raw.items()
+        if name == function and path.endswith(file_suffix)
+    )
 
 
-def profile_in_process(database_url: str, redis: Redis, redis_url: str, count: int,
-                       workdir: Path) -> None:  # fmt: skip
+def profile_in_process(
+    database_url: str, redis: Redis, redis_url: str, count: int, workdir: Path
+) -> None:
     """Drain the relayed jobs with a SimpleWorker in this process under cProfile."""
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
@@ -606,19 +680,25 @@ def profile_in_process(database_url: str, redis: Redis, redis_url: str, count: i
     total = cumulative(stats, "rq/worker/base.py", "work") or elapsed
     steps = [
         ("RQ dequeue", cumulative(stats, "rq/worker/base.py", "dequeue_job_and_maintain_ttl")),
-        ("RQ job bookkeeping (perform_job minus the job)",
-         cumulative(stats, "rq/worker/base.py", "perform_job")
-         - cumulative(stats, "orderpay/jobs.py", "send_notification")),
-        ("claim transaction",
-         cumulative(stats, "orderpay/delivery.py", "deliver")
-         - cumulative(stats, "orderpay/delivery.py", "send_attempt")),
+        (
+            "RQ job bookkeeping (perform_job minus the job)",
+            cumulative(stats, "rq/worker/base.py", "perform_job")
+            - cumulative(stats, "orderpay/jobs.py", "send_notification"),
+        ),
+        (
+            "claim transaction",
+            cumulative(stats, "orderpay/delivery.py", "deliver")
+            - cumulative(stats, "orderpay/delivery.py", "send_attempt"),
+        ),
         ("render", cumulative(stats, "orderpay/delivery.py", "render")),
         ("LogChannel.send (logging)", cumulative(stats, "orderpay/channels.py", "send")),
-        ("record transaction",
-         cumulative(stats, "orderpay/delivery.py", "send_attempt")
-         - cumulative(stats, "orderpay/delivery.py", "render")
-         - cumulative(stats, "orderpay/channels.py", "send")),
-    ]  # fmt: skip
+        (
+            "record transaction",
+            cumulative(stats, "orderpay/delivery.py", "send_attempt")
+            - cumulative(stats, "orderpay/delivery.py", "render")
+            - cumulative(stats, "orderpay/channels.py", "send"),
+        ),
+    ]
     shares = "; ".join(
         f"{name} {seconds / count * 1000:.3f} ms ({seconds / total:.0%})" for name, seconds in steps
     )
@@ -676,7 +756,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=400,
         help="notifications sent through the SMS gateway (default 400)",
     )
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     args.worker_counts = [int(part) for part in args.workers.split(",") if part.strip()]
     args.class_names = [part.strip() for part in args.classes.split(",") if part.strip()]
     unknown = [name for name in args.class_names if name not in WORKER_CLASSES]
@@ -722,19 +802,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                         redis.flushdb()
                         relay_times.append(relay_everything(db, redis, settings, count))
                         note(f"{label}: relayed in {relay_times[-1]:.2f} s; orderpay workers")
-                        argvs = [[orderpay_cli, "worker", "--burst", "--worker-class",
-                                  kind.option]] * n  # fmt: skip
+                        argvs = [
+                            [orderpay_cli, "worker", "--burst", "--worker-class", kind.option]
+                        ] * n
                         tag = f"orderpay-{class_name}-{n}"
                         mine = drain(argvs, env, workdir, tag, lambda: sent_count(db), count)
                         ok &= check_delivered(db, redis, count, f"worker ({label})")
                         redis.flushdb()
                         enqueue_noop_jobs(redis, count)
-                        note(f"{label}: orderpay {mine.seconds:.2f} s (first done after"
-                             f" {mine.first_seconds:.2f} s); RQ no-op workers")  # fmt: skip
-                        argvs = [[rq_cli, "worker", "--burst", "--serializer",
-                                  "rq.serializers.JSONSerializer", "--worker-class", kind.rq_path,
-                                  "--url", args.redis_url, "--logging_level", "WARNING",
-                                  NOOP_QUEUE]] * n  # fmt: skip
+                        note(
+                            f"{label}: orderpay {mine.seconds:.2f} s (first done after"
+                            f" {mine.first_seconds:.2f} s); RQ no-op workers"
+                        )
+                        argvs = [
+                            [
+                                rq_cli,
+                                "worker",
+                                "--burst",
+                                "--serializer",
+                                "rq.serializers.JSONSerializer",
+                                "--worker-class",
+                                kind.rq_path,
+                                "--url",
+                                args.redis_url,
+                                "--logging_level",
+                                "WARNING",
+                                NOOP_QUEUE,
+                            ]
+                        ] * n
                         tag = f"noop-{class_name}-{n}"
                         noop = drain(
                             argvs,
@@ -768,9 +863,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.gateway_delay > 0:
                     for n in args.worker_counts:
                         ok &= gateway_run(
-                            db, redis, settings, env, workdir, orderpay_cli, n,
-                            args.gateway_delay, min(args.gateway_count, count),
-                        )  # fmt: skip
+                            db,
+                            redis,
+                            settings,
+                            env,
+                            workdir,
+                            orderpay_cli,
+                            n,
+                            args.gateway_delay,
+                            min(args.gateway_count, count),
+                        )
                 if args.profile:
                     reset_notifications(db)
                     redis.flushdb()

@@ -134,9 +134,12 @@ def _shop(runtime: Runtime, report: Report) -> uuid.UUID:
 
     with runtime.database.transaction() as conn:
         customer = create_customer(
-            conn, name="Ama Mensah", phone="024 123 4567", email="ama@example.com",
+            conn,
+            name="Ama Mensah",
+            phone="024 123 4567",
+            email="ama@example.com",
             default_region=runtime.settings.default_region,
-        )  # fmt: skip
+        )
         kenkey = create_product(conn, name="Kenkey and fish", price="35.00", currency="GHS")
         sobolo = create_product(conn, name="Sobolo (1 l)", price="12.50", currency="GHS")
         order = create_order(conn, customer_id=customer.id, items=[(kenkey.id, 2), (sobolo.id, 1)])
@@ -149,10 +152,14 @@ def _charge(runtime: Runtime, order_id: uuid.UUID, report: Report) -> None:
 
     key = f"demo-{order_id}"
     result = charge_order(
-        runtime.database, runtime.provider, order_id=order_id, key=key, payer_phone=None,
+        runtime.database,
+        runtime.provider,
+        order_id=order_id,
+        key=key,
+        payer_phone=None,
         default_region=runtime.settings.default_region,
         lease_seconds=runtime.settings.charge_lease_seconds,
-    )  # fmt: skip
+    )
     report(f"charge: payment {result.payment.id} {result.payment.status} (key {key})")
 
 

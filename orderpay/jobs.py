@@ -107,8 +107,13 @@ def send_notifications(notification_ids: list[int]) -> str:
     deadline = time.monotonic() + JOB_BUDGET_SECONDS
     batch = _deliver(runtime, policy, notification_ids, deadline)
     results, left = batch.results, batch.left
-    early = [r for r in results if r.due_in is not None and r.outcome is Delivery.SKIPPED
-             and 0 < r.due_in <= SCHEDULER_EARLINESS_SECONDS]  # fmt: skip
+    early = [
+        r
+        for r in results
+        if r.due_in is not None
+        and r.outcome is Delivery.SKIPPED
+        and 0 < r.due_in <= SCHEDULER_EARLINESS_SECONDS
+    ]
     if early and not stopping.is_set():
         # RQ's scheduler keeps whole seconds, so a retry can start a moment before the time
         # its rows were given; wait for them rather than leave them to the relay's sweep.
@@ -143,10 +148,14 @@ def _deliver(
     runtime: Runtime, policy: RetryPolicy, notification_ids: list[int], deadline: float
 ) -> Batch:
     return deliver_batch(
-        runtime.database, runtime.channel_for, notification_ids,
-        merchant_name=runtime.settings.merchant_name, policy=policy, stop=stopping.is_set,
+        runtime.database,
+        runtime.channel_for,
+        notification_ids,
+        merchant_name=runtime.settings.merchant_name,
+        policy=policy,
+        stop=stopping.is_set,
         deadline=deadline,
-    )  # fmt: skip
+    )
 
 
 def _hand_over(notification_ids: list[int]) -> None:
@@ -190,9 +199,12 @@ def split(rows: Sequence[T], workers: int) -> list[list[T]]:
 
 
 def enqueue_batches(
-    queue: Queue, batches: Sequence[Sequence[int]], retry_intervals: tuple[int, ...],
-    attempts: Sequence[Sequence[int]] | None = None, salt: str = "",
-) -> int:  # fmt: skip
+    queue: Queue,
+    batches: Sequence[Sequence[int]],
+    retry_intervals: tuple[int, ...],
+    attempts: Sequence[Sequence[int]] | None = None,
+    salt: str = "",
+) -> int:
     """One job per batch, and each row's job named under row_job_key, in one pipeline."""
     from rq import Retry
 
@@ -203,12 +215,16 @@ def enqueue_batches(
     ]
     jobs = [
         queue.prepare_data(
-            send_notifications, args=(list(batch),), job_id=jid, retry=retry,
-            timeout=JOB_TIMEOUT_SECONDS, result_ttl=RESULT_TTL_SECONDS,
+            send_notifications,
+            args=(list(batch),),
+            job_id=jid,
+            retry=retry,
+            timeout=JOB_TIMEOUT_SECONDS,
+            result_ttl=RESULT_TTL_SECONDS,
             failure_ttl=FAILURE_TTL_SECONDS,
         )
         for batch, jid in named
-    ]  # fmt: skip
+    ]
     with queue.connection.pipeline() as pipeline:
         queue.enqueue_many(jobs, pipeline=pipeline)
         for batch, jid in named:
@@ -247,9 +263,13 @@ class Relay:
     """
 
     def __init__(
-        self, database: Database, queue: Queue, retry_intervals: tuple[int, ...],
-        lost_after: timedelta, batch: int = RELAY_BATCH,
-    ) -> None:  # fmt: skip
+        self,
+        database: Database,
+        queue: Queue,
+        retry_intervals: tuple[int, ...],
+        lost_after: timedelta,
+        batch: int = RELAY_BATCH,
+    ) -> None:
         self.database = database
         self.queue = queue
         self.retry_intervals = retry_intervals

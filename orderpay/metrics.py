@@ -22,9 +22,10 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise
 
         self.callbacks = Counter(
-            "orderpay_callbacks_total", "Payment callbacks by source and outcome.",
+            "orderpay_callbacks_total",
+            "Payment callbacks by source and outcome.",
             ["source", "outcome"],
-        )  # fmt: skip
+        )
         self.charges = Counter(
             "orderpay_charges_total", "Charges through the REST API by outcome.", ["outcome"]
         )

@@ -135,8 +135,9 @@ def error_response(request: Request, error: Exception) -> Response:
     error = public_error(error)
     if isinstance(error, OrderpayError):
         if error.public_message != error.message:
-            log.error("%s on %s %s: %s", error.code, request.method, request.url.path,
-                      error.message)  # fmt: skip
+            log.error(
+                "%s on %s %s: %s", error.code, request.method, request.url.path, error.message
+            )
     elif not isinstance(error, HTTPException):
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return error_json(error)
@@ -249,10 +250,13 @@ def create_app(settings: Settings | None = None) -> MomoRoute:
     app = Starlette(
         routes=ROUTES,
         middleware=[Middleware(AccessLog)],
-        exception_handlers={OrderpayError: error_response, HTTPException: error_response,
-                            Exception: error_response},
+        exception_handlers={
+            OrderpayError: error_response,
+            HTTPException: error_response,
+            Exception: error_response,
+        },
         lifespan=lifespan,
-    )  # fmt: skip
+    )
     app.state.runtime = runtime
     app.state.confirmer = confirmer
     route = MomoRoute(app, runtime, confirmer)

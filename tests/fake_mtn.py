@@ -78,9 +78,11 @@ TOKEN_PATH = "/collection/token/"
 REQUEST_TO_PAY_PATH = "/collection/v1_0/requesttopay"
 STATUS_PATH = "/collection/v1_0/requesttopay/{reference}"
 KINDS = {
-    "token": TOKEN_PATH, "requesttopay": REQUEST_TO_PAY_PATH, "status": STATUS_PATH,
+    "token": TOKEN_PATH,
+    "requesttopay": REQUEST_TO_PAY_PATH,
+    "status": STATUS_PATH,
     **DISBURSEMENT_KINDS,
-}  # fmt: skip
+}
 
 FAILS_INTERNAL = "46733123450"
 REJECTS = "46733123451"
@@ -251,9 +253,15 @@ class FakeMtn:
         self._socket = sock
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         config = uvicorn.Config(
-            self._app(), lifespan="off", loop="asyncio", http="h11", ws="none",
-            log_config=None, access_log=False, timeout_graceful_shutdown=2,
-        )  # fmt: skip
+            self._app(),
+            lifespan="off",
+            loop="asyncio",
+            http="h11",
+            ws="none",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="fake-mtn", daemon=True
@@ -601,8 +609,10 @@ class FakeMtn:
                         response = done or handler(request, body)
             finally:
                 self._land(flight, generation)
-            headers = {name.decode("latin-1"): value.decode("latin-1")
-                       for name, value in request.scope["headers"]}  # fmt: skip
+            headers = {
+                name.decode("latin-1"): value.decode("latin-1")
+                for name, value in request.scope["headers"]
+            }
             recorded = Recorded(
                 kind, request.method, request.url.path, headers, body, response.status_code
             )
@@ -664,9 +674,11 @@ class FakeMtn:
             return token, self.token_expires_in
 
         return token_response(
-            request, subscription_key=self.subscription_key,
-            credentials=(self.api_user, self.api_key), issue=issue,
-        )  # fmt: skip
+            request,
+            subscription_key=self.subscription_key,
+            credentials=(self.api_user, self.api_key),
+            issue=issue,
+        )
 
     def _token_valid(self, token: str) -> bool:
         with self._lock:
@@ -675,9 +687,11 @@ class FakeMtn:
 
     def _check_api_call(self, request: Request) -> Response | None:
         return api_call_refused(
-            request, subscription_key=self.subscription_key, token_valid=self._token_valid,
+            request,
+            subscription_key=self.subscription_key,
+            token_valid=self._token_valid,
             target_environment=self.target_environment,
-        )  # fmt: skip
+        )
 
     def _request_to_pay(self, request: Request, body: bytes) -> Response:
         refused = self._check_api_call(request)
@@ -704,9 +718,10 @@ class FakeMtn:
         with self._lock:
             if reference in self._transfers:
                 return error(
-                    409, "RESOURCE_ALREADY_EXIST",
+                    409,
+                    "RESOURCE_ALREADY_EXIST",
                     "Duplicated reference id. Creation of resource failed.",
-                )  # fmt: skip
+                )
             if payer in self._refused_payers:
                 status, code = self._refused_payers[payer]
                 return error(status, code, f"Payer refused: {code}")
@@ -808,10 +823,13 @@ class FakeMtn:
                 heapq.heappush(
                     self._queue,
                     _Scheduled(
-                        first + round_ * self.callback_gap, next(self._seq),
-                        transfer.reference, method, self._generation,
+                        first + round_ * self.callback_gap,
+                        next(self._seq),
+                        transfer.reference,
+                        method,
+                        self._generation,
                     ),
-                )  # fmt: skip
+                )
         self._wakeup.notify_all()
 
     def _send_callbacks(self) -> None:
@@ -873,8 +891,10 @@ def _body_problem(data: Any) -> str | None:
         return "externalId must be a string"
     payer = data.get("payer")
     if not isinstance(payer, dict) or payer.get("partyIdType") not in (
-        "MSISDN", "EMAIL", "PARTY_CODE",
-    ):  # fmt: skip
+        "MSISDN",
+        "EMAIL",
+        "PARTY_CODE",
+    ):
         return "payer.partyIdType must be MSISDN, EMAIL or PARTY_CODE"
     party = payer.get("partyId")
     if not isinstance(party, str) or (

@@ -214,9 +214,11 @@ class FakeDisbursement:
             return token, mtn.token_expires_in
 
         return token_response(
-            request, subscription_key=self.subscription_key,
-            credentials=(self.api_user, self.api_key), issue=issue,
-        )  # fmt: skip
+            request,
+            subscription_key=self.subscription_key,
+            credentials=(self.api_user, self.api_key),
+            issue=issue,
+        )
 
     def _token_valid(self, token: str) -> bool:
         with self._mtn._lock:
@@ -225,9 +227,11 @@ class FakeDisbursement:
 
     def _check_api_call(self, request: Request) -> Response | None:
         return api_call_refused(
-            request, subscription_key=self.subscription_key, token_valid=self._token_valid,
+            request,
+            subscription_key=self.subscription_key,
+            token_valid=self._token_valid,
             target_environment=self._mtn.target_environment,
-        )  # fmt: skip
+        )
 
     def _refund(self, request: Request, body: bytes) -> Response:
         mtn = self._mtn
@@ -258,9 +262,10 @@ class FakeDisbursement:
         with mtn._lock:
             if reference in self._refunds:
                 return error(
-                    409, "RESOURCE_ALREADY_EXIST",
+                    409,
+                    "RESOURCE_ALREADY_EXIST",
                     "Duplicated reference id. Creation of resource failed.",
-                )  # fmt: skip
+                )
             refused = self._refusal(data)
             if refused is not None:
                 return refused

@@ -52,9 +52,10 @@ with warnings.catch_warnings():
     # Starlette >= 1.10 prefers the `httpx2` package for its TestClient and warns when it
     # falls back to `httpx` (which orderpay depends on). The client works the same.
     warnings.filterwarnings(
-        "ignore", message=r"Using `httpx` with `starlette.testclient`",
+        "ignore",
+        message=r"Using `httpx` with `starlette.testclient`",
         category=StarletteDeprecationWarning,
-    )  # fmt: skip
+    )
     from starlette.testclient import TestClient
 
 __all__ = [
@@ -180,9 +181,13 @@ def a_pending_payment(db: Database, *, phone: str = AMA, **order_options: Any) -
     """
     order = an_order(db, phone=phone, **order_options)
     result = charge_order(
-        db, SimulatorProvider(), order_id=order.id, key=a_key(), default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=order.id,
+        key=a_key(),
+        default_region="GH",
         lease_seconds=90,
-    )  # fmt: skip
+    )
     return result.payment
 
 
@@ -274,9 +279,13 @@ def serve_webhooks(directory: Path, env: dict[str, str], *args: str) -> Iterator
     command = [sys.executable, "-m", "orderpay", "serve-webhooks", "--port", str(port), *args]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            command, env={**os.environ, **env}, cwd=directory, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=log_file,
-        )  # fmt: skip
+            command,
+            env={**os.environ, **env},
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
         running = ServeWebhooks(f"http://127.0.0.1:{port}", process, log_path)
         try:
             _wait_until_healthy(running)

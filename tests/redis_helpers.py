@@ -170,13 +170,23 @@ class PrivateRedis:
         assert self.process is None, "already running"
         self.process = subprocess.Popen(
             [
-                "redis-server", "--port", str(self.port), "--bind", REDIS_HOST,
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--dir", str(self.directory),
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                REDIS_HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self.directory),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + STARTUP_SECONDS
         with redis_client(self.url) as client:
             while True:
@@ -280,9 +290,13 @@ def a_settled_payment(
     notification is queued for `target` (by default the SMS channel: the local gateway)."""
     order = an_order(db, phone=phone, price=price, currency=currency, quantity=quantity)
     payment = charge_order(
-        db, SimulatorProvider(), order_id=order.id, key=a_key(), default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=order.id,
+        key=a_key(),
+        default_region="GH",
         lease_seconds=90,
-    ).payment  # fmt: skip
+    ).payment
     body = success_callback(order.id, payment.id)
     apply_success(db, body, target or SMS_TARGET)
     with db.transaction() as conn:
@@ -470,9 +484,12 @@ def serving(*channels: Channel) -> Channels:
 def sms_channel(gateway: Gateway, timeout: float = 5.0, sender_id: str | None = None) -> SmsChannel:
     """An Africa's Talking channel pointed at the local gateway."""
     return SmsChannel(
-        base_url=gateway.url, username=SMS_USERNAME, api_key=SMS_API_KEY, sender_id=sender_id,
+        base_url=gateway.url,
+        username=SMS_USERNAME,
+        api_key=SMS_API_KEY,
+        sender_id=sender_id,
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 @contextlib.contextmanager
@@ -648,12 +665,19 @@ def queued_jobs(redis: Redis) -> dict[str, list[int]]:
     for raw in redis.lrange(f"rq:queue:{jobs.QUEUE_NAME}", 0, -1):
         job_id = raw.decode()
         data = redis.hget(f"rq:job:{job_id}", "data")
-        function, _instance, args, _kwargs = json.loads(zlib.decompress(data)) if data else (
-            None, None, [[]], {},
-        )  # fmt: skip
-        jobs_rows[job_id] = list(args[0]) if function == "orderpay.jobs.send_notifications" else [
-            args[0]
-        ]  # fmt: skip
+        function, _instance, args, _kwargs = (
+            json.loads(zlib.decompress(data))
+            if data
+            else (
+                None,
+                None,
+                [[]],
+                {},
+            )
+        )
+        jobs_rows[job_id] = (
+            list(args[0]) if function == "orderpay.jobs.send_notifications" else [args[0]]
+        )
     return jobs_rows
 
 

@@ -57,16 +57,25 @@ def a_paid_payment(
     signed callback settles it; its `payment_received` notification is queued."""
     order = an_order(db, phone=phone, price=price, quantity=quantity, currency=currency)
     charged = charge_order(
-        db, SimulatorProvider(), order_id=order.id, key=a_key(), default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=order.id,
+        key=a_key(),
+        default_region="GH",
         lease_seconds=LEASE_SECONDS,
-    )  # fmt: skip
+    )
     with db.transaction() as conn:
         locked = lock_payment(conn, charged.payment.id)
         assert locked is not None
         verdict = settlement.settle(
-            conn, locked, PaymentStatus.SUCCEEDED, reason=None, amount=None, source="test",
+            conn,
+            locked,
+            PaymentStatus.SUCCEEDED,
+            reason=None,
+            amount=None,
+            source="test",
             notify=notify or NotifyTarget(),
-        )  # fmt: skip
+        )
         assert verdict is settlement.Settled.APPLIED
         return get_payment(conn, charged.payment.id)
 
@@ -122,13 +131,20 @@ def refund(
 ) -> RefundResult:
     """The refund service, as the CLI and the REST route call it, against `provider`."""
     ask = ask_for(
-        payment_id, key=key or a_key(), amount=amount, currency=None, reason=reason,
+        payment_id,
+        key=key or a_key(),
+        amount=amount,
+        currency=None,
+        reason=reason,
         operator=operator,
-    )  # fmt: skip
+    )
     return refund_payment(
-        db, lambda _name: provider, ask, lease_seconds=LEASE_SECONDS,
+        db,
+        lambda _name: provider,
+        ask,
+        lease_seconds=LEASE_SECONDS,
         notify=notify or NotifyTarget(),
-    )  # fmt: skip
+    )
 
 
 def refunds_of(db: Database, payment_id: uuid.UUID) -> list[Refund]:

@@ -78,8 +78,7 @@ def test_a_released_connection_is_not_reset(pg_url: str) -> None:
 async def _fast_callback_on(url: str) -> Any:
     pool = await create_pool(url, min_size=0, max_size=1)
     try:
-        document = {"provider_reference": "r-1", "order_id": str(uuid.uuid4()),
-                    "status": "success"}  # fmt: skip
+        document = {"provider_reference": "r-1", "order_id": str(uuid.uuid4()), "status": "success"}
         callback = parse_callback(json.dumps(document).encode())
         [result] = await settle_batch(pool, [callback], NotifyTarget("log"), label="test db")
         return result

@@ -64,9 +64,12 @@ def test_a_batch_sends_each_row_once_with_its_sent_event(any_db: Database) -> No
     settled = [a_settled_payment(any_db) for _ in range(5)]
     with a_gateway() as gateway, closing(sms_channel(gateway)) as channel:
         batch = deliver_batch(
-            any_db, serving(channel), [s.notification_id for s in settled],
-            merchant_name=MERCHANT, policy=FAST,
-        )  # fmt: skip
+            any_db,
+            serving(channel),
+            [s.notification_id for s in settled],
+            merchant_name=MERCHANT,
+            policy=FAST,
+        )
         forms = gateway.sms_forms()
         answered = {message_id for _, message_id in gateway.answered}
 
@@ -180,8 +183,10 @@ def test_an_unexpected_error_on_one_row_fails_only_that_row(any_db: Database) ->
     assert requests == 2
     failed = notification(any_db, ids[1])
     assert (failed.status, failed.attempts, failed.lease_until) == (
-        NotificationStatus.PENDING, 1, None,
-    )  # fmt: skip
+        NotificationStatus.PENDING,
+        1,
+        None,
+    )
     assert "InvalidURL" in (failed.last_error or "")
     assert event_names(any_db, broken.order_id).count("notification_attempt_failed") == 1
 
@@ -199,9 +204,10 @@ def test_a_gateway_slower_than_the_lease_with_two_workers_sends_nothing_twice(
         gateway.delay = 1.2
         with closing(sms_channel(gateway, timeout=1.5)) as a, closing(sms_channel(gateway)) as b:
             worker_a = threading.Thread(
-                target=deliver_batch, args=(db, serving(a), ids),
+                target=deliver_batch,
+                args=(db, serving(a), ids),
                 kwargs={"merchant_name": MERCHANT, "policy": policy},
-            )  # fmt: skip
+            )
             worker_a.start()
             deadline = time.monotonic() + 20
             while worker_a.is_alive() or any(
@@ -225,25 +231,32 @@ def crashing_gateway() -> Iterator[Any]:
 
 
 def test_a_worker_killed_mid_batch_leaves_the_rest_of_the_batch_to_be_retried(
-    pg_url: str, db: Database, redis_url: str, worker_processes: StartWorker,
+    pg_url: str,
+    db: Database,
+    redis_url: str,
+    worker_processes: StartWorker,
     crashing_gateway: Any,
-) -> None:  # fmt: skip
+) -> None:
     settled = [a_settled_payment(db) for _ in range(4)]
     gateway = crashing_gateway
     env = {
-        "DATABASE_URL": pg_url, "REDIS_URL": redis_url, "ORDERPAY_RELAY_LOST_AFTER_SECONDS": "1",
-        **sms_env(gateway.url, ORDERPAY_NOTIFY_LEASE_SECONDS="1",
-                  ORDERPAY_NOTIFY_TIMEOUT_SECONDS="1"),
-    }  # fmt: skip
+        "DATABASE_URL": pg_url,
+        "REDIS_URL": redis_url,
+        "ORDERPAY_RELAY_LOST_AFTER_SECONDS": "1",
+        **sms_env(
+            gateway.url, ORDERPAY_NOTIFY_LEASE_SECONDS="1", ORDERPAY_NOTIFY_TIMEOUT_SECONDS="1"
+        ),
+    }
     doomed = worker_processes(env)
     wait_until(lambda: gateway.hanging == 1, timeout=30, what="the gateway to hold a request")
     doomed.kill_group()
     left = {row["id"]: row["status"] for row in notification_rows(db)}
     successor = worker_processes(env)
     wait_until(
-        lambda: {row["status"] for row in notification_rows(db)} == {"sent"}, timeout=30,
+        lambda: {row["status"] for row in notification_rows(db)} == {"sent"},
+        timeout=30,
         what="every row to be sent",
-    )  # fmt: skip
+    )
     exit_code = successor.terminate()
     forms = gateway.sms_forms()
 

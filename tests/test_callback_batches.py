@@ -130,8 +130,9 @@ def test_a_batch_writes_the_rows_and_answers_of_the_ordinary_transaction_one_by_
         ordinary_db.dispose()
 
 
-def test_a_batch_that_falls_back_for_a_callback_writes_nothing_for_it(db: Database, pg_url: str
-                                                                      ) -> None:  # fmt: skip
+def test_a_batch_that_falls_back_for_a_callback_writes_nothing_for_it(
+    db: Database, pg_url: str
+) -> None:
     settled, mismatched = pending(db), pending(db)
     callbacks = [Sent(ours(settled)).parsed(), Sent(ours(mismatched, amount="1")).parsed()]
 

@@ -64,9 +64,13 @@ def an_initiated_payment(db: Database) -> Payment:
     order = an_order(db)
     with db.transaction() as conn:
         claim = claim_payment(
-            conn, order_id=order.id, key=a_key(), payer_phone=None, provider="simulator",
+            conn,
+            order_id=order.id,
+            key=a_key(),
+            payer_phone=None,
+            provider="simulator",
             lease=timedelta(seconds=90),
-        )  # fmt: skip
+        )
     return claim.payment
 
 
@@ -93,9 +97,14 @@ def test_a_404d_signed_callback_for_an_existing_order_is_listed_as_unmatched(
     assert_error(answer, 404, "payment_not_found")
     [item] = cli.items("webhook", "list")
     assert item | {"id": 0, "received_at": ""} == {
-        "id": 0, "source": "momo", "received_at": "", "outcome": "unmatched",
-        "order": str(payment.order_id), "payment": None, "dedupe_key": f"{SENDER_ID}:succeeded",
-    }  # fmt: skip
+        "id": 0,
+        "source": "momo",
+        "received_at": "",
+        "outcome": "unmatched",
+        "order": str(payment.order_id),
+        "payment": None,
+        "dedupe_key": f"{SENDER_ID}:succeeded",
+    }
 
 
 def test_a_callback_for_an_unknown_order_is_not_kept(client: TestClient, db: Database) -> None:
@@ -168,8 +177,10 @@ def test_copies_of_an_unmatched_callback_racing_once_the_payment_is_pending_sett
     assert {a.json()["payment"] for a in answers} == {str(payment.id)}
     state = seen(db, payment)
     assert (state.payment, state.order, state.notifications) == (
-        PaymentStatus.SUCCEEDED, OrderStatus.PAID, 1,
-    )  # fmt: skip
+        PaymentStatus.SUCCEEDED,
+        OrderStatus.PAID,
+        1,
+    )
 
 
 # Replay
@@ -192,13 +203,18 @@ def test_replaying_a_stored_unmatched_callback_settles_it_once_the_payment_exist
     replayed = any_cli.ok("webhook", "replay", str(event["id"]))
 
     assert replayed == {
-        "event": event["id"], "source": "momo", "outcome": "processed",
-        "payment": str(payment.id), "notification_queued": True,
-    }  # fmt: skip
+        "event": event["id"],
+        "source": "momo",
+        "outcome": "processed",
+        "payment": str(payment.id),
+        "notification_queued": True,
+    }
     state = seen(any_db, payment)
     assert (state.payment, state.order, state.transaction_id) == (
-        PaymentStatus.SUCCEEDED, OrderStatus.PAID, SENDER_ID,
-    )  # fmt: skip
+        PaymentStatus.SUCCEEDED,
+        OrderStatus.PAID,
+        SENDER_ID,
+    )
     assert state.notifications == 1
     assert [e["outcome"] for e in any_cli.items("webhook", "list")] == ["processed"]
 
@@ -270,8 +286,10 @@ def test_replaying_an_mtn_callback_asks_mtns_status_and_settles_on_its_answer(
     assert (replayed["outcome"], replayed["confirmation"]["after"]) == ("confirmed", "succeeded")
     state = seen(db, payment)
     assert (state.payment, state.order, state.notifications) == (
-        PaymentStatus.SUCCEEDED, OrderStatus.PAID, 1,
-    )  # fmt: skip
+        PaymentStatus.SUCCEEDED,
+        OrderStatus.PAID,
+        1,
+    )
 
 
 def test_replaying_a_delivery_report_is_refused_with_exit_2_and_changes_nothing(
@@ -280,9 +298,13 @@ def test_replaying_a_delivery_report_is_refused_with_exit_2_and_changes_nothing(
     order = an_order(db)
     with db.transaction() as conn:
         inbox.record_once(
-            conn, source=DLR_SOURCE, dedupe_key="ATXid_1:Success", payload="status=Success",
-            outcome="kept", order_id=order.id,
-        )  # fmt: skip
+            conn,
+            source=DLR_SOURCE,
+            dedupe_key="ATXid_1:Success",
+            payload="status=Success",
+            outcome="kept",
+            order_id=order.id,
+        )
     [event] = cli.items("webhook", "list")
     before = count_rows(db)
 
@@ -341,8 +363,10 @@ def test_webhook_show_json_masks_the_phone_numbers_of_the_payload(
     shown = cli.ok("webhook", "show", str(event["id"]))
 
     assert shown | {"payload": None} == event | {"payload": None}
-    assert (shown["payload"]["payer"], shown["payload"]["msisdn"]) == ("+233*****4567",
-                                                                       "467*****450")  # fmt: skip
+    assert (shown["payload"]["payer"], shown["payload"]["msisdn"]) == (
+        "+233*****4567",
+        "467*****450",
+    )
     assert shown["payload"]["amount"] == "25.00"
 
 

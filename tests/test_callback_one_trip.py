@@ -94,9 +94,13 @@ def pending(db: Database, **options: Any) -> Payment:
 def charged_again(db: Database, order_id: uuid.UUID) -> Payment:
     """A second charge of an order whose first payment failed."""
     return charge_order(
-        db, SimulatorProvider(), order_id=order_id, key="charged-again", default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=order_id,
+        key="charged-again",
+        default_region="GH",
         lease_seconds=90,
-    ).payment  # fmt: skip
+    ).payment
 
 
 def _success(db: Database) -> list[Sent]:
@@ -396,8 +400,10 @@ LEDGER_ROWS = {
 def ledger_rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the ledger tables, payment ids named (`naming`)."""
     with db.transaction() as conn:
-        rows = {table: [tuple(row) for row in conn.execute(text(query))]
-                for table, query in LEDGER_ROWS.items()}  # fmt: skip
+        rows = {
+            table: [tuple(row) for row in conn.execute(text(query))]
+            for table, query in LEDGER_ROWS.items()
+        }
     named = naming(db)
     return {table: [tuple(named(v) for v in row) for row in found] for table, found in rows.items()}
 

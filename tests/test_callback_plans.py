@@ -127,8 +127,13 @@ def test_locking_the_payment_by_our_payment_id_is_an_index_lookup(crowded_db: Da
 
 
 def callback(reference: str, n: int, status: str = "success") -> Any:
-    document = {"provider_reference": reference, "order_id": str(order_id(n)), "status": status,
-                "amount": "25.00", "currency": "GHS"}  # fmt: skip
+    document = {
+        "provider_reference": reference,
+        "order_id": str(order_id(n)),
+        "status": status,
+        "amount": "25.00",
+        "currency": "GHS",
+    }
     return parse_callback(json.dumps(document).encode())
 
 

@@ -274,9 +274,13 @@ def an_initiated_payment(db: Database) -> Payment:
     order = an_order(db)
     with db.transaction() as conn:
         claim = claim_payment(
-            conn, order_id=order.id, key=a_key(), payer_phone=None, provider="simulator",
+            conn,
+            order_id=order.id,
+            key=a_key(),
+            payer_phone=None,
+            provider="simulator",
             lease=timedelta(seconds=90),
-        )  # fmt: skip
+        )
     assert claim.payment.status is PaymentStatus.INITIATED
     return claim.payment
 

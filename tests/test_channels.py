@@ -64,8 +64,9 @@ def test_the_workers_own_log_shows_the_message_with_the_phone_number_masked(
 ) -> None:
     settled = a_settled_payment(db, target=LOG_TARGET)
 
-    done = run_orderpay({"DATABASE_URL": pg_url, "ORDERPAY_MERCHANT_NAME": MERCHANT}, "worker",
-                        "--burst")  # fmt: skip
+    done = run_orderpay(
+        {"DATABASE_URL": pg_url, "ORDERPAY_MERCHANT_NAME": MERCHANT}, "worker", "--burst"
+    )
 
     assert done.returncode == 0, done.stderr
     assert notification(db, settled.notification_id).status is NotificationStatus.SENT
@@ -111,9 +112,12 @@ def test_the_gateways_message_id_is_stored_as_the_notifications_gateway_message_
 
 def test_the_sms_channel_keeps_its_api_key_out_of_its_repr() -> None:
     channel = SmsChannel(
-        base_url="http://127.0.0.1:1", username=SMS_USERNAME, api_key=SMS_API_KEY,
-        sender_id=None, timeout=1,
-    )  # fmt: skip
+        base_url="http://127.0.0.1:1",
+        username=SMS_USERNAME,
+        api_key=SMS_API_KEY,
+        sender_id=None,
+        timeout=1,
+    )
     with closing(channel):
         assert SMS_API_KEY not in repr(channel)
 
@@ -193,9 +197,11 @@ def test_the_worker_refuses_the_sms_channel_without_an_api_key_and_changes_nothi
     before = count_rows(db), notification_rows(db)
 
     outcome = cli(
-        "worker", "--burst",
-        ORDERPAY_NOTIFY_CHANNEL="sms", ORDERPAY_SMS_USERNAME=SMS_USERNAME,
-    )  # fmt: skip
+        "worker",
+        "--burst",
+        ORDERPAY_NOTIFY_CHANNEL="sms",
+        ORDERPAY_SMS_USERNAME=SMS_USERNAME,
+    )
 
     assert outcome.exit_code == 2
     assert "ORDERPAY_SMS_API_KEY" in outcome.stderr
@@ -209,9 +215,11 @@ def test_the_worker_refuses_the_webhook_channel_without_a_secret_and_changes_not
     before = count_rows(db), notification_rows(db)
 
     outcome = cli(
-        "worker", "--burst",
-        ORDERPAY_NOTIFY_CHANNEL="webhook", ORDERPAY_NOTIFY_WEBHOOK_URL="http://127.0.0.1:1/hook",
-    )  # fmt: skip
+        "worker",
+        "--burst",
+        ORDERPAY_NOTIFY_CHANNEL="webhook",
+        ORDERPAY_NOTIFY_WEBHOOK_URL="http://127.0.0.1:1/hook",
+    )
 
     assert outcome.exit_code == 2
     assert "ORDERPAY_NOTIFY_WEBHOOK_SECRET" in outcome.stderr
@@ -227,6 +235,8 @@ def test_an_unreadable_gateway_answer_is_retried_not_taken_as_sent(db: Database)
 
     row = notification(db, settled.notification_id)
     assert (row.status, row.attempts, row.gateway_message_id) == (
-        NotificationStatus.PENDING, 1, None,
-    )  # fmt: skip
+        NotificationStatus.PENDING,
+        1,
+        None,
+    )
     assert row.last_error is not None

@@ -35,9 +35,14 @@ def settle(db: Database, payment_id: uuid.UUID) -> None:
         locked = lock_payment(conn, payment_id)
         assert locked is not None
         verdict = settlement.settle(
-            conn, locked, PaymentStatus.SUCCEEDED, reason=None, amount=None, source="test",
+            conn,
+            locked,
+            PaymentStatus.SUCCEEDED,
+            reason=None,
+            amount=None,
+            source="test",
             notify=NotifyTarget(),
-        )  # fmt: skip
+        )
         assert verdict is settlement.Settled.APPLIED
 
 
@@ -100,9 +105,12 @@ def test_the_provider_is_given_the_payment_id_as_its_reference(cli: Cli, db: Dat
     order = an_order(db)
     with recording_server() as provider_side:
         payment = cli.ok(
-            "charge", str(order.id), "--key", a_key(),
+            "charge",
+            str(order.id),
+            "--key",
+            a_key(),
             ORDERPAY_SIMULATOR_CALLBACK_URL=provider_side.url,
-        )  # fmt: skip
+        )
 
         (request,) = provider_side.wait_for(1)
 
@@ -124,9 +132,10 @@ def test_the_provider_is_called_after_the_claim_commits_and_outside_any_transact
     with recording_server() as provider_side:
         provider_side.answer_with(hold)
         charge = threading.Thread(
-            target=cli, args=("charge", str(order.id), "--key", "order-1", "--json"),
+            target=cli,
+            args=("charge", str(order.id), "--key", "order-1", "--json"),
             kwargs={"ORDERPAY_SIMULATOR_CALLBACK_URL": provider_side.url},
-        )  # fmt: skip
+        )
         charge.start()
         assert in_call.wait(10)
 
@@ -373,9 +382,13 @@ def test_a_charge_interrupted_after_the_claim_is_resumed_by_the_same_key(
     order = an_order(any_db)
     with any_db.transaction() as conn:  # step 1 ran; the process died before asking the provider
         claim = claim_payment(
-            conn, order_id=order.id, key="order-1", payer_phone=None, provider="simulator",
+            conn,
+            order_id=order.id,
+            key="order-1",
+            payer_phone=None,
+            provider="simulator",
             lease=timedelta(0),
-        )  # fmt: skip
+        )
 
     resumed = any_cli.ok("charge", str(order.id), "--key", "order-1")
 
@@ -391,9 +404,13 @@ def test_a_key_whose_charge_is_still_in_flight_answers_key_in_use(
     order = an_order(any_db)
     with any_db.transaction() as conn:  # another process holds the lease right now
         claim_payment(
-            conn, order_id=order.id, key="order-1", payer_phone=None, provider="simulator",
+            conn,
+            order_id=order.id,
+            key="order-1",
+            payer_phone=None,
+            provider="simulator",
             lease=timedelta(seconds=90),
-        )  # fmt: skip
+        )
     before = count_rows(any_db)
 
     outcome = any_cli("charge", str(order.id), "--key", "order-1", "--json")
@@ -410,9 +427,13 @@ def test_a_charge_whose_lease_ran_out_leaves_the_lease_of_the_run_that_took_over
     lease = timedelta(seconds=90)
     with db.transaction() as conn:
         first_run = claim_payment(
-            conn, order_id=order.id, key="order-1", payer_phone=None, provider="simulator",
+            conn,
+            order_id=order.id,
+            key="order-1",
+            payer_phone=None,
+            provider="simulator",
             lease=lease,
-        ).payment  # fmt: skip
+        ).payment
     clock.advance(lease + timedelta(seconds=1))
     with db.transaction() as conn:
         second_run = ledger.take_lease(conn, first_run.id, lease)

@@ -48,8 +48,9 @@ def test_a_phone_a_customer_already_has_is_refused_and_nothing_is_stored(
 def test_allow_duplicate_creates_a_second_customer_with_the_phone(cli: Cli, db: Database) -> None:
     existing = a_customer(db)
 
-    made = cli.ok("customer", "create", "--name", "Ama M.", "--phone", AMA_LOCAL,
-                  "--allow-duplicate")  # fmt: skip
+    made = cli.ok(
+        "customer", "create", "--name", "Ama M.", "--phone", AMA_LOCAL, "--allow-duplicate"
+    )
 
     assert made["id"] != existing.id
     assert made["phone"] == existing.phone
@@ -126,12 +127,10 @@ def test_a_new_price_applies_to_new_orders_and_existing_orders_keep_theirs(
 ) -> None:
     product = a_product(db, price="12.50")
     customer = a_customer(db)
-    before = cli.ok("order", "create", "--customer", str(customer.id),
-                    "--item", f"{product.id}:2")  # fmt: skip
+    before = cli.ok("order", "create", "--customer", str(customer.id), "--item", f"{product.id}:2")
 
     cli.ok("product", "update", str(product.id), "--price", "14.00")
-    after = cli.ok("order", "create", "--customer", str(customer.id),
-                   "--item", f"{product.id}:2")  # fmt: skip
+    after = cli.ok("order", "create", "--customer", str(customer.id), "--item", f"{product.id}:2")
 
     assert cli.ok("order", "show", before["id"])["total_amount"] == "25.00"
     assert after["total_amount"] == "28.00"

@@ -41,14 +41,22 @@ def invalid_input_codes() -> set[str]:
 USER_ERRORS = [
     (("customer", "create", "--name", "Ama Mensah", "--phone", "12"), 2, "invalid_phone"),
     (("customer", "create", "--name", "", "--phone", "0241234567"), 2, "invalid_field"),
-    (("product", "create", "--name", "Kenkey", "--price", "12.505", "--currency", "GHS"), 2,
-     "invalid_amount"),
-    (("product", "create", "--name", "Kenkey", "--price", "12.50", "--currency", "XYZ"), 2,
-     "unknown_currency"),
-    (("order", "create", "--customer", "1", "--item", f"{UNKNOWN_ORDER}:0"), 2,
-     "invalid_quantity"),
-    (("order", "create", "--customer", "42", "--item", f"{UNKNOWN_ORDER}:1"), 3,
-     "customer_not_found"),
+    (
+        ("product", "create", "--name", "Kenkey", "--price", "12.505", "--currency", "GHS"),
+        2,
+        "invalid_amount",
+    ),
+    (
+        ("product", "create", "--name", "Kenkey", "--price", "12.50", "--currency", "XYZ"),
+        2,
+        "unknown_currency",
+    ),
+    (("order", "create", "--customer", "1", "--item", f"{UNKNOWN_ORDER}:0"), 2, "invalid_quantity"),
+    (
+        ("order", "create", "--customer", "42", "--item", f"{UNKNOWN_ORDER}:1"),
+        3,
+        "customer_not_found",
+    ),
     (("order", "show", UNKNOWN_ORDER), 3, "order_not_found"),
     (("order", "show", "order-42"), 2, "invalid_field"),
     (("order", "cancel", UNKNOWN_ORDER), 3, "order_not_found"),
@@ -56,7 +64,7 @@ USER_ERRORS = [
     (("charge", UNKNOWN_ORDER), 2, "idempotency_key_missing"),
     (("charge", UNKNOWN_ORDER, "--key", "order-42-attempt-1"), 3, "order_not_found"),
     (("payment", "show", UNKNOWN_ORDER), 3, "payment_not_found"),
-]  # fmt: skip
+]
 USER_ERROR_IDS = [f"{' '.join(args[:2])}-{code}" for args, _, code in USER_ERRORS]
 
 # Mistakes the option parser catches before any orderpay code runs.
@@ -112,10 +120,20 @@ def test_cli_has_the_commands_of_the_design() -> None:
     paths = {" ".join(path) for path in COMMAND_PATHS}
 
     assert {
-        "db upgrade", "customer create", "customer list", "product create", "product list",
-        "order create", "order show", "order list", "order cancel", "charge",
-        "payment show", "payment list", "config show",
-    } <= paths  # fmt: skip
+        "db upgrade",
+        "customer create",
+        "customer list",
+        "product create",
+        "product list",
+        "order create",
+        "order show",
+        "order list",
+        "order cancel",
+        "charge",
+        "payment show",
+        "payment list",
+        "config show",
+    } <= paths
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,15 @@ from tests.conftest import (
 
 def test_customer_create_prints_the_customer_with_its_phone_in_e164(any_cli: Cli) -> None:
     customer = any_cli.ok(
-        "customer", "create", "--name", "Ama Mensah", "--phone", "0241234567",
-        "--email", "ama@example.com",
-    )  # fmt: skip
+        "customer",
+        "create",
+        "--name",
+        "Ama Mensah",
+        "--phone",
+        "0241234567",
+        "--email",
+        "ama@example.com",
+    )
 
     assert isinstance(customer["id"], int)
     assert {k: customer[k] for k in ("name", "phone", "email")} == {
@@ -52,9 +58,14 @@ def test_customer_create_accepts_an_mtn_sandbox_number(shared_cli: Cli) -> None:
 
 def test_customer_create_reads_local_numbers_in_the_configured_region(shared_cli: Cli) -> None:
     customer = shared_cli.ok(
-        "customer", "create", "--name", "Nakato", "--phone", "0772123456",
+        "customer",
+        "create",
+        "--name",
+        "Nakato",
+        "--phone",
+        "0772123456",
         ORDERPAY_DEFAULT_REGION="UG",
-    )  # fmt: skip
+    )
 
     assert customer["phone"] == "+256772123456"
 
@@ -151,8 +162,13 @@ def test_name_of_200_characters_is_accepted(shared_cli: Cli) -> None:
 
 def test_name_is_stored_without_surrounding_white_space(shared_cli: Cli) -> None:
     customer = shared_cli.ok(
-        "customer", "create", "--name", "  Ama Mensah ", "--phone", "0241234567",
+        "customer",
+        "create",
+        "--name",
+        "  Ama Mensah ",
+        "--phone",
+        "0241234567",
         "--allow-duplicate",
-    )  # fmt: skip
+    )
 
     assert customer["name"] == "Ama Mensah"

@@ -51,9 +51,14 @@ def test_order_create_prints_the_order_shape(any_cli: Cli, any_db: Database) -> 
     assert uuid.UUID(order["id"])
     assert (order["customer"], order["status"]) == (customer.id, "pending")
     assert order["items"] == [
-        {"product": str(kenkey.id), "name": "Kenkey", "quantity": 2, "unit_price": "12.50",
-         "line_total": "25.00"}
-    ]  # fmt: skip
+        {
+            "product": str(kenkey.id),
+            "name": "Kenkey",
+            "quantity": 2,
+            "unit_price": "12.50",
+            "line_total": "25.00",
+        }
+    ]
     assert (order["payments"], order["notifications"]) == ([], [])
     assert {"created_at", "updated_at", "events"} <= order.keys()
 
@@ -75,9 +80,15 @@ def test_order_total_adds_up_several_products(shared_cli: Cli, shared_db: Databa
     banku = a_product(shared_db, name="Banku", price="7.25")
 
     order = shared_cli.ok(
-        "order", "create", "--customer", str(customer.id),
-        "--item", f"{kenkey.id}:2", "--item", f"{banku.id}:3",
-    )  # fmt: skip
+        "order",
+        "create",
+        "--customer",
+        str(customer.id),
+        "--item",
+        f"{kenkey.id}:2",
+        "--item",
+        f"{banku.id}:3",
+    )
 
     assert order["total_amount"] == "46.75"
 
@@ -100,14 +111,25 @@ def test_repeated_item_of_one_product_merges_the_quantities(any_cli: Cli, any_db
     kenkey = a_product(any_db, price="12.50")
 
     order = any_cli.ok(
-        "order", "create", "--customer", str(customer.id),
-        "--item", f"{kenkey.id}:1", "--item", f"{kenkey.id}:2",
-    )  # fmt: skip
+        "order",
+        "create",
+        "--customer",
+        str(customer.id),
+        "--item",
+        f"{kenkey.id}:1",
+        "--item",
+        f"{kenkey.id}:2",
+    )
 
     assert order["items"] == [
-        {"product": str(kenkey.id), "name": "Kenkey", "quantity": 3, "unit_price": "12.50",
-         "line_total": "37.50"}
-    ]  # fmt: skip
+        {
+            "product": str(kenkey.id),
+            "name": "Kenkey",
+            "quantity": 3,
+            "unit_price": "12.50",
+            "line_total": "37.50",
+        }
+    ]
     assert order["total_amount"] == "37.50"
 
 
@@ -131,9 +153,15 @@ def test_order_create_stores_one_order_and_its_items(shared_cli: Cli, shared_db:
     before = count_rows(shared_db)
 
     shared_cli.ok(
-        "order", "create", "--customer", str(customer.id),
-        "--item", f"{kenkey.id}:2", "--item", f"{banku.id}",
-    )  # fmt: skip
+        "order",
+        "create",
+        "--customer",
+        str(customer.id),
+        "--item",
+        f"{kenkey.id}:2",
+        "--item",
+        f"{banku.id}",
+    )
 
     after = count_rows(shared_db)
     assert (after["orders"] - before["orders"], after["order_items"] - before["order_items"]) == (
@@ -151,9 +179,14 @@ def test_bad_quantity_is_refused_with_exit_2_and_nothing_is_stored(
     before = count_rows(shared_db)
 
     outcome = shared_cli(
-        "order", "create", "--customer", str(customer.id), "--item", f"{kenkey.id}:{quantity}",
+        "order",
+        "create",
+        "--customer",
+        str(customer.id),
+        "--item",
+        f"{kenkey.id}:{quantity}",
         "--json",
-    )  # fmt: skip
+    )
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_quantity"
@@ -183,9 +216,16 @@ def test_merged_quantity_over_the_maximum_is_refused_and_nothing_is_stored(
     before = count_rows(shared_db)
 
     outcome = shared_cli(
-        "order", "create", "--customer", str(customer.id),
-        "--item", f"{kenkey.id}:600000", "--item", f"{kenkey.id}:600000", "--json",
-    )  # fmt: skip
+        "order",
+        "create",
+        "--customer",
+        str(customer.id),
+        "--item",
+        f"{kenkey.id}:600000",
+        "--item",
+        f"{kenkey.id}:600000",
+        "--json",
+    )
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_quantity"
@@ -234,9 +274,16 @@ def test_unknown_product_is_refused_with_exit_3_and_nothing_is_stored(
     before = count_rows(any_db)
 
     outcome = any_cli(
-        "order", "create", "--customer", str(customer.id),
-        "--item", f"{kenkey.id}:1", "--item", f"{uuid.uuid4()}:1", "--json",
-    )  # fmt: skip
+        "order",
+        "create",
+        "--customer",
+        str(customer.id),
+        "--item",
+        f"{kenkey.id}:1",
+        "--item",
+        f"{uuid.uuid4()}:1",
+        "--json",
+    )
 
     assert outcome.exit_code == 3
     assert outcome.error()["code"] == "product_not_found"
@@ -252,9 +299,16 @@ def test_items_in_two_currencies_are_refused_with_exit_2_and_nothing_is_stored(
     before = count_rows(any_db)
 
     outcome = any_cli(
-        "order", "create", "--customer", str(customer.id),
-        "--item", f"{kenkey.id}:1", "--item", f"{rolex.id}:1", "--json",
-    )  # fmt: skip
+        "order",
+        "create",
+        "--customer",
+        str(customer.id),
+        "--item",
+        f"{kenkey.id}:1",
+        "--item",
+        f"{rolex.id}:1",
+        "--json",
+    )
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "currency_mismatch"

@@ -58,9 +58,13 @@ def test_since_and_until_keep_the_rows_of_the_window(cli: Cli, db: Database) -> 
     since = cli.items("payment", "list", "--since", "1d")
     until = cli.items("payment", "list", "--until", "2d")
     between = cli.items(
-        "payment", "list", "--since", (old.created_at - timedelta(seconds=1)).isoformat(),
-        "--until", (old.created_at + timedelta(days=1)).date().isoformat(),
-    )  # fmt: skip
+        "payment",
+        "list",
+        "--since",
+        (old.created_at - timedelta(seconds=1)).isoformat(),
+        "--until",
+        (old.created_at + timedelta(days=1)).date().isoformat(),
+    )
 
     assert [p["id"] for p in since] == [str(recent.id)]
     assert [p["id"] for p in until] == [str(old.id)]
@@ -133,17 +137,24 @@ def test_commands_take_the_start_of_an_id(cli: Cli, db: Database) -> None:
 
 
 def two_products_sharing_a_prefix(db: Database) -> tuple[uuid.UUID, uuid.UUID]:
-    ids = (uuid.UUID("abcd0000-0000-4000-8000-000000000001"),
-           uuid.UUID("abcd0000-0000-4000-8000-000000000002"))  # fmt: skip
+    ids = (
+        uuid.UUID("abcd0000-0000-4000-8000-000000000001"),
+        uuid.UUID("abcd0000-0000-4000-8000-000000000002"),
+    )
     with db.transaction() as conn:
         conn.execute(
             insert(products),
             [
-                {"id": pid, "name": f"Kenkey {n}", "price": 1250, "currency": "GHS",
-                 "created_at": datetime.now(UTC)}
+                {
+                    "id": pid,
+                    "name": f"Kenkey {n}",
+                    "price": 1250,
+                    "currency": "GHS",
+                    "created_at": datetime.now(UTC),
+                }
                 for n, pid in enumerate(ids)
             ],
-        )  # fmt: skip
+        )
     return ids
 
 

@@ -75,9 +75,16 @@ def test_a_free_product_is_refused_because_its_orders_could_never_be_charged(
     before = count_rows(shared_db)
 
     outcome = shared_cli(
-        "product", "create", "--name", "Sachet water", "--price", "0", "--currency", "GHS",
+        "product",
+        "create",
+        "--name",
+        "Sachet water",
+        "--price",
+        "0",
+        "--currency",
+        "GHS",
         "--json",
-    )  # fmt: skip
+    )
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_amount"
@@ -198,9 +205,18 @@ def test_a_description_with_a_nul_character_is_refused_and_nothing_is_stored(
     before = count_rows(db)
 
     outcome = cli(
-        "product", "create", "--name", "Kenkey", "--price", "12.50", "--currency", "GHS",
-        "--description", "spicy\x00", "--json",
-    )  # fmt: skip
+        "product",
+        "create",
+        "--name",
+        "Kenkey",
+        "--price",
+        "12.50",
+        "--currency",
+        "GHS",
+        "--description",
+        "spicy\x00",
+        "--json",
+    )
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_field"

@@ -32,9 +32,16 @@ def test_every_postgres_spelling_reaches_the_database(
     env = {"DATABASE_URL": _spelled(pg_url, scheme)}
 
     created = orderpay(
-        tmp_path, "customer", "create", "--name", "Ama Mensah", "--phone", "0241234567",
-        "--json", env=env,
-    )  # fmt: skip
+        tmp_path,
+        "customer",
+        "create",
+        "--name",
+        "Ama Mensah",
+        "--phone",
+        "0241234567",
+        "--json",
+        env=env,
+    )
 
     assert created.exit_code == 0, created.stderr
     assert count_rows(Database(pg_url))["customers"] == 1
@@ -115,9 +122,15 @@ def test_every_command_refuses_a_mysql_url_the_same_way(
 
 def test_a_refused_database_url_creates_no_sqlite_file_either(tmp_path: Path) -> None:
     orderpay(
-        tmp_path, "customer", "create", "--name", "Ama Mensah", "--phone", "0241234567",
+        tmp_path,
+        "customer",
+        "create",
+        "--name",
+        "Ama Mensah",
+        "--phone",
+        "0241234567",
         env={"DATABASE_URL": "mysql://shop@127.0.0.1/shop"},
-    )  # fmt: skip
+    )
 
     assert list(tmp_path.iterdir()) == []
 
@@ -154,9 +167,12 @@ def test_a_database_that_does_not_exist_is_a_configuration_error(tmp_path: Path)
     )
 
     failed = orderpay(
-        tmp_path, "customer", "list", "--json",
+        tmp_path,
+        "customer",
+        "list",
+        "--json",
         env={"DATABASE_URL": url.render_as_string(hide_password=False)},
-    )  # fmt: skip
+    )
 
     assert failed.exit_code == 2
     assert failed.error()["code"] == "database_inaccessible"

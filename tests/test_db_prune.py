@@ -54,9 +54,11 @@ def a_settled_payment_with_phones(db: Database) -> Stored:
     its message sent (with the merchant's number in the text) and reported delivered."""
     payment = a_pending_payment(db)
     body = callback_body(
-        payment, payer={"partyIdType": "MSISDN", "partyId": "233241234567"},
-        msisdn="0241234567", note="paid from +233 24 123 4567",
-    )  # fmt: skip
+        payment,
+        payer={"partyIdType": "MSISDN", "partyId": "233241234567"},
+        msisdn="0241234567",
+        note="paid from +233 24 123 4567",
+    )
     with db.transaction() as conn:
         apply_callback(conn, parse_callback(body), NotifyTarget("log"))
     Drain(db, serving(LogChannel()), RetryPolicy((1,), 30), MERCHANT).drain_due()
@@ -65,15 +67,22 @@ def a_settled_payment_with_phones(db: Database) -> Stored:
         "&networkCode=62001&retryCount=0"
     )
     hint = {
-        "externalId": str(payment.order_id), "financialTransactionId": "233241234567",
-        "status": "SUCCESSFUL", "amount": "25.00", "currency": "GHS",
-    }  # fmt: skip
+        "externalId": str(payment.order_id),
+        "financialTransactionId": "233241234567",
+        "status": "SUCCESSFUL",
+        "amount": "25.00",
+        "currency": "GHS",
+    }
     with db.transaction() as conn:
         for source, payload in (("sms-dlr", report), ("mtn", json.dumps(hint))):
             inbox.record_once(
-                conn, source=source, dedupe_key=f"{payment.id}:{source}", payload=payload,
-                outcome="kept", order_id=payment.order_id,
-            )  # fmt: skip
+                conn,
+                source=source,
+                dedupe_key=f"{payment.id}:{source}",
+                payload=payload,
+                outcome="kept",
+                order_id=payment.order_id,
+            )
         events = dict(
             conn.execute(
                 select(webhook_events.c.source, webhook_events.c.id).where(

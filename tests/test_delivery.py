@@ -253,10 +253,15 @@ def test_a_duplicate_job_while_the_first_attempt_holds_its_lease_sends_nothing(
     with closing(sms_channel(gateway)) as channel:
         first = threading.Thread(
             target=lambda: results.append(
-                deliver(db, serving(channel), settled.notification_id, merchant_name=MERCHANT,
-                        policy=policy)
+                deliver(
+                    db,
+                    serving(channel),
+                    settled.notification_id,
+                    merchant_name=MERCHANT,
+                    policy=policy,
+                )
             )
-        )  # fmt: skip
+        )
         first.start()
         try:
             gateway.recorder.wait_for(1)

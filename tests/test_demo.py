@@ -136,8 +136,11 @@ def test_database_url_opts_in_to_an_empty_database(tmp_path: Path, empty_pg_url:
     assert run.exit_code == 0, run.stderr
     rows = count_rows(Database(empty_pg_url))
     assert (rows["customers"], rows["orders"], rows["payments"], rows["notifications"]) == (
-        1, 1, 1, 1,
-    )  # fmt: skip
+        1,
+        1,
+        1,
+        1,
+    )
 
 
 def test_database_url_refuses_a_database_holding_orderpay_data(tmp_path: Path, pg_url: str) -> None:

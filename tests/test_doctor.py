@@ -46,10 +46,15 @@ def test_a_healthy_set_up_exits_0_with_every_check_ok(tmp_path: Path) -> None:
     assert run.json()["healthy"] is True
     states = {name: check["state"] for name, check in _checks(run).items()}
     assert states == {
-        "configuration": "ok", "database": "ok", "redis": "info", "provider": "ok",
-        "notify channel": "ok", "review queue": "info", "callback secret": "info",
+        "configuration": "ok",
+        "database": "ok",
+        "redis": "info",
+        "provider": "ok",
+        "notify channel": "ok",
+        "review queue": "info",
+        "callback secret": "info",
         "rest api": "info",
-    }  # fmt: skip
+    }
 
 
 def test_an_invalid_setting_still_shows_the_other_checks(tmp_path: Path) -> None:

@@ -63,9 +63,12 @@ class Tail:
 def tail(directory: Path, url: str, *args: str) -> Iterator[Tail]:
     with subprocess.Popen(
         [str(ORDERPAY), "events", "tail", *args],
-        cwd=directory, env=user_env(directory, {"DATABASE_URL": url}),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as process:  # fmt: skip
+        cwd=directory,
+        env=user_env(directory, {"DATABASE_URL": url}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
         try:
             yield Tail(process)
         finally:
@@ -123,8 +126,9 @@ def test_tail_names_the_operator_of_an_operators_action_in_json(
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert exit_code == 0
     assert [(e["event"], e["operator"]) for e in lines] == [
-        ("by_the_system", None), ("order_cancelled", "akosua"),
-    ]  # fmt: skip
+        ("by_the_system", None),
+        ("order_cancelled", "akosua"),
+    ]
 
 
 def test_tail_prints_who_acted_after_the_detail_as_order_show_does(
@@ -170,8 +174,10 @@ def test_tail_from_start_prints_the_events_written_before_it_first(
         _, stdout, _ = running.finish()
 
     assert [json.loads(line)["event"] for line in stdout.splitlines()] == [
-        "order_created", "before", "after",
-    ]  # fmt: skip
+        "order_created",
+        "before",
+        "after",
+    ]
 
 
 def test_tail_of_one_order_prints_only_that_orders_events(
@@ -179,8 +185,9 @@ def test_tail_of_one_order_prints_only_that_orders_events(
 ) -> None:
     mine, other = an_order(db), an_order(db)
     start = str(last_id(db))
-    with tail(tmp_path, pg_url, "--json", "--order", str(mine.id), "--count", "1",
-              "--after", start) as running:  # fmt: skip
+    with tail(
+        tmp_path, pg_url, "--json", "--order", str(mine.id), "--count", "1", "--after", start
+    ) as running:
         write(db, other.id, "not mine")
         write(db, mine.id, "mine")
 

@@ -42,18 +42,26 @@ def an_interrupted_charge(db: Database, key: str) -> Payment:
     order = an_order(db)
     with db.transaction() as conn:
         claim = claim_payment(
-            conn, order_id=order.id, key=key, payer_phone=AMA, provider="simulator",
+            conn,
+            order_id=order.id,
+            key=key,
+            payer_phone=AMA,
+            provider="simulator",
             lease=timedelta(0),
-        )  # fmt: skip
+        )
     return claim.payment
 
 
 def sessions_waiting_on_a_lock(db: Database) -> int:
     with db.engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )).scalar_one())  # fmt: skip
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
 
 
 def test_a_charge_resuming_its_key_and_a_callback_settling_it_do_not_deadlock(
@@ -79,9 +87,13 @@ def test_a_charge_resuming_its_key_and_a_callback_settling_it_do_not_deadlock(
         wait_until(lambda: sessions_waiting_on_a_lock(db) == 1, what="the callback to wait")
         # Then the payment: take its lease (the old callback held the payment by now).
         resumed: Claim = claim_payment(
-            charging, order_id=payment.order_id, key=key, payer_phone=AMA,
-            provider="simulator", lease=timedelta(seconds=90),
-        )  # fmt: skip
+            charging,
+            order_id=payment.order_id,
+            key=key,
+            payer_phone=AMA,
+            provider="simulator",
+            lease=timedelta(seconds=90),
+        )
     callback_thread.join(30)
 
     assert resumed.must_submit is True

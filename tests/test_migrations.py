@@ -93,9 +93,11 @@ def test_db_upgrade_on_an_empty_postgres_database_reaches_the_head(empty_pg_url:
     upgraded = cli.ok("db", "upgrade")
 
     assert upgraded == {
-        "before": None, "after": SCHEMA_HEAD, "database": "postgresql",
+        "before": None,
+        "after": SCHEMA_HEAD,
+        "database": "postgresql",
         "location": Database(empty_pg_url).label,
-    }  # fmt: skip
+    }
     assert cli.ok("db", "status")["up_to_date"] is True
 
 
@@ -105,9 +107,11 @@ def test_db_upgrade_on_a_fresh_sqlite_file_reaches_the_head(tmp_path: Path) -> N
     upgraded = cli.ok("db", "upgrade")
 
     assert upgraded == {
-        "before": None, "after": SCHEMA_HEAD, "database": "sqlite",
+        "before": None,
+        "after": SCHEMA_HEAD,
+        "database": "sqlite",
         "location": f"SQLite file {tmp_path / 'shop.db'}",
-    }  # fmt: skip
+    }
     assert cli.ok("db", "status")["up_to_date"] is True
 
 

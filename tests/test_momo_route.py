@@ -55,8 +55,9 @@ def any_client(any_url: str) -> Iterator[TestClient]:
         yield in_process
 
 
-def post(client: TestClient, body: bytes, path: str = CALLBACK_PATH, **headers: str
-         ) -> httpx.Response:  # fmt: skip
+def post(
+    client: TestClient, body: bytes, path: str = CALLBACK_PATH, **headers: str
+) -> httpx.Response:
     answer: httpx.Response = client.post(path, content=body, headers=signed(body) | headers)
     return answer
 

@@ -238,10 +238,14 @@ def test_the_fake_refuses_a_refund_made_with_a_collection_token(
             "Ocp-Apim-Subscription-Key": mtn.disbursement.subscription_key,
         },
         json={
-            "amount": "25.00", "currency": "GHS", "externalId": "x", "payerMessage": "m",
-            "payeeNote": "n", "referenceIdToRefund": str(payment.reference),
+            "amount": "25.00",
+            "currency": "GHS",
+            "externalId": "x",
+            "payerMessage": "m",
+            "payeeNote": "n",
+            "referenceIdToRefund": str(payment.reference),
         },
-    )  # fmt: skip
+    )
 
     assert response.status_code == 401
     assert mtn.disbursement.refunds == []
@@ -485,12 +489,18 @@ def test_an_unreachable_gateway_raises_provider_unavailable() -> None:
     )
     with (
         MtnProvider(
-            base_url=f"http://127.0.0.1:{port}", subscription_key="s", api_user="u",
-            api_key="k", target_environment="sandbox", disbursement_subscription_key="ds",
-            disbursement_api_user="du", disbursement_api_key="dk", timeout=SHORT,
+            base_url=f"http://127.0.0.1:{port}",
+            subscription_key="s",
+            api_user="u",
+            api_key="k",
+            target_environment="sandbox",
+            disbursement_subscription_key="ds",
+            disbursement_api_user="du",
+            disbursement_api_key="dk",
+            timeout=SHORT,
         ) as provider,
         pytest.raises(ProviderUnavailable, match="could not reach"),
-    ):  # fmt: skip
+    ):
         provider.request_refund(a_refund(payment))
 
 
@@ -722,9 +732,13 @@ def test_from_settings_without_disbursement_settings_still_charges(
 def _secrets(mtn: FakeMtn) -> list[str]:
     disbursement = mtn.disbursement
     return [
-        disbursement.api_key, disbursement.subscription_key, *disbursement.issued_tokens,
-        mtn.api_key, mtn.subscription_key, *mtn.issued_tokens,
-    ]  # fmt: skip
+        disbursement.api_key,
+        disbursement.subscription_key,
+        *disbursement.issued_tokens,
+        mtn.api_key,
+        mtn.subscription_key,
+        *mtn.issued_tokens,
+    ]
 
 
 def test_repr_shows_no_disbursement_secret(mtn: FakeMtn, provider: MtnProvider) -> None:

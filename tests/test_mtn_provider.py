@@ -365,10 +365,18 @@ def test_retrying_a_timed_out_request_with_the_same_reference_is_accepted(
 
 
 def test_an_unreachable_gateway_raises_provider_unavailable() -> None:
-    with socket_closed_port() as port, MtnProvider(
-        base_url=f"http://127.0.0.1:{port}", subscription_key="s", api_user="u",
-        api_key="k", target_environment="sandbox", timeout=SHORT,
-    ) as provider, pytest.raises(ProviderUnavailable, match="could not reach"):  # fmt: skip
+    with (
+        socket_closed_port() as port,
+        MtnProvider(
+            base_url=f"http://127.0.0.1:{port}",
+            subscription_key="s",
+            api_user="u",
+            api_key="k",
+            target_environment="sandbox",
+            timeout=SHORT,
+        ) as provider,
+        pytest.raises(ProviderUnavailable, match="could not reach"),
+    ):
         provider.request_payment(a_request())
 
 
@@ -558,9 +566,12 @@ def test_from_settings_builds_a_provider_that_talks_to_the_configured_gateway(
 def test_mismatched_or_unsafe_endpoints_are_refused(base_url: str, target: str) -> None:
     with pytest.raises(ConfigurationError, match="MTN_MOMO_"):
         MtnProvider(
-            base_url=base_url, subscription_key="s", api_user="u", api_key="k",
+            base_url=base_url,
+            subscription_key="s",
+            api_user="u",
+            api_key="k",
             target_environment=target,
-        )  # fmt: skip
+        )
 
 
 @pytest.mark.parametrize(
@@ -575,9 +586,12 @@ def test_mismatched_or_unsafe_endpoints_are_refused(base_url: str, target: str) 
 )
 def test_matching_endpoints_are_accepted(base_url: str, target: str) -> None:
     with MtnProvider(
-        base_url=base_url, subscription_key="s", api_user="u", api_key="k",
+        base_url=base_url,
+        subscription_key="s",
+        api_user="u",
+        api_key="k",
         target_environment=target,
-    ) as provider:  # fmt: skip
+    ) as provider:
         assert provider.base_url == base_url.rstrip("/")
 
 
@@ -591,16 +605,23 @@ def test_tls_certificates_and_host_names_are_always_verified() -> None:
 def test_a_production_target_needs_an_https_callback_url() -> None:
     with pytest.raises(ConfigurationError, match="MTN_MOMO_CALLBACK_URL"):
         MtnProvider(
-            base_url=PRODUCTION, subscription_key="s", api_user="u", api_key="k",
-            target_environment="mtnghana", callback_url="http://shop.example.com/cb",
-        )  # fmt: skip
+            base_url=PRODUCTION,
+            subscription_key="s",
+            api_user="u",
+            api_key="k",
+            target_environment="mtnghana",
+            callback_url="http://shop.example.com/cb",
+        )
 
 
 def test_from_settings_refuses_a_sandbox_target_on_a_production_host() -> None:
     settings = load_settings(
-        MTN_MOMO_BASE_URL=PRODUCTION, MTN_MOMO_SUBSCRIPTION_KEY="s", MTN_MOMO_API_USER="u",
-        MTN_MOMO_API_KEY="k", MTN_MOMO_TARGET_ENVIRONMENT="sandbox",
-    )  # fmt: skip
+        MTN_MOMO_BASE_URL=PRODUCTION,
+        MTN_MOMO_SUBSCRIPTION_KEY="s",
+        MTN_MOMO_API_USER="u",
+        MTN_MOMO_API_KEY="k",
+        MTN_MOMO_TARGET_ENVIRONMENT="sandbox",
+    )
 
     with pytest.raises(ConfigurationError, match="sandbox"):
         MtnProvider.from_settings(settings)
@@ -662,10 +683,12 @@ def test_error_messages_show_no_secret(mtn: FakeMtn) -> None:
 
 def test_configuration_errors_show_no_secret() -> None:
     settings = load_settings(
-        MTN_MOMO_BASE_URL=PRODUCTION, MTN_MOMO_SUBSCRIPTION_KEY="sub-secret-123",
-        MTN_MOMO_API_USER="u", MTN_MOMO_API_KEY="key-secret-456",
+        MTN_MOMO_BASE_URL=PRODUCTION,
+        MTN_MOMO_SUBSCRIPTION_KEY="sub-secret-123",
+        MTN_MOMO_API_USER="u",
+        MTN_MOMO_API_KEY="key-secret-456",
         MTN_MOMO_TARGET_ENVIRONMENT="sandbox",
-    )  # fmt: skip
+    )
 
     with pytest.raises(ConfigurationError) as caught:
         MtnProvider.from_settings(settings)

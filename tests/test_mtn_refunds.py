@@ -48,8 +48,9 @@ def a_paid_mtn_payment(cli: Cli, db: Database) -> dict[str, Any]:
 
 
 def refund(cli: Cli, payment: dict[str, Any], key: str, *options: str) -> Any:
-    return cli("refund", payment["id"], "--key", key, "--reason", REASON, "--yes", "--json",
-               *options)  # fmt: skip
+    return cli(
+        "refund", payment["id"], "--key", key, "--reason", REASON, "--yes", "--json", *options
+    )
 
 
 def refunds_at_mtn(mtn: FakeMtn) -> list[Refund]:
@@ -204,8 +205,10 @@ def test_a_refund_kept_pending_after_an_ambiguous_failure_is_settled_when_mtn_re
 
     [changed] = report["refunds"]["changed"]
     assert (changed["refund"], changed["before"], changed["after"]) == (
-        pending["id"], "pending", "succeeded",
-    )  # fmt: skip
+        pending["id"],
+        "pending",
+        "succeeded",
+    )
     assert order_of(mtn_cli, payment)["status"] == "refunded"
     assert mtn.calls("refund") == 1
 
@@ -235,10 +238,19 @@ def test_processes_refunding_parts_at_once_never_ask_mtn_for_more_than_the_payme
     payment = a_paid_mtn_payment(mtn_cli, db)  # 25.00 EUR
     db.dispose()
     argvs = [
-        ["refund", payment["id"], "--key", f"refund-{n}", "--amount", "10.00", "--reason",
-         REASON, "--yes"]
+        [
+            "refund",
+            payment["id"],
+            "--key",
+            f"refund-{n}",
+            "--amount",
+            "10.00",
+            "--reason",
+            REASON,
+            "--yes",
+        ]
         for n in range(PROCESSES)
-    ]  # fmt: skip
+    ]
 
     codes = run_cli_in_parallel(mtn_cli.env, argvs)
 
@@ -325,8 +337,10 @@ def test_a_refund_mtn_took_before_answering_500_is_settled_by_reconcile_through_
 
     [changed] = report["refunds"]["changed"]
     assert (changed["refund"], changed["before"], changed["after"]) == (
-        initiated["id"], "initiated", "succeeded",
-    )  # fmt: skip
+        initiated["id"],
+        "initiated",
+        "succeeded",
+    )
     assert refund_requests(mtn) == [(initiated["id"], 500), (initiated["id"], 409)]
     assert [r.reference for r in refunds_at_mtn(mtn)] == [initiated["id"]]
     assert refund_events(mtn_cli, payment)[-2:] == ["refund_pending", "refund_succeeded"]

@@ -24,9 +24,11 @@ PRODUCT = "Kɔkɔɔ"
 REFUSED = {
     "a product name for its id": (("product", "show", PRODUCT), PRODUCT, "invalid_field"),
     "a name for the phone": (
-        ("customer", "create", "--name", NAME, "--phone", NAME), NAME, "invalid_phone",
+        ("customer", "create", "--name", NAME, "--phone", NAME),
+        NAME,
+        "invalid_phone",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(("args", "quoted", "code"), REFUSED.values(), ids=REFUSED.keys())

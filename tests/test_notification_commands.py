@@ -84,8 +84,10 @@ def test_notification_list_json_shows_each_notification(
     assert shown["id"] == settled.notification_id
     assert shown["order"] == str(settled.order_id)
     assert (shown["kind"], shown["channel"], shown["recipient"]) == (
-        "payment_received", "sms", AMA,
-    )  # fmt: skip
+        "payment_received",
+        "sms",
+        AMA,
+    )
     assert (shown["status"], shown["attempts"]) == ("failed", 1)
     assert "InvalidPhoneNumber" in shown["last_error"]
 
@@ -166,9 +168,13 @@ def test_a_retried_notification_is_sent_by_the_rq_worker(
     before = gateway.count()
 
     outcome = cli(
-        "worker", "--burst", "--worker-class", "simple", REDIS_URL=redis_url,
+        "worker",
+        "--burst",
+        "--worker-class",
+        "simple",
+        REDIS_URL=redis_url,
         **sms_env(gateway.url),
-    )  # fmt: skip
+    )
 
     requests = gateway.count() - before
 
@@ -239,9 +245,13 @@ def test_declining_retry_all_failed_at_the_prompt_exits_0_and_changes_nothing(
     before = count_rows(db), notification_rows(db)
 
     declined = orderpay_at_a_terminal(
-        tmp_path, "notification", "retry", "--all-failed", answer="n",
+        tmp_path,
+        "notification",
+        "retry",
+        "--all-failed",
+        answer="n",
         env={"DATABASE_URL": pg_url},
-    )  # fmt: skip
+    )
 
     assert declined.exit_code == 0, declined.stdout
     assert "Retry 1 failed notification(s)? [y/N]" in declined.stdout
@@ -255,9 +265,13 @@ def test_accepting_retry_all_failed_at_the_prompt_puts_them_back_to_pending(
     settled = a_failed_notification(db, gateway)
 
     accepted = orderpay_at_a_terminal(
-        tmp_path, "notification", "retry", "--all-failed", answer="y",
+        tmp_path,
+        "notification",
+        "retry",
+        "--all-failed",
+        answer="y",
         env={"DATABASE_URL": pg_url},
-    )  # fmt: skip
+    )
 
     assert accepted.exit_code == 0, accepted.stdout
     assert notification(db, settled.notification_id).status is NotificationStatus.PENDING

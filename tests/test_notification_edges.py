@@ -99,9 +99,14 @@ def test_an_rq_worker_without_the_rows_channel_leaves_it_pending_with_the_reason
     settled = a_settled_payment(db)  # queued for sms
     with a_gateway() as gateway:
         outcome = cli(
-            "worker", "--burst", "--worker-class", "simple",
-            REDIS_URL=redis_url, ORDERPAY_NOTIFY_CHANNEL="log", ORDERPAY_SMS_URL=gateway.url,
-        )  # fmt: skip
+            "worker",
+            "--burst",
+            "--worker-class",
+            "simple",
+            REDIS_URL=redis_url,
+            ORDERPAY_NOTIFY_CHANNEL="log",
+            ORDERPAY_SMS_URL=gateway.url,
+        )
         requests = gateway.count()
 
     row = notification(db, settled.notification_id)

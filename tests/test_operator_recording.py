@@ -140,9 +140,13 @@ def test_a_cancel_the_provider_answers_with_a_failure_records_the_operator(
 ) -> None:
     order = an_order(db, phone=SIMULATOR_REJECTS)
     payment = charge_order(
-        db, SimulatorProvider(), order_id=order.id, key=a_key(), default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=order.id,
+        key=a_key(),
+        default_region="GH",
         lease_seconds=90,
-    ).payment  # fmt: skip
+    ).payment
     assert payment.status is PaymentStatus.PENDING
 
     outcome = cli("payment", "cancel", str(payment.id), "--yes", **OPERATOR)

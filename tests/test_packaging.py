@@ -146,8 +146,9 @@ def test_the_image_installs_the_locked_files_and_nothing_else() -> None:
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
 
     assert "COPY requirements.lock ./" in dockerfile
-    assert re.search(r"pip install --require-hashes --no-deps --requirement requirements\.lock",
-                     dockerfile)  # fmt: skip
+    assert re.search(
+        r"pip install --require-hashes --no-deps --requirement requirements\.lock", dockerfile
+    )
     assert re.search(r"pip install --no-deps /wheels/orderpay-\*\.whl", dockerfile)
     assert "pip check" in dockerfile
     assert "!requirements.lock" in ignored

@@ -187,9 +187,16 @@ def test_a_forced_cancel_fails_the_payment_and_says_mtn_was_not_asked(
     payment = mtn_payment(db, mtn)
 
     outcome = mtn_cli(
-        "payment", "cancel", str(payment.id), "--reason", REASON, "--force", "--yes", "--json",
+        "payment",
+        "cancel",
+        str(payment.id),
+        "--reason",
+        REASON,
+        "--force",
+        "--yes",
+        "--json",
         **CLOSED_MTN,
-    )  # fmt: skip
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     document = outcome.json()
@@ -207,9 +214,15 @@ def force_cancel_while_mtn_is_unreachable(mtn_cli: Cli, db: Database, mtn: FakeM
     had in fact taken it, and the payer approves it (the fake's default: SUCCESSFUL)."""
     payment = mtn_payment(db, mtn)
     forced = mtn_cli(
-        "payment", "cancel", str(payment.id), "--reason", REASON, "--force", "--yes",
+        "payment",
+        "cancel",
+        str(payment.id),
+        "--reason",
+        REASON,
+        "--force",
+        "--yes",
         **CLOSED_MTN,
-    )  # fmt: skip
+    )
     assert forced.exit_code == 0, forced.stderr
     after = current(db, payment)
     assert after.status is PaymentStatus.FAILED
@@ -267,9 +280,15 @@ def test_cancel_without_yes_and_without_a_terminal_is_refused(
     before, asked = count_rows(db), len(mtn.requests)
 
     run = orderpay(
-        tmp_path, "payment", "cancel", str(payment.id), "--reason", REASON, "--json",
+        tmp_path,
+        "payment",
+        "cancel",
+        str(payment.id),
+        "--reason",
+        REASON,
+        "--json",
         env={"DATABASE_URL": pg_url, **mtn.env()},
-    )  # fmt: skip
+    )
 
     assert run.exit_code == 2, run.stderr
     assert run.error()["code"] == "confirmation_required"

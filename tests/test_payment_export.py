@@ -26,10 +26,22 @@ from tests.conftest import Cli, count_rows
 from tests.user_shell import ORDERPAY, orderpay, orderpay_at_a_terminal, user_env
 
 HEADER = [
-    "payment_id", "created_at", "updated_at", "status", "amount", "amount_minor", "currency",
-    "provider", "provider_reference", "provider_transaction_id", "order_id", "customer_id",
-    "customer_name", "failure_reason", "idempotency_key",
-]  # fmt: skip
+    "payment_id",
+    "created_at",
+    "updated_at",
+    "status",
+    "amount",
+    "amount_minor",
+    "currency",
+    "provider",
+    "provider_reference",
+    "provider_transaction_id",
+    "order_id",
+    "customer_id",
+    "customer_name",
+    "failure_reason",
+    "idempotency_key",
+]
 NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
 MEMORY_CEILING = 30 * 1024 * 1024
 # Runs a command, then prints the largest resident memory (KiB) any child of it reached.
@@ -64,20 +76,33 @@ def a_payment(
         ).scalar_one()
         conn.execute(
             insert(orders).values(
-                id=oid, customer_id=cid, status="paid" if status == "succeeded" else "pending",
-                currency=currency, total=amount, created_at=created_at, updated_at=created_at,
+                id=oid,
+                customer_id=cid,
+                status="paid" if status == "succeeded" else "pending",
+                currency=currency,
+                total=amount,
+                created_at=created_at,
+                updated_at=created_at,
             )
-        )  # fmt: skip
+        )
         conn.execute(
             insert(payments).values(
-                id=pid, order_id=oid, idempotency_key=key or f"key-{pid}", fingerprint="f" * 64,
-                amount=amount, currency=currency, payer_phone="+233241234567",
-                provider="simulator", provider_reference=str(pid),
-                provider_transaction_id=transaction_id, status=status,
-                failure_reason=failure_reason, created_at=created_at,
+                id=pid,
+                order_id=oid,
+                idempotency_key=key or f"key-{pid}",
+                fingerprint="f" * 64,
+                amount=amount,
+                currency=currency,
+                payer_phone="+233241234567",
+                provider="simulator",
+                provider_reference=str(pid),
+                provider_transaction_id=transaction_id,
+                status=status,
+                failure_reason=failure_reason,
+                created_at=created_at,
                 updated_at=created_at + timedelta(seconds=42),
             )
-        )  # fmt: skip
+        )
     return pid
 
 
@@ -127,9 +152,12 @@ def peak_memory_of_export(tmp_path: Path, pg_url: str, *args: str) -> float:
     pages as its own until it execs."""
     done = subprocess.run(
         [sys.executable, "-c", LAUNCHER, str(ORDERPAY), "payment", "export", *args],
-        cwd=tmp_path, env=user_env(tmp_path, {"DATABASE_URL": pg_url}), capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=user_env(tmp_path, {"DATABASE_URL": pg_url}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return int(done.stdout) / 1024  # ru_maxrss is in KiB on Linux
 
@@ -153,8 +181,10 @@ def test_an_export_of_100000_payments_streams_in_bounded_python_memory(
         tracemalloc.stop()
 
     all_in_memory = tenth_peak * 10
-    print(f"export peak {export_peak / 2**20:.1f} MiB; 100,000 rows held in memory "
-          f"~{all_in_memory / 2**20:.1f} MiB")  # fmt: skip
+    print(
+        f"export peak {export_peak / 2**20:.1f} MiB; 100,000 rows held in memory "
+        f"~{all_in_memory / 2**20:.1f} MiB"
+    )
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stderr == f"exported 100000 payments to {target} (csv)\n"
     with target.open(newline="") as exported:
@@ -173,8 +203,10 @@ def test_the_installed_command_exports_100000_payments_in_bounded_process_memory
     nothing = peak_memory_of_export(tmp_path, pg_url, "--until", "2025-01-01", "-o", "none.csv")
     everything = peak_memory_of_export(tmp_path, pg_url, "-o", "all.csv")
 
-    print(f"peak resident memory: {everything:.1f} MiB for 100,000 payments, {nothing:.1f} MiB "
-          "for none")  # fmt: skip
+    print(
+        f"peak resident memory: {everything:.1f} MiB for 100,000 payments, {nothing:.1f} MiB "
+        "for none"
+    )
     assert (tmp_path / "all.csv").read_text().count("\n") == 100_001
     assert everything - nothing < 20
 
@@ -184,10 +216,15 @@ def test_the_csv_has_a_header_then_each_payment_with_its_exact_values(
 ) -> None:
     pid = uuid.UUID("7d2a61f0-3c4b-4d5e-8f60-718293a4b5c6")
     a_payment(
-        any_db, datetime(2026, 11, 1, 14, 30, 5, 123456, tzinfo=UTC), status="failed",
-        amount=1250, customer_name="Mensah, Ama Akosua", failure_reason='declined: "low funds"',
-        key="order-42-attempt-1", payment_id=pid,
-    )  # fmt: skip
+        any_db,
+        datetime(2026, 11, 1, 14, 30, 5, 123456, tzinfo=UTC),
+        status="failed",
+        amount=1250,
+        customer_name="Mensah, Ama Akosua",
+        failure_reason='declined: "low funds"',
+        key="order-42-attempt-1",
+        payment_id=pid,
+    )
     with any_db.transaction() as conn:
         order_id, customer_id = conn.execute(
             text("SELECT orders.id, orders.customer_id FROM orders")
@@ -198,12 +235,23 @@ def test_the_csv_has_a_header_then_each_payment_with_its_exact_values(
     assert rows[0] == HEADER
     assert rows[1:] == [
         [
-            str(pid), "2026-11-01T14:30:05.123456+00:00", "2026-11-01T14:30:47.123456+00:00",
-            "failed", "12.50", "1250", "GHS", "simulator", str(pid), "",
-            str(uuid.UUID(str(order_id))), str(customer_id), "Mensah, Ama Akosua",
-            'declined: "low funds"', "order-42-attempt-1",
+            str(pid),
+            "2026-11-01T14:30:05.123456+00:00",
+            "2026-11-01T14:30:47.123456+00:00",
+            "failed",
+            "12.50",
+            "1250",
+            "GHS",
+            "simulator",
+            str(pid),
+            "",
+            str(uuid.UUID(str(order_id))),
+            str(customer_id),
+            "Mensah, Ama Akosua",
+            'declined: "low funds"',
+            "order-42-attempt-1",
         ]
-    ]  # fmt: skip
+    ]
 
 
 def test_csv_quotes_commas_and_quotes_in_values(db: Database, cli: Cli, tmp_path: Path) -> None:

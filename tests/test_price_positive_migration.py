@@ -33,10 +33,15 @@ def a_product_row(db: Database, price: int, description: str = "") -> uuid.UUID:
     with db.transaction() as conn:
         conn.execute(
             insert(products).values(
-                id=product_id, name="Kɔkɔɔ", description=description, price=price,
-                currency="GHS", active=True, created_at=NOW,
+                id=product_id,
+                name="Kɔkɔɔ",
+                description=description,
+                price=price,
+                currency="GHS",
+                active=True,
+                created_at=NOW,
             )
-        )  # fmt: skip
+        )
     return product_id
 
 
@@ -47,10 +52,15 @@ def an_order_row(db: Database, customer_id: int, product_id: uuid.UUID, quantity
     with db.transaction() as conn:
         conn.execute(
             insert(orders).values(
-                id=order_id, customer_id=customer_id, status="pending", currency="GHS", total=0,
-                created_at=NOW, updated_at=NOW,
+                id=order_id,
+                customer_id=customer_id,
+                status="pending",
+                currency="GHS",
+                total=0,
+                created_at=NOW,
+                updated_at=NOW,
             )
-        )  # fmt: skip
+        )
         conn.execute(
             insert(order_items).values(
                 order_id=order_id, product_id=product_id, quantity=quantity, unit_price=0
@@ -112,9 +122,10 @@ def test_upgrading_keeps_the_orders_already_made_of_a_zero_priced_product(
     assert count_rows(old_db) == rows
     with old_db.transaction() as conn:
         items = conn.execute(
-            select(order_items.c.product_id, order_items.c.quantity, order_items.c.unit_price)
-            .where(order_items.c.order_id == order)
-        ).all()  # fmt: skip
+            select(
+                order_items.c.product_id, order_items.c.quantity, order_items.c.unit_price
+            ).where(order_items.c.order_id == order)
+        ).all()
     assert [tuple(item) for item in items] == [(free, 2, 0)]
 
 

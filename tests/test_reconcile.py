@@ -95,9 +95,13 @@ def claimed_payment(db: Database, payer: str = MTN_SANDBOX_PAYER) -> Payment:
     order = an_mtn_order(db, payer)
     with db.transaction() as conn:
         claim = claim_payment(
-            conn, order_id=order.id, key=a_key(), payer_phone=None, provider="mtn",
+            conn,
+            order_id=order.id,
+            key=a_key(),
+            payer_phone=None,
+            provider="mtn",
             lease=timedelta(0),
-        )  # fmt: skip
+        )
     assert claim.payment.status is PaymentStatus.INITIATED
     return claim.payment
 
@@ -181,9 +185,13 @@ def test_running_reconcile_again_changes_nothing_and_sends_nothing_more(
     deliver_due(env)
 
     assert again == {
-        "checked": 0, "dry_run": False, "changed": [], "review": [], "unchanged": [],
+        "checked": 0,
+        "dry_run": False,
+        "changed": [],
+        "review": [],
+        "unchanged": [],
         "refunds": {"checked": 0, "changed": [], "review": [], "unchanged": []},
-    }  # fmt: skip
+    }
     assert count_rows(db) == before
     assert merchant.count() == 1
     assert events(db, payment).count("payment_succeeded") == 1
@@ -278,9 +286,13 @@ def test_reconcile_leaves_an_initiated_payment_alone_while_its_charge_holds_the_
     order = an_mtn_order(db)
     with db.transaction() as conn:
         claim = claim_payment(
-            conn, order_id=order.id, key=a_key(), payer_phone=None, provider="mtn",
+            conn,
+            order_id=order.id,
+            key=a_key(),
+            payer_phone=None,
+            provider="mtn",
             lease=timedelta(minutes=5),
-        )  # fmt: skip
+        )
 
     mtn_cli.ok("reconcile", *NOW)
 

@@ -116,8 +116,11 @@ def test_a_payment_submitted_again_is_listed_as_changed(
     assert document["unchanged"] == []
     (changed,) = document["changed"]
     assert (changed["payment"], changed["before"], changed["after"], changed["note"]) == (
-        str(payment.id), "initiated", "pending", "resubmitted",
-    )  # fmt: skip
+        str(payment.id),
+        "initiated",
+        "pending",
+        "resubmitted",
+    )
 
 
 def test_a_provider_reporting_another_amount_is_listed_for_review(
@@ -131,11 +134,14 @@ def test_a_provider_reporting_another_amount_is_listed_for_review(
     assert document == report(
         review=[
             entry(
-                payment, "pending", "pending", "succeeded",
+                payment,
+                "pending",
+                "pending",
+                "succeeded",
                 "provider reports another amount: kept for review",
             )
         ]
-    )  # fmt: skip
+    )
     assert current(db, payment).status is PaymentStatus.PENDING
 
 
@@ -201,8 +207,10 @@ def test_a_dry_run_never_submits_an_initiated_payment_again(
 
     (changed,) = document["changed"]
     assert (changed["payment"], changed["before"], changed["after"]) == (
-        str(payment.id), "initiated", "initiated",
-    )  # fmt: skip
+        str(payment.id),
+        "initiated",
+        "initiated",
+    )
     assert changed["note"] == "would be submitted again under its own reference"
     assert requests_to_pay(mtn) == []
     assert count_rows(db) == before

@@ -46,11 +46,15 @@ def test_a_refund_answers_201_with_the_refund(client: TestClient, db: Database) 
     assert answer.status_code == 201, answer.text
     document = answer.json()
     assert (document["status"], document["amount"], document["currency"]) == (
-        "succeeded", "10.00", "GHS",
-    )  # fmt: skip
+        "succeeded",
+        "10.00",
+        "GHS",
+    )
     assert (document["payment"], document["reason"], document["replayed"]) == (
-        str(payment.id), REASON, False,
-    )  # fmt: skip
+        str(payment.id),
+        REASON,
+        False,
+    )
     assert document["operator"] == "api"
     assert "Idempotent-Replayed" not in answer.headers
     with db.transaction() as conn:
@@ -138,10 +142,19 @@ def test_a_refund_the_provider_declines_is_402(client: TestClient, db: Database)
         ([], "invalid_payload"),
         ({"amount": None, "reason": REASON}, "invalid_field"),
     ],
-    ids=["misspelt field", "unknown field", "no reason", "amount as a number",
-         "too many decimals", "zero", "negative", "another currency", "not an object",
-         "amount null"],
-)  # fmt: skip
+    ids=[
+        "misspelt field",
+        "unknown field",
+        "no reason",
+        "amount as a number",
+        "too many decimals",
+        "zero",
+        "negative",
+        "another currency",
+        "not an object",
+        "amount null",
+    ],
+)
 def test_a_bad_body_is_400_and_stores_nothing(
     client: TestClient, db: Database, body: Any, code: str
 ) -> None:

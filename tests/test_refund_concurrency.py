@@ -84,10 +84,19 @@ def test_twelve_processes_refunding_one_payment_with_twelve_keys_never_exceed_it
 ) -> None:
     payment = a_paid_payment(db)
     argvs = [
-        ["refund", str(payment.id), "--key", f"refund-{n}", "--amount", "3.00",
-         "--reason", "race", "--yes"]
+        [
+            "refund",
+            str(payment.id),
+            "--key",
+            f"refund-{n}",
+            "--amount",
+            "3.00",
+            "--reason",
+            "race",
+            "--yes",
+        ]
         for n in range(CALLERS)
-    ]  # fmt: skip
+    ]
 
     exits = run_cli_in_parallel({"DATABASE_URL": pg_url}, argvs)
 
@@ -125,9 +134,13 @@ def test_a_refund_whose_process_died_after_the_provider_answered_is_resumed_by_i
     payment = a_paid_payment(db)
     provider = RecordingProvider()
     ask = ask_for(
-        payment.id, key="refund-1", amount="10.00", currency=None, reason="damaged",
+        payment.id,
+        key="refund-1",
+        amount="10.00",
+        currency=None,
+        reason="damaged",
         operator="tester",
-    )  # fmt: skip
+    )
     with db.transaction() as conn:  # step 1 ran...
         claim = claim_refund(conn, ask, partial=True, lease=timedelta(seconds=LEASE_SECONDS))
     claimed = claim.refund
@@ -138,9 +151,17 @@ def test_a_refund_whose_process_died_after_the_provider_answered_is_resumed_by_i
     before = count_rows(db)
 
     while_leased = cli(
-        "refund", str(payment.id), "--key", "refund-1", "--amount", "10.00", "--reason",
-        "damaged", "--yes", "--json",
-    )  # fmt: skip
+        "refund",
+        str(payment.id),
+        "--key",
+        "refund-1",
+        "--amount",
+        "10.00",
+        "--reason",
+        "damaged",
+        "--yes",
+        "--json",
+    )
     rows_while_leased = count_rows(db)
     clock.advance(timedelta(seconds=LEASE_SECONDS + 1))  # the dead process's lease runs out
     resumed = refund(db, provider, payment.id, key="refund-1", amount="10.00", reason="damaged")

@@ -38,16 +38,25 @@ def report(db: Database, payment_id: uuid.UUID, outcome: PaymentStatus) -> settl
         locked = lock_payment(conn, payment_id)
         assert locked is not None
         return settlement.settle(
-            conn, locked, outcome, reason=None, amount=None, source="test callback",
+            conn,
+            locked,
+            outcome,
+            reason=None,
+            amount=None,
+            source="test callback",
             notify=NotifyTarget(),
-        )  # fmt: skip
+        )
 
 
 def charged(db: Database, order_id: uuid.UUID) -> Payment:
     return charge_order(
-        db, SimulatorProvider(), order_id=order_id, key=a_key(), default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=order_id,
+        key=a_key(),
+        default_region="GH",
         lease_seconds=LEASE_SECONDS,
-    ).payment  # fmt: skip
+    ).payment
 
 
 def unreachable(name: str) -> Provider:
@@ -57,9 +66,14 @@ def unreachable(name: str) -> Provider:
 def a_payment_taken_after_a_forced_cancel(db: Database) -> Payment:
     payment = charged(db, an_order(db).id)
     cancel_payment(
-        db, unreachable, payment.id, reason="customer gave up", force=True,
-        notify=NotifyTarget(), operator="akosua",
-    )  # fmt: skip
+        db,
+        unreachable,
+        payment.id,
+        reason="customer gave up",
+        force=True,
+        notify=NotifyTarget(),
+        operator="akosua",
+    )
     assert report(db, payment.id, PaymentStatus.SUCCEEDED) is settlement.Settled.CONFLICT
     return payment
 

@@ -55,8 +55,10 @@ def test_a_succeeded_refund_queues_one_refund_sent_notification_naming_the_refun
     received, sent = notifications(any_db, payment.order_id)
     assert (received.kind, received.refund_id) == ("payment_received", None)
     assert (sent.kind, sent.refund_id, sent.payment_id) == (
-        "refund_sent", result.refund.id, payment.id,
-    )  # fmt: skip
+        "refund_sent",
+        result.refund.id,
+        payment.id,
+    )
     assert (sent.status, sent.recipient) == (NotificationStatus.PENDING, AMA)
 
 
@@ -86,9 +88,17 @@ def test_the_worker_sends_the_refund_message_with_the_refunds_amount(
     payment = a_paid_payment(db, notify=SMS)
     env = sms_env(gateway.url)
     refunded = cli.ok(
-        "refund", str(payment.id), "--key", "refund-1", "--amount", "10.00", "--reason",
-        "one item missing", "--yes", **env,
-    )  # fmt: skip
+        "refund",
+        str(payment.id),
+        "--key",
+        "refund-1",
+        "--amount",
+        "10.00",
+        "--reason",
+        "one item missing",
+        "--yes",
+        **env,
+    )
 
     outcome = cli("worker", "--burst", **env)
 
@@ -114,9 +124,17 @@ def test_the_merchant_webhook_gets_a_refund_sent_event(
     }
     payment = a_paid_payment(db, notify=NotifyTarget("webhook", gateway.url))
     refunded = cli.ok(
-        "refund", str(payment.id), "--key", "refund-1", "--amount", "2.50", "--reason",
-        "late delivery", "--yes", **env,
-    )  # fmt: skip
+        "refund",
+        str(payment.id),
+        "--key",
+        "refund-1",
+        "--amount",
+        "2.50",
+        "--reason",
+        "late delivery",
+        "--yes",
+        **env,
+    )
 
     outcome = cli("worker", "--burst", **env)
 

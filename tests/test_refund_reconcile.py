@@ -50,9 +50,16 @@ def a_pending_refund(cli: Cli, db: Database, amount: str = "25.00") -> Any:
     """A refund the provider accepted and has not settled yet (the simulator's delayed payer)."""
     payment = a_paid_payment(db, phone=DELAYED_PAYER)
     document = cli.ok(
-        "refund", str(payment.id), "--key", f"refund-{uuid.uuid4()}", "--amount", amount,
-        "--reason", "returned", "--yes",
-    )  # fmt: skip
+        "refund",
+        str(payment.id),
+        "--key",
+        f"refund-{uuid.uuid4()}",
+        "--amount",
+        amount,
+        "--reason",
+        "returned",
+        "--yes",
+    )
     assert document["status"] == "pending"
     return document
 
@@ -61,9 +68,13 @@ def an_interrupted_refund(db: Database, phone: str = AMA) -> Refund:
     """A refund claimed by a process that died before asking the provider; lease run out."""
     payment = a_paid_payment(db, phone=phone)
     ask = ask_for(
-        payment.id, key=f"refund-{uuid.uuid4()}", amount=None, currency=None,
-        reason="returned", operator="tester",
-    )  # fmt: skip
+        payment.id,
+        key=f"refund-{uuid.uuid4()}",
+        amount=None,
+        currency=None,
+        reason="returned",
+        operator="tester",
+    )
     with db.transaction() as conn:
         return claim_refund(conn, ask, partial=True, lease=timedelta(0)).refund
 
@@ -83,8 +94,10 @@ def test_a_refund_left_pending_stays_pending_until_the_provider_settles_it(
     assert report["refunds"]["checked"] == 1
     (entry,) = report["refunds"]["unchanged"]
     assert (entry["refund"], entry["after"], entry["note"]) == (
-        pending["id"], "pending", "no outcome yet",
-    )  # fmt: skip
+        pending["id"],
+        "pending",
+        "no outcome yet",
+    )
     assert status_of(any_db, pending["id"]) is RefundStatus.PENDING
 
 
@@ -98,10 +111,15 @@ def test_reconcile_settles_a_pending_refund_the_provider_has_settled(
 
     assert report["refunds"]["changed"] == [
         {
-            "refund": pending["id"], "payment": pending["payment"], "order": pending["order"],
-            "before": "pending", "after": "succeeded", "provider_says": "succeeded", "note": "",
+            "refund": pending["id"],
+            "payment": pending["payment"],
+            "order": pending["order"],
+            "before": "pending",
+            "after": "succeeded",
+            "provider_says": "succeeded",
+            "note": "",
         }
-    ]  # fmt: skip
+    ]
     assert status_of(any_db, pending["id"]) is RefundStatus.SUCCEEDED
     with any_db.transaction() as conn:
         order_id = uuid.UUID(pending["order"])
@@ -143,13 +161,18 @@ def test_reconcile_resumes_an_interrupted_refund_under_its_own_reference(db: Dat
     provider = RecordingProvider()
 
     check = reconcile_refund(
-        db, lambda _name: provider, interrupted, notify=NotifyTarget(),
+        db,
+        lambda _name: provider,
+        interrupted,
+        notify=NotifyTarget(),
         lease=timedelta(seconds=90),
-    )  # fmt: skip
+    )
 
     assert (check.action, check.before, check.after) == (
-        Action.RESUBMITTED, RefundStatus.INITIATED, RefundStatus.SUCCEEDED,
-    )  # fmt: skip
+        Action.RESUBMITTED,
+        RefundStatus.INITIATED,
+        RefundStatus.SUCCEEDED,
+    )
     assert provider.references() == [interrupted.id]
     assert [r.id for r in refunds_of(db, interrupted.payment_id)] == [interrupted.id]
 
@@ -163,8 +186,10 @@ def test_reconcile_reports_a_resumed_refund_the_provider_fails(
 
     (entry,) = report["refunds"]["changed"]
     assert (entry["refund"], entry["before"], entry["after"]) == (
-        str(interrupted.id), "initiated", "failed",
-    )  # fmt: skip
+        str(interrupted.id),
+        "initiated",
+        "failed",
+    )
     assert "PAYEE_NOT_FOUND" in entry["note"]
 
 
@@ -184,8 +209,9 @@ def test_reconcile_leaves_a_refund_whose_lease_is_held_to_its_process(
     cli: Cli, db: Database
 ) -> None:
     payment = a_paid_payment(db)
-    ask = ask_for(payment.id, key="refund-1", amount=None, currency=None, reason="returned",
-                  operator="tester")  # fmt: skip
+    ask = ask_for(
+        payment.id, key="refund-1", amount=None, currency=None, reason="returned", operator="tester"
+    )
     with db.transaction() as conn:  # another process is asking the provider right now
         claimed = claim_refund(conn, ask, partial=True, lease=timedelta(seconds=90)).refund
     before = count_rows(db)
@@ -206,9 +232,14 @@ def test_reconcile_leaves_a_refund_whose_lease_is_held_to_its_process(
 def settle(db: Database, refund_id: uuid.UUID, target: RefundStatus, **kwargs: Any) -> Any:
     with db.transaction() as conn:
         return settle_refund(
-            conn, refund_id, target, reason=kwargs.get("reason"), amount=kwargs.get("amount"),
-            source="test", notify=NotifyTarget(),
-        )  # fmt: skip
+            conn,
+            refund_id,
+            target,
+            reason=kwargs.get("reason"),
+            amount=kwargs.get("amount"),
+            source="test",
+            notify=NotifyTarget(),
+        )
 
 
 def test_a_success_reported_for_a_failed_refund_is_kept_for_review_and_moves_nothing(
@@ -229,8 +260,10 @@ def test_a_success_reported_for_a_failed_refund_is_kept_for_review_and_moves_not
         assert get_order(conn, payment.order_id).status is OrderStatus.PAID
         (item,) = items_of(conn, payment.order_id)
     assert (item.reason, item.subject, item.refund_id) == (
-        ReviewReason.REFUND_CONFLICT, f"refund:{failed_id}", failed_id,
-    )  # fmt: skip
+        ReviewReason.REFUND_CONFLICT,
+        f"refund:{failed_id}",
+        failed_id,
+    )
     rows = count_rows(any_db)
     assert rows["review_items"] == before["review_items"] + 1
     assert rows["notifications"] == before["notifications"]

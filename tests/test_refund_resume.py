@@ -134,9 +134,13 @@ def test_replaying_a_settled_refund_needs_none_of_the_providers_settings(db: Dat
         raise ConfigurationError(f"{name} refunds are not configured here")
 
     ask = ask_for(
-        payment.id, key="refund-1", amount=None, currency=None,
-        reason="customer returned the goods", operator="tester",
-    )  # fmt: skip
+        payment.id,
+        key="refund-1",
+        amount=None,
+        currency=None,
+        reason="customer returned the goods",
+        operator="tester",
+    )
     again = refund_payment(
         db, unconfigured, ask, lease_seconds=LEASE_SECONDS, notify=NotifyTarget()
     )
@@ -154,9 +158,14 @@ def test_a_refund_settled_twice_queues_one_notification_and_one_success_event(
 
     with db.transaction() as conn:  # reconcile, or a late status answer, says so again
         again = settle_refund(
-            conn, given.id, RefundStatus.SUCCEEDED, reason=None, amount=given.amount,
-            source="reconcile", notify=NotifyTarget(),
-        )  # fmt: skip
+            conn,
+            given.id,
+            RefundStatus.SUCCEEDED,
+            reason=None,
+            amount=given.amount,
+            source="reconcile",
+            notify=NotifyTarget(),
+        )
 
     assert again.verdict is RefundSettled.UNCHANGED
     events = [e.event for e in timeline_of(db, payment.order_id)]

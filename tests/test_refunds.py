@@ -58,8 +58,10 @@ def test_refunding_without_an_amount_gives_back_the_whole_payment_and_the_order_
     document = run_refund(any_cli, payment.id, "--key", "refund-1")
 
     assert (document["status"], document["amount"], document["currency"]) == (
-        "succeeded", "25.00", "GHS",
-    )  # fmt: skip
+        "succeeded",
+        "25.00",
+        "GHS",
+    )
     assert (document["payment"], document["replayed"]) == (str(payment.id), False)
     assert document["provider_reference"] == document["id"]
     assert order_status(any_db, payment.order_id) is OrderStatus.REFUNDED
@@ -114,9 +116,16 @@ def test_replaying_a_key_with_the_reason_reworded_replays_the_stored_refund(
     first = run_refund(any_cli, payment.id, "--key", "refund-1", "--amount", "5.00")
 
     again = any_cli.ok(
-        "refund", str(payment.id), "--key", "refund-1", "--amount", "5.00", "--reason",
-        "goods returned (reworded)", "--yes",
-    )  # fmt: skip
+        "refund",
+        str(payment.id),
+        "--key",
+        "refund-1",
+        "--amount",
+        "5.00",
+        "--reason",
+        "goods returned (reworded)",
+        "--yes",
+    )
 
     assert (again["id"], again["replayed"]) == (first["id"], True)
     assert again["reason"] == "customer returned the goods"
@@ -164,9 +173,16 @@ def test_reusing_a_refund_key_for_another_payment_is_refused_and_stores_nothing(
     before = count_rows(db)
 
     outcome = cli(
-        "refund", str(second.id), "--key", "refund-1", "--amount", "5.00", *REASON, *YES,
+        "refund",
+        str(second.id),
+        "--key",
+        "refund-1",
+        "--amount",
+        "5.00",
+        *REASON,
+        *YES,
         "--json",
-    )  # fmt: skip
+    )
 
     assert outcome.exit_code == 5
     assert outcome.error()["code"] == "idempotency_key_reused"
@@ -179,9 +195,13 @@ def test_reusing_a_refund_key_for_another_payment_is_refused_and_stores_nothing(
 def a_pending_payment_id(db: Database) -> uuid.UUID:
     order = an_order(db)
     charged = charge_order(
-        db, SimulatorProvider(), order_id=order.id, key=a_key(), default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=order.id,
+        key=a_key(),
+        default_region="GH",
         lease_seconds=90,
-    )  # fmt: skip
+    )
     return charged.payment.id
 
 
@@ -189,17 +209,22 @@ def a_failed_payment_id(db: Database) -> uuid.UUID:
     order = an_order(db, phone=CHARGE_REFUSED_PAYER)
     with pytest.raises(PaymentDeclined):
         charge_order(
-            db, SimulatorProvider(), order_id=order.id, key="declined-charge",
-            default_region="GH", lease_seconds=90,
-        )  # fmt: skip
+            db,
+            SimulatorProvider(),
+            order_id=order.id,
+            key="declined-charge",
+            default_region="GH",
+            lease_seconds=90,
+        )
     with db.transaction() as conn:
         found = find_by_key(conn, "declined-charge")
         assert found is not None
         return found.id
 
 
-@pytest.mark.parametrize("make", [a_pending_payment_id, a_failed_payment_id],
-                         ids=["pending", "failed"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make", [a_pending_payment_id, a_failed_payment_id], ids=["pending", "failed"]
+)
 def test_refunding_a_payment_that_did_not_succeed_is_refused_and_stores_nothing(
     any_cli: Cli, any_db: Database, make: Any
 ) -> None:
@@ -221,9 +246,16 @@ def test_a_refund_above_what_remains_refundable_is_refused_and_stores_nothing(
     before = count_rows(any_db)
 
     outcome = any_cli(
-        "refund", str(payment.id), "--key", "refund-2", "--amount", "5.01", *REASON, *YES,
+        "refund",
+        str(payment.id),
+        "--key",
+        "refund-2",
+        "--amount",
+        "5.01",
+        *REASON,
+        *YES,
         "--json",
-    )  # fmt: skip
+    )
 
     assert outcome.exit_code == 4
     error = outcome.error()
@@ -255,17 +287,26 @@ def test_a_refunded_payment_has_nothing_left_to_refund(any_cli: Cli, any_db: Dat
         (("--amount", "5.00", "--currency", "UGX"), "currency_mismatch"),
         (("--amount", "5.00", "--currency", "XYZ"), "unknown_currency"),
     ],
-    ids=["too many decimals", "zero", "zero with decimals", "negative", "not a number",
-         "exponent", "another currency", "unknown currency"],
-)  # fmt: skip
+    ids=[
+        "too many decimals",
+        "zero",
+        "zero with decimals",
+        "negative",
+        "not a number",
+        "exponent",
+        "another currency",
+        "unknown currency",
+    ],
+)
 def test_a_bad_amount_is_exit_2_and_stores_nothing(
     any_cli: Cli, any_db: Database, option: tuple[str, ...], code: str
 ) -> None:
     payment = a_paid_payment(any_db)
     before = count_rows(any_db)
 
-    outcome = any_cli("refund", str(payment.id), "--key", "refund-1", *option, *REASON, *YES,
-                      "--json")  # fmt: skip
+    outcome = any_cli(
+        "refund", str(payment.id), "--key", "refund-1", *option, *REASON, *YES, "--json"
+    )
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == code
@@ -355,8 +396,10 @@ def test_a_refund_the_provider_declines_is_exit_6_and_failed_with_its_reason(
     assert outcome.exit_code == 6
     error = outcome.error()
     assert (error["code"], error["reason"], error["replayed"]) == (
-        "refund_declined", "NOT_ENOUGH_FUNDS", False,
-    )  # fmt: skip
+        "refund_declined",
+        "NOT_ENOUGH_FUNDS",
+        False,
+    )
     with any_db.transaction() as conn:
         stored = get_refund(conn, uuid.UUID(error["refund"]))
     assert (stored.status, stored.failure_reason) == (RefundStatus.FAILED, "NOT_ENOUGH_FUNDS")
@@ -396,9 +439,16 @@ def test_a_refund_that_fails_at_the_provider_frees_its_amount(
 ) -> None:
     payment = a_paid_payment(any_db, phone=FAILING_PAYER)  # refunds accepted, then failed
     failed = any_cli(
-        "refund", str(payment.id), "--key", "refund-1", "--amount", "20.00", *REASON, *YES,
+        "refund",
+        str(payment.id),
+        "--key",
+        "refund-1",
+        "--amount",
+        "20.00",
+        *REASON,
+        *YES,
         "--json",
-    )  # fmt: skip
+    )
 
     # "The rest" counts no failed refund: it is the whole payment again, not 5.00.
     again = any_cli("refund", str(payment.id), "--key", "refund-2", *REASON, *YES, "--json")
@@ -425,8 +475,11 @@ def test_each_step_of_a_refund_is_on_the_timeline_and_names_the_operator(
     events = timeline_of(any_db, payment.order_id)
     refund_events = [e for e in events if e.event.startswith(("refund_", "order_partially"))]
     assert [e.event for e in refund_events] == [
-        "refund_initiated", "refund_pending", "refund_succeeded", "order_partially_refunded",
-    ]  # fmt: skip
+        "refund_initiated",
+        "refund_pending",
+        "refund_succeeded",
+        "order_partially_refunded",
+    ]
     assert refund_events[0].operator == "akua"
     assert events[-1].event == "notification_queued"
     assert document["operator"] == "akua"
@@ -461,8 +514,9 @@ def test_payment_show_lists_the_payments_refunds(cli: Cli, db: Database) -> None
 def test_the_refund_table_shows_what_was_refunded(cli: Cli, db: Database) -> None:
     payment = a_paid_payment(db)
 
-    outcome = cli("refund", str(payment.id)[:8], "--key", "refund-1", "--amount", "7.50",
-                  *REASON, *YES)  # fmt: skip
+    outcome = cli(
+        "refund", str(payment.id)[:8], "--key", "refund-1", "--amount", "7.50", *REASON, *YES
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     assert "succeeded" in outcome.stdout

@@ -26,10 +26,19 @@ NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 
 def a_notification(payment: Any, kind: str, refund_id: uuid.UUID | None = None) -> dict[str, Any]:
     return {
-        "order_id": payment.order_id, "payment_id": payment.id, "refund_id": refund_id,
-        "kind": kind, "channel": "log", "recipient": "+233241234567", "body": "",
-        "status": "pending", "attempts": 0, "due_at": NOW, "created_at": NOW, "updated_at": NOW,
-    }  # fmt: skip
+        "order_id": payment.order_id,
+        "payment_id": payment.id,
+        "refund_id": refund_id,
+        "kind": kind,
+        "channel": "log",
+        "recipient": "+233241234567",
+        "body": "",
+        "status": "pending",
+        "attempts": 0,
+        "due_at": NOW,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
 
 
 def insert_row(db: Database, table: Any, values: dict[str, Any]) -> None:

@@ -31,7 +31,7 @@ from orderpay.jobs import (
     row_job_key,
     send_notification,
     send_notifications,
-)  # fmt: skip
+)
 from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
@@ -119,9 +119,13 @@ def everything_in(url: str) -> bytes:
 def a_pending_charge(db: Database) -> tuple[uuid.UUID, uuid.UUID]:
     order = an_order(db)
     payment = charge_order(
-        db, SimulatorProvider(), order_id=order.id, key=a_key(), default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=order.id,
+        key=a_key(),
+        default_region="GH",
         lease_seconds=90,
-    ).payment  # fmt: skip
+    ).payment
     return order.id, payment.id
 
 
@@ -211,9 +215,10 @@ def test_a_re_run_job_sends_nothing_more(
         run_jobs(redis_url)
         with redis_client(redis_url) as redis:
             make_queue(redis).enqueue(
-                send_notification, settled.notification_id,
+                send_notification,
+                settled.notification_id,
                 job_id="the-same-job-again",
-            )  # fmt: skip
+            )
 
         run_jobs(redis_url)
 
@@ -224,9 +229,12 @@ def test_a_re_run_job_sends_nothing_more(
 
 
 def test_one_message_per_settled_payment_across_a_replayed_callback_a_double_relay_and_a_rerun(
-    pg_url: str, db: Database, redis_url: str, in_process_worker: None,
+    pg_url: str,
+    db: Database,
+    redis_url: str,
+    in_process_worker: None,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     order_id, payment_id = a_pending_charge(db)
     body = success_callback(order_id, payment_id)
     with a_gateway() as gateway:
@@ -326,9 +334,13 @@ def test_a_callback_taken_while_redis_is_down_is_delivered_once_redis_is_back(
     private_redis.start()
     with a_gateway() as gateway:
         outcome = cli(
-            "worker", "--burst", "--worker-class", "simple",
-            REDIS_URL=private_redis.url, **sms_env(gateway.url),
-        )  # fmt: skip
+            "worker",
+            "--burst",
+            "--worker-class",
+            "simple",
+            REDIS_URL=private_redis.url,
+            **sms_env(gateway.url),
+        )
         requests = gateway.count()
 
     assert answer.status_code == 200, answer.text
@@ -378,9 +390,10 @@ def test_a_settling_callback_wakes_the_relay_without_waiting_for_its_poll(
     body = success_callback(order_id, payment_id)
     with a_gateway() as gateway:
         env = {
-            "DATABASE_URL": pg_url, "REDIS_URL": redis_url,
+            "DATABASE_URL": pg_url,
+            "REDIS_URL": redis_url,
             **sms_env(gateway.url, ORDERPAY_RELAY_POLL_SECONDS="60"),
-        }  # fmt: skip
+        }
         worker = worker_processes(env, *SIMPLE)
         worker.wait_ready(redis_url)
         # The relay's first pass is over once it LISTENs: it now waits for a wake-up or 60 s.
@@ -405,10 +418,14 @@ def test_a_settling_callback_wakes_the_relay_without_waiting_for_its_poll(
 def listening_sessions(db: Database) -> int:
     """Sessions of this database waiting for the outbox's NOTIFY (the relay's LISTEN)."""
     with db.engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            f" AND query = 'LISTEN {OUTBOX_CHANNEL}'"
-        )).scalar_one())  # fmt: skip
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    f" AND query = 'LISTEN {OUTBOX_CHANNEL}'"
+                )
+            ).scalar_one()
+        )
 
 
 def rq_env(pg_url: str, redis_url: str, gateway_url: str, **extra: str) -> dict[str, str]:

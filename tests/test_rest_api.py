@@ -67,10 +67,12 @@ def _requests(db: Database) -> dict[str, tuple[str, str, dict[str, str], bytes]]
         "create order": ("POST", "/api/orders/", {}, json.dumps(an_order_document(db)).encode()),
         "get order": ("GET", f"/api/orders/{order.id}/", {}, b""),
         "charge": (
-            "POST", "/api/payments/charge/", {"Idempotency-Key": "k-1"},
+            "POST",
+            "/api/payments/charge/",
+            {"Idempotency-Key": "k-1"},
             json.dumps({"order": str(order.id)}).encode(),
         ),
-    }  # fmt: skip
+    }
 
 
 ROUTES = ["create order", "get order", "charge"]
@@ -172,9 +174,18 @@ def test_an_order_has_the_shape_of_the_design(client: TestClient, db: Database) 
 
     order = answer.json()
     assert {
-        "id", "customer", "status", "currency", "total_amount", "items", "payments",
-        "notifications", "events", "created_at", "updated_at",
-    } <= set(order)  # fmt: skip
+        "id",
+        "customer",
+        "status",
+        "currency",
+        "total_amount",
+        "items",
+        "payments",
+        "notifications",
+        "events",
+        "created_at",
+        "updated_at",
+    } <= set(order)
     uuid.UUID(order["id"])
     assert (order["payments"], order["notifications"]) == ([], [])
     assert [set(event) for event in order["events"]] == [{"at", "event", "detail", "operator"}]
@@ -222,10 +233,12 @@ BAD_ORDER_BODIES: dict[str, tuple[Any, str]] = {
     "no item": ({"customer": "CUSTOMER", "items": []}, "invalid_field"),
     "an item not an object": ({"customer": "CUSTOMER", "items": ["PRODUCT"]}, "invalid_field"),
     "an item without a product": (
-        {"customer": "CUSTOMER", "items": [{"quantity": 1}]}, "invalid_field"
+        {"customer": "CUSTOMER", "items": [{"quantity": 1}]},
+        "invalid_field",
     ),
     "a product id not a UUID": (
-        {"customer": "CUSTOMER", "items": [{"product": "kenkey"}]}, "invalid_field"
+        {"customer": "CUSTOMER", "items": [{"product": "kenkey"}]},
+        "invalid_field",
     ),
     "a quantity of zero": (
         {"customer": "CUSTOMER", "items": [{"product": "PRODUCT", "quantity": 0}]},
@@ -251,7 +264,7 @@ BAD_ORDER_BODIES: dict[str, tuple[Any, str]] = {
         {"customer": "CUSTOMER", "items": [{"product": "PRODUCT"}, {"product": "KES_PRODUCT"}]},
         "currency_mismatch",
     ),
-}  # fmt: skip
+}
 
 
 def _fill(template: Any, values: dict[str, Any]) -> Any:
@@ -430,9 +443,13 @@ def test_a_key_whose_charge_is_in_flight_is_409_and_changes_nothing(
     order = an_order(db)
     with db.transaction() as conn:  # step 1 done, the provider not yet answered: a live lease
         claim_payment(
-            conn, order_id=order.id, key="k-1", payer_phone=None, provider="simulator",
+            conn,
+            order_id=order.id,
+            key="k-1",
+            payer_phone=None,
+            provider="simulator",
             lease=timedelta(seconds=90),
-        )  # fmt: skip
+        )
     before = count_rows(db)
 
     answer = charge(client, order.id, "k-1")
@@ -529,10 +546,15 @@ def test_charging_an_unknown_order_is_404_and_stores_nothing(
         ('{"order": "ORDER", "phone": "+233 24 123 4567 ext 9999999999999999"}', "invalid_phone"),
     ],
     ids=[
-        "not JSON", "a JSON array", "no order", "an order id not a UUID", "a numeric phone",
-        "a short phone", "an overlong phone",
+        "not JSON",
+        "a JSON array",
+        "no order",
+        "an order id not a UUID",
+        "a numeric phone",
+        "a short phone",
+        "an overlong phone",
     ],
-)  # fmt: skip
+)
 def test_a_bad_charge_body_is_400_and_stores_nothing(
     body: str, code: str, sqlite_client: TestClient, sqlite_db: Database
 ) -> None:

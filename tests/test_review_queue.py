@@ -53,9 +53,20 @@ MTN_PATH = "/api/webhooks/mtn/"
 CLOSED_MTN = {"MTN_MOMO_BASE_URL": "http://127.0.0.1:1"}  # nothing listens: refused at once
 OTHER_REFERENCE = "MP240101.5678.B98765"  # a sender's own id that matches no payment of ours
 FIELDS = {
-    "id", "reason", "open", "order", "payment", "refund", "event", "reported",
-    "suggested_action", "opened_at", "resolved_at", "resolved_by", "note",
-}  # fmt: skip
+    "id",
+    "reason",
+    "open",
+    "order",
+    "payment",
+    "refund",
+    "event",
+    "reported",
+    "suggested_action",
+    "opened_at",
+    "resolved_at",
+    "resolved_by",
+    "note",
+}
 
 
 @pytest.fixture
@@ -125,9 +136,14 @@ def unreachable(name: str) -> Provider:
 def force_cancelled(db: Database, payment: Payment) -> None:
     """The operator fails a pending payment with --force while its provider is unreachable."""
     cancel_payment(
-        db, unreachable, payment.id, reason="customer gave up", force=True,
-        notify=NotifyTarget(), operator="akosua",
-    )  # fmt: skip
+        db,
+        unreachable,
+        payment.id,
+        reason="customer gave up",
+        force=True,
+        notify=NotifyTarget(),
+        operator="akosua",
+    )
 
 
 # --- Every reason a report can produce --------------------------------------------------------
@@ -343,9 +359,7 @@ def test_mtn_confirming_a_success_after_a_forced_cancel_is_a_success_after_cance
     confirmed_by: str, mtn_listener: TestClient, mtn_cli: Cli, db: Database, mtn: FakeMtn
 ) -> None:
     payment = mtn_payment(db, mtn)
-    forced = mtn_cli(
-        "payment", "cancel", str(payment.id), "--force", "--yes", **CLOSED_MTN
-    )  # fmt: skip
+    forced = mtn_cli("payment", "cancel", str(payment.id), "--force", "--yes", **CLOSED_MTN)
     assert forced.exit_code == 0, forced.stderr
 
     if confirmed_by == "reconcile":
@@ -473,9 +487,13 @@ def test_a_success_for_a_failed_payment_of_an_order_paid_since_says_refund(
     first = a_pending_payment(db)
     post(client, callback_body(first, "failed", reason="EXPIRED"))
     second = charge_order(
-        db, SimulatorProvider(), order_id=first.order_id, key=a_key(), default_region="GH",
+        db,
+        SimulatorProvider(),
+        order_id=first.order_id,
+        key=a_key(),
+        default_region="GH",
         lease_seconds=90,
-    ).payment  # fmt: skip
+    ).payment
     post(client, callback_body(second, "success"))
 
     post(client, callback_body(first, "success"))
@@ -617,13 +635,19 @@ def test_a_resolved_item_leaves_the_open_list_and_stays_in_all(
     item = an_open_item(client, db, cli)
 
     resolved = cli.ok(
-        "review", "resolve", str(item["id"]), "--note", "refunded 5.00 GHS",
+        "review",
+        "resolve",
+        str(item["id"]),
+        "--note",
+        "refunded 5.00 GHS",
         ORDERPAY_OPERATOR="akosua",
-    )  # fmt: skip
+    )
 
     assert (resolved["open"], resolved["resolved_by"], resolved["note"]) == (
-        False, "akosua", "refunded 5.00 GHS",
-    )  # fmt: skip
+        False,
+        "akosua",
+        "refunded 5.00 GHS",
+    )
     assert resolved["resolved_at"] is not None
     assert open_items(cli) == []
     (kept,) = open_items(cli, "--all")
@@ -653,9 +677,14 @@ def test_resolving_twice_exits_4_and_changes_nothing(
     before, first = count_rows(db), open_items(cli, "--all")
 
     again = cli(
-        "review", "resolve", str(item["id"]), "--note", "again", "--json",
+        "review",
+        "resolve",
+        str(item["id"]),
+        "--note",
+        "again",
+        "--json",
         ORDERPAY_OPERATOR="kofi",
-    )  # fmt: skip
+    )
 
     assert again.exit_code == 4
     assert again.error()["code"] == "review_item_resolved"

@@ -37,9 +37,13 @@ def open_one(
 ) -> int | None:
     with db.transaction() as conn:
         return reviews.open_item(
-            conn, reason=reason, subject=subject, order_id=order_id,
-            reported="momo callback: succeeded", suggested_action="refund 25.00 GHS",
-        )  # fmt: skip
+            conn,
+            reason=reason,
+            subject=subject,
+            order_id=order_id,
+            reported="momo callback: succeeded",
+            suggested_action="refund 25.00 GHS",
+        )
 
 
 def resolve(db: Database, item_id: int, operator: str = "akosua", note: str = "refunded") -> None:
@@ -98,10 +102,14 @@ def insert_raw(db: Database, order_id: uuid.UUID, *, reason: str, subject: str) 
     with db.transaction() as conn:
         conn.execute(
             insert(review_items).values(
-                reason=reason, subject=subject, order_id=order_id, reported="r",
-                suggested_action="a", opened_at=clock.utcnow(),
+                reason=reason,
+                subject=subject,
+                order_id=order_id,
+                reported="r",
+                suggested_action="a",
+                opened_at=clock.utcnow(),
             )
-        )  # fmt: skip
+        )
 
 
 def test_the_schema_refuses_a_second_open_item_about_one_subject_whatever_its_reason(
@@ -308,10 +316,14 @@ def test_parallel_openings_of_one_finding_make_one_item(db: Database) -> None:
 
 def sessions_waiting_on_a_lock(db: Database) -> int:
     with db.engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )).scalar_one())  # fmt: skip
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
 
 
 @pytest.fixture
@@ -337,9 +349,13 @@ def test_a_report_waiting_on_a_resolve_in_flight_opens_a_new_item_once_it_commit
         try:
             with other.transaction() as conn:
                 again = review.keep(
-                    conn, reason=ReviewReason.OUTCOME_CONFLICT, subject="payment:race",
-                    order_id=order.id, reported="again", action="a",
-                )  # fmt: skip
+                    conn,
+                    reason=ReviewReason.OUTCOME_CONFLICT,
+                    subject="payment:race",
+                    order_id=order.id,
+                    reported="again",
+                    action="a",
+                )
             kept.append(again)
         except BaseException as error:
             kept.append(error)

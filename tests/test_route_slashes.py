@@ -119,9 +119,12 @@ def test_an_order_is_charged_by_post_without_the_trailing_slash(
     order = an_order(db)
 
     answer = unfollowed(
-        client, "POST", "/api/payments/charge", content=json.dumps({"order": str(order.id)}),
+        client,
+        "POST",
+        "/api/payments/charge",
+        content=json.dumps({"order": str(order.id)}),
         headers={**AUTH, "Idempotency-Key": a_key()},
-    )  # fmt: skip
+    )
 
     assert answer.status_code == 201, answer.text
     assert answer.json()["status"] == "pending"
@@ -190,9 +193,12 @@ def test_mtns_callback_without_the_trailing_slash_is_confirmed_and_settles(
 
     with listener_client(settings) as mtn_client:
         answer = unfollowed(
-            mtn_client, method, "/api/webhooks/mtn", content=body,
+            mtn_client,
+            method,
+            "/api/webhooks/mtn",
+            content=body,
             headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         mtn_client.app.state.confirmer.wait()  # type: ignore[attr-defined]
 
     assert answer.status_code == 200, answer.text

@@ -49,8 +49,12 @@ def run_serve_webhooks(env: dict[str, str], cwd: Path) -> subprocess.CompletedPr
     """The real command; a listener that starts when it should refuse times out the test."""
     return subprocess.run(
         [sys.executable, "-m", "orderpay", "serve-webhooks", "--port", str(free_port())],
-        env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 # Starting
@@ -105,9 +109,12 @@ def test_serve_webhooks_on_a_port_in_use_is_one_line_and_exit_2(
         port = taken.getsockname()[1]
 
         refused = orderpay(
-            tmp_path, "serve-webhooks", "--port", str(port),
+            tmp_path,
+            "serve-webhooks",
+            "--port",
+            str(port),
             env={"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SECRET},
-        )  # fmt: skip
+        )
 
     assert refused.exit_code == 2
     assert refused.stderr == (
@@ -122,9 +129,14 @@ def test_serve_webhooks_on_a_host_it_cannot_listen_on_is_one_line_and_exit_2(
     sqlite_url: str, tmp_path: Path, host: str
 ) -> None:
     refused = orderpay(
-        tmp_path, "serve-webhooks", "--host", host, "--port", str(free_port()),
+        tmp_path,
+        "serve-webhooks",
+        "--host",
+        host,
+        "--port",
+        str(free_port()),
         env={"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SECRET},
-    )  # fmt: skip
+    )
 
     assert refused.exit_code == 2
     assert refused.stderr.count("\n") == 1
@@ -137,9 +149,14 @@ def test_serve_webhooks_with_an_unconfigured_provider_is_one_line_and_exit_2(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     refused = orderpay(
-        tmp_path, "serve-webhooks", "--port", str(free_port()), "--workers", "2",
+        tmp_path,
+        "serve-webhooks",
+        "--port",
+        str(free_port()),
+        "--workers",
+        "2",
         env={"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SECRET, "ORDERPAY_PROVIDER": "mtn"},
-    )  # fmt: skip
+    )
 
     assert refused.exit_code == 2
     assert refused.stderr.count("\n") == 1
@@ -283,9 +300,14 @@ def test_webhook_simulate_settles_the_order_through_a_running_listener(
 
     with listener(listener_settings(pg_url)) as server:
         outcome = cli(
-            "webhook", "simulate", str(payment.order_id), "--status", "success",
-            "--url", server.callback_url,
-        )  # fmt: skip
+            "webhook",
+            "simulate",
+            str(payment.order_id),
+            "--status",
+            "success",
+            "--url",
+            server.callback_url,
+        )
 
     assert outcome.exit_code == 0, outcome.stderr
     with db.transaction() as conn:
@@ -301,9 +323,14 @@ def test_webhook_simulate_exits_3_when_the_listener_answers_404(
 
     with listener(listener_settings(sqlite_url)) as server:  # a listener that has no such order
         outcome = cli(
-            "webhook", "simulate", str(payment.order_id), "--status", "success",
-            "--url", server.callback_url,
-        )  # fmt: skip
+            "webhook",
+            "simulate",
+            str(payment.order_id),
+            "--status",
+            "success",
+            "--url",
+            server.callback_url,
+        )
 
     assert outcome.exit_code == 3
     with db.transaction() as conn:

@@ -29,9 +29,19 @@ if TYPE_CHECKING:
 SOURCES = ("momo", "mtn", "sms-dlr")
 # What a stored event came to (store/inbox.py's writers): `review` lists every review_* one.
 OUTCOMES = (
-    "processed", "duplicate", "review", "review_conflict", "review_amount", "review_unmatched",
-    "unmatched", "hint", "to_confirm", "delivered", "undelivered", "kept",
-)  # fmt: skip
+    "processed",
+    "duplicate",
+    "review",
+    "review_conflict",
+    "review_amount",
+    "review_unmatched",
+    "unmatched",
+    "hint",
+    "to_confirm",
+    "delivered",
+    "undelivered",
+    "kept",
+)
 REVIEW_OUTCOMES = ("review_conflict", "review_amount", "review_unmatched")
 
 EventId = Annotated[
@@ -91,9 +101,12 @@ def webhook_list(
     with runtime(ctx).database.transaction() as conn:
         oid = order_id(conn, order) if order is not None else None
         page = list_events(
-            conn, window(since, until, limit, after), order_id=oid, outcomes=outcomes,
+            conn,
+            window(since, until, limit, after),
+            order_id=oid,
+            outcomes=outcomes,
             source=source,
-        )  # fmt: skip
+        )
     show_page(page, as_json=json_, shape=event_shape, table=_events_table)
 
 
@@ -129,11 +142,13 @@ def webhook_show(ctx: typer.Context, event_id: EventId, json_: JsonFlag = False)
     from orderpay.store.ids import short
 
     rows = [
-        ("source", event.source), ("outcome", event.outcome),
-        ("received", when(event.received_at)), ("key", event.dedupe_key),
+        ("source", event.source),
+        ("outcome", event.outcome),
+        ("received", when(event.received_at)),
+        ("key", event.dedupe_key),
         ("order", str(event.order_id) if event.order_id else ""),
         ("payment", str(event.payment_id) if event.payment_id else ""),
-    ]  # fmt: skip
+    ]
     show(_key_values(f"Callback {event.id}", rows))
     typer.echo(payload if isinstance(payload, str) else json.dumps(payload, indent=2))
     if event.outcome == "unmatched":
@@ -159,9 +174,12 @@ def webhook_replay(ctx: typer.Context, event_id: EventId, json_: JsonFlag = Fals
 
     rt = runtime(ctx)
     replayed = replay_event(
-        rt.database, event_id, notify=rt.notify_target(), provider_for=rt.provider_for,
+        rt.database,
+        event_id,
+        notify=rt.notify_target(),
+        provider_for=rt.provider_for,
         lease=timedelta(seconds=rt.settings.charge_lease_seconds),
-    )  # fmt: skip
+    )
     if replayed.notification_queued:
         rt.nudger.notify_now()
     if replayed.error is not None:
@@ -202,8 +220,12 @@ def replay_shape(replayed: Replayed) -> dict[str, Any]:
     }
     c = replayed.confirmation
     if c is not None:
-        shape["confirmation"] = {"before": c.before.value, "after": c.after.value,
-                                 "provider_said": c.remote, "note": c.note}  # fmt: skip
+        shape["confirmation"] = {
+            "before": c.before.value,
+            "after": c.after.value,
+            "provider_said": c.remote,
+            "note": c.note,
+        }
     return shape
 
 
@@ -212,15 +234,27 @@ def _events_table(events: list[StoredEvent]) -> None:
     from orderpay.commands.tables import Column, fit, when
     from orderpay.store.ids import short
 
-    columns = [Column("id", True, justify="right"), Column("received", True),
-               Column("source", rank=1), Column("outcome", True), Column("order", rank=2),
-               Column("payment", rank=4), Column("key", rank=3)]  # fmt: skip
+    columns = [
+        Column("id", True, justify="right"),
+        Column("received", True),
+        Column("source", rank=1),
+        Column("outcome", True),
+        Column("order", rank=2),
+        Column("payment", rank=4),
+        Column("key", rank=3),
+    ]
     cells = [
-        [str(e.id), when(e.received_at), e.source, e.outcome,
-         short(e.order_id) if e.order_id else "", short(e.payment_id) if e.payment_id else "",
-         e.dedupe_key]
+        [
+            str(e.id),
+            when(e.received_at),
+            e.source,
+            e.outcome,
+            short(e.order_id) if e.order_id else "",
+            short(e.payment_id) if e.payment_id else "",
+            e.dedupe_key,
+        ]
         for e in events
-    ]  # fmt: skip
+    ]
     show(fit("Callbacks", columns, cells, width=width(), empty="no stored callbacks"))
 
 

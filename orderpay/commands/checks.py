@@ -43,12 +43,15 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
     "database": ("DATABASE_URL", "POSTGRES_"),
     "redis": ("REDIS_URL",),
     "provider": (
-        "ORDERPAY_PROVIDER", "MTN_MOMO_", "ORDERPAY_SIMULATOR_", "ORDERPAY_CHARGE_",
+        "ORDERPAY_PROVIDER",
+        "MTN_MOMO_",
+        "ORDERPAY_SIMULATOR_",
+        "ORDERPAY_CHARGE_",
         "MOMO_WEBHOOK_SECRET",
     ),
     "refunds": ("MTN_MOMO_DISBURSEMENT_",),
     "notify channel": ("ORDERPAY_NOTIFY_", "ORDERPAY_SMS_", "ORDERPAY_MERCHANT_NAME"),
-}  # fmt: skip
+}
 
 
 def run_checks(load: Callable[..., Settings]) -> list[Check]:
@@ -66,8 +69,10 @@ def run_checks(load: Callable[..., Settings]) -> list[Check]:
         except ConfigurationError:
             return checks  # nothing else can be read
     named: list[tuple[str, Callable[[Settings], Check]]] = [
-        ("database", _database), ("redis", _redis), ("provider", _provider),
-    ]  # fmt: skip
+        ("database", _database),
+        ("redis", _redis),
+        ("provider", _provider),
+    ]
     # Refunds go through the payment's own provider, not ORDERPAY_PROVIDER: MTN payments
     # made before a switch to the simulator still need Disbursement, so any of its settings
     # being set asks for the check too (and a half-set one fails it).
@@ -247,9 +252,11 @@ def _mtn_refunds(settings: Settings) -> Check:
             "refunds", State.INFO, f"refunds not configured: MTN refunds need {', '.join(missing)}"
         )
     return Check(
-        "refunds", State.FAIL, f"MTN Disbursement is missing {', '.join(missing)}",
+        "refunds",
+        State.FAIL,
+        f"MTN Disbursement is missing {', '.join(missing)}",
         Failure.CONFIGURATION,
-    )  # fmt: skip
+    )
 
 
 def _channel(settings: Settings) -> Check:

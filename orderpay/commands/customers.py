@@ -66,9 +66,13 @@ def customer_create(
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
         customer = create_customer(
-            conn, name=name, phone=phone, email=email,
-            default_region=rt.settings.default_region, allow_duplicate=allow_duplicate,
-        )  # fmt: skip
+            conn,
+            name=name,
+            phone=phone,
+            email=email,
+            default_region=rt.settings.default_region,
+            allow_duplicate=allow_duplicate,
+        )
     _show_one(customer, json_, "Customer created")
 
 
@@ -110,9 +114,13 @@ def customer_update(
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
         customer = update_customer(
-            conn, customer_id, name=name, phone=phone, email=email,
+            conn,
+            customer_id,
+            name=name,
+            phone=phone,
+            email=email,
             default_region=rt.settings.default_region,
-        )  # fmt: skip
+        )
     _show_one(customer, json_, "Customer updated")
 
 
@@ -141,9 +149,11 @@ def customer_list(
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
         page = list_customers(
-            conn, window(since, until, limit, after), search=search,
+            conn,
+            window(since, until, limit, after),
+            search=search,
             default_region=rt.settings.default_region,
-        )  # fmt: skip
+        )
     from orderpay.commands.render import customers_table
     from orderpay.http.shapes import customer_shape
 

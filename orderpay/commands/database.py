@@ -33,9 +33,13 @@ def db_upgrade(ctx: typer.Context, json_: JsonFlag = False) -> None:
     before, after = upgrade(database)
     if json_:
         emit_json(
-            {"before": before, "after": after, "database": database.dialect,
-             "location": database.label}
-        )  # fmt: skip
+            {
+                "before": before,
+                "after": after,
+                "database": database.dialect,
+                "location": database.label,
+            }
+        )
     elif before == after:
         info(f"schema already at {after} ({database.label})")
     else:
@@ -55,9 +59,11 @@ def db_status(ctx: typer.Context, json_: JsonFlag = False) -> None:
     rt = runtime(ctx)
     current = rt.raw_database.current_revision()
     document = {
-        "current": current, "head": SCHEMA_HEAD, "up_to_date": current == SCHEMA_HEAD,
+        "current": current,
+        "head": SCHEMA_HEAD,
+        "up_to_date": current == SCHEMA_HEAD,
         "location": rt.raw_database.label,
-    }  # fmt: skip
+    }
     if json_:
         emit_json(document)
     else:
@@ -113,11 +119,15 @@ def db_prune(
     done = prune_phones(rt.database, cutoff, rt.settings.default_region)
     if json_:
         emit_json(
-            {"cutoff": cutoff.isoformat(),
-             "callbacks": {"examined": done.callbacks.examined, "masked": done.callbacks.masked},
-             "notifications": {"examined": done.notifications.examined,
-                               "masked": done.notifications.masked}}
-        )  # fmt: skip
+            {
+                "cutoff": cutoff.isoformat(),
+                "callbacks": {"examined": done.callbacks.examined, "masked": done.callbacks.masked},
+                "notifications": {
+                    "examined": done.notifications.examined,
+                    "masked": done.notifications.masked,
+                },
+            }
+        )
     else:
         info(
             f"masked phone numbers in {done.callbacks.masked} of "

@@ -171,9 +171,14 @@ def _backlog(rt: Runtime, first: int, last: int, oid: uuid.UUID | None) -> Itera
 
 
 def _follow(
-    rt: Runtime, follower: Follower, oid: uuid.UUID | None, emit: Emit, stop: Event,
-    count: int | None, until_idle: float | None,
-) -> None:  # fmt: skip
+    rt: Runtime,
+    follower: Follower,
+    oid: uuid.UUID | None,
+    emit: Emit,
+    stop: Event,
+    count: int | None,
+    until_idle: float | None,
+) -> None:
     from orderpay.errors import Unavailable
     from orderpay.store.timeline import events_after
     from orderpay.store.wakeups import Wakeups
@@ -184,8 +189,9 @@ def _follow(
         while not stop.is_set():
             try:
                 with rt.database.transaction() as conn:
-                    entries = events_after(conn, follower.last, missing=follower.missing,
-                                           limit=BATCH)  # fmt: skip
+                    entries = events_after(
+                        conn, follower.last, missing=follower.missing, limit=BATCH
+                    )
             except Unavailable as error:
                 if not unavailable:
                     info(f"waiting: {error.message}")
@@ -222,10 +228,16 @@ def _printer(as_json: bool) -> Emit:
     def emit(entry: TimelineEntry) -> None:
         if as_json:
             line = json.dumps(
-                {"id": entry.id, "order": str(entry.order_id), "at": entry.at.isoformat(),
-                 "event": entry.event, "detail": entry.detail, "operator": entry.operator},
+                {
+                    "id": entry.id,
+                    "order": str(entry.order_id),
+                    "at": entry.at.isoformat(),
+                    "event": entry.event,
+                    "detail": entry.detail,
+                    "operator": entry.operator,
+                },
                 ensure_ascii=False,
-            )  # fmt: skip
+            )
         else:
             # Who acted, as `order show` prints it: an operator's action only.
             by = f" (by {entry.operator})" if entry.operator else ""

@@ -24,10 +24,22 @@ if TYPE_CHECKING:
 
 # The columns of the CSV and the fields of each JSON object, in this order.
 COLUMNS = (
-    "payment_id", "created_at", "updated_at", "status", "amount", "amount_minor", "currency",
-    "provider", "provider_reference", "provider_transaction_id", "order_id", "customer_id",
-    "customer_name", "failure_reason", "idempotency_key",
-)  # fmt: skip
+    "payment_id",
+    "created_at",
+    "updated_at",
+    "status",
+    "amount",
+    "amount_minor",
+    "currency",
+    "provider",
+    "provider_reference",
+    "provider_transaction_id",
+    "order_id",
+    "customer_id",
+    "customer_name",
+    "failure_reason",
+    "idempotency_key",
+)
 # A CSV cell starting with one of these is a formula to a spreadsheet (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -91,8 +103,10 @@ def payment_export(
     if output is not None:
         check_writable(output)
     window: dict[str, Any] = {
-        "since": start, "until": end, "status": status.value if status is not None else None,
-    }  # fmt: skip
+        "since": start,
+        "until": end,
+        "status": status.value if status is not None else None,
+    }
     write = write_json if fmt is ExportFormat.json else write_csv
     show_progress = sys.stderr.isatty() and (output is not None or not sys.stdout.isatty())
 
@@ -155,9 +169,12 @@ def counted(records: Iterable[PaymentRecord], total: int) -> Iterator[PaymentRec
     from rich.progress import track
 
     yield from track(
-        records, total=total, description="exporting", console=Console(stderr=True),
+        records,
+        total=total,
+        description="exporting",
+        console=Console(stderr=True),
         transient=True,
-    )  # fmt: skip
+    )
 
 
 def fields(record: PaymentRecord) -> dict[str, Any]:

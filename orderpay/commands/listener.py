@@ -90,8 +90,10 @@ def serve_webhooks(
             "callbacks. Set it (a random string of 32+ characters) and start again."
         )
     if not secrets:
-        info("no MOMO_WEBHOOK_SECRET: /api/webhooks/momo/ answers 404 (MTN's callbacks come "
-             "to /api/webhooks/mtn/)")  # fmt: skip
+        info(
+            "no MOMO_WEBHOOK_SECRET: /api/webhooks/momo/ answers 404 (MTN's callbacks come "
+            "to /api/webhooks/mtn/)"
+        )
     rt.provider  # noqa: B018 -- a provider that is not configured is refused before binding
     if any(len(secret) < MIN_SECRET_LENGTH for secret in secrets):
         info(f"warning: a callback secret is shorter than {MIN_SECRET_LENGTH} characters")

@@ -151,10 +151,12 @@ def order_list(
         if customer is not None:
             get_customer(conn, customer)  # a filter naming no customer is an error, not empty
         page = list_orders(
-            conn, window(since, until, limit, after),
+            conn,
+            window(since, until, limit, after),
             status=OrderStatus(status.value) if status is not None else None,
-            customer_id=customer, phone=e164,
-        )  # fmt: skip
+            customer_id=customer,
+            phone=e164,
+        )
         details = {d.order.id: d for d in details_of(conn, page.items)} if json_ else {}
     from orderpay.commands.render import orders_table
     from orderpay.http.shapes import order_shape

@@ -153,9 +153,11 @@ def payment_list(
     with runtime(ctx).database.transaction() as conn:
         oid = resolve_order(conn, order) if order is not None else None
         page = list_payments(
-            conn, window(since, until, limit, after), order_id=oid,
+            conn,
+            window(since, until, limit, after),
+            order_id=oid,
             status=PaymentStatus(status.value) if status is not None else None,
-        )  # fmt: skip
+        )
     from orderpay.commands.render import payments_table
     from orderpay.http.shapes import payment_shape
 
@@ -207,9 +209,14 @@ def payment_cancel(
         yes=yes,
     )
     result = cancel_payment(
-        rt.database, rt.provider_for, pid, reason=why, force=force, notify=rt.notify_target(),
+        rt.database,
+        rt.provider_for,
+        pid,
+        reason=why,
+        force=force,
+        notify=rt.notify_target(),
         operator=rt.settings.operator_name,
-    )  # fmt: skip
+    )
     if result.payment.status.value == "succeeded":
         rt.nudger.notify_now()
     if json_:

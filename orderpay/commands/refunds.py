@@ -73,9 +73,13 @@ def refund(
     with rt.database.transaction() as conn:
         pid = resolve_payment(conn, payment_id)
         ask = ask_for(
-            pid, key=key, amount=amount, currency=currency, reason=reason,
+            pid,
+            key=key,
+            amount=amount,
+            currency=currency,
+            reason=reason,
             operator=rt.settings.operator_name,
-        )  # fmt: skip
+        )
         shown = preview(conn, ask)
     payment = shown.payment
     if shown.earlier is not None:
@@ -90,9 +94,12 @@ def refund(
         )
     confirm(question, yes=yes)
     result = refund_payment(
-        rt.database, rt.provider_for, ask, lease_seconds=rt.settings.charge_lease_seconds,
+        rt.database,
+        rt.provider_for,
+        ask,
+        lease_seconds=rt.settings.charge_lease_seconds,
         notify=rt.notify_target(),
-    )  # fmt: skip
+    )
     if result.notification_queued:
         rt.nudger.notify_now()
     if json_:

@@ -41,15 +41,25 @@ def width() -> int:
 
 
 def customers_table(rows: Sequence[Customer], title: str = "Customers") -> None:
-    columns = [E("id", True), E("name", True), E("phone", True), E("email", rank=2),
-               E("created", rank=1)]  # fmt: skip
+    columns = [
+        E("id", True),
+        E("name", True),
+        E("phone", True),
+        E("email", rank=2),
+        E("created", rank=1),
+    ]
     cells = [[str(c.id), c.name, c.phone, c.email or "", when(c.created_at)] for c in rows]
     show(fit(title, columns, cells, width=width(), empty="no customers"))
 
 
 def products_table(rows: Sequence[Product], title: str = "Products") -> None:
-    columns = [E("id", True), E("name", True), E("price", True, justify="right"),
-               E("active", rank=1), E("created", rank=2)]  # fmt: skip
+    columns = [
+        E("id", True),
+        E("name", True),
+        E("price", True, justify="right"),
+        E("active", rank=1),
+        E("created", rank=2),
+    ]
     cells = [
         [short(p.id), p.name, str(p.price), "yes" if p.active else "no", when(p.created_at)]
         for p in rows
@@ -58,8 +68,13 @@ def products_table(rows: Sequence[Product], title: str = "Products") -> None:
 
 
 def orders_table(rows: Sequence[Order], title: str = "Orders") -> None:
-    columns = [E("id", True), E("status", True), E("total", True, justify="right"),
-               E("customer", rank=1), E("created", rank=2)]  # fmt: skip
+    columns = [
+        E("id", True),
+        E("status", True),
+        E("total", True, justify="right"),
+        E("customer", rank=1),
+        E("created", rank=2),
+    ]
     cells = [
         [short(o.id), o.status.value, str(o.total), str(o.customer_id), when(o.created_at)]
         for o in rows
@@ -68,26 +83,56 @@ def orders_table(rows: Sequence[Order], title: str = "Orders") -> None:
 
 
 def payments_table(rows: Sequence[Payment], title: str = "Payments") -> None:
-    columns = [E("id", True), E("order", True), E("status", True),
-               E("amount", True, justify="right"), E("payer", rank=2), E("provider", rank=3),
-               E("key", rank=1), E("reason", rank=4, text=True), E("created", rank=5)]  # fmt: skip
+    columns = [
+        E("id", True),
+        E("order", True),
+        E("status", True),
+        E("amount", True, justify="right"),
+        E("payer", rank=2),
+        E("provider", rank=3),
+        E("key", rank=1),
+        E("reason", rank=4, text=True),
+        E("created", rank=5),
+    ]
     cells = [
-        [short(p.id), short(p.order_id), p.status.value, str(p.amount), mask_phone(p.payer_phone),
-         p.provider, p.idempotency_key, p.failure_reason or "", when(p.created_at)]
+        [
+            short(p.id),
+            short(p.order_id),
+            p.status.value,
+            str(p.amount),
+            mask_phone(p.payer_phone),
+            p.provider,
+            p.idempotency_key,
+            p.failure_reason or "",
+            when(p.created_at),
+        ]
         for p in rows
-    ]  # fmt: skip
+    ]
     show(fit(title, columns, cells, width=width(), empty="no payments"))
 
 
 def notifications_table(rows: Sequence[Notification], title: str = "Notifications") -> None:
-    columns = [E("id", True), E("order", True), E("status", True), E("channel", rank=1),
-               E("recipient", rank=3), E("attempts", rank=2, justify="right"),
-               E("last error", rank=4, text=True)]  # fmt: skip
+    columns = [
+        E("id", True),
+        E("order", True),
+        E("status", True),
+        E("channel", rank=1),
+        E("recipient", rank=3),
+        E("attempts", rank=2, justify="right"),
+        E("last error", rank=4, text=True),
+    ]
     cells = [
-        [str(n.id), short(n.order_id), n.status.value, n.channel, _recipient(n.recipient),
-         str(n.attempts), n.last_error or ""]
+        [
+            str(n.id),
+            short(n.order_id),
+            n.status.value,
+            n.channel,
+            _recipient(n.recipient),
+            str(n.attempts),
+            n.last_error or "",
+        ]
         for n in rows
-    ]  # fmt: skip
+    ]
     show(fit(title, columns, cells, width=width(), empty="no notifications"))
 
 
@@ -98,8 +143,10 @@ def _recipient(value: str) -> str:
 def timeline(events: Iterable[OrderEvent], inner: int) -> RenderableType:
     columns = [E("at", True), E("event", True), E("detail", rank=1, text=True)]
     # Who acted goes with the detail, which wraps: a column of its own would not fit 80.
-    cells = [[when(e.at), e.event, f"{e.detail} (by {e.operator})" if e.operator else e.detail]
-             for e in events]  # fmt: skip
+    cells = [
+        [when(e.at), e.event, f"{e.detail} (by {e.operator})" if e.operator else e.detail]
+        for e in events
+    ]
     return fit("Timeline", columns, cells, width=inner, empty="nothing yet")
 
 
@@ -109,43 +156,81 @@ def order_panel(detail: OrderDetail) -> None:
     inner = width() - 4  # the panel's border and padding
     count = len(detail.items)
     summary = Text.assemble(
-        ("status ", ""), styled("status", order.status.value), ("   total ", ""),
-        (str(order.total), "bold"), (f"   {count} product{'s' if count != 1 else ''}", ""),
+        ("status ", ""),
+        styled("status", order.status.value),
+        ("   total ", ""),
+        (str(order.total), "bold"),
+        (f"   {count} product{'s' if count != 1 else ''}", ""),
         f"\ncustomer {order.customer_id}: {detail.customer_name} "
         f"({mask_phone(detail.customer_phone)})",
         f"\ncreated {when(order.created_at)}   updated {when(order.updated_at)}",
-    )  # fmt: skip
+    )
     items = fit(
         "Items",
-        [E("product", rank=1), E("name", True), E("qty", True, justify="right"),
-         E("unit price", True, justify="right"), E("line total", True, justify="right")],
-        [[short(i.product_id), i.name, str(i.quantity), str(i.unit_price), str(i.line_total)]
-         for i in detail.items],
+        [
+            E("product", rank=1),
+            E("name", True),
+            E("qty", True, justify="right"),
+            E("unit price", True, justify="right"),
+            E("line total", True, justify="right"),
+        ],
+        [
+            [short(i.product_id), i.name, str(i.quantity), str(i.unit_price), str(i.line_total)]
+            for i in detail.items
+        ],
         width=inner,
-    )  # fmt: skip
+    )
     parts: list[Any] = [summary, items]
     if detail.payments:
-        parts.append(fit(
-            "Payments",
-            [E("id", True), E("status", True), E("amount", True, justify="right"),
-             E("key", True), E("provider", rank=1), E("transaction", rank=2),
-             E("payer", rank=3), E("reason", rank=4, text=True)],
-            [[short(p.id), p.status.value, str(p.amount), p.idempotency_key, p.provider,
-              p.provider_transaction_id or "", mask_phone(p.payer_phone), p.failure_reason or ""]
-             for p in detail.payments],
-            width=inner,
-        ))  # fmt: skip
+        parts.append(
+            fit(
+                "Payments",
+                [
+                    E("id", True),
+                    E("status", True),
+                    E("amount", True, justify="right"),
+                    E("key", True),
+                    E("provider", rank=1),
+                    E("transaction", rank=2),
+                    E("payer", rank=3),
+                    E("reason", rank=4, text=True),
+                ],
+                [
+                    [
+                        short(p.id),
+                        p.status.value,
+                        str(p.amount),
+                        p.idempotency_key,
+                        p.provider,
+                        p.provider_transaction_id or "",
+                        mask_phone(p.payer_phone),
+                        p.failure_reason or "",
+                    ]
+                    for p in detail.payments
+                ],
+                width=inner,
+            )
+        )
     if detail.refunds:
         parts.append(refunds_table(detail.refunds, inner))
     if detail.notifications:
-        parts.append(fit(
-            "Notifications",
-            [E("id", True), E("channel", True), E("status", True), E("recipient", rank=2),
-             E("attempts", rank=1, justify="right")],
-            [[str(n.id), n.channel, n.status.value, _recipient(n.recipient), str(n.attempts)]
-             for n in detail.notifications],
-            width=inner,
-        ))  # fmt: skip
+        parts.append(
+            fit(
+                "Notifications",
+                [
+                    E("id", True),
+                    E("channel", True),
+                    E("status", True),
+                    E("recipient", rank=2),
+                    E("attempts", rank=1, justify="right"),
+                ],
+                [
+                    [str(n.id), n.channel, n.status.value, _recipient(n.recipient), str(n.attempts)]
+                    for n in detail.notifications
+                ],
+                width=inner,
+            )
+        )
     parts.append(timeline(detail.events, inner))
     show(Panel(Group(*parts), title=f"Order {order.id}", title_align="left", expand=False))
 
@@ -153,13 +238,31 @@ def order_panel(detail: OrderDetail) -> None:
 def refunds_table(refunds: Sequence[Refund], inner: int) -> RenderableType:
     return fit(
         "Refunds",
-        [E("id", True), E("status", True), E("amount", True, justify="right"), E("key", True),
-         E("payment", rank=1), E("operator", rank=2), E("reason", rank=3, text=True),
-         E("failure", rank=4, text=True)],
-        [[short(r.id), r.status.value, str(r.amount), r.idempotency_key, short(r.payment_id),
-          r.operator, r.reason, r.failure_reason or ""] for r in refunds],
+        [
+            E("id", True),
+            E("status", True),
+            E("amount", True, justify="right"),
+            E("key", True),
+            E("payment", rank=1),
+            E("operator", rank=2),
+            E("reason", rank=3, text=True),
+            E("failure", rank=4, text=True),
+        ],
+        [
+            [
+                short(r.id),
+                r.status.value,
+                str(r.amount),
+                r.idempotency_key,
+                short(r.payment_id),
+                r.operator,
+                r.reason,
+                r.failure_reason or "",
+            ]
+            for r in refunds
+        ],
         width=inner,
-    )  # fmt: skip
+    )
 
 
 def field_lines(rows: Sequence[tuple[str, str]]) -> Text:
@@ -232,9 +335,14 @@ def settings_table(view: dict[str, dict[str, str | None]]) -> None:
 
 
 def reconcile_table(results: Sequence[Confirmation], title: str = "Reconciled") -> None:
-    columns = [E("payment", True), E("before", True), E("after", True),
-               E("provider says", rank=1), E("order", rank=3),
-               E("note", rank=2, text=True)]  # fmt: skip
+    columns = [
+        E("payment", True),
+        E("before", True),
+        E("after", True),
+        E("provider says", rank=1),
+        E("order", rank=3),
+        E("note", rank=2, text=True),
+    ]
     cells = [
         [short(r.payment_id), r.before.value, r.after.value, r.remote, short(r.order_id), r.note]
         for r in results
@@ -243,9 +351,14 @@ def reconcile_table(results: Sequence[Confirmation], title: str = "Reconciled") 
 
 
 def refund_reconcile_table(results: Sequence[RefundCheck], title: str = "Refunds") -> None:
-    columns = [E("refund", True), E("before", True), E("after", True),
-               E("provider says", rank=1), E("payment", rank=3),
-               E("note", rank=2, text=True)]  # fmt: skip
+    columns = [
+        E("refund", True),
+        E("before", True),
+        E("after", True),
+        E("provider says", rank=1),
+        E("payment", rank=3),
+        E("note", rank=2, text=True),
+    ]
     cells = [
         [short(r.refund_id), r.before.value, r.after.value, r.remote, short(r.payment_id), r.note]
         for r in results

@@ -177,17 +177,28 @@ def _items_table(items: list[ReviewItem], *, with_state: bool) -> None:
     from orderpay.store.ids import short
 
     columns = [
-        Column("id", True, justify="right"), Column("state", with_state, rank=4),
-        Column("reason", True), Column("order", True), Column("payment", rank=2),
-        Column("action", rank=1, text=True), Column("opened", rank=3),
+        Column("id", True, justify="right"),
+        Column("state", with_state, rank=4),
+        Column("reason", True),
+        Column("order", True),
+        Column("payment", rank=2),
+        Column("action", rank=1, text=True),
+        Column("opened", rank=3),
         Column("resolved by", rank=5),
-    ]  # fmt: skip
+    ]
     cells = [
-        [str(i.id), _state(i) if with_state else "", i.reason, short(i.order_id),
-         short(i.payment_id) if i.payment_id else "", i.suggested_action, when(i.opened_at),
-         i.resolved_by or ""]
+        [
+            str(i.id),
+            _state(i) if with_state else "",
+            i.reason,
+            short(i.order_id),
+            short(i.payment_id) if i.payment_id else "",
+            i.suggested_action,
+            when(i.opened_at),
+            i.resolved_by or "",
+        ]
         for i in items
-    ]  # fmt: skip
+    ]
     empty = "nothing waits for a decision" if not with_state else "no review items"
     show(fit("Review queue", columns, cells, width=width(), empty=empty))
 

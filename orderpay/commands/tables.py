@@ -89,10 +89,12 @@ def fit(
     for i in sorted(kept):
         column = columns[i]
         table.add_column(
-            column.header, no_wrap=not column.text, overflow="fold",
+            column.header,
+            no_wrap=not column.text,
+            overflow="fold",
             justify=column.justify,  # type: ignore[arg-type]
             min_width=min(widths[i], MIN_TEXT_WIDTH) if column.text else widths[i],
-        )  # fmt: skip
+        )
     for row in rows:
         table.add_row(*(styled(columns[i].header, row[i]) for i in sorted(kept)))
     dropped = [columns[i].header for i in range(len(columns)) if i not in kept | blank]

@@ -108,7 +108,7 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
         make_queue,
         runtime_for_jobs,
         stopping,
-    )  # fmt: skip
+    )
 
     assert rt.settings.redis_url is not None
     redis = connect_redis(rt.settings.redis_url)
@@ -118,9 +118,11 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
         raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
     queue = make_queue(redis, queue_name or QUEUE_NAME)
     relay = Relay(
-        rt.database, queue, rt.settings.retry_intervals,
+        rt.database,
+        queue,
+        rt.settings.retry_intervals,
         lost_after=timedelta(seconds=rt.settings.relay_lost_after_seconds),
-    )  # fmt: skip
+    )
     worker_type: type[Any] = SimpleWorker if simple else Worker
     if simple:
 
@@ -152,9 +154,11 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
             return
         stop = threading.Event()
         thread = threading.Thread(
-            target=relay.run, args=(stop, rt.settings.relay_poll_seconds), name="relay",
+            target=relay.run,
+            args=(stop, rt.settings.relay_poll_seconds),
+            name="relay",
             daemon=True,
-        )  # fmt: skip
+        )
         thread.start()
         try:
             rq_worker.work(with_scheduler=True, logging_level="INFO")
@@ -175,8 +179,10 @@ def _run_embedded(rt: Runtime, *, burst: bool) -> None:
     if burst:
         results = drain.drain_due(stop)
         counts = Counter(result.outcome.value for result in results)
-        info("delivered from the database: " + (", ".join(f"{n} {k}" for k, n in counts.items())
-                                                or "nothing due"))  # fmt: skip
+        info(
+            "delivered from the database: "
+            + (", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing due")
+        )
         return
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -215,10 +221,11 @@ def notification_list(
     with runtime(ctx).database.transaction() as conn:
         oid = resolve_order(conn, order) if order is not None else None
         page = list_notifications(
-            conn, window(since, until, limit, after),
+            conn,
+            window(since, until, limit, after),
             status=NotificationStatus(status.value) if status is not None else None,
             order_id=oid,
-        )  # fmt: skip
+        )
     from orderpay.commands.render import notifications_table
     from orderpay.http.shapes import notification_shape
 

@@ -105,9 +105,13 @@ def _masked(found: re.Match[str], region: str) -> str:
             after = tokens[2 * end - 1] if end < count else ""
             right = "".join(tokens[2 * end :])
             return (
-                mask_phones_in(left, region) + before + lead + shown + after
+                mask_phones_in(left, region)
+                + before
+                + lead
+                + shown
+                + after
                 + mask_phones_in(right, region)
-            )  # fmt: skip
+            )
     return found.group(0)
 
 

@@ -50,10 +50,13 @@ class Confirmer:
         runtime = self.runtime
         try:
             result = confirm_payment(
-                runtime.database, runtime.provider_for(payment.provider), payment,
-                notify=runtime.notify_target(), source=source,
+                runtime.database,
+                runtime.provider_for(payment.provider),
+                payment,
+                notify=runtime.notify_target(),
+                source=source,
                 lease=timedelta(seconds=runtime.settings.charge_lease_seconds),
-            )  # fmt: skip
+            )
         except OrderpayError as error:  # reconcile settles it later
             log.warning("confirming payment %s failed: %s", payment.id, error.message)
             return
@@ -61,8 +64,13 @@ class Confirmer:
             self._done(payment.id)
         if result.notification_queued:
             runtime.nudger.nudge()
-        log.info("payment %s confirmed: %s -> %s (%s)", payment.id, result.before.value,
-                 result.after.value, result.remote)  # fmt: skip
+        log.info(
+            "payment %s confirmed: %s -> %s (%s)",
+            payment.id,
+            result.before.value,
+            result.after.value,
+            result.remote,
+        )
 
     def _done(self, payment_id: uuid.UUID) -> None:
         with self._lock:

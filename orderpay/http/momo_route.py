@@ -121,13 +121,19 @@ class MomoRoute:
                     self.runtime.settings.database_url, min_size=size, max_size=size
                 )
                 self.batcher = CallbackBatcher(
-                    partial(settle_batch, self.pool, notify=self.notify,
-                            label=self.runtime.raw_database.label)
-                )  # fmt: skip
+                    partial(
+                        settle_batch,
+                        self.pool,
+                        notify=self.notify,
+                        label=self.runtime.raw_database.label,
+                    )
+                )
             except Exception as error:  # the driver's or the socket's: the ordinary path
                 self._pool_retry_at = time.monotonic() + POOL_RETRY_SECONDS
-                log.warning("callbacks take the ordinary path for now: no asyncpg pool (%s)",
-                            type(error).__name__)  # fmt: skip
+                log.warning(
+                    "callbacks take the ordinary path for now: no asyncpg pool (%s)",
+                    type(error).__name__,
+                )
 
     async def close_pool(self) -> None:
         pool, self.pool = self.pool, None
@@ -187,12 +193,17 @@ class MomoRoute:
         if result.answer is Answer.PROCESSED:
             self._processed += 1
             if self._processed % SUCCESS_LOG_SAMPLE == 1:  # the first, then one in SAMPLE
-                log.info("callback %s for payment %s: %s (1 processed callback in %d logged)",
-                         callback.status.value, result.payment_id, answer,
-                         SUCCESS_LOG_SAMPLE)  # fmt: skip
+                log.info(
+                    "callback %s for payment %s: %s (1 processed callback in %d logged)",
+                    callback.status.value,
+                    result.payment_id,
+                    answer,
+                    SUCCESS_LOG_SAMPLE,
+                )
         else:
-            log.info("callback %s for payment %s: %s", callback.status.value, result.payment_id,
-                     answer)  # fmt: skip
+            log.info(
+                "callback %s for payment %s: %s", callback.status.value, result.payment_id, answer
+            )
         payment = str(result.payment_id) if result.payment_id else None
         document = json.dumps(
             {"status": answer, "payment": payment}, ensure_ascii=False, separators=(",", ":")
@@ -225,8 +236,11 @@ class MomoRoute:
         now = time.monotonic()
         if now - self._fast_failure_logged_at >= FAST_FAILURE_LOG_SECONDS:
             self._fast_failure_logged_at = now
-            log.warning("fast callback path failed, ordinary path taken: %s: %s",
-                        type(error).__name__, getattr(error, "message", error))  # fmt: skip
+            log.warning(
+                "fast callback path failed, ordinary path taken: %s: %s",
+                type(error).__name__,
+                getattr(error, "message", error),
+            )
 
     def after(self, result: CallbackResult) -> None:
         """What the answer set going: the relay's wake-up and the provider's confirmation."""
@@ -243,15 +257,17 @@ class MomoRoute:
             shown = public_error(error)
             if isinstance(shown, OrderpayError):
                 if shown.public_message != shown.message:
-                    log.error("%s on %s %s: %s", shown.code, scope["method"], scope["path"],
-                              shown.message)  # fmt: skip
+                    log.error(
+                        "%s on %s %s: %s", shown.code, scope["method"], scope["path"], shown.message
+                    )
                 else:
                     log.info("callback answered %s: %s", shown.code, shown.message)
             elif isinstance(shown, HTTPException):
                 log.info("callback answered %d on %s", shown.status_code, scope["method"])
             else:
-                log.error("unhandled error on %s %s", scope["method"], scope["path"],
-                          exc_info=error)  # fmt: skip
+                log.error(
+                    "unhandled error on %s %s", scope["method"], scope["path"], exc_info=error
+                )
             error = shown
         await error_json(error)(scope, receive, send)
 

@@ -158,10 +158,15 @@ async def charge(request: Request) -> Response:
     settings = runtime.settings
     try:
         result = await run_in_threadpool(
-            charge_order, runtime.database, runtime.provider, order_id=order_id, key=key,
-            payer_phone=phone, default_region=settings.default_region,
+            charge_order,
+            runtime.database,
+            runtime.provider,
+            order_id=order_id,
+            key=key,
+            payer_phone=phone,
+            default_region=settings.default_region,
             lease_seconds=settings.charge_lease_seconds,
-        )  # fmt: skip
+        )
     except Exception as error:
         metrics().charges.labels(getattr(error, "code", "internal_error")).inc()
         raise
@@ -194,13 +199,21 @@ async def refund(request: Request) -> Response:
     if fields["reason"] is None:
         raise InvalidField("reason is required: why the money goes back", field="reason")
     ask = ask_for(
-        payment_id, key=key, amount=fields["amount"], currency=fields["currency"],
-        reason=fields["reason"], operator=API_OPERATOR,
-    )  # fmt: skip
+        payment_id,
+        key=key,
+        amount=fields["amount"],
+        currency=fields["currency"],
+        reason=fields["reason"],
+        operator=API_OPERATOR,
+    )
     result = await run_in_threadpool(
-        refund_payment, runtime.database, runtime.provider_for, ask,
-        lease_seconds=runtime.settings.charge_lease_seconds, notify=runtime.notify_target(),
-    )  # fmt: skip
+        refund_payment,
+        runtime.database,
+        runtime.provider_for,
+        ask,
+        lease_seconds=runtime.settings.charge_lease_seconds,
+        notify=runtime.notify_target(),
+    )
     if result.notification_queued:
         runtime.nudger.nudge()  # coalesced, off the event loop
     headers = {REPLAYED_HEADER: "true"} if result.replayed else {}

@@ -53,8 +53,10 @@ class LogChannel:
     def send(self, message: OutgoingMessage) -> str:
         log.info(
             "notification %s to %s: %s",
-            message.notification_id, mask_phone(message.recipient), message.text,
-        )  # fmt: skip
+            message.notification_id,
+            mask_phone(message.recipient),
+            message.text,
+        )
         return f"log-{message.notification_id}"
 
     def close(self) -> None:
@@ -191,9 +193,12 @@ def build_channel(
                 "ORDERPAY_NOTIFY_CHANNEL=sms needs ORDERPAY_SMS_USERNAME and ORDERPAY_SMS_API_KEY"
             )
         return SmsChannel(
-            base_url=sms_url, username=sms_username, api_key=sms_api_key,
-            sender_id=sms_sender_id, timeout=timeout,
-        )  # fmt: skip
+            base_url=sms_url,
+            username=sms_username,
+            api_key=sms_api_key,
+            sender_id=sms_sender_id,
+            timeout=timeout,
+        )
     if name == "webhook":
         if not webhook_url or not webhook_secret:
             raise ConfigurationError(

@@ -246,14 +246,14 @@ def _send_one(
         message_id = channel.send(message)
     except Exception as error:  # any failure is a failed attempt of this row, and only this row
         reason = error.message if isinstance(error, OrderpayError) else _describe(error)
-        log.warning("notification %s, try %s: %s", attempt.notification_id, attempt.number,
-                    reason)  # fmt: skip
+        log.warning("notification %s, try %s: %s", attempt.notification_id, attempt.number, reason)
         if isinstance(error, GatewayRejected) or attempt.number >= policy.max_attempts:
             return Recorded(attempt, Outcome.FAILED, body=body, error=reason)
         retry_in = policy.delay_after(attempt.number)
         due_at = utcnow() + timedelta(seconds=retry_in)
-        return Recorded(attempt, Outcome.RETRY, body, error=reason, due_at=due_at,
-                        retry_in=retry_in)  # fmt: skip
+        return Recorded(
+            attempt, Outcome.RETRY, body, error=reason, due_at=due_at, retry_in=retry_in
+        )
     return Recorded(attempt, Outcome.SENT, body=body, message_id=message_id)
 
 
@@ -277,18 +277,28 @@ def _record(db: Transactional, done: list[Recorded], policy: RetryPolicy) -> lis
         if nid not in written:
             if outcome is Outcome.SENT:
                 # Our lease ran out and another attempt took the row over while we were sending.
-                log.warning("notification %s: sent, but attempt %s no longer held the row",
-                            nid, attempt.number)  # fmt: skip
+                log.warning(
+                    "notification %s: sent, but attempt %s no longer held the row",
+                    nid,
+                    attempt.number,
+                )
             results.append(DeliveryResult(Delivery.SKIPPED, nid, attempt.number, recorded.error))
         elif outcome is Outcome.HELD:
-            results.append(DeliveryResult(
-                Delivery.HELD, nid, attempt.number - 1, recorded.error,
-                due_in=policy.lease_seconds,
-            ))  # fmt: skip
+            results.append(
+                DeliveryResult(
+                    Delivery.HELD,
+                    nid,
+                    attempt.number - 1,
+                    recorded.error,
+                    due_in=policy.lease_seconds,
+                )
+            )
         else:
-            results.append(DeliveryResult(
-                _RESULT[outcome], nid, attempt.number, recorded.error, recorded.retry_in
-            ))  # fmt: skip
+            results.append(
+                DeliveryResult(
+                    _RESULT[outcome], nid, attempt.number, recorded.error, recorded.retry_in
+                )
+            )
     return results
 
 

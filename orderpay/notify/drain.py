@@ -36,12 +36,19 @@ class Drain:
         if attempt is None:
             return None
         result = send_attempt(
-            self.database, self.channels, attempt,
-            merchant_name=self.merchant_name, policy=self.policy,
-        )  # fmt: skip
+            self.database,
+            self.channels,
+            attempt,
+            merchant_name=self.merchant_name,
+            policy=self.policy,
+        )
         if result.outcome is not Delivery.SENT:
-            log.info("notification %s: %s (%s)", attempt.notification_id, result.outcome.value,
-                     result.error)  # fmt: skip
+            log.info(
+                "notification %s: %s (%s)",
+                attempt.notification_id,
+                result.outcome.value,
+                result.error,
+            )
         return result
 
     def drain_due(self, stop: threading.Event | None = None) -> list[DeliveryResult]:

@@ -86,10 +86,13 @@ def apply_report(conn: Connection, report: DeliveryReport) -> str:
     target = FINAL_STATUSES.get(report.status)
     applies = target is not None and status == NotificationStatus.SENT.value
     recorded = record_once(
-        conn, source=DLR_SOURCE, dedupe_key=f"{report.message_id}:{report.status}",
-        payload=report.payload, order_id=order_id,
+        conn,
+        source=DLR_SOURCE,
+        dedupe_key=f"{report.message_id}:{report.status}",
+        payload=report.payload,
+        order_id=order_id,
         outcome=target.value if applies and target is not None else "kept",
-    )  # fmt: skip
+    )
     if not recorded:
         return "duplicate"
     if not applies or target is None:
@@ -98,7 +101,11 @@ def apply_report(conn: Connection, report: DeliveryReport) -> str:
     if report.failure_reason:
         detail += f" ({report.failure_reason})"
     moved = record_delivery(
-        conn, notification_id, order_id, target, failure_reason=report.failure_reason,
+        conn,
+        notification_id,
+        order_id,
+        target,
+        failure_reason=report.failure_reason,
         detail=detail,
-    )  # fmt: skip
+    )
     return target.value if moved else "kept"

@@ -172,12 +172,18 @@ def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -
         return CallbackResult(Answer.RECEIVED, payment.id, confirm=payment)
     ours = callback.provider_reference in (str(payment.id), payment.provider_reference)
     verdict = settle(
-        conn, locked, callback.status, reason=callback.reason,
-        amount=reported_amount(callback, payment.amount.currency), currency=callback.currency,
-        source=f"{callback.source} callback",  notify=notify,
-        transaction_id=None if ours else callback.provider_reference, event_id=event.id,
+        conn,
+        locked,
+        callback.status,
+        reason=callback.reason,
+        amount=reported_amount(callback, payment.amount.currency),
+        currency=callback.currency,
+        source=f"{callback.source} callback",
+        notify=notify,
+        transaction_id=None if ours else callback.provider_reference,
+        event_id=event.id,
         reference=callback.provider_reference,
-    )  # fmt: skip
+    )
     if verdict is Settled.APPLIED:
         queued = callback.status is PaymentStatus.SUCCEEDED
         return CallbackResult(Answer.PROCESSED, payment.id, notification_queued=queued)
@@ -221,17 +227,26 @@ def _unmatched(conn: Connection, callback: Callback, event: int, *, again: bool)
     else:
         return _kept_unmatched(conn, callback, event, again=again)
     kept = review.keep_under_reference(
-        conn, finding, order_id=order.id, order_currency=order.total.currency,
-        source=callback.source, status=callback.status, reference=callback.provider_reference,
-        amount=callback.amount, currency=callback.currency, reason=callback.reason,
+        conn,
+        finding,
+        order_id=order.id,
+        order_currency=order.total.currency,
+        source=callback.source,
+        status=callback.status,
+        reference=callback.provider_reference,
+        amount=callback.amount,
+        currency=callback.currency,
+        reason=callback.reason,
         event_id=event,
-    )  # fmt: skip
+    )
     timeline.record_event(
-        conn, callback.order_id, "callback_unmatched",
+        conn,
+        callback.order_id,
+        "callback_unmatched",
         f"{callback.source} callback reported {callback.status} under reference "
         f"{callback.provider_reference!r}, which matches no payment of this {state} order; {kept} "
         f"({question}), nothing changed",
-    )  # fmt: skip
+    )
     inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
     return CallbackResult(Answer.REVIEW, None)
 
@@ -251,10 +266,12 @@ def _kept_unmatched(
         raise error  # rolls back: nothing more is kept for this order
     inbox.decide(conn, event, inbox.UNMATCHED, callback.order_id, None)
     timeline.record_event(
-        conn, callback.order_id, KEPT_UNMATCHED,
+        conn,
+        callback.order_id,
+        KEPT_UNMATCHED,
         f"{callback.source} callback reported {callback.status} under reference "
         f"{callback.provider_reference!r}, which matches no payment awaiting an outcome: "
         f"answered 404 and kept as webhook event {event}, tried again when the sender "
         "retries or by `orderpay webhook replay`",
-    )  # fmt: skip
+    )
     return CallbackResult(Answer.UNMATCHED, None, error=error)

@@ -84,9 +84,14 @@ def cancel_payment(
             f"({error.message}): {reason}; a success reported later is kept for review"
         )
         after = _fail(
-            db, payment.id, reason, detail, "payment_cancelled_unconfirmed", forced=True,
+            db,
+            payment.id,
+            reason,
+            detail,
+            "payment_cancelled_unconfirmed",
+            forced=True,
             operator=operator,
-        )  # fmt: skip
+        )
         return CancelResult(after, Cancelled.FORCED, "not asked")
     said = answer.state.value
     if answer.state is RemoteState.PENDING:
@@ -110,10 +115,16 @@ def cancel_payment(
         locked = locks.lock_payment(conn, payment.id)
         assert locked is not None, "payments are never deleted"
         settle(
-            conn, locked, target, reason=answer.reason or reason, amount=answer.amount,
-            source=f"{payment.provider} status, asked to cancel by {operator}", notify=notify,
-            transaction_id=answer.transaction_id, operator=operator,
-        )  # fmt: skip
+            conn,
+            locked,
+            target,
+            reason=answer.reason or reason,
+            amount=answer.amount,
+            source=f"{payment.provider} status, asked to cancel by {operator}",
+            notify=notify,
+            transaction_id=answer.transaction_id,
+            operator=operator,
+        )
         return get_payment(conn, payment.id)
 
     after = retrying(db, apply)
@@ -155,9 +166,14 @@ def _fail(
         assert locked is not None, "payments are never deleted"
         payment = _cancellable(locked.payment)
         ledger.fail(
-            conn, payment, reason=reason, detail=detail, event=event, unconfirmed=forced,
+            conn,
+            payment,
+            reason=reason,
+            detail=detail,
+            event=event,
+            unconfirmed=forced,
             operator=operator,
-        )  # fmt: skip
+        )
         return get_payment(conn, payment_id)
 
     return retrying(db, apply)

@@ -83,10 +83,14 @@ def charge_order(
     claim = retrying(
         db,
         lambda conn: claim_payment(
-            conn, order_id=order_id, key=key, payer_phone=payer, provider=provider.name,
+            conn,
+            order_id=order_id,
+            key=key,
+            payer_phone=payer,
+            provider=provider.name,
             lease=lease,
         ),
-    )  # fmt: skip
+    )
     payment = claim.payment
     if claim.must_submit:
         payment = submit(db, provider, payment)
@@ -213,15 +217,24 @@ def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) ->
     """Step 3: `pending` if the provider accepted, `failed` if it refused."""
     if isinstance(answer, Accepted):
         moved = ledger.record_answer(
-            conn, payment, PaymentStatus.PENDING, reference=answer.provider_reference,
-            reason=None, event="payment_pending",
+            conn,
+            payment,
+            PaymentStatus.PENDING,
+            reference=answer.provider_reference,
+            reason=None,
+            event="payment_pending",
             detail=f"payment {payment.id} accepted by {payment.provider}",
-        )  # fmt: skip
+        )
     else:
         moved = ledger.record_answer(
-            conn, payment, PaymentStatus.FAILED, reference=None, reason=answer.reason,
-            event="payment_failed", detail=f"payment {payment.id} declined: {answer.reason}",
-        )  # fmt: skip
+            conn,
+            payment,
+            PaymentStatus.FAILED,
+            reference=None,
+            reason=answer.reason,
+            event="payment_failed",
+            detail=f"payment {payment.id} declined: {answer.reason}",
+        )
     if moved is not None:
         return moved
     # The outcome (a callback) got here before the provider's receipt did: keep the

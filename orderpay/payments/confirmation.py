@@ -72,9 +72,13 @@ class Confirmation:
 
 def reference_of(payment: Payment) -> PaymentRef:
     return PaymentRef(
-        payment.id, payment.provider_reference, payment.order_id, payment.amount,
-        payment.payer_phone, payment.created_at,
-    )  # fmt: skip
+        payment.id,
+        payment.provider_reference,
+        payment.order_id,
+        payment.amount,
+        payment.payer_phone,
+        payment.created_at,
+    )
 
 
 def confirm_payment(
@@ -133,9 +137,15 @@ def _settle(
             locked = locks.lock_payment(conn, payment.id)
             assert locked is not None, "payments are never deleted"
             verdict = settle(
-                conn, locked, target, reason=answer.reason, amount=answer.amount,
-                source=source, notify=notify, transaction_id=answer.transaction_id,
-            )  # fmt: skip
+                conn,
+                locked,
+                target,
+                reason=answer.reason,
+                amount=answer.amount,
+                source=source,
+                notify=notify,
+                transaction_id=answer.transaction_id,
+            )
         return verdict, target if verdict is Settled.APPLIED else locked.payment.status
 
     verdict, after = retrying(db, apply)
@@ -146,9 +156,15 @@ def _settle(
         Settled.MISMATCH: ("provider reports another amount: kept for review", Action.REVIEW),
     }[verdict]
     return Confirmation(
-        payment.id, payment.order_id, payment.status, after, answer.state.value, note, action,
+        payment.id,
+        payment.order_id,
+        payment.status,
+        after,
+        answer.state.value,
+        note,
+        action,
         dry_run,
-    )  # fmt: skip
+    )
 
 
 def _resubmit(
@@ -168,9 +184,15 @@ def _resubmit(
         if leased:
             return _unchanged(payment, remote, "a charge of this payment is in progress", True)
         return Confirmation(
-            payment.id, payment.order_id, payment.status, payment.status, remote,
-            "would be submitted again under its own reference", Action.RESUBMITTED, True,
-        )  # fmt: skip
+            payment.id,
+            payment.order_id,
+            payment.status,
+            payment.status,
+            remote,
+            "would be submitted again under its own reference",
+            Action.RESUBMITTED,
+            True,
+        )
     held = retrying(db, lambda conn: ledger.take_lease(conn, payment.id, lease))
     if held is None:
         return _unchanged(payment, remote, "a charge of this payment is in progress", False)
@@ -179,13 +201,24 @@ def _resubmit(
     except ProviderUnavailable as error:
         return _unchanged(payment, "unavailable", error.message, False)
     return Confirmation(
-        payment.id, payment.order_id, payment.status, after.status, remote, "resubmitted",
+        payment.id,
+        payment.order_id,
+        payment.status,
+        after.status,
+        remote,
+        "resubmitted",
         Action.RESUBMITTED,
-    )  # fmt: skip
+    )
 
 
 def _unchanged(payment: Payment, remote: str, note: str, dry_run: bool) -> Confirmation:
     return Confirmation(
-        payment.id, payment.order_id, payment.status, payment.status, remote, note,
-        Action.NONE, dry_run,
-    )  # fmt: skip
+        payment.id,
+        payment.order_id,
+        payment.status,
+        payment.status,
+        remote,
+        note,
+        Action.NONE,
+        dry_run,
+    )

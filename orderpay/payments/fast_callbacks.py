@@ -185,8 +185,9 @@ class CallbackBatcher:
     # A batch's statement holds its orders' locks until it commits: a bound keeps that short.
     MAX_BATCH = 64
 
-    def __init__(self, settle: Settle, *, max_in_flight: int = MAX_IN_FLIGHT,
-                 max_batch: int = MAX_BATCH) -> None:  # fmt: skip
+    def __init__(
+        self, settle: Settle, *, max_in_flight: int = MAX_IN_FLIGHT, max_batch: int = MAX_BATCH
+    ) -> None:
         self._settle = settle
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
@@ -226,8 +227,9 @@ class CallbackBatcher:
         self._waiting.extendleft(reversed(later))
         return batch
 
-    async def _run(self, batch: list[tuple[Callback, asyncio.Future[CallbackResult | None]]]
-                   ) -> None:  # fmt: skip
+    async def _run(
+        self, batch: list[tuple[Callback, asyncio.Future[CallbackResult | None]]]
+    ) -> None:
         try:
             results = await self._settle([callback for callback, _ in batch])
         except Exception as error:  # each callback's request answers it (momo_route.apply)

@@ -28,8 +28,15 @@ from orderpay.store.payments import (
 MTN_SOURCE = "mtn"
 MTN_PROVIDER = "mtn"
 # The fields of MTN's callback kept with a hint, each at most this long.
-HINT_FIELDS = ("externalId", "referenceId", "status", "financialTransactionId", "amount",
-               "currency", "reason")  # fmt: skip
+HINT_FIELDS = (
+    "externalId",
+    "referenceId",
+    "status",
+    "financialTransactionId",
+    "amount",
+    "currency",
+    "reason",
+)
 MAX_FIELD_LENGTH = 128
 
 
@@ -67,8 +74,12 @@ def record_hint(conn: Connection, hint: Hint) -> Payment | None:
     if payment is None or payment.provider != MTN_PROVIDER or not to_confirm(payment):
         return None
     recorded = inbox.record_once(
-        conn, source=MTN_SOURCE, dedupe_key=f"{payment.id}:{hint.status or 'UNKNOWN'}",
-        payload=json.dumps(hint.fields, sort_keys=True), outcome="to_confirm",
-        order_id=payment.order_id, payment_id=payment.id,
-    )  # fmt: skip
+        conn,
+        source=MTN_SOURCE,
+        dedupe_key=f"{payment.id}:{hint.status or 'UNKNOWN'}",
+        payload=json.dumps(hint.fields, sort_keys=True),
+        outcome="to_confirm",
+        order_id=payment.order_id,
+        payment_id=payment.id,
+    )
     return payment if recorded else None

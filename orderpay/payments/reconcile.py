@@ -51,9 +51,14 @@ def reconcile_payment(
         provider = provider_for(payment.provider)
     except OrderpayError as error:
         return Confirmation(
-            payment.id, payment.order_id, payment.status, payment.status, "not asked",
-            f"cannot ask {payment.provider}: {error.message}", dry_run=dry_run,
-        )  # fmt: skip
+            payment.id,
+            payment.order_id,
+            payment.status,
+            payment.status,
+            "not asked",
+            f"cannot ask {payment.provider}: {error.message}",
+            dry_run=dry_run,
+        )
     return confirm_payment(
         db, provider, payment, notify=notify, source="reconcile", lease=lease, dry_run=dry_run
     )

@@ -100,9 +100,13 @@ def ask_for(
 ) -> RefundAsk:
     """Check the form of a refund request before anything is read or stored."""
     return RefundAsk(
-        payment_id, check_key(key), amount, currency_code(currency) if currency else None,
-        clean_name(reason, "reason"), operator,
-    )  # fmt: skip
+        payment_id,
+        check_key(key),
+        amount,
+        currency_code(currency) if currency else None,
+        clean_name(reason, "reason"),
+        operator,
+    )
 
 
 def refund_payment(
@@ -229,12 +233,21 @@ def claim_refund(
         )
     now = utcnow()
     values = {
-        "id": uuid.uuid4(), "payment_id": payment.id, "order_id": payment.order_id,
-        "idempotency_key": ask.key, "fingerprint": fingerprint, "amount": amount.minor_units,
-        "currency": currency, "provider": payment.provider,
-        "status": RefundStatus.INITIATED.value, "reason": ask.reason, "operator": ask.operator,
-        "lease_expires_at": now + lease, "created_at": now, "updated_at": now,
-    }  # fmt: skip
+        "id": uuid.uuid4(),
+        "payment_id": payment.id,
+        "order_id": payment.order_id,
+        "idempotency_key": ask.key,
+        "fingerprint": fingerprint,
+        "amount": amount.minor_units,
+        "currency": currency,
+        "provider": payment.provider,
+        "status": RefundStatus.INITIATED.value,
+        "reason": ask.reason,
+        "operator": ask.operator,
+        "lease_expires_at": now + lease,
+        "created_at": now,
+        "updated_at": now,
+    }
     detail = (
         f"refund {values['id']} of {amount} of payment {payment.id} via {payment.provider}: "
         f"{ask.reason}"
@@ -263,8 +276,9 @@ def _check_refundable(conn: Connection, payment: Payment) -> None:
                 f"payment {payment.id} succeeded but its provider reported it {disputed.reason}"
                 f" (review item {disputed.id}, open): check with {payment.provider} whether the "
                 f"money was taken, resolve the item, then refund",
-                payment=str(payment.id), review_item=disputed.id,
-            )  # fmt: skip
+                payment=str(payment.id),
+                review_item=disputed.id,
+            )
         return
     if not about:
         raise PaymentNotRefundable(
@@ -338,16 +352,23 @@ def record_answer(conn: Connection, refund: Refund, answer: ProviderAnswer) -> R
     """Step 3: `pending` if the provider accepted, `failed` if it refused."""
     if isinstance(answer, Accepted):
         moved = refunds.move(
-            conn, refund, RefundStatus.PENDING, event="refund_pending",
+            conn,
+            refund,
+            RefundStatus.PENDING,
+            event="refund_pending",
             reference=answer.provider_reference,
             detail=f"refund {refund.id} accepted by {refund.provider}",
-        )  # fmt: skip
+        )
     else:
         moved = refunds.move(
-            conn, refund, RefundStatus.FAILED, event="refund_failed", reason=answer.reason,
+            conn,
+            refund,
+            RefundStatus.FAILED,
+            event="refund_failed",
+            reason=answer.reason,
             detail=f"refund {refund.id} declined by {refund.provider}: {answer.reason}; its "
             "amount is refundable again",
-        )  # fmt: skip
+        )
     if moved is not None:
         return moved
     # Its outcome got here before the provider's receipt did: keep the reference all the same.
@@ -358,9 +379,12 @@ def record_answer(conn: Connection, refund: Refund, answer: ProviderAnswer) -> R
 
 def refund_ref(refund: Refund, payment: Payment) -> RefundRef:
     return RefundRef(
-        refund.id, refund.provider_reference, reference_of(payment), refund.amount,
+        refund.id,
+        refund.provider_reference,
+        reference_of(payment),
+        refund.amount,
         refund.created_at,
-    )  # fmt: skip
+    )
 
 
 def confirm_refund(
@@ -383,7 +407,13 @@ def confirm_refund(
     return retrying(
         db,
         lambda conn: settle_refund(
-            conn, refund.id, target, reason=answer.reason, amount=answer.amount,
-            source=source, notify=notify, transaction_id=answer.transaction_id,
+            conn,
+            refund.id,
+            target,
+            reason=answer.reason,
+            amount=answer.amount,
+            source=source,
+            notify=notify,
+            transaction_id=answer.transaction_id,
         ),
-    )  # fmt: skip
+    )

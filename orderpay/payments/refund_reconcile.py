@@ -63,8 +63,9 @@ def reconcile_refund(
         provider = provider_for(refund.provider)
         provider.check_refunds_configured()
     except OrderpayError as error:
-        return _unchanged(refund, "not asked", f"cannot ask {refund.provider}: {error.message}",
-                          dry_run)  # fmt: skip
+        return _unchanged(
+            refund, "not asked", f"cannot ask {refund.provider}: {error.message}", dry_run
+        )
     with db.transaction() as conn:
         payment = get_payment(conn, refund.payment_id)
     if refund.status is RefundStatus.INITIATED:
@@ -84,16 +85,30 @@ def reconcile_refund(
         settled = retrying(
             db,
             lambda conn: settle_refund(
-                conn, refund.id, target, reason=answer.reason, amount=answer.amount,
-                source="reconcile", notify=notify, transaction_id=answer.transaction_id,
+                conn,
+                refund.id,
+                target,
+                reason=answer.reason,
+                amount=answer.amount,
+                source="reconcile",
+                notify=notify,
+                transaction_id=answer.transaction_id,
             ),
-        )  # fmt: skip
+        )
         verdict, after, queued = settled.verdict, settled.refund.status, settled.notification_queued
     note, action = _ACTIONS[verdict]
     return RefundCheck(
-        refund.id, refund.payment_id, refund.order_id, refund.status, after, answer.state.value,
-        note, action, dry_run, queued,
-    )  # fmt: skip
+        refund.id,
+        refund.payment_id,
+        refund.order_id,
+        refund.status,
+        after,
+        answer.state.value,
+        note,
+        action,
+        dry_run,
+        queued,
+    )
 
 
 def _resume(
@@ -111,10 +126,16 @@ def _resume(
         if refund.lease_expires_at is not None and refund.lease_expires_at >= utcnow():
             return _unchanged(refund, "not asked", "a refund of this key is in progress", True)
         return RefundCheck(
-            refund.id, refund.payment_id, refund.order_id, refund.status, refund.status,
-            "not asked", "would be submitted again under its own reference",
-            Action.RESUBMITTED, True,
-        )  # fmt: skip
+            refund.id,
+            refund.payment_id,
+            refund.order_id,
+            refund.status,
+            refund.status,
+            "not asked",
+            "would be submitted again under its own reference",
+            Action.RESUBMITTED,
+            True,
+        )
     held = retrying(db, lambda conn: refunds.take_lease(conn, refund.id, lease, operator=None))
     if held is None:
         return _unchanged(refund, "not asked", "a refund of this key is in progress", False)
@@ -129,14 +150,27 @@ def _resume(
             after, queued = settled.refund, settled.notification_queued
     note = "resubmitted" + (f": {after.failure_reason}" if after.failure_reason else "")
     return RefundCheck(
-        refund.id, refund.payment_id, refund.order_id, refund.status, after.status,
-        "declined" if after.status is RefundStatus.FAILED else after.status.value, note,
-        Action.RESUBMITTED, notification_queued=queued,
-    )  # fmt: skip
+        refund.id,
+        refund.payment_id,
+        refund.order_id,
+        refund.status,
+        after.status,
+        "declined" if after.status is RefundStatus.FAILED else after.status.value,
+        note,
+        Action.RESUBMITTED,
+        notification_queued=queued,
+    )
 
 
 def _unchanged(refund: Refund, remote: str, note: str, dry_run: bool) -> RefundCheck:
     return RefundCheck(
-        refund.id, refund.payment_id, refund.order_id, refund.status, refund.status, remote,
-        note, Action.NONE, dry_run,
-    )  # fmt: skip
+        refund.id,
+        refund.payment_id,
+        refund.order_id,
+        refund.status,
+        refund.status,
+        remote,
+        note,
+        Action.NONE,
+        dry_run,
+    )

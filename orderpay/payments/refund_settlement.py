@@ -84,19 +84,26 @@ def settle_refund(
         return SettledRefund(verdict, refund)
     if target is RefundStatus.FAILED:
         moved = refunds.move(
-            conn, refund, RefundStatus.FAILED, event="refund_failed", reason=reason,
+            conn,
+            refund,
+            RefundStatus.FAILED,
+            event="refund_failed",
+            reason=reason,
             transaction_id=transaction_id,
             detail=f"refund {refund.id} of {refund.amount} failed ({source}): "
             f"{reason or 'no reason given'}; its amount is refundable again",
-        )  # fmt: skip
+        )
         if moved is None:
             raise ConcurrentUpdate(f"refund {refund.id} changed while it was being settled; retry")
         return SettledRefund(verdict, moved)
     moved = refunds.move(
-        conn, refund, RefundStatus.SUCCEEDED, event="refund_succeeded",
+        conn,
+        refund,
+        RefundStatus.SUCCEEDED,
+        event="refund_succeeded",
         transaction_id=transaction_id,
         detail=f"refund {refund.id} of {refund.amount} succeeded ({source})",
-    )  # fmt: skip
+    )
     if moved is None:
         raise ConcurrentUpdate(f"refund {refund.id} changed while it was being settled; retry")
     payment = locked.payment
@@ -108,19 +115,28 @@ def settle_refund(
     paid_the_order = payment.status is PaymentStatus.SUCCEEDED
     if paid_the_order and order.status is not status and order_can_move(order.status, status):
         ledger.move_order(
-            conn, order, status, f"order_{status.value}",
+            conn,
+            order,
+            status,
+            f"order_{status.value}",
             f"{Money(given, payment.amount.currency)} of payment {payment.id} "
             f"({payment.amount}) refunded",
-        )  # fmt: skip
+        )
     queued = outbox.add_notification(
-        conn, order_id=refund.order_id, payment_id=payment.id, refund_id=refund.id,
-        recipient=notify.recipient_for(locked.customer_phone), target=notify,
-    )  # fmt: skip
+        conn,
+        order_id=refund.order_id,
+        payment_id=payment.id,
+        refund_id=refund.id,
+        recipient=notify.recipient_for(locked.customer_phone),
+        target=notify,
+    )
     if queued is not None:
         timeline.record_event(
-            conn, refund.order_id, "notification_queued",
+            conn,
+            refund.order_id,
+            "notification_queued",
             f"notification {queued} via {notify.channel} (refund {refund.id})",
-        )  # fmt: skip
+        )
     return SettledRefund(verdict, moved, notification_queued=queued is not None)
 
 
@@ -150,7 +166,13 @@ def _keep_for_review(
             "the provider, and refund again with a new key if the customer was not paid"
         )
     kept = review.keep(
-        conn, reason=reason, subject=f"refund:{refund.id}", order_id=refund.order_id,
-        reported=reported, action=action, payment_id=refund.payment_id, refund_id=refund.id,
-    )  # fmt: skip
+        conn,
+        reason=reason,
+        subject=f"refund:{refund.id}",
+        order_id=refund.order_id,
+        reported=reported,
+        action=action,
+        payment_id=refund.payment_id,
+        refund_id=refund.id,
+    )
     timeline.record_event(conn, refund.order_id, event, f"{reported}; {kept}, nothing changed")

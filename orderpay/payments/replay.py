@@ -76,14 +76,23 @@ def _replay_callback(
     if result.confirm is not None:  # about an MTN payment: MTN's status call decides
         payment = result.confirm
         confirmation = confirm_payment(
-            db, provider_for(payment.provider), payment, notify=notify, lease=lease,
+            db,
+            provider_for(payment.provider),
+            payment,
+            notify=notify,
+            lease=lease,
             source=f"replayed callback {event.id}, confirmed by status",
-        )  # fmt: skip
+        )
     queued = result.notification_queued or bool(confirmation and confirmation.notification_queued)
     return Replayed(
-        event.id, event.source, result.answer.value, result.payment_id,
-        notification_queued=queued, error=result.error, confirmation=confirmation,
-    )  # fmt: skip
+        event.id,
+        event.source,
+        result.answer.value,
+        result.payment_id,
+        notification_queued=queued,
+        error=result.error,
+        confirmation=confirmation,
+    )
 
 
 def _replay_hint(
@@ -99,10 +108,18 @@ def _replay_hint(
     if payment is None:  # the event's payment row is there: its foreign key says so
         raise WebhookEventNotFound(f"stored callback {event.id} names no payment")
     confirmation = confirm_payment(
-        db, provider_for(payment.provider), payment, notify=notify, lease=lease,
+        db,
+        provider_for(payment.provider),
+        payment,
+        notify=notify,
+        lease=lease,
         source=f"replayed mtn callback {event.id}, confirmed by status",
-    )  # fmt: skip
+    )
     return Replayed(
-        event.id, event.source, CONFIRMED if confirmation.changed else UNCHANGED, payment.id,
-        notification_queued=confirmation.notification_queued, confirmation=confirmation,
-    )  # fmt: skip
+        event.id,
+        event.source,
+        CONFIRMED if confirmation.changed else UNCHANGED,
+        payment.id,
+        notification_queued=confirmation.notification_queued,
+        confirmation=confirmation,
+    )

@@ -184,10 +184,16 @@ def keep(
     existing = reviews.open_item_about(conn, subject)
     if existing is None:
         opened = reviews.open_item(
-            conn, reason=reason.value, subject=subject, order_id=order_id, reported=reported,
-            suggested_action=action, payment_id=payment_id, refund_id=refund_id,
+            conn,
+            reason=reason.value,
+            subject=subject,
+            order_id=order_id,
+            reported=reported,
+            suggested_action=action,
+            payment_id=payment_id,
+            refund_id=refund_id,
             event_id=event_id,
-        )  # fmt: skip
+        )
         if opened is not None:
             return Kept(opened, opened=True)
         existing = reviews.open_item_about(conn, subject)  # opened meanwhile: the backstop
@@ -223,13 +229,22 @@ def keep_outcome_conflict(
     payment = locked.payment
     reason = outcome_reason(locked, target)
     action = suggested_action(
-        reason, provider=payment.provider, amount=payment.amount,
-        succeeded=target is PaymentStatus.SUCCEEDED, order_status=locked.order_status,
-    )  # fmt: skip
+        reason,
+        provider=payment.provider,
+        amount=payment.amount,
+        succeeded=target is PaymentStatus.SUCCEEDED,
+        order_status=locked.order_status,
+    )
     return keep(
-        conn, reason=reason, subject=f"payment:{payment.id}", order_id=payment.order_id,
-        reported=reported, action=action, payment_id=payment.id, event_id=event_id,
-    )  # fmt: skip
+        conn,
+        reason=reason,
+        subject=f"payment:{payment.id}",
+        order_id=payment.order_id,
+        reported=reported,
+        action=action,
+        payment_id=payment.id,
+        event_id=event_id,
+    )
 
 
 def keep_amount_mismatch(
@@ -246,15 +261,23 @@ def keep_amount_mismatch(
     of the payment (a success for a payment not recorded succeeded paid for nothing)."""
     payment = locked.payment
     action = suggested_action(
-        ReviewReason.AMOUNT_MISMATCH, provider=payment.provider, amount=payment.amount,
-        reported=reported_money, succeeded=target is PaymentStatus.SUCCEEDED,
+        ReviewReason.AMOUNT_MISMATCH,
+        provider=payment.provider,
+        amount=payment.amount,
+        reported=reported_money,
+        succeeded=target is PaymentStatus.SUCCEEDED,
         payment_status=payment.status,
-    )  # fmt: skip
+    )
     return keep(
-        conn, reason=ReviewReason.AMOUNT_MISMATCH,
-        subject=f"payment:{payment.id}:amount:{target}", order_id=payment.order_id,
-        reported=reported, action=action, payment_id=payment.id, event_id=event_id,
-    )  # fmt: skip
+        conn,
+        reason=ReviewReason.AMOUNT_MISMATCH,
+        subject=f"payment:{payment.id}:amount:{target}",
+        order_id=payment.order_id,
+        reported=reported,
+        action=action,
+        payment_id=payment.id,
+        event_id=event_id,
+    )
 
 
 def keep_under_reference(
@@ -277,17 +300,29 @@ def keep_under_reference(
     no payment can settle any more)."""
     money = _money_or_text(amount, currency or order_currency)
     reported = reported_text(
-        f"{source} callback", status, amount=money, currency=currency, reference=reference,
+        f"{source} callback",
+        status,
+        amount=money,
+        currency=currency,
+        reference=reference,
         reason=reason,
-    )  # fmt: skip
+    )
     action = suggested_action(
-        why, provider="the provider", amount=None, reported=money,
+        why,
+        provider="the provider",
+        amount=None,
+        reported=money,
         succeeded=status is PaymentStatus.SUCCEEDED,
-    )  # fmt: skip
+    )
     return keep(
-        conn, reason=why, subject=f"order:{order_id}:ref:{reference}:{status}",
-        order_id=order_id, reported=reported, action=action, event_id=event_id,
-    )  # fmt: skip
+        conn,
+        reason=why,
+        subject=f"order:{order_id}:ref:{reference}:{status}",
+        order_id=order_id,
+        reported=reported,
+        action=action,
+        event_id=event_id,
+    )
 
 
 def _money_or_text(amount: str | int | None, currency: str) -> Money | str | None:
@@ -328,10 +363,13 @@ def resolve(db: Transactional, item_id: int, *, note: str, operator: str) -> Rev
         item = reviews.resolve_item(conn, item_id, operator=operator, note=why)
         about = f" (payment {short(item.payment_id)})" if item.payment_id is not None else ""
         timeline.record_event(
-            conn, item.order_id, RESOLVED_EVENT,
+            conn,
+            item.order_id,
+            RESOLVED_EVENT,
             f"review item {item.id} ({item.reason}){about} resolved: {why}",
-            at=item.resolved_at, operator=operator,
-        )  # fmt: skip
+            at=item.resolved_at,
+            operator=operator,
+        )
         return item
 
     return retrying(db, apply)

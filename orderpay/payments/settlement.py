@@ -85,32 +85,46 @@ def settle(
     if verdict is Settled.APPLIED and target is PaymentStatus.SUCCEEDED:
         event = None if event_id is None else (event_id, verdict.value)
         ledger.succeed(
-            conn, locked, source=source, notify=notify, transaction_id=transaction_id,
+            conn,
+            locked,
+            source=source,
+            notify=notify,
+            transaction_id=transaction_id,
             event=event,
-        )  # fmt: skip
+        )
         return verdict
     if verdict is Settled.APPLIED:
         ledger.fail(
-            conn, payment, reason=reason, transaction_id=transaction_id,
+            conn,
+            payment,
+            reason=reason,
+            transaction_id=transaction_id,
             detail=f"payment {payment.id} failed ({source}): {reason or 'no reason given'}",
             operator=operator,
-        )  # fmt: skip
+        )
     elif verdict is Settled.UNCHANGED:
         if transaction_id is not None and payment.provider_transaction_id is None:
             ledger.note_transaction_id(conn, payment.id, transaction_id)
     elif verdict is Settled.MISMATCH:
         reported: Money | str = amount if amount is not None else f"currency {currency}"
         said = review.reported_text(
-            _who(source, payment.provider), target, amount=amount, currency=currency,
-            reference=reference, transaction_id=transaction_id, reason=reason,
+            _who(source, payment.provider),
+            target,
+            amount=amount,
+            currency=currency,
+            reference=reference,
+            transaction_id=transaction_id,
+            reason=reason,
             payer_phone=payment.payer_phone,
-        )  # fmt: skip
+        )
         kept = review.keep_amount_mismatch(conn, locked, target, said, reported, event_id=event_id)
         timeline.record_event(
-            conn, payment.order_id, "callback_amount_mismatch",
+            conn,
+            payment.order_id,
+            "callback_amount_mismatch",
             f"{source} reported {target} of {reported} for payment {payment.id} of "
             f"{payment.amount}; {kept}, nothing changed",
-        )  # fmt: skip
+        )
     else:
         unconfirmed = (
             ", failed by the operator without the provider's word: money to refund?"
@@ -118,16 +132,23 @@ def settle(
             else ""
         )
         said = review.reported_text(
-            _who(source, payment.provider), target, amount=amount, currency=currency,
-            reference=reference, transaction_id=transaction_id, reason=reason,
+            _who(source, payment.provider),
+            target,
+            amount=amount,
+            currency=currency,
+            reference=reference,
+            transaction_id=transaction_id,
+            reason=reason,
             payer_phone=payment.payer_phone,
-        )  # fmt: skip
+        )
         kept = review.keep_outcome_conflict(conn, locked, target, said, event_id=event_id)
         timeline.record_event(
-            conn, payment.order_id, "callback_conflict",
+            conn,
+            payment.order_id,
+            "callback_conflict",
             f"{source} reported {target} for payment {payment.id}, which is {payment.status} "
             f"(order {locked.order_status}){unconfirmed}; {kept}, nothing changed",
-        )  # fmt: skip
+        )
     if payment.awaiting_confirmation and verdict is not Settled.APPLIED:
         ledger.confirmed(conn, payment.id)  # the provider's word is in: stop asking
     if event_id is not None:

@@ -148,11 +148,15 @@ class MtnProvider:
 
         def api(credentials: Credentials) -> MtnApi:
             return MtnApi(
-                self._client, credentials, base_url=self.base_url,
-                target_environment=self.target_environment, timeout=timeout,
-                budget_seconds=budget_seconds, token_refresh_margin=token_refresh_margin,
+                self._client,
+                credentials,
+                base_url=self.base_url,
+                target_environment=self.target_environment,
+                timeout=timeout,
+                budget_seconds=budget_seconds,
+                token_refresh_margin=token_refresh_margin,
                 clock=clock,
-            )  # fmt: skip
+            )
 
         self._collection = api(collection)
         self._disbursement = MtnDisbursement(api(disbursement)) if disbursement else None
@@ -215,9 +219,11 @@ class MtnProvider:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.close()
 
     # Refund configuration.
@@ -251,8 +257,11 @@ class MtnProvider:
         )
         log.info(
             "MTN requesttopay %s (payer %s): HTTP %s, %s",
-            reference, mask_phone(request.payer_phone), status, answer,
-        )  # fmt: skip
+            reference,
+            mask_phone(request.payer_phone),
+            status,
+            answer,
+        )
         return answer
 
     def payment_status(self, payment: PaymentRef) -> StatusAnswer:

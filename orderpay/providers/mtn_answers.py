@@ -20,12 +20,23 @@ NOT_FOUND = "RESOURCE_NOT_FOUND"
 # Errors on MTN's side: the request's fate is unknown.
 AMBIGUOUS_CODES = frozenset({"SERVICE_UNAVAILABLE", "INTERNAL_PROCESSING_ERROR"})
 # Definite refusals: MTN will never collect this request.
-REFUSAL_CODES = frozenset({
-    "PAYER_NOT_FOUND", "PAYEE_NOT_FOUND", "NOT_ALLOWED", "NOT_ENOUGH_FUNDS", "PAYER_LIMIT_REACHED",
-    "PAYEE_NOT_ALLOWED_TO_RECEIVE", "NOT_ALLOWED_TARGET_ENVIRONMENT", "INVALID_CALLBACK_URL_HOST",
-    "INVALID_CURRENCY", "COULD_NOT_PERFORM_TRANSACTION", "TRANSACTION_CANCELED",
-    "APPROVAL_REJECTED", "EXPIRED",
-})  # fmt: skip
+REFUSAL_CODES = frozenset(
+    {
+        "PAYER_NOT_FOUND",
+        "PAYEE_NOT_FOUND",
+        "NOT_ALLOWED",
+        "NOT_ENOUGH_FUNDS",
+        "PAYER_LIMIT_REACHED",
+        "PAYEE_NOT_ALLOWED_TO_RECEIVE",
+        "NOT_ALLOWED_TARGET_ENVIRONMENT",
+        "INVALID_CALLBACK_URL_HOST",
+        "INVALID_CURRENCY",
+        "COULD_NOT_PERFORM_TRANSACTION",
+        "TRANSACTION_CANCELED",
+        "APPROVAL_REJECTED",
+        "EXPIRED",
+    }
+)
 # Retrying later may work: never a refusal, whatever the body says.
 TRANSIENT_STATUSES = frozenset({401, 408, 425, 429})
 

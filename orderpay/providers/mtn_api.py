@@ -110,15 +110,24 @@ class MtnApi:
     # Submissions and status queries.
 
     def submit(
-        self, path: str, reference: str, body: dict[str, Any], *, what: str,
-        headers: dict[str, str] | None = None, refusals: frozenset[str] = REFUSAL_CODES,
-    ) -> tuple[ProviderAnswer, int]:  # fmt: skip
+        self,
+        path: str,
+        reference: str,
+        body: dict[str, Any],
+        *,
+        what: str,
+        headers: dict[str, str] | None = None,
+        refusals: frozenset[str] = REFUSAL_CODES,
+    ) -> tuple[ProviderAnswer, int]:
         """POST a request MTN deduplicates by `X-Reference-Id: reference`; its answer and the
         HTTP status. Unknown outcomes raise ProviderUnavailable."""
         response = self.call(
-            "POST", path, self.deadline(), headers={"X-Reference-Id": reference, **(headers or {})},
+            "POST",
+            path,
+            self.deadline(),
+            headers={"X-Reference-Id": reference, **(headers or {})},
             json=body,
-        )  # fmt: skip
+        )
         answer = submission_answer(
             response.status_code, error_code(response), reference, refusals=refusals
         )
@@ -152,9 +161,14 @@ class MtnApi:
     # HTTP plumbing.
 
     def call(
-        self, method: str, path: str, deadline: float, *,
-        headers: dict[str, str] | None = None, json: Any = None,
-    ) -> httpx.Response:  # fmt: skip
+        self,
+        method: str,
+        path: str,
+        deadline: float,
+        *,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
         """One API call with a bearer token; on 401, one retry with a fresh token."""
 
         def send(token: str) -> httpx.Response:
@@ -175,14 +189,26 @@ class MtnApi:
         return response
 
     def _request(
-        self, method: str, path: str, deadline: float, *, headers: dict[str, str],
-        json: Any = None, content: bytes | None = None, auth: httpx.Auth | None = None,
-    ) -> httpx.Response:  # fmt: skip
+        self,
+        method: str,
+        path: str,
+        deadline: float,
+        *,
+        headers: dict[str, str],
+        json: Any = None,
+        content: bytes | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> httpx.Response:
         try:
             return self._client.request(
-                method, self.base_url + path, headers=headers, json=json, content=content,
-                auth=auth, timeout=self._timeout_until(deadline),
-            )  # fmt: skip
+                method,
+                self.base_url + path,
+                headers=headers,
+                json=json,
+                content=content,
+                auth=auth,
+                timeout=self._timeout_until(deadline),
+            )
         except httpx.TimeoutException as error:
             raise ProviderUnavailable(
                 f"MTN did not answer {method} {path} in time ({type(error).__name__}); "

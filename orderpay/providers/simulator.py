@@ -164,13 +164,18 @@ class SimulatorProvider:
         assert self.callback_url is not None
         try:
             response = httpx.post(
-                self.callback_url, content=raw, headers=headers, timeout=CALLBACK_TIMEOUT_SECONDS,
+                self.callback_url,
+                content=raw,
+                headers=headers,
+                timeout=CALLBACK_TIMEOUT_SECONDS,
                 verify=tls_context(),
-            )  # fmt: skip
+            )
             log.info(
                 "simulator callback for payment %s (payer %s): HTTP %s",
-                request.reference, mask_phone(request.payer_phone), response.status_code,
-            )  # fmt: skip
+                request.reference,
+                mask_phone(request.payer_phone),
+                response.status_code,
+            )
         except httpx.HTTPError as error:
             # A provider's callback can be lost; the status query (reconcile) is the fallback.
             log.warning(

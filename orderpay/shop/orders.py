@@ -106,6 +106,10 @@ def cancel_order(conn: Connection, order_id: uuid.UUID, *, operator: str | None 
             payment=str(in_flight.id),
         )
     return ledger.move_order(
-        conn, order, OrderStatus.CANCELLED, "order_cancelled", "by the operator",
+        conn,
+        order,
+        OrderStatus.CANCELLED,
+        "order_cancelled",
+        "by the operator",
         operator=operator,
-    )  # fmt: skip
+    )

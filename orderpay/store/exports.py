@@ -40,8 +40,9 @@ class PaymentRecord:
     idempotency_key: str
 
 
-def _filtered(query: Select[Any], since: datetime | None, until: datetime | None,
-              status: str | None) -> Select[Any]:  # fmt: skip
+def _filtered(
+    query: Select[Any], since: datetime | None, until: datetime | None, status: str | None
+) -> Select[Any]:
     if since is not None:
         query = query.where(payments.c.created_at >= since)
     if until is not None:
@@ -61,24 +62,58 @@ def payment_records(
     """The payments created at or after `since` and before `until`, oldest first."""
     query = _filtered(
         select(
-            payments.c.id, payments.c.created_at, payments.c.updated_at, payments.c.status,
-            payments.c.amount, payments.c.currency, payments.c.provider,
-            payments.c.provider_reference, payments.c.provider_transaction_id,
-            payments.c.order_id, orders.c.customer_id, customers.c.name,
-            payments.c.failure_reason, payments.c.idempotency_key,
+            payments.c.id,
+            payments.c.created_at,
+            payments.c.updated_at,
+            payments.c.status,
+            payments.c.amount,
+            payments.c.currency,
+            payments.c.provider,
+            payments.c.provider_reference,
+            payments.c.provider_transaction_id,
+            payments.c.order_id,
+            orders.c.customer_id,
+            customers.c.name,
+            payments.c.failure_reason,
+            payments.c.idempotency_key,
         )
         .join(orders, orders.c.id == payments.c.order_id)
         .join(customers, customers.c.id == orders.c.customer_id),
-        since, until, status,
-    ).order_by(payments.c.created_at, payments.c.id)  # fmt: skip
-    for (pid, created_at, updated_at, state, amount, currency, provider, reference, transaction,
-         order_id, customer_id, name, reason, key) in conn.execute(
-            query.execution_options(yield_per=BATCH)
-         ):  # fmt: skip
+        since,
+        until,
+        status,
+    ).order_by(payments.c.created_at, payments.c.id)
+    for (
+        pid,
+        created_at,
+        updated_at,
+        state,
+        amount,
+        currency,
+        provider,
+        reference,
+        transaction,
+        order_id,
+        customer_id,
+        name,
+        reason,
+        key,
+    ) in conn.execute(query.execution_options(yield_per=BATCH)):
         yield PaymentRecord(
-            pid, created_at, updated_at, state, Money(amount, currency), provider, reference,
-            transaction, order_id, customer_id, name, reason, key,
-        )  # fmt: skip
+            pid,
+            created_at,
+            updated_at,
+            state,
+            Money(amount, currency),
+            provider,
+            reference,
+            transaction,
+            order_id,
+            customer_id,
+            name,
+            reason,
+            key,
+        )
 
 
 def count_payment_records(

@@ -97,9 +97,14 @@ def receive(conn: Connection, *, source: str, dedupe_key: str, payload: str) -> 
     and comes back with its id and `again`, to be decided anew.
     """
     new = _insert(
-        conn, source=source, dedupe_key=dedupe_key, payload=payload, order_id=None,
-        outcome=RECEIVED, payment_id=None,
-    )  # fmt: skip
+        conn,
+        source=source,
+        dedupe_key=dedupe_key,
+        payload=payload,
+        order_id=None,
+        outcome=RECEIVED,
+        payment_id=None,
+    )
     if new is not None:
         return Received(new)
     keys = {"b_source": source, "b_key": dedupe_key}
@@ -128,9 +133,14 @@ def record_once(
 ) -> bool:
     """Record an event whose outcome is already known; False if it was recorded before."""
     event = _insert(
-        conn, source=source, dedupe_key=dedupe_key, payload=payload, order_id=order_id,
-        outcome=outcome, payment_id=payment_id,
-    )  # fmt: skip
+        conn,
+        source=source,
+        dedupe_key=dedupe_key,
+        payload=payload,
+        order_id=order_id,
+        outcome=outcome,
+        payment_id=payment_id,
+    )
     return event is not None
 
 

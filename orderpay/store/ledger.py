@@ -69,10 +69,15 @@ def insert_order(
     order_id = uuid.uuid4()
     conn.execute(
         insert(orders).values(
-            id=order_id, customer_id=customer_id, status=OrderStatus.PENDING.value,
-            currency=total.currency, total=total.minor_units, created_at=now, updated_at=now,
+            id=order_id,
+            customer_id=customer_id,
+            status=OrderStatus.PENDING.value,
+            currency=total.currency,
+            total=total.minor_units,
+            created_at=now,
+            updated_at=now,
         )
-    )  # fmt: skip
+    )
     conn.execute(
         insert(order_items),
         [
@@ -85,9 +90,14 @@ def insert_order(
 
 
 def move_order(
-    conn: Connection, order: Order, target: OrderStatus, event: str, detail: str = "",
-    *, operator: str | None = None,
-) -> Order:  # fmt: skip
+    conn: Connection,
+    order: Order,
+    target: OrderStatus,
+    event: str,
+    detail: str = "",
+    *,
+    operator: str | None = None,
+) -> Order:
     """Compare-and-set the order's status and write the timeline row (`operator`: who)."""
     if not order_can_move(order.status, target):
         raise ValueError(f"order transition {order.status} -> {target} is not allowed")
@@ -111,9 +121,19 @@ def move_order(
 _INSERT_PAYMENT = InsertIgnoring(payments, None, *COLUMNS)
 # The columns a claim gives a new payment (the rest take their defaults).
 _CLAIMED_COLUMNS = (
-    "id", "order_id", "idempotency_key", "fingerprint", "amount", "currency", "payer_phone",
-    "provider", "status", "lease_expires_at", "created_at", "updated_at",
-)  # fmt: skip
+    "id",
+    "order_id",
+    "idempotency_key",
+    "fingerprint",
+    "amount",
+    "currency",
+    "payer_phone",
+    "provider",
+    "status",
+    "lease_expires_at",
+    "created_at",
+    "updated_at",
+)
 _INSERT_PAYMENT_WITH_EVENT = timeline.with_event(
     postgresql.insert(payments)
     .values(
@@ -186,15 +206,19 @@ def release_lease(conn: Connection, payment: Payment, why: str) -> None:
     released = conn.execute(
         _RELEASE_LEASE,
         {
-            "b_id": payment.id, "b_lease": payment.lease_expires_at, "lease_expires_at": None,
+            "b_id": payment.id,
+            "b_lease": payment.lease_expires_at,
+            "lease_expires_at": None,
             "updated_at": utcnow(),
         },
-    )  # fmt: skip
+    )
     if released.rowcount:
         timeline.record_event(
-            conn, payment.order_id, "payment_submission_failed",
+            conn,
+            payment.order_id,
+            "payment_submission_failed",
             f"payment {payment.id} stays initiated: {why}",
-        )  # fmt: skip
+        )
 
 
 def record_answer(
@@ -213,9 +237,12 @@ def record_answer(
         raise ValueError(f"payment transition initiated -> {target} is not allowed")
     now = utcnow()
     params = {
-        "b_id": payment.id, "v_status": target.value, "v_reference": reference,
-        "v_reason": reason, "v_now": now,
-    }  # fmt: skip
+        "b_id": payment.id,
+        "v_status": target.value,
+        "v_reference": reference,
+        "v_reason": reason,
+        "v_now": now,
+    }
     if conn.dialect.name == "postgresql":
         params.update(e_at=now, e_event=event, e_detail=detail)
         row = conn.execute(_ANSWER_WITH_EVENT, params).first()
@@ -292,15 +319,24 @@ def _succeed_in_one_statement(with_inbox: bool) -> Select[Any]:
     queued = outbox.insert_notification_from(paid).cte("queued")
     # Numbered so the timeline rows get their ids in this order.
     events = union_all(
-        select(literal(1).label("k"), paid.c.order_id, literal("payment_succeeded").label("event"),
-               bindparam("v_succeeded", type_=Text()).label("detail")),
-        select(literal(2), paid.c.order_id, literal("order_paid"),
-               bindparam("v_paid", type_=Text())),
-        select(literal(3), paid.c.order_id, literal("notification_queued"),
-               literal("notification ", Text()) + cast(queued.c.id, Text())
-               + bindparam("v_via", type_=Text()))
-        .select_from(paid.join(queued, true())),
-    ).subquery("e")  # fmt: skip
+        select(
+            literal(1).label("k"),
+            paid.c.order_id,
+            literal("payment_succeeded").label("event"),
+            bindparam("v_succeeded", type_=Text()).label("detail"),
+        ),
+        select(
+            literal(2), paid.c.order_id, literal("order_paid"), bindparam("v_paid", type_=Text())
+        ),
+        select(
+            literal(3),
+            paid.c.order_id,
+            literal("notification_queued"),
+            literal("notification ", Text())
+            + cast(queued.c.id, Text())
+            + bindparam("v_via", type_=Text()),
+        ).select_from(paid.join(queued, true())),
+    ).subquery("e")
     rows = timeline.insert_events_from(
         select(events.c.order_id, now, events.c.event, events.c.detail).order_by(events.c.k)
     )
@@ -334,11 +370,16 @@ def succeed(
     recipient = notify.recipient_for(locked.customer_phone)
     if conn.dialect.name == "postgresql":
         params = {
-            "b_id": payment.id, "b_from": payment.status.value, "v_now": now,
-            "v_transaction": transaction_id, "v_channel": notify.channel,
-            "v_recipient": recipient, "v_succeeded": succeeded, "v_paid": paid,
+            "b_id": payment.id,
+            "b_from": payment.status.value,
+            "v_now": now,
+            "v_transaction": transaction_id,
+            "v_channel": notify.channel,
+            "v_recipient": recipient,
+            "v_succeeded": succeeded,
+            "v_paid": paid,
             "v_via": f" via {notify.channel}",
-        }  # fmt: skip
+        }
         if event is None:
             conn.execute(_SUCCEED, params)
         else:
@@ -395,11 +436,15 @@ def _move(
     moved = conn.execute(
         _MOVE,
         {
-            "b_id": payment.id, "b_from": payment.status.value, "v_status": target.value,
-            "v_reason": reason, "v_awaiting": awaiting, "v_transaction": transaction_id,
+            "b_id": payment.id,
+            "b_from": payment.status.value,
+            "v_status": target.value,
+            "v_reason": reason,
+            "v_awaiting": awaiting,
+            "v_transaction": transaction_id,
             "v_now": now,
         },
-    )  # fmt: skip
+    )
     return bool(moved.rowcount == 1)
 
 

@@ -245,12 +245,33 @@ ATTEMPT_COLUMNS = (
 def attempt_of(
     row: Sequence[Any], number: int | None = None, lease: datetime | None = None
 ) -> Attempt:
-    (nid, attempts, lease_until, order_id, payment_id, channel, recipient, amount, currency,
-     name, kind, refund_id) = row  # fmt: skip
+    (
+        nid,
+        attempts,
+        lease_until,
+        order_id,
+        payment_id,
+        channel,
+        recipient,
+        amount,
+        currency,
+        name,
+        kind,
+        refund_id,
+    ) = row
     return Attempt(
-        nid, number if number is not None else attempts, lease or lease_until, order_id,
-        payment_id, channel, recipient, Money(int(amount), currency), name, kind, refund_id,
-    )  # fmt: skip
+        nid,
+        number if number is not None else attempts,
+        lease or lease_until,
+        order_id,
+        payment_id,
+        channel,
+        recipient,
+        Money(int(amount), currency),
+        name,
+        kind,
+        refund_id,
+    )
 
 
 class Outcome(StrEnum):

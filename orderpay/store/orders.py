@@ -97,13 +97,19 @@ def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
     ids = [order.id for order in batch]
     items: dict[uuid.UUID, list[OrderItem]] = {oid: [] for oid in ids}
     rows = conn.execute(
-        select(order_items.c.order_id, order_items.c.product_id, products.c.name,
-               order_items.c.quantity, order_items.c.unit_price, orders.c.currency)
+        select(
+            order_items.c.order_id,
+            order_items.c.product_id,
+            products.c.name,
+            order_items.c.quantity,
+            order_items.c.unit_price,
+            orders.c.currency,
+        )
         .join(orders, orders.c.id == order_items.c.order_id)
         .join(products, products.c.id == order_items.c.product_id)
         .where(order_items.c.order_id.in_(ids))
         .order_by(order_items.c.id)
-    )  # fmt: skip
+    )
     for oid, pid, name, qty, price, currency in rows:
         items[oid].append(OrderItem(pid, name, qty, Money(price, currency)))
     customer_ids = {order.customer_id for order in batch}

@@ -45,7 +45,7 @@ from orderpay.store.schema import (
     notifications,
     orders,
     payments,
-)  # fmt: skip
+)
 
 PAYMENT_RECEIVED = "payment_received"
 REFUND_SENT = "refund_sent"
@@ -62,9 +62,11 @@ _INSERT = InsertIgnoring(
 )
 # A refund's: one of a kind per refund (the other partial unique index).
 _INSERT_OF_REFUND = InsertIgnoring(
-    notifications, ["refund_id", "kind"], notifications.c.id,
+    notifications,
+    ["refund_id", "kind"],
+    notifications.c.id,
     where=notifications.c.refund_id.is_not(None),
-)  # fmt: skip
+)
 
 
 def add_notification(
@@ -104,13 +106,32 @@ def insert_notification_from(paid: Any) -> Insert:
     `paid` (a CTE with `id` and `order_id` columns) yields. Parameters: v_channel, v_recipient,
     v_now. Returns the new row's id, or nothing if the payment already has one."""
     now = bindparam("v_now", type_=UTCDateTime())
-    columns = ["order_id", "payment_id", "kind", "channel", "recipient", "body", "status",
-               "attempts", "due_at", "created_at", "updated_at"]  # fmt: skip
+    columns = [
+        "order_id",
+        "payment_id",
+        "kind",
+        "channel",
+        "recipient",
+        "body",
+        "status",
+        "attempts",
+        "due_at",
+        "created_at",
+        "updated_at",
+    ]
     values = select(
-        paid.c.order_id, paid.c.id, literal(PAYMENT_RECEIVED, String()),
-        bindparam("v_channel", type_=String()), bindparam("v_recipient", type_=String()),
-        literal("", Text()), literal(_PENDING, String()), literal(0), now, now, now,
-    )  # fmt: skip
+        paid.c.order_id,
+        paid.c.id,
+        literal(PAYMENT_RECEIVED, String()),
+        bindparam("v_channel", type_=String()),
+        bindparam("v_recipient", type_=String()),
+        literal("", Text()),
+        literal(_PENDING, String()),
+        literal(0),
+        now,
+        now,
+        now,
+    )
     return (
         postgresql.insert(notifications)
         .from_select(columns, values)
@@ -130,39 +151,51 @@ _joined = (
 _free = notifications.c.lease_until.is_(None) | (notifications.c.lease_until <= bindparam("b_now"))
 _due = (notifications.c.status == _PENDING, notifications.c.due_at <= bindparam("b_now"), _free)
 _claim_values = {
-    "attempts": notifications.c.attempts + 1, "lease_until": bindparam("v_lease_until"),
+    "attempts": notifications.c.attempts + 1,
+    "lease_until": bindparam("v_lease_until"),
     "updated_at": bindparam("b_now"),
-}  # fmt: skip
+}
 _queued = notifications.alias("queued")  # not correlated with the UPDATE's own row
 _queued_due = (
-    _queued.c.status == _PENDING, _queued.c.due_at <= bindparam("b_now"),
+    _queued.c.status == _PENDING,
+    _queued.c.due_at <= bindparam("b_now"),
     _queued.c.lease_until.is_(None) | (_queued.c.lease_until <= bindparam("b_now")),
-)  # fmt: skip
+)
 # Postgres: one statement claims and returns the attempts; the rows no other claim holds are
 # locked first (SKIP LOCKED), and the UPDATE re-checks its conditions on them, so of two
 # concurrent claims of a row one takes it, the other nothing.
 _NEXT_DUE_ID = (
-    select(_queued.c.id).where(*_queued_due).order_by(_queued.c.due_at).limit(1)
-    .with_for_update(skip_locked=True).scalar_subquery()
-)  # fmt: skip
+    select(_queued.c.id)
+    .where(*_queued_due)
+    .order_by(_queued.c.due_at)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
 _CLAIM_NEXT = (
-    update(notifications).where(notifications.c.id == _NEXT_DUE_ID, *_joined)
-    .values(_claim_values).returning(*ATTEMPT_COLUMNS)
-)  # fmt: skip
+    update(notifications)
+    .where(notifications.c.id == _NEXT_DUE_ID, *_joined)
+    .values(_claim_values)
+    .returning(*ATTEMPT_COLUMNS)
+)
 # The rows are picked once, in a CTE: as a plain IN (subquery) Postgres may run the subquery
 # again for each row the UPDATE joins, skipping the rows the statement has just claimed and
 # taking the next ones, past the LIMIT.
 _PICKED = (
     select(_queued.c.id)
     .where(_queued.c.id.in_(bindparam("b_ids", expanding=True)), *_queued_due)
-    .order_by(_queued.c.id).limit(bindparam("b_limit")).with_for_update(skip_locked=True)
-    .cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
-)  # fmt: skip
+    .order_by(_queued.c.id)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+    .cte("picked")
+    .prefix_with("MATERIALIZED", dialect="postgresql")
+)
 _CLAIM_AMONG = (
     update(notifications)
     .where(notifications.c.id.in_(select(_PICKED.c.id)), *_due, *_joined)
-    .values(_claim_values).returning(*ATTEMPT_COLUMNS)
-)  # fmt: skip
+    .values(_claim_values)
+    .returning(*ATTEMPT_COLUMNS)
+)
 # SQLite (one writer at a time, under BEGIN IMMEDIATE) reads, then sets.
 _DUE_ROWS = (
     select(*ATTEMPT_COLUMNS).where(*_due, *_joined).order_by(notifications.c.due_at).limit(1)
@@ -170,8 +203,9 @@ _DUE_ROWS = (
 _DUE_AMONG = (
     select(*ATTEMPT_COLUMNS)
     .where(notifications.c.id.in_(bindparam("b_ids", expanding=True)), *_due, *_joined)
-    .order_by(notifications.c.id).limit(bindparam("b_limit"))
-)  # fmt: skip
+    .order_by(notifications.c.id)
+    .limit(bindparam("b_limit"))
+)
 _SET_CLAIM = (
     update(notifications)
     .values(_claim_values)
@@ -179,16 +213,20 @@ _SET_CLAIM = (
 )
 # Every write of an attempt's outcome is conditional on the claim still holding the row.
 _OWNED = update(notifications).where(
-    notifications.c.id == bindparam("b_id"), notifications.c.status == _PENDING,
+    notifications.c.id == bindparam("b_id"),
+    notifications.c.status == _PENDING,
     notifications.c.attempts == bindparam("b_attempts"),
     notifications.c.lease_until == bindparam("b_lease"),
-)  # fmt: skip
+)
 
 
 def claim_among(
-    conn: Connection, notification_ids: Sequence[int], limit: int, lease: timedelta,
+    conn: Connection,
+    notification_ids: Sequence[int],
+    limit: int,
+    lease: timedelta,
     now: datetime,
-) -> list[Attempt]:  # fmt: skip
+) -> list[Attempt]:
     """An RQ job's next attempts: up to `limit` of these rows that are pending, due and held
     by no one, lowest id first, in one statement, all with the same lease. Rows another
     worker is claiming meanwhile are left to it (SKIP LOCKED)."""
@@ -251,17 +289,19 @@ _written = (
     text(_RECORD_SQL)
     .columns(notifications.c.id, notifications.c.order_id, event=String(), detail=Text())
     .cte("written")
-)  # fmt: skip
+)
 _RECORD = select(_written.c.id).add_cte(
     timeline.insert_events_from(
         select(
-            _written.c.order_id, bindparam("e_at", type_=UTCDateTime()), _written.c.event,
+            _written.c.order_id,
+            bindparam("e_at", type_=UTCDateTime()),
+            _written.c.event,
             _written.c.detail,
         )
         .where(_written.c.event.is_not(None))
         .order_by(_written.c.id)
     ).cte("events")
-)  # fmt: skip
+)
 
 
 def record_outcomes(conn: Connection, outcomes: Sequence[Recorded]) -> set[int]:
@@ -301,15 +341,24 @@ def _record_one(
     a, outcome = done.attempt, done.outcome
     values: dict[str, Any] = {"lease_until": None, "updated_at": now}
     if outcome is Outcome.SENT:
-        values |= {"status": outcome.value, "body": done.body, "last_error": None,
-                   "gateway_message_id": done.message_id, "sent_at": now}  # fmt: skip
+        values |= {
+            "status": outcome.value,
+            "body": done.body,
+            "last_error": None,
+            "gateway_message_id": done.message_id,
+            "sent_at": now,
+        }
     elif outcome is Outcome.FAILED:
         values |= {"status": outcome.value, "body": done.body, "last_error": done.error}
     elif outcome is Outcome.RETRY:
         values |= {"due_at": done.due_at, "last_error": done.error}
     elif outcome is Outcome.HELD:
-        values |= {"attempts": a.number - 1, "due_at": done.due_at, "enqueued_at": None,
-                   "last_error": done.error}  # fmt: skip
+        values |= {
+            "attempts": a.number - 1,
+            "due_at": done.due_at,
+            "enqueued_at": None,
+            "last_error": done.error,
+        }
     else:  # RELEASED: as if never claimed
         values = {"attempts": a.number - 1, "lease_until": None}
     params = {"b_id": a.notification_id, "b_attempts": a.number, "b_lease": a.lease_until}
@@ -362,18 +411,25 @@ def retry_notification(conn: Connection, notification_id: int, *, operator: str)
             notifications.c.status == NotificationStatus.FAILED.value,
         )
         .values(
-            status=_PENDING, attempts=0, due_at=now, lease_until=None, enqueued_at=None,
+            status=_PENDING,
+            attempts=0,
+            due_at=now,
+            lease_until=None,
+            enqueued_at=None,
             updated_at=now,
         )
         .returning(*COLUMNS)
-    ).first()  # fmt: skip
+    ).first()
     if moved is None:
         raise NotificationNotRetryable(f"notification {notification_id} changed meanwhile")
     timeline.record_event(
-        conn, current.order_id, "notification_retried",
-        f"notification {notification_id} back to pending by the operator", at=now,
+        conn,
+        current.order_id,
+        "notification_retried",
+        f"notification {notification_id} back to pending by the operator",
+        at=now,
         operator=operator,
-    )  # fmt: skip
+    )
     return from_row(moved)
 
 
@@ -411,7 +467,14 @@ def record_delivery(
 def mask_contacts(conn: Connection, masked: list[dict[str, Any]]) -> int:
     """Retention: masked v_body, v_to over rows not pending and still b_body, b_to (b_id)."""
     n = notifications.c
-    cas = update(notifications).where(n.id == bindparam("b_id"), n.status != _PENDING,
-        n.body == bindparam("b_body"), n.recipient == bindparam("b_to"),
-    ).values(body=bindparam("v_body"), recipient=bindparam("v_to"))  # fmt: skip
+    cas = (
+        update(notifications)
+        .where(
+            n.id == bindparam("b_id"),
+            n.status != _PENDING,
+            n.body == bindparam("b_body"),
+            n.recipient == bindparam("b_to"),
+        )
+        .values(body=bindparam("v_body"), recipient=bindparam("v_to"))
+    )
     return sum(conn.execute(cas, row).rowcount for row in masked)

@@ -57,12 +57,41 @@ COLUMNS = (
 
 
 def from_row(row: Sequence[Any]) -> Payment:
-    (pid, order_id, key, fingerprint, amount, currency, payer, provider, reference, transaction,
-     status, reason, awaiting, lease, created_at, updated_at) = row  # fmt: skip
+    (
+        pid,
+        order_id,
+        key,
+        fingerprint,
+        amount,
+        currency,
+        payer,
+        provider,
+        reference,
+        transaction,
+        status,
+        reason,
+        awaiting,
+        lease,
+        created_at,
+        updated_at,
+    ) = row
     return Payment(
-        pid, order_id, key, fingerprint, Money(amount, currency), payer, provider, reference,
-        transaction, PaymentStatus(status), reason, bool(awaiting), lease, created_at, updated_at,
-    )  # fmt: skip
+        pid,
+        order_id,
+        key,
+        fingerprint,
+        Money(amount, currency),
+        payer,
+        provider,
+        reference,
+        transaction,
+        PaymentStatus(status),
+        reason,
+        bool(awaiting),
+        lease,
+        created_at,
+        updated_at,
+    )
 
 
 # Built once: these run on every charge, and building a statement costs more than running it.

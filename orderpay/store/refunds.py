@@ -56,21 +56,64 @@ class Refund:
 
 
 COLUMNS = (
-    _r.id, _r.payment_id, _r.order_id, _r.idempotency_key, _r.fingerprint, _r.amount,
-    _r.currency, _r.provider, _r.provider_reference, _r.provider_transaction_id, _r.status,
-    _r.reason, _r.failure_reason, _r.operator, _r.lease_expires_at, _r.created_at,
+    _r.id,
+    _r.payment_id,
+    _r.order_id,
+    _r.idempotency_key,
+    _r.fingerprint,
+    _r.amount,
+    _r.currency,
+    _r.provider,
+    _r.provider_reference,
+    _r.provider_transaction_id,
+    _r.status,
+    _r.reason,
+    _r.failure_reason,
+    _r.operator,
+    _r.lease_expires_at,
+    _r.created_at,
     _r.updated_at,
-)  # fmt: skip
+)
 
 
 def from_row(row: Sequence[Any]) -> Refund:
-    (rid, payment_id, order_id, key, fingerprint, amount, currency, provider, reference,
-     transaction, status, reason, failure, operator, lease, created, updated) = row  # fmt: skip
+    (
+        rid,
+        payment_id,
+        order_id,
+        key,
+        fingerprint,
+        amount,
+        currency,
+        provider,
+        reference,
+        transaction,
+        status,
+        reason,
+        failure,
+        operator,
+        lease,
+        created,
+        updated,
+    ) = row
     return Refund(
-        rid, payment_id, order_id, key, fingerprint, Money(amount, currency), provider,
-        reference, transaction, RefundStatus(status), reason, failure, operator, lease,
-        created, updated,
-    )  # fmt: skip
+        rid,
+        payment_id,
+        order_id,
+        key,
+        fingerprint,
+        Money(amount, currency),
+        provider,
+        reference,
+        transaction,
+        RefundStatus(status),
+        reason,
+        failure,
+        operator,
+        lease,
+        created,
+        updated,
+    )
 
 
 # --- Claim, lease, answer ---------------------------------------------------------------------
@@ -126,9 +169,13 @@ def insert_refund(conn: Connection, values: dict[str, Any], detail: str) -> Refu
     if row is None:
         return None
     timeline.record_event(
-        conn, values["order_id"], "refund_initiated", detail, at=values["created_at"],
+        conn,
+        values["order_id"],
+        "refund_initiated",
+        detail,
+        at=values["created_at"],
         operator=values["operator"],
-    )  # fmt: skip
+    )
     return from_row(row)
 
 
@@ -155,15 +202,19 @@ def release_lease(conn: Connection, refund: Refund, why: str) -> None:
     released = conn.execute(
         _RELEASE_LEASE,
         {
-            "b_id": refund.id, "b_lease": refund.lease_expires_at, "lease_expires_at": None,
+            "b_id": refund.id,
+            "b_lease": refund.lease_expires_at,
+            "lease_expires_at": None,
             "updated_at": utcnow(),
         },
-    )  # fmt: skip
+    )
     if released.rowcount:
         timeline.record_event(
-            conn, refund.order_id, "refund_submission_failed",
+            conn,
+            refund.order_id,
+            "refund_submission_failed",
             f"refund {refund.id} stays initiated: {why}",
-        )  # fmt: skip
+        )
 
 
 def move(
@@ -186,11 +237,15 @@ def move(
     row = conn.execute(
         _MOVE,
         {
-            "b_id": refund.id, "b_from": refund.status.value, "v_status": target.value,
-            "v_reference": reference, "v_transaction": transaction_id, "v_reason": reason,
+            "b_id": refund.id,
+            "b_from": refund.status.value,
+            "v_status": target.value,
+            "v_reference": reference,
+            "v_transaction": transaction_id,
+            "v_reason": reason,
             "v_now": now,
         },
-    ).first()  # fmt: skip
+    ).first()
     if row is None:
         return None
     timeline.record_event(conn, refund.order_id, event, detail, at=now)

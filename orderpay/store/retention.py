@@ -107,7 +107,12 @@ def _notifications(
         masked_body, masked_to = mask_payload(body, region), mask_if_phone(recipient, region)
         if (masked_body, masked_to) != (body, recipient):
             changes.append(
-                {"b_id": notification_id, "b_body": body, "b_to": recipient,
-                 "v_body": masked_body, "v_to": masked_to}
-            )  # fmt: skip
+                {
+                    "b_id": notification_id,
+                    "b_body": body,
+                    "b_to": recipient,
+                    "v_body": masked_body,
+                    "v_to": masked_to,
+                }
+            )
     return len(rows), outbox.mask_contacts(conn, changes), rows[-1][0] if rows else after

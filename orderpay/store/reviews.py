@@ -51,9 +51,20 @@ class ReviewItem:
 
 
 COLUMNS = (
-    _r.id, _r.reason, _r.subject, _r.order_id, _r.payment_id, _r.refund_id, _r.event_id,
-    _r.reported, _r.suggested_action, _r.opened_at, _r.resolved_at, _r.resolved_by, _r.note,
-)  # fmt: skip
+    _r.id,
+    _r.reason,
+    _r.subject,
+    _r.order_id,
+    _r.payment_id,
+    _r.refund_id,
+    _r.event_id,
+    _r.reported,
+    _r.suggested_action,
+    _r.opened_at,
+    _r.resolved_at,
+    _r.resolved_by,
+    _r.note,
+)
 _OPEN = _r.resolved_at.is_(None)
 _INSERT = InsertIgnoring(review_items, ["subject"], _r.id, where=_OPEN)
 
@@ -80,10 +91,16 @@ def open_item(
     """Open an item in the caller's transaction: its id, or None when an item about this
     subject is open already, whatever its reason (the finding was reported before)."""
     values = {
-        "reason": reason, "subject": subject[:255], "order_id": order_id,
-        "payment_id": payment_id, "refund_id": refund_id, "event_id": event_id,
-        "reported": reported, "suggested_action": suggested_action, "opened_at": utcnow(),
-    }  # fmt: skip
+        "reason": reason,
+        "subject": subject[:255],
+        "order_id": order_id,
+        "payment_id": payment_id,
+        "refund_id": refund_id,
+        "event_id": event_id,
+        "reported": reported,
+        "suggested_action": suggested_action,
+        "opened_at": utcnow(),
+    }
     inserted = conn.execute(_INSERT(conn), values).scalar_one_or_none()
     return None if inserted is None else int(inserted)
 

@@ -54,9 +54,14 @@ def record_event(
     """One timeline row; `operator`: who acted, when an operator did (Settings.operator_name)."""
     conn.execute(
         _INSERT,
-        {"order_id": order_id, "at": at or utcnow(), "event": event, "detail": detail,
-         "operator": operator},
-    )  # fmt: skip
+        {
+            "order_id": order_id,
+            "at": at or utcnow(),
+            "event": event,
+            "detail": detail,
+            "operator": operator,
+        },
+    )
 
 
 def record_events(
@@ -70,9 +75,11 @@ def record_events(
     when = at or utcnow()
     conn.execute(
         _INSERT,
-        [{"order_id": order_id, "at": when, "event": e, "detail": d, "operator": None}
-         for e, d in events],
-    )  # fmt: skip
+        [
+            {"order_id": order_id, "at": when, "event": e, "detail": d, "operator": None}
+            for e, d in events
+        ],
+    )
 
 
 def with_event(dml: Any) -> Select[Any]:
@@ -101,11 +108,16 @@ def insert_events_from(rows: Any) -> Any:
 def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OrderEvent]]:
     """Each order's timeline, oldest first."""
     rows = conn.execute(
-        select(order_events.c.order_id, order_events.c.at, order_events.c.event,
-               order_events.c.detail, order_events.c.operator)
+        select(
+            order_events.c.order_id,
+            order_events.c.at,
+            order_events.c.event,
+            order_events.c.detail,
+            order_events.c.operator,
+        )
         .where(order_events.c.order_id.in_(order_ids))
         .order_by(order_events.c.id)
-    )  # fmt: skip
+    )
     timeline: dict[uuid.UUID, list[OrderEvent]] = {}
     for order_id, at, event, detail, operator in rows:
         timeline.setdefault(order_id, []).append(OrderEvent(at, event, detail, operator))
@@ -150,9 +162,13 @@ def events_after(
     first, at most `limit`."""
     newer = order_events.c.id > after
     query = select(
-        order_events.c.id, order_events.c.order_id, order_events.c.at, order_events.c.event,
-        order_events.c.detail, order_events.c.operator,
-    ).where(or_(newer, order_events.c.id.in_(sorted(missing))) if missing else newer)  # fmt: skip
+        order_events.c.id,
+        order_events.c.order_id,
+        order_events.c.at,
+        order_events.c.event,
+        order_events.c.detail,
+        order_events.c.operator,
+    ).where(or_(newer, order_events.c.id.in_(sorted(missing))) if missing else newer)
     if order_id is not None:
         query = query.where(order_events.c.order_id == order_id)
     rows = conn.execute(query.order_by(order_events.c.id).limit(limit))

@@ -73,9 +73,12 @@ class Wakeups:
 
 
 def run_on_wakeups(
-    engine: Engine, poll_seconds: float, stop: threading.Event, step: Callable[[], object],
+    engine: Engine,
+    poll_seconds: float,
+    stop: threading.Event,
+    step: Callable[[], object],
     what: str,
-) -> None:  # fmt: skip
+) -> None:
     """Run `step` now and on every wake-up until `stop` is set. A database or queue outage
     (an OrderpayError) pauses the loop until the next wake-up; it never ends it."""
     from orderpay.errors import OrderpayError

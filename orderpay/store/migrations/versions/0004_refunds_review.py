@@ -145,9 +145,11 @@ def upgrade() -> None:
         batch.drop_constraint(op.f("ck_orders_status_known"), type_="check")
         # `partially_refunded` is 18 characters.
         batch.alter_column(
-            "status", type_=sa.String(length=32), existing_type=sa.String(length=16),
+            "status",
+            type_=sa.String(length=32),
+            existing_type=sa.String(length=16),
             existing_nullable=False,
-        )  # fmt: skip
+        )
         batch.create_check_constraint(op.f("ck_orders_status_known"), ORDER_STATUSES)
     with op.batch_alter_table("order_events") as batch:
         batch.add_column(sa.Column("operator", sa.String(length=64), nullable=True))
@@ -166,9 +168,11 @@ def downgrade() -> None:
     with op.batch_alter_table("orders") as batch:
         batch.drop_constraint(op.f("ck_orders_status_known"), type_="check")
         batch.alter_column(
-            "status", type_=sa.String(length=16), existing_type=sa.String(length=32),
+            "status",
+            type_=sa.String(length=16),
+            existing_type=sa.String(length=32),
             existing_nullable=False,
-        )  # fmt: skip
+        )
         batch.create_check_constraint(op.f("ck_orders_status_known"), OLD_ORDER_STATUSES)
     op.drop_index("uq_notifications_refund_id_kind", table_name="notifications")
     op.drop_index("uq_notifications_payment_id_kind", table_name="notifications")
