@@ -1,24 +1,30 @@
-"""Shared fixtures: real Postgres databases (one per test, cloned from a migrated template),
-migrated SQLite files, and a CLI runner that reads configuration like a user's shell would.
+"""Shared fixtures: real Postgres databases (a per-process pool of migrated databases, emptied
+between tests), migrated SQLite files (copies of one migrated file), and a CLI runner that
+reads configuration like a user's shell would.
 
-Postgres is at ORDERPAY_TEST_POSTGRES (default: the CI machine's trust-auth server).
+The servers are ORDERPAY_TEST_POSTGRES and ORDERPAY_TEST_REDIS, or the suite's own
+(tests/services.py: started once per run by the controlling process).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import psycopg2
 import pytest
-from sqlalchemy import func, inspect, select, text
+import typer
+from click.testing import CliRunner
+from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
-from typer.testing import CliRunner
 
 from orderpay import clock
 from orderpay.cli import app
@@ -27,16 +33,40 @@ from orderpay.store.migrate import upgrade
 from orderpay.store.schema import metadata
 from tests.fake_mtn import FakeMtn
 from tests.live_server import TestClient, listener_client, listener_settings
+from tests.services import POSTGRES_VARIABLE, REDIS_VARIABLE, Servers
 
-POSTGRES = os.environ.get(
-    "ORDERPAY_TEST_POSTGRES", "postgresql+psycopg2://root@127.0.0.1:5432/root"
-)
 CONFIG_PREFIXES = ("ORDERPAY_", "MTN_MOMO_", "POSTGRES_")
 CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "MOMO_WEBHOOK_SECRET")
+SERVERS = pytest.StashKey[Servers]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controlling process (not an xdist worker) provides the servers for the whole run."""
+    if not hasattr(config, "workerinput"):
+        servers = Servers()
+        servers.provide()
+        config.stash[SERVERS] = servers
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Two workers per CPU (most tests wait on a database, a socket or a child process),
+    at most four: each holds connections, and a configured server may allow only 100."""
+    return min(4, 2 * (os.cpu_count() or 1))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    servers = config.stash.get(SERVERS, None)
+    if servers is not None:
+        servers.stop()
+
+
+def postgres_url() -> str:
+    """The test server's URL: its user may create and drop databases."""
+    return os.environ[POSTGRES_VARIABLE]
 
 
 def _admin_execute(statement: str) -> None:
-    url = make_url(POSTGRES)
+    url = make_url(postgres_url())
     connection = psycopg2.connect(
         host=url.host, port=url.port or 5432, user=url.username, dbname=url.database
     )
@@ -48,8 +78,8 @@ def _admin_execute(statement: str) -> None:
         connection.close()
 
 
-def _url_for(name: str) -> str:
-    return make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+def url_for(name: str) -> str:
+    return make_url(postgres_url()).set(database=name).render_as_string(hide_password=False)
 
 
 def create_postgres_database(template: str | None = None) -> str:
@@ -63,10 +93,109 @@ def drop_postgres_database(name: str) -> None:
     _admin_execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+# What tells a pooled database's schema from the template's: a test that changed the schema
+# (or left the alembic revision elsewhere) gets its database dropped instead of reused.
+_SCHEMA_SIGNATURE = """
+SELECT (SELECT string_agg(version_num, ',') FROM alembic_version),
+       (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public'),
+       (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public'),
+       (SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public')
+"""
+
+
+class DatabasePool:
+    """This process's migrated Postgres databases. A test takes one and gives it back; the
+    next test to take it finds it emptied (other sessions ended, every row deleted, sequences
+    restarted), which costs a millisecond where creating a database costs tens or hundreds.
+    The template is migrated once per process; databases are cloned from it as needed. The
+    pool keeps a connection to each of its databases for this housekeeping."""
+
+    _RESET = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid();"
+        "{deletes}"
+        "SELECT count(setval(format('%I', sequencename)::regclass, 1, false)) "
+        "FROM pg_sequences WHERE schemaname = 'public';"
+    )
+
+    def __init__(self) -> None:
+        self._template: str | None = None
+        self._signature: tuple[Any, ...] | None = None
+        self._free: list[str] = []
+        self._connections: dict[str, Any] = {}
+        deletes = "".join(f"DELETE FROM {t.name};" for t in reversed(metadata.sorted_tables))
+        self._reset = self._RESET.format(deletes=deletes)
+
+    def template(self) -> str:
+        if self._template is None:
+            name = create_postgres_database()
+            database = Database(url_for(name))
+            try:
+                upgrade(database)
+            finally:
+                database.dispose()
+            self._template = name
+            self._signature = _signature(_connect(name))
+        return self._template
+
+    def clone(self) -> str:
+        """A new database with the migrated schema, not pooled: the caller drops it."""
+        return create_postgres_database(template=self.template())
+
+    def take(self) -> str:
+        if self._free:
+            name = self._free.pop()
+            connection = self._connections[name]
+            with connection.cursor() as cursor:
+                cursor.execute(self._reset)
+            connection.commit()
+            return name
+        name = self.clone()
+        self._connections[name] = _connect(name)
+        return name
+
+    def give_back(self, name: str) -> None:
+        connection = self._connections[name]
+        if _signature(connection) == self._signature:
+            self._free.append(name)
+            return
+        del self._connections[name]
+        connection.close()
+        drop_postgres_database(name)
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        for name in [*self._connections, *([self._template] if self._template else [])]:
+            drop_postgres_database(name)
+        self._connections.clear()
+        self._free.clear()
+        self._template = None
+
+
+def _connect(name: str) -> Any:
+    url = make_url(postgres_url())
+    return psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username, dbname=name)
+
+
+def _signature(connection: Any) -> tuple[Any, ...]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_SCHEMA_SIGNATURE)
+            return tuple(cursor.fetchone() or ())
+    finally:
+        connection.rollback()  # no transaction left open between tests
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No test sees the developer's configuration or `.env`, or a clock another test moved."""
     for name in list(os.environ):
+        if name in (POSTGRES_VARIABLE, REDIS_VARIABLE):
+            continue  # the suite's servers, not orderpay's configuration
         if name.startswith(CONFIG_PREFIXES) or name in CONFIG_NAMES:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
@@ -75,87 +204,78 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
 
 
 @pytest.fixture(scope="session")
-def postgres_template() -> Iterator[str]:
-    """A migrated database that each test's database is cloned from (fast: no migrations)."""
-    name = create_postgres_database()
-    database = Database(_url_for(name))
-    upgrade(database)
-    database.dispose()
-    yield name
+def database_pool() -> Iterator[DatabasePool]:
+    pool = DatabasePool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def pg_url(database_pool: DatabasePool) -> Iterator[str]:
+    """A migrated Postgres database with no rows, this test's alone."""
+    name = database_pool.take()
+    yield url_for(name)
+    database_pool.give_back(name)
+
+
+@pytest.fixture
+def scratch_pg_url(database_pool: DatabasePool) -> Iterator[str]:
+    """A migrated Postgres database that is dropped afterwards: for a test that changes the
+    schema (a downgrade, say)."""
+    name = database_pool.clone()
+    yield url_for(name)
     drop_postgres_database(name)
 
 
 @pytest.fixture
-def pg_url(postgres_template: str) -> Iterator[str]:
-    name = create_postgres_database(template=postgres_template)
-    yield _url_for(name)
-    drop_postgres_database(name)
-
-
-@pytest.fixture
-def twins(postgres_template: str) -> Iterator[tuple[str, Callable[[], str]]]:
+def twins(database_pool: DatabasePool) -> Iterator[tuple[str, Callable[[], str]]]:
     """A database to set a case up in, and a way to clone it once it is set up."""
-    names = [create_postgres_database(template=postgres_template)]
+    names = [database_pool.clone()]
 
     def clone() -> str:
         names.append(create_postgres_database(template=names[0]))
-        return _url_for(names[-1])
+        return url_for(names[-1])
 
-    yield _url_for(names[0]), clone
+    yield url_for(names[0]), clone
     for name in names:
         drop_postgres_database(name)
 
 
 @pytest.fixture(scope="module")
-def shared_url(postgres_template: str) -> Iterator[str]:
-    """One Postgres database for a whole module, for tests that only compare row counts
-    before and after what they do (cloning a database per test costs far more than such a
-    test)."""
-    name = create_postgres_database(template=postgres_template)
-    yield _url_for(name)
-    drop_postgres_database(name)
-
-
-@pytest.fixture
-def shared_db(shared_url: str) -> Iterator[Database]:
-    database = Database(shared_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def shared_cli(shared_url: str) -> Cli:
-    return Cli({"DATABASE_URL": shared_url})
-
-
-@pytest.fixture
-def emptied_shared_url(shared_url: str) -> str:
-    """The module's database, emptied: a test starts from the bare migrated schema."""
-    database = Database(shared_url)
-    try:
-        with database.transaction() as conn:
-            conn.execute(text("SET LOCAL lock_timeout = '10s'"))
-            tables = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    finally:
-        database.dispose()
-    return shared_url
+def shared_url(database_pool: DatabasePool) -> Iterator[str]:
+    """One Postgres database for a whole module, for a module whose tests share an expensive
+    set-up and read it only."""
+    name = database_pool.take()
+    yield url_for(name)
+    database_pool.give_back(name)
 
 
 @pytest.fixture
 def empty_pg_url() -> Iterator[str]:
+    """A Postgres database with no schema at all."""
     name = create_postgres_database()
-    yield _url_for(name)
+    yield url_for(name)
     drop_postgres_database(name)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, made once per process; tests get copies of it."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "orderpay.db"
+    database = Database(f"sqlite:///{path}")
+    try:
+        upgrade(database)
+    finally:
+        database.dispose()
+    assert not path.with_name(path.name + "-wal").exists(), "the template was not checkpointed"
+    return path
+
+
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'orderpay.db'}"
-    database = Database(url)
-    upgrade(database)
-    database.dispose()
-    return url
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "orderpay.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -226,6 +346,13 @@ class Outcome:
         return json.loads(self.stderr)["error"]  # type: ignore[no-any-return]
 
 
+@functools.cache
+def orderpay_command() -> click.Command:
+    """The Click command `orderpay` runs, built once: Typer builds it from the app on every
+    invocation otherwise, which costs more than most commands do."""
+    return typer.main.get_command(app)
+
+
 class Cli:
     """Runs `orderpay` in-process with a given configuration, as a shell user would."""
 
@@ -235,7 +362,7 @@ class Cli:
 
     def __call__(self, *args: str, **env: str) -> Outcome:
         result = self.runner.invoke(
-            app, list(args), env={**self.env, **env}, catch_exceptions=False
+            orderpay_command(), list(args), env={**self.env, **env}, catch_exceptions=False
         )
         return Outcome(result.exit_code, result.stdout, result.stderr)
 

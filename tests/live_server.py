@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +46,7 @@ from orderpay.server import create_app
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
 from tests.builders import AMA, a_key, an_order
+from tests.services import free_port
 
 with warnings.catch_warnings():
     # Starlette >= 1.10 prefers the `httpx2` package for its TestClient and warns when it
@@ -235,13 +235,6 @@ def assert_error(answer: httpx.Response, status: int, code: str) -> None:
     assert document["error"]["code"] == code
     assert isinstance(document["error"]["message"], str)
     assert document["error"]["message"]
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now (the OS's pick; a child process binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Fixtures and helpers for the notification tests: Redis, worker processes, the gateway.
 
-- `redis_url`: a per-test URL on the shared Redis, on a db number (10-13) this test holds alone
-  (claimed with a lock key in db 15, so two test runs never share one) and flushed before and
-  after. db 0 is never touched.
+- `redis_url`: a per-test URL on the test Redis (ORDERPAY_TEST_REDIS, or the suite's own), on a
+  db number (8-13) this test holds alone (claimed with a lock key in db 15, so two test
+  processes never share one) and flushed before and after. dbs 0-7 and 14 are never touched.
 - `private_redis`: a redis-server of this test's own on a free port, to stop and start again
   on the same port (outages). Only this one is ever stopped.
 - `a_settled_payment`: an order charged through the simulator and settled by its callback,
@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pytest
 from redis import Redis
@@ -54,10 +53,10 @@ from orderpay.store.schema import notifications
 from orderpay.store.timeline import events_of
 from tests.builders import AMA, a_key, an_order
 from tests.http_recorder import Answer, Recorded, Recorder, recording_server
+from tests.services import REDIS_VARIABLE, free_port, redis_server_binary
 
 REDIS_HOST = "127.0.0.1"
-SHARED_REDIS_PORT = 6379
-TEST_DBS = (10, 11, 12, 13)  # 14 is bench/worker.py's default
+TEST_DBS = (8, 9, 10, 11, 12, 13)  # 14 is bench/worker.py's default
 LOCK_DB = 15
 LOCK_SECONDS = 300
 STARTUP_SECONDS = 10.0
@@ -75,10 +74,15 @@ CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "MOMO_WEBHOOK_SECRET")
 # --- Redis ----------------------------------------------------------------------------------
 
 
-def shared_redis(db: int) -> Redis:
+def redis_db_url(db: int) -> str:
+    """The test Redis's URL with db `db` (never 0: the server may be someone's own)."""
     if db == 0:
-        raise ValueError("tests never use db 0 of the shared Redis")
-    return Redis(host=REDIS_HOST, port=SHARED_REDIS_PORT, db=db, socket_timeout=5)
+        raise ValueError("tests never use db 0 of the test Redis")
+    return urlunsplit(urlsplit(os.environ[REDIS_VARIABLE])._replace(path=f"/{db}"))
+
+
+def shared_redis(db: int) -> Redis:
+    return Redis.from_url(redis_db_url(db), socket_timeout=5)
 
 
 @contextlib.contextmanager
@@ -96,7 +100,7 @@ def dedicated_redis_db() -> Iterator[str]:
         client = shared_redis(chosen)
         try:
             client.flushdb()
-            yield f"redis://{REDIS_HOST}:{SHARED_REDIS_PORT}/{chosen}"
+            yield redis_db_url(chosen)
         finally:
             client.flushdb()
             client.close()
@@ -134,7 +138,7 @@ def _claim_db(locks: Redis, token: str) -> int:
 
 @pytest.fixture(name="redis_url")
 def redis_url_fixture() -> Iterator[str]:
-    """redis://127.0.0.1:6379/N, N in 10-13, empty at the start and flushed at the end."""
+    """The test Redis at db N, N in TEST_DBS, empty at the start and flushed at the end."""
     with dedicated_redis_db() as url:
         yield url
 
@@ -146,12 +150,6 @@ def redis_client(url: str) -> Iterator[Redis]:
         yield client
     finally:
         client.close()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((REDIS_HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateRedis:
@@ -170,7 +168,7 @@ class PrivateRedis:
         assert self.process is None, "already running"
         self.process = subprocess.Popen(
             [
-                "redis-server",
+                str(redis_server_binary()),
                 "--port",
                 str(self.port),
                 "--bind",

@@ -46,6 +46,7 @@ async def _session_settings(url: str) -> dict[str, str]:
         await pool.close()
 
 
+@pytest.mark.slow
 def test_pool_sessions_get_the_listeners_session_guards(pg_url: str) -> None:
     listener = Database(pg_url, session_guards=True)  # as serve-webhooks makes its engine
     try:

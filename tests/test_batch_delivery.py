@@ -60,6 +60,7 @@ def references_sent(forms: list[dict[str, str]]) -> Counter[str]:
     )
 
 
+@pytest.mark.slow
 def test_a_batch_sends_each_row_once_with_its_sent_event(any_db: Database) -> None:
     settled = [a_settled_payment(any_db) for _ in range(5)]
     with a_gateway() as gateway, closing(sms_channel(gateway)) as channel:
@@ -95,6 +96,7 @@ def test_a_group_claim_takes_at_most_its_limit_lowest_ids_first(any_db: Database
     assert [notification(any_db, nid).attempts for nid in ids] == [1, 1, 0, 0, 0]
 
 
+@pytest.mark.slow
 def test_a_batch_through_a_fast_channel_is_claimed_and_recorded_in_a_few_statements(
     db: Database,
 ) -> None:
@@ -161,6 +163,7 @@ def test_each_row_of_a_mixed_batch_goes_through_its_own_channel_or_waits_for_one
     assert "webhook channel" in (held.last_error or "")
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_on_one_row_fails_only_that_row(any_db: Database) -> None:
     first, broken, last = (
         a_settled_payment(any_db),
@@ -191,6 +194,7 @@ def test_an_unexpected_error_on_one_row_fails_only_that_row(any_db: Database) ->
     assert event_names(any_db, broken.order_id).count("notification_attempt_failed") == 1
 
 
+@pytest.mark.slow
 def test_a_gateway_slower_than_the_lease_with_two_workers_sends_nothing_twice(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,6 +234,7 @@ def crashing_gateway() -> Iterator[Any]:
         yield gateway
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_batch_leaves_the_rest_of_the_batch_to_be_retried(
     pg_url: str,
     db: Database,

@@ -99,6 +99,7 @@ def mixed_batch(db: Database) -> list[Sent]:
     ]
 
 
+@pytest.mark.slow
 def test_a_batch_writes_the_rows_and_answers_of_the_ordinary_transaction_one_by_one(
     twins: tuple[str, Callable[[], str]],
 ) -> None:

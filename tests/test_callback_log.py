@@ -161,6 +161,7 @@ def test_a_copy_of_a_kept_callback_still_settles_once_the_order_has_reached_the_
     assert answer.json()["status"] == "processed"
 
 
+@pytest.mark.slow
 def test_copies_of_an_unmatched_callback_racing_once_the_payment_is_pending_settle_it_once(
     pg_url: str, db: Database
 ) -> None:
@@ -192,6 +193,7 @@ def any_client(any_url: str) -> Iterator[TestClient]:
         yield in_process
 
 
+@pytest.mark.slow
 def test_replaying_a_stored_unmatched_callback_settles_it_once_the_payment_exists(
     any_client: TestClient, any_db: Database, any_cli: Cli
 ) -> None:
@@ -267,6 +269,7 @@ def test_replaying_a_callback_that_still_matches_nothing_is_payment_not_found_an
     assert seen(db, payment).payment is PaymentStatus.INITIATED
 
 
+@pytest.mark.slow
 def test_replaying_an_mtn_callback_asks_mtns_status_and_settles_on_its_answer(
     db: Database, pg_url: str, mtn: FakeMtn
 ) -> None:
@@ -317,15 +320,15 @@ def test_replaying_a_delivery_report_is_refused_with_exit_2_and_changes_nothing(
 
 @pytest.mark.parametrize("command", ["show", "replay"])
 def test_an_unknown_event_id_is_webhook_event_not_found_exit_3(
-    shared_cli: Cli, shared_db: Database, command: str
+    cli: Cli, db: Database, command: str
 ) -> None:
-    before = count_rows(shared_db)
+    before = count_rows(db)
 
-    outcome = shared_cli("webhook", command, "424242", "--json")
+    outcome = cli("webhook", command, "424242", "--json")
 
     assert (outcome.exit_code, outcome.stdout) == (3, "")
     assert outcome.error()["code"] == "webhook_event_not_found"
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 # Show
@@ -411,20 +414,18 @@ def test_webhook_list_outcome_review_lists_every_review_outcome(
     assert sorted(e["outcome"] for e in listed) == ["review_amount", "review_unmatched"]
 
 
-def test_webhook_list_of_an_unknown_order_is_order_not_found_exit_3(
-    shared_cli: Cli, shared_db: Database
-) -> None:
-    before = count_rows(shared_db)
+def test_webhook_list_of_an_unknown_order_is_order_not_found_exit_3(cli: Cli, db: Database) -> None:
+    before = count_rows(db)
 
-    outcome = shared_cli("webhook", "list", "--order", UNKNOWN_ORDER, "--json")
+    outcome = cli("webhook", "list", "--order", UNKNOWN_ORDER, "--json")
 
     assert (outcome.exit_code, outcome.stdout) == (3, "")
     assert outcome.error()["code"] == "order_not_found"
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
-def test_webhook_list_with_an_unknown_outcome_is_a_usage_error_exit_2(shared_cli: Cli) -> None:
-    outcome = shared_cli("webhook", "list", "--outcome", "lost", "--json")
+def test_webhook_list_with_an_unknown_outcome_is_a_usage_error_exit_2(cli: Cli) -> None:
+    outcome = cli("webhook", "list", "--outcome", "lost", "--json")
 
     assert (outcome.exit_code, outcome.stdout) == (2, "")
     assert outcome.error()["code"] == "usage_error"

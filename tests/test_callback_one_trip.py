@@ -439,6 +439,7 @@ def set_up(url: str, case: Case) -> list[Sent]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.slow
 def test_the_fast_path_writes_the_rows_and_answers_of_the_ordinary_transaction(
     case: Case, twins: tuple[str, Callable[[], str]]
 ) -> None:
@@ -462,6 +463,7 @@ def test_the_fast_path_writes_the_rows_and_answers_of_the_ordinary_transaction(
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.slow
 def test_the_fast_path_settles_the_common_case_itself_and_falls_back_having_written_nothing(
     case: Case, twins: tuple[str, Callable[[], str]]
 ) -> None:

@@ -114,6 +114,7 @@ N = PAYMENTS - 7  # a pending payment
         pytest.param(sender_id(N), N, id="the sender's transaction id, new"),
     ],
 )
+@pytest.mark.slow
 def test_locking_the_payment_a_reference_names_is_an_index_lookup(
     reference: str, n: int, crowded_db: Database
 ) -> None:

@@ -77,6 +77,7 @@ def outcomes(db: Database) -> list[str]:
 # 1. A seed-style sender: its own transaction id as the reference
 
 
+@pytest.mark.slow
 def test_a_senders_first_callback_under_its_own_id_settles_the_orders_pending_payment(
     client: TestClient, db: Database
 ) -> None:
@@ -117,6 +118,7 @@ def test_replaying_a_senders_callback_answers_200_duplicate_and_changes_nothing(
     assert count_rows(db) == before
 
 
+@pytest.mark.slow
 def test_eight_parallel_copies_of_a_senders_callback_answer_one_processed_and_seven_duplicate(
     pg_url: str, db: Database
 ) -> None:
@@ -130,6 +132,7 @@ def test_eight_parallel_copies_of_a_senders_callback_answer_one_processed_and_se
     assert {a.json()["payment"] for a in answers} == {str(payment.id)}
 
 
+@pytest.mark.slow
 def test_eight_parallel_copies_of_a_senders_callback_make_one_notification_and_one_paid_event(
     pg_url: str, db: Database
 ) -> None:

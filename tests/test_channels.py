@@ -59,6 +59,7 @@ def test_the_log_channel_never_writes_a_full_phone_number(
     assert AMA[-4:] in caplog.text  # masked, not dropped
 
 
+@pytest.mark.slow
 def test_the_workers_own_log_shows_the_message_with_the_phone_number_masked(
     pg_url: str, db: Database
 ) -> None:
@@ -158,6 +159,7 @@ def test_the_merchant_webhook_signature_does_not_verify_with_another_secret(
         verify(request.body, request.headers, [b"another-secret"])
 
 
+@pytest.mark.slow
 def test_the_webhook_id_is_stable_across_retries_of_one_notification(db: Database) -> None:
     with a_gateway(Answer(503, b"busy")) as merchant:
         settled = a_settled_payment(db, target=merchant_target(merchant.url))

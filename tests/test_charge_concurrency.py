@@ -11,6 +11,8 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from orderpay import clock
 from orderpay.clock import utcnow
 from orderpay.domain.states import PaymentStatus
@@ -24,6 +26,7 @@ from tests.processes import run_cli_in_parallel
 PROCESSES = 12
 
 
+@pytest.mark.slow
 def test_twelve_processes_charging_one_key_make_one_payment_and_one_provider_request(
     pg_url: str, db: Database
 ) -> None:
@@ -44,6 +47,7 @@ def test_twelve_processes_charging_one_key_make_one_payment_and_one_provider_req
     assert 0 in codes
 
 
+@pytest.mark.slow
 def test_twelve_processes_with_twelve_keys_leave_one_live_payment_and_eleven_conflicts(
     pg_url: str, db: Database
 ) -> None:
@@ -58,6 +62,7 @@ def test_twelve_processes_with_twelve_keys_leave_one_live_payment_and_eleven_con
     assert [p.status for p in payments] == [PaymentStatus.PENDING]
 
 
+@pytest.mark.slow
 def test_concurrent_charges_of_one_key_on_sqlite_make_one_payment(
     sqlite_url: str, tmp_path: Any
 ) -> None:
@@ -86,6 +91,7 @@ def _orderpay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     )
 
 
+@pytest.mark.slow
 def test_a_charge_killed_while_the_provider_is_answering_is_resumed_once_its_lease_expires(
     pg_url: str, db: Database
 ) -> None:

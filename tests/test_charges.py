@@ -90,6 +90,7 @@ def test_replaying_a_key_returns_the_stored_payment(any_cli: Cli, any_db: Databa
         assert len(payments_of(conn, [order.id])) == 1
 
 
+@pytest.mark.slow
 def test_replaying_a_key_sends_no_second_request_to_the_provider(cli: Cli, db: Database) -> None:
     order = an_order(db)
     with recording_server() as provider_side:
@@ -101,6 +102,7 @@ def test_replaying_a_key_sends_no_second_request_to_the_provider(cli: Cli, db: D
         assert provider_side.count() == 1
 
 
+@pytest.mark.slow
 def test_the_provider_is_given_the_payment_id_as_its_reference(cli: Cli, db: Database) -> None:
     order = an_order(db)
     with recording_server() as provider_side:
@@ -118,6 +120,7 @@ def test_the_provider_is_given_the_payment_id_as_its_reference(cli: Cli, db: Dat
     assert payment["provider_reference"] == payment["id"]
 
 
+@pytest.mark.slow
 def test_the_provider_is_called_after_the_claim_commits_and_outside_any_transaction(
     cli: Cli, db: Database
 ) -> None:

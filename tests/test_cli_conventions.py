@@ -170,6 +170,7 @@ def test_command_summaries_are_whole_at_80_columns(path: tuple[str, ...]) -> Non
         assert not line.rstrip().endswith("..."), line
 
 
+@pytest.mark.slow
 def test_shell_completion_can_be_shown_and_installed(tmp_path: Path) -> None:
     shown = orderpay(tmp_path, "--show-completion", "bash")
     helped = orderpay(tmp_path, "--help")
@@ -179,6 +180,7 @@ def test_shell_completion_can_be_shown_and_installed(tmp_path: Path) -> None:
     assert "--install-completion" in helped.stdout
 
 
+@pytest.mark.slow
 def test_shell_completion_completes_command_names(tmp_path: Path) -> None:
     completed = orderpay(
         tmp_path,
@@ -190,10 +192,11 @@ def test_shell_completion_completes_command_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)
+@pytest.mark.slow
 def test_user_error_exits_with_its_code_and_prints_nothing_on_stdout(
-    shared_cli: Cli, args: tuple[str, ...], exit_code: int, code: str
+    cli: Cli, args: tuple[str, ...], exit_code: int, code: str
 ) -> None:
-    outcome = shared_cli(*args)
+    outcome = cli(*args)
 
     assert outcome.exit_code == exit_code
     assert outcome.stdout == ""
@@ -202,9 +205,9 @@ def test_user_error_exits_with_its_code_and_prints_nothing_on_stdout(
 
 @pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)
 def test_user_error_under_json_is_one_json_document_on_stderr(
-    shared_cli: Cli, args: tuple[str, ...], exit_code: int, code: str
+    cli: Cli, args: tuple[str, ...], exit_code: int, code: str
 ) -> None:
-    outcome = shared_cli(*args, "--json")
+    outcome = cli(*args, "--json")
 
     document = json.loads(outcome.stderr)
     assert outcome.exit_code == exit_code
@@ -217,10 +220,10 @@ def test_user_error_under_json_is_one_json_document_on_stderr(
 
 @pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)
 def test_user_error_never_shows_a_traceback(
-    shared_cli: Cli, args: tuple[str, ...], exit_code: int, code: str
+    cli: Cli, args: tuple[str, ...], exit_code: int, code: str
 ) -> None:
-    human = shared_cli(*args)
-    machine = shared_cli(*args, "--json")
+    human = cli(*args)
+    machine = cli(*args, "--json")
 
     everything = human.stdout + human.stderr + machine.stdout + machine.stderr
     assert "Traceback" not in everything
@@ -228,18 +231,18 @@ def test_user_error_never_shows_a_traceback(
 
 @pytest.mark.parametrize(("args", "exit_code", "code"), USER_ERRORS, ids=USER_ERROR_IDS)
 def test_user_error_stores_nothing(
-    shared_cli: Cli, shared_db: Database, args: tuple[str, ...], exit_code: int, code: str
+    cli: Cli, db: Database, args: tuple[str, ...], exit_code: int, code: str
 ) -> None:
-    before = count_rows(shared_db)
+    before = count_rows(db)
 
-    shared_cli(*args, "--json")
+    cli(*args, "--json")
 
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 @pytest.mark.parametrize("args", USAGE_ERRORS, ids=USAGE_ERROR_IDS)
-def test_usage_error_exits_2_without_a_traceback(shared_cli: Cli, args: tuple[str, ...]) -> None:
-    outcome = shared_cli(*args)
+def test_usage_error_exits_2_without_a_traceback(cli: Cli, args: tuple[str, ...]) -> None:
+    outcome = cli(*args)
 
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
@@ -248,9 +251,9 @@ def test_usage_error_exits_2_without_a_traceback(shared_cli: Cli, args: tuple[st
 
 @pytest.mark.parametrize("args", USAGE_ERRORS, ids=USAGE_ERROR_IDS)
 def test_usage_error_under_json_is_one_json_document_on_stderr(
-    shared_cli: Cli, args: tuple[str, ...]
+    cli: Cli, args: tuple[str, ...]
 ) -> None:
-    outcome = shared_cli(*args, "--json")
+    outcome = cli(*args, "--json")
 
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
@@ -261,29 +264,29 @@ def test_usage_error_under_json_is_one_json_document_on_stderr(
     ("args", "kind"), READ_COMMANDS, ids=[" ".join(args) for args, _ in READ_COMMANDS]
 )
 def test_json_output_is_exactly_one_json_document_and_nothing_else(
-    shared_cli: Cli, shared_db: Database, args: tuple[str, ...], kind: type
+    cli: Cli, db: Database, args: tuple[str, ...], kind: type
 ) -> None:
-    an_order(shared_db)
+    an_order(db)
 
-    outcome = shared_cli(*args, "--json")
+    outcome = cli(*args, "--json")
 
     assert outcome.exit_code == 0
     assert isinstance(json.loads(outcome.stdout), kind)
     assert outcome.stderr == ""
 
 
-def test_order_show_json_is_exactly_one_json_document(shared_cli: Cli, shared_db: Database) -> None:
-    order = an_order(shared_db)
+def test_order_show_json_is_exactly_one_json_document(cli: Cli, db: Database) -> None:
+    order = an_order(db)
 
-    outcome = shared_cli("order", "show", str(order.id), "--json")
+    outcome = cli("order", "show", str(order.id), "--json")
 
     assert outcome.exit_code == 0
     assert json.loads(outcome.stdout)["id"] == str(order.id)
     assert outcome.stderr == ""
 
 
-def test_db_upgrade_json_is_exactly_one_json_document(shared_cli: Cli) -> None:
-    outcome = shared_cli("db", "upgrade", "--json")
+def test_db_upgrade_json_is_exactly_one_json_document(cli: Cli) -> None:
+    outcome = cli("db", "upgrade", "--json")
 
     assert outcome.exit_code == 0
     assert set(json.loads(outcome.stdout)) >= {"before", "after"}

@@ -15,6 +15,7 @@ from tests.conftest import (
 )
 
 
+@pytest.mark.slow
 def test_customer_create_prints_the_customer_with_its_phone_in_e164(any_cli: Cli) -> None:
     customer = any_cli.ok(
         "customer",
@@ -50,14 +51,14 @@ def test_customer_create_stores_one_row(any_cli: Cli, any_db: Database) -> None:
     assert count_rows(any_db)["customers"] == before + 1
 
 
-def test_customer_create_accepts_an_mtn_sandbox_number(shared_cli: Cli) -> None:
-    customer = shared_cli.ok("customer", "create", "--name", "Sandbox", "--phone", "46733123450")
+def test_customer_create_accepts_an_mtn_sandbox_number(cli: Cli) -> None:
+    customer = cli.ok("customer", "create", "--name", "Sandbox", "--phone", "46733123450")
 
     assert customer["phone"] == "+46733123450"
 
 
-def test_customer_create_reads_local_numbers_in_the_configured_region(shared_cli: Cli) -> None:
-    customer = shared_cli.ok(
+def test_customer_create_reads_local_numbers_in_the_configured_region(cli: Cli) -> None:
+    customer = cli.ok(
         "customer",
         "create",
         "--name",
@@ -70,8 +71,8 @@ def test_customer_create_reads_local_numbers_in_the_configured_region(shared_cli
     assert customer["phone"] == "+256772123456"
 
 
-def test_customer_create_without_json_prints_a_table_on_stdout(shared_cli: Cli) -> None:
-    outcome = shared_cli("customer", "create", "--name", "Ama Mensah", "--phone", "0241234567")
+def test_customer_create_without_json_prints_a_table_on_stdout(cli: Cli) -> None:
+    outcome = cli("customer", "create", "--name", "Ama Mensah", "--phone", "0241234567")
 
     assert outcome.exit_code == 0
     assert "Ama Mensah" in outcome.stdout
@@ -127,17 +128,18 @@ def test_customer_list_limit_caps_the_rows(cli: Cli) -> None:
         "email-without-domain-dot",
     ],
 )
+@pytest.mark.slow
 def test_bad_customer_input_is_refused_with_exit_2_and_nothing_is_stored(
-    shared_cli: Cli, shared_db: Database, options: tuple[str, ...], code: str
+    cli: Cli, db: Database, options: tuple[str, ...], code: str
 ) -> None:
-    before = count_rows(shared_db)
+    before = count_rows(db)
 
-    outcome = shared_cli("customer", "create", *options, "--json")
+    outcome = cli("customer", "create", *options, "--json")
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == code
     assert outcome.stdout == ""
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 def test_invalid_phone_is_refused_and_nothing_is_stored_on_either_database(
@@ -152,16 +154,16 @@ def test_invalid_phone_is_refused_and_nothing_is_stored_on_either_database(
     assert count_rows(any_db) == before
 
 
-def test_name_of_200_characters_is_accepted(shared_cli: Cli) -> None:
-    customer = shared_cli.ok(
+def test_name_of_200_characters_is_accepted(cli: Cli) -> None:
+    customer = cli.ok(
         "customer", "create", "--name", "A" * 200, "--phone", "0241234567", "--allow-duplicate"
     )
 
     assert customer["name"] == "A" * 200
 
 
-def test_name_is_stored_without_surrounding_white_space(shared_cli: Cli) -> None:
-    customer = shared_cli.ok(
+def test_name_is_stored_without_surrounding_white_space(cli: Cli) -> None:
+    customer = cli.ok(
         "customer",
         "create",
         "--name",

@@ -63,23 +63,21 @@ def test_order_create_prints_the_order_shape(any_cli: Cli, any_db: Database) -> 
     assert {"created_at", "updated_at", "events"} <= order.keys()
 
 
-def test_order_item_without_quantity_counts_one(shared_cli: Cli, shared_db: Database) -> None:
-    customer = a_customer(shared_db)
-    kenkey = a_product(shared_db, price="12.50")
+def test_order_item_without_quantity_counts_one(cli: Cli, db: Database) -> None:
+    customer = a_customer(db)
+    kenkey = a_product(db, price="12.50")
 
-    order = shared_cli.ok(
-        "order", "create", "--customer", str(customer.id), "--item", str(kenkey.id)
-    )
+    order = cli.ok("order", "create", "--customer", str(customer.id), "--item", str(kenkey.id))
 
     assert (order["items"][0]["quantity"], order["total_amount"]) == (1, "12.50")
 
 
-def test_order_total_adds_up_several_products(shared_cli: Cli, shared_db: Database) -> None:
-    customer = a_customer(shared_db)
-    kenkey = a_product(shared_db, name="Kenkey", price="12.50")
-    banku = a_product(shared_db, name="Banku", price="7.25")
+def test_order_total_adds_up_several_products(cli: Cli, db: Database) -> None:
+    customer = a_customer(db)
+    kenkey = a_product(db, name="Kenkey", price="12.50")
+    banku = a_product(db, name="Banku", price="7.25")
 
-    order = shared_cli.ok(
+    order = cli.ok(
         "order",
         "create",
         "--customer",
@@ -93,15 +91,11 @@ def test_order_total_adds_up_several_products(shared_cli: Cli, shared_db: Databa
     assert order["total_amount"] == "46.75"
 
 
-def test_order_in_a_currency_without_decimals_totals_whole_units(
-    shared_cli: Cli, shared_db: Database
-) -> None:
-    customer = a_customer(shared_db)
-    rolex = a_product(shared_db, name="Rolex", price="3000", currency="UGX")
+def test_order_in_a_currency_without_decimals_totals_whole_units(cli: Cli, db: Database) -> None:
+    customer = a_customer(db)
+    rolex = a_product(db, name="Rolex", price="3000", currency="UGX")
 
-    order = shared_cli.ok(
-        "order", "create", "--customer", str(customer.id), "--item", f"{rolex.id}:2"
-    )
+    order = cli.ok("order", "create", "--customer", str(customer.id), "--item", f"{rolex.id}:2")
 
     assert (order["total_amount"], order["currency"]) == ("6000", "UGX")
 
@@ -133,26 +127,22 @@ def test_repeated_item_of_one_product_merges_the_quantities(any_cli: Cli, any_db
     assert order["total_amount"] == "37.50"
 
 
-def test_order_create_starts_the_timeline_with_order_created(
-    shared_cli: Cli, shared_db: Database
-) -> None:
-    customer = a_customer(shared_db)
-    kenkey = a_product(shared_db)
+def test_order_create_starts_the_timeline_with_order_created(cli: Cli, db: Database) -> None:
+    customer = a_customer(db)
+    kenkey = a_product(db)
 
-    order = shared_cli.ok(
-        "order", "create", "--customer", str(customer.id), "--item", f"{kenkey.id}:2"
-    )
+    order = cli.ok("order", "create", "--customer", str(customer.id), "--item", f"{kenkey.id}:2")
 
     assert [event["event"] for event in order["events"]] == ["order_created"]
 
 
-def test_order_create_stores_one_order_and_its_items(shared_cli: Cli, shared_db: Database) -> None:
-    customer = a_customer(shared_db)
-    kenkey = a_product(shared_db, name="Kenkey")
-    banku = a_product(shared_db, name="Banku")
-    before = count_rows(shared_db)
+def test_order_create_stores_one_order_and_its_items(cli: Cli, db: Database) -> None:
+    customer = a_customer(db)
+    kenkey = a_product(db, name="Kenkey")
+    banku = a_product(db, name="Banku")
+    before = count_rows(db)
 
-    shared_cli.ok(
+    cli.ok(
         "order",
         "create",
         "--customer",
@@ -163,7 +153,7 @@ def test_order_create_stores_one_order_and_its_items(shared_cli: Cli, shared_db:
         f"{banku.id}",
     )
 
-    after = count_rows(shared_db)
+    after = count_rows(db)
     assert (after["orders"] - before["orders"], after["order_items"] - before["order_items"]) == (
         1,
         2,
@@ -172,13 +162,13 @@ def test_order_create_stores_one_order_and_its_items(shared_cli: Cli, shared_db:
 
 @pytest.mark.parametrize("quantity", ["0", "-1", "abc", "2.5", "1000001"])
 def test_bad_quantity_is_refused_with_exit_2_and_nothing_is_stored(
-    shared_cli: Cli, shared_db: Database, quantity: str
+    cli: Cli, db: Database, quantity: str
 ) -> None:
-    customer = a_customer(shared_db)
-    kenkey = a_product(shared_db)
-    before = count_rows(shared_db)
+    customer = a_customer(db)
+    kenkey = a_product(db)
+    before = count_rows(db)
 
-    outcome = shared_cli(
+    outcome = cli(
         "order",
         "create",
         "--customer",
@@ -190,7 +180,7 @@ def test_bad_quantity_is_refused_with_exit_2_and_nothing_is_stored(
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_quantity"
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 def test_quantity_zero_is_refused_and_nothing_is_stored_on_either_database(
@@ -209,13 +199,13 @@ def test_quantity_zero_is_refused_and_nothing_is_stored_on_either_database(
 
 
 def test_merged_quantity_over_the_maximum_is_refused_and_nothing_is_stored(
-    shared_cli: Cli, shared_db: Database
+    cli: Cli, db: Database
 ) -> None:
-    customer = a_customer(shared_db)
-    kenkey = a_product(shared_db)
-    before = count_rows(shared_db)
+    customer = a_customer(db)
+    kenkey = a_product(db)
+    before = count_rows(db)
 
-    outcome = shared_cli(
+    outcome = cli(
         "order",
         "create",
         "--customer",
@@ -229,41 +219,39 @@ def test_merged_quantity_over_the_maximum_is_refused_and_nothing_is_stored(
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_quantity"
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 @pytest.mark.parametrize(
     "item", ["kenkey", ":2", "123:1", "12345678-1234-1234-1234-12345678901234:1"]
 )
 def test_malformed_product_id_is_refused_with_exit_2_and_nothing_is_stored(
-    shared_cli: Cli, shared_db: Database, item: str
+    cli: Cli, db: Database, item: str
 ) -> None:
-    customer = a_customer(shared_db)
-    before = count_rows(shared_db)
+    customer = a_customer(db)
+    before = count_rows(db)
 
-    outcome = shared_cli(
-        "order", "create", "--customer", str(customer.id), "--item", item, "--json"
-    )
+    outcome = cli("order", "create", "--customer", str(customer.id), "--item", item, "--json")
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_field"
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 @pytest.mark.parametrize("customer_id", ["999999", "0", "99999999999999999999"])
 def test_unknown_customer_is_refused_with_exit_3_and_nothing_is_stored(
-    shared_cli: Cli, shared_db: Database, customer_id: str
+    cli: Cli, db: Database, customer_id: str
 ) -> None:
-    kenkey = a_product(shared_db)
-    before = count_rows(shared_db)
+    kenkey = a_product(db)
+    before = count_rows(db)
 
-    outcome = shared_cli(
+    outcome = cli(
         "order", "create", "--customer", customer_id, "--item", f"{kenkey.id}:2", "--json"
     )
 
     assert outcome.exit_code == 3
     assert outcome.error()["code"] == "customer_not_found"
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 def test_unknown_product_is_refused_with_exit_3_and_nothing_is_stored(
@@ -329,10 +317,10 @@ def test_order_without_any_item_is_refused_with_exit_2_and_nothing_is_stored(
     assert count_rows(any_db) == before
 
 
-def test_order_show_prints_the_timeline(shared_cli: Cli, shared_db: Database) -> None:
-    order = an_order(shared_db)
+def test_order_show_prints_the_timeline(cli: Cli, db: Database) -> None:
+    order = an_order(db)
 
-    outcome = shared_cli("order", "show", str(order.id))
+    outcome = cli("order", "show", str(order.id))
 
     assert outcome.exit_code == 0
     assert "order_created" in outcome.stdout
@@ -357,8 +345,8 @@ def test_order_show_of_an_unknown_order_exits_3(any_cli: Cli) -> None:
     assert outcome.error()["code"] == "order_not_found"
 
 
-def test_order_show_of_a_malformed_id_exits_2(shared_cli: Cli) -> None:
-    outcome = shared_cli("order", "show", "order-42", "--json")
+def test_order_show_of_a_malformed_id_exits_2(cli: Cli) -> None:
+    outcome = cli("order", "show", "order-42", "--json")
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_field"
@@ -421,8 +409,8 @@ def test_order_list_phone_of_nobody_lists_nothing(cli: Cli, db: Database) -> Non
     assert listed == []
 
 
-def test_order_list_with_an_invalid_phone_exits_2(shared_cli: Cli) -> None:
-    outcome = shared_cli("order", "list", "--phone", "12", "--json")
+def test_order_list_with_an_invalid_phone_exits_2(cli: Cli) -> None:
+    outcome = cli("order", "list", "--phone", "12", "--json")
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_phone"
@@ -471,22 +459,22 @@ def test_order_cancel_with_a_payment_in_flight_is_refused_with_exit_4(
 
 
 def test_order_with_a_payment_in_flight_stays_pending_after_a_refused_cancel(
-    shared_cli: Cli, shared_db: Database
+    cli: Cli, db: Database
 ) -> None:
-    order = an_order(shared_db)
-    shared_cli.ok("charge", str(order.id), "--key", a_key())
-    before = count_rows(shared_db)
+    order = an_order(db)
+    cli.ok("charge", str(order.id), "--key", a_key())
+    before = count_rows(db)
 
-    shared_cli("order", "cancel", str(order.id), "--json")
+    cli("order", "cancel", str(order.id), "--json")
 
-    shown = shared_cli.ok("order", "show", str(order.id))
+    shown = cli.ok("order", "show", str(order.id))
     assert shown["status"] == "pending"
     assert "order_cancelled" not in [e["event"] for e in shown["events"]]
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
-def test_order_cancel_of_an_unknown_order_exits_3(shared_cli: Cli) -> None:
-    outcome = shared_cli("order", "cancel", UNKNOWN_ORDER, "--json")
+def test_order_cancel_of_an_unknown_order_exits_3(cli: Cli) -> None:
+    outcome = cli("order", "cancel", UNKNOWN_ORDER, "--json")
 
     assert outcome.exit_code == 3
     assert outcome.error()["code"] == "order_not_found"

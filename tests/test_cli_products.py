@@ -45,24 +45,22 @@ def test_product_price_is_stored_in_minor_units(any_cli: Cli, any_db: Database) 
     assert tuple(stored) == (1250, "GHS")
 
 
-def test_product_in_a_currency_without_decimals_keeps_whole_units(shared_cli: Cli) -> None:
-    product = shared_cli.ok(
-        "product", "create", "--name", "Rolex", "--price", "3000", "--currency", "UGX"
-    )
+def test_product_in_a_currency_without_decimals_keeps_whole_units(cli: Cli) -> None:
+    product = cli.ok("product", "create", "--name", "Rolex", "--price", "3000", "--currency", "UGX")
 
     assert (product["price"], product["currency"]) == ("3000", "UGX")
 
 
-def test_product_price_is_shown_with_the_currency_decimals(shared_cli: Cli) -> None:
-    product = shared_cli.ok(
+def test_product_price_is_shown_with_the_currency_decimals(cli: Cli) -> None:
+    product = cli.ok(
         "product", "create", "--name", "Kenkey", "--price", "12.5", "--currency", "GHS"
     )
 
     assert product["price"] == "12.50"
 
 
-def test_product_currency_is_case_insensitive(shared_cli: Cli) -> None:
-    product = shared_cli.ok(
+def test_product_currency_is_case_insensitive(cli: Cli) -> None:
+    product = cli.ok(
         "product", "create", "--name", "Kenkey", "--price", "12.50", "--currency", "ghs"
     )
 
@@ -70,11 +68,11 @@ def test_product_currency_is_case_insensitive(shared_cli: Cli) -> None:
 
 
 def test_a_free_product_is_refused_because_its_orders_could_never_be_charged(
-    shared_cli: Cli, shared_db: Database
+    cli: Cli, db: Database
 ) -> None:
-    before = count_rows(shared_db)
+    before = count_rows(db)
 
-    outcome = shared_cli(
+    outcome = cli(
         "product",
         "create",
         "--name",
@@ -89,13 +87,11 @@ def test_a_free_product_is_refused_because_its_orders_could_never_be_charged(
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == "invalid_amount"
     assert "more than zero" in outcome.error()["message"]
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
-def test_product_create_without_json_prints_a_table_on_stdout(shared_cli: Cli) -> None:
-    outcome = shared_cli(
-        "product", "create", "--name", "Kenkey", "--price", "12.50", "--currency", "GHS"
-    )
+def test_product_create_without_json_prints_a_table_on_stdout(cli: Cli) -> None:
+    outcome = cli("product", "create", "--name", "Kenkey", "--price", "12.50", "--currency", "GHS")
 
     assert outcome.exit_code == 0
     assert "Kenkey" in outcome.stdout
@@ -147,18 +143,18 @@ def test_product_list_of_an_empty_shop_is_an_empty_list(any_cli: Cli) -> None:
     ],
 )
 def test_bad_price_is_refused_with_exit_2_and_nothing_is_stored(
-    shared_cli: Cli, shared_db: Database, price: str, currency: str, code: str
+    cli: Cli, db: Database, price: str, currency: str, code: str
 ) -> None:
-    before = count_rows(shared_db)
+    before = count_rows(db)
 
-    outcome = shared_cli(
+    outcome = cli(
         "product", "create", "--name", "Kenkey", "--price", price, "--currency", currency, "--json"
     )
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == code
     assert outcome.stdout == ""
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 def test_price_with_too_many_decimals_is_refused_and_nothing_is_stored_on_either_database(
@@ -186,17 +182,15 @@ def test_price_with_too_many_decimals_is_refused_and_nothing_is_stored_on_either
     ids=["name-empty", "name-blank", "name-201-chars", "description-2001-chars"],
 )
 def test_bad_product_text_is_refused_with_exit_2_and_nothing_is_stored(
-    shared_cli: Cli, shared_db: Database, options: tuple[str, ...], code: str
+    cli: Cli, db: Database, options: tuple[str, ...], code: str
 ) -> None:
-    before = count_rows(shared_db)
+    before = count_rows(db)
 
-    outcome = shared_cli(
-        "product", "create", *options, "--price", "12.50", "--currency", "GHS", "--json"
-    )
+    outcome = cli("product", "create", *options, "--price", "12.50", "--currency", "GHS", "--json")
 
     assert outcome.exit_code == 2
     assert outcome.error()["code"] == code
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before
 
 
 def test_a_description_with_a_nul_character_is_refused_and_nothing_is_stored(

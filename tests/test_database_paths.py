@@ -58,6 +58,7 @@ def _rows(path: Path) -> dict[str, int]:
         database.dispose()
 
 
+@pytest.mark.slow
 def test_writing_to_a_read_only_file_is_exit_2_naming_the_file(
     tmp_path: Path, read_only_file: Path
 ) -> None:
@@ -69,6 +70,7 @@ def test_writing_to_a_read_only_file_is_exit_2_naming_the_file(
     assert "chmod u+rw" in refused.error()["message"]
 
 
+@pytest.mark.slow
 def test_writing_to_a_read_only_file_stores_nothing(tmp_path: Path, read_only_file: Path) -> None:
     before = _rows(read_only_file)
 
@@ -77,6 +79,7 @@ def test_writing_to_a_read_only_file_stores_nothing(tmp_path: Path, read_only_fi
     assert _rows(read_only_file) == before
 
 
+@pytest.mark.slow
 def test_reading_a_read_only_file_still_works(tmp_path: Path, read_only_file: Path) -> None:
     listed = _as_user(tmp_path, "customer", "list", "--json")
 
@@ -84,6 +87,7 @@ def test_reading_a_read_only_file_still_works(tmp_path: Path, read_only_file: Pa
     assert listed.json() == {"items": [], "next": None}
 
 
+@pytest.mark.slow
 def test_a_database_in_an_unwritable_directory_is_exit_2_naming_the_directory(
     read_only_directory: Path,
 ) -> None:
@@ -94,6 +98,7 @@ def test_a_database_in_an_unwritable_directory_is_exit_2_naming_the_directory(
     assert f"the directory {read_only_directory} is not writable" in refused.error()["message"]
 
 
+@pytest.mark.slow
 def test_a_database_in_an_unwritable_directory_stores_nothing(read_only_directory: Path) -> None:
     before = _rows(read_only_directory / "orderpay.db")
 
@@ -102,6 +107,7 @@ def test_a_database_in_an_unwritable_directory_stores_nothing(read_only_director
     assert _rows(read_only_directory / "orderpay.db") == before
 
 
+@pytest.mark.slow
 def test_upgrading_into_an_unwritable_directory_is_exit_2_and_creates_nothing(
     tmp_path: Path,
 ) -> None:
@@ -119,6 +125,7 @@ def test_upgrading_into_an_unwritable_directory_is_exit_2_and_creates_nothing(
 
 
 @pytest.mark.parametrize("command", [("db", "upgrade"), ("customer", "list"), CREATE_CUSTOMER])
+@pytest.mark.slow
 def test_a_missing_directory_is_exit_2_naming_it_and_what_to_do(
     tmp_path: Path, command: tuple[str, ...]
 ) -> None:
@@ -132,6 +139,7 @@ def test_a_missing_directory_is_exit_2_naming_it_and_what_to_do(
     assert not (tmp_path / "no").exists()
 
 
+@pytest.mark.slow
 def test_a_relative_database_path_is_named_absolute(tmp_path: Path) -> None:
     refused = _as_user(tmp_path, "db", "upgrade", env={"DATABASE_URL": "sqlite:///data/shop.db"})
 

@@ -324,6 +324,7 @@ def test_without_yes_and_without_a_terminal_prune_is_refused_and_changes_nothing
     assert everything(db) == before
 
 
+@pytest.mark.slow
 def test_declining_at_a_terminal_exits_0_and_changes_nothing(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:

@@ -241,6 +241,7 @@ def test_delivering_a_sent_notification_again_sends_nothing(db: Database, gatewa
     assert event_names(db, settled.order_id).count("notification_sent") == 1
 
 
+@pytest.mark.slow
 def test_a_duplicate_job_while_the_first_attempt_holds_its_lease_sends_nothing(
     db: Database, gateway: Gateway
 ) -> None:
@@ -346,6 +347,7 @@ def test_a_failed_try_is_not_retried_before_its_backoff(interval: int, db: Datab
     assert row.due_at >= failed_after + timedelta(seconds=interval)
 
 
+@pytest.mark.slow
 def test_a_gateway_that_fails_three_times_then_succeeds_sends_one_message(
     sqlite_db: Database,
 ) -> None:
@@ -369,6 +371,7 @@ def test_a_gateway_that_fails_three_times_then_succeeds_sends_one_message(
     assert events.count("notification_sent") == 1
 
 
+@pytest.mark.slow
 def test_a_gateway_that_always_fails_ends_failed_with_the_error(db: Database) -> None:
     policy = RetryPolicy(intervals=(1,), lease_seconds=30)
     settled = a_settled_payment(db)
@@ -405,6 +408,7 @@ def test_a_refused_message_fails_at_once_without_retrying(db: Database) -> None:
 # --- Timeouts -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_gateway_that_never_answers_times_out_and_the_attempt_is_retried(
     db: Database,
 ) -> None:
@@ -422,6 +426,7 @@ def test_a_gateway_that_never_answers_times_out_and_the_attempt_is_retried(
     assert "did not answer in time" in row.last_error
 
 
+@pytest.mark.slow
 def test_a_gateway_that_never_answers_on_the_last_try_fails_the_notification(
     db: Database,
 ) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, inspect
 from orderpay.store.db import Database
 from tests.builders import AMA, an_order
 from tests.conftest import count_rows
-from tests.redis_helpers import dedicated_redis_db
+from tests.redis_helpers import dedicated_redis_db, redis_db_url
 from tests.user_shell import orderpay
 
 EXAMPLE_ENV = Path(__file__).resolve().parent.parent / ".env.example"
@@ -59,6 +59,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     return run_demo(tmp_path_factory.mktemp("demo-bare"))
 
 
+@pytest.mark.slow
 def test_the_demo_exits_0(demo: DemoRun) -> None:
     assert demo.exit_code == 0, demo.stderr
 
@@ -100,10 +101,11 @@ def _tables(url: str) -> list[str]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_the_demo_ignores_a_configured_database_and_redis(
     tmp_path: Path, empty_pg_url: str, shop_redis: Redis
 ) -> None:
-    redis_url = f"redis://127.0.0.1:6379/{shop_redis.connection_pool.connection_kwargs['db']}"
+    redis_url = redis_db_url(shop_redis.connection_pool.connection_kwargs["db"])
 
     run = run_demo(
         tmp_path, DATABASE_URL=empty_pg_url, REDIS_URL=redis_url, POSTGRES_HOST="127.0.0.1"
@@ -114,6 +116,7 @@ def test_the_demo_ignores_a_configured_database_and_redis(
     assert shop_redis.dbsize() == 0  # no job, no queue, no worker registration
 
 
+@pytest.mark.slow
 def test_the_demo_ignores_a_dotenv_copied_from_the_example(tmp_path: Path) -> None:
     # The example points at a Postgres database and a Redis that the demo must not touch (the
     # database does not even exist here: using it would fail the demo).
@@ -124,12 +127,14 @@ def test_the_demo_ignores_a_dotenv_copied_from_the_example(tmp_path: Path) -> No
     assert "SQLite file" in run.stderr
 
 
+@pytest.mark.slow
 def test_the_demo_ignores_invalid_settings(tmp_path: Path) -> None:
     run = run_demo(tmp_path, ORDERPAY_PROVIDER="bogus", ORDERPAY_NOTIFY_CHANNEL="carrier-pigeon")
 
     assert run.exit_code == 0, run.stderr
 
 
+@pytest.mark.slow
 def test_database_url_opts_in_to_an_empty_database(tmp_path: Path, empty_pg_url: str) -> None:
     run = run_demo(tmp_path, "--database-url", empty_pg_url)
 
@@ -143,6 +148,7 @@ def test_database_url_opts_in_to_an_empty_database(tmp_path: Path, empty_pg_url:
     )
 
 
+@pytest.mark.slow
 def test_database_url_refuses_a_database_holding_orderpay_data(tmp_path: Path, pg_url: str) -> None:
     shop = Database(pg_url)
     an_order(shop)
@@ -156,6 +162,7 @@ def test_database_url_refuses_a_database_holding_orderpay_data(tmp_path: Path, p
     assert count_rows(shop) == before
 
 
+@pytest.mark.slow
 def test_database_url_refuses_an_unsupported_database(tmp_path: Path) -> None:
     run = run_demo(tmp_path, "--database-url", "mysql://root@127.0.0.1/shop")
 

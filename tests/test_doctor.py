@@ -7,6 +7,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from orderpay.store.db import Database
 from orderpay.store.migrate import upgrade
 from tests.live_server import (
@@ -37,6 +39,7 @@ def _migrated(tmp_path: Path) -> str:
     return url
 
 
+@pytest.mark.slow
 def test_a_healthy_set_up_exits_0_with_every_check_ok(tmp_path: Path) -> None:
     _migrated(tmp_path)
 
@@ -57,6 +60,7 @@ def test_a_healthy_set_up_exits_0_with_every_check_ok(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_an_invalid_setting_still_shows_the_other_checks(tmp_path: Path) -> None:
     _migrated(tmp_path)
 
@@ -72,6 +76,7 @@ def test_an_invalid_setting_still_shows_the_other_checks(tmp_path: Path) -> None
     assert "ORDERPAY_NOTIFY_TIMEOUT_SECONDS" in checks["notify channel"]["detail"]
 
 
+@pytest.mark.slow
 def test_an_invalid_setting_still_shows_the_table_to_a_human(tmp_path: Path) -> None:
     _migrated(tmp_path)
 
@@ -84,6 +89,7 @@ def test_an_invalid_setting_still_shows_the_table_to_a_human(tmp_path: Path) -> 
     assert "[configuration_error]" in run.stderr
 
 
+@pytest.mark.slow
 def test_an_invalid_database_url_skips_the_database_check_instead_of_checking_another(
     tmp_path: Path,
 ) -> None:
@@ -95,6 +101,7 @@ def test_an_invalid_database_url_skips_the_database_check_instead_of_checking_an
     assert _checks(run)["database"]["state"] == "skipped"
 
 
+@pytest.mark.slow
 def test_an_unreachable_redis_is_named_with_the_reason_and_exits_7(tmp_path: Path) -> None:
     _migrated(tmp_path)
 
@@ -109,6 +116,7 @@ def test_an_unreachable_redis_is_named_with_the_reason_and_exits_7(tmp_path: Pat
     assert "hunter2-Garri" not in run.stdout + run.stderr
 
 
+@pytest.mark.slow
 def test_missing_mtn_settings_are_a_configuration_error_not_an_outage(tmp_path: Path) -> None:
     _migrated(tmp_path)
 
@@ -120,6 +128,7 @@ def test_missing_mtn_settings_are_a_configuration_error_not_an_outage(tmp_path: 
     assert "MTN_MOMO_BASE_URL" in provider["detail"]
 
 
+@pytest.mark.slow
 def test_a_read_only_database_is_reported_and_exits_2(tmp_path: Path) -> None:
     _migrated(tmp_path)
     database_file = tmp_path / "orderpay.db"
@@ -135,6 +144,7 @@ def test_a_read_only_database_is_reported_and_exits_2(tmp_path: Path) -> None:
     assert f"{database_file} is read-only" in database["detail"]
 
 
+@pytest.mark.slow
 def test_a_database_that_is_down_is_an_outage(tmp_path: Path) -> None:
     run = _doctor(tmp_path, {"DATABASE_URL": "postgresql://root@127.0.0.1:1/shop"})
 
@@ -144,6 +154,7 @@ def test_a_database_that_is_down_is_an_outage(tmp_path: Path) -> None:
     assert "postgresql+psycopg2://root@127.0.0.1:1/shop is unavailable" in database["detail"]
 
 
+@pytest.mark.slow
 def test_a_missing_schema_says_which_database_and_what_to_run(tmp_path: Path) -> None:
     run = _doctor(tmp_path)
 
@@ -169,6 +180,7 @@ def _an_open_review_item(url: str) -> None:
     assert answer.json()["status"] == "review"
 
 
+@pytest.mark.slow
 def test_an_empty_review_queue_is_shown_as_0_open(tmp_path: Path) -> None:
     _migrated(tmp_path)
 
@@ -178,6 +190,7 @@ def test_an_empty_review_queue_is_shown_as_0_open(tmp_path: Path) -> None:
     assert (review["state"], review["detail"]) == ("info", "0 open")
 
 
+@pytest.mark.slow
 def test_open_review_items_are_counted_and_still_exit_0(tmp_path: Path) -> None:
     url = _migrated(tmp_path)
     _an_open_review_item(url)
@@ -191,6 +204,7 @@ def test_open_review_items_are_counted_and_still_exit_0(tmp_path: Path) -> None:
     assert review["detail"] == "1 open: see `orderpay review list`"
 
 
+@pytest.mark.slow
 def test_the_review_queue_line_is_shown_to_a_human(tmp_path: Path) -> None:
     url = _migrated(tmp_path)
     _an_open_review_item(url)
@@ -202,6 +216,7 @@ def test_the_review_queue_line_is_shown_to_a_human(tmp_path: Path) -> None:
     assert "INFO: 1 open" in line
 
 
+@pytest.mark.slow
 def test_the_review_queue_is_skipped_when_the_database_is_down(tmp_path: Path) -> None:
     run = _doctor(tmp_path, {"DATABASE_URL": "postgresql://root@127.0.0.1:1/shop"})
 
@@ -218,6 +233,7 @@ DISBURSEMENT = {
 }
 
 
+@pytest.mark.slow
 def test_a_half_set_disbursement_fails_the_refunds_check_with_the_simulator_as_provider(
     tmp_path: Path,
 ) -> None:
@@ -237,6 +253,7 @@ def test_a_half_set_disbursement_fails_the_refunds_check_with_the_simulator_as_p
     assert "MTN_MOMO_DISBURSEMENT_API_USER" not in refunds["detail"]
 
 
+@pytest.mark.slow
 def test_a_full_disbursement_passes_the_refunds_check_with_the_simulator_as_provider(
     tmp_path: Path,
 ) -> None:

@@ -87,6 +87,7 @@ def last_id(db: Database) -> int:
         return last_event_id(conn)
 
 
+@pytest.mark.slow
 def test_tail_prints_events_written_after_it_started_in_order_as_ndjson(
     tmp_path: Path, pg_url: str, db: Database
 ) -> None:
@@ -113,6 +114,7 @@ def an_operators_action(db: Database, order_id: uuid.UUID) -> None:
         record_event(conn, order_id, "order_cancelled", "by the operator", operator="akosua")
 
 
+@pytest.mark.slow
 def test_tail_names_the_operator_of_an_operators_action_in_json(
     tmp_path: Path, pg_url: str, db: Database
 ) -> None:
@@ -131,6 +133,7 @@ def test_tail_names_the_operator_of_an_operators_action_in_json(
     ]
 
 
+@pytest.mark.slow
 def test_tail_prints_who_acted_after_the_detail_as_order_show_does(
     tmp_path: Path, pg_url: str, db: Database
 ) -> None:
@@ -147,6 +150,7 @@ def test_tail_prints_who_acted_after_the_detail_as_order_show_does(
     assert operator.endswith("order_cancelled  by the operator (by akosua)")
 
 
+@pytest.mark.slow
 def test_tail_starts_from_now_leaving_out_events_written_before_it(
     tmp_path: Path, pg_url: str, db: Database
 ) -> None:
@@ -163,6 +167,7 @@ def test_tail_starts_from_now_leaving_out_events_written_before_it(
     assert line.split()[4:] == ["after", "detail", "of", "after"]
 
 
+@pytest.mark.slow
 def test_tail_from_start_prints_the_events_written_before_it_first(
     tmp_path: Path, pg_url: str, db: Database
 ) -> None:
@@ -180,6 +185,7 @@ def test_tail_from_start_prints_the_events_written_before_it_first(
     ]
 
 
+@pytest.mark.slow
 def test_tail_of_one_order_prints_only_that_orders_events(
     tmp_path: Path, pg_url: str, db: Database
 ) -> None:
@@ -201,6 +207,7 @@ def event_of(line: str) -> str:
     return line.split()[4]
 
 
+@pytest.mark.slow
 def test_an_event_that_commits_after_a_later_one_is_printed_when_it_commits(
     tmp_path: Path, pg_url: str, db: Database
 ) -> None:
@@ -217,6 +224,7 @@ def test_an_event_that_commits_after_a_later_one_is_printed_when_it_commits(
     assert (event_of(quick), event_of(stdout), exit_code) == ("quick", "slow", 0)
 
 
+@pytest.mark.slow
 def test_an_event_in_flight_below_the_newest_when_the_tail_starts_is_printed_once_it_commits(
     tmp_path: Path, pg_url: str, db: Database
 ) -> None:
@@ -234,6 +242,7 @@ def test_an_event_in_flight_below_the_newest_when_the_tail_starts_is_printed_onc
     assert (event_of(stdout), exit_code) == ("in_flight", 0)
 
 
+@pytest.mark.slow
 def test_tail_follows_on_sqlite_too(tmp_path: Path, sqlite_url: str, sqlite_db: Database) -> None:
     order = an_order(sqlite_db)
     start = str(last_id(sqlite_db))
@@ -247,6 +256,7 @@ def test_tail_follows_on_sqlite_too(tmp_path: Path, sqlite_url: str, sqlite_db: 
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.slow
 def test_a_signal_ends_the_tail_quietly_with_exit_0(
     tmp_path: Path, pg_url: str, signum: signal.Signals
 ) -> None:
@@ -260,6 +270,7 @@ def test_a_signal_ends_the_tail_quietly_with_exit_0(
     assert "Traceback" not in note
 
 
+@pytest.mark.slow
 def test_until_idle_ends_the_tail_once_nothing_has_come_for_that_long(
     tmp_path: Path, pg_url: str
 ) -> None:
@@ -269,13 +280,11 @@ def test_until_idle_ends_the_tail_once_nothing_has_come_for_that_long(
     assert (exit_code, stdout, stderr) == (0, "", "")
 
 
-def test_tail_of_an_unknown_order_is_order_not_found_exit_3(
-    shared_cli: Cli, shared_db: Database
-) -> None:
-    before = count_rows(shared_db)
+def test_tail_of_an_unknown_order_is_order_not_found_exit_3(cli: Cli, db: Database) -> None:
+    before = count_rows(db)
 
-    outcome = shared_cli("events", "tail", "--order", UNKNOWN_ORDER, "--json")
+    outcome = cli("events", "tail", "--order", UNKNOWN_ORDER, "--json")
 
     assert (outcome.exit_code, outcome.stdout) == (3, "")
     assert outcome.error()["code"] == "order_not_found"
-    assert count_rows(shared_db) == before
+    assert count_rows(db) == before

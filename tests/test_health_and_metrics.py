@@ -256,6 +256,7 @@ def test_request_durations_are_observed_per_route_template_not_per_path(
     assert f"{order.id}" not in client.get("/metrics").text
 
 
+@pytest.mark.slow
 def test_metrics_of_several_workers_add_up_whichever_worker_answers(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:
@@ -319,6 +320,7 @@ def test_metrics_are_served_without_the_review_gauge_while_the_database_is_down(
     assert REVIEW_GAUGE not in names
 
 
+@pytest.mark.slow
 def test_the_review_gauge_is_the_databases_count_whichever_worker_answers(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:

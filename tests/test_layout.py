@@ -62,6 +62,7 @@ def writers_found() -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("table", sorted(WRITERS))
+@pytest.mark.slow
 def test_each_ledger_table_is_written_by_exactly_one_module(table: str) -> None:
     assert writers_found()[table] == {WRITERS[table]}
 

@@ -105,6 +105,7 @@ def test_a_charge_resuming_its_key_and_a_callback_settling_it_do_not_deadlock(
         assert get_order(conn, payment.order_id).status is OrderStatus.PAID
 
 
+@pytest.mark.slow
 def test_a_deadlock_is_run_again_inside_the_service_never_shown_as_unavailable(
     db: Database, other: Database
 ) -> None:

@@ -20,7 +20,7 @@ from orderpay.store.db import SCHEMA_HEAD, SCHEMA_REVISIONS, Database
 from orderpay.store.migrate import downgrade, script_revisions, upgrade
 from orderpay.store.schema import metadata, order_items, payments, products
 from tests.builders import a_product, an_order
-from tests.conftest import Cli, _url_for, create_postgres_database, drop_postgres_database
+from tests.conftest import Cli, create_postgres_database, drop_postgres_database, url_for
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 SCHEMA_COMMANDS = [
@@ -43,7 +43,7 @@ def shared_empty_pg() -> Iterator[Database]:
     """One empty Postgres database for the refusals below, which must leave it empty
     (test_command_on_an_empty_database_creates_no_tables checks that on a database of its own)."""
     name = create_postgres_database()
-    database = Database(_url_for(name))
+    database = Database(url_for(name))
     yield database
     database.dispose()
     drop_postgres_database(name)
@@ -140,6 +140,7 @@ def test_migrations_match_the_models_on_sqlite(sqlite_url: str) -> None:
     assert drift == []
 
 
+@pytest.mark.slow
 def test_drift_check_notices_a_schema_that_differs_from_the_models(any_db: Database) -> None:
     with any_db.transaction() as connection:
         connection.execute(text("CREATE TABLE stray (id INTEGER PRIMARY KEY)"))
@@ -368,6 +369,7 @@ def test_schema_refuses_a_second_live_payment_for_one_order(
 
 
 @pytest.mark.parametrize("live_status", ["initiated", "pending", "succeeded"])
+@pytest.mark.slow
 def test_schema_allows_failed_payments_next_to_a_live_one(
     any_db: Database, live_status: str
 ) -> None:

@@ -352,6 +352,7 @@ def test_on_sqlite_no_pool_is_made(sqlite_url: str) -> None:
         assert app.pool is None
 
 
+@pytest.mark.slow
 def test_a_success_is_settled_by_the_fast_path_in_one_round_trip(pg_url: str) -> None:
     app = create_app(listener_settings(pg_url))
     db = Database(pg_url)
@@ -409,6 +410,7 @@ def test_each_callback_answers_the_same_through_either_path(
     db.dispose()
 
 
+@pytest.mark.slow
 def test_a_seed_style_success_is_settled_by_the_fast_path_too(pg_url: str) -> None:
     app = create_app(listener_settings(pg_url))
     db = Database(pg_url)

@@ -33,12 +33,6 @@ MTN_PATH = "/api/webhooks/mtn/"
 SECRET = "x" * 40
 
 
-@pytest.fixture
-def pg_url(emptied_shared_url: str) -> str:
-    """One database for the module, emptied before each test (a clone per test is slow)."""
-    return emptied_shared_url
-
-
 def settings_for(database_url: str, mtn: FakeMtn) -> Settings:
     return load_settings(DATABASE_URL=database_url, MOMO_WEBHOOK_SECRET=SECRET, **mtn.env())
 

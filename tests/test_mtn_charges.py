@@ -40,12 +40,6 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def pg_url(emptied_shared_url: str) -> str:
-    """One database for the module, emptied before each test (a clone per test is slow)."""
-    return emptied_shared_url
-
-
-@pytest.fixture
 def mtn_cli(pg_url: str, mtn: FakeMtn) -> Cli:
     return Cli({"DATABASE_URL": pg_url, **mtn.env()})
 
@@ -190,6 +184,7 @@ def test_replaying_a_refused_key_exits_6_again_without_asking_mtn(
     assert sum(mtn.counts().values()) == asked
 
 
+@pytest.mark.slow
 def test_a_request_to_pay_that_times_out_leaves_the_payment_initiated_and_exits_7(
     mtn_cli: Cli, db: Database, mtn: FakeMtn
 ) -> None:
@@ -234,6 +229,7 @@ def test_replaying_a_key_sends_no_second_request_to_mtn(
     assert mtn.counts() == Counter({TOKEN_PATH: 1, REQUEST_TO_PAY_PATH: 1})
 
 
+@pytest.mark.slow
 def test_rerunning_a_key_after_a_timeout_resubmits_the_same_reference_and_mtn_holds_one_transfer(
     mtn_cli: Cli, db: Database, mtn: FakeMtn
 ) -> None:
@@ -287,6 +283,7 @@ def test_rerunning_a_key_after_mtn_lost_the_request_submits_it_under_the_same_re
     assert mtn.transfer(payment["id"]) is not None
 
 
+@pytest.mark.slow
 def test_twelve_processes_charging_one_order_with_one_key_make_one_request_to_pay(
     pg_url: str, db: Database, mtn: FakeMtn
 ) -> None:
@@ -306,6 +303,7 @@ def test_twelve_processes_charging_one_order_with_one_key_make_one_request_to_pa
     assert answers(mtn) == [202]
 
 
+@pytest.mark.slow
 def test_a_charge_killed_after_mtn_took_the_request_is_resumed_by_its_key_after_the_lease(
     pg_url: str, db: Database, mtn: FakeMtn
 ) -> None:

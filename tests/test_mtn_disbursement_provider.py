@@ -340,6 +340,7 @@ def test_a_repeated_refund_reference_gets_409_and_is_accepted_with_one_refund_at
     assert len(mtn.disbursement.refunds) == 1
 
 
+@pytest.mark.slow
 def test_retrying_a_timed_out_refund_with_the_same_reference_is_accepted_once_at_mtn(
     mtn: FakeMtn, provider: MtnProvider
 ) -> None:
@@ -365,6 +366,7 @@ def test_retrying_a_timed_out_refund_with_the_same_reference_is_accepted_once_at
         (400, "SOME_NEW_CODE"),
     ],
 )
+@pytest.mark.slow
 def test_a_definite_refusal_is_declined_with_mtns_code(
     mtn: FakeMtn, provider: MtnProvider, status: int, code: str
 ) -> None:
@@ -444,6 +446,7 @@ def test_refunding_in_another_currency_is_declined_invalid_currency(
         (400, None, True),
     ],
 )
+@pytest.mark.slow
 def test_server_errors_and_ambiguous_answers_raise_provider_unavailable(
     mtn: FakeMtn, provider: MtnProvider, status: int, code: str | None, html: bool
 ) -> None:
@@ -518,6 +521,7 @@ def test_an_unreachable_gateway_raises_provider_unavailable() -> None:
         (("ONGOING_REVIEW", None), StatusAnswer(RemoteState.PENDING)),  # unknown: never failed
     ],
 )
+@pytest.mark.slow
 def test_refund_outcomes_scripted_per_payee_map_to_remote_states(
     mtn: FakeMtn,
     provider: MtnProvider,
@@ -649,6 +653,7 @@ def test_a_status_query_error_raises_provider_unavailable(
         provider.refund_status(refund)
 
 
+@pytest.mark.slow
 def test_a_status_query_timeout_raises_provider_unavailable(
     mtn: FakeMtn, provider: MtnProvider
 ) -> None:
@@ -809,6 +814,7 @@ def _doctor(tmp_path: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.mark.slow
 def test_doctor_reports_the_mtn_disbursement_configured(mtn: FakeMtn, tmp_path: Path) -> None:
     checks = _doctor(tmp_path, mtn.env())
 
@@ -818,6 +824,7 @@ def test_doctor_reports_the_mtn_disbursement_configured(mtn: FakeMtn, tmp_path: 
         assert secret not in str(checks)
 
 
+@pytest.mark.slow
 def test_doctor_says_refunds_not_configured_without_failing(mtn: FakeMtn, tmp_path: Path) -> None:
     checks = _doctor(tmp_path, mtn.env(refunds=False))
 
@@ -829,6 +836,7 @@ def test_doctor_says_refunds_not_configured_without_failing(mtn: FakeMtn, tmp_pa
     assert "fail" not in {check.get("state") for check in checks.values()}
 
 
+@pytest.mark.slow
 def test_doctor_fails_a_half_configured_disbursement_naming_what_is_missing(
     mtn: FakeMtn, tmp_path: Path
 ) -> None:
@@ -844,6 +852,7 @@ def test_doctor_fails_a_half_configured_disbursement_naming_what_is_missing(
     assert mtn.disbursement.subscription_key not in str(checks)
 
 
+@pytest.mark.slow
 def test_doctor_shows_no_refunds_check_for_the_simulator_without_disbursement_settings(
     tmp_path: Path,
 ) -> None:

@@ -342,6 +342,7 @@ def test_an_html_error_page_is_unknown_not_a_refusal(mtn: FakeMtn, provider: Mtn
         provider.request_payment(a_request())
 
 
+@pytest.mark.slow
 def test_a_timeout_raises_provider_unavailable_quickly(mtn: FakeMtn, provider: MtnProvider) -> None:
     mtn.hang("requesttopay", 30)
     started = time.monotonic()
@@ -352,6 +353,7 @@ def test_a_timeout_raises_provider_unavailable_quickly(mtn: FakeMtn, provider: M
     assert time.monotonic() - started < 10  # the client's 0.5 s read timeout, not MTN's 30 s
 
 
+@pytest.mark.slow
 def test_retrying_a_timed_out_request_with_the_same_reference_is_accepted(
     mtn: FakeMtn, provider: MtnProvider
 ) -> None:
@@ -500,6 +502,7 @@ def test_a_status_query_server_error_raises_provider_unavailable(
         provider.payment_status(payment)
 
 
+@pytest.mark.slow
 def test_a_status_query_timeout_raises_provider_unavailable(
     mtn: FakeMtn, provider: MtnProvider
 ) -> None:

@@ -25,12 +25,6 @@ REASON = "item out of stock"
 
 
 @pytest.fixture
-def pg_url(emptied_shared_url: str) -> str:
-    """One database for the module, emptied before each test (a clone per test is slow)."""
-    return emptied_shared_url
-
-
-@pytest.fixture
 def mtn_cli(pg_url: str, mtn: FakeMtn) -> Cli:
     return Cli({"DATABASE_URL": pg_url, **mtn.env()})
 
@@ -75,6 +69,7 @@ def refund_events(cli: Cli, payment: dict[str, Any]) -> list[str]:
 # A refund MTN accepts.
 
 
+@pytest.mark.slow
 def test_a_full_refund_sends_mtn_one_refund_of_the_payment_and_ends_succeeded(
     mtn_cli: Cli, db: Database, mtn: FakeMtn
 ) -> None:
@@ -97,6 +92,7 @@ def test_a_full_refund_sends_mtn_one_refund_of_the_payment_and_ends_succeeded(
     assert order_of(mtn_cli, payment)["status"] == "refunded"
 
 
+@pytest.mark.slow
 def test_a_partial_refund_sends_its_own_amount_and_leaves_the_order_partially_refunded(
     mtn_cli: Cli, db: Database, mtn: FakeMtn
 ) -> None:
@@ -124,6 +120,7 @@ def test_replaying_a_refund_key_sends_no_second_refund_to_mtn(
     assert refund_requests(mtn) == [(first["id"], 202)]
 
 
+@pytest.mark.slow
 def test_a_refund_still_pending_at_mtn_is_settled_by_reconcile(
     mtn_cli: Cli, db: Database, mtn: FakeMtn
 ) -> None:
@@ -167,6 +164,7 @@ def test_a_refund_mtn_reports_failed_exits_6_and_its_amount_is_refundable_again(
 
 
 @pytest.mark.parametrize("reason", ["INTERNAL_PROCESSING_ERROR", None], ids=["ambiguous", "none"])
+@pytest.mark.slow
 def test_a_refund_mtn_reports_failed_without_a_definite_reason_stays_pending_and_unrefundable(
     mtn_cli: Cli, db: Database, mtn: FakeMtn, reason: str | None
 ) -> None:
@@ -216,6 +214,7 @@ def test_a_refund_kept_pending_after_an_ambiguous_failure_is_settled_when_mtn_re
 # Concurrent refunds.
 
 
+@pytest.mark.slow
 def test_processes_refunding_with_one_key_at_once_send_mtn_one_refund(
     mtn_cli: Cli, pg_url: str, db: Database, mtn: FakeMtn
 ) -> None:
@@ -232,6 +231,7 @@ def test_processes_refunding_with_one_key_at_once_send_mtn_one_refund(
     assert [r.reference for r in refunds_at_mtn(mtn)] == [stored["id"]]
 
 
+@pytest.mark.slow
 def test_processes_refunding_parts_at_once_never_ask_mtn_for_more_than_the_payment(
     mtn_cli: Cli, pg_url: str, db: Database, mtn: FakeMtn
 ) -> None:
@@ -322,6 +322,7 @@ def test_a_refund_mtn_took_before_answering_500_is_settled_by_the_same_key_throu
     assert order_of(mtn_cli, payment)["status"] == "partially_refunded"
 
 
+@pytest.mark.slow
 def test_a_refund_mtn_took_before_answering_500_is_settled_by_reconcile_through_409(
     mtn_cli: Cli, db: Database, mtn: FakeMtn
 ) -> None:

@@ -50,12 +50,6 @@ HANG_SECONDS = 15.0
 
 
 @pytest.fixture
-def pg_url(emptied_shared_url: str) -> str:
-    """One database for the module, emptied before each test (a clone per test is slow)."""
-    return emptied_shared_url
-
-
-@pytest.fixture
 def client(pg_url: str, mtn: FakeMtn) -> Iterator[TestClient]:
     """The listener in-process, with MTN (the fake) as the provider."""
     with listener_client(listener_settings(pg_url, **mtn.env())) as test_client:
@@ -147,6 +141,7 @@ def test_with_the_simulator_as_provider_the_mtn_route_answers_404_and_stores_not
 # Hints about a payment that is not open: answered, stored nowhere, MTN not asked.
 
 
+@pytest.mark.slow
 def test_many_callbacks_for_a_settled_payment_are_answered_and_store_nothing(
     client: TestClient, db: Database, mtn: FakeMtn
 ) -> None:
@@ -236,6 +231,7 @@ def test_callbacks_claiming_both_outcomes_store_one_hint_per_status(
 # Confirmation: at most once at a time per payment, never on the request threads.
 
 
+@pytest.mark.slow
 def test_hints_are_confirmed_one_at_a_time_per_payment_without_holding_up_signed_callbacks(
     pg_url: str, db: Database, mtn: FakeMtn
 ) -> None:

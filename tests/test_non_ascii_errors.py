@@ -48,6 +48,7 @@ def test_a_json_error_on_stderr_keeps_the_non_ascii_characters_it_quotes(
     assert count_rows(db) == before
 
 
+@pytest.mark.slow
 def test_the_installed_command_writes_the_characters_as_utf8_on_stderr(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:

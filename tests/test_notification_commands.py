@@ -221,6 +221,7 @@ def test_retry_all_failed_yes_sends_every_failed_notification_again(
     assert notification(any_db, sent.notification_id) == sent_before
 
 
+@pytest.mark.slow
 def test_retry_all_failed_without_a_terminal_or_yes_is_refused_and_changes_nothing(
     pg_url: str, db: Database, gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -238,6 +239,7 @@ def test_retry_all_failed_without_a_terminal_or_yes_is_refused_and_changes_nothi
     assert notification(db, settled.notification_id).status is NotificationStatus.FAILED
 
 
+@pytest.mark.slow
 def test_declining_retry_all_failed_at_the_prompt_exits_0_and_changes_nothing(
     pg_url: str, db: Database, gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -259,6 +261,7 @@ def test_declining_retry_all_failed_at_the_prompt_exits_0_and_changes_nothing(
     assert (count_rows(db), notification_rows(db)) == before
 
 
+@pytest.mark.slow
 def test_accepting_retry_all_failed_at_the_prompt_puts_them_back_to_pending(
     pg_url: str, db: Database, gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -316,6 +319,7 @@ def test_retrying_a_pending_notification_exits_4_and_changes_nothing(
     assert (count_rows(db), notification_rows(db)) == before
 
 
+@pytest.mark.slow
 def test_retrying_an_unknown_notification_exits_3_and_changes_nothing(
     cli: Cli, db: Database, gateway: Gateway
 ) -> None:

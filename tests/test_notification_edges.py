@@ -93,6 +93,7 @@ def test_a_worker_without_the_rows_channel_leaves_it_pending_with_the_reason(
     assert requests == 0
 
 
+@pytest.mark.slow
 def test_an_rq_worker_without_the_rows_channel_leaves_it_pending_with_the_reason(
     cli: Cli, db: Database, redis_url: str, in_process_worker: None
 ) -> None:
@@ -147,6 +148,7 @@ def test_switching_the_channel_to_log_still_sends_rows_queued_for_sms_by_sms(
 # --- The database drain claims one row at a time ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_drain_started_after_a_lease_ran_out_never_sends_a_row_another_is_about_to_send(
     pg_url: str, db: Database, worker_processes: StartWorker
 ) -> None:

@@ -53,12 +53,6 @@ LOGIN = {"LOGNAME": "kwabena", "USER": "kwabena"}
 
 
 @pytest.fixture
-def pg_url(emptied_shared_url: str) -> str:
-    """One database for the module, emptied before each test (a clone per test is slow)."""
-    return emptied_shared_url
-
-
-@pytest.fixture
 def gateway() -> Iterator[Gateway]:
     with a_gateway() as running:
         yield running
@@ -241,6 +235,7 @@ def test_a_blank_orderpay_operator_falls_back_to_the_os_user(cli: Cli, db: Datab
 # --- What the system does on its own ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rows_the_system_writes_on_its_own_name_no_operator(cli: Cli, db: Database) -> None:
     payment = a_pending_payment(db)
     with listener_client(listener_settings(cli.env["DATABASE_URL"])) as client:

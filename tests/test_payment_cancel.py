@@ -39,12 +39,6 @@ LateSuccess = Callable[["Cli", "TestClient", "FakeMtn", "Payment"], None]
 
 
 @pytest.fixture
-def pg_url(emptied_shared_url: str) -> str:
-    """One database for the module, emptied before each test (a clone per test is slow)."""
-    return emptied_shared_url
-
-
-@pytest.fixture
 def mtn_cli(pg_url: str, mtn: FakeMtn) -> Cli:
     """The CLI of a deployment whose provider is MTN (the fake)."""
     return Cli({"DATABASE_URL": pg_url, **mtn.env()})
@@ -273,6 +267,7 @@ def test_a_success_reported_after_a_forced_cancel_is_kept_for_review(
 # Refused before the provider is asked.
 
 
+@pytest.mark.slow
 def test_cancel_without_yes_and_without_a_terminal_is_refused(
     pg_url: str, db: Database, mtn: FakeMtn, tmp_path: Path
 ) -> None:

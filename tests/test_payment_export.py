@@ -162,6 +162,7 @@ def peak_memory_of_export(tmp_path: Path, pg_url: str, *args: str) -> float:
     return int(done.stdout) / 1024  # ru_maxrss is in KiB on Linux
 
 
+@pytest.mark.slow
 def test_an_export_of_100000_payments_streams_in_bounded_python_memory(
     db: Database, cli: Cli, tmp_path: Path
 ) -> None:
@@ -194,6 +195,7 @@ def test_an_export_of_100000_payments_streams_in_bounded_python_memory(
     assert export_peak < all_in_memory / 4
 
 
+@pytest.mark.slow
 def test_the_installed_command_exports_100000_payments_in_bounded_process_memory(
     db: Database, pg_url: str, tmp_path: Path
 ) -> None:
@@ -211,6 +213,7 @@ def test_the_installed_command_exports_100000_payments_in_bounded_process_memory
     assert everything - nothing < 20
 
 
+@pytest.mark.slow
 def test_the_csv_has_a_header_then_each_payment_with_its_exact_values(
     any_db: Database, any_cli: Cli, tmp_path: Path
 ) -> None:
@@ -475,6 +478,7 @@ def test_under_json_with_output_the_summary_is_a_json_document(
     assert len(json.loads(target.read_text())) == 1
 
 
+@pytest.mark.slow
 def test_no_progress_bar_when_stderr_is_not_a_terminal(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:
@@ -486,6 +490,7 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(
     assert run.stderr == "exported 1 payment to out.csv (csv)\n"
 
 
+@pytest.mark.slow
 def test_a_progress_bar_shows_when_stderr_is_a_terminal(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:

@@ -108,6 +108,7 @@ def test_upgrading_leaves_products_priced_above_zero_as_they_were(old_db: Databa
     assert tuple(product(old_db, priced)) == (1250, True, "Kenkey and fish")
 
 
+@pytest.mark.slow
 def test_upgrading_keeps_the_orders_already_made_of_a_zero_priced_product(
     old_db: Database,
 ) -> None:
@@ -129,6 +130,7 @@ def test_upgrading_keeps_the_orders_already_made_of_a_zero_priced_product(
     assert [tuple(item) for item in items] == [(free, 2, 0)]
 
 
+@pytest.mark.slow
 def test_an_order_made_before_the_upgrade_that_totals_zero_still_cannot_be_charged(
     old_db: Database, any_cli: Cli
 ) -> None:

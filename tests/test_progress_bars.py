@@ -79,6 +79,7 @@ def test_retrying_many_failed_notifications_draws_no_bar_when_stderr_is_not_a_te
     assert not drew_a_bar(outcome.stderr), outcome.stderr
 
 
+@pytest.mark.slow
 def test_reconciling_several_payments_draws_no_bar_when_stderr_is_not_a_terminal(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:
@@ -92,6 +93,7 @@ def test_reconciling_several_payments_draws_no_bar_when_stderr_is_not_a_terminal
     assert "reconciling" not in run.stderr
 
 
+@pytest.mark.slow
 def test_reconciling_several_payments_at_a_terminal_draws_a_bar(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:

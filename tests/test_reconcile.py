@@ -47,12 +47,6 @@ NOW = ("--older-than", "0s")
 
 
 @pytest.fixture
-def pg_url(emptied_shared_url: str) -> str:
-    """One database for the module, emptied before each test (a clone per test is slow)."""
-    return emptied_shared_url
-
-
-@pytest.fixture
 def merchant() -> Iterator[Recorder]:
     """The merchant's webhook endpoint: every notification actually sent lands here."""
     with recording_server() as server:
@@ -151,6 +145,7 @@ def test_reconcile_settles_a_payment_whose_callback_never_came(
     assert notification_count(db, payment) == 1
 
 
+@pytest.mark.slow
 def test_after_reconcile_the_worker_notifies_the_customer_once(
     mtn_cli: Cli, env: dict[str, str], db: Database, mtn: FakeMtn, merchant: Recorder
 ) -> None:
@@ -318,6 +313,7 @@ def start_after_barrier(barrier: Any, env: dict[str, str], args: list[str]) -> A
     return process
 
 
+@pytest.mark.slow
 def test_two_reconciles_at_once_settle_each_payment_once_with_one_notification(
     env: dict[str, str], db: Database, mtn: FakeMtn
 ) -> None:
@@ -352,6 +348,7 @@ def test_two_reconciles_at_once_resubmit_an_initiated_payment_once(
     assert current(db, payment).status is PaymentStatus.PENDING
 
 
+@pytest.mark.slow
 def test_reconcile_racing_the_listener_settles_each_payment_once_with_one_notification(
     env: dict[str, str], db: Database, mtn: FakeMtn
 ) -> None:

@@ -33,9 +33,8 @@ from tests.test_reconcile import (
     simulated_payment,
 )
 
-# test_reconcile's fixtures: the module's database (emptied for each test), MTN's settings
-# and the merchant's endpoint that webhook notifications reach.
-pg_url = test_reconcile.pg_url
+# test_reconcile's fixtures: MTN's settings and the merchant's endpoint that webhook
+# notifications reach.
 merchant = test_reconcile.merchant
 env = test_reconcile.env
 mtn_cli = test_reconcile.mtn_cli

@@ -155,6 +155,7 @@ def test_a_refund_the_provider_declines_is_402(client: TestClient, db: Database)
         "amount null",
     ],
 )
+@pytest.mark.slow
 def test_a_bad_body_is_400_and_stores_nothing(
     client: TestClient, db: Database, body: Any, code: str
 ) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
+import pytest
+
 from orderpay import clock
 from orderpay.domain.states import OrderStatus, RefundStatus
 from orderpay.errors import OrderpayError
@@ -79,6 +81,7 @@ def test_twelve_concurrent_refunds_of_one_payment_never_add_up_to_more_than_it(
     assert sorted(provider.references()) == sorted(r.id for r in stored)
 
 
+@pytest.mark.slow
 def test_twelve_processes_refunding_one_payment_with_twelve_keys_never_exceed_it(
     pg_url: str, db: Database
 ) -> None:

@@ -298,6 +298,7 @@ def test_a_refunded_payment_has_nothing_left_to_refund(any_cli: Cli, any_db: Dat
         "unknown currency",
     ],
 )
+@pytest.mark.slow
 def test_a_bad_amount_is_exit_2_and_stores_nothing(
     any_cli: Cli, any_db: Database, option: tuple[str, ...], code: str
 ) -> None:
@@ -511,6 +512,7 @@ def test_payment_show_lists_the_payments_refunds(cli: Cli, db: Database) -> None
     assert "refund-1" in table.stdout
 
 
+@pytest.mark.slow
 def test_the_refund_table_shows_what_was_refunded(cli: Cli, db: Database) -> None:
     payment = a_paid_payment(db)
 

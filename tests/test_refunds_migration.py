@@ -51,6 +51,7 @@ def notification_count(db: Database) -> int:
         return int(conn.execute(select(func.count()).select_from(notifications)).scalar_one())
 
 
+@pytest.mark.slow
 def test_upgrading_keeps_the_notifications_of_payments_already_settled(any_db: Database) -> None:
     a_paid_payment(any_db)
     downgrade(any_db, BEFORE)
@@ -95,6 +96,7 @@ def test_each_refund_of_one_payment_may_have_its_own_notification(any_db: Databa
     assert notification_count(any_db) == 3
 
 
+@pytest.mark.slow
 def test_the_schema_refuses_a_second_refund_with_one_idempotency_key(any_db: Database) -> None:
     payment = a_paid_payment(any_db)
     given = refund(any_db, RecordingProvider(), payment.id, key="refund-1").refund

@@ -180,6 +180,7 @@ def test_the_relay_marks_rows_enqueued_so_a_second_relay_enqueues_nothing(
         assert queued_rows(redis) == [settled.notification_id]
 
 
+@pytest.mark.slow
 def test_a_relay_that_suspects_a_lost_job_still_queued_in_rq_pushes_nothing_more(
     db: Database, redis_url: str, in_process_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,6 +205,7 @@ def test_a_relay_that_suspects_a_lost_job_still_queued_in_rq_pushes_nothing_more
     assert notification(db, settled.notification_id).status is NotificationStatus.SENT
 
 
+@pytest.mark.slow
 def test_a_re_run_job_sends_nothing_more(
     db: Database, redis_url: str, in_process_worker: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,6 +230,7 @@ def test_a_re_run_job_sends_nothing_more(
     assert event_names(db, settled.order_id).count("notification_sent") == 1
 
 
+@pytest.mark.slow
 def test_one_message_per_settled_payment_across_a_replayed_callback_a_double_relay_and_a_rerun(
     pg_url: str,
     db: Database,
@@ -264,6 +267,7 @@ def test_one_message_per_settled_payment_across_a_replayed_callback_a_double_rel
 # --- `orderpay worker --burst` --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_worker_burst_with_redis_relays_sends_and_exits_0(
     pg_url: str, db: Database, redis_url: str
 ) -> None:
@@ -318,6 +322,7 @@ def test_worker_exits_7_when_redis_is_down_and_changes_nothing(
 # --- A Redis outage -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_callback_taken_while_redis_is_down_is_delivered_once_redis_is_back(
     cli: Cli, pg_url: str, db: Database, private_redis: PrivateRedis, in_process_worker: None
 ) -> None:
@@ -351,6 +356,7 @@ def test_a_callback_taken_while_redis_is_down_is_delivered_once_redis_is_back(
     assert notification(db, waiting["id"]).status is NotificationStatus.SENT
 
 
+@pytest.mark.slow
 def test_a_running_worker_rides_out_a_redis_outage_and_sends_the_message_once(
     pg_url: str, db: Database, private_redis: PrivateRedis, worker_processes: StartWorker
 ) -> None:
@@ -383,6 +389,7 @@ def test_a_running_worker_rides_out_a_redis_outage_and_sends_the_message_once(
     assert exit_code == 0, worker.output()
 
 
+@pytest.mark.slow
 def test_a_settling_callback_wakes_the_relay_without_waiting_for_its_poll(
     pg_url: str, db: Database, redis_url: str, worker_processes: StartWorker
 ) -> None:
@@ -432,6 +439,7 @@ def rq_env(pg_url: str, redis_url: str, gateway_url: str, **extra: str) -> dict[
     return {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, **sms_env(gateway_url), **extra}
 
 
+@pytest.mark.slow
 def test_rq_retries_a_gateway_that_fails_three_times_and_sends_one_message(
     pg_url: str, db: Database, redis_url: str, worker_processes: StartWorker
 ) -> None:
@@ -451,6 +459,7 @@ def test_rq_retries_a_gateway_that_fails_three_times_and_sends_one_message(
     assert event_names(db, settled.order_id).count("notification_attempt_failed") == 3
 
 
+@pytest.mark.slow
 def test_rq_marks_the_notification_failed_with_the_error_after_the_last_retry(
     pg_url: str, db: Database, redis_url: str, worker_processes: StartWorker
 ) -> None:
@@ -480,6 +489,7 @@ def test_rq_marks_the_notification_failed_with_the_error_after_the_last_retry(
     assert failed == [handed]
 
 
+@pytest.mark.slow
 def test_a_gateway_that_never_answers_does_not_hang_the_rq_worker(
     pg_url: str, db: Database, redis_url: str, worker_processes: StartWorker
 ) -> None:
@@ -504,6 +514,7 @@ def test_a_gateway_that_never_answers_does_not_hang_the_rq_worker(
 # --- SIGTERM --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_gives_back_the_rows_an_embedded_worker_claimed_but_had_not_sent(
     pg_url: str, db: Database, worker_processes: StartWorker
 ) -> None:
@@ -527,6 +538,7 @@ def test_sigterm_gives_back_the_rows_an_embedded_worker_claimed_but_had_not_sent
 
 
 @pytest.mark.parametrize("mode", ["rq", "embedded"])
+@pytest.mark.slow
 def test_sigterm_during_a_send_finishes_that_delivery_then_exits_0(
     mode: str, pg_url: str, redis_url: str, worker_processes: StartWorker, db: Database
 ) -> None:

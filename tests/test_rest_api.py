@@ -279,6 +279,7 @@ def _fill(template: Any, values: dict[str, Any]) -> Any:
 @pytest.mark.parametrize(
     ("template", "code"), BAD_ORDER_BODIES.values(), ids=BAD_ORDER_BODIES.keys()
 )
+@pytest.mark.slow
 def test_a_bad_order_body_is_400_and_stores_nothing(
     template: Any, code: str, sqlite_client: TestClient, sqlite_db: Database
 ) -> None:
@@ -555,6 +556,7 @@ def test_charging_an_unknown_order_is_404_and_stores_nothing(
         "an overlong phone",
     ],
 )
+@pytest.mark.slow
 def test_a_bad_charge_body_is_400_and_stores_nothing(
     body: str, code: str, sqlite_client: TestClient, sqlite_db: Database
 ) -> None:

@@ -70,12 +70,6 @@ FIELDS = {
 
 
 @pytest.fixture
-def pg_url(emptied_shared_url: str) -> str:
-    """One database for the module, emptied before each test (a clone per test is slow)."""
-    return emptied_shared_url
-
-
-@pytest.fixture
 def mtn_listener(pg_url: str, mtn: FakeMtn) -> Iterator[TestClient]:
     with listener_client(listener_settings(pg_url, **mtn.env())) as client:
         yield client
@@ -290,6 +284,7 @@ def test_a_failure_after_a_success_is_an_outcome_conflict_item(
 
 
 @pytest.mark.parametrize("number", ["+233241234567", "0241234567", "233241234567"])
+@pytest.mark.slow
 def test_a_phone_number_in_what_the_provider_said_is_masked(
     number: str, client: TestClient, db: Database, cli: Cli
 ) -> None:
@@ -707,6 +702,7 @@ def test_resolving_an_unknown_item_exits_3_and_changes_nothing(
 
 
 @pytest.mark.parametrize("note", [[], ["--note", ""], ["--note", "   "], ["--note", "a\x00b"]])
+@pytest.mark.slow
 def test_resolving_without_a_note_exits_2_and_changes_nothing(
     note: list[str], client: TestClient, db: Database, cli: Cli
 ) -> None:

@@ -161,6 +161,7 @@ def test_a_badly_signed_callback_without_the_trailing_slash_is_401_and_changes_n
     assert count_rows(db) == before
 
 
+@pytest.mark.slow
 def test_a_delivery_report_without_the_trailing_slash_gets_the_same_answer(
     client: TestClient, db: Database
 ) -> None:
@@ -179,6 +180,7 @@ def test_a_delivery_report_without_the_trailing_slash_gets_the_same_answer(
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT"])
+@pytest.mark.slow
 def test_mtns_callback_without_the_trailing_slash_is_confirmed_and_settles(
     pg_url: str, db: Database, mtn: FakeMtn, method: str
 ) -> None:

@@ -63,6 +63,7 @@ def run_serve_webhooks(env: dict[str, str], cwd: Path) -> subprocess.CompletedPr
 @pytest.mark.parametrize(
     "secret", [None, "", "  ", ",,"], ids=["unset", "empty", "blank", "commas"]
 )
+@pytest.mark.slow
 def test_serve_webhooks_refuses_to_start_without_a_callback_secret(
     secret: str | None, sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -77,6 +78,7 @@ def test_serve_webhooks_refuses_to_start_without_a_callback_secret(
     assert "Traceback" not in finished.stderr
 
 
+@pytest.mark.slow
 def test_serve_webhooks_warns_about_a_secret_shorter_than_32_characters(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -89,6 +91,7 @@ def test_serve_webhooks_warns_about_a_secret_shorter_than_32_characters(
     assert SHORT_SECRET not in log
 
 
+@pytest.mark.slow
 def test_serve_webhooks_does_not_warn_about_a_secret_of_32_characters(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -100,6 +103,7 @@ def test_serve_webhooks_does_not_warn_about_a_secret_of_32_characters(
     assert "shorter than" not in log
 
 
+@pytest.mark.slow
 def test_serve_webhooks_on_a_port_in_use_is_one_line_and_exit_2(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -125,6 +129,7 @@ def test_serve_webhooks_on_a_port_in_use_is_one_line_and_exit_2(
 
 
 @pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"], ids=["unknown", "foreign"])
+@pytest.mark.slow
 def test_serve_webhooks_on_a_host_it_cannot_listen_on_is_one_line_and_exit_2(
     sqlite_url: str, tmp_path: Path, host: str
 ) -> None:
@@ -145,6 +150,7 @@ def test_serve_webhooks_on_a_host_it_cannot_listen_on_is_one_line_and_exit_2(
     assert "listening on" not in refused.stderr
 
 
+@pytest.mark.slow
 def test_serve_webhooks_with_an_unconfigured_provider_is_one_line_and_exit_2(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -167,6 +173,7 @@ def test_serve_webhooks_with_an_unconfigured_provider_is_one_line_and_exit_2(
 # Stopping
 
 
+@pytest.mark.slow
 def test_serve_webhooks_starts_one_worker_per_cpu_by_default(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -180,6 +187,7 @@ def test_serve_webhooks_starts_one_worker_per_cpu_by_default(
     assert f"with {expected} worker(s)" in server.stderr()
 
 
+@pytest.mark.slow
 def test_serve_webhooks_exits_0_promptly_on_sigterm(sqlite_url: str, tmp_path: Path) -> None:
     env = {"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SECRET}
 
@@ -191,6 +199,7 @@ def test_serve_webhooks_exits_0_promptly_on_sigterm(sqlite_url: str, tmp_path: P
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_serve_webhooks_finishes_a_request_in_flight_when_sent_sigterm(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:
@@ -234,6 +243,7 @@ def test_serve_webhooks_finishes_a_request_in_flight_when_sent_sigterm(
 # Logs
 
 
+@pytest.mark.slow
 def test_serve_webhooks_logs_hold_no_secret_token_full_phone_number_or_query_string(
     pg_url: str, db: Database, tmp_path: Path
 ) -> None:

@@ -175,6 +175,7 @@ def status_of(db: Database, payment: Payment) -> PaymentStatus:
 
 
 @pytest.mark.parametrize("variant", ACCEPTED.values(), ids=ACCEPTED.keys())
+@pytest.mark.slow
 def test_a_callback_signed_by_any_accepted_scheme_is_processed(
     variant: Variant, sqlite_url: str, sqlite_db: Database
 ) -> None:
@@ -192,6 +193,7 @@ def test_a_callback_signed_by_any_accepted_scheme_is_processed(
 
 
 @pytest.mark.parametrize("variant", REFUSED_VARIANTS.values(), ids=REFUSED_VARIANTS.keys())
+@pytest.mark.slow
 def test_a_callback_without_a_valid_signature_is_refused_with_401_and_nothing_stored(
     variant: Variant, sqlite_url: str, sqlite_db: Database
 ) -> None:

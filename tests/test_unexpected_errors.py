@@ -27,21 +27,19 @@ orderpay.shop.customers.list_customers = list_customers
 
 
 @pytest.fixture
-def buggy(tmp_path: Path) -> dict[str, str]:
+def buggy(tmp_path: Path, sqlite_url: str) -> dict[str, str]:
     """The environment of an orderpay whose `customer list` hits a bug."""
     plant = tmp_path / "plant"
     plant.mkdir()
     (plant / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
-    database = tmp_path / "shop.db"
-    setup = orderpay(tmp_path, "db", "upgrade", env={"DATABASE_URL": f"sqlite:///{database}"})
-    assert setup.exit_code == 0, setup.stderr
-    return {"DATABASE_URL": f"sqlite:///{database}", "PYTHONPATH": str(plant)}
+    return {"DATABASE_URL": sqlite_url, "PYTHONPATH": str(plant)}
 
 
 def _run(tmp_path: Path, env: dict[str, str], *args: str) -> Run:
     return orderpay(tmp_path, "customer", "list", *args, env=env)
 
 
+@pytest.mark.slow
 def test_a_bug_is_one_line_naming_internal_error_with_exit_1(
     tmp_path: Path, buggy: dict[str, str]
 ) -> None:
@@ -55,6 +53,7 @@ def test_a_bug_is_one_line_naming_internal_error_with_exit_1(
     assert "ORDERPAY_DEBUG=1" in failed.stderr
 
 
+@pytest.mark.slow
 def test_a_bug_shows_no_traceback(tmp_path: Path, buggy: dict[str, str]) -> None:
     failed = _run(tmp_path, buggy)
 
@@ -62,6 +61,7 @@ def test_a_bug_shows_no_traceback(tmp_path: Path, buggy: dict[str, str]) -> None
     assert "second line" not in failed.stderr
 
 
+@pytest.mark.slow
 def test_a_bug_under_json_is_one_json_error_document(tmp_path: Path, buggy: dict[str, str]) -> None:
     failed = _run(tmp_path, buggy, "--json")
 
@@ -72,6 +72,7 @@ def test_a_bug_under_json_is_one_json_error_document(tmp_path: Path, buggy: dict
 
 
 @pytest.mark.parametrize("value", ["1", "true"])
+@pytest.mark.slow
 def test_orderpay_debug_shows_the_traceback(
     tmp_path: Path, buggy: dict[str, str], value: str
 ) -> None:
@@ -82,6 +83,7 @@ def test_orderpay_debug_shows_the_traceback(
     assert "the planted bug in list_customers" in failed.stderr
 
 
+@pytest.mark.slow
 def test_orderpay_debug_in_dotenv_shows_the_traceback(
     tmp_path: Path, buggy: dict[str, str]
 ) -> None:
@@ -92,6 +94,7 @@ def test_orderpay_debug_in_dotenv_shows_the_traceback(
     assert "Traceback (most recent call last)" in failed.stderr
 
 
+@pytest.mark.slow
 def test_orderpay_debug_0_keeps_the_one_line(tmp_path: Path, buggy: dict[str, str]) -> None:
     failed = _run(tmp_path, {**buggy, "ORDERPAY_DEBUG": "0"})
 
@@ -99,6 +102,7 @@ def test_orderpay_debug_0_keeps_the_one_line(tmp_path: Path, buggy: dict[str, st
     assert BUG in failed.stderr
 
 
+@pytest.mark.slow
 def test_a_bug_stores_nothing_and_the_database_still_works(
     tmp_path: Path, buggy: dict[str, str]
 ) -> None:
@@ -110,6 +114,7 @@ def test_a_bug_stores_nothing_and_the_database_still_works(
     assert listed.json() == {"items": [], "next": None}
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_database_is_named_not_a_bug(tmp_path: Path) -> None:
     (tmp_path / "orderpay.db").write_bytes(b"a shopping list, not a database\n" * 200)
 

@@ -48,6 +48,7 @@ def notification_count(db: Database, payment: Payment) -> int:
         return len(notifications_of(conn, [payment.order_id]))
 
 
+@pytest.mark.slow
 def test_sixteen_identical_callbacks_in_parallel_all_answer_200_and_settle_once(
     server: LiveServer, db: Database
 ) -> None:
@@ -92,6 +93,7 @@ def test_sixteen_deliveries_of_one_standard_webhooks_message_in_parallel_settle_
     assert notification_count(db, payment) == 1
 
 
+@pytest.mark.slow
 def test_a_success_and_a_failure_racing_leave_one_terminal_state_and_a_consistent_order(
     server: LiveServer, db: Database
 ) -> None:

@@ -334,6 +334,7 @@ BAD_PAYLOADS: dict[str, tuple[Callable[[Payment], bytes], str]] = {
 
 
 @pytest.mark.parametrize(("make_body", "code"), BAD_PAYLOADS.values(), ids=BAD_PAYLOADS.keys())
+@pytest.mark.slow
 def test_a_signed_but_bad_payload_is_refused_with_400_and_changes_nothing(
     make_body: Callable[[Payment], bytes], code: str, sqlite_client: TestClient, sqlite_db: Database
 ) -> None:
@@ -584,6 +585,7 @@ def fuzz_headers(rng: random.Random, body: bytes) -> list[tuple[bytes, bytes]]:
     return [(b"webhook-id", junk), (b"webhook-timestamp", junk), (b"webhook-signature", junk)]
 
 
+@pytest.mark.slow
 def test_no_input_makes_the_callback_answer_500(client: TestClient, db: Database) -> None:
     rng = random.Random(20240611)
     payment, failures = a_pending_payment(db), []
@@ -612,6 +614,7 @@ def test_the_callback_answers_503_database_unavailable_when_the_database_is_down
     assert_error(answer, 503, "database_unavailable")
 
 
+@pytest.mark.slow
 def test_the_callback_is_answered_200_when_redis_is_unavailable(pg_url: str, db: Database) -> None:
     payment = a_pending_payment(db)
     settings = listener_settings(pg_url, REDIS_URL=CLOSED_REDIS_URL)

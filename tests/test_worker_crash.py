@@ -49,6 +49,7 @@ StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.mark.parametrize("mode", ["embedded", "rq"])
+@pytest.mark.slow
 def test_a_worker_killed_mid_send_is_recovered_and_the_message_is_sent_once(
     mode: str, pg_url: str, db: Database, redis_url: str, worker_processes: StartWorker
 ) -> None:
@@ -139,6 +140,7 @@ def assert_each_sent_exactly_once(
 @pytest.mark.parametrize(
     ("database", "rows", "processes"), [("postgres", 30, 3), ("sqlite", 30, 3)]
 )
+@pytest.mark.slow
 def test_workers_draining_one_outbox_together_send_every_row_exactly_once(
     database: str, rows: int, processes: int, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -163,6 +165,7 @@ def test_workers_draining_one_outbox_together_send_every_row_exactly_once(
         db.dispose()
 
 
+@pytest.mark.slow
 def test_a_notification_left_by_a_killed_worker_is_not_sent_again_before_its_lease_ends(
     pg_url: str, db: Database, worker_processes: StartWorker
 ) -> None:

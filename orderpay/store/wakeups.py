@@ -137,18 +137,20 @@ class Nudger:
                 self._thread.start()
 
     def _run(self) -> None:
-        while not self._closed:
-            if not self._wanted.wait(timeout=1.0):
-                continue
+        while True:
+            self._wanted.wait()
+            if self._closed:
+                return
             time.sleep(self.COALESCE_SECONDS)
             self._wanted.clear()
             self.notify_now()
 
     def close(self) -> None:
         """Send what is still wanted, then stop the thread."""
+        wanted = self._wanted.is_set()
         self._closed = True
-        if self._wanted.is_set():
-            self._wanted.clear()
-            self.notify_now()
+        self._wanted.set()  # the thread wakes, sees it is closed and ends
         if self._thread is not None:
             self._thread.join(timeout=2)
+        if wanted:
+            self.notify_now()
