@@ -27,7 +27,7 @@ What the numbers mean (stdout holds only these lines; progress goes to stderr):
 * `orderpay --help`: median wall time of the console script next to `python -c pass`; the
   difference is what importing and running the CLI costs. Both may write bytecode during
   the warm-up, as an installed package has it (PYTHONDONTWRITEBYTECODE is dropped).
-After the runs every order must have exactly one payment, `pending`, and three timeline rows
+After the runs every order must have exactly one payment, `pending`, and three order events
 (order_created, payment_initiated, payment_pending); otherwise the script exits with status 1.
 
 Goals (from the issue): --help under 150 ms above bare Python start-up; at 8 workers the
@@ -196,7 +196,7 @@ class Pair:
 
 def create_orders(url: str, count: int) -> None:
     """One customer and one product through the service layer, then `count` orders in bulk
-    SQL shaped like create_order's (order, one item, an order_created timeline row)."""
+    SQL shaped like create_order's (order, one item, an order_created order event)."""
     db = Database(url)
     try:
         with db.transaction() as conn:
@@ -246,7 +246,7 @@ def create_orders(url: str, count: int) -> None:
 
 
 def check_orders(url: str, expected: int) -> bool:
-    """Every order has exactly one payment, `pending`, and three timeline rows."""
+    """Every order has exactly one payment, `pending`, and three order events."""
     db = Database(url)
     try:
         with db.transaction() as conn:
@@ -270,7 +270,7 @@ def check_orders(url: str, expected: int) -> bool:
     verdict = "ok" if ok else "WRONG"
     say(
         f"check: {good} of {orders} orders (expected {expected}) have exactly one pending "
-        f"payment and 3 timeline rows; {payments} payments in all: {verdict}"
+        f"payment and 3 order events; {payments} payments in all: {verdict}"
     )
     return ok
 

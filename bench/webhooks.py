@@ -10,7 +10,7 @@ PATH: `apt-get install wrk postgresql-client`):
 Set-up (not timed): a throwaway database `orderpay_bench_<hex>` on the server of
 --database-url, `orderpay db upgrade`, one customer and one product through the service layer,
 then, in bulk SQL shaped like orders.create_order and charges.charge_order, pending orders of
-25.00 GHS, each with its item, timeline rows and a `pending` simulator payment. Payment number n
+25.00 GHS, each with its item, order events and a `pending` simulator payment. Payment number n
 has the id md5('p' || n)::uuid and its order md5('o' || n)::uuid, so Python, SQL and pgbench all
 derive the same ids from n without a lookup. A payment of a seed-style run (and every payment
 that only fills the table) already carries the sender's own transaction id MP<n, 9 digits> as
@@ -41,7 +41,7 @@ that only reads the body and checks the HMAC) under uvicorn with the same settin
 After each webhooks run the script checks in SQL that the payments moved to `succeeded` are the
 200 `processed` answers (plus at most the requests still in flight when wrk stopped), that no
 payment outside those sent moved, and that each has its notification row, its event and its
-three timeline rows; after each pgbench run, that succeeded payments, events and notifications
+three order events; after each pgbench run, that succeeded payments, events and notifications
 equal its transaction count. It exits 1 when a check fails. Goal (issue 12): at 64 connections,
 processed callbacks/s at least 1.0x pgbench of the ordinary transaction, p99 under 100 ms, with
 seed-style references, and the rate at the largest size within 10% of the smallest's (the
@@ -571,7 +571,7 @@ def settle_count(db: Database, block: Block) -> int:
 
 
 def block_counts(db: Database, block: Block) -> tuple[int, int, int]:
-    """(notifications, webhook events, timeline rows) of the block's payments."""
+    """(notifications, webhook events, order events) of the block's payments."""
     params = {"first": block.first, "last": block.last}
     series = "generate_series(CAST(:first AS int), CAST(:last AS int)) AS n"
     notifications = scalar(

@@ -16,7 +16,7 @@ notifications/s, the fork-per-job (`Worker`) runs and their ceilings take 10 of 
 Set-up (not timed): a throwaway database `orderpay_bench_<hex>` on the server of --database-url,
 migrated with orderpay.store.migrate.upgrade, then in bulk SQL shaped like what
 settlement.settle and outbox.add_notification leave behind: --count settled payments, each with
-its customer (an E.164 phone), order (`paid`) and item, a `succeeded` payment, the timeline
+its customer (an E.164 phone), order (`paid`) and item, a `succeeded` payment, the order events
 rows, and one `pending` outbox row (channel `log`, body '', attempts 0, due now, not enqueued).
 Payment number n has the id md5('p' || n)::uuid and its order md5('o' || n)::uuid. The database
 is dropped at the end, and every worker started is stopped, even on error or Ctrl-C. Redis is
@@ -55,7 +55,7 @@ What is measured (stdout holds the figures and checks; progress goes to stderr):
 
 Checks (the script exits 1 when one fails): after a relay, every row is marked enqueued and the
 queue's jobs hold every row once; after a worker run, every row is `sent` with attempts == 1, body
-rendered and gateway_message_id `log-<id>`, there is exactly one `notification_sent` timeline
+rendered and gateway_message_id `log-<id>`, there is exactly one `notification_sent` order
 row per order, and no job failed; after a no-op run, every job finished and none failed.
 
 Goals (from the issue): the workers reach at least 0.8 of RQ's no-op rate with the same worker

@@ -15,7 +15,6 @@ from typer.core import TyperGroup
 
 from orderpay import __version__
 from orderpay.commands import (
-    callback_log,
     customers,
     database,
     events,
@@ -27,6 +26,7 @@ from orderpay.commands import (
     products,
     refunds,
     review,
+    webhooks,
     worker,
 )
 from orderpay.commands.common import JSON_META_KEY
@@ -135,7 +135,7 @@ app = typer.Typer(
         "  orderpay order list --since 7d --status paid\n"
         "  orderpay serve-webhooks --port 8000\n"
         "  orderpay worker\n"
-        "  orderpay events tail          # follow the timeline live\n"
+        "  orderpay events tail          # follow the order events live\n"
         "  orderpay webhook list --outcome unmatched\n"
         "  orderpay review list          # outcomes kept for an operator's decision\n"
         "  orderpay payment export --since 2026-11-01 --until 2026-12-01 -o nov.csv\n"
@@ -188,8 +188,7 @@ payments.payment_app.command("export", short_help="Export a period's payments as
 app.command("serve-webhooks", short_help="Run the callback listener and the REST API.")(
     listener.serve_webhooks
 )
-app.add_typer(listener.webhook_app, name="webhook")
-callback_log.register(listener.webhook_app)
+app.add_typer(webhooks.webhook_app, name="webhook")
 app.command("worker", short_help="Deliver notifications (RQ, or from the database).")(worker.worker)
 app.add_typer(events.events_app, name="events")
 app.add_typer(worker.notification_app, name="notification")

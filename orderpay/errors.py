@@ -174,7 +174,7 @@ class AmbiguousId(InvalidInput):
 
 
 class EventNotReplayable(InvalidInput):
-    """A stored callback of a source that `orderpay webhook replay` cannot run again."""
+    """A webhook event of a source that `orderpay webhook replay` cannot run again."""
 
     code = "event_not_replayable"
 
@@ -226,7 +226,7 @@ class NotificationNotFound(NotFound):
 
 
 class WebhookEventNotFound(NotFound):
-    """No stored callback (webhook_events row) has this id."""
+    """No webhook event (webhook_events row) has this id."""
 
     code = "webhook_event_not_found"
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.store.db import Database
 from orderpay.store.notifications import notifications_of
+from orderpay.store.order_events import events_of
 from orderpay.store.orders import get_order
 from orderpay.store.payments import Payment, get_payment
-from orderpay.store.timeline import events_of
 
 
 @dataclass(frozen=True)

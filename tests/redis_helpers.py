@@ -49,8 +49,8 @@ from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.notifications import Notification, NotifyTarget, get_notification
+from orderpay.store.order_events import events_of
 from orderpay.store.schema import notifications
-from orderpay.store.timeline import events_of
 from tests.builders import AMA, a_key, an_order
 from tests.http_recorder import Answer, Recorded, Recorder, recording_server
 from tests.services import REDIS_VARIABLE, free_port, redis_server_binary

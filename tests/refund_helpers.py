@@ -28,9 +28,9 @@ from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.locks import lock_payment
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.order_events import OrderEvent, events_of
 from orderpay.store.payments import Payment, get_payment
 from orderpay.store.refunds import Refund, refunds_of_payment
-from orderpay.store.timeline import OrderEvent, events_of
 from tests.builders import AMA, a_key, an_order
 
 # The simulator's refund numbers (README, "Providers"): their charges succeed.

@@ -388,7 +388,7 @@ LEDGER_ROWS = {
     "notifications": "SELECT id, order_id, payment_id, refund_id, kind, channel, recipient, body,"
     " status, attempts, last_error, gateway_message_id FROM notifications ORDER BY id",
     "order_events": "SELECT order_id, event, detail, operator FROM order_events ORDER BY id",
-    # The inbox's ids differ by nature: the ordinary path numbers every copy it receives.
+    # Webhook event ids differ by nature: the ordinary path numbers every copy it receives.
     "webhook_events": "SELECT source, dedupe_key, payload, outcome, order_id, payment_id"
     " FROM webhook_events ORDER BY source, dedupe_key",
     "review_items": "SELECT r.reason, r.subject, r.order_id, r.payment_id, w.dedupe_key,"
@@ -411,7 +411,7 @@ def ledger_rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
 def naming(db: Database) -> Callable[[Any], Any]:
     """Payments made after the clone (a case's CHARGE) have other ids on each side: each
     payment id is named by its place in the order payments were made, wherever it appears
-    (in columns, answers, the timeline's texts)."""
+    (in columns, answers, the order events's texts)."""
     with db.transaction() as conn:
         made = conn.execute(text(LEDGER_ROWS["payments"])).all()
     names = {str(row[0]): f"<payment {n}>" for n, row in enumerate(made)}

@@ -22,9 +22,9 @@ from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.payments.charge import charge_order, claim_payment, submit
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
+from orderpay.store.order_events import events_of
 from orderpay.store.payments import Payment
 from orderpay.store.schema import webhook_events
-from orderpay.store.timeline import events_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.fake_mtn import FakeMtn
@@ -297,7 +297,7 @@ def test_a_sender_callback_for_an_order_whose_only_payment_is_initiated_is_404_a
     answer = post(client, sender_body(payment.order_id))
 
     assert_error(answer, 404, "payment_not_found")
-    # Kept to be matched later (DESIGN.md section 5): the event and its timeline row, no more.
+    # Kept to be matched later (DESIGN.md section 5): the event and its order event, no more.
     assert count_rows(db) == before | {
         "webhook_events": before["webhook_events"] + 1,
         "order_events": before["order_events"] + 1,

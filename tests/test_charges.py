@@ -18,9 +18,9 @@ from orderpay.store import ledger
 from orderpay.store.db import Database
 from orderpay.store.locks import lock_payment
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.order_events import events_of
 from orderpay.store.orders import get_order
 from orderpay.store.payments import get_payment, payments_of
-from orderpay.store.timeline import events_of
 from tests.builders import AMA, a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer, Recorded, recording_server

@@ -1,4 +1,4 @@
-"""`orderpay order create|show|list|cancel`: computed totals, the timeline, filters, the
+"""`orderpay order create|show|list|cancel`: computed totals, the order events, filters, the
 cancellation rules (DESIGN.md section 4), and bad input refused with nothing stored."""
 
 from __future__ import annotations

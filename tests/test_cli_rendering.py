@@ -69,7 +69,7 @@ def test_order_show_tells_the_orders_story(cli: Cli, paid_order: str) -> None:
     text = outcome.stdout
     assert "Ama Mensah" in text
     assert "+233*****4567" in text  # the customer's phone, masked
-    assert "+233241234567" not in text  # nowhere in full: not in payments, not in the timeline
+    assert "+233241234567" not in text  # nowhere in full: not in payments, not in the order events
     assert "Kenkey and fried fish (large)" in text  # items by name
     assert "simulator" in text  # the payment's provider
     assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC", text)  # times with their zone

@@ -22,10 +22,11 @@ from orderpay.notify.channels import LogChannel
 from orderpay.notify.delivery import RetryPolicy
 from orderpay.notify.drain import Drain
 from orderpay.payments.callbacks import apply_callback, parse_callback
-from orderpay.store import inbox, retention
+from orderpay.store import retention
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.schema import notifications, webhook_events
+from orderpay.store.webhook_events import mask_payloads, record_once
 from tests.conftest import Cli, count_rows
 from tests.live_server import a_pending_payment, callback_body
 from tests.redis_helpers import serving
@@ -75,7 +76,7 @@ def a_settled_payment_with_phones(db: Database) -> Stored:
     }
     with db.transaction() as conn:
         for source, payload in (("sms-dlr", report), ("mtn", json.dumps(hint))):
-            inbox.record_once(
+            record_once(
                 conn,
                 source=source,
                 dedupe_key=f"{payment.id}:{source}",
@@ -378,7 +379,7 @@ def test_a_payload_changed_since_it_was_read_is_not_overwritten(
     current = payload(db, old.callback)
 
     with db.transaction() as conn:
-        replaced = inbox.mask_payloads(
+        replaced = mask_payloads(
             conn, [{"b_id": old.callback, "b_old": current + " ", "v_payload": "{}"}]
         )
 

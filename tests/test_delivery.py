@@ -31,9 +31,9 @@ from orderpay.notify.drain import Drain
 from orderpay.payments.callbacks import apply_callback, parse_callback
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.order_events import events_of
 from orderpay.store.outbox import claim_among, claim_next_due
 from orderpay.store.schema import notifications, webhook_events
-from orderpay.store.timeline import events_of
 from tests.builders import AMA
 from tests.conftest import count_rows
 from tests.http_recorder import Answer

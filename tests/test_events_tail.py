@@ -1,7 +1,7 @@
-"""`orderpay events tail`: the order timeline as it is written, until interrupted.
+"""`orderpay events tail`: the order's events as it is written, until interrupted.
 
-The installed command runs in a subprocess while the test writes timeline rows through the
-one writer (store/timeline.py). A test that needs the tail to have started first waits for its
+The installed command runs in a subprocess while the test writes order events through the
+one writer (store/order_events.py). A test that needs the tail to have started first waits for its
 "following ..." note on stderr; one that must not wait passes --after, the id it resumes after.
 Nothing here sleeps: --count ends the tail once it has printed what the test waits for.
 """
@@ -22,7 +22,7 @@ from typing import IO
 import pytest
 
 from orderpay.store.db import Database
-from orderpay.store.timeline import last_event_id, record_event
+from orderpay.store.order_events import last_event_id, record_event
 from tests.builders import an_order
 from tests.conftest import Cli, count_rows
 from tests.user_shell import ORDERPAY, user_env
@@ -45,9 +45,9 @@ class Tail:
         return stream.readline()
 
     def ready(self) -> str:
-        """Wait for its note that it follows the timeline (stderr, human output only)."""
+        """Wait for its note that it follows the order events (stderr, human output only)."""
         note = self.line(self.process.stderr)
-        assert note.startswith("following the order timeline after event"), note
+        assert note.startswith("following the order's events after event"), note
         return note
 
     def finish(self) -> tuple[int, str, str]:

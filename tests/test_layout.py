@@ -21,8 +21,8 @@ WRITERS = {
     "refunds": "store/refunds.py",
     "review_items": "store/reviews.py",
     "notifications": "store/outbox.py",
-    "webhook_events": "store/inbox.py",
-    "order_events": "store/timeline.py",
+    "webhook_events": "store/webhook_events.py",
+    "order_events": "store/order_events.py",
 }
 WRITE_CALLS = {"insert", "update", "delete", "InsertIgnoring"}
 SQL_WRITE = re.compile(r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(\w+)", re.IGNORECASE)

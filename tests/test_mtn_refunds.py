@@ -61,7 +61,7 @@ def order_of(cli: Cli, payment: dict[str, Any]) -> Any:
 
 
 def refund_events(cli: Cli, payment: dict[str, Any]) -> list[str]:
-    """The refund events of the payment's order's timeline, in order."""
+    """The refund events of the payment's order, in order."""
     events = order_of(cli, payment)["events"]
     return [e["event"] for e in events if e["event"].startswith("refund_")]
 

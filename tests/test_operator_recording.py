@@ -1,7 +1,7 @@
-"""Who did it: an operator's action records the operator on the order's timeline.
+"""Who did it: an operator's action records the operator on the order's events.
 
 `payment cancel`, `order cancel`, `notification retry` (one, or --all-failed) and
-`review resolve` write their timeline rows with ORDERPAY_OPERATOR, else the OS user (the
+`review resolve` write their order events with ORDERPAY_OPERATOR, else the OS user (the
 login name, as getpass reads it). Rows the system writes on its own carry none.
 """
 
@@ -21,8 +21,8 @@ from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.order_events import OrderEvent, events_of
 from orderpay.store.payments import Payment, payments_of
-from orderpay.store.timeline import OrderEvent, events_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import Cli
 from tests.fake_mtn import FakeMtn

@@ -4,7 +4,7 @@ The JSON report lists under "changed" only payments that changed (settled, or su
 again), under "review" those the provider disagrees about (kept for review, nothing moved),
 and under "unchanged" the rest, each with its note ("no outcome yet", "cannot ask mtn: ...").
 A dry run asks the providers the same status questions and reports what would change, but
-writes nothing (no payment, order, timeline, notification or webhook row) and never submits a
+writes nothing (no payment, order, order event, notification or webhook event) and never submits a
 payment to a provider again.
 """
 
@@ -243,7 +243,7 @@ def test_a_dry_run_reports_a_disagreement_for_review_without_recording_it(
 
     (review,) = document["review"]
     assert review["payment"] == str(payment.id)
-    assert count_rows(db) == before  # no timeline event: that is the real run's to write
+    assert count_rows(db) == before  # no order event: that is the real run's to write
 
 
 def test_a_dry_run_in_a_table_says_it_changed_nothing(

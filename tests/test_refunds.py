@@ -461,7 +461,7 @@ def test_a_refund_that_fails_at_the_provider_frees_its_amount(
     assert order_status(any_db, payment.order_id) is OrderStatus.PAID
 
 
-# The record: timeline, operator, order and payment views.
+# The record: order events, operator, order and payment views.
 
 
 def test_each_step_of_a_refund_is_on_the_timeline_and_names_the_operator(

@@ -29,8 +29,8 @@ from orderpay.providers.base import Provider
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.order_events import events_of
 from orderpay.store.payments import Payment
-from orderpay.store.timeline import events_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.fake_mtn import FakeMtn
@@ -387,7 +387,7 @@ def test_mtn_confirming_another_amount_is_an_amount_mismatch_item(
     assert item["suggested_action"] == (
         "refund 1.00 EUR: mtn reports it taken, our record says pending"
     )
-    assert item["event"] is None  # MTN's status call said it, not a stored callback
+    assert item["event"] is None  # MTN's status call said it, not a webhook event
 
 
 def test_a_success_for_a_failed_payment_of_a_cancelled_order_says_refund(

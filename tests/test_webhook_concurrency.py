@@ -15,9 +15,9 @@ from orderpay.domain.signatures import standard_headers
 from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.store.db import Database
 from orderpay.store.notifications import notifications_of
+from orderpay.store.order_events import events_of
 from orderpay.store.orders import get_order
 from orderpay.store.payments import Payment, get_payment
-from orderpay.store.timeline import events_of
 from tests.live_server import (
     SECRET,
     LiveServer,

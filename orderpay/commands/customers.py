@@ -155,13 +155,13 @@ def customer_list(
             default_region=rt.settings.default_region,
         )
     from orderpay.commands.render import customers_table
-    from orderpay.http.shapes import customer_shape
+    from orderpay.shapes import customer_shape
 
     show_page(page, as_json=json_, shape=customer_shape, table=customers_table)
 
 
 def _show_one(customer: Customer, as_json: bool, title: str) -> None:
-    from orderpay.http.shapes import customer_shape
+    from orderpay.shapes import customer_shape
 
     if as_json:
         emit_json(customer_shape(customer))

@@ -1,4 +1,4 @@
-"""`orderpay events tail`: the order timeline (order_events) as it is written.
+"""`orderpay events tail`: the order's events (order_events) as it is written.
 
 It reads `order_events` by id, from where it started: on Postgres it also LISTENs on the outbox
 channel that the listener and the commands NOTIFY after a commit that queued a notification (a
@@ -27,12 +27,12 @@ if TYPE_CHECKING:
     from threading import Event
 
     from orderpay.runtime import Runtime
-    from orderpay.store.timeline import TimelineEntry
+    from orderpay.store.order_events import OrderEventEntry
 
-Emit = Callable[["TimelineEntry"], None]
+Emit = Callable[["OrderEventEntry"], None]
 
 events_app = typer.Typer(
-    help="Follow the order timeline as it is written.\n\n\b\nExamples:\n"
+    help="Follow the order's events as it is written.\n\n\b\nExamples:\n"
     "  orderpay events tail\n"
     "  orderpay events tail --order 3f1c2a9e --json",
     rich_markup_mode=None,
@@ -45,7 +45,7 @@ MAX_MISSING = 1000  # ids skipped over that are remembered, at most (the newest)
 
 
 class Follower:
-    """Which timeline rows are new: those above the last id seen, and those below it that were
+    """Which order events are new: those above the last id seen, and those below it that were
     missing when it was seen (not committed yet), while they are remembered."""
 
     def __init__(self, last: int) -> None:
@@ -57,7 +57,7 @@ class Follower:
         for i in sorted(ids)[-MAX_MISSING:]:
             self.missing[i] = now
 
-    def take(self, entries: list[TimelineEntry], now: float) -> list[TimelineEntry]:
+    def take(self, entries: list[OrderEventEntry], now: float) -> list[OrderEventEntry]:
         fresh = []
         for entry in sorted(entries, key=lambda e: e.id):
             if entry.id > self.last:
@@ -72,7 +72,7 @@ class Follower:
         return fresh
 
 
-@events_app.command("tail", short_help="Print timeline events as they happen.")
+@events_app.command("tail", short_help="Print order events as they happen.")
 def events_tail(
     ctx: typer.Context,
     order: Annotated[
@@ -105,7 +105,7 @@ def events_tail(
         typer.Option("--json", help="One JSON object per event and line (NDJSON) on stdout."),
     ] = False,
 ) -> None:
-    """Print order timeline events as they are written, until interrupted (Ctrl-C or SIGTERM
+    """Print order order events as they are written, until interrupted (Ctrl-C or SIGTERM
     end it quietly, exit 0).
 
     Starts from now: only events written after it started, unless --from-start (all of
@@ -122,12 +122,12 @@ def events_tail(
       orderpay events tail --after 1234 --count 3 --until-idle 60
     """
     from orderpay.commands.common import order_id
-    from orderpay.store import timeline
+    from orderpay.store import order_events
 
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
         oid = order_id(conn, order) if order is not None else None
-        visible = timeline.newest_event_ids(conn, MAX_MISSING)
+        visible = order_events.newest_event_ids(conn, MAX_MISSING)
     now = max(visible, default=0)
     first = after if after is not None else 0 if from_start else now
     # Ids below the newest that are not visible yet may still commit after this start: watch
@@ -140,7 +140,7 @@ def events_tail(
     # The handlers first: a signal from the moment it says it follows ends it quietly.
     with _stopped_by_signals() as stop:
         if not json_:
-            info(f"following the order timeline after event {first} (Ctrl-C stops)")
+            info(f"following the order's events after event {first} (Ctrl-C stops)")
         printed = 0
         for entry in _backlog(rt, first, now, oid):
             if stop.is_set():
@@ -154,9 +154,11 @@ def events_tail(
         _follow(rt, follower, oid, emit, stop, left, until_idle)
 
 
-def _backlog(rt: Runtime, first: int, last: int, oid: uuid.UUID | None) -> Iterator[TimelineEntry]:
+def _backlog(
+    rt: Runtime, first: int, last: int, oid: uuid.UUID | None
+) -> Iterator[OrderEventEntry]:
     """The events after `first` up to `last` (of one order), a batch per transaction."""
-    from orderpay.store.timeline import events_after
+    from orderpay.store.order_events import events_after
 
     while first < last:
         with rt.database.transaction() as conn:
@@ -180,7 +182,7 @@ def _follow(
     until_idle: float | None,
 ) -> None:
     from orderpay.errors import Unavailable
-    from orderpay.store.timeline import events_after
+    from orderpay.store.order_events import events_after
     from orderpay.store.wakeups import Wakeups
 
     wakeups = Wakeups(rt.raw_database.engine, POLL_SECONDS)
@@ -225,7 +227,7 @@ def _printer(as_json: bool) -> Emit:
     from orderpay.commands.tables import when
     from orderpay.store.ids import short
 
-    def emit(entry: TimelineEntry) -> None:
+    def emit(entry: OrderEventEntry) -> None:
         if as_json:
             line = json.dumps(
                 {

@@ -1,31 +1,16 @@
-"""`orderpay serve-webhooks` and `orderpay webhook sign|simulate` (list|show|replay: in
-callback_log.py)."""
+"""`orderpay serve-webhooks`: the listener's processes and its socket."""
 
 from __future__ import annotations
 
 import socket
-import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, emit_json, info, runtime
-
-webhook_app = typer.Typer(
-    help="Send test callbacks; list, show and replay stored ones.\n\n\b\n"
-    "Examples:\n"
-    "  orderpay webhook sign callback.json\n"
-    "  orderpay webhook simulate ORDER_ID --status success\n"
-    "  orderpay webhook list --outcome unmatched\n"
-    "  orderpay webhook show 42\n"
-    "  orderpay webhook replay 42",
-    rich_markup_mode=None,
-)
+from orderpay.commands.common import info, runtime
 
 # Shorter HMAC secrets are guessable offline from one captured callback.
 MIN_SECRET_LENGTH = 32
-DEFAULT_CALLBACK_URL = "http://127.0.0.1:8000/api/webhooks/momo/"
 # Each worker is one event loop: one per CPU lets the listener use the machine (a callback is
 # mostly CPU in Python and in Postgres); beyond a few, Postgres connections (a pool of each kind
 # per worker) grow faster than throughput.
@@ -164,143 +149,3 @@ def bind_listener(host: str, port: int) -> socket.socket:
             "this machine with --host (127.0.0.1, 0.0.0.0, ::)"
         ) from None
     return sock
-
-
-def _secret(given: str | None, ctx: typer.Context) -> bytes:
-    from orderpay.errors import ConfigurationError
-
-    if given:
-        return given.encode()
-    secrets = runtime(ctx).settings.webhook_secrets()
-    if not secrets:
-        raise ConfigurationError("no secret: pass --secret or set MOMO_WEBHOOK_SECRET")
-    return secrets[0]
-
-
-@webhook_app.command("sign", short_help="Print the signature of a callback body.")
-def webhook_sign(
-    ctx: typer.Context,
-    source: Annotated[str, typer.Argument(metavar="FILE|-", help="The body to sign; - = stdin.")],
-    secret: Annotated[
-        str | None,
-        typer.Option(
-            "--secret", help="Secret to sign with (default: MOMO_WEBHOOK_SECRET's first)."
-        ),
-    ] = None,
-    json_: JsonFlag = False,
-) -> None:
-    """Print the X-Momo-Signature (hex HMAC-SHA256) of a body, exactly as its bytes are.
-
-    \b
-    Examples:
-      orderpay webhook sign callback.json
-      echo -n '{"status":"success"}' | orderpay webhook sign - --secret s3cret
-    """
-    from orderpay.domain.signatures import sign_hex
-    from orderpay.errors import InvalidField
-
-    if source == "-":
-        body = sys.stdin.buffer.read()
-    else:
-        try:
-            body = Path(source).read_bytes()
-        except OSError as error:
-            raise InvalidField(f"cannot read {source}: {error.strerror}") from None
-    signature = sign_hex(body, _secret(secret, ctx))
-    if json_:
-        emit_json({"x-momo-signature": signature, "bytes": len(body)})
-    else:
-        typer.echo(signature)
-
-
-def _status_word(value: str) -> str:
-    if value not in ("success", "failed"):
-        raise typer.BadParameter("must be success or failed")
-    return value
-
-
-@webhook_app.command("simulate", short_help="Send a signed test callback to a listener.")
-def webhook_simulate(
-    ctx: typer.Context,
-    order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="The order to settle.")],
-    status: Annotated[
-        str, typer.Option("--status", callback=_status_word, help="success or failed.")
-    ],
-    url: Annotated[str, typer.Option("--url", help="The listener's callback URL.")] = (
-        DEFAULT_CALLBACK_URL
-    ),
-    reason: Annotated[
-        str | None, typer.Option("--reason", help="Failure reason, e.g. APPROVAL_REJECTED.")
-    ] = None,
-    secret: Annotated[str | None, typer.Option("--secret", help="Secret to sign with.")] = None,
-    json_: JsonFlag = False,
-) -> None:
-    """Sign and send a callback for an order's latest payment to a running listener.
-
-    Prints the listener's answer; exits non-zero when it is not 2xx (like `stripe trigger`).
-
-    \b
-    Examples:
-      orderpay webhook simulate 3f1c... --status success
-      orderpay webhook simulate 3f1c... --status failed --reason APPROVAL_REJECTED --json
-    """
-    import json
-
-    import httpx
-
-    from orderpay.commands.common import order_id as resolve_order
-    from orderpay.domain.signatures import sign_hex
-    from orderpay.errors import (
-        InvalidField,
-        PaymentNotFound,
-        Unavailable,
-        WrongProvider,
-        error_for_status,
-    )
-    from orderpay.payments.callbacks import SIGNING_PROVIDERS
-    from orderpay.store.payments import payments_of
-
-    key = _secret(secret, ctx)
-    with runtime(ctx).database.transaction() as conn:
-        oid = resolve_order(conn, order_id)
-        found = payments_of(conn, [oid])
-    if not found:
-        raise PaymentNotFound(f"order {oid} has no payment to settle; charge it first")
-    payment = found[-1]
-    if payment.provider not in SIGNING_PROVIDERS:
-        raise WrongProvider(
-            f"payment {payment.id} is {payment.provider}'s: only {payment.provider}'s own "
-            "word settles it (its status call: `orderpay reconcile`), never a simulated callback",
-            payment=str(payment.id),
-        )
-    document = {
-        "provider_reference": payment.provider_reference or str(payment.id),
-        "order_id": str(oid),
-        "status": status,
-        "amount": payment.amount.as_string(),
-        "currency": payment.amount.currency,
-    }
-    if reason:
-        document["reason"] = reason
-    body = json.dumps(document).encode()
-    try:
-        answer = httpx.post(
-            url,
-            content=body,
-            headers={"Content-Type": "application/json", "X-Momo-Signature": sign_hex(body, key)},
-            timeout=10,
-        )
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
-        raise InvalidField(f"--url {url!r} is not a listener's URL: {error}", field="url") from None
-    except httpx.HTTPError as error:
-        raise Unavailable(f"cannot reach the listener at {url}: {error}") from None
-    try:
-        answer_body = answer.json()
-    except ValueError:
-        answer_body = answer.text
-    if json_:
-        emit_json({"status_code": answer.status_code, "body": answer_body, "sent": document})
-    else:
-        typer.echo(f"HTTP {answer.status_code} {json.dumps(answer_body, ensure_ascii=False)}")
-    if answer.status_code >= 300:
-        raise error_for_status(answer.status_code, f"the listener answered {answer.status_code}")

@@ -204,7 +204,7 @@ def demo(
 
     Always on a private throwaway SQLite database with the simulator and no Redis, whatever
     the environment or ./.env says, and a real listener on a free loopback port; prints the
-    order's timeline. Takes seconds. --database-url opts in to another database, refused when
+    order's events. Takes seconds. --database-url opts in to another database, refused when
     it already holds orderpay data.
 
     \b
@@ -216,7 +216,7 @@ def demo(
 
     detail = run_demo(report=info, database_url=database_url)
     if json_:
-        from orderpay.http.shapes import order_shape
+        from orderpay.shapes import order_shape
 
         emit_json(order_shape(detail))
         return

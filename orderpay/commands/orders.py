@@ -99,9 +99,9 @@ def order_create(
     _show_detail(detail, json_)
 
 
-@order_app.command("show", short_help="Show an order's story: items, payments, timeline.")
+@order_app.command("show", short_help="Show an order's story: items, payments, events.")
 def order_show(ctx: typer.Context, order_id: OrderId, json_: JsonFlag = False) -> None:
-    """Show an order's story: its customer, items, payments, notifications and timeline.
+    """Show an order's story: its customer, items, payments, notifications and events.
 
     \b
     Examples:
@@ -159,7 +159,7 @@ def order_list(
         )
         details = {d.order.id: d for d in details_of(conn, page.items)} if json_ else {}
     from orderpay.commands.render import orders_table
-    from orderpay.http.shapes import order_shape
+    from orderpay.shapes import order_shape
 
     show_page(
         page, as_json=json_, shape=lambda order: order_shape(details[order.id]), table=orders_table
@@ -189,7 +189,7 @@ def order_cancel(ctx: typer.Context, order_id: OrderId, json_: JsonFlag = False)
 
 def _show_detail(detail: OrderDetail, as_json: bool) -> None:
     if as_json:
-        from orderpay.http.shapes import order_shape
+        from orderpay.shapes import order_shape
 
         emit_json(order_shape(detail))
     else:

@@ -86,7 +86,7 @@ def charge(
         lease_seconds=rt.settings.charge_lease_seconds,
     )
     if json_:
-        from orderpay.http.shapes import payment_shape
+        from orderpay.shapes import payment_shape
 
         emit_json(payment_shape(result.payment, replayed=result.replayed))
     else:
@@ -118,7 +118,7 @@ def payment_show(ctx: typer.Context, payment_id: PaymentId, json_: JsonFlag = Fa
         payment = get_payment(conn, resolve_payment(conn, payment_id))
         refunds = refunds_of_payment(conn, payment.id)
     if json_:
-        from orderpay.http.shapes import payment_shape, refund_shape
+        from orderpay.shapes import payment_shape, refund_shape
 
         emit_json(payment_shape(payment) | {"refunds": [refund_shape(r) for r in refunds]})
     else:
@@ -159,7 +159,7 @@ def payment_list(
             status=PaymentStatus(status.value) if status is not None else None,
         )
     from orderpay.commands.render import payments_table
-    from orderpay.http.shapes import payment_shape
+    from orderpay.shapes import payment_shape
 
     show_page(page, as_json=json_, shape=payment_shape, table=payments_table)
 
@@ -169,7 +169,7 @@ def payment_cancel(
     ctx: typer.Context,
     payment_id: PaymentId,
     reason: Annotated[
-        str, typer.Option("--reason", help="Why, for the timeline and the payment's record.")
+        str, typer.Option("--reason", help="Why, for the order events and the payment's record.")
     ] = "cancelled by the operator",
     force: Annotated[
         bool,
@@ -220,7 +220,7 @@ def payment_cancel(
     if result.payment.status.value == "succeeded":
         rt.nudger.notify_now()
     if json_:
-        from orderpay.http.shapes import payment_shape
+        from orderpay.shapes import payment_shape
 
         emit_json(
             {

@@ -139,14 +139,14 @@ def product_list(
     with runtime(ctx).database.transaction() as conn:
         page = list_products(conn, window(since, until, limit, after), search=search, active=active)
     from orderpay.commands.render import products_table
-    from orderpay.http.shapes import product_shape
+    from orderpay.shapes import product_shape
 
     show_page(page, as_json=json_, shape=product_shape, table=products_table)
 
 
 def _show_one(product: Product, as_json: bool, title: str) -> None:
     if as_json:
-        from orderpay.http.shapes import product_shape
+        from orderpay.shapes import product_shape
 
         emit_json(product_shape(product))
         return

@@ -38,7 +38,7 @@ def refund(
     ] = None,
     reason: Annotated[
         str | None,
-        typer.Option("--reason", help="Why the money goes back (required; on the timeline)."),
+        typer.Option("--reason", help="Why the money goes back (required; in the order events)."),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_: JsonFlag = False,
@@ -103,7 +103,7 @@ def refund(
     if result.notification_queued:
         rt.nudger.notify_now()
     if json_:
-        from orderpay.http.shapes import refund_shape
+        from orderpay.shapes import refund_shape
 
         emit_json(refund_shape(result.refund, replayed=result.replayed))
     else:

@@ -1,7 +1,7 @@
 """Human output for the CLI: tables and panels on stdout, fitted to the terminal (tables.py).
 
 Lists show short ids (the first 8 characters; every command takes a unique prefix), times with
-their zone, and amounts with their currency, never cut. JSON lives in http/shapes.py.
+their zone, and amounts with their currency, never cut. JSON lives in orderpay/shapes.py.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from orderpay.shop.customers import Customer
 from orderpay.shop.products import Product
 from orderpay.store.ids import short
 from orderpay.store.notifications import Notification
+from orderpay.store.order_events import OrderEvent
 from orderpay.store.orders import Order, OrderDetail
 from orderpay.store.payments import Payment
 from orderpay.store.refunds import Refund
-from orderpay.store.timeline import OrderEvent
 
 if TYPE_CHECKING:
     from orderpay.payments.confirmation import Confirmation
@@ -140,14 +140,14 @@ def _recipient(value: str) -> str:
     return mask_phone(value) if value.startswith("+") else value
 
 
-def timeline(events: Iterable[OrderEvent], inner: int) -> RenderableType:
+def events_table(events: Iterable[OrderEvent], inner: int) -> RenderableType:
     columns = [E("at", True), E("event", True), E("detail", rank=1, text=True)]
     # Who acted goes with the detail, which wraps: a column of its own would not fit 80.
     cells = [
         [when(e.at), e.event, f"{e.detail} (by {e.operator})" if e.operator else e.detail]
         for e in events
     ]
-    return fit("Timeline", columns, cells, width=inner, empty="nothing yet")
+    return fit("Events", columns, cells, width=inner, empty="nothing yet")
 
 
 def order_panel(detail: OrderDetail) -> None:
@@ -231,7 +231,7 @@ def order_panel(detail: OrderDetail) -> None:
                 width=inner,
             )
         )
-    parts.append(timeline(detail.events, inner))
+    parts.append(events_table(detail.events, inner))
     show(Panel(Group(*parts), title=f"Order {order.id}", title_align="left", expand=False))
 
 

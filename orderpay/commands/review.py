@@ -69,7 +69,7 @@ def review_list(
       orderpay review list --order 3f1c2a9e --json
     """
     from orderpay.commands.common import order_id
-    from orderpay.http.shapes import review_item_shape
+    from orderpay.shapes import review_item_shape
     from orderpay.store.reviews import list_items
 
     with runtime(ctx).database.transaction() as conn:
@@ -116,7 +116,7 @@ def review_resolve(
     """Resolve an open review item, with a note saying what was decided or done.
 
     Who resolved it (ORDERPAY_OPERATOR, else the OS user) and when are kept with the item and
-    on its order's timeline; the item stays in `review list --all`. Exit 2 without a note, 3
+    on its order's events; the item stays in `review list --all`. Exit 2 without a note, 3
     for an unknown item, 4 when it was resolved already (nothing changes).
 
     \b
@@ -130,7 +130,7 @@ def review_resolve(
     rt = runtime(ctx)
     item = resolve(rt.database, item_id, note=why, operator=rt.settings.operator_name)
     if json_:
-        from orderpay.http.shapes import review_item_shape
+        from orderpay.shapes import review_item_shape
 
         emit_json(review_item_shape(item))
     else:
@@ -139,7 +139,7 @@ def review_resolve(
 
 def _show_item(item: ReviewItem, as_json: bool) -> None:
     if as_json:
-        from orderpay.http.shapes import review_item_shape
+        from orderpay.shapes import review_item_shape
 
         emit_json(review_item_shape(item))
         return

@@ -227,7 +227,7 @@ def notification_list(
             order_id=oid,
         )
     from orderpay.commands.render import notifications_table
-    from orderpay.http.shapes import notification_shape
+    from orderpay.shapes import notification_shape
 
     show_page(page, as_json=json_, shape=notification_shape, table=notifications_table)
 
@@ -285,7 +285,7 @@ def notification_retry(
     if retried:
         rt.nudger.notify_now()
     if json_:
-        from orderpay.http.shapes import notification_shape
+        from orderpay.shapes import notification_shape
 
         emit_json([notification_shape(n) for n in retried])
     else:

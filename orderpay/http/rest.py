@@ -1,9 +1,9 @@
 """The seed's REST API, same paths and field names, behind a bearer token.
 
 `POST /api/orders/`, `GET /api/orders/{id}/`, `POST /api/payments/charge/`, and
-`POST /api/payments/{id}/refunds/`. The same service
-functions as the CLI; the same JSON shapes (shapes.py). With ORDERPAY_API_TOKEN unset, every
-route answers 404, as if the API did not exist.
+`POST /api/payments/{id}/refunds/`. The same service functions as the CLI; the same JSON shapes
+(orderpay/shapes.py). With ORDERPAY_API_TOKEN unset, every route answers 404, as if the API did
+not exist.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from orderpay.errors import (
     RouteNotFound,
 )
 from orderpay.http.bodies import read_body
-from orderpay.http.shapes import order_shape, payment_shape, refund_shape
 from orderpay.metrics import metrics
 from orderpay.payments.charge import charge_order
 from orderpay.payments.refund import ask_for, refund_payment
+from orderpay.shapes import order_shape, payment_shape, refund_shape
 from orderpay.shop.orders import create_order as create_order_service
 from orderpay.store.orders import details_of, get_order_detail
 

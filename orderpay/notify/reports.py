@@ -15,9 +15,9 @@ from sqlalchemy import Connection
 from orderpay.domain.states import NotificationStatus
 from orderpay.domain.validation import has_unstorable_characters, json_object
 from orderpay.errors import InvalidPayload, NotificationNotFound
-from orderpay.store.inbox import record_once
 from orderpay.store.notifications import by_gateway_message
 from orderpay.store.outbox import record_delivery
+from orderpay.store.webhook_events import record_once
 
 DLR_SOURCE = "sms-dlr"
 FINAL_STATUSES = {

@@ -38,7 +38,7 @@ from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_
 from orderpay.errors import InvalidPayload, NotFound, OrderNotFound, PaymentNotFound
 from orderpay.payments import review
 from orderpay.payments.settlement import Settled, settle
-from orderpay.store import inbox, locks, timeline
+from orderpay.store import locks, order_events, webhook_events
 from orderpay.store.locks import LockedPayment
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment
@@ -57,7 +57,7 @@ SIGNING_PROVIDERS = frozenset({"simulator"})
 # Unmatched callbacks kept per order: enough for every outcome of a few charges arriving early,
 # and a bound on what a sender that names one order over and over can make us store.
 MAX_UNMATCHED_PER_ORDER = 20
-KEPT_UNMATCHED = "callback_kept_unmatched"  # the timeline row of each kept event
+KEPT_UNMATCHED = "callback_kept_unmatched"  # the order event of each kept event
 
 
 class Answer(StrEnum):
@@ -158,7 +158,7 @@ def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -
     committed. Raises OrderNotFound for an unknown order, and PaymentNotFound past the bound of
     kept events: the transaction then rolls back and nothing is recorded.
     """
-    event = inbox.receive(
+    event = webhook_events.receive(
         conn, source=callback.source, dedupe_key=callback.dedupe_key, payload=callback.payload
     )
     if event.id is None:
@@ -168,7 +168,7 @@ def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -
         return _unmatched(conn, callback, event.id, again=event.again)
     payment = locked.payment
     if payment.provider not in SIGNING_PROVIDERS:
-        inbox.decide(conn, event.id, "hint", payment.order_id, payment.id)
+        webhook_events.decide(conn, event.id, "hint", payment.order_id, payment.id)
         return CallbackResult(Answer.RECEIVED, payment.id, confirm=payment)
     ours = callback.provider_reference in (str(payment.id), payment.provider_reference)
     verdict = settle(
@@ -239,7 +239,7 @@ def _unmatched(conn: Connection, callback: Callback, event: int, *, again: bool)
         reason=callback.reason,
         event_id=event,
     )
-    timeline.record_event(
+    order_events.record_event(
         conn,
         callback.order_id,
         "callback_unmatched",
@@ -247,7 +247,7 @@ def _unmatched(conn: Connection, callback: Callback, event: int, *, again: bool)
         f"{callback.provider_reference!r}, which matches no payment of this {state} order; {kept} "
         f"({question}), nothing changed",
     )
-    inbox.decide(conn, event, "review_unmatched", callback.order_id, None)
+    webhook_events.decide(conn, event, "review_unmatched", callback.order_id, None)
     return CallbackResult(Answer.REVIEW, None)
 
 
@@ -260,12 +260,15 @@ def _kept_unmatched(
     )
     if again:  # kept already: it stays as it is
         return CallbackResult(Answer.UNMATCHED, None, error=error)
-    # Counted on the timeline, whose rows are indexed by order (the inbox's are not, and an
+    # Counted in the order events, whose rows are indexed by order (the inbox's are not, and an
     # index there would cost every callback its HOT update): the events ever kept, at most.
-    if timeline.count_events(conn, callback.order_id, KEPT_UNMATCHED) >= MAX_UNMATCHED_PER_ORDER:
+    if (
+        order_events.count_events(conn, callback.order_id, KEPT_UNMATCHED)
+        >= MAX_UNMATCHED_PER_ORDER
+    ):
         raise error  # rolls back: nothing more is kept for this order
-    inbox.decide(conn, event, inbox.UNMATCHED, callback.order_id, None)
-    timeline.record_event(
+    webhook_events.decide(conn, event, webhook_events.UNMATCHED, callback.order_id, None)
+    order_events.record_event(
         conn,
         callback.order_id,
         KEPT_UNMATCHED,

@@ -4,7 +4,7 @@ The payment's own provider is asked first, and its word wins: no record of the p
 definite failure, fails it with the operator's reason; a success settles it (the order is paid
 after all); a payment still pending there is refused, since the payer may yet approve it. When
 the provider cannot be asked, the cancel is refused unless forced: a forced cancel fails the
-payment without the provider's word and says so on the timeline, and a success reported later
+payment without the provider's word and says so in the order events, and a success reported later
 is kept for review (money to refund), never a paid order. Either way the order can then be
 charged again with a new key.
 """
@@ -63,7 +63,7 @@ def cancel_payment(
 ) -> CancelResult:
     """Cancel an open payment after asking its provider; see the module docstring.
 
-    `operator`: who cancels (Settings.operator_name), recorded on the timeline row of the
+    `operator`: who cancels (Settings.operator_name), recorded on the order event of the
     failure it writes. A success the provider reports instead is the provider's word, not
     the operator's: its rows name the cancel in their detail only.
     """

@@ -38,7 +38,7 @@ from orderpay.errors import (
     ProviderUnavailable,
 )
 from orderpay.providers.base import Accepted, CollectionRequest, Provider, ProviderAnswer
-from orderpay.store import ledger, locks, timeline
+from orderpay.store import ledger, locks, order_events
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.payments import Payment, find_by_key, get_payment
 from orderpay.store.schema import payments
@@ -209,7 +209,7 @@ def _resolve_existing(
             f"a charge with this key is in progress (payment {existing.id}); retry shortly",
             payment=str(existing.id),
         )
-    timeline.record_event(conn, taken.order_id, "payment_resumed", f"payment {taken.id}")
+    order_events.record_event(conn, taken.order_id, "payment_resumed", f"payment {taken.id}")
     return Claim(taken, replayed=True, must_submit=True)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_object
 from orderpay.errors import InvalidPayload
-from orderpay.store import inbox
+from orderpay.store import webhook_events
 from orderpay.store.payments import (
     Payment,
     find_payment,
@@ -73,7 +73,7 @@ def record_hint(conn: Connection, hint: Hint) -> Payment | None:
         payment = payment_to_confirm_of_order(conn, hint.order_id)
     if payment is None or payment.provider != MTN_PROVIDER or not to_confirm(payment):
         return None
-    recorded = inbox.record_once(
+    recorded = webhook_events.record_once(
         conn,
         source=MTN_SOURCE,
         dedupe_key=f"{payment.id}:{hint.status or 'UNKNOWN'}",

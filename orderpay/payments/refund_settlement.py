@@ -8,7 +8,8 @@ payment's row lock (store/locks.py), as a charge's settlement:
   and the customer's `refund_sent` outbox row is written; a failure frees its amount;
 - the same terminal outcome again changes nothing (the provider's transaction id is kept);
 - the other terminal outcome, or another amount, is kept for review: nothing moves, a review
-  item is opened (one per refund while it is open: payments/review.py), and the timeline says why.
+  item is opened (one per refund while it is open: payments/review.py), and an order event
+  says why.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from orderpay.domain.reviews import ReviewReason
 from orderpay.domain.states import OrderStatus, PaymentStatus, RefundStatus, order_can_move
 from orderpay.errors import ConcurrentUpdate
 from orderpay.payments import review
-from orderpay.store import ledger, locks, outbox, refunds, timeline
+from orderpay.store import ledger, locks, order_events, outbox, refunds
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.refunds import Refund
 
@@ -131,7 +132,7 @@ def settle_refund(
         target=notify,
     )
     if queued is not None:
-        timeline.record_event(
+        order_events.record_event(
             conn,
             refund.order_id,
             "notification_queued",
@@ -175,4 +176,4 @@ def _keep_for_review(
         payment_id=refund.payment_id,
         refund_id=refund.id,
     )
-    timeline.record_event(conn, refund.order_id, event, f"{reported}; {kept}, nothing changed")
+    order_events.record_event(conn, refund.order_id, event, f"{reported}; {kept}, nothing changed")

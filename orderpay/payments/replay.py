@@ -1,4 +1,4 @@
-"""Running a stored callback through its service again (`orderpay webhook replay`).
+"""Running a webhook event through its service again (`orderpay webhook replay`).
 
 A signed momo callback is applied again exactly as a copy from its sender would be: the
 stored payload under the stored dedupe key, through callbacks.apply_callback. So an event kept
@@ -20,9 +20,9 @@ from orderpay.payments.confirmation import Confirmation, confirm_payment
 from orderpay.payments.hints import MTN_SOURCE
 from orderpay.providers.base import Provider
 from orderpay.store.db import Transactional, retrying
-from orderpay.store.events_log import StoredEvent, get_event
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import find_payment
+from orderpay.store.webhook_events import StoredEvent, get_event
 
 CONFIRMED = "confirmed"  # an MTN hint replayed: MTN's answer moved the payment
 UNCHANGED = "unchanged"  # an MTN hint replayed: MTN's answer changed nothing
@@ -51,7 +51,7 @@ def replay_event(
     with db.transaction() as conn:
         event = get_event(conn, event_id)
     if event is None:
-        raise WebhookEventNotFound(f"no stored callback has id {event_id}", event=event_id)
+        raise WebhookEventNotFound(f"no webhook event has id {event_id}", event=event_id)
     if event.source == MOMO_SOURCE:
         return _replay_callback(db, event, notify, provider_for, lease)
     if event.source == MTN_SOURCE and event.payment_id is not None:
@@ -106,7 +106,7 @@ def _replay_hint(
     with db.transaction() as conn:
         payment = find_payment(conn, payment_id)
     if payment is None:  # the event's payment row is there: its foreign key says so
-        raise WebhookEventNotFound(f"stored callback {event.id} names no payment")
+        raise WebhookEventNotFound(f"webhook event {event.id} names no payment")
     confirmation = confirm_payment(
         db,
         provider_for(payment.provider),

@@ -20,13 +20,13 @@ subject:
   failure under one reference are two findings: the first may be money taken twice, the
   second is not);
 - `refund:{id}`: a refund's outcome or amount contradicts our record (refund_settlement.py).
-Every report stays on the order's timeline; the item is the operator's to-do. Findings are
+Every report stays on the order's events; the item is the operator's to-do. Findings are
 opened under the payment's or the order's lock, so two reports do not race each other; the
 open item is read FOR UPDATE, so a resolve that commits meanwhile is seen (a new item is then
 opened), and the partial unique index on the open item's subject is the backstop.
 
 Resolving is the operator's: a note is required, who and when are recorded on the item and on
-the order's timeline (`review_resolved`), and a resolved item stays in the history.
+the order's events (`review_resolved`), and a resolved item stays in the history.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from orderpay.domain.reviews import ReviewReason
 from orderpay.domain.states import PAID_ORDER_STATUSES, OrderStatus, PaymentStatus
 from orderpay.domain.validation import has_unstorable_characters
 from orderpay.errors import InvalidField, InvalidInput
-from orderpay.store import reviews, timeline
+from orderpay.store import order_events, reviews
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.ids import short
 from orderpay.store.locks import LockedPayment
@@ -352,7 +352,7 @@ def clean_note(raw: str) -> str:
 
 
 def resolve(db: Transactional, item_id: int, *, note: str, operator: str) -> ReviewItem:
-    """Resolve an open item with the operator's note; its order's timeline says who and why.
+    """Resolve an open item with the operator's note; its order's events says who and why.
 
     ReviewItemNotFound for an unknown id; ReviewItemResolved (nothing changes) when it was
     resolved already, by anyone: one resolution per item, two at once included.
@@ -362,7 +362,7 @@ def resolve(db: Transactional, item_id: int, *, note: str, operator: str) -> Rev
     def apply(conn: Connection) -> ReviewItem:
         item = reviews.resolve_item(conn, item_id, operator=operator, note=why)
         about = f" (payment {short(item.payment_id)})" if item.payment_id is not None else ""
-        timeline.record_event(
+        order_events.record_event(
             conn,
             item.order_id,
             RESOLVED_EVENT,

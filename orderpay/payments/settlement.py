@@ -10,7 +10,7 @@ the provider reports:
 - a different terminal outcome (success after failure, or the reverse), a success for an
   order that is no longer pending, and an amount or currency that differs from the
   payment's are kept for review: nothing moves, a review item is opened (payments/review.py:
-  one per finding), the timeline says why, and an order is never marked paid on them.
+  one per finding), an order event says why, and an order is never marked paid on them.
   The amount is checked first: an outcome of another amount is an amount finding whatever
   the payment's status, and its suggested action reads both (a success for a payment not
   recorded succeeded is all to refund; a failure took no money).
@@ -25,7 +25,7 @@ from sqlalchemy import Connection
 from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus, PaymentStatus
 from orderpay.payments import review
-from orderpay.store import inbox, ledger, timeline
+from orderpay.store import ledger, order_events, webhook_events
 from orderpay.store.locks import LockedPayment
 from orderpay.store.notifications import NotifyTarget
 
@@ -118,7 +118,7 @@ def settle(
             payer_phone=payment.payer_phone,
         )
         kept = review.keep_amount_mismatch(conn, locked, target, said, reported, event_id=event_id)
-        timeline.record_event(
+        order_events.record_event(
             conn,
             payment.order_id,
             "callback_amount_mismatch",
@@ -142,7 +142,7 @@ def settle(
             payer_phone=payment.payer_phone,
         )
         kept = review.keep_outcome_conflict(conn, locked, target, said, event_id=event_id)
-        timeline.record_event(
+        order_events.record_event(
             conn,
             payment.order_id,
             "callback_conflict",
@@ -152,7 +152,7 @@ def settle(
     if payment.awaiting_confirmation and verdict is not Settled.APPLIED:
         ledger.confirmed(conn, payment.id)  # the provider's word is in: stop asking
     if event_id is not None:
-        inbox.decide(conn, event_id, verdict.value, payment.order_id, payment.id)
+        webhook_events.decide(conn, event_id, verdict.value, payment.order_id, payment.id)
     return verdict
 
 

@@ -85,7 +85,7 @@ def _count(number: int, noun: str) -> str:
 
 def cancel_order(conn: Connection, order_id: uuid.UUID, *, operator: str | None = None) -> Order:
     """Cancel a pending order with no payment in flight. Cancelling twice is harmless.
-    `operator`: who cancels (Settings.operator_name), recorded on the timeline."""
+    `operator`: who cancels (Settings.operator_name), recorded in the order events."""
     order = locks.lock_order(conn, order_id)
     if order is None:
         raise OrderNotFound(f"order {order_id} does not exist", order=str(order_id))

@@ -3,9 +3,9 @@ payments (DESIGN.md section 1).
 
 Every transition of an order or a payment is written here, once: each is a compare-and-set
 (`WHERE status = :expected`) or runs under the row locks of store/locks.py (order first, then
-payment), and writes its timeline row. Postgres and SQLite differ inside the functions only.
+payment), and writes its order event. Postgres and SQLite differ inside the functions only.
 
-On Postgres a write and its timeline row go in one statement (data-modifying CTEs): a round
+On Postgres a write and its order event go in one statement (data-modifying CTEs): a round
 trip fewer per step, which is most of what a charge or a callback costs.
 """
 
@@ -41,7 +41,7 @@ from orderpay.domain.states import (
     payment_can_move,
 )
 from orderpay.errors import ConcurrentUpdate
-from orderpay.store import inbox, outbox, timeline
+from orderpay.store import order_events, outbox, webhook_events
 from orderpay.store.db import InsertIgnoring
 from orderpay.store.locks import LockedPayment
 from orderpay.store.notifications import NotifyTarget
@@ -64,7 +64,7 @@ def insert_order(
     lines: Sequence[tuple[uuid.UUID, int, int]],
     detail: str,
 ) -> Order:
-    """A new pending order with its lines (product, quantity, unit price) and timeline row."""
+    """A new pending order with its lines (product, quantity, unit price) and order event."""
     now = utcnow()
     order_id = uuid.uuid4()
     conn.execute(
@@ -85,7 +85,7 @@ def insert_order(
             for pid, qty, price in lines
         ],
     )
-    timeline.record_event(conn, order_id, "order_created", detail, at=now)
+    order_events.record_event(conn, order_id, "order_created", detail, at=now)
     return Order(order_id, customer_id, OrderStatus.PENDING, total, now, now)
 
 
@@ -98,7 +98,7 @@ def move_order(
     *,
     operator: str | None = None,
 ) -> Order:
-    """Compare-and-set the order's status and write the timeline row (`operator`: who)."""
+    """Compare-and-set the order's status and write the order event (`operator`: who)."""
     if not order_can_move(order.status, target):
         raise ValueError(f"order transition {order.status} -> {target} is not allowed")
     now = utcnow()
@@ -110,7 +110,7 @@ def move_order(
     ).first()
     if row is None:
         raise ConcurrentUpdate(f"order {order.id} changed while it was being updated; retry")
-    timeline.record_event(conn, order.id, event, detail, at=now, operator=operator)
+    order_events.record_event(conn, order.id, event, detail, at=now, operator=operator)
     return order_from_row(row)
 
 
@@ -134,7 +134,7 @@ _CLAIMED_COLUMNS = (
     "created_at",
     "updated_at",
 )
-_INSERT_PAYMENT_WITH_EVENT = timeline.with_event(
+_INSERT_PAYMENT_WITH_EVENT = order_events.with_event(
     postgresql.insert(payments)
     .values(
         {name: bindparam(f"p_{name}", type_=payments.c[name].type) for name in _CLAIMED_COLUMNS}
@@ -173,11 +173,11 @@ _ANSWER = (
     )
     .returning(*COLUMNS)
 )
-_ANSWER_WITH_EVENT = timeline.with_event(_ANSWER)
+_ANSWER_WITH_EVENT = order_events.with_event(_ANSWER)
 
 
 def insert_payment(conn: Connection, values: dict[str, Any], detail: str) -> Payment | None:
-    """A new `initiated` payment (the columns of _CLAIMED_COLUMNS) with its timeline row;
+    """A new `initiated` payment (the columns of _CLAIMED_COLUMNS) with its order event;
     None when the key or the order's one live payment is taken."""
     now = values["created_at"]
     if conn.dialect.name == "postgresql":
@@ -187,7 +187,7 @@ def insert_payment(conn: Connection, values: dict[str, Any], detail: str) -> Pay
     else:
         row = conn.execute(_INSERT_PAYMENT(conn), values).first()
         if row is not None:
-            timeline.record_event(conn, values["order_id"], "payment_initiated", detail, at=now)
+            order_events.record_event(conn, values["order_id"], "payment_initiated", detail, at=now)
     return None if row is None else from_row(row)
 
 
@@ -213,7 +213,7 @@ def release_lease(conn: Connection, payment: Payment, why: str) -> None:
         },
     )
     if released.rowcount:
-        timeline.record_event(
+        order_events.record_event(
             conn,
             payment.order_id,
             "payment_submission_failed",
@@ -231,7 +231,7 @@ def record_answer(
     event: str,
     detail: str,
 ) -> Payment | None:
-    """initiated -> target (the provider's receipt or refusal), with its timeline row; None if
+    """initiated -> target (the provider's receipt or refusal), with its order event; None if
     the payment had moved on (an outcome got here before the receipt did)."""
     if not payment_can_move(PaymentStatus.INITIATED, target):
         raise ValueError(f"payment transition initiated -> {target} is not allowed")
@@ -250,7 +250,7 @@ def record_answer(
     row = conn.execute(_ANSWER, params).first()
     if row is None:
         return None
-    timeline.record_event(conn, payment.order_id, event, detail, at=now)
+    order_events.record_event(conn, payment.order_id, event, detail, at=now)
     return from_row(row)
 
 
@@ -299,7 +299,7 @@ _CONFIRMED = (
 
 def _succeed_in_one_statement(with_inbox: bool) -> Select[Any]:
     """Everything a success writes, as one Postgres statement: the payment, the order, the
-    outbox row, the three timeline rows, and (`with_inbox`) the callback's outcome."""
+    outbox row, the three order events, and (`with_inbox`) the callback's outcome."""
     now = bindparam("v_now", type_=UTCDateTime())
     paid = (
         _MOVE.values(
@@ -317,7 +317,7 @@ def _succeed_in_one_statement(with_inbox: bool) -> Select[Any]:
         .cte("order_paid")
     )
     queued = outbox.insert_notification_from(paid).cte("queued")
-    # Numbered so the timeline rows get their ids in this order.
+    # Numbered so the order events get their ids in this order.
     events = union_all(
         select(
             literal(1).label("k"),
@@ -337,12 +337,12 @@ def _succeed_in_one_statement(with_inbox: bool) -> Select[Any]:
             + bindparam("v_via", type_=Text()),
         ).select_from(paid.join(queued, true())),
     ).subquery("e")
-    rows = timeline.insert_events_from(
+    rows = order_events.insert_events_from(
         select(events.c.order_id, now, events.c.event, events.c.detail).order_by(events.c.k)
     )
-    ctes = [order, rows.cte("timeline")]
+    ctes = [order, rows.cte("order_events")]
     if with_inbox:
-        ctes.append(inbox.outcome_update().cte("inbox"))
+        ctes.append(webhook_events.outcome_update().cte("inbox"))
     return select(paid.c.id).add_cte(*ctes)
 
 
@@ -383,7 +383,9 @@ def succeed(
         if event is None:
             conn.execute(_SUCCEED, params)
         else:
-            outcome = inbox.outcome_params(event[0], event[1], payment.order_id, payment.id)
+            outcome = webhook_events.outcome_params(
+                event[0], event[1], payment.order_id, payment.id
+            )
             conn.execute(_SUCCEED_CALLBACK, params | outcome)
         return
     _move(conn, payment, PaymentStatus.SUCCEEDED, None, transaction_id, now, awaiting=False)
@@ -396,9 +398,9 @@ def succeed(
         events.append(
             ("notification_queued", f"notification {notification_id} via {notify.channel}")
         )
-    timeline.record_events(conn, payment.order_id, events, at=now)
+    order_events.record_events(conn, payment.order_id, events, at=now)
     if event is not None:
-        inbox.decide(conn, event[0], event[1], payment.order_id, payment.id)
+        webhook_events.decide(conn, event[0], event[1], payment.order_id, payment.id)
 
 
 def fail(
@@ -421,7 +423,7 @@ def fail(
     moved = _move(conn, payment, PaymentStatus.FAILED, reason, transaction_id, now, unconfirmed)
     if not moved:
         raise ConcurrentUpdate(f"payment {payment.id} changed while it was being updated; retry")
-    timeline.record_event(conn, payment.order_id, event, detail, at=now, operator=operator)
+    order_events.record_event(conn, payment.order_id, event, detail, at=now, operator=operator)
 
 
 def _move(

@@ -292,11 +292,11 @@ class Recorded:
     message_id: str | None = None  # SENT: the gateway's
     error: str | None = None  # RETRY, FAILED, HELD
     due_at: datetime | None = None  # RETRY, HELD
-    retry_in: int | None = None  # RETRY: seconds, for the timeline
+    retry_in: int | None = None  # RETRY: seconds, for the order events
 
 
 def event_of(done: Recorded) -> tuple[str, str] | None:
-    """The timeline row (event, detail) an outcome writes, if any."""
+    """The order event (event, detail) an outcome writes, if any."""
     nid = done.attempt.notification_id
     if done.outcome is Outcome.SENT:
         return "notification_sent", f"notification {nid} sent ({done.message_id})"

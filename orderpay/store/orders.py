@@ -1,4 +1,4 @@
-"""Orders as read from the database, with their items, payments, notifications and timeline.
+"""Orders as read from the database, with their items, payments, notifications and events.
 
 Their writes live in store/ledger.py alone.
 """
@@ -17,11 +17,11 @@ from orderpay.domain.money import Money
 from orderpay.domain.states import OrderStatus
 from orderpay.errors import OrderNotFound
 from orderpay.store.notifications import Notification, notifications_of
+from orderpay.store.order_events import OrderEvent, events_of
 from orderpay.store.paging import Page, Window, page_of, windowed
 from orderpay.store.payments import Payment, payments_of
 from orderpay.store.refunds import Refund, refunds_of
 from orderpay.store.schema import customers, order_items, orders, products
-from orderpay.store.timeline import OrderEvent, events_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ def get_order_detail(conn: Connection, order_id: uuid.UUID) -> OrderDetail:
 
 
 def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
-    """Orders with their customer, items, payments, refunds, notifications and timeline, in
+    """Orders with their customer, items, payments, refunds, notifications and events, in
     six queries."""
     ids = [order.id for order in batch]
     items: dict[uuid.UUID, list[OrderItem]] = {oid: [] for oid in ids}

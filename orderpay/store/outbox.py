@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus, notification_can_move
 from orderpay.errors import NotificationNotRetryable
-from orderpay.store import timeline
+from orderpay.store import order_events
 from orderpay.store.db import InsertIgnoring
 from orderpay.store.notifications import (
     ATTEMPT_COLUMNS,
@@ -262,7 +262,7 @@ def _set_claim(
 
 
 # Postgres: the outcomes of several attempts in one statement. Each row is written only if its
-# claim still holds it (same attempt number and lease, as _OWNED for one row); the timeline
+# claim still holds it (same attempt number and lease, as _OWNED for one row); the order events
 # rows of the rows written follow in the same statement.
 _RECORD_SQL = """
 UPDATE notifications AS x SET
@@ -291,7 +291,7 @@ _written = (
     .cte("written")
 )
 _RECORD = select(_written.c.id).add_cte(
-    timeline.insert_events_from(
+    order_events.insert_events_from(
         select(
             _written.c.order_id,
             bindparam("e_at", type_=UTCDateTime()),
@@ -306,7 +306,7 @@ _RECORD = select(_written.c.id).add_cte(
 
 def record_outcomes(conn: Connection, outcomes: Sequence[Recorded]) -> set[int]:
     """Record what became of claimed attempts (store.notifications.Recorded), with their
-    timeline rows, in one statement; the ids of the rows written: an attempt that no longer
+    order events, in one statement; the ids of the rows written: an attempt that no longer
     holds its row (its lease ran out and another took the row over) writes nothing."""
     if not outcomes:
         return set()
@@ -365,7 +365,7 @@ def _record_one(
     if conn.execute(_OWNED, {**params, **values}).rowcount != 1:
         return False
     if event is not None:
-        timeline.record_event(conn, a.order_id, *event, at=now)
+        order_events.record_event(conn, a.order_id, *event, at=now)
     return True
 
 
@@ -389,7 +389,7 @@ def mark_enqueued(conn: Connection, notification_ids: list[int], now: datetime) 
 
 def retry_notification(conn: Connection, notification_id: int, *, operator: str) -> Notification:
     """An operator's retry: a failed notification becomes pending, due now, with fresh tries.
-    `operator`: who retries it (Settings.operator_name), recorded on the timeline.
+    `operator`: who retries it (Settings.operator_name), recorded in the order events.
 
     The caller wakes the relay after the transaction commits (wakeups.Nudger).
     """
@@ -422,7 +422,7 @@ def retry_notification(conn: Connection, notification_id: int, *, operator: str)
     ).first()
     if moved is None:
         raise NotificationNotRetryable(f"notification {notification_id} changed meanwhile")
-    timeline.record_event(
+    order_events.record_event(
         conn,
         current.order_id,
         "notification_retried",
@@ -460,7 +460,7 @@ def record_delivery(
     )
     if moved.rowcount != 1:
         return False
-    timeline.record_event(conn, order_id, f"notification_{target.value}", detail, at=now)
+    order_events.record_event(conn, order_id, f"notification_{target.value}", detail, at=now)
     return True
 
 

@@ -3,7 +3,7 @@
 A refund follows a payment's rules (DESIGN.md sections 4 and 5): `initiated` (claimed with a
 lease, the provider not yet known to have it) -> `pending` (the provider accepted) ->
 `succeeded` | `failed`. Every transition is a compare-and-set on the status it leaves, and
-writes its timeline row. The sum of a payment's refunds that did not fail is checked by the
+writes its order event. The sum of a payment's refunds that did not fail is checked by the
 caller under the payment's row lock (store/locks.py: order, then payment) before a refund is
 inserted; a failed refund frees its amount again.
 """
@@ -22,7 +22,7 @@ from orderpay.clock import utcnow
 from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_REFUND_STATUSES, RefundStatus, refund_can_move
 from orderpay.errors import RefundNotFound
-from orderpay.store import timeline
+from orderpay.store import order_events
 from orderpay.store.db import InsertIgnoring
 from orderpay.store.schema import refunds
 
@@ -163,12 +163,12 @@ _NOTE_TRANSACTION = (
 
 
 def insert_refund(conn: Connection, values: dict[str, Any], detail: str) -> Refund | None:
-    """A new `initiated` refund with its timeline row (naming the operator); None when its
+    """A new `initiated` refund with its order event (naming the operator); None when its
     idempotency key is taken."""
     row = conn.execute(_INSERT(conn), values).first()
     if row is None:
         return None
-    timeline.record_event(
+    order_events.record_event(
         conn,
         values["order_id"],
         "refund_initiated",
@@ -190,7 +190,7 @@ def take_lease(
     if row is None:
         return None
     taken = from_row(row)
-    timeline.record_event(
+    order_events.record_event(
         conn, taken.order_id, "refund_resumed", f"refund {taken.id}", at=now, operator=operator
     )
     return taken
@@ -209,7 +209,7 @@ def release_lease(conn: Connection, refund: Refund, why: str) -> None:
         },
     )
     if released.rowcount:
-        timeline.record_event(
+        order_events.record_event(
             conn,
             refund.order_id,
             "refund_submission_failed",
@@ -228,7 +228,7 @@ def move(
     reason: str | None = None,
     transaction_id: str | None = None,
 ) -> Refund | None:
-    """Compare-and-set `refund.status` -> `target` with its timeline row: the provider's
+    """Compare-and-set `refund.status` -> `target` with its order event: the provider's
     receipt (`pending`, keeping its `reference`) or its outcome. None if the refund had moved
     on meanwhile (the caller reads it again)."""
     if not refund_can_move(refund.status, target):
@@ -248,7 +248,7 @@ def move(
     ).first()
     if row is None:
         return None
-    timeline.record_event(conn, refund.order_id, event, detail, at=now)
+    order_events.record_event(conn, refund.order_id, event, detail, at=now)
     return from_row(row)
 
 

@@ -2,12 +2,12 @@
 and old messages, nothing else changed.
 
 Old means received (webhook_events.received_at) or created (notifications.created_at) before
-a cutoff. The ledger (orders, payments, refunds) and the timeline are never touched: amounts,
+a cutoff. The ledger (orders, payments, refunds) and the order events are never touched: amounts,
 statuses and ids stay as they were, and so do the payer's phone on the payment and the
 customer's record. A notification still pending keeps its recipient (it is yet to be sent).
 
 Rows are read here in batches of BATCH by id, one transaction per batch, and written by their
-tables' own writers (inbox.mask_payloads, outbox.mask_contacts) only if unchanged since they
+tables' own writers (store/webhook_events.py, store/outbox.py) only if unchanged since they
 were read: a prune can run beside the listener and the worker, be interrupted, and run again
 (a masked row stays as it is).
 """
@@ -23,9 +23,10 @@ from sqlalchemy import Connection, func, select
 from orderpay.domain.phones import mask_if_phone
 from orderpay.domain.redaction import mask_payload
 from orderpay.domain.states import NotificationStatus
-from orderpay.store import inbox, outbox
+from orderpay.store import outbox
 from orderpay.store.db import Transactional
 from orderpay.store.schema import notifications, webhook_events
+from orderpay.store.webhook_events import mask_payloads
 
 BATCH = 500
 _PENDING = NotificationStatus.PENDING.value
@@ -86,7 +87,7 @@ def _callbacks(conn: Connection, cutoff: datetime, region: str, after: int) -> t
         masked = mask_payload(payload, region)
         if masked != payload:
             changes.append({"b_id": event_id, "b_old": payload, "v_payload": masked})
-    return len(rows), inbox.mask_payloads(conn, changes), rows[-1][0] if rows else after
+    return len(rows), mask_payloads(conn, changes), rows[-1][0] if rows else after
 
 
 def _notifications(

@@ -1,4 +1,5 @@
-"""Initial schema: customers, products, orders, payments, webhook events, outbox, timeline.
+"""Initial schema: customers, products, orders, payments, webhook events, notifications and
+order events.
 
 Revision ID: 0001_initial
 Revises:

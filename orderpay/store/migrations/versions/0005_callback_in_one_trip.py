@@ -16,7 +16,7 @@ the same texts in the same order:
 3. only the common case goes on: a payment of a signing provider, open (`initiated` or
    `pending`), for a success an order still `pending`, the reported amount and currency the
    payment's or absent. It records the inbox event (`processed`), moves the payment (and, on
-   success, the order), writes the outbox row and the timeline rows, and answers `processed`;
+   success, the order), writes the outbox row and the order events, and answers `processed`;
 4. anything else (no payment, another order's payment, a hint, a repeated or conflicting
    outcome, a mismatch) is answered `fallback` having written nothing: the caller runs
    apply_callback in an ordinary transaction, which decides it.

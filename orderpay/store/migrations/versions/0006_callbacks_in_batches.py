@@ -32,7 +32,7 @@ signing providers, the currencies' exponents, the clock, the recipient):
    (which records first, then locks) makes the insert do nothing for that callback, which is
    then answered from the stored row. Only the callbacks whose row went in go on;
 5. what ledger.succeed / ledger.fail write, set-based: the payments, the orders, the outbox
-   rows, the timeline rows, each callback's rows in the order and with the texts the ordinary
+   rows, the order events, each callback's rows in the order and with the texts the ordinary
    path writes them, callbacks in batch order.
 
 The function plans its statements generically, once per session (plan_cache_mode): with

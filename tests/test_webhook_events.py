@@ -1,7 +1,7 @@
-"""The callback log: signed callbacks that matched no payment are kept, listed and replayed
+"""Webhook events: signed callbacks that matched no payment are kept, listed and replayed
 (DESIGN.md section 5: "the event is kept as unmatched, and a later copy of it tries the match
 again rather than counting as a duplicate"), and `orderpay webhook list|show|replay` read and
-re-run the stored callbacks.
+re-run the webhook events.
 
 The callbacks come in through the listener (in-process, or real uvicorn for the races), as a
 seed-style sender posts them: with its own transaction id as the reference.
@@ -26,10 +26,10 @@ from orderpay.payments.callbacks import MAX_UNMATCHED_PER_ORDER
 from orderpay.payments.charge import charge_order, claim_payment, submit
 from orderpay.payments.hints import parse_hint, record_hint
 from orderpay.providers.simulator import SimulatorProvider
-from orderpay.store import inbox
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
 from orderpay.store.schema import webhook_events
+from orderpay.store.webhook_events import record_once
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.fake_mtn import FakeMtn
@@ -300,7 +300,7 @@ def test_replaying_a_delivery_report_is_refused_with_exit_2_and_changes_nothing(
 ) -> None:
     order = an_order(db)
     with db.transaction() as conn:
-        inbox.record_once(
+        record_once(
             conn,
             source=DLR_SOURCE,
             dedupe_key="ATXid_1:Success",

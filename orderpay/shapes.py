@@ -8,14 +8,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from orderpay.payments.replay import Replayed
 from orderpay.shop.customers import Customer
 from orderpay.shop.products import Product
 from orderpay.store.notifications import Notification
+from orderpay.store.order_events import OrderEvent
 from orderpay.store.orders import Order, OrderDetail
 from orderpay.store.payments import Payment
 from orderpay.store.refunds import Refund
 from orderpay.store.reviews import ReviewItem
-from orderpay.store.timeline import OrderEvent
+from orderpay.store.webhook_events import StoredEvent
 
 Shape = dict[str, Any]
 
@@ -109,7 +111,7 @@ def notification_shape(notification: Notification) -> Shape:
     }
 
 
-def event_shape(event: OrderEvent) -> Shape:
+def order_event_shape(event: OrderEvent) -> Shape:
     return {
         "at": timestamp(event.at),
         "event": event.event,
@@ -164,5 +166,36 @@ def order_shape(detail: OrderDetail) -> Shape:
     shape["payments"] = [payment_shape(p) for p in detail.payments]
     shape["refunds"] = [refund_shape(r) for r in detail.refunds]
     shape["notifications"] = [notification_shape(n) for n in detail.notifications]
-    shape["events"] = [event_shape(e) for e in detail.events]
+    shape["events"] = [order_event_shape(e) for e in detail.events]
+    return shape
+
+
+def webhook_event_shape(event: StoredEvent) -> Shape:
+    return {
+        "id": event.id,
+        "source": event.source,
+        "received_at": event.received_at.isoformat(),
+        "outcome": event.outcome,
+        "order": str(event.order_id) if event.order_id else None,
+        "payment": str(event.payment_id) if event.payment_id else None,
+        "dedupe_key": event.dedupe_key,
+    }
+
+
+def replay_shape(replayed: Replayed) -> Shape:
+    shape: Shape = {
+        "event": replayed.event_id,
+        "source": replayed.source,
+        "outcome": replayed.outcome,
+        "payment": str(replayed.payment_id) if replayed.payment_id else None,
+        "notification_queued": replayed.notification_queued,
+    }
+    c = replayed.confirmation
+    if c is not None:
+        shape["confirmation"] = {
+            "before": c.before.value,
+            "after": c.after.value,
+            "provider_said": c.remote,
+            "note": c.note,
+        }
     return shape

@@ -1,4 +1,5 @@
-"""The inbox (webhook_events): every callback we act on, recorded once per source and key.
+"""Webhook events (webhook_events): every callback we act on, recorded once per source and
+key, and read back for `orderpay webhook list|show|replay`.
 
 The one module that writes webhook_events. The unique (source, dedupe_key) constraint is what
 makes a replayed callback harmless: the second insert does nothing, and the caller changes
@@ -20,13 +21,16 @@ duplicate would then write WAL, wait for a flush at commit and queue behind the 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Update, bindparam, select, update
 
 from orderpay.clock import utcnow
 from orderpay.store.db import InsertIgnoring
+from orderpay.store.paging import Page, Window, page_of, windowed
 from orderpay.store.schema import webhook_events
 
 RECEIVED = "received"  # recorded, outcome not yet known (rolled back with its transaction)
@@ -179,3 +183,62 @@ def mask_payloads(conn: Connection, masked: list[dict[str, Any]]) -> int:
     {"b_id", "b_old": the payload as read, "v_payload"}; a payload that changed since it was
     read is left for the next run. How many were replaced."""
     return sum(conn.execute(_MASK_PAYLOAD, row).rowcount for row in masked)
+
+
+# --- Reading them back ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    source: str
+    dedupe_key: str
+    received_at: datetime
+    outcome: str
+    order_id: uuid.UUID | None
+    payment_id: uuid.UUID | None
+    payload: str | None = None  # read by `get_event` only: lists leave it out
+
+
+_SUMMARY = (
+    webhook_events.c.id,
+    webhook_events.c.source,
+    webhook_events.c.dedupe_key,
+    webhook_events.c.received_at,
+    webhook_events.c.outcome,
+    webhook_events.c.order_id,
+    webhook_events.c.payment_id,
+)
+
+
+def _from_row(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(int(row[0]), *row[1:])
+
+
+def get_event(conn: Connection, event_id: int) -> StoredEvent | None:
+    """One stored event with its payload, or None."""
+    row = conn.execute(
+        select(*_SUMMARY, webhook_events.c.payload).where(webhook_events.c.id == event_id)
+    ).first()
+    return None if row is None else _from_row(row)
+
+
+def list_events(
+    conn: Connection,
+    window: Window,
+    *,
+    order_id: uuid.UUID | None = None,
+    outcomes: Collection[str] = (),
+    source: str | None = None,
+) -> Page[StoredEvent]:
+    """Stored events, newest received first, a page at a time (without their payloads)."""
+    query = select(*_SUMMARY)
+    if order_id is not None:
+        query = query.where(webhook_events.c.order_id == order_id)
+    if outcomes:
+        query = query.where(webhook_events.c.outcome.in_(sorted(outcomes)))
+    if source is not None:
+        query = query.where(webhook_events.c.source == source)
+    query = windowed(query, webhook_events.c.received_at, webhook_events.c.id, window, int)
+    rows = [_from_row(row) for row in conn.execute(query)]
+    return page_of(rows, window, lambda e: (e.received_at, e.id))

@@ -1,6 +1,6 @@
-"""The order timeline (order_events): append-only, one row per state change.
+"""The order's events (order_events): append-only, one row per state change.
 
-The one module that writes order_events: other writers that add a timeline row to their own
+The one module that writes order_events: other writers that add an order event to their own
 statement on Postgres build it with `with_event` or `insert_events_from`.
 """
 
@@ -27,8 +27,8 @@ class OrderEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class TimelineEntry:
-    """A timeline row as `orderpay events tail` follows them: with its id and order."""
+class OrderEventEntry:
+    """A order event as `orderpay events tail` follows them: with its id and order."""
 
     id: int
     order_id: uuid.UUID
@@ -51,7 +51,7 @@ def record_event(
     at: datetime | None = None,
     operator: str | None = None,
 ) -> None:
-    """One timeline row; `operator`: who acted, when an operator did (Settings.operator_name)."""
+    """One order event; `operator`: who acted, when an operator did (Settings.operator_name)."""
     conn.execute(
         _INSERT,
         {
@@ -83,7 +83,7 @@ def record_events(
 
 
 def with_event(dml: Any) -> Select[Any]:
-    """`dml` (an UPDATE or INSERT returning `order_id`) plus its timeline row, as one Postgres
+    """`dml` (an UPDATE or INSERT returning `order_id`) plus its order event, as one Postgres
     statement (a data-modifying CTE): a round trip fewer than two statements. The event row is
     written only if `dml` wrote a row. Parameters: the statement's own, and e_at, e_event and
     e_detail for the event."""
@@ -100,13 +100,13 @@ def with_event(dml: Any) -> Select[Any]:
 
 
 def insert_events_from(rows: Any) -> Any:
-    """INSERT the timeline rows that `rows` (a SELECT of order_id, at, event, detail, in the
+    """INSERT the order events that `rows` (a SELECT of order_id, at, event, detail, in the
     order the rows are to get their ids) yields: for a larger Postgres statement."""
     return insert(order_events).from_select(["order_id", "at", "event", "detail"], rows)
 
 
 def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OrderEvent]]:
-    """Each order's timeline, oldest first."""
+    """Each order's events, oldest first."""
     rows = conn.execute(
         select(
             order_events.c.order_id,
@@ -118,14 +118,14 @@ def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, l
         .where(order_events.c.order_id.in_(order_ids))
         .order_by(order_events.c.id)
     )
-    timeline: dict[uuid.UUID, list[OrderEvent]] = {}
+    events: dict[uuid.UUID, list[OrderEvent]] = {}
     for order_id, at, event, detail, operator in rows:
-        timeline.setdefault(order_id, []).append(OrderEvent(at, event, detail, operator))
-    return timeline
+        events.setdefault(order_id, []).append(OrderEvent(at, event, detail, operator))
+    return events
 
 
 def count_events(conn: Connection, order_id: uuid.UUID, event: str) -> int:
-    """How many `event` rows the order's timeline has (an index range scan of the order's)."""
+    """How many `event` rows the order's events has (an index range scan of the order's)."""
     return int(
         conn.execute(
             select(func.count())
@@ -136,7 +136,7 @@ def count_events(conn: Connection, order_id: uuid.UUID, event: str) -> int:
 
 
 def last_event_id(conn: Connection) -> int:
-    """The id of the newest timeline row this transaction sees, 0 when there is none."""
+    """The id of the newest order event this transaction sees, 0 when there is none."""
     return int(conn.execute(select(func.max(order_events.c.id))).scalar_one() or 0)
 
 
@@ -156,8 +156,8 @@ def events_after(
     missing: Collection[int] = (),
     order_id: uuid.UUID | None = None,
     limit: int = 500,
-) -> list[TimelineEntry]:
-    """Timeline rows with ids above `after`, plus any of the ids `missing` (below it, written
+) -> list[OrderEventEntry]:
+    """Order events with ids above `after`, plus any of the ids `missing` (below it, written
     by transactions that had not committed yet when the rows after them were read), oldest
     first, at most `limit`."""
     newer = order_events.c.id > after
@@ -172,4 +172,6 @@ def events_after(
     if order_id is not None:
         query = query.where(order_events.c.order_id == order_id)
     rows = conn.execute(query.order_by(order_events.c.id).limit(limit))
-    return [TimelineEntry(int(i), o, at, event, detail, op) for i, o, at, event, detail, op in rows]
+    return [
+        OrderEventEntry(int(i), o, at, event, detail, op) for i, o, at, event, detail, op in rows
+    ]
