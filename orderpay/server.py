@@ -1,11 +1,10 @@
 """The listener (`orderpay serve-webhooks`): payment callbacks, the seed's REST API, health.
 
-This module is a thin HTTP shell: it reads and bounds bodies, checks signatures and tokens,
-calls one service function per request in a worker thread (the services are synchronous and
-own no transaction), and renders results. The signed callback route is a bare ASGI handler in
-front of this Starlette app (http/momo_route.py: its hot path runs on the event loop). An
-OrderpayError becomes an HTTP answer in one place, http/answers.py, through `error_response`
-here and the callback route there; no input produces a 500.
+A thin HTTP shell: it reads and bounds bodies, checks signatures and tokens, calls one service
+function per request (in a worker thread: the services are synchronous and own no
+transaction) and renders the result. Signed callbacks take a bare ASGI route in front of the
+Starlette app (http/momo_route.py). Errors become answers in http/answers.py, which the
+exception handlers here and that route both call.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -25,19 +24,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orderpay.errors import (
-    DatabaseInaccessible,
-    OrderpayError,
-    RouteNotFound,
-)
+from orderpay.errors import OrderpayError, RouteNotFound
 from orderpay.http import rest
-from orderpay.http.answers import error_json, public_error
+from orderpay.http.answers import answer_for
 from orderpay.http.bodies import read_body
 from orderpay.http.confirmer import Confirmer
+from orderpay.http.momo_route import PATHS as MOMO_PATHS
 from orderpay.http.momo_route import MomoRoute
 from orderpay.metrics import metrics
 from orderpay.notify.reports import apply_report, parse_report
 from orderpay.payments.hints import MTN_PROVIDER, parse_hint, record_hint
+from orderpay.payments.signed_callbacks import SignedCallbacks
 from orderpay.runtime import Runtime
 from orderpay.store.db import retrying
 from orderpay.store.payments import Payment
@@ -127,20 +124,8 @@ def _review_items_open(runtime: Runtime) -> int | None:
 
 
 def error_response(request: Request, error: Exception) -> Response:
-    """The one translation of errors into HTTP answers (DESIGN.md sections 6 and 7); the
-    callback route (http/momo_route.py) renders through the same http/answers.py."""
-    if isinstance(error, DatabaseInaccessible):
-        # The operator's to fix (a path, a permission), not the caller's: the log says what.
-        log.error("database inaccessible: %s", error.message)
-    error = public_error(error)
-    if isinstance(error, OrderpayError):
-        if error.public_message != error.message:
-            log.error(
-                "%s on %s %s: %s", error.code, request.method, request.url.path, error.message
-            )
-    elif not isinstance(error, HTTPException):
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return error_json(error)
+    """Starlette's exception handler: http/answers.py's translation."""
+    return answer_for(error, request.method, request.url.path)
 
 
 class AccessLog:
@@ -223,9 +208,31 @@ ROUTES = [
 WORKER_THREADS = 16
 
 
-def create_app(settings: Settings | None = None) -> MomoRoute:
-    """The ASGI application; `uvicorn --factory orderpay.server:create_app` runs it: the
-    callback route (http/momo_route.py, bare ASGI) in front of the Starlette app."""
+class Listener:
+    """The ASGI application: signed callbacks to their bare route, everything else to the
+    Starlette app (`app`; its `state` holds the runtime and the confirmer)."""
+
+    def __init__(self, app: Starlette, momo: MomoRoute) -> None:
+        self.app = app
+        self.momo = momo
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    @property
+    def callbacks(self) -> SignedCallbacks:
+        return self.momo.callbacks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in MOMO_PATHS:
+            await self.momo(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> Listener:
+    """The ASGI application; `uvicorn --factory orderpay.server:create_app` runs it."""
     runtime = Runtime(
         settings, pool_size=WORKER_THREADS, max_overflow=4, pool_timeout=10, session_guards=True
     )
@@ -235,15 +242,21 @@ def create_app(settings: Settings | None = None) -> MomoRoute:
     runtime.provider  # noqa: B018
     confirmer = Confirmer(runtime)
     metrics()
+    callbacks = SignedCallbacks(
+        runtime.raw_database,
+        lambda: runtime.database,
+        runtime.notify_target(),
+        run_in_threadpool,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
-        await route.open_pool()  # one asyncpg pool per worker process, on Postgres
+        await callbacks.open()  # one asyncpg pool per worker process, on Postgres
         yield
-        await route.close_pool()
+        await callbacks.close()
         confirmer.close()
         runtime.close()
 
@@ -259,5 +272,5 @@ def create_app(settings: Settings | None = None) -> MomoRoute:
     )
     app.state.runtime = runtime
     app.state.confirmer = confirmer
-    route = MomoRoute(app, runtime, confirmer)
-    return route
+    secrets = runtime.settings.webhook_secrets()
+    return Listener(app, MomoRoute(callbacks, secrets, confirmer, runtime.nudger))

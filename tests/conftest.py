@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,17 +228,11 @@ def scratch_pg_url(database_pool: DatabasePool) -> Iterator[str]:
 
 
 @pytest.fixture
-def twins(database_pool: DatabasePool) -> Iterator[tuple[str, Callable[[], str]]]:
-    """A database to set a case up in, and a way to clone it once it is set up."""
-    names = [database_pool.clone()]
-
-    def clone() -> str:
-        names.append(create_postgres_database(template=names[0]))
-        return url_for(names[-1])
-
-    yield url_for(names[0]), clone
-    for name in names:
-        drop_postgres_database(name)
+def second_pg_url(database_pool: DatabasePool) -> Iterator[str]:
+    """Another migrated Postgres database with no rows, for a test that compares two."""
+    name = database_pool.take()
+    yield url_for(name)
+    database_pool.give_back(name)
 
 
 @pytest.fixture(scope="module")

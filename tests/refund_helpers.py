@@ -67,15 +67,8 @@ def a_paid_payment(
     with db.transaction() as conn:
         locked = lock_payment(conn, charged.payment.id)
         assert locked is not None
-        verdict = settlement.settle(
-            conn,
-            locked,
-            PaymentStatus.SUCCEEDED,
-            reason=None,
-            amount=None,
-            source="test",
-            notify=notify or NotifyTarget(),
-        )
+        report = settlement.Report(PaymentStatus.SUCCEEDED, "test")
+        verdict = settlement.settle(conn, locked, report, notify or NotifyTarget())
         assert verdict is settlement.Settled.APPLIED
         return get_payment(conn, charged.payment.id)
 

@@ -14,8 +14,8 @@ from asyncpg.exceptions import DeadlockDetectedError, LockNotAvailableError
 from sqlalchemy.engine import make_url
 
 from orderpay.errors import ConcurrentUpdate, ConfigurationError, DatabaseUnavailable
+from orderpay.payments.callback_batches import settle_batch
 from orderpay.payments.callbacks import parse_callback
-from orderpay.payments.fast_callbacks import settle_batch
 from orderpay.store.async_db import asyncpg_dsn, create_pool, translate
 from orderpay.store.db import SESSION_GUARDS, Database
 from orderpay.store.notifications import NotifyTarget

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from orderpay.errors import DatabaseUnavailable, OrderpayError
+from orderpay.payments.callback_batches import CallbackBatcher, settle_batch
 from orderpay.payments.callbacks import Callback, CallbackResult
-from orderpay.payments.fast_callbacks import CallbackBatcher, settle_batch
 from orderpay.store.async_db import create_pool
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment
-from tests.test_callback_one_trip import (
+from tests.test_callback_paths import (
     Sent,
     answer_of,
     body,
@@ -32,6 +32,7 @@ from tests.test_callback_one_trip import (
     ordinary,
     ours,
     pending,
+    set_up,
 )
 
 LOG = NotifyTarget("log")
@@ -99,18 +100,13 @@ def mixed_batch(db: Database) -> list[Sent]:
     ]
 
 
-@pytest.mark.slow
 def test_a_batch_writes_the_rows_and_answers_of_the_ordinary_transaction_one_by_one(
-    twins: tuple[str, Callable[[], str]],
+    pg_url: str, second_pg_url: str
 ) -> None:
-    url, clone = twins
-    setup_db = Database(url)
-    try:
-        sent = mixed_batch(setup_db)
-    finally:
-        setup_db.dispose()
-    other_url = clone()
-    batch_db, ordinary_db = Database(url), Database(other_url)
+    sent = set_up(pg_url, mixed_batch, "mixed batch")
+    assert set_up(second_pg_url, mixed_batch, "mixed batch") == sent
+    url = pg_url
+    batch_db, ordinary_db = Database(pg_url), Database(second_pg_url)
     try:
         callbacks = [one.parsed() for one in sent]
         decided = run(settle_on(url, callbacks))
@@ -145,13 +141,13 @@ def test_a_batch_that_falls_back_for_a_callback_writes_nothing_for_it(
     with db.transaction() as conn:
         recorded = conn.execute(text("SELECT dedupe_key FROM webhook_events")).scalars().all()
         queued = conn.execute(text("SELECT payment_id FROM notifications")).scalars().all()
-        timeline = conn.execute(
+        events = conn.execute(
             text("SELECT count(*) FROM order_events WHERE order_id = :o"),
             {"o": mismatched.order_id},
         ).scalar_one()
     assert recorded == [callbacks[0].dedupe_key]
     assert queued == [settled.id]
-    assert timeline == 3  # created, initiated, pending: as before the batch
+    assert events == 3  # created, initiated, pending: as before the batch
 
 
 # --- One payment, one decision per batch --------------------------------------------------------

@@ -1,7 +1,7 @@
 """Every lookup on the callback path is an index lookup, so a callback costs the same at any
-table size (issue 12): with many payments, neither the ordinary path's locking statements
-(store/locks.py) nor the batch database function (migration 0006) reads the
-payments table whole, whether the callback names our reference or the sender's own id.
+table size: with many payments, neither the ordinary path's locking statements
+(store/locks.py) nor a batch's statements (payments/callback_batches.py) read a table whole,
+whether the callback names our reference or the sender's own id.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from orderpay.payments.callbacks import parse_callback
-from orderpay.payments.fast_callbacks import settle_arguments
-from orderpay.store import ledger
+from orderpay.payments.callback_batches import settle_batch
+from orderpay.payments.callbacks import Answer, parse_callback
 from orderpay.store.async_db import create_pool
 from orderpay.store.db import Database
-from orderpay.store.locks import _LOCK_BY_ID, _LOCK_FOR_REFERENCE
+from orderpay.store.locks import _LOCK_BY_ID, _LOCK_NAMED
 from orderpay.store.notifications import NotifyTarget
 
 PAYMENTS = 20_000
@@ -118,9 +117,10 @@ N = PAYMENTS - 7  # a pending payment
 def test_locking_the_payment_a_reference_names_is_an_index_lookup(
     reference: str, n: int, crowded_db: Database
 ) -> None:
-    params = {"b_order": order_id(n), "b_reference": reference}
+    ours = payment_id(n) if reference == str(payment_id(n)) else None
+    params = {"b_order": order_id(n), "b_payment": ours, "b_reference": reference}
 
-    assert_index_lookup(plan(crowded_db, _LOCK_FOR_REFERENCE, params))
+    assert_index_lookup(plan(crowded_db, _LOCK_NAMED, params))
 
 
 def test_locking_the_payment_by_our_payment_id_is_an_index_lookup(crowded_db: Database) -> None:
@@ -140,7 +140,7 @@ def callback(reference: str, n: int, status: str = "success") -> Any:
 
 # Our reference and a sender's id on pending payments (settled), a copy of one of them
 # (duplicate), a failure under the sender's id of a succeeded payment and a callback about an
-# unknown order (both falling back): enough calls for PL/pgSQL to settle on its plans.
+# unknown order (both falling back): enough batches for the statements' plans to settle.
 CALLS = [
     *[callback(str(payment_id(n)), n) for n in range(SETTLED + 1, SETTLED + 5)],
     *[callback(sender_id(n), n) for n in range(SETTLED + 5, SETTLED + 9)],
@@ -150,24 +150,28 @@ CALLS = [
 ]
 
 
+class InTransaction:
+    """A pool's `fetch` on one connection inside a transaction (rolled back afterwards)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.fetch = conn.fetch
+
+
 async def tables_scanned_whole(url: str) -> dict[str, int]:
-    """Sequential scans per table while the function settles CALLS in one transaction (rolled
-    back): four batches of one, then one batch of the rest. The function plans its
-    statements generically (its own plan_cache_mode), for any batch size."""
+    """Sequential scans per table while batches settle CALLS in one transaction (rolled
+    back): four batches of one, then one batch of the rest."""
     pool = await create_pool(url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                outcomes = [
-                    row[1]
+                answers = [
+                    None if result is None else result.answer
                     for batch in [*([c] for c in CALLS[:4]), CALLS[4:]]
-                    for row in await conn.fetch(
-                        ledger.SETTLE_CALLBACKS, *settle_arguments(batch, LOG)
-                    )
+                    for result in await settle_batch(InTransaction(conn), batch, LOG)
                 ]
-                assert outcomes == ["processed"] * 8 + ["duplicate", "fallback", "fallback"]
+                assert answers == [Answer.PROCESSED] * 8 + [Answer.DUPLICATE, None, None]
                 rows = await conn.fetch(
                     "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE seq_scan > 0"
                 )
@@ -181,5 +185,5 @@ async def tables_scanned_whole(url: str) -> dict[str, int]:
 LOG = NotifyTarget("log")
 
 
-def test_the_database_function_reads_no_table_whole(crowded: str) -> None:
+def test_a_batch_reads_no_table_whole(crowded: str) -> None:
     assert asyncio.run(tables_scanned_whole(crowded)) == {}

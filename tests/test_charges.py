@@ -34,15 +34,8 @@ def settle(db: Database, payment_id: uuid.UUID) -> None:
     with db.transaction() as conn:
         locked = lock_payment(conn, payment_id)
         assert locked is not None
-        verdict = settlement.settle(
-            conn,
-            locked,
-            PaymentStatus.SUCCEEDED,
-            reason=None,
-            amount=None,
-            source="test",
-            notify=NotifyTarget(),
-        )
+        report = settlement.Report(PaymentStatus.SUCCEEDED, "test")
+        verdict = settlement.settle(conn, locked, report, NotifyTarget())
         assert verdict is settlement.Settled.APPLIED
 
 

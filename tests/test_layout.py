@@ -9,14 +9,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+
+from orderpay.store.db import Database
 
 PACKAGE = Path(__file__).resolve().parent.parent / "orderpay"
 MIGRATIONS = PACKAGE / "store" / "migrations"
 
 # Each ledger table and the one module allowed to write it.
 WRITERS = {
-    "orders": "store/ledger.py",
-    "order_items": "store/ledger.py",
+    "orders": "store/orders.py",
+    "order_items": "store/orders.py",
     "payments": "store/ledger.py",
     "refunds": "store/refunds.py",
     "review_items": "store/reviews.py",
@@ -84,6 +87,33 @@ def test_the_writer_check_sees_every_way_of_writing_a_table(snippet: str) -> Non
 
 def test_the_writer_check_ignores_reads() -> None:
     assert tables_written("select(payments.c.id).where(payments.c.status == 'x')") == set()
+
+
+# Code in the database would be a writer the checks above cannot see.
+DATABASE_CODE = re.compile(r"\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE|TRIGGER)\b", re.I)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(MIGRATIONS.rglob("*.py")), ids=lambda p: str(p.relative_to(MIGRATIONS))
+)
+def test_no_migration_puts_code_in_the_database(path: Path) -> None:
+    assert not DATABASE_CODE.search(path.read_text(encoding="utf-8"))
+
+
+def test_the_code_in_the_database_check_sees_a_function() -> None:
+    assert DATABASE_CODE.search("op.execute('create or replace function f() ...')")
+
+
+def test_the_migrated_database_holds_no_function_procedure_or_trigger(db: Database) -> None:
+    with db.transaction() as conn:
+        routines = conn.execute(
+            text(
+                "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                " WHERE n.nspname = 'public'"
+            )
+        ).all()
+        triggers = conn.execute(text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")).all()
+    assert (routines, triggers) == ([], [])
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from orderpay.domain.states import OrderStatus, PaymentStatus
-from orderpay.http.momo_route import SUCCESS_LOG_SAMPLE, MomoRoute
+from orderpay.http.momo_route import SUCCESS_LOG_SAMPLE
 from orderpay.payments.callbacks import CallbackResult
-from orderpay.server import create_app
+from orderpay.server import Listener, create_app
 from orderpay.store.db import Database
 from orderpay.store.schema import payments
 from tests.builders import an_order
@@ -311,11 +311,12 @@ def test_each_callback_that_is_not_processed_has_one_log_line(
 class Spy:
     """Records what the fast path decided (None: it fell back), and delegates to it."""
 
-    def __init__(self, route: MomoRoute) -> None:
-        assert route.batcher is not None, "no fast path: the asyncpg pool was not made"
-        self.settle = route.batcher.settle
+    def __init__(self, app: Listener) -> None:
+        batcher = app.callbacks.batcher
+        assert batcher is not None, "no batches: the asyncpg pool was not made"
+        self.settle = batcher.settle
         self.decided: list[CallbackResult | None] = []
-        route.batcher.settle = self  # type: ignore[method-assign]
+        batcher.settle = self  # type: ignore[method-assign]
 
     async def __call__(self, callback: Any) -> CallbackResult | None:
         result = await self.settle(callback)
@@ -328,7 +329,7 @@ def either_path(request: pytest.FixtureRequest, pg_url: str) -> Iterator[TestCli
     """The listener on Postgres with its fast path on, or off (the ordinary transaction)."""
     app = create_app(listener_settings(pg_url))
     with app_client(app) as client:
-        app.fast_path = request.param == "fast"
+        app.callbacks.batches = request.param == "fast"
         yield client
 
 
@@ -336,10 +337,10 @@ def test_on_postgres_a_pool_is_made_at_start_and_closed_at_shutdown(pg_url: str)
     app = create_app(listener_settings(pg_url))
 
     with app_client(app):
-        pool = app.pool
+        pool = app.callbacks.pool
         assert pool is not None
 
-    assert app.pool is None
+    assert app.callbacks.pool is None
     assert pool.is_closing()
 
 
@@ -349,7 +350,7 @@ def test_on_sqlite_no_pool_is_made(sqlite_url: str) -> None:
     with app_client(app) as client:
         body = b'{"status": "success"}'
         post(client, body)
-        assert app.pool is None
+        assert app.callbacks.pool is None
 
 
 @pytest.mark.slow

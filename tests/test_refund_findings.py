@@ -38,13 +38,7 @@ def report(db: Database, payment_id: uuid.UUID, outcome: PaymentStatus) -> settl
         locked = lock_payment(conn, payment_id)
         assert locked is not None
         return settlement.settle(
-            conn,
-            locked,
-            outcome,
-            reason=None,
-            amount=None,
-            source="test callback",
-            notify=NotifyTarget(),
+            conn, locked, settlement.Report(outcome, "test callback"), NotifyTarget()
         )
 
 

@@ -1,10 +1,12 @@
-"""Errors as HTTP answers: the one shape (DESIGN.md sections 6 and 7), shared by the Starlette
-exception handlers (server.error_response) and the bare callback route (http/momo_route.py).
-
-Only the rendering lives here; each caller logs what it must before rendering.
+"""Errors as HTTP answers (DESIGN.md sections 6 and 7): `answer_for` is the one translation,
+used by the Starlette exception handlers (server.py) and by the bare callback route
+(http/momo_route.py). It logs what the caller is not told; the caller is told no host, user
+or SQL.
 """
 
 from __future__ import annotations
+
+import logging
 
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -18,6 +20,23 @@ from orderpay.errors import (
 )
 from orderpay.http import rest
 from orderpay.store.db import PUBLIC_UNAVAILABLE
+
+log = logging.getLogger("orderpay.server")
+
+
+def answer_for(error: Exception, method: str, path: str) -> JSONResponse:
+    """The answer to a request that raised `error`, with a log line when the log must say
+    more than the caller is told (an outage's detail, a bug's traceback)."""
+    if isinstance(error, DatabaseInaccessible):
+        # The operator's to fix (a path, a permission), not the caller's: the log says what.
+        log.error("database inaccessible: %s", error.message)
+    error = public_error(error)
+    if isinstance(error, OrderpayError):
+        if error.public_message != error.message:
+            log.error("%s on %s %s: %s", error.code, method, path, error.message)
+    elif not isinstance(error, HTTPException):
+        log.error("unhandled error on %s %s", method, path, exc_info=error)
+    return error_json(error)
 
 
 def public_error(error: Exception) -> Exception:

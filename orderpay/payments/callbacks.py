@@ -1,22 +1,21 @@
 """Signed payment callbacks (DESIGN.md section 5, Callback): validate, record once, settle.
 
 The HTTP layer has already checked the signature over the raw bytes. Here the body is parsed
-and validated, and one transaction:
-1. records the event in the inbox before looking anything up: a copy of a recorded event is a
-   duplicate whatever it names, and changes nothing;
-2. finds the payment, locked with its order: by our reference, by the sender's transaction id
-   once we know it, or as the order's `pending` payment (never an `initiated` one, whose
-   receipt the provider has not confirmed);
-3. settles it (settlement.py), keeping the sender's own transaction id on the payment.
+and validated, and `apply_callback` runs the ordinary transaction:
+1. record the event before looking anything up: a copy of a recorded event is a duplicate
+   whatever it names, and changes nothing;
+2. find the payment it names (store/locks.py payment_named), locked with its order;
+3. settle it (settlement.py), keeping the sender's own transaction id on the payment.
+On Postgres the listener settles the common case in batches first (callback_batches.py),
+with these same rules; whatever a batch does not settle comes here.
 
-A callback that matches no payment of an existing order (it came before the charge recorded the
-provider's receipt, say) is kept as `unmatched`, committed, and answered 404 so the sender
-retries; a later copy of it, or `orderpay webhook replay`, tries the match again. At most
+A callback that matches no payment of an existing order (it came before the charge recorded
+the provider's receipt, say) is kept as `unmatched`, committed, and answered 404 so the sender
+retries; a later copy, or `orderpay webhook replay`, tries the match again. At most
 MAX_UNMATCHED_PER_ORDER are kept per order; a callback about an unknown order is not kept.
-Two exceptions are kept for review instead (200 `review`), as no later match can settle them:
-any outcome under an unknown reference for an order already paid (money taken twice?), and a
-success under one for a cancelled order (money taken for nothing: DESIGN.md section 5). A
-failure under one for a cancelled order moved no money: it stays `unmatched` like the rest.
+Kept for review instead (200 `review`), as no later match can settle them: any outcome under
+an unknown reference for an order already paid (money taken twice?), and a success under one
+for a cancelled order (money taken for nothing).
 
 Trust: the callback secret is shared with the senders that sign (the simulator, standing for
 the seed's signing sender). A signed callback about a payment of a provider that does not sign
@@ -31,13 +30,13 @@ from enum import StrEnum
 
 from sqlalchemy import Connection
 
-from orderpay.domain.money import Money, currency_code, parse_amount
+from orderpay.domain.money import currency_code, parse_amount
 from orderpay.domain.reviews import ReviewReason
 from orderpay.domain.states import PAID_ORDER_STATUSES, OrderStatus, PaymentStatus
 from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_object, parse_uuid
 from orderpay.errors import InvalidPayload, NotFound, OrderNotFound, PaymentNotFound
 from orderpay.payments import review
-from orderpay.payments.settlement import Settled, settle
+from orderpay.payments.settlement import Report, Settled, settle
 from orderpay.store import locks, order_events, webhook_events
 from orderpay.store.locks import LockedPayment
 from orderpay.store.notifications import NotifyTarget
@@ -143,11 +142,28 @@ def parse_callback(body: bytes, *, webhook_id: str | None = None) -> Callback:
     )
 
 
-def reported_amount(callback: Callback, payment_currency: str) -> Money | None:
-    """The amount the callback reports (in its currency, else the payment's), or None."""
-    if callback.amount is None:
-        return None
-    return parse_amount(str(callback.amount), callback.currency or payment_currency)
+def report_of(callback: Callback, payment: Payment) -> Report:
+    """What the callback reports about `payment`: an amount without a currency is in the
+    payment's; the reference is the sender's own transaction id unless it is ours. Raises
+    InvalidAmount for an amount the currency does not allow."""
+    ours = callback.provider_reference in (str(payment.id), payment.provider_reference)
+    amount = None
+    if callback.amount is not None:
+        amount = parse_amount(str(callback.amount), callback.currency or payment.amount.currency)
+    return Report(
+        callback.status,
+        f"{callback.source} callback",
+        reason=callback.reason,
+        amount=amount,
+        currency=callback.currency,
+        transaction_id=None if ours else callback.provider_reference,
+        reference=callback.provider_reference,
+    )
+
+
+def names_its_order(callback: Callback, locked: LockedPayment) -> bool:
+    """Whether the payment a callback named by its id is one of the order it names."""
+    return locked.payment.order_id == callback.order_id
 
 
 def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -> CallbackResult:
@@ -163,45 +179,24 @@ def apply_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -
     )
     if event.id is None:
         return CallbackResult(Answer.DUPLICATE, event.payment_id)
-    locked = _locate(conn, callback)
+    locked = locks.lock_named(
+        conn, callback.order_id, as_uuid(callback.provider_reference), callback.provider_reference
+    )
     if locked is None:
         return _unmatched(conn, callback, event.id, again=event.again)
+    if not names_its_order(callback, locked):
+        raise InvalidPayload("provider_reference belongs to another order")
     payment = locked.payment
     if payment.provider not in SIGNING_PROVIDERS:
         webhook_events.decide(conn, event.id, "hint", payment.order_id, payment.id)
         return CallbackResult(Answer.RECEIVED, payment.id, confirm=payment)
-    ours = callback.provider_reference in (str(payment.id), payment.provider_reference)
-    verdict = settle(
-        conn,
-        locked,
-        callback.status,
-        reason=callback.reason,
-        amount=reported_amount(callback, payment.amount.currency),
-        currency=callback.currency,
-        source=f"{callback.source} callback",
-        notify=notify,
-        transaction_id=None if ours else callback.provider_reference,
-        event_id=event.id,
-        reference=callback.provider_reference,
-    )
+    verdict = settle(conn, locked, report_of(callback, payment), notify, event_id=event.id)
     if verdict is Settled.APPLIED:
         queued = callback.status is PaymentStatus.SUCCEEDED
         return CallbackResult(Answer.PROCESSED, payment.id, notification_queued=queued)
     if verdict is Settled.UNCHANGED:
         return CallbackResult(Answer.DUPLICATE, payment.id)
     return CallbackResult(Answer.REVIEW, payment.id)
-
-
-def _locate(conn: Connection, callback: Callback) -> LockedPayment | None:
-    """The payment the callback is about, locked with its order (order first), or None."""
-    payment_id = as_uuid(callback.provider_reference)
-    if payment_id is not None:
-        locked = locks.lock_payment(conn, payment_id)
-        if locked is not None:
-            if locked.payment.order_id != callback.order_id:
-                raise InvalidPayload("provider_reference belongs to another order")
-            return locked
-    return locks.lock_for_reference(conn, callback.order_id, callback.provider_reference)
 
 
 def _unmatched(conn: Connection, callback: Callback, event: int, *, again: bool) -> CallbackResult:

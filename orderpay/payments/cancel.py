@@ -28,10 +28,11 @@ from orderpay.errors import (
     ProviderUnavailable,
 )
 from orderpay.payments.confirmation import reference_of
-from orderpay.payments.settlement import settle
+from orderpay.payments.settlement import Report, settle
 from orderpay.providers.base import Provider, RemoteState
 from orderpay.store import ledger, locks
 from orderpay.store.db import Transactional, retrying
+from orderpay.store.moves import PaymentMove
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment, get_payment
 
@@ -114,17 +115,14 @@ def cancel_payment(
     def apply(conn: Connection) -> Payment:
         locked = locks.lock_payment(conn, payment.id)
         assert locked is not None, "payments are never deleted"
-        settle(
-            conn,
-            locked,
+        report = Report(
             target,
+            f"{payment.provider} status, asked to cancel by {operator}",
             reason=answer.reason or reason,
             amount=answer.amount,
-            source=f"{payment.provider} status, asked to cancel by {operator}",
-            notify=notify,
             transaction_id=answer.transaction_id,
-            operator=operator,
         )
+        settle(conn, locked, report, notify, operator=operator)
         return get_payment(conn, payment.id)
 
     after = retrying(db, apply)
@@ -164,16 +162,18 @@ def _fail(
     def apply(conn: Connection) -> Payment:
         locked = locks.lock_payment(conn, payment_id)
         assert locked is not None, "payments are never deleted"
-        payment = _cancellable(locked.payment)
-        ledger.fail(
-            conn,
-            payment,
+        _cancellable(locked.payment)
+        cancel = PaymentMove(
+            locked,
+            PaymentStatus.FAILED,
+            "the operator",
             reason=reason,
-            detail=detail,
-            event=event,
             unconfirmed=forced,
+            event=event,
+            detail=detail,
             operator=operator,
         )
+        ledger.settle(conn, [cancel], None)
         return get_payment(conn, payment_id)
 
     return retrying(db, apply)

@@ -23,7 +23,7 @@ from orderpay.clock import utcnow
 from orderpay.domain.states import PaymentStatus
 from orderpay.errors import ProviderUnavailable
 from orderpay.payments.charge import submit
-from orderpay.payments.settlement import Settled, classify, settle
+from orderpay.payments.settlement import Report, Settled, classify, settle
 from orderpay.providers.base import (
     PaymentRef,
     Provider,
@@ -128,24 +128,23 @@ def _settle(
     dry_run: bool,
 ) -> Confirmation:
 
+    report = Report(
+        target,
+        source,
+        reason=answer.reason,
+        amount=answer.amount,
+        transaction_id=answer.transaction_id,
+    )
+
     def apply(conn: Connection) -> tuple[Settled, PaymentStatus]:
         if dry_run:  # the same decision, on the rows as they are, locking and writing nothing
             locked = locks.peek_payment(conn, payment.id)
             assert locked is not None, "payments are never deleted"
-            verdict = classify(locked, target, answer.amount)
+            verdict = classify(locked, report)
         else:
             locked = locks.lock_payment(conn, payment.id)
             assert locked is not None, "payments are never deleted"
-            verdict = settle(
-                conn,
-                locked,
-                target,
-                reason=answer.reason,
-                amount=answer.amount,
-                source=source,
-                notify=notify,
-                transaction_id=answer.transaction_id,
-            )
+            verdict = settle(conn, locked, report, notify)
         return verdict, target if verdict is Settled.APPLIED else locked.payment.status
 
     verdict, after = retrying(db, apply)

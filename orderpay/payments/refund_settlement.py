@@ -25,8 +25,9 @@ from orderpay.domain.reviews import ReviewReason
 from orderpay.domain.states import OrderStatus, PaymentStatus, RefundStatus, order_can_move
 from orderpay.errors import ConcurrentUpdate
 from orderpay.payments import review
-from orderpay.store import ledger, locks, order_events, outbox, refunds
+from orderpay.store import locks, order_events, outbox, refunds
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.orders import move_order
 from orderpay.store.refunds import Refund
 
 
@@ -115,7 +116,7 @@ def settle_refund(
     # after a cancel, or twice, leaves the order as it is (cancelled, or paid by the other).
     paid_the_order = payment.status is PaymentStatus.SUCCEEDED
     if paid_the_order and order.status is not status and order_can_move(order.status, status):
-        ledger.move_order(
+        move_order(
             conn,
             order,
             status,

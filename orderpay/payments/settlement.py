@@ -1,23 +1,21 @@
-"""Settling a payment: what a provider's outcome means for our records.
+"""Settling a payment: what a provider's report of its outcome means for our records.
 
-The one decision for signed callbacks, MTN confirmations, reconcile and an operator's cancel.
-The caller has locked the payment and its order (store.ledger.lock_*) and knows the outcome
-the provider reports:
+The one decision for signed callbacks (both paths), MTN confirmations, reconcile and an
+operator's cancel. The caller has locked the payment and its order (store/locks.py), or, for
+a batch of callbacks, read them and lets the settling statement check they did not change:
 - an open payment (`initiated`, `pending`) moves to the outcome; on success the order becomes
-  `paid` and the notification outbox row is written, all in the caller's transaction;
+  `paid` and the notification's outbox row is written (store/ledger.py);
 - the same terminal outcome again changes nothing (the provider's transaction id is kept if it
   was not known yet; a failure the operator forced is now confirmed);
-- a different terminal outcome (success after failure, or the reverse), a success for an
-  order that is no longer pending, and an amount or currency that differs from the
-  payment's are kept for review: nothing moves, a review item is opened (payments/review.py:
-  one per finding), an order event says why, and an order is never marked paid on them.
-  The amount is checked first: an outcome of another amount is an amount finding whatever
-  the payment's status, and its suggested action reads both (a success for a payment not
-  recorded succeeded is all to refund; a failure took no money).
+- a different terminal outcome, a success for an order that is no longer pending, and an
+  amount or currency that differs from the payment's are kept for review (payments/review.py):
+  nothing moves, and an order is never marked paid on them. The amount is checked first: an
+  outcome of another amount is an amount finding whatever the payment's status.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import Connection
@@ -27,6 +25,7 @@ from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus, PaymentSt
 from orderpay.payments import review
 from orderpay.store import ledger, order_events, webhook_events
 from orderpay.store.locks import LockedPayment
+from orderpay.store.moves import PaymentMove
 from orderpay.store.notifications import NotifyTarget
 
 
@@ -37,123 +36,129 @@ class Settled(StrEnum):
     MISMATCH = "review_amount"  # the reported amount or currency is not the payment's
 
 
-def classify(
-    locked: LockedPayment,
-    target: PaymentStatus,
-    amount: Money | None,
-    currency: str | None = None,
-) -> Settled:
-    """What an outcome would do to this payment, without doing it."""
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A provider's word on a payment: its outcome, and what came with it.
+
+    `source`: who reported it ("momo callback", "mtn status"). `transaction_id`: the
+    provider's own id of the money movement, kept on the payment. `reference`: the reference
+    the report named, for a review item.
+    """
+
+    outcome: PaymentStatus
+    source: str
+    reason: str | None = None
+    amount: Money | None = None
+    currency: str | None = None
+    transaction_id: str | None = None
+    reference: str | None = None
+
+
+def classify(locked: LockedPayment, report: Report) -> Settled:
+    """What the report would do to this payment, without doing it."""
     payment = locked.payment
-    if amount is not None and amount != payment.amount:
+    if report.amount is not None and report.amount != payment.amount:
         return Settled.MISMATCH
-    if currency is not None and currency != payment.amount.currency:
+    if report.currency is not None and report.currency != payment.amount.currency:
         return Settled.MISMATCH
-    if payment.status is target:
+    if payment.status is report.outcome:
         return Settled.UNCHANGED
     if payment.status not in OPEN_PAYMENT_STATUSES:
         return Settled.CONFLICT
-    if target is PaymentStatus.SUCCEEDED and locked.order_status is not OrderStatus.PENDING:
+    if report.outcome is PaymentStatus.SUCCEEDED and locked.order_status is not OrderStatus.PENDING:
         return Settled.CONFLICT
     return Settled.APPLIED
+
+
+def move_for(locked: LockedPayment, report: Report, *, operator: str | None = None) -> PaymentMove:
+    """The move an APPLIED report makes. `operator`: who asked (an operator's cancel),
+    recorded with a failure it writes."""
+    return PaymentMove(
+        locked,
+        report.outcome,
+        report.source,
+        reason=report.reason,
+        transaction_id=report.transaction_id,
+        operator=None if report.outcome is PaymentStatus.SUCCEEDED else operator,
+    )
 
 
 def settle(
     conn: Connection,
     locked: LockedPayment,
-    target: PaymentStatus,
-    *,
-    reason: str | None,
-    amount: Money | None,
-    currency: str | None = None,
-    source: str,
+    report: Report,
     notify: NotifyTarget,
-    transaction_id: str | None = None,
+    *,
     event_id: int | None = None,
-    reference: str | None = None,
     operator: str | None = None,
 ) -> Settled:
-    """Apply a provider's outcome to a locked payment; see the module docstring.
+    """Apply a provider's report to a locked payment; see the module docstring.
 
-    `transaction_id`: the provider's own id of the money movement, kept on the payment.
-    `event_id`: the inbox event that reported it, whose outcome is recorded with it.
-    `reference`: the reference the report named (for a review item's `reported`).
-    `operator`: who asked (an operator's cancel), recorded with a failure it writes.
+    `event_id`: the webhook event that carried the report, whose outcome is recorded with it.
+    `operator`: who asked (an operator's cancel), recorded with the order event it writes.
     """
     payment = locked.payment
-    verdict = classify(locked, target, amount, currency)
-    if verdict is Settled.APPLIED and target is PaymentStatus.SUCCEEDED:
-        event = None if event_id is None else (event_id, verdict.value)
-        ledger.succeed(
-            conn,
-            locked,
-            source=source,
-            notify=notify,
-            transaction_id=transaction_id,
-            event=event,
-        )
-        return verdict
+    verdict = classify(locked, report)
     if verdict is Settled.APPLIED:
-        ledger.fail(
-            conn,
-            payment,
-            reason=reason,
-            transaction_id=transaction_id,
-            detail=f"payment {payment.id} failed ({source}): {reason or 'no reason given'}",
-            operator=operator,
-        )
+        ledger.settle(conn, [move_for(locked, report, operator=operator)], notify)
     elif verdict is Settled.UNCHANGED:
-        if transaction_id is not None and payment.provider_transaction_id is None:
-            ledger.note_transaction_id(conn, payment.id, transaction_id)
-    elif verdict is Settled.MISMATCH:
-        reported: Money | str = amount if amount is not None else f"currency {currency}"
-        said = review.reported_text(
-            _who(source, payment.provider),
-            target,
-            amount=amount,
-            currency=currency,
-            reference=reference,
-            transaction_id=transaction_id,
-            reason=reason,
-            payer_phone=payment.payer_phone,
-        )
-        kept = review.keep_amount_mismatch(conn, locked, target, said, reported, event_id=event_id)
-        order_events.record_event(
-            conn,
-            payment.order_id,
-            "callback_amount_mismatch",
-            f"{source} reported {target} of {reported} for payment {payment.id} of "
-            f"{payment.amount}; {kept}, nothing changed",
-        )
+        if report.transaction_id is not None and payment.provider_transaction_id is None:
+            ledger.note_transaction_id(conn, payment.id, report.transaction_id)
     else:
-        unconfirmed = (
-            ", failed by the operator without the provider's word: money to refund?"
-            if payment.awaiting_confirmation
-            else ""
-        )
-        said = review.reported_text(
-            _who(source, payment.provider),
-            target,
-            amount=amount,
-            currency=currency,
-            reference=reference,
-            transaction_id=transaction_id,
-            reason=reason,
-            payer_phone=payment.payer_phone,
-        )
-        kept = review.keep_outcome_conflict(conn, locked, target, said, event_id=event_id)
-        order_events.record_event(
-            conn,
-            payment.order_id,
-            "callback_conflict",
-            f"{source} reported {target} for payment {payment.id}, which is {payment.status} "
-            f"(order {locked.order_status}){unconfirmed}; {kept}, nothing changed",
-        )
+        _keep_for_review(conn, locked, report, verdict, event_id)
     if payment.awaiting_confirmation and verdict is not Settled.APPLIED:
         ledger.confirmed(conn, payment.id)  # the provider's word is in: stop asking
     if event_id is not None:
         webhook_events.decide(conn, event_id, verdict.value, payment.order_id, payment.id)
     return verdict
+
+
+def _keep_for_review(
+    conn: Connection,
+    locked: LockedPayment,
+    report: Report,
+    verdict: Settled,
+    event_id: int | None,
+) -> None:
+    payment = locked.payment
+    said = review.reported_text(
+        _who(report.source, payment.provider),
+        report.outcome,
+        amount=report.amount,
+        currency=report.currency,
+        reference=report.reference,
+        transaction_id=report.transaction_id,
+        reason=report.reason,
+        payer_phone=payment.payer_phone,
+    )
+    if verdict is Settled.MISMATCH:
+        reported: Money | str = (
+            report.amount if report.amount is not None else f"currency {report.currency}"
+        )
+        kept = review.keep_amount_mismatch(
+            conn, locked, report.outcome, said, reported, event_id=event_id
+        )
+        order_events.record_event(
+            conn,
+            payment.order_id,
+            "callback_amount_mismatch",
+            f"{report.source} reported {report.outcome} of {reported} for payment {payment.id} "
+            f"of {payment.amount}; {kept}, nothing changed",
+        )
+        return
+    unconfirmed = (
+        ", failed by the operator without the provider's word: money to refund?"
+        if payment.awaiting_confirmation
+        else ""
+    )
+    kept = review.keep_outcome_conflict(conn, locked, report.outcome, said, event_id=event_id)
+    order_events.record_event(
+        conn,
+        payment.order_id,
+        "callback_conflict",
+        f"{report.source} reported {report.outcome} for payment {payment.id}, which is "
+        f"{payment.status} (order {locked.order_status}){unconfirmed}; {kept}, nothing changed",
+    )
 
 
 def _who(source: str, provider: str) -> str:

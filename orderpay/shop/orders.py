@@ -22,8 +22,8 @@ from orderpay.errors import (
 )
 from orderpay.shop.customers import get_customer
 from orderpay.shop.products import get_products
-from orderpay.store import ledger, locks
-from orderpay.store.orders import Order
+from orderpay.store import locks
+from orderpay.store.orders import Order, insert_order, move_order
 from orderpay.store.schema import payments
 
 MAX_ITEMS = 100
@@ -70,7 +70,7 @@ def create_order(
 
     money = Money(total, currency)
     lines, units = len(quantities), sum(quantities.values())
-    return ledger.insert_order(
+    return insert_order(
         conn,
         customer_id=customer.id,
         total=money,
@@ -105,7 +105,7 @@ def cancel_order(conn: Connection, order_id: uuid.UUID, *, operator: str | None 
             f"or cancel the payment (`orderpay payment cancel {in_flight.id}`)",
             payment=str(in_flight.id),
         )
-    return ledger.move_order(
+    return move_order(
         conn,
         order,
         OrderStatus.CANCELLED,

@@ -1,10 +1,10 @@
-"""asyncpg for the callback route's one-round-trip path (issue 12): a pool per listener worker.
+"""asyncpg for the signed-callback route's batches: a pool per listener worker.
 
-Everything else (the CLI, the other routes, the jobs, SQLite) keeps the synchronous SQLAlchemy
-+ psycopg2 engine of store/db.py. The callback route's common case is one statement in
-autocommit (store/ledger.py SETTLE_CALLBACK), so it runs on the event loop with no thread-pool
-hop, prepared once per connection (asyncpg's statement cache) instead of parsed and planned on
-every callback.
+Everything else (the CLI, the other routes, the jobs, SQLite) uses the synchronous SQLAlchemy
++ psycopg2 engine of store/db.py. A batch of callbacks is two statements in autocommit
+(payments/callback_batches.py), so it runs on the event loop with no thread-pool hop, each
+prepared once per connection (asyncpg's statement cache). The statements are the same
+SQLAlchemy constructs the rest uses, compiled for asyncpg (`Statement`).
 
 Nothing connects at import time, and asyncpg itself is imported only when a pool is made.
 """
@@ -35,10 +35,7 @@ from orderpay.store.db import (
 if TYPE_CHECKING:
     import asyncpg
 
-# The defaults. The listener sizes its pool to its CallbackBatcher's batches in flight (two
-# statements per worker process, each settling many callbacks: payments/fast_callbacks.py);
-# before batches, one callback per statement wanted 16 connections per worker (8 left
-# callbacks queueing for a connection behind a slow one, 32 queueing inside Postgres).
+# The defaults; the listener sizes its pool to the batches it keeps in flight.
 POOL_MIN_SIZE = 2
 POOL_MAX_SIZE = 16
 CONNECT_TIMEOUT_S = 5.0  # as store/db.py's psycopg2 connect_timeout
@@ -93,6 +90,23 @@ async def create_pool(
         **options,
     )
     return pool
+
+
+class Statement:
+    """A SQLAlchemy statement compiled once for asyncpg: its SQL with $n parameters, and the
+    arguments in their order from named values (constants the statement holds included)."""
+
+    def __init__(self, statement: Any) -> None:
+        from sqlalchemy.dialects.postgresql.asyncpg import dialect
+
+        compiled = statement.compile(dialect=dialect())  # type: ignore[no-untyped-call]
+        self.sql: str = compiled.string
+        self._compiled = compiled
+        self._names: tuple[str, ...] = tuple(compiled.positiontup or ())
+
+    def arguments(self, values: dict[str, Any]) -> list[Any]:
+        bound = self._compiled.construct_params(values)
+        return [bound[name] for name in self._names]
 
 
 def sqlstate(error: BaseException) -> str | None:

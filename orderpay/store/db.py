@@ -45,6 +45,7 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0004_refunds_review",
     "0005_callback_in_one_trip",
     "0006_callbacks_in_batches",
+    "0007_no_database_functions",
 )
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 

@@ -1,12 +1,14 @@
-"""The ledger of orders and payments: the one module that writes orders, order_items and
-payments (DESIGN.md section 1).
+"""The ledger of payments: the one module that writes payments (DESIGN.md section 1); an
+order's own writes are store/orders.py's, which settling a payment composes with its own.
 
-Every transition of an order or a payment is written here, once: each is a compare-and-set
-(`WHERE status = :expected`) or runs under the row locks of store/locks.py (order first, then
-payment), and writes its order event. Postgres and SQLite differ inside the functions only.
+Every transition of a payment is written here, once: each is a compare-and-set (`WHERE status
+= :expected`) or runs under the row locks of store/locks.py (order first, then payment), and
+writes its order event. Postgres and SQLite differ inside the functions only.
 
-On Postgres a write and its order event go in one statement (data-modifying CTEs): a round
-trip fewer per step, which is most of what a charge or a callback costs.
+On Postgres a write and its order events go in one statement (data-modifying CTEs): round
+trips are most of what a charge or a callback costs. Settling a payment is one statement for
+any number of payments (`settling_statement`), which the listener's batches of callbacks
+send as they are; on SQLite it is the same writes as steps.
 """
 
 from __future__ import annotations
@@ -19,99 +21,37 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Select,
+    String,
     Text,
+    and_,
     bindparam,
-    cast,
     func,
-    insert,
     literal,
+    null,
     select,
-    true,
-    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
-from orderpay.domain.money import Money
 from orderpay.domain.states import (
     OrderStatus,
     PaymentStatus,
-    order_can_move,
     payment_can_move,
 )
 from orderpay.errors import ConcurrentUpdate
-from orderpay.store import order_events, outbox, webhook_events
+from orderpay.store import moves, order_events, outbox, webhook_events
 from orderpay.store.db import InsertIgnoring
-from orderpay.store.locks import LockedPayment
+from orderpay.store.moves import PaymentMove
 from orderpay.store.notifications import NotifyTarget
-from orderpay.store.orders import COLUMNS as ORDER_COLUMNS
-from orderpay.store.orders import Order, order_from_row
+from orderpay.store.orders import mark_paid, paid_from
 from orderpay.store.payments import COLUMNS, Payment, from_row
-from orderpay.store.schema import UTCDateTime, order_items, orders, payments
+from orderpay.store.schema import UTCDateTime, orders, payments
 
 _INITIATED = PaymentStatus.INITIATED.value
-
-
-# --- Orders -----------------------------------------------------------------------------------
-
-
-def insert_order(
-    conn: Connection,
-    *,
-    customer_id: int,
-    total: Money,
-    lines: Sequence[tuple[uuid.UUID, int, int]],
-    detail: str,
-) -> Order:
-    """A new pending order with its lines (product, quantity, unit price) and order event."""
-    now = utcnow()
-    order_id = uuid.uuid4()
-    conn.execute(
-        insert(orders).values(
-            id=order_id,
-            customer_id=customer_id,
-            status=OrderStatus.PENDING.value,
-            currency=total.currency,
-            total=total.minor_units,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    conn.execute(
-        insert(order_items),
-        [
-            {"order_id": order_id, "product_id": pid, "quantity": qty, "unit_price": price}
-            for pid, qty, price in lines
-        ],
-    )
-    order_events.record_event(conn, order_id, "order_created", detail, at=now)
-    return Order(order_id, customer_id, OrderStatus.PENDING, total, now, now)
-
-
-def move_order(
-    conn: Connection,
-    order: Order,
-    target: OrderStatus,
-    event: str,
-    detail: str = "",
-    *,
-    operator: str | None = None,
-) -> Order:
-    """Compare-and-set the order's status and write the order event (`operator`: who)."""
-    if not order_can_move(order.status, target):
-        raise ValueError(f"order transition {order.status} -> {target} is not allowed")
-    now = utcnow()
-    row = conn.execute(
-        update(orders)
-        .where(orders.c.id == order.id, orders.c.status == order.status.value)
-        .values(status=target.value, updated_at=now)
-        .returning(*ORDER_COLUMNS)
-    ).first()
-    if row is None:
-        raise ConcurrentUpdate(f"order {order.id} changed while it was being updated; retry")
-    order_events.record_event(conn, order.id, event, detail, at=now, operator=operator)
-    return order_from_row(row)
+_SUCCEEDED = PaymentStatus.SUCCEEDED.value
+_PENDING_ORDER = OrderStatus.PENDING.value
+PROCESSED = "processed"  # a callback's outcome once its move is written
 
 
 # --- Charges: claim, lease, answer ------------------------------------------------------------
@@ -120,7 +60,7 @@ def move_order(
 # conflicts, told apart afterwards.
 _INSERT_PAYMENT = InsertIgnoring(payments, None, *COLUMNS)
 # The columns a claim gives a new payment (the rest take their defaults).
-_CLAIMED_COLUMNS = (
+_CLAIMED_COLUMNS = [
     "id",
     "order_id",
     "idempotency_key",
@@ -133,7 +73,7 @@ _CLAIMED_COLUMNS = (
     "lease_expires_at",
     "created_at",
     "updated_at",
-)
+]
 _INSERT_PAYMENT_WITH_EVENT = order_events.with_event(
     postgresql.insert(payments)
     .values(
@@ -270,7 +210,7 @@ _MOVE = (
     .values(
         status=bindparam("v_status"),
         failure_reason=bindparam("v_reason"),
-        awaiting_confirmation=bindparam("v_awaiting"),
+        awaiting_confirmation=bindparam("v_unconfirmed"),
         provider_transaction_id=func.coalesce(
             payments.c.provider_transaction_id, bindparam("v_transaction", type_=Text())
         ),
@@ -278,18 +218,11 @@ _MOVE = (
         updated_at=bindparam("v_now"),
     )
 )
-_MARK_PAID = (
-    update(orders)
-    .where(orders.c.id == bindparam("b_id"), orders.c.status == OrderStatus.PENDING.value)
-    .values(status=OrderStatus.PAID.value, updated_at=bindparam("v_now"))
-)
 _NOTE_TRANSACTION = (
     update(payments)
     .where(payments.c.id == bindparam("b_id"), payments.c.provider_transaction_id.is_(None))
     .values(provider_transaction_id=bindparam("v_transaction"))
 )
-
-
 _CONFIRMED = (
     update(payments)
     .where(payments.c.id == bindparam("b_id"), payments.c.awaiting_confirmation)
@@ -297,157 +230,145 @@ _CONFIRMED = (
 )
 
 
-def _succeed_in_one_statement(with_inbox: bool) -> Select[Any]:
-    """Everything a success writes, as one Postgres statement: the payment, the order, the
-    outbox row, the three order events, and (`with_inbox`) the callback's outcome."""
+def settling_statement(*, record_callbacks: bool) -> Select[Any]:
+    """Every write of a batch of moves (store/moves.py move_arrays) as one Postgres statement:
+    lock the payments with their orders (order first, in order id order, so two batches never
+    deadlock each other); go on with the moves whose payment and order are still as read;
+    with `record_callbacks`, record each move's callback and go on only with those recorded
+    (a copy recorded meanwhile keeps its own); then the payments, the orders paid, the
+    notifications and the order events, each move's rows in the order the ordinary path
+    writes them. Returns the position (from 1) of each move written."""
     now = bindparam("v_now", type_=UTCDateTime())
-    paid = (
-        _MOVE.values(
-            status=PaymentStatus.SUCCEEDED.value, failure_reason=None, awaiting_confirmation=False
+    batch = moves.batch_of_moves(with_callbacks=record_callbacks)
+    locked = (
+        select(payments.c.id, payments.c.status, orders.c.status.label("order_status"))
+        .join(orders, orders.c.id == payments.c.order_id)
+        .where(payments.c.id.in_(select(batch.c.payment_id)))
+        .order_by(orders.c.id)
+        .with_for_update(of=[orders, payments])
+        .cte("locked")
+    )
+    go = (
+        select(batch)
+        .join(
+            locked,
+            and_(
+                locked.c.id == batch.c.payment_id,
+                locked.c.status == batch.c.expected,
+                locked.c.order_status == batch.c.expected_order,
+            ),
         )
-        .returning(payments.c.id, payments.c.order_id)
-        .cte("paid")
+        .cte("still_as_read")
     )
-    # The order row is locked (lock_*) and the caller checked it is pending.
-    order = (
-        update(orders)
-        .where(orders.c.id == paid.c.order_id, orders.c.status == OrderStatus.PENDING.value)
-        .values(status=OrderStatus.PAID.value, updated_at=now)
-        .returning(orders.c.id)
-        .cte("order_paid")
-    )
-    queued = outbox.insert_notification_from(paid).cte("queued")
-    # Numbered so the order events get their ids in this order.
-    events = union_all(
-        select(
-            literal(1).label("k"),
-            paid.c.order_id,
-            literal("payment_succeeded").label("event"),
-            bindparam("v_succeeded", type_=Text()).label("detail"),
-        ),
-        select(
-            literal(2), paid.c.order_id, literal("order_paid"), bindparam("v_paid", type_=Text())
-        ),
-        select(
-            literal(3),
-            paid.c.order_id,
-            literal("notification_queued"),
-            literal("notification ", Text())
-            + cast(queued.c.id, Text())
-            + bindparam("v_via", type_=Text()),
-        ).select_from(paid.join(queued, true())),
-    ).subquery("e")
-    rows = order_events.insert_events_from(
-        select(events.c.order_id, now, events.c.event, events.c.detail).order_by(events.c.k)
-    )
-    ctes = [order, rows.cte("order_events")]
-    if with_inbox:
-        ctes.append(webhook_events.outcome_update().cte("inbox"))
-    return select(paid.c.id).add_cte(*ctes)
-
-
-_SUCCEED = _succeed_in_one_statement(with_inbox=False)
-_SUCCEED_CALLBACK = _succeed_in_one_statement(with_inbox=True)
-
-
-def succeed(
-    conn: Connection,
-    locked: LockedPayment,
-    *,
-    source: str,
-    notify: NotifyTarget,
-    transaction_id: str | None = None,
-    event: tuple[int, str] | None = None,
-) -> None:
-    """An open payment succeeded: it and its order move, the notification's outbox row is
-    written. `event` (id, outcome): the inbox event to settle in the same statement."""
-    payment = locked.payment
-    if not payment_can_move(payment.status, PaymentStatus.SUCCEEDED):
-        raise ValueError(f"payment transition {payment.status} -> succeeded is not allowed")
-    now = utcnow()
-    succeeded = f"payment {payment.id} of {payment.amount} succeeded ({source})"
-    paid = f"paid by payment {payment.id}"
-    recipient = notify.recipient_for(locked.customer_phone)
-    if conn.dialect.name == "postgresql":
-        params = {
-            "b_id": payment.id,
-            "b_from": payment.status.value,
-            "v_now": now,
-            "v_transaction": transaction_id,
-            "v_channel": notify.channel,
-            "v_recipient": recipient,
-            "v_succeeded": succeeded,
-            "v_paid": paid,
-            "v_via": f" via {notify.channel}",
-        }
-        if event is None:
-            conn.execute(_SUCCEED, params)
-        else:
-            outcome = webhook_events.outcome_params(
-                event[0], event[1], payment.order_id, payment.id
+    if record_callbacks:
+        recorded = webhook_events.record_from(
+            select(
+                go.c.source,
+                go.c.dedupe_key,
+                go.c.payload,
+                now,
+                literal(PROCESSED, String()),
+                go.c.order_id,
+                go.c.payment_id,
+            ).order_by(go.c.k)
+        ).cte("recorded")
+        go = (
+            select(go)
+            .join(
+                recorded,
+                and_(recorded.c.source == go.c.source, recorded.c.dedupe_key == go.c.dedupe_key),
             )
-            conn.execute(_SUCCEED_CALLBACK, params | outcome)
-        return
-    _move(conn, payment, PaymentStatus.SUCCEEDED, None, transaction_id, now, awaiting=False)
-    conn.execute(_MARK_PAID, {"b_id": payment.order_id, "v_now": now})
-    notification_id = outbox.add_notification(
-        conn, order_id=payment.order_id, payment_id=payment.id, recipient=recipient, target=notify
-    )
-    events = [("payment_succeeded", succeeded), ("order_paid", paid)]
-    if notification_id is not None:
-        events.append(
-            ("notification_queued", f"notification {notification_id} via {notify.channel}")
+            .cte("recorded_moves")
         )
-    order_events.record_events(conn, payment.order_id, events, at=now)
-    if event is not None:
-        webhook_events.decide(conn, event[0], event[1], payment.order_id, payment.id)
+    succeeding = go.c.target == _SUCCEEDED
+    moved = (
+        update(payments)
+        .where(payments.c.id == go.c.payment_id)
+        .values(
+            status=go.c.target,
+            failure_reason=go.c.reason,
+            awaiting_confirmation=go.c.unconfirmed,
+            provider_transaction_id=func.coalesce(
+                payments.c.provider_transaction_id, go.c.transaction_id
+            ),
+            lease_expires_at=null(),
+            updated_at=now,
+        )
+        .cte("moved")
+    )
+    paid = paid_from(go.c.order_id, succeeding, now=now).cte("paid")
+    queued = outbox.insert_notification_from(
+        select(
+            go.c.order_id,
+            go.c.payment_id,
+            bindparam("v_channel", type_=String()).label("channel"),
+            go.c.recipient,
+        )
+        .where(succeeding)
+        .order_by(go.c.k)
+    ).cte("queued")
+    events = order_events.insert_events_from(
+        moves.events_of_moves(go, queued, now), with_operator=True
+    ).cte("events")
+    return select(go.c.k).add_cte(moved, paid, queued, events)
 
 
-def fail(
-    conn: Connection,
-    payment: Payment,
-    *,
-    reason: str | None,
-    detail: str,
-    transaction_id: str | None = None,
-    event: str = "payment_failed",
-    unconfirmed: bool = False,
-    operator: str | None = None,
-) -> None:
-    """An open payment failed (the provider's word, or an operator's cancel); the order stays
-    pending, chargeable with a new key. `unconfirmed`: without the provider's word (it is
-    still asked, and a success it reports later is kept for review). `operator`: who."""
-    if not payment_can_move(payment.status, PaymentStatus.FAILED):
-        raise ValueError(f"payment transition {payment.status} -> failed is not allowed")
+_SETTLE = settling_statement(record_callbacks=False)
+_NO_NOTIFICATION = NotifyTarget("log")  # for moves that queue none
+
+
+def settle(conn: Connection, moves_: Sequence[PaymentMove], notify: NotifyTarget | None) -> None:
+    """Write the moves (store/moves.py), each only if its payment and order are still as
+    read, in the caller's transaction: on Postgres one statement, on SQLite its steps. The
+    caller holds the rows' locks (store/locks.py), so a move that cannot be written means
+    they changed under it: ConcurrentUpdate, and the caller's transaction is retried.
+    `notify`: the channel of the notifications successes queue (None: failures only)."""
+    if notify is None:
+        assert not any(move.succeeds for move in moves_), "a success queues a notification"
+        notify = _NO_NOTIFICATION
     now = utcnow()
-    moved = _move(conn, payment, PaymentStatus.FAILED, reason, transaction_id, now, unconfirmed)
-    if not moved:
-        raise ConcurrentUpdate(f"payment {payment.id} changed while it was being updated; retry")
-    order_events.record_event(conn, payment.order_id, event, detail, at=now, operator=operator)
+    if conn.dialect.name == "postgresql":
+        written = conn.execute(_SETTLE, moves.move_arrays(moves_, notify, now)).all()
+        if len(written) != len(moves_):
+            raise ConcurrentUpdate("a payment changed while it was being settled; retry")
+        return
+    for move in moves_:
+        _settle_on_sqlite(conn, move, notify, now)
 
 
-def _move(
-    conn: Connection,
-    payment: Payment,
-    target: PaymentStatus,
-    reason: str | None,
-    transaction_id: str | None,
-    now: datetime,
-    awaiting: bool,
-) -> bool:
+def _settle_on_sqlite(
+    conn: Connection, move: PaymentMove, notify: NotifyTarget, now: datetime
+) -> None:
+    payment = move.locked.payment
     moved = conn.execute(
         _MOVE,
         {
             "b_id": payment.id,
             "b_from": payment.status.value,
-            "v_status": target.value,
-            "v_reason": reason,
-            "v_awaiting": awaiting,
-            "v_transaction": transaction_id,
+            "v_status": move.target.value,
+            "v_reason": move.failure_reason,
+            "v_unconfirmed": move.unconfirmed,
+            "v_transaction": move.transaction_id,
             "v_now": now,
         },
     )
-    return bool(moved.rowcount == 1)
+    if moved.rowcount != 1:
+        raise ConcurrentUpdate(f"payment {payment.id} changed while it was being updated; retry")
+    event, detail = move.payment_event()
+    order_events.record_event(conn, move.order_id, event, detail, at=now, operator=move.operator)
+    paid = move.order_paid_detail()
+    if paid is None:
+        return
+    mark_paid(conn, move.order_id, now)
+    recipient = notify.recipient_for(move.locked.customer_phone)
+    notification = outbox.add_notification(
+        conn, order_id=move.order_id, payment_id=payment.id, recipient=recipient, target=notify
+    )
+    events = [(moves.ORDER_PAID, paid)]
+    if notification is not None:
+        detail = moves.notification_queued_detail(notification, notify.channel)
+        events.append((moves.NOTIFICATION_QUEUED, detail))
+    order_events.record_events(conn, move.order_id, events, at=now)
 
 
 def note_transaction_id(conn: Connection, payment_id: uuid.UUID, transaction_id: str) -> None:
@@ -458,10 +379,3 @@ def note_transaction_id(conn: Connection, payment_id: uuid.UUID, transaction_id:
 def confirmed(conn: Connection, payment_id: uuid.UUID) -> None:
     """The provider gave its word on a payment failed without it: stop asking."""
     conn.execute(_CONFIRMED, {"b_id": payment_id})
-
-
-# A batch of signed callbacks in one round trip (migration 0006; fast_callbacks.py's arrays).
-_SETTLE_TYPES = "text[] text[] text[] uuid[] uuid[] text[] text[] numeric[] text[] text[] text text"
-_SETTLE_TYPES += " timestamptz text[] text[] int[]"
-_SETTLE_ARGS = ", ".join(f"${n}::{kind}" for n, kind in enumerate(_SETTLE_TYPES.split(), 1))
-SETTLE_CALLBACKS = f"SELECT * FROM orderpay_settle_callbacks({_SETTLE_ARGS})"

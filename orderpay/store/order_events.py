@@ -99,10 +99,12 @@ def with_event(dml: Any) -> Select[Any]:
     return select(*written.c).add_cte(event.cte("event"))
 
 
-def insert_events_from(rows: Any) -> Any:
-    """INSERT the order events that `rows` (a SELECT of order_id, at, event, detail, in the
-    order the rows are to get their ids) yields: for a larger Postgres statement."""
-    return insert(order_events).from_select(["order_id", "at", "event", "detail"], rows)
+def insert_events_from(rows: Any, *, with_operator: bool = False) -> Any:
+    """INSERT the order events that `rows` (a SELECT of order_id, at, event, detail, and
+    `with_operator` operator, in the order the rows are to get their ids) yields: for a larger
+    Postgres statement."""
+    columns = ["order_id", "at", "event", "detail", *(["operator"] if with_operator else [])]
+    return insert(order_events).from_select(columns, rows)
 
 
 def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OrderEvent]]:

@@ -1,6 +1,8 @@
-"""Orders as read from the database, with their items, payments, notifications and events.
+"""Orders: the one module that writes orders and order_items (DESIGN.md section 1), and
+orders as read back with their items, payments, notifications and events.
 
-Their writes live in store/ledger.py alone.
+Each status change is a compare-and-set that writes its order event; a payment's success
+marks its order paid in the settling statement of store/ledger.py (`paid_from`).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Update, bindparam, insert, select, update
 
+from orderpay.clock import utcnow
 from orderpay.domain.money import Money
-from orderpay.domain.states import OrderStatus
-from orderpay.errors import OrderNotFound
+from orderpay.domain.states import OrderStatus, order_can_move
+from orderpay.errors import ConcurrentUpdate, OrderNotFound
+from orderpay.store import order_events
 from orderpay.store.notifications import Notification, notifications_of
 from orderpay.store.order_events import OrderEvent, events_of
 from orderpay.store.paging import Page, Window, page_of, windowed
@@ -167,3 +171,86 @@ def list_orders(
     query = windowed(query, orders.c.created_at, orders.c.id, window, uuid.UUID)
     rows = [order_from_row(row) for row in conn.execute(query)]
     return page_of(rows, window, lambda o: (o.created_at, o.id))
+
+
+# --- Writes -----------------------------------------------------------------------------------
+
+
+def insert_order(
+    conn: Connection,
+    *,
+    customer_id: int,
+    total: Money,
+    lines: Sequence[tuple[uuid.UUID, int, int]],
+    detail: str,
+) -> Order:
+    """A new pending order with its lines (product, quantity, unit price) and order event."""
+    now = utcnow()
+    order_id = uuid.uuid4()
+    conn.execute(
+        insert(orders).values(
+            id=order_id,
+            customer_id=customer_id,
+            status=OrderStatus.PENDING.value,
+            currency=total.currency,
+            total=total.minor_units,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    conn.execute(
+        insert(order_items),
+        [
+            {"order_id": order_id, "product_id": pid, "quantity": qty, "unit_price": price}
+            for pid, qty, price in lines
+        ],
+    )
+    order_events.record_event(conn, order_id, "order_created", detail, at=now)
+    return Order(order_id, customer_id, OrderStatus.PENDING, total, now, now)
+
+
+def move_order(
+    conn: Connection,
+    order: Order,
+    target: OrderStatus,
+    event: str,
+    detail: str = "",
+    *,
+    operator: str | None = None,
+) -> Order:
+    """Compare-and-set the order's status and write the order event (`operator`: who)."""
+    if not order_can_move(order.status, target):
+        raise ValueError(f"order transition {order.status} -> {target} is not allowed")
+    now = utcnow()
+    row = conn.execute(
+        update(orders)
+        .where(orders.c.id == order.id, orders.c.status == order.status.value)
+        .values(status=target.value, updated_at=now)
+        .returning(*COLUMNS)
+    ).first()
+    if row is None:
+        raise ConcurrentUpdate(f"order {order.id} changed while it was being updated; retry")
+    order_events.record_event(conn, order.id, event, detail, at=now, operator=operator)
+    return order_from_row(row)
+
+
+_MARK_PAID = (
+    update(orders)
+    .where(orders.c.id == bindparam("b_id"), orders.c.status == OrderStatus.PENDING.value)
+    .values(status=OrderStatus.PAID.value, updated_at=bindparam("v_now"))
+)
+
+
+def paid_from(order_id: Any, *conditions: Any, now: Any) -> Update:
+    """Mark orders paid as part of a larger Postgres statement: each pending order `order_id`
+    names (a column of a CTE the statement joins) where `conditions` hold."""
+    return (
+        update(orders)
+        .where(orders.c.id == order_id, orders.c.status == OrderStatus.PENDING.value, *conditions)
+        .values(status=OrderStatus.PAID.value, updated_at=now)
+    )
+
+
+def mark_paid(conn: Connection, order_id: uuid.UUID, now: datetime) -> None:
+    """A pending order paid (its payment succeeded: the caller writes the order event)."""
+    conn.execute(_MARK_PAID, {"b_id": order_id, "v_now": now})

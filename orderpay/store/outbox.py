@@ -102,10 +102,12 @@ def add_notification(
 
 
 def insert_notification_from(paid: Any) -> Insert:
-    """add_notification as part of a larger Postgres statement: the outbox row of each payment
-    `paid` (a CTE with `id` and `order_id` columns) yields. Parameters: v_channel, v_recipient,
-    v_now. Returns the new row's id, or nothing if the payment already has one."""
+    """add_notification as part of a larger Postgres statement: the `payment_received` row of
+    each payment `paid` (a SELECT of order_id, payment_id, channel, recipient, in the order
+    the rows are to get their ids) yields; v_now is bound. Returns each new row's id and
+    payment; a payment that has its row already gets none."""
     now = bindparam("v_now", type_=UTCDateTime())
+    rows = paid.subquery("paid")
     columns = [
         "order_id",
         "payment_id",
@@ -120,11 +122,11 @@ def insert_notification_from(paid: Any) -> Insert:
         "updated_at",
     ]
     values = select(
-        paid.c.order_id,
-        paid.c.id,
+        rows.c.order_id,
+        rows.c.payment_id,
         literal(PAYMENT_RECEIVED, String()),
-        bindparam("v_channel", type_=String()),
-        bindparam("v_recipient", type_=String()),
+        rows.c.channel,
+        rows.c.recipient,
         literal("", Text()),
         literal(_PENDING, String()),
         literal(0),
@@ -136,7 +138,7 @@ def insert_notification_from(paid: Any) -> Insert:
         postgresql.insert(notifications)
         .from_select(columns, values)
         .on_conflict_do_nothing(index_elements=["payment_id", "kind"], index_where=_OF_PAYMENT)
-        .returning(notifications.c.id)
+        .returning(notifications.c.id, notifications.c.payment_id)
     )
 
 

@@ -1,21 +1,17 @@
 """Webhook events (webhook_events): every callback we act on, recorded once per source and
 key, and read back for `orderpay webhook list|show|replay`.
 
-The one module that writes webhook_events. The unique (source, dedupe_key) constraint is what
-makes a replayed callback harmless: the second insert does nothing, and the caller changes
-nothing either. A callback is recorded before anything is looked up (`receive`: its order is
-not known to exist yet, so it is left empty), so a copy is known as a copy whatever it names;
-its outcome, order and payment are filled in once known (`decide`, or as part of the settling
-statement on Postgres: `outcome_update`).
+The one module that writes webhook_events. The unique (source, dedupe_key) constraint makes a
+copy harmless: its insert does nothing, and the caller changes nothing either. The ordinary
+path records a callback before looking anything up (`receive`), so a copy is known as a copy
+whatever it names, and fills in its outcome once known (`decide`); a batch of callbacks
+records each with the move it settles, in one statement (`record_from`).
 
 One outcome is not final: an event kept as `unmatched` (no payment of its order matched it
-yet, DESIGN.md section 5) is taken up again by a later copy, which tries the match again
-rather than counting as a duplicate. A new callback is still one statement (INSERT ... ON
-CONFLICT DO NOTHING); a copy reads the stored row (as it did for its payment), and only a copy
-of an `unmatched` one writes: it claims the row with a compare-and-set, so copies racing each
-other try one at a time. (An INSERT ... ON CONFLICT DO UPDATE ... WHERE outcome = 'unmatched'
-would be one statement for copies too, but it locks the stored row whatever its outcome: every
-duplicate would then write WAL, wait for a flush at commit and queue behind the other copies.)
+yet) is taken up again by a later copy, which tries the match again rather than counting as a
+duplicate (`is_copy`). Only such a copy writes: it claims the row with a compare-and-set, so
+racing copies try one at a time, while a plain duplicate only reads (an upsert would lock the
+stored row and make every duplicate write and wait).
 """
 
 from __future__ import annotations
@@ -26,7 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Update, bindparam, select, update
+from sqlalchemy import Connection, Insert, Select, Text, and_, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
 from orderpay.store.db import InsertIgnoring
@@ -113,7 +110,7 @@ def receive(conn: Connection, *, source: str, dedupe_key: str, payload: str) -> 
         return Received(new)
     keys = {"b_source": source, "b_key": dedupe_key}
     stored = conn.execute(_STORED, keys).first()
-    if stored is None or stored[1] != UNMATCHED:
+    if stored is None or is_copy(stored[1]):
         return Received(None, payment_id=None if stored is None else stored[2])
     # Row-locked until commit: a racing copy waits, then finds the event decided.
     taken = conn.execute(
@@ -159,16 +156,38 @@ def decide(
     conn.execute(_DECIDE, outcome_params(event_id, outcome, order_id, payment_id))
 
 
-def outcome_update() -> Update:
-    """`decide` as a statement to embed in a larger Postgres statement (a data-modifying
-    CTE). Parameters: outcome_params()."""
-    return _DECIDE
+def record_from(rows: Any) -> Insert:
+    """Record the callbacks `rows` yields (a SELECT of source, dedupe_key, payload,
+    received_at, outcome, order_id, payment_id, in the order their ids are to go) as part of a
+    larger Postgres statement; a key recorded already is skipped. Returns the source and key
+    of each one recorded."""
+    columns = [
+        "source",
+        "dedupe_key",
+        "payload",
+        "received_at",
+        "outcome",
+        "order_id",
+        "payment_id",
+    ]
+    return (
+        postgresql.insert(webhook_events)
+        .from_select(columns, rows)
+        .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
+        .returning(webhook_events.c.source, webhook_events.c.dedupe_key)
+    )
 
 
 def outcome_params(
     event_id: int, outcome: str, order_id: uuid.UUID | None, payment_id: uuid.UUID | None
 ) -> dict[str, Any]:
     return {"b_event": event_id, "v_outcome": outcome, "v_order": order_id, "v_payment": payment_id}
+
+
+def is_copy(outcome: str) -> bool:
+    """Whether a callback under the key of an event recorded with `outcome` is a copy to
+    answer as a duplicate: every outcome but `unmatched`, which a copy tries again."""
+    return outcome != UNMATCHED
 
 
 _MASK_PAYLOAD = (
@@ -186,6 +205,31 @@ def mask_payloads(conn: Connection, masked: list[dict[str, Any]]) -> int:
 
 
 # --- Reading them back ---------------------------------------------------------------------
+
+
+def stored_under_keys() -> Select[Any]:
+    """The source, key, outcome and payment of the events recorded under the keys of arrays
+    b_source and b_key (Postgres)."""
+    keys = (
+        func.unnest(
+            bindparam("b_source", type_=postgresql.ARRAY(Text())),
+            bindparam("b_key", type_=postgresql.ARRAY(Text())),
+        )
+        .table_valued("source", "dedupe_key")
+        .render_derived("keys")
+    )
+    return select(
+        webhook_events.c.source,
+        webhook_events.c.dedupe_key,
+        webhook_events.c.outcome,
+        webhook_events.c.payment_id,
+    ).join(
+        keys,
+        and_(
+            webhook_events.c.source == keys.c.source,
+            webhook_events.c.dedupe_key == keys.c.dedupe_key,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

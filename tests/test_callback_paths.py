@@ -1,17 +1,18 @@
-"""The one-round-trip callback path writes what the ordinary transaction writes (issue 12).
+"""A batch of callbacks writes what the ordinary transaction writes, one callback at a time.
 
-Every callback case runs on two identical Postgres databases (one set up, then cloned): on one
-through the fast path (a batch of one), falling back to callbacks.apply_callback when it
-answers None (as the route does), on the other through apply_callback alone. The answers and
-every row of the ledger tables must be the same, ids and timestamps aside where they differ by
-nature. The fast path must also settle the common cases itself and write nothing when it falls
-back. Batches of several callbacks: tests/test_callback_batches.py.
+Every callback case is set up identically on two Postgres databases (the same ids: see
+`same_ids`), then sent on one through the batch path (a batch of one, falling back to
+callbacks.apply_callback when it answers None, as the route does), on the other through
+apply_callback alone. The answers and every row of the ledger tables must be the same,
+timestamps aside. The batch path must also settle the common cases itself and write nothing
+when it falls back. Batches of several callbacks: tests/test_callback_batches.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,9 +23,9 @@ import pytest
 from sqlalchemy import text
 
 from orderpay.errors import OrderpayError
+from orderpay.payments.callback_batches import settle_batch
 from orderpay.payments.callbacks import Callback, CallbackResult, apply_callback, parse_callback
 from orderpay.payments.charge import charge_order
-from orderpay.payments.fast_callbacks import settle_batch
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.shop.orders import cancel_order
 from orderpay.store.async_db import create_pool
@@ -369,7 +370,7 @@ async def settle_one(pool: Any, callback: Callback, notify: NotifyTarget) -> Cal
 
 
 @contextmanager
-def fast_runner(url: str) -> Iterator[Callable[[Callback, NotifyTarget], CallbackResult | None]]:
+def batch_runner(url: str) -> Iterator[Callable[[Callback, NotifyTarget], CallbackResult | None]]:
     """settle_one on its own event loop and pool, callable from synchronous code."""
     loop = asyncio.new_event_loop()
     pool = loop.run_until_complete(create_pool(url, min_size=1, max_size=1))
@@ -398,10 +399,11 @@ LEDGER_ROWS = {
 
 
 def ledger_rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the ledger tables, payment ids named (`naming`)."""
+    """Every row of the ledger tables, ids as UUIDs whatever the dialect stores, payment ids
+    named (`naming`)."""
     with db.transaction() as conn:
         rows = {
-            table: [tuple(row) for row in conn.execute(text(query))]
+            table: [tuple(map(uuid_or_value, row)) for row in conn.execute(text(query))]
             for table, query in LEDGER_ROWS.items()
         }
     named = naming(db)
@@ -414,7 +416,7 @@ def naming(db: Database) -> Callable[[Any], Any]:
     (in columns, answers, the order events's texts)."""
     with db.transaction() as conn:
         made = conn.execute(text(LEDGER_ROWS["payments"])).all()
-    names = {str(row[0]): f"<payment {n}>" for n, row in enumerate(made)}
+    names = {str(uuid_or_value(row[0])): f"<payment {n}>" for n, row in enumerate(made)}
 
     def named(value: Any) -> Any:
         if isinstance(value, uuid.UUID) and str(value) in names:
@@ -427,49 +429,96 @@ def naming(db: Database) -> Callable[[Any], Any]:
     return named
 
 
-def set_up(url: str, case: Case) -> list[Sent]:
+def uuid_or_value(value: Any) -> Any:
+    """A UUID as SQLite stores it (32 hex digits) made a UUID; anything else as it is."""
+    if isinstance(value, str) and len(value) == 32:
+        try:
+            return uuid.UUID(hex=value)
+        except ValueError:
+            return value
+    return value
+
+
+@contextmanager
+def same_ids(seed: str) -> Iterator[None]:
+    """uuid.uuid4 drawn from a generator seeded with `seed`: a set-up run twice makes the
+    same orders, payments and keys on two databases."""
+    generator = random.Random(seed)
+    real = uuid.uuid4
+
+    def seeded() -> uuid.UUID:
+        return uuid.UUID(int=generator.getrandbits(128), version=4)
+
+    uuid.uuid4 = seeded  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        uuid.uuid4 = real  # type: ignore[assignment]
+
+
+def set_up(url: str, setup: Callable[[Database], list[Sent]], seed: str) -> list[Sent]:
+    """Run `setup` on the database at `url`, its ids drawn from `seed`."""
     db = Database(url)
     try:
-        return case.setup(db)
+        with same_ids(seed):
+            return setup(db)
     finally:
-        db.dispose()  # no connection may stay open on a template
+        db.dispose()
 
 
 # --- The tests ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-@pytest.mark.slow
-def test_the_fast_path_writes_the_rows_and_answers_of_the_ordinary_transaction(
-    case: Case, twins: tuple[str, Callable[[], str]]
+def test_a_batch_writes_the_rows_and_answers_of_the_ordinary_transaction(
+    case: Case, pg_url: str, second_pg_url: str
 ) -> None:
-    url, clone = twins
-    sent = set_up(url, case)
-    other_url = clone()
-    fast_db, ordinary_db = Database(url), Database(other_url)
+    sent = set_up(pg_url, case.setup, case.name)
+    assert set_up(second_pg_url, case.setup, case.name) == sent
+    batch_db, ordinary_db = Database(pg_url), Database(second_pg_url)
     try:
-        with fast_runner(url) as fast:
-            fast_answers, _ = play(fast_db, sent, case.notify, lambda c: fast(c, case.notify))
+        with batch_runner(pg_url) as batch:
+            batch_answers, _ = play(batch_db, sent, case.notify, lambda c: batch(c, case.notify))
         ordinary_answers, _ = play(ordinary_db, sent, case.notify, None)
 
-        fast_named, ordinary_named = naming(fast_db), naming(ordinary_db)
-        assert [tuple(map(fast_named, a)) for a in fast_answers] == [
+        batch_named, ordinary_named = naming(batch_db), naming(ordinary_db)
+        assert [tuple(map(batch_named, a)) for a in batch_answers] == [
             tuple(map(ordinary_named, a)) for a in ordinary_answers
         ]
-        assert ledger_rows(fast_db) == ledger_rows(ordinary_db)
+        assert ledger_rows(batch_db) == ledger_rows(ordinary_db)
     finally:
-        fast_db.dispose()
+        batch_db.dispose()
         ordinary_db.dispose()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-@pytest.mark.slow
-def test_the_fast_path_settles_the_common_case_itself_and_falls_back_having_written_nothing(
-    case: Case, twins: tuple[str, Callable[[], str]]
+def test_sqlite_writes_the_rows_and_answers_postgres_writes(
+    case: Case, pg_url: str, sqlite_url: str
 ) -> None:
-    url, _ = twins
-    sent = set_up(url, case)
-    db = Database(url)
+    # The ledger's Postgres statement and its SQLite steps are the two homes of each write.
+    sent = set_up(pg_url, case.setup, case.name)
+    assert set_up(sqlite_url, case.setup, case.name) == sent
+    postgres, sqlite = Database(pg_url), Database(sqlite_url)
+    try:
+        postgres_answers, _ = play(postgres, sent, case.notify, None)
+        sqlite_answers, _ = play(sqlite, sent, case.notify, None)
+
+        postgres_named, sqlite_named = naming(postgres), naming(sqlite)
+        assert [tuple(map(postgres_named, a)) for a in postgres_answers] == [
+            tuple(map(sqlite_named, a)) for a in sqlite_answers
+        ]
+        assert ledger_rows(postgres) == ledger_rows(sqlite)
+    finally:
+        postgres.dispose()
+        sqlite.dispose()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_a_batch_settles_the_common_case_itself_and_falls_back_having_written_nothing(
+    case: Case, pg_url: str
+) -> None:
+    sent = set_up(pg_url, case.setup, case.name)
+    db = Database(pg_url)
     written_on_fallback: list[str] = []
 
     def fast_first(fast: Callable[[Callback, NotifyTarget], CallbackResult | None]) -> Any:
@@ -483,8 +532,8 @@ def test_the_fast_path_settles_the_common_case_itself_and_falls_back_having_writ
         return first
 
     try:
-        with fast_runner(url) as fast:
-            _, settled_first = play(db, sent, case.notify, fast_first(fast))
+        with batch_runner(pg_url) as batch:
+            _, settled_first = play(db, sent, case.notify, fast_first(batch))
 
         assert tuple(settled_first) == case.fast
         assert written_on_fallback == []
@@ -523,49 +572,40 @@ def test_copies_racing_through_the_fast_path_settle_once_and_the_rest_answer_dup
 
 # --- The migrations ---------------------------------------------------------------------------
 
-FUNCTIONS = "SELECT proname FROM pg_proc WHERE proname LIKE 'orderpay_settle_callback%' ORDER BY 1"
+OLD_FUNCTIONS = (
+    "orderpay_settle_callback(text, text, text, uuid, uuid, text, text, numeric, text, text, "
+    "text, text, timestamptz, text[], text[], integer[])",
+    "orderpay_settle_callbacks(text[], text[], text[], uuid[], uuid[], text[], text[], "
+    "numeric[], text[], text[], text, text, timestamptz, text[], text[], integer[])",
+)
 
 
-def settle_functions(db: Database) -> list[str]:
+def functions(db: Database) -> list[str]:
     with db.transaction() as conn:
-        return list(conn.execute(text(FUNCTIONS)).scalars())
+        return list(
+            conn.execute(
+                text("SELECT proname FROM pg_proc WHERE proname LIKE 'orderpay%' ORDER BY 1")
+            ).scalars()
+        )
 
 
-def test_the_schema_has_the_batch_function_only(db: Database) -> None:
-    assert settle_functions(db) == ["orderpay_settle_callbacks"]
-
-
-def test_the_batch_function_plans_its_statements_once_per_session(db: Database) -> None:
-    # Custom plans would plan every statement on every call: a batch of one cost twice as
-    # much server time per callback with them (pgbench, 4 clients).
-    with db.transaction() as conn:
-        config = conn.execute(
-            text("SELECT proconfig FROM pg_proc WHERE proname = 'orderpay_settle_callbacks'")
-        ).scalar_one()
-    assert config == ["plan_cache_mode=force_generic_plan"]
-
-
-def test_downgrading_below_0006_puts_back_the_function_of_0005(db: Database) -> None:
-    downgrade(db, "0005_callback_in_one_trip")
-
-    assert settle_functions(db) == ["orderpay_settle_callback"]
-
-
-def test_downgrading_below_0005_drops_the_functions(db: Database) -> None:
-    downgrade(db, "0004_refunds_review")
-
-    assert settle_functions(db) == []
-
-
-def test_upgrading_from_0004_leaves_the_batch_function(db: Database) -> None:
-    downgrade(db, "0004_refunds_review")
+def test_0007_drops_the_functions_that_earlier_runs_of_0005_and_0006_made(
+    scratch_pg_url: str,
+) -> None:
+    db = Database(scratch_pg_url)
+    downgrade(db, "0006_callbacks_in_batches")
+    with db.transaction() as conn:  # what those revisions used to create
+        for signature in OLD_FUNCTIONS:
+            conn.execute(text(f"CREATE FUNCTION {signature} RETURNS void LANGUAGE sql AS ''"))
+    assert len(functions(db)) == 2
 
     upgrade(db)
 
-    assert settle_functions(db) == ["orderpay_settle_callbacks"]
+    assert functions(db) == []
+    db.dispose()
 
 
-def test_on_sqlite_0005_and_0006_change_no_table(sqlite_db: Database) -> None:
+def test_on_sqlite_0005_to_0007_change_no_table(sqlite_db: Database) -> None:
     downgrade(sqlite_db, "0004_refunds_review")
     with sqlite_db.transaction() as conn:
         before = conn.exec_driver_sql("SELECT sql FROM sqlite_master ORDER BY name").all()
