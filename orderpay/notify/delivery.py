@@ -31,7 +31,8 @@ from orderpay.errors import GatewayRejected, OrderpayError
 from orderpay.notify.channels import Channel, OutgoingMessage
 from orderpay.store import outbox
 from orderpay.store.db import Transactional, retrying
-from orderpay.store.notifications import Attempt, Outcome, Recorded, pending_due_times
+from orderpay.store.notification_attempts import Attempt, Outcome, Recorded
+from orderpay.store.notifications import pending_due_times
 
 log = logging.getLogger("orderpay.notify")
 

@@ -26,16 +26,18 @@ from orderpay.domain.states import NotificationStatus, notification_can_move
 from orderpay.errors import NotificationNotRetryable
 from orderpay.store import order_events
 from orderpay.store.db import InsertIgnoring
-from orderpay.store.notifications import (
+from orderpay.store.notification_attempts import (
     ATTEMPT_COLUMNS,
-    COLUMNS,
     Attempt,
-    Notification,
-    NotifyTarget,
     Outcome,
     Recorded,
     attempt_of,
     event_of,
+)
+from orderpay.store.notifications import (
+    COLUMNS,
+    Notification,
+    NotifyTarget,
     from_row,
     get_notification,
 )
@@ -305,7 +307,7 @@ _RECORD = select(_written.c.id).add_cte(
 
 
 def record_outcomes(conn: Connection, outcomes: Sequence[Recorded]) -> set[int]:
-    """Record what became of claimed attempts (store.notifications.Recorded), with their
+    """Record what became of claimed attempts (store.notification_attempts.Recorded), with their
     order events, in one statement; the ids of the rows written: an attempt that no longer
     holds its row (its lease ran out and another took the row over) writes nothing."""
     if not outcomes:
