@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import ColumnElement, Connection, FromClause, bindparam, select
 
 from orderpay.domain.states import NotificationStatus
 from orderpay.errors import NotificationNotFound
@@ -143,15 +143,22 @@ _PENDING_DUE_AMONG = select(
 
 # --- What the relay hands to RQ (locked against other relays, not written here) --------------
 
-_due = (
-    notifications.c.status == NotificationStatus.PENDING.value,
-    notifications.c.due_at <= bindparam("b_now"),
-    notifications.c.lease_until.is_(None) | (notifications.c.lease_until <= bindparam("b_now")),
-)
+
+def due(rows: FromClause) -> tuple[ColumnElement[bool], ...]:
+    """What makes a row of `rows` (the table, or an alias of it) one to send at b_now: pending,
+    due, and held by no attempt (no lease, or one that ran out). The relay hands out only such
+    rows, and a claim (store.outbox) takes only such rows."""
+    return (
+        rows.c.status == NotificationStatus.PENDING.value,
+        rows.c.due_at <= bindparam("b_now"),
+        rows.c.lease_until.is_(None) | (rows.c.lease_until <= bindparam("b_now")),
+    )
+
+
 _RELAYABLE = (
     select(notifications.c.id, notifications.c.attempts, notifications.c.enqueued_at)
     .where(
-        *_due,
+        *due(notifications),
         notifications.c.enqueued_at.is_(None)
         | (notifications.c.enqueued_at <= bindparam("b_handed_before")),
     )

@@ -38,6 +38,7 @@ from orderpay.store.notifications import (
     COLUMNS,
     Notification,
     NotifyTarget,
+    due,
     from_row,
     get_notification,
 )
@@ -150,19 +151,14 @@ _joined = (
     orders.c.id == notifications.c.order_id,
     customers.c.id == orders.c.customer_id,
 )
-_free = notifications.c.lease_until.is_(None) | (notifications.c.lease_until <= bindparam("b_now"))
-_due = (notifications.c.status == _PENDING, notifications.c.due_at <= bindparam("b_now"), _free)
+_due = due(notifications)
 _claim_values = {
     "attempts": notifications.c.attempts + 1,
     "lease_until": bindparam("v_lease_until"),
     "updated_at": bindparam("b_now"),
 }
 _queued = notifications.alias("queued")  # not correlated with the UPDATE's own row
-_queued_due = (
-    _queued.c.status == _PENDING,
-    _queued.c.due_at <= bindparam("b_now"),
-    _queued.c.lease_until.is_(None) | (_queued.c.lease_until <= bindparam("b_now")),
-)
+_queued_due = due(_queued)
 # Postgres: one statement claims and returns the attempts; the rows no other claim holds are
 # locked first (SKIP LOCKED), and the UPDATE re-checks its conditions on them, so of two
 # concurrent claims of a row one takes it, the other nothing.
