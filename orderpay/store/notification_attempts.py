@@ -11,10 +11,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from orderpay.domain.money import Money
-from orderpay.store.schema import customers, notifications, payments, refunds
+from orderpay.store.notifications import due
+from orderpay.store.schema import customers, notifications, orders, payments, refunds
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,52 @@ def attempt_of(
         kind,
         refund_id,
     )
+
+
+# --- The rows a claim takes (locked against other claims; store.outbox writes the claim) ------
+
+# An attempt's row and what its message needs: its payment, order and customer.
+JOINED = (
+    payments.c.id == notifications.c.payment_id,
+    orders.c.id == notifications.c.order_id,
+    customers.c.id == orders.c.customer_id,
+)
+_queued = notifications.alias("queued")  # not correlated with the claim's UPDATE of its own row
+# Postgres, claim_next_due: the due row that waited longest, unless another claim holds it.
+NEXT_DUE_ID = (
+    select(_queued.c.id)
+    .where(*due(_queued))
+    .order_by(_queued.c.due_at)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+# Postgres, claim_among: up to b_limit of the rows b_ids that are due, lowest id first. Picked
+# once, in a CTE: as a plain IN (subquery) Postgres may run the subquery again for each row the
+# UPDATE joins, skipping the rows the statement has just claimed and taking the next ones, past
+# the LIMIT.
+PICKED = (
+    select(_queued.c.id)
+    .where(_queued.c.id.in_(bindparam("b_ids", expanding=True)), *due(_queued))
+    .order_by(_queued.c.id)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+    .cte("picked")
+    .prefix_with("MATERIALIZED", dialect="postgresql")
+)
+# SQLite (one writer at a time, under BEGIN IMMEDIATE): the same rows, read before the claim.
+DUE_ROWS = (
+    select(*ATTEMPT_COLUMNS)
+    .where(*due(notifications), *JOINED)
+    .order_by(notifications.c.due_at)
+    .limit(1)
+)
+DUE_AMONG = (
+    select(*ATTEMPT_COLUMNS)
+    .where(notifications.c.id.in_(bindparam("b_ids", expanding=True)), *due(notifications), *JOINED)
+    .order_by(notifications.c.id)
+    .limit(bindparam("b_limit"))
+)
 
 
 class Outcome(StrEnum):

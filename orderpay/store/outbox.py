@@ -28,6 +28,11 @@ from orderpay.store import order_events
 from orderpay.store.db import InsertIgnoring
 from orderpay.store.notification_attempts import (
     ATTEMPT_COLUMNS,
+    DUE_AMONG,
+    DUE_ROWS,
+    JOINED,
+    NEXT_DUE_ID,
+    PICKED,
     Attempt,
     Outcome,
     Recorded,
@@ -42,13 +47,7 @@ from orderpay.store.notifications import (
     from_row,
     get_notification,
 )
-from orderpay.store.schema import (
-    UTCDateTime,
-    customers,
-    notifications,
-    orders,
-    payments,
-)
+from orderpay.store.schema import UTCDateTime, notifications
 
 PAYMENT_RECEIVED = "payment_received"
 REFUND_SENT = "refund_sent"
@@ -145,65 +144,27 @@ def insert_notification_from(paid: Any) -> Insert:
 
 # --- Attempts ---------------------------------------------------------------------------------
 
-
-_joined = (
-    payments.c.id == notifications.c.payment_id,
-    orders.c.id == notifications.c.order_id,
-    customers.c.id == orders.c.customer_id,
-)
-_due = due(notifications)
 _claim_values = {
     "attempts": notifications.c.attempts + 1,
     "lease_until": bindparam("v_lease_until"),
     "updated_at": bindparam("b_now"),
 }
-_queued = notifications.alias("queued")  # not correlated with the UPDATE's own row
-_queued_due = due(_queued)
 # Postgres: one statement claims and returns the attempts; the rows no other claim holds are
-# locked first (SKIP LOCKED), and the UPDATE re-checks its conditions on them, so of two
-# concurrent claims of a row one takes it, the other nothing.
-_NEXT_DUE_ID = (
-    select(_queued.c.id)
-    .where(*_queued_due)
-    .order_by(_queued.c.due_at)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
-)
+# locked first (SKIP LOCKED: NEXT_DUE_ID, PICKED), and the UPDATE re-checks its conditions on
+# them, so of two concurrent claims of a row one takes it, the other nothing.
 _CLAIM_NEXT = (
     update(notifications)
-    .where(notifications.c.id == _NEXT_DUE_ID, *_joined)
+    .where(notifications.c.id == NEXT_DUE_ID, *JOINED)
     .values(_claim_values)
     .returning(*ATTEMPT_COLUMNS)
-)
-# The rows are picked once, in a CTE: as a plain IN (subquery) Postgres may run the subquery
-# again for each row the UPDATE joins, skipping the rows the statement has just claimed and
-# taking the next ones, past the LIMIT.
-_PICKED = (
-    select(_queued.c.id)
-    .where(_queued.c.id.in_(bindparam("b_ids", expanding=True)), *_queued_due)
-    .order_by(_queued.c.id)
-    .limit(bindparam("b_limit"))
-    .with_for_update(skip_locked=True)
-    .cte("picked")
-    .prefix_with("MATERIALIZED", dialect="postgresql")
 )
 _CLAIM_AMONG = (
     update(notifications)
-    .where(notifications.c.id.in_(select(_PICKED.c.id)), *_due, *_joined)
+    .where(notifications.c.id.in_(select(PICKED.c.id)), *due(notifications), *JOINED)
     .values(_claim_values)
     .returning(*ATTEMPT_COLUMNS)
 )
-# SQLite (one writer at a time, under BEGIN IMMEDIATE) reads, then sets.
-_DUE_ROWS = (
-    select(*ATTEMPT_COLUMNS).where(*_due, *_joined).order_by(notifications.c.due_at).limit(1)
-)
-_DUE_AMONG = (
-    select(*ATTEMPT_COLUMNS)
-    .where(notifications.c.id.in_(bindparam("b_ids", expanding=True)), *_due, *_joined)
-    .order_by(notifications.c.id)
-    .limit(bindparam("b_limit"))
-)
+# SQLite (one writer at a time, under BEGIN IMMEDIATE) reads (DUE_ROWS, DUE_AMONG), then sets.
 _SET_CLAIM = (
     update(notifications)
     .values(_claim_values)
@@ -235,7 +196,7 @@ def claim_among(
     if conn.dialect.name == "postgresql":
         rows = conn.execute(_CLAIM_AMONG, {**params, "v_lease_until": lease_until}).all()
         return sorted((attempt_of(row) for row in rows), key=lambda a: a.notification_id)
-    claimed = [_set_claim(conn, row, lease_until, now) for row in conn.execute(_DUE_AMONG, params)]
+    claimed = [_set_claim(conn, row, lease_until, now) for row in conn.execute(DUE_AMONG, params)]
     return [attempt for attempt in claimed if attempt is not None]
 
 
@@ -246,7 +207,7 @@ def claim_next_due(conn: Connection, lease: timedelta, now: datetime) -> Attempt
     if conn.dialect.name == "postgresql":
         row = conn.execute(_CLAIM_NEXT, {"b_now": now, "v_lease_until": lease_until}).first()
         return None if row is None else attempt_of(row)
-    row = conn.execute(_DUE_ROWS, {"b_now": now}).first()
+    row = conn.execute(DUE_ROWS, {"b_now": now}).first()
     return None if row is None else _set_claim(conn, row, lease_until, now)
 
 
