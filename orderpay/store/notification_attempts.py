@@ -173,3 +173,32 @@ def event_of(done: Recorded) -> tuple[str, str] | None:
             f"retry in {done.retry_in} s",
         )
     return None
+
+
+def changes_of(done: Recorded, now: datetime) -> dict[str, Any]:
+    """The columns an outcome sets on its row at `now` (store.outbox writes them, only while
+    the attempt's claim still holds the row)."""
+    a, outcome = done.attempt, done.outcome
+    changes: dict[str, Any] = {"lease_until": None, "updated_at": now}
+    if outcome is Outcome.SENT:
+        changes |= {
+            "status": outcome.value,
+            "body": done.body,
+            "last_error": None,
+            "gateway_message_id": done.message_id,
+            "sent_at": now,
+        }
+    elif outcome is Outcome.FAILED:
+        changes |= {"status": outcome.value, "body": done.body, "last_error": done.error}
+    elif outcome is Outcome.RETRY:
+        changes |= {"due_at": done.due_at, "last_error": done.error}
+    elif outcome is Outcome.HELD:
+        changes |= {
+            "attempts": a.number - 1,
+            "due_at": done.due_at,
+            "enqueued_at": None,
+            "last_error": done.error,
+        }
+    else:  # RELEASED: as if never claimed
+        changes = {"attempts": a.number - 1, "lease_until": None}
+    return changes

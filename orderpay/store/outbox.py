@@ -34,9 +34,9 @@ from orderpay.store.notification_attempts import (
     NEXT_DUE_ID,
     PICKED,
     Attempt,
-    Outcome,
     Recorded,
     attempt_of,
+    changes_of,
     event_of,
 )
 from orderpay.store.notifications import (
@@ -220,9 +220,10 @@ def _set_claim(
     return attempt_of(row, row[1] + 1, lease_until) if taken.rowcount == 1 else None
 
 
-# Postgres: the outcomes of several attempts in one statement. Each row is written only if its
-# claim still holds it (same attempt number and lease, as _OWNED for one row); the order events
-# rows of the rows written follow in the same statement.
+# Postgres: the outcomes of several attempts in one statement, each setting on its row what
+# changes_of gives SQLite row by row. Each row is written only if its claim still holds it (same
+# attempt number and lease, as _OWNED for one row); the order events rows of the rows written
+# follow in the same statement.
 _RECORD_SQL = """
 UPDATE notifications AS x SET
   status = CASE WHEN o.outcome IN ('sent', 'failed') THEN o.outcome ELSE x.status END,
@@ -297,31 +298,9 @@ def _record_one(
     conn: Connection, done: Recorded, event: tuple[str, str] | None, now: datetime
 ) -> bool:
     """SQLite (one writer at a time): the same writes, one row at a time."""
-    a, outcome = done.attempt, done.outcome
-    values: dict[str, Any] = {"lease_until": None, "updated_at": now}
-    if outcome is Outcome.SENT:
-        values |= {
-            "status": outcome.value,
-            "body": done.body,
-            "last_error": None,
-            "gateway_message_id": done.message_id,
-            "sent_at": now,
-        }
-    elif outcome is Outcome.FAILED:
-        values |= {"status": outcome.value, "body": done.body, "last_error": done.error}
-    elif outcome is Outcome.RETRY:
-        values |= {"due_at": done.due_at, "last_error": done.error}
-    elif outcome is Outcome.HELD:
-        values |= {
-            "attempts": a.number - 1,
-            "due_at": done.due_at,
-            "enqueued_at": None,
-            "last_error": done.error,
-        }
-    else:  # RELEASED: as if never claimed
-        values = {"attempts": a.number - 1, "lease_until": None}
+    a = done.attempt
     params = {"b_id": a.notification_id, "b_attempts": a.number, "b_lease": a.lease_until}
-    if conn.execute(_OWNED, {**params, **values}).rowcount != 1:
+    if conn.execute(_OWNED, {**params, **changes_of(done, now)}).rowcount != 1:
         return False
     if event is not None:
         order_events.record_event(conn, a.order_id, *event, at=now)
