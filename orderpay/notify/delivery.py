@@ -31,14 +31,15 @@ from orderpay.errors import GatewayRejected, OrderpayError
 from orderpay.notify.channels import Channel, OutgoingMessage
 from orderpay.store import outbox
 from orderpay.store.db import Transactional, retrying
-from orderpay.store.notifications import Attempt, Outcome, Recorded, pending_due_times
+from orderpay.store.notification_attempts import Attempt, Outcome, Recorded
+from orderpay.store.notifications import pending_due_times
 
 log = logging.getLogger("orderpay.notify")
 
 # A batch is claimed and recorded in groups, each sized to be sent in about this long: a whole
 # batch for the log channel. A row whose channel reaches the customer (sms, webhook) is always
 # a group of its own, recorded right after its send, so a killed worker leaves at most that
-# one row sent but unrecorded (sent again once its lease runs out), as before batching.
+# one row sent but unrecorded (sent again once its lease runs out).
 GROUP_SECONDS = 0.05
 # Channels whose send a customer cannot receive twice: the only ones sent in groups.
 GROUPED_CHANNELS = frozenset({"log"})
@@ -315,8 +316,8 @@ def compile_ahead(conn: Connection, policy: RetryPolicy) -> None:
     """Run a job's statements once against no row, so SQLAlchemy compiles them in this process.
 
     RQ's default worker forks a work horse per job. A horse inherits its parent's compiled
-    statements; without this it compiles them again for every job and throws them away
-    (about 10 ms a job on a 2-core machine). Changes nothing in the database.
+    statements; without this it compiles them again for every job and throws them away.
+    Changes nothing in the database.
     """
     now = utcnow()
     outbox.claim_among(conn, [_NO_ROW], 1, timedelta(seconds=policy.lease_seconds), now)

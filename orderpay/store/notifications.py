@@ -1,5 +1,6 @@
-"""Notifications as read from the outbox table, and the shapes the outbox hands out (where new
-rows go, one claimed attempt). Their writes live in store/outbox.py alone."""
+"""Notifications as read from the outbox table, the rows the relay hands to RQ, and where new
+rows go (NotifyTarget). One claimed attempt is store/notification_attempts.py; every write of
+the table is store/outbox.py's."""
 
 from __future__ import annotations
 
@@ -7,16 +8,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import ColumnElement, Connection, FromClause, bindparam, select
 
-from orderpay.domain.money import Money
 from orderpay.domain.states import NotificationStatus
 from orderpay.errors import NotificationNotFound
 from orderpay.store.paging import Page, Window, page_of, windowed
-from orderpay.store.schema import customers, notifications, payments, refunds
+from orderpay.store.schema import notifications
 
 # The Postgres channel the relay listens on (wakeups.Nudger NOTIFYs it after commits).
 OUTBOX_CHANNEL = "orderpay_outbox"
@@ -144,15 +143,22 @@ _PENDING_DUE_AMONG = select(
 
 # --- What the relay hands to RQ (locked against other relays, not written here) --------------
 
-_due = (
-    notifications.c.status == NotificationStatus.PENDING.value,
-    notifications.c.due_at <= bindparam("b_now"),
-    notifications.c.lease_until.is_(None) | (notifications.c.lease_until <= bindparam("b_now")),
-)
+
+def due(rows: FromClause) -> tuple[ColumnElement[bool], ...]:
+    """What makes a row of `rows` (the table, or an alias of it) one to send at b_now: pending,
+    due, and held by no attempt (no lease, or one that ran out). The relay hands out only such
+    rows, and a claim (store.outbox) takes only such rows."""
+    return (
+        rows.c.status == NotificationStatus.PENDING.value,
+        rows.c.due_at <= bindparam("b_now"),
+        rows.c.lease_until.is_(None) | (rows.c.lease_until <= bindparam("b_now")),
+    )
+
+
 _RELAYABLE = (
     select(notifications.c.id, notifications.c.attempts, notifications.c.enqueued_at)
     .where(
-        *_due,
+        *due(notifications),
         notifications.c.enqueued_at.is_(None)
         | (notifications.c.enqueued_at <= bindparam("b_handed_before")),
     )
@@ -183,7 +189,7 @@ def relay_candidates(
     ]
 
 
-# --- Where new rows go, and the attempts that send them ------------------------------------
+# --- Where new rows go ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,114 +204,3 @@ class NotifyTarget:
         if self.channel == "webhook" and self.webhook_url:
             return self.webhook_url
         return customer_phone
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One claimed try at sending one row; `number` and `lease_until` identify the claim."""
-
-    notification_id: int
-    number: int
-    lease_until: datetime
-    order_id: uuid.UUID
-    payment_id: uuid.UUID
-    channel: str
-    recipient: str
-    amount: Money  # what the message tells: the payment's, or a refund's own amount
-    customer_name: str
-    kind: str = "payment_received"
-    refund_id: uuid.UUID | None = None
-
-
-# A refund's row tells the refund's amount, not the payment's: a primary-key lookup, made only
-# for rows that name a refund (the others' refund_id is NULL and finds nothing).
-_AMOUNT_TOLD = func.coalesce(
-    select(refunds.c.amount)
-    .where(refunds.c.id == notifications.c.refund_id)
-    .correlate(notifications)
-    .scalar_subquery(),
-    payments.c.amount,
-)
-ATTEMPT_COLUMNS = (
-    notifications.c.id,
-    notifications.c.attempts,
-    notifications.c.lease_until,
-    notifications.c.order_id,
-    notifications.c.payment_id,
-    notifications.c.channel,
-    notifications.c.recipient,
-    _AMOUNT_TOLD,
-    payments.c.currency,
-    customers.c.name,
-    notifications.c.kind,
-    notifications.c.refund_id,
-)
-
-
-def attempt_of(
-    row: Sequence[Any], number: int | None = None, lease: datetime | None = None
-) -> Attempt:
-    (
-        nid,
-        attempts,
-        lease_until,
-        order_id,
-        payment_id,
-        channel,
-        recipient,
-        amount,
-        currency,
-        name,
-        kind,
-        refund_id,
-    ) = row
-    return Attempt(
-        nid,
-        number if number is not None else attempts,
-        lease or lease_until,
-        order_id,
-        payment_id,
-        channel,
-        recipient,
-        Money(int(amount), currency),
-        name,
-        kind,
-        refund_id,
-    )
-
-
-class Outcome(StrEnum):
-    """What became of a claimed attempt (recorded by store.outbox.record_outcomes)."""
-
-    SENT = "sent"
-    RETRY = "retry"  # a failed try: due again at `due_at`
-    FAILED = "failed"  # the last try failed, or the gateway refused
-    HELD = "held"  # given back uncounted, pending until `due_at`: no settings for its channel
-    RELEASED = "released"  # given back uncounted before its send started: due again at once
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    attempt: Attempt
-    outcome: Outcome
-    body: str = ""  # the rendered message (SENT, FAILED)
-    message_id: str | None = None  # SENT: the gateway's
-    error: str | None = None  # RETRY, FAILED, HELD
-    due_at: datetime | None = None  # RETRY, HELD
-    retry_in: int | None = None  # RETRY: seconds, for the order events
-
-
-def event_of(done: Recorded) -> tuple[str, str] | None:
-    """The order event (event, detail) an outcome writes, if any."""
-    nid = done.attempt.notification_id
-    if done.outcome is Outcome.SENT:
-        return "notification_sent", f"notification {nid} sent ({done.message_id})"
-    if done.outcome is Outcome.FAILED:
-        return "notification_failed", f"notification {nid}: {done.error}"
-    if done.outcome is Outcome.RETRY:
-        return (
-            "notification_attempt_failed",
-            f"notification {nid}, try {done.attempt.number}: {done.error}; "
-            f"retry in {done.retry_in} s",
-        )
-    return None

@@ -26,26 +26,28 @@ from orderpay.domain.states import NotificationStatus, notification_can_move
 from orderpay.errors import NotificationNotRetryable
 from orderpay.store import order_events
 from orderpay.store.db import InsertIgnoring
-from orderpay.store.notifications import (
+from orderpay.store.notification_attempts import (
     ATTEMPT_COLUMNS,
-    COLUMNS,
+    DUE_AMONG,
+    DUE_ROWS,
+    JOINED,
+    NEXT_DUE_ID,
+    PICKED,
     Attempt,
-    Notification,
-    NotifyTarget,
-    Outcome,
     Recorded,
     attempt_of,
+    changes_of,
     event_of,
+)
+from orderpay.store.notifications import (
+    COLUMNS,
+    Notification,
+    NotifyTarget,
+    due,
     from_row,
     get_notification,
 )
-from orderpay.store.schema import (
-    UTCDateTime,
-    customers,
-    notifications,
-    orders,
-    payments,
-)
+from orderpay.store.schema import UTCDateTime, notifications
 
 PAYMENT_RECEIVED = "payment_received"
 REFUND_SENT = "refund_sent"
@@ -144,70 +146,27 @@ def insert_notification_from(paid: Any) -> Insert:
 
 # --- Attempts ---------------------------------------------------------------------------------
 
-
-_joined = (
-    payments.c.id == notifications.c.payment_id,
-    orders.c.id == notifications.c.order_id,
-    customers.c.id == orders.c.customer_id,
-)
-_free = notifications.c.lease_until.is_(None) | (notifications.c.lease_until <= bindparam("b_now"))
-_due = (notifications.c.status == _PENDING, notifications.c.due_at <= bindparam("b_now"), _free)
 _claim_values = {
     "attempts": notifications.c.attempts + 1,
     "lease_until": bindparam("v_lease_until"),
     "updated_at": bindparam("b_now"),
 }
-_queued = notifications.alias("queued")  # not correlated with the UPDATE's own row
-_queued_due = (
-    _queued.c.status == _PENDING,
-    _queued.c.due_at <= bindparam("b_now"),
-    _queued.c.lease_until.is_(None) | (_queued.c.lease_until <= bindparam("b_now")),
-)
 # Postgres: one statement claims and returns the attempts; the rows no other claim holds are
-# locked first (SKIP LOCKED), and the UPDATE re-checks its conditions on them, so of two
-# concurrent claims of a row one takes it, the other nothing.
-_NEXT_DUE_ID = (
-    select(_queued.c.id)
-    .where(*_queued_due)
-    .order_by(_queued.c.due_at)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-    .scalar_subquery()
-)
+# locked first (SKIP LOCKED: NEXT_DUE_ID, PICKED), and the UPDATE re-checks its conditions on
+# them, so of two concurrent claims of a row one takes it, the other nothing.
 _CLAIM_NEXT = (
     update(notifications)
-    .where(notifications.c.id == _NEXT_DUE_ID, *_joined)
+    .where(notifications.c.id == NEXT_DUE_ID, *JOINED)
     .values(_claim_values)
     .returning(*ATTEMPT_COLUMNS)
-)
-# The rows are picked once, in a CTE: as a plain IN (subquery) Postgres may run the subquery
-# again for each row the UPDATE joins, skipping the rows the statement has just claimed and
-# taking the next ones, past the LIMIT.
-_PICKED = (
-    select(_queued.c.id)
-    .where(_queued.c.id.in_(bindparam("b_ids", expanding=True)), *_queued_due)
-    .order_by(_queued.c.id)
-    .limit(bindparam("b_limit"))
-    .with_for_update(skip_locked=True)
-    .cte("picked")
-    .prefix_with("MATERIALIZED", dialect="postgresql")
 )
 _CLAIM_AMONG = (
     update(notifications)
-    .where(notifications.c.id.in_(select(_PICKED.c.id)), *_due, *_joined)
+    .where(notifications.c.id.in_(select(PICKED.c.id)), *due(notifications), *JOINED)
     .values(_claim_values)
     .returning(*ATTEMPT_COLUMNS)
 )
-# SQLite (one writer at a time, under BEGIN IMMEDIATE) reads, then sets.
-_DUE_ROWS = (
-    select(*ATTEMPT_COLUMNS).where(*_due, *_joined).order_by(notifications.c.due_at).limit(1)
-)
-_DUE_AMONG = (
-    select(*ATTEMPT_COLUMNS)
-    .where(notifications.c.id.in_(bindparam("b_ids", expanding=True)), *_due, *_joined)
-    .order_by(notifications.c.id)
-    .limit(bindparam("b_limit"))
-)
+# SQLite (one writer at a time, under BEGIN IMMEDIATE) reads (DUE_ROWS, DUE_AMONG), then sets.
 _SET_CLAIM = (
     update(notifications)
     .values(_claim_values)
@@ -239,7 +198,7 @@ def claim_among(
     if conn.dialect.name == "postgresql":
         rows = conn.execute(_CLAIM_AMONG, {**params, "v_lease_until": lease_until}).all()
         return sorted((attempt_of(row) for row in rows), key=lambda a: a.notification_id)
-    claimed = [_set_claim(conn, row, lease_until, now) for row in conn.execute(_DUE_AMONG, params)]
+    claimed = [_set_claim(conn, row, lease_until, now) for row in conn.execute(DUE_AMONG, params)]
     return [attempt for attempt in claimed if attempt is not None]
 
 
@@ -250,7 +209,7 @@ def claim_next_due(conn: Connection, lease: timedelta, now: datetime) -> Attempt
     if conn.dialect.name == "postgresql":
         row = conn.execute(_CLAIM_NEXT, {"b_now": now, "v_lease_until": lease_until}).first()
         return None if row is None else attempt_of(row)
-    row = conn.execute(_DUE_ROWS, {"b_now": now}).first()
+    row = conn.execute(DUE_ROWS, {"b_now": now}).first()
     return None if row is None else _set_claim(conn, row, lease_until, now)
 
 
@@ -263,9 +222,10 @@ def _set_claim(
     return attempt_of(row, row[1] + 1, lease_until) if taken.rowcount == 1 else None
 
 
-# Postgres: the outcomes of several attempts in one statement. Each row is written only if its
-# claim still holds it (same attempt number and lease, as _OWNED for one row); the order events
-# rows of the rows written follow in the same statement.
+# Postgres: the outcomes of several attempts in one statement, each setting on its row what
+# changes_of gives SQLite row by row. Each row is written only if its claim still holds it (same
+# attempt number and lease, as _OWNED for one row); the order events rows of the rows written
+# follow in the same statement.
 _RECORD_SQL = """
 UPDATE notifications AS x SET
   status = CASE WHEN o.outcome IN ('sent', 'failed') THEN o.outcome ELSE x.status END,
@@ -307,7 +267,7 @@ _RECORD = select(_written.c.id).add_cte(
 
 
 def record_outcomes(conn: Connection, outcomes: Sequence[Recorded]) -> set[int]:
-    """Record what became of claimed attempts (store.notifications.Recorded), with their
+    """Record what became of claimed attempts (store.notification_attempts.Recorded), with their
     order events, in one statement; the ids of the rows written: an attempt that no longer
     holds its row (its lease ran out and another took the row over) writes nothing."""
     if not outcomes:
@@ -340,31 +300,9 @@ def _record_one(
     conn: Connection, done: Recorded, event: tuple[str, str] | None, now: datetime
 ) -> bool:
     """SQLite (one writer at a time): the same writes, one row at a time."""
-    a, outcome = done.attempt, done.outcome
-    values: dict[str, Any] = {"lease_until": None, "updated_at": now}
-    if outcome is Outcome.SENT:
-        values |= {
-            "status": outcome.value,
-            "body": done.body,
-            "last_error": None,
-            "gateway_message_id": done.message_id,
-            "sent_at": now,
-        }
-    elif outcome is Outcome.FAILED:
-        values |= {"status": outcome.value, "body": done.body, "last_error": done.error}
-    elif outcome is Outcome.RETRY:
-        values |= {"due_at": done.due_at, "last_error": done.error}
-    elif outcome is Outcome.HELD:
-        values |= {
-            "attempts": a.number - 1,
-            "due_at": done.due_at,
-            "enqueued_at": None,
-            "last_error": done.error,
-        }
-    else:  # RELEASED: as if never claimed
-        values = {"attempts": a.number - 1, "lease_until": None}
+    a = done.attempt
     params = {"b_id": a.notification_id, "b_attempts": a.number, "b_lease": a.lease_until}
-    if conn.execute(_OWNED, {**params, **values}).rowcount != 1:
+    if conn.execute(_OWNED, {**params, **changes_of(done, now)}).rowcount != 1:
         return False
     if event is not None:
         order_events.record_event(conn, a.order_id, *event, at=now)
