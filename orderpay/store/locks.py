@@ -9,11 +9,10 @@ writes these locks protect are in store/ledger.py.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, case, or_, select
+from sqlalchemy import Connection, Row, Select, bindparam, case, or_, select
 
 from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.store.orders import COLUMNS as ORDER_COLUMNS
@@ -33,7 +32,11 @@ class LockedPayment:
 
 def _joined(*conditions: Any) -> Select[Any]:
     return (
-        select(*COLUMNS, orders.c.status, customers.c.phone)
+        select(
+            *COLUMNS,
+            orders.c.status.label("order_status"),
+            customers.c.phone.label("customer_phone"),
+        )
         .select_from(
             orders.join(payments, payments.c.order_id == orders.c.id).join(
                 customers, customers.c.id == orders.c.customer_id
@@ -86,10 +89,11 @@ _ORDER_FOR_UPDATE = (
 )
 
 
-def _locked(row: Sequence[Any] | None) -> LockedPayment | None:
+def _locked(row: Row[*tuple[Any, ...]] | None) -> LockedPayment | None:
     if row is None:
         return None
-    return LockedPayment(from_row(row[:-2]), OrderStatus(row[-2]), row[-1])
+    extra = row._mapping
+    return LockedPayment(from_row(row), OrderStatus(extra["order_status"]), extra["customer_phone"])
 
 
 def lock_payment(conn: Connection, payment_id: uuid.UUID) -> LockedPayment | None:
