@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import ColumnElement, Row, literal, select
 
-from orderpay.store import payments
+from orderpay.store import orders, payments
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
+from orderpay.store.schema import orders as orders_table
 from orderpay.store.schema import payments as payments_table
 from tests.refund_helpers import a_paid_payment
 
@@ -48,3 +49,10 @@ def test_a_payment_row_may_carry_other_columns(sqlite_db: Database, paid: Paymen
     row = read(sqlite_db, payments.COLUMNS, payments_table.c.id == paid.id, extra=True)
 
     assert payments.from_row(row) == paid
+
+
+def test_an_order_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> None:
+    row = read(sqlite_db, orders.COLUMNS, orders_table.c.id == paid.order_id, extra=True)
+
+    with sqlite_db.reading() as conn:
+        assert orders.order_from_row(row) == orders.get_order(conn, paid.order_id)
