@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import ColumnElement, Row, literal, select
 
-from orderpay.store import orders, payments
+from orderpay.store import orders, payments, refunds
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
 from orderpay.store.schema import orders as orders_table
 from orderpay.store.schema import payments as payments_table
-from tests.refund_helpers import a_paid_payment
+from orderpay.store.schema import refunds as refunds_table
+from tests.refund_helpers import RecordingProvider, a_paid_payment, refund
 
 
 @pytest.fixture
@@ -56,3 +57,12 @@ def test_an_order_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> N
 
     with sqlite_db.reading() as conn:
         assert orders.order_from_row(row) == orders.get_order(conn, paid.order_id)
+
+
+def test_a_refund_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> None:
+    made = refund(sqlite_db, RecordingProvider(), paid.id).refund
+
+    row = read(sqlite_db, refunds.COLUMNS, refunds_table.c.id == made.id)
+
+    with sqlite_db.reading() as conn:
+        assert refunds.from_row(row) == refunds.get_refund(conn, made.id)
