@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from sqlalchemy import ColumnElement, Row, literal, select
 
-from orderpay.store import orders, payments, refunds
+from orderpay.store import notifications, orders, payments, refunds
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
+from orderpay.store.schema import notifications as notifications_table
 from orderpay.store.schema import orders as orders_table
 from orderpay.store.schema import payments as payments_table
 from orderpay.store.schema import refunds as refunds_table
@@ -66,3 +67,12 @@ def test_a_refund_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> N
 
     with sqlite_db.reading() as conn:
         assert refunds.from_row(row) == refunds.get_refund(conn, made.id)
+
+
+def test_a_notification_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> None:
+    with sqlite_db.reading() as conn:
+        (queued,) = notifications.notifications_of(conn, [paid.order_id])
+
+    row = read(sqlite_db, notifications.COLUMNS, notifications_table.c.id == queued.id)
+
+    assert notifications.from_row(row) == queued

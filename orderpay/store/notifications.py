@@ -4,13 +4,12 @@ rows go, one claimed attempt). Their writes live in store/outbox.py alone."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, Row, bindparam, func, select
 
 from orderpay.domain.money import Money
 from orderpay.domain.states import NotificationStatus
@@ -66,10 +65,11 @@ COLUMNS = (
 )
 
 
-def from_row(row: Sequence[Any]) -> Notification:
-    values = list(row)
-    values[7] = NotificationStatus(values[7])
-    return Notification(*values)
+def from_row(row: Row[*tuple[Any, ...]]) -> Notification:
+    """The notification in a row of COLUMNS, whose keys are its fields' names."""
+    fields = dict(row._mapping)
+    fields["status"] = NotificationStatus(fields["status"])
+    return Notification(**fields)
 
 
 def notifications_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[Notification]:
@@ -123,7 +123,7 @@ def by_gateway_message(conn: Connection, message_id: str) -> tuple[int, uuid.UUI
             notifications.c.gateway_message_id == message_id
         )
     ).first()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else (row.id, row.order_id, row.status)
 
 
 def pending_due_times(conn: Connection, notification_ids: list[int]) -> dict[int, datetime]:
@@ -132,7 +132,7 @@ def pending_due_times(conn: Connection, notification_ids: list[int]) -> dict[int
     if not notification_ids:
         return {}
     rows = conn.execute(_PENDING_DUE_AMONG, {"b_ids": notification_ids})
-    return {nid: max(due_at, lease or due_at) for nid, due_at, lease in rows}
+    return {row.id: max(row.due_at, row.lease_until or row.due_at) for row in rows}
 
 
 _PENDING_DUE_AMONG = select(
@@ -178,8 +178,8 @@ def relay_candidates(
     statement = _RELAYABLE if conn.dialect.name == "sqlite" else _RELAYABLE_SKIP_LOCKED
     params = {"b_now": now, "b_handed_before": now - lost_after, "b_limit": limit}
     return [
-        Relayable(nid, attempts, enqueued_at is not None)
-        for nid, attempts, enqueued_at in conn.execute(statement, params)
+        Relayable(row.id, row.attempts, row.enqueued_at is not None)
+        for row in conn.execute(statement, params)
     ]
 
 
@@ -234,43 +234,32 @@ ATTEMPT_COLUMNS = (
     notifications.c.payment_id,
     notifications.c.channel,
     notifications.c.recipient,
-    _AMOUNT_TOLD,
+    _AMOUNT_TOLD.label("amount"),
     payments.c.currency,
-    customers.c.name,
+    customers.c.name.label("customer_name"),
     notifications.c.kind,
     notifications.c.refund_id,
 )
 
 
 def attempt_of(
-    row: Sequence[Any], number: int | None = None, lease: datetime | None = None
+    row: Row[*tuple[Any, ...]], number: int | None = None, lease: datetime | None = None
 ) -> Attempt:
-    (
-        nid,
-        attempts,
-        lease_until,
-        order_id,
-        payment_id,
-        channel,
-        recipient,
-        amount,
-        currency,
-        name,
-        kind,
-        refund_id,
-    ) = row
+    """The attempt in a row of ATTEMPT_COLUMNS, read by key; `number` and `lease` replace
+    the row's when the claim was set after the row was read."""
+    fields = row._mapping
     return Attempt(
-        nid,
-        number if number is not None else attempts,
-        lease or lease_until,
-        order_id,
-        payment_id,
-        channel,
-        recipient,
-        Money(int(amount), currency),
-        name,
-        kind,
-        refund_id,
+        notification_id=fields["id"],
+        number=number if number is not None else fields["attempts"],
+        lease_until=lease or fields["lease_until"],
+        order_id=fields["order_id"],
+        payment_id=fields["payment_id"],
+        channel=fields["channel"],
+        recipient=fields["recipient"],
+        amount=Money(int(fields["amount"]), fields["currency"]),
+        customer_name=fields["customer_name"],
+        kind=fields["kind"],
+        refund_id=fields["refund_id"],
     )
 
 
