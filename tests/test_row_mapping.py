@@ -9,15 +9,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import ColumnElement, Row, literal, select
+from sqlalchemy import ColumnElement, Connection, Row, literal, select
 
-from orderpay.store import notifications, orders, payments, refunds
+from orderpay.domain.reviews import ReviewReason
+from orderpay.store import notifications, orders, payments, refunds, reviews
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
 from orderpay.store.schema import notifications as notifications_table
 from orderpay.store.schema import orders as orders_table
 from orderpay.store.schema import payments as payments_table
 from orderpay.store.schema import refunds as refunds_table
+from orderpay.store.schema import review_items
 from tests.refund_helpers import RecordingProvider, a_paid_payment, refund
 
 
@@ -76,3 +78,27 @@ def test_a_notification_is_read_by_column_key(sqlite_db: Database, paid: Payment
     row = read(sqlite_db, notifications.COLUMNS, notifications_table.c.id == queued.id)
 
     assert notifications.from_row(row) == queued
+
+
+def test_a_review_item_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> None:
+    with sqlite_db.transaction() as conn:
+        item_id = _an_open_item(conn, paid)
+
+    row = read(sqlite_db, reviews.COLUMNS, review_items.c.id == item_id)
+
+    with sqlite_db.reading() as conn:
+        assert reviews.from_row(row) == reviews.get_item(conn, item_id)
+
+
+def _an_open_item(conn: Connection, paid: Payment) -> int:
+    item_id = reviews.open_item(
+        conn,
+        reason=ReviewReason.AMOUNT_MISMATCH.value,
+        subject=f"payment:{paid.id}",
+        order_id=paid.order_id,
+        payment_id=paid.id,
+        reported="SUCCESSFUL 25.00 GHS",
+        suggested_action="check the statement",
+    )
+    assert item_id is not None
+    return item_id

@@ -21,12 +21,12 @@ duplicate would then write WAL, wait for a flush at commit and queue behind the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Update, bindparam, select, update
+from sqlalchemy import Connection, Row, Update, bindparam, select, update
 
 from orderpay.clock import utcnow
 from orderpay.store.db import InsertIgnoring
@@ -211,8 +211,11 @@ _SUMMARY = (
 )
 
 
-def _from_row(row: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(int(row[0]), *row[1:])
+def _from_row(row: Row[*tuple[Any, ...]]) -> StoredEvent:
+    """The event in a row of _SUMMARY (and `payload`), whose keys are its fields' names."""
+    fields = dict(row._mapping)
+    fields["id"] = int(fields["id"])
+    return StoredEvent(**fields)
 
 
 def get_event(conn: Connection, event_id: int) -> StoredEvent | None:
