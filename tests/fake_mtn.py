@@ -53,12 +53,14 @@ from typing import Any
 
 import httpx
 import uvicorn
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from orderpay.providers.mtn import MtnProvider
+from orderpay.providers.mtn import DEFAULT_TIMING, MtnProvider
+from orderpay.providers.mtn_config import MtnEndpoint, MtnKeys, MtnTiming
 from tests.fake_mtn_disbursement import KINDS as DISBURSEMENT_KINDS
 from tests.fake_mtn_disbursement import FakeDisbursement
 from tests.fake_mtn_gateway import (
@@ -333,19 +335,32 @@ class FakeMtn:
 
     # Helpers for tests.
 
-    def provider(self, **overrides: Any) -> MtnProvider:
-        """An MtnProvider pointed at this fake with its credentials, Collection's and
-        Disbursement's (the caller closes it)."""
-        options: dict[str, Any] = {
-            "base_url": self.url,
-            "subscription_key": self.subscription_key,
-            "api_user": self.api_user,
-            "api_key": self.api_key,
-            "target_environment": self.target_environment,
-            **self.disbursement.provider_options(),
-        }
-        options.update(overrides)
-        return MtnProvider(**options)
+    def provider(
+        self,
+        *,
+        callback_url: str | None = None,
+        collection: MtnKeys | None = None,
+        disbursement: MtnKeys | None = None,
+        timing: MtnTiming = DEFAULT_TIMING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> MtnProvider:
+        """An MtnProvider pointed at this fake, with its credentials (Collection's and
+        Disbursement's) unless others are given (the caller closes it)."""
+        return MtnProvider(
+            MtnEndpoint(self.url, self.target_environment, callback_url),
+            collection or self.keys(),
+            disbursement=disbursement or self.disbursement.keys(),
+            timing=timing,
+            clock=clock,
+        )
+
+    def keys(self) -> MtnKeys:
+        """The Collection credentials this fake accepts."""
+        return MtnKeys(
+            subscription_key=SecretStr(self.subscription_key),
+            api_user=self.api_user,
+            api_key=SecretStr(self.api_key),
+        )
 
     def env(self, callback_url: str | None = None, *, refunds: bool = True) -> dict[str, str]:
         """The environment that makes `orderpay` use this fake (with its Disbursement

@@ -1,6 +1,6 @@
 """The Disbursement product of the fake MTN (refunds), mounted on FakeMtn's server.
 
-    mtn.disbursement.provider_options()     # the MtnProvider disbursement_* arguments
+    mtn.disbursement.keys()                 # MtnProvider's `disbursement` argument
     mtn.disbursement.refund(reference)      # a stored refund (Refund), or None
     mtn.disbursement.refunds                # every stored refund, in order
     mtn.calls("disbursement_token"), mtn.calls("refund"), mtn.calls("refund_status")
@@ -39,10 +39,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from orderpay.providers.mtn_config import MtnKeys
 from tests.fake_mtn_gateway import (
     DECIMAL,
     api_call_refused,
@@ -128,12 +130,13 @@ class FakeDisbursement:
 
     # Helpers for tests.
 
-    def provider_options(self) -> dict[str, str]:
-        return {
-            "disbursement_subscription_key": self.subscription_key,
-            "disbursement_api_user": self.api_user,
-            "disbursement_api_key": self.api_key,
-        }
+    def keys(self) -> MtnKeys:
+        """The Disbursement credentials this fake accepts."""
+        return MtnKeys(
+            subscription_key=SecretStr(self.subscription_key),
+            api_user=self.api_user,
+            api_key=SecretStr(self.api_key),
+        )
 
     def env(self) -> dict[str, str]:
         return {

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from orderpay.config import load_settings
 from orderpay.domain.money import Money
@@ -30,6 +31,7 @@ from orderpay.providers.base import (
     StatusAnswer,
 )
 from orderpay.providers.mtn import MtnProvider
+from orderpay.providers.mtn_config import MtnEndpoint, MtnKeys, MtnTiming
 from orderpay.store.db import Database
 from orderpay.store.migrate import upgrade
 from tests.fake_mtn import FakeMtn
@@ -37,17 +39,14 @@ from tests.user_shell import orderpay
 
 ORDINARY = "+46733123499"  # no special sandbox behaviour: the payment succeeds
 REJECTS = "+46733123451"  # the payment fails (APPROVAL_REJECTED)
-SHORT = httpx.Timeout(connect=1.0, read=0.5, write=1.0, pool=1.0)
+SHORT_TIMEOUT = httpx.Timeout(connect=1.0, read=0.5, write=1.0, pool=1.0)
+SHORT = MtnTiming(timeout=SHORT_TIMEOUT)
 DISBURSEMENT_VARIABLES = (
     "MTN_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY",
     "MTN_MOMO_DISBURSEMENT_API_USER",
     "MTN_MOMO_DISBURSEMENT_API_KEY",
 )
-NO_REFUNDS = {
-    "disbursement_subscription_key": None,
-    "disbursement_api_user": None,
-    "disbursement_api_key": None,
-}
+NO_REFUNDS = MtnKeys()
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +63,12 @@ def mtn(mtn_server: FakeMtn) -> FakeMtn:
 
 @pytest.fixture
 def provider(mtn: FakeMtn) -> Iterator[MtnProvider]:
-    with mtn.provider(timeout=SHORT) as p:
+    with mtn.provider(timing=SHORT) as p:
         yield p
+
+
+def with_api_key(keys: MtnKeys, api_key: str) -> MtnKeys:
+    return dataclasses.replace(keys, api_key=SecretStr(api_key))
 
 
 class Clock:
@@ -164,7 +167,7 @@ def test_charges_and_refunds_each_use_their_own_products_token(
 
 def test_the_disbursement_token_is_fetched_again_shortly_before_it_expires(mtn: FakeMtn) -> None:
     clock = Clock()
-    with mtn.provider(timeout=SHORT, clock=clock) as provider:
+    with mtn.provider(timing=SHORT, clock=clock) as provider:
         refund = refunded(provider)
         clock.now += 3600 - 61
         provider.refund_status(refund)
@@ -205,7 +208,9 @@ def test_a_second_401_after_a_fresh_token_raises_provider_unavailable(
 def test_refused_disbursement_credentials_raise_provider_unavailable_naming_their_variables(
     mtn: FakeMtn,
 ) -> None:
-    with mtn.provider(disbursement_api_key="not-the-key", timeout=SHORT) as provider:
+    with mtn.provider(
+        disbursement=with_api_key(mtn.disbursement.keys(), "not-the-key"), timing=SHORT
+    ) as provider:
         payment = paid(provider)
         with pytest.raises(ProviderUnavailable, match="MTN_MOMO_DISBURSEMENT_API_KEY"):
             provider.request_refund(a_refund(payment))
@@ -214,7 +219,7 @@ def test_refused_disbursement_credentials_raise_provider_unavailable_naming_thei
 
 
 def test_the_collection_credentials_cannot_fetch_a_disbursement_token(mtn: FakeMtn) -> None:
-    with mtn.provider(**_collection_credentials_as_disbursement(mtn), timeout=SHORT) as provider:
+    with mtn.provider(disbursement=mtn.keys(), timing=SHORT) as provider:
         payment = paid(provider)
         with pytest.raises(ProviderUnavailable, match="credentials"):
             provider.request_refund(a_refund(payment))
@@ -249,14 +254,6 @@ def test_the_fake_refuses_a_refund_made_with_a_collection_token(
 
     assert response.status_code == 401
     assert mtn.disbursement.refunds == []
-
-
-def _collection_credentials_as_disbursement(mtn: FakeMtn) -> dict[str, Any]:
-    return {
-        "disbursement_subscription_key": mtn.subscription_key,
-        "disbursement_api_user": mtn.api_user,
-        "disbursement_api_key": mtn.api_key,
-    }
 
 
 # The refund request.
@@ -320,7 +317,7 @@ def test_the_operators_reason_reaches_the_transaction_history_on_one_bounded_lin
 
 
 def test_a_refund_asks_for_no_callback_even_when_charges_do(mtn: FakeMtn) -> None:
-    with mtn.provider(callback_url="http://127.0.0.1:9/cb", timeout=SHORT) as provider:
+    with mtn.provider(callback_url="http://127.0.0.1:9/cb", timing=SHORT) as provider:
         provider.request_refund(a_refund(paid(provider)))
 
     assert "x-callback-url" in mtn.last("requesttopay").headers
@@ -492,15 +489,12 @@ def test_an_unreachable_gateway_raises_provider_unavailable() -> None:
     )
     with (
         MtnProvider(
-            base_url=f"http://127.0.0.1:{port}",
-            subscription_key="s",
-            api_user="u",
-            api_key="k",
-            target_environment="sandbox",
-            disbursement_subscription_key="ds",
-            disbursement_api_user="du",
-            disbursement_api_key="dk",
-            timeout=SHORT,
+            MtnEndpoint(f"http://127.0.0.1:{port}", "sandbox"),
+            MtnKeys(subscription_key=SecretStr("s"), api_user="u", api_key=SecretStr("k")),
+            disbursement=MtnKeys(
+                subscription_key=SecretStr("ds"), api_user="du", api_key=SecretStr("dk")
+            ),
+            timing=SHORT,
         ) as provider,
         pytest.raises(ProviderUnavailable, match="could not reach"),
     ):
@@ -670,7 +664,7 @@ def test_a_status_query_timeout_raises_provider_unavailable(
 def test_without_disbursement_settings_charges_work_and_refunds_name_the_missing_variables(
     mtn: FakeMtn,
 ) -> None:
-    with mtn.provider(**NO_REFUNDS, timeout=SHORT) as provider:
+    with mtn.provider(disbursement=NO_REFUNDS, timing=SHORT) as provider:
         payment = paid(provider)  # charging needs only Collection
         with pytest.raises(ConfigurationError) as checked:
             provider.check_refunds_configured()
@@ -688,9 +682,8 @@ def test_without_disbursement_settings_charges_work_and_refunds_name_the_missing
 def test_partial_disbursement_settings_name_only_what_is_missing_and_no_secret(
     mtn: FakeMtn,
 ) -> None:
-    with mtn.provider(
-        disbursement_api_user="", disbursement_api_key=None, timeout=SHORT
-    ) as provider:
+    partial = dataclasses.replace(mtn.disbursement.keys(), api_user="", api_key=None)
+    with mtn.provider(disbursement=partial, timing=SHORT) as provider:
         with pytest.raises(ConfigurationError) as caught:
             provider.check_refunds_configured()
         assert provider.refunds_missing == [
@@ -714,7 +707,7 @@ def test_from_settings_reads_the_disbursement_settings(
     for name, value in mtn.env().items():
         monkeypatch.setenv(name, value)
 
-    with MtnProvider.from_settings(load_settings(), timeout=SHORT) as provider:
+    with MtnProvider.from_settings(load_settings(), timeout=SHORT_TIMEOUT) as provider:
         refund = refunded(provider)
 
     assert mtn.disbursement.refund(refund.reference) is not None
@@ -726,7 +719,7 @@ def test_from_settings_without_disbursement_settings_still_charges(
     for name, value in mtn.env(refunds=False).items():
         monkeypatch.setenv(name, value)
 
-    with MtnProvider.from_settings(load_settings(), timeout=SHORT) as provider:
+    with MtnProvider.from_settings(load_settings(), timeout=SHORT_TIMEOUT) as provider:
         paid(provider)
         assert provider.refunds_missing == list(DISBURSEMENT_VARIABLES)
 
@@ -775,7 +768,7 @@ def test_logs_show_no_disbursement_secret(
 
 def test_error_messages_show_no_disbursement_secret(mtn: FakeMtn) -> None:
     errors: list[Exception] = []
-    with mtn.provider(timeout=SHORT) as provider:
+    with mtn.provider(timing=SHORT) as provider:
         refund = refunded(provider)
         mtn.fail("refund", 500, "INTERNAL_PROCESSING_ERROR")
         mtn.fail("refund", 401, "UNAUTHORIZED", times=2)
@@ -789,7 +782,9 @@ def test_error_messages_show_no_disbursement_secret(mtn: FakeMtn) -> None:
                 call()
             errors.append(caught.value)
     wrong_key = mtn.disbursement.api_key + "x"
-    with mtn.provider(disbursement_api_key=wrong_key, timeout=SHORT) as wrong:
+    with mtn.provider(
+        disbursement=with_api_key(mtn.disbursement.keys(), wrong_key), timing=SHORT
+    ) as wrong:
         with pytest.raises(ProviderUnavailable) as caught:
             wrong.request_refund(a_refund(refund.payment))
         errors.append(caught.value)

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from orderpay.config import load_settings
 from orderpay.domain.money import Money
@@ -33,13 +34,16 @@ from orderpay.providers.base import (
     StatusAnswer,
 )
 from orderpay.providers.mtn import MtnProvider
+from orderpay.providers.mtn_config import MtnEndpoint, MtnKeys, MtnTiming
 from orderpay.tls import tls_context
 from tests.fake_mtn import FakeMtn
 
 ORDINARY = "+46733123499"  # no special sandbox behaviour: succeeds
-SHORT = httpx.Timeout(connect=1.0, read=0.5, write=1.0, pool=1.0)
+SHORT_TIMEOUT = httpx.Timeout(connect=1.0, read=0.5, write=1.0, pool=1.0)
+SHORT = MtnTiming(timeout=SHORT_TIMEOUT)
 PRODUCTION = "https://proxy.momoapi.mtn.com"
 SANDBOX = "https://sandbox.momodeveloper.mtn.com"
+KEYS = MtnKeys(subscription_key=SecretStr("s"), api_user="u", api_key=SecretStr("k"))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,7 @@ def mtn(mtn_server: FakeMtn) -> FakeMtn:
 
 @pytest.fixture
 def provider(mtn: FakeMtn) -> Iterator[MtnProvider]:
-    with mtn.provider(timeout=SHORT) as p:
+    with mtn.provider(timing=SHORT) as p:
         yield p
 
 
@@ -73,6 +77,10 @@ def ref_of(request: CollectionRequest) -> PaymentRef:
         payer_phone=request.payer_phone,
         created_at=datetime.now(UTC),
     )
+
+
+def with_api_key(keys: MtnKeys, api_key: str) -> MtnKeys:
+    return dataclasses.replace(keys, api_key=SecretStr(api_key))
 
 
 def charged(provider: MtnProvider, phone: str = ORDINARY) -> PaymentRef:
@@ -129,7 +137,7 @@ def test_concurrent_first_charges_share_one_token(mtn: FakeMtn, provider: MtnPro
 
 def test_token_is_fetched_again_shortly_before_it_expires(mtn: FakeMtn) -> None:
     clock = Clock()
-    with mtn.provider(timeout=SHORT, clock=clock) as provider:
+    with mtn.provider(timing=SHORT, clock=clock) as provider:
         provider.request_payment(a_request())
         clock.now += 3600 - 61
         provider.request_payment(a_request())
@@ -211,7 +219,7 @@ def test_refused_credentials_raise_provider_unavailable_naming_the_variables(
     mtn: FakeMtn,
 ) -> None:
     with (
-        mtn.provider(api_key="not-the-key", timeout=SHORT) as provider,
+        mtn.provider(collection=with_api_key(mtn.keys(), "not-the-key"), timing=SHORT) as provider,
         pytest.raises(ProviderUnavailable, match="MTN_MOMO_API_KEY"),
     ):
         provider.request_payment(a_request())
@@ -258,7 +266,7 @@ def test_body_has_a_major_unit_amount_string_the_order_id_and_a_bare_msisdn(
 
 
 def test_callback_url_is_sent_when_configured(mtn: FakeMtn) -> None:
-    with mtn.provider(callback_url="http://127.0.0.1:9/cb", timeout=SHORT) as provider:
+    with mtn.provider(callback_url="http://127.0.0.1:9/cb", timing=SHORT) as provider:
         provider.request_payment(a_request())
 
     assert mtn.last("requesttopay").headers["x-callback-url"] == "http://127.0.0.1:9/cb"
@@ -370,12 +378,7 @@ def test_an_unreachable_gateway_raises_provider_unavailable() -> None:
     with (
         socket_closed_port() as port,
         MtnProvider(
-            base_url=f"http://127.0.0.1:{port}",
-            subscription_key="s",
-            api_user="u",
-            api_key="k",
-            target_environment="sandbox",
-            timeout=SHORT,
+            MtnEndpoint(f"http://127.0.0.1:{port}", "sandbox"), KEYS, timing=SHORT
         ) as provider,
         pytest.raises(ProviderUnavailable, match="could not reach"),
     ):
@@ -465,7 +468,7 @@ def test_a_404_without_mtns_not_found_code_raises_provider_unavailable(
 
 
 def test_a_failed_reason_given_as_an_object_is_tolerated() -> None:
-    with FakeMtn(reason_as_object=True) as mtn, mtn.provider(timeout=SHORT) as provider:
+    with FakeMtn(reason_as_object=True) as mtn, mtn.provider(timing=SHORT) as provider:
         payment = charged(provider, "+46733123451")
 
         assert provider.payment_status(payment) == StatusAnswer(
@@ -545,7 +548,7 @@ def test_from_settings_builds_a_provider_that_talks_to_the_configured_gateway(
     for name, value in mtn.env().items():
         monkeypatch.setenv(name, value)
 
-    with MtnProvider.from_settings(load_settings(), timeout=SHORT) as provider:
+    with MtnProvider.from_settings(load_settings(), timeout=SHORT_TIMEOUT) as provider:
         assert isinstance(provider.request_payment(a_request()), Accepted)
 
 
@@ -568,13 +571,7 @@ def test_from_settings_builds_a_provider_that_talks_to_the_configured_gateway(
 )
 def test_mismatched_or_unsafe_endpoints_are_refused(base_url: str, target: str) -> None:
     with pytest.raises(ConfigurationError, match="MTN_MOMO_"):
-        MtnProvider(
-            base_url=base_url,
-            subscription_key="s",
-            api_user="u",
-            api_key="k",
-            target_environment=target,
-        )
+        MtnProvider(MtnEndpoint(base_url, target), KEYS)
 
 
 @pytest.mark.parametrize(
@@ -588,13 +585,7 @@ def test_mismatched_or_unsafe_endpoints_are_refused(base_url: str, target: str) 
     ],
 )
 def test_matching_endpoints_are_accepted(base_url: str, target: str) -> None:
-    with MtnProvider(
-        base_url=base_url,
-        subscription_key="s",
-        api_user="u",
-        api_key="k",
-        target_environment=target,
-    ) as provider:
+    with MtnProvider(MtnEndpoint(base_url, target), KEYS) as provider:
         assert provider.base_url == base_url.rstrip("/")
 
 
@@ -607,14 +598,7 @@ def test_tls_certificates_and_host_names_are_always_verified() -> None:
 
 def test_a_production_target_needs_an_https_callback_url() -> None:
     with pytest.raises(ConfigurationError, match="MTN_MOMO_CALLBACK_URL"):
-        MtnProvider(
-            base_url=PRODUCTION,
-            subscription_key="s",
-            api_user="u",
-            api_key="k",
-            target_environment="mtnghana",
-            callback_url="http://shop.example.com/cb",
-        )
+        MtnProvider(MtnEndpoint(PRODUCTION, "mtnghana", "http://shop.example.com/cb"), KEYS)
 
 
 def test_from_settings_refuses_a_sandbox_target_on_a_production_host() -> None:
@@ -642,6 +626,20 @@ def test_repr_shows_no_secret(mtn: FakeMtn, provider: MtnProvider) -> None:
         assert secret not in text
 
 
+def test_the_keys_repr_shows_no_secret() -> None:
+    keys = MtnKeys(
+        subscription_key=SecretStr("sub-secret-123"),
+        api_user="u",
+        api_key=SecretStr("key-secret-456"),
+    )
+
+    text = f"{keys!r} {keys}"
+
+    assert "api_user='u'" in text
+    assert "sub-secret-123" not in text
+    assert "key-secret-456" not in text
+
+
 def test_logs_show_no_secret(
     mtn: FakeMtn, provider: MtnProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -660,7 +658,7 @@ def test_logs_show_no_secret(
 
 def test_error_messages_show_no_secret(mtn: FakeMtn) -> None:
     errors: list[Exception] = []
-    with mtn.provider(timeout=SHORT) as provider:
+    with mtn.provider(timing=SHORT) as provider:
         provider.request_payment(a_request())
         mtn.fail("requesttopay", 500, "INTERNAL_PROCESSING_ERROR")
         mtn.fail("requesttopay", 401, "UNAUTHORIZED", times=2)
@@ -673,7 +671,9 @@ def test_error_messages_show_no_secret(mtn: FakeMtn) -> None:
             with pytest.raises(ProviderUnavailable) as caught:
                 call()
             errors.append(caught.value)
-    with mtn.provider(api_key=mtn.api_key + "x", timeout=SHORT) as wrong:
+    with mtn.provider(
+        collection=with_api_key(mtn.keys(), mtn.api_key + "x"), timing=SHORT
+    ) as wrong:
         with pytest.raises(ProviderUnavailable) as caught:
             wrong.request_payment(a_request())
         errors.append(caught.value)
@@ -751,7 +751,7 @@ def sink() -> Iterator[CallbackSink]:
 
 
 def charge_with_callback(mtn: FakeMtn, sink: CallbackSink, phone: str = ORDINARY) -> PaymentRef:
-    with mtn.provider(callback_url=sink.url, timeout=SHORT) as provider:
+    with mtn.provider(callback_url=sink.url, timing=SHORT) as provider:
         return charged(provider, phone)
 
 

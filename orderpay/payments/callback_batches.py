@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,7 @@ from orderpay.store import async_db, ledger, locks, moves, webhook_events
 from orderpay.store.locks import LockedPayment
 from orderpay.store.moves import PaymentMove, RecordedCallback
 from orderpay.store.notifications import NotifyTarget
-from orderpay.store.payments import from_row
+from orderpay.store.payments import payment_from
 
 if TYPE_CHECKING:
     import asyncpg
@@ -98,9 +98,9 @@ async def settle_batch(
     # event key an earlier one of the batch is about goes to the ordinary path.
     taken: set[object] = set()
     for row in rows:
-        place = int(row[0]) - 1
+        place = int(row["k"]) - 1
         callback = callbacks[place]
-        seen, seen_payment = row[1], row[2]
+        seen, seen_payment = row["seen_outcome"], row["seen_payment_id"]
         if seen is not None:
             if webhook_events.is_copy(seen):
                 results[place] = CallbackResult(Answer.DUPLICATE, seen_payment)
@@ -145,13 +145,11 @@ def _read_values(callbacks: Sequence[Callback]) -> dict[str, Any]:
     }
 
 
-def _located(row: Sequence[Any]) -> LockedPayment | None:
-    """The payment read for a callback (locks.peek_named_batch's columns after the first
-    three), or None."""
-    payment = row[3:-2]
-    if payment[0] is None:
+def _located(row: Mapping[str, Any]) -> LockedPayment | None:
+    """The payment read for a callback (a row of locks.peek_named_batch), or None."""
+    if row["id"] is None:
         return None
-    return LockedPayment(from_row(payment), OrderStatus(row[-2]), row[-1])
+    return LockedPayment(payment_from(row), OrderStatus(row["order_status"]), row["customer_phone"])
 
 
 def _common_case(callback: Callback, located: LockedPayment | None) -> PaymentMove | None:

@@ -48,19 +48,20 @@ from orderpay.providers.base import (
     RefundRequest,
     StatusAnswer,
 )
-from orderpay.providers.mtn_api import (
-    TOKEN_REFRESH_MARGIN_SECONDS,
-    Credentials,
-    MtnApi,
-    reference_of,
-    secret,
+from orderpay.providers.mtn_api import Credentials, MtnApi, reference_of
+from orderpay.providers.mtn_config import (
+    DEFAULT_BUDGET_SECONDS,
+    DEFAULT_TIMEOUT,
+    MtnEndpoint,
+    MtnKeys,
+    MtnTiming,
 )
 from orderpay.providers.mtn_disbursement import (
     MtnDisbursement,
     disbursement_credentials,
     refunds_not_configured,
 )
-from orderpay.providers.mtn_endpoints import check_callback_url, check_endpoint
+from orderpay.providers.mtn_endpoints import checked
 from orderpay.tls import tls_context
 
 if TYPE_CHECKING:
@@ -71,11 +72,8 @@ log = logging.getLogger(__name__)
 TOKEN_PATH = "/collection/token/"
 REQUEST_TO_PAY_PATH = "/collection/v1_0/requesttopay"
 
-# Per-phase limits of one HTTP call, and the budget of one whole operation (token fetch, call,
-# one retry after a 401). The budget stays well under the charge lease (90 s by default) so a
-# charge never outlives its lease while talking to MTN.
-DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=10.0, pool=5.0)
-DEFAULT_BUDGET_SECONDS = 45.0
+NO_KEYS = MtnKeys()  # no Disbursement settings: charges work, refunds say what is missing
+DEFAULT_TIMING = MtnTiming()
 
 _ENV = {
     "base_url": "MTN_MOMO_BASE_URL",
@@ -89,11 +87,11 @@ _ENV = {
 class MtnProvider:
     """The MTN MoMo provider. One instance per process; thread-safe; close() it.
 
-    Build it with `MtnProvider.from_settings(settings)`, or with explicit values (tests). The
-    base URL and target environment are checked as a pair (see `check_endpoint`): `sandbox`
-    goes with the sandbox host or a loopback fake, a production target with any other https
-    host. TLS certificates are always verified. The disbursement_* values are optional: without
-    them the provider charges but does not refund.
+    Build it with `MtnProvider.from_settings(settings)`, or from the groups of providers/
+    mtn_config.py (tests). The base URL and target environment are checked as a pair (see
+    `check_endpoint`): `sandbox` goes with the sandbox host or a loopback fake, a production
+    target with any other https host. TLS certificates are always verified. The `disbursement`
+    keys are optional: without them the provider charges but does not refund.
     """
 
     name = "mtn"
@@ -103,63 +101,38 @@ class MtnProvider:
 
     def __init__(
         self,
+        endpoint: MtnEndpoint,
+        collection: MtnKeys,
         *,
-        base_url: str,
-        subscription_key: str | SecretStr,
-        api_user: str,
-        api_key: str | SecretStr,
-        target_environment: str,
-        callback_url: str | None = None,
-        disbursement_subscription_key: str | SecretStr | None = None,
-        disbursement_api_user: str | None = None,
-        disbursement_api_key: str | SecretStr | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        budget_seconds: float = DEFAULT_BUDGET_SECONDS,
-        token_refresh_margin: float = TOKEN_REFRESH_MARGIN_SECONDS,
+        disbursement: MtnKeys = NO_KEYS,
+        timing: MtnTiming = DEFAULT_TIMING,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.base_url = check_endpoint(base_url, target_environment)
-        self.target_environment = target_environment.strip()
-        self.callback_url = check_callback_url(callback_url, self.target_environment)
-        if not api_user.strip():
-            raise ConfigurationError("MTN_MOMO_API_USER is empty")
-        collection = Credentials(
-            product="collection",
-            subscription_key=secret(subscription_key),
-            api_user=api_user.strip(),
-            api_key=secret(api_key),
-            variables="MTN_MOMO_API_USER, MTN_MOMO_API_KEY and MTN_MOMO_SUBSCRIPTION_KEY",
-        )
-        if not (
-            collection.api_key.get_secret_value() and collection.subscription_key.get_secret_value()
-        ):
-            raise ConfigurationError("MTN_MOMO_API_KEY and MTN_MOMO_SUBSCRIPTION_KEY must be set")
-        disbursement, self._refunds_missing = disbursement_credentials(
-            disbursement_subscription_key, disbursement_api_user, disbursement_api_key
+        """`transport` replaces httpx's (tests); `clock` times the token caches."""
+        endpoint = checked(endpoint)
+        self.base_url = endpoint.base_url
+        self.target_environment = endpoint.target_environment
+        self.callback_url = endpoint.callback_url
+        collection_credentials = _collection_credentials(collection)
+        refund_credentials, self._refunds_missing = disbursement_credentials(
+            disbursement.subscription_key, disbursement.api_user, disbursement.api_key
         )
         self._client = httpx.Client(
             verify=tls_context(),  # certificates and host names are always checked
-            timeout=timeout,
+            timeout=timing.timeout,
             transport=transport,
             follow_redirects=False,
             headers={"User-Agent": "orderpay"},
         )
 
         def api(credentials: Credentials) -> MtnApi:
-            return MtnApi(
-                self._client,
-                credentials,
-                base_url=self.base_url,
-                target_environment=self.target_environment,
-                timeout=timeout,
-                budget_seconds=budget_seconds,
-                token_refresh_margin=token_refresh_margin,
-                clock=clock,
-            )
+            return MtnApi(self._client, credentials, endpoint, timing, clock=clock)
 
-        self._collection = api(collection)
-        self._disbursement = MtnDisbursement(api(disbursement)) if disbursement else None
+        self._collection = api(collection_credentials)
+        self._disbursement = (
+            MtnDisbursement(api(refund_credentials)) if refund_credentials else None
+        )
 
     @classmethod
     def from_settings(
@@ -190,17 +163,22 @@ class MtnProvider:
         if settings.charge_lease_seconds > 0:
             budget = min(budget, settings.charge_lease_seconds / 2)
         return cls(
-            base_url=str(values["base_url"]),
-            subscription_key=str(values["subscription_key"]),
-            api_user=str(values["api_user"]),
-            api_key=str(values["api_key"]),
-            target_environment=str(values["target_environment"]),
-            callback_url=settings.mtn_callback_url,
-            disbursement_subscription_key=settings.mtn_disbursement_subscription_key,
-            disbursement_api_user=settings.mtn_disbursement_api_user,
-            disbursement_api_key=settings.mtn_disbursement_api_key,
-            timeout=timeout,
-            budget_seconds=budget,
+            MtnEndpoint(
+                base_url=str(values["base_url"]),
+                target_environment=str(values["target_environment"]),
+                callback_url=settings.mtn_callback_url,
+            ),
+            MtnKeys(
+                subscription_key=settings.mtn_subscription_key,
+                api_user=settings.mtn_api_user,
+                api_key=settings.mtn_api_key,
+            ),
+            disbursement=MtnKeys(
+                subscription_key=settings.mtn_disbursement_subscription_key,
+                api_user=settings.mtn_disbursement_api_user,
+                api_key=settings.mtn_disbursement_api_key,
+            ),
+            timing=MtnTiming(timeout=timeout, budget_seconds=budget),
             transport=transport,
         )
 
@@ -280,3 +258,22 @@ class MtnProvider:
         if self._disbursement is None:
             raise refunds_not_configured(self._refunds_missing)
         return self._disbursement
+
+
+def _collection_credentials(keys: MtnKeys) -> Credentials:
+    """Collection's credentials: charging needs all three."""
+    api_user = (keys.api_user or "").strip()
+    if not api_user:
+        raise ConfigurationError("MTN_MOMO_API_USER is empty")
+    collection = Credentials(
+        product="collection",
+        subscription_key=keys.subscription_key or SecretStr(""),
+        api_user=api_user,
+        api_key=keys.api_key or SecretStr(""),
+        variables="MTN_MOMO_API_USER, MTN_MOMO_API_KEY and MTN_MOMO_SUBSCRIPTION_KEY",
+    )
+    if not (
+        collection.api_key.get_secret_value() and collection.subscription_key.get_secret_value()
+    ):
+        raise ConfigurationError("MTN_MOMO_API_KEY and MTN_MOMO_SUBSCRIPTION_KEY must be set")
+    return collection

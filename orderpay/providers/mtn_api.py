@@ -39,11 +39,10 @@ from orderpay.providers.mtn_answers import (
     status_answer,
     submission_answer,
 )
+from orderpay.providers.mtn_config import MtnEndpoint, MtnTiming
 
 log = logging.getLogger("orderpay.providers.mtn")
 
-# A cached token is dropped this long before MTN says it expires (at most half its lifetime).
-TOKEN_REFRESH_MARGIN_SECONDS = 60.0
 DEFAULT_TOKEN_LIFETIME_SECONDS = 3600
 
 
@@ -80,22 +79,20 @@ class MtnApi:
         self,
         client: httpx.Client,
         credentials: Credentials,
+        endpoint: MtnEndpoint,
+        timing: MtnTiming,
         *,
-        base_url: str,
-        target_environment: str,
-        timeout: httpx.Timeout,
-        budget_seconds: float,
-        token_refresh_margin: float = TOKEN_REFRESH_MARGIN_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`endpoint` as mtn_endpoints.checked returns it; `clock` times the token cache."""
         self._client = client
         self._credentials = credentials
         self.product = credentials.product
-        self.base_url = base_url
-        self.target_environment = target_environment
-        self._timeout = timeout
-        self._budget = budget_seconds
-        self._margin = token_refresh_margin
+        self.base_url = endpoint.base_url
+        self.target_environment = endpoint.target_environment
+        self._timeout = timing.timeout
+        self._budget = timing.budget_seconds
+        self._margin = timing.token_refresh_margin
         self._clock = clock
         self._lock = threading.Lock()
         self._token: _Token | None = None

@@ -11,10 +11,22 @@ import re
 import httpx
 
 from orderpay.errors import ConfigurationError
+from orderpay.providers.mtn_config import MtnEndpoint
 
 SANDBOX_HOST = "sandbox.momodeveloper.mtn.com"
 SANDBOX_TARGET = "sandbox"
 _TARGET = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+
+
+def checked(endpoint: MtnEndpoint) -> MtnEndpoint:
+    """The endpoint with its URLs normalised, once they pass check_endpoint and
+    check_callback_url; ConfigurationError otherwise."""
+    target = endpoint.target_environment.strip()
+    return MtnEndpoint(
+        base_url=check_endpoint(endpoint.base_url, target),
+        target_environment=target,
+        callback_url=check_callback_url(endpoint.callback_url, target),
+    )
 
 
 def is_loopback(host: str) -> bool:

@@ -9,12 +9,12 @@ writes these locks protect are in store/ledger.py.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Row,
     Select,
     Text,
     and_,
@@ -47,7 +47,11 @@ class LockedPayment:
 
 def _joined(*conditions: Any) -> Select[Any]:
     return (
-        select(*COLUMNS, orders.c.status, customers.c.phone)
+        select(
+            *COLUMNS,
+            orders.c.status.label("order_status"),
+            customers.c.phone.label("customer_phone"),
+        )
         .select_from(
             orders.join(payments, payments.c.order_id == orders.c.id).join(
                 customers, customers.c.id == orders.c.customer_id
@@ -144,7 +148,12 @@ def peek_named_batch() -> Select[Any]:
     named = payment_named(batch.c.order_id, batch.c.payment_id, batch.c.reference).lateral("named")
     seen = webhook_events
     return (
-        select(batch.c.k, seen.c.outcome, seen.c.payment_id, *_joined().selected_columns)
+        select(
+            batch.c.k,
+            seen.c.outcome.label("seen_outcome"),
+            seen.c.payment_id.label("seen_payment_id"),
+            *_joined().selected_columns,
+        )
         .select_from(
             batch.outerjoin(
                 seen,
@@ -159,10 +168,11 @@ def peek_named_batch() -> Select[Any]:
     )
 
 
-def _locked(row: Sequence[Any] | None) -> LockedPayment | None:
+def _locked(row: Row[*tuple[Any, ...]] | None) -> LockedPayment | None:
     if row is None:
         return None
-    return LockedPayment(from_row(row[:-2]), OrderStatus(row[-2]), row[-1])
+    extra = row._mapping
+    return LockedPayment(from_row(row), OrderStatus(extra["order_status"]), extra["customer_phone"])
 
 
 def lock_payment(conn: Connection, payment_id: uuid.UUID) -> LockedPayment | None:

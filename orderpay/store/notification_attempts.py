@@ -6,13 +6,12 @@ claims and outcomes are written by store/outbox.py alone."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, func, select
 
 from orderpay.domain.money import Money
 from orderpay.store.notifications import due
@@ -53,43 +52,32 @@ ATTEMPT_COLUMNS = (
     notifications.c.payment_id,
     notifications.c.channel,
     notifications.c.recipient,
-    _AMOUNT_TOLD,
+    _AMOUNT_TOLD.label("amount"),
     payments.c.currency,
-    customers.c.name,
+    customers.c.name.label("customer_name"),
     notifications.c.kind,
     notifications.c.refund_id,
 )
 
 
 def attempt_of(
-    row: Sequence[Any], number: int | None = None, lease: datetime | None = None
+    row: Row[*tuple[Any, ...]], number: int | None = None, lease: datetime | None = None
 ) -> Attempt:
-    (
-        nid,
-        attempts,
-        lease_until,
-        order_id,
-        payment_id,
-        channel,
-        recipient,
-        amount,
-        currency,
-        name,
-        kind,
-        refund_id,
-    ) = row
+    """The attempt in a row of ATTEMPT_COLUMNS, read by key; `number` and `lease` replace
+    the row's when the claim was set after the row was read."""
+    fields = row._mapping
     return Attempt(
-        nid,
-        number if number is not None else attempts,
-        lease or lease_until,
-        order_id,
-        payment_id,
-        channel,
-        recipient,
-        Money(int(amount), currency),
-        name,
-        kind,
-        refund_id,
+        notification_id=fields["id"],
+        number=number if number is not None else fields["attempts"],
+        lease_until=lease or fields["lease_until"],
+        order_id=fields["order_id"],
+        payment_id=fields["payment_id"],
+        channel=fields["channel"],
+        recipient=fields["recipient"],
+        amount=Money(int(fields["amount"]), fields["currency"]),
+        customer_name=fields["customer_name"],
+        kind=fields["kind"],
+        refund_id=fields["refund_id"],
     )
 
 

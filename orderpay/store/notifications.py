@@ -5,12 +5,11 @@ the table is store/outbox.py's."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, FromClause, bindparam, select
+from sqlalchemy import ColumnElement, Connection, FromClause, Row, bindparam, select
 
 from orderpay.domain.states import NotificationStatus
 from orderpay.errors import NotificationNotFound
@@ -65,10 +64,11 @@ COLUMNS = (
 )
 
 
-def from_row(row: Sequence[Any]) -> Notification:
-    values = list(row)
-    values[7] = NotificationStatus(values[7])
-    return Notification(*values)
+def from_row(row: Row[*tuple[Any, ...]]) -> Notification:
+    """The notification in a row of COLUMNS, whose keys are its fields' names."""
+    fields = dict(row._mapping)
+    fields["status"] = NotificationStatus(fields["status"])
+    return Notification(**fields)
 
 
 def notifications_of(conn: Connection, order_ids: list[uuid.UUID]) -> list[Notification]:
@@ -122,7 +122,7 @@ def by_gateway_message(conn: Connection, message_id: str) -> tuple[int, uuid.UUI
             notifications.c.gateway_message_id == message_id
         )
     ).first()
-    return None if row is None else (row[0], row[1], row[2])
+    return None if row is None else (row.id, row.order_id, row.status)
 
 
 def pending_due_times(conn: Connection, notification_ids: list[int]) -> dict[int, datetime]:
@@ -131,7 +131,7 @@ def pending_due_times(conn: Connection, notification_ids: list[int]) -> dict[int
     if not notification_ids:
         return {}
     rows = conn.execute(_PENDING_DUE_AMONG, {"b_ids": notification_ids})
-    return {nid: max(due_at, lease or due_at) for nid, due_at, lease in rows}
+    return {row.id: max(row.due_at, row.lease_until or row.due_at) for row in rows}
 
 
 _PENDING_DUE_AMONG = select(
@@ -184,8 +184,8 @@ def relay_candidates(
     statement = _RELAYABLE if conn.dialect.name == "sqlite" else _RELAYABLE_SKIP_LOCKED
     params = {"b_now": now, "b_handed_before": now - lost_after, "b_limit": limit}
     return [
-        Relayable(nid, attempts, enqueued_at is not None)
-        for nid, attempts, enqueued_at in conn.execute(statement, params)
+        Relayable(row.id, row.attempts, row.enqueued_at is not None)
+        for row in conn.execute(statement, params)
     ]
 
 

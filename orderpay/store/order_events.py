@@ -121,8 +121,10 @@ def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, l
         .order_by(order_events.c.id)
     )
     events: dict[uuid.UUID, list[OrderEvent]] = {}
-    for order_id, at, event, detail, operator in rows:
-        events.setdefault(order_id, []).append(OrderEvent(at, event, detail, operator))
+    for row in rows:
+        events.setdefault(row.order_id, []).append(
+            OrderEvent(at=row.at, event=row.event, detail=row.detail, operator=row.operator)
+        )
     return events
 
 
@@ -175,5 +177,13 @@ def events_after(
         query = query.where(order_events.c.order_id == order_id)
     rows = conn.execute(query.order_by(order_events.c.id).limit(limit))
     return [
-        OrderEventEntry(int(i), o, at, event, detail, op) for i, o, at, event, detail, op in rows
+        OrderEventEntry(
+            id=int(row.id),
+            order_id=row.order_id,
+            at=row.at,
+            event=row.event,
+            detail=row.detail,
+            operator=row.operator,
+        )
+        for row in rows
     ]

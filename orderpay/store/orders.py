@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Update, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, Update, bindparam, insert, select, update
 
 from orderpay.clock import utcnow
 from orderpay.domain.money import Money
@@ -73,8 +74,14 @@ COLUMNS = (
 )
 
 
-def order_from_row(row: Sequence[Any]) -> Order:
-    oid, customer_id, status, total, currency, created_at, updated_at = row
+# The columns order_from_row reads, by key: a row may hold them in any order, among others.
+_FIELDS = itemgetter("id", "customer_id", "status", "total", "currency", "created_at", "updated_at")
+
+
+def order_from_row(row: Row[*tuple[Any, ...]]) -> Order:
+    """The order in a row that holds COLUMNS, read by column key, so that a column added to
+    or moved in a statement cannot shift the values."""
+    oid, customer_id, status, total, currency, created_at, updated_at = _FIELDS(row._mapping)
     return Order(
         oid, customer_id, OrderStatus(status), Money(total, currency), created_at, updated_at
     )
@@ -114,16 +121,23 @@ def details_of(conn: Connection, batch: Sequence[Order]) -> list[OrderDetail]:
         .where(order_items.c.order_id.in_(ids))
         .order_by(order_items.c.id)
     )
-    for oid, pid, name, qty, price, currency in rows:
-        items[oid].append(OrderItem(pid, name, qty, Money(price, currency)))
+    for item in rows.mappings():
+        items[item["order_id"]].append(
+            OrderItem(
+                product_id=item["product_id"],
+                name=item["name"],
+                quantity=item["quantity"],
+                unit_price=Money(item["unit_price"], item["currency"]),
+            )
+        )
     customer_ids = {order.customer_id for order in batch}
     who = {
-        cid: (name, phone)
-        for cid, name, phone in conn.execute(
+        customer["id"]: (customer["name"], customer["phone"])
+        for customer in conn.execute(
             select(customers.c.id, customers.c.name, customers.c.phone).where(
                 customers.c.id.in_(customer_ids)
             )
-        )
+        ).mappings()
     }
     payment_rows: dict[uuid.UUID, list[Payment]] = {oid: [] for oid in ids}
     for payment in payments_of(conn, ids):

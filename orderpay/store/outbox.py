@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Insert, String, Text, bindparam, literal, select, text, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Row
 
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus, notification_can_move
@@ -214,12 +215,11 @@ def claim_next_due(conn: Connection, lease: timedelta, now: datetime) -> Attempt
 
 
 def _set_claim(
-    conn: Connection, row: Sequence[Any], lease_until: datetime, now: datetime
+    conn: Connection, row: Row[*tuple[Any, ...]], lease_until: datetime, now: datetime
 ) -> Attempt | None:
-    taken = conn.execute(
-        _SET_CLAIM, {"b_id": row[0], "b_n": row[1], "b_now": now, "v_lease_until": lease_until}
-    )
-    return attempt_of(row, row[1] + 1, lease_until) if taken.rowcount == 1 else None
+    params = {"b_id": row.id, "b_n": row.attempts, "b_now": now, "v_lease_until": lease_until}
+    taken = conn.execute(_SET_CLAIM, params)
+    return attempt_of(row, row.attempts + 1, lease_until) if taken.rowcount == 1 else None
 
 
 # Postgres: the outcomes of several attempts in one statement, each setting on its row what

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Row, bindparam, select
 
 from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, PaymentStatus
@@ -56,7 +57,35 @@ COLUMNS = (
 )
 
 
-def from_row(row: Sequence[Any]) -> Payment:
+# The columns from_row reads, by key: a row may hold them in any order, among others.
+_FIELDS = itemgetter(
+    "id",
+    "order_id",
+    "idempotency_key",
+    "fingerprint",
+    "amount",
+    "currency",
+    "payer_phone",
+    "provider",
+    "provider_reference",
+    "provider_transaction_id",
+    "status",
+    "failure_reason",
+    "awaiting_confirmation",
+    "lease_expires_at",
+    "created_at",
+    "updated_at",
+)
+
+
+def from_row(row: Row[*tuple[Any, ...]]) -> Payment:
+    """The payment in a row that holds COLUMNS, read by column key, so that a column added to
+    or moved in a statement cannot shift the values (store/locks.py adds its own after them)."""
+    return payment_from(row._mapping)
+
+
+def payment_from(values: Mapping[Any, Any]) -> Payment:
+    """The payment in anything that maps COLUMNS' keys to their values (an asyncpg record)."""
     (
         pid,
         order_id,
@@ -74,7 +103,7 @@ def from_row(row: Sequence[Any]) -> Payment:
         lease,
         created_at,
         updated_at,
-    ) = row
+    ) = _FIELDS(values)
     return Payment(
         pid,
         order_id,

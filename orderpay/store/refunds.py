@@ -11,12 +11,12 @@ inserted; a failed refund frees its amount again.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Text, bindparam, func, select, update
+from sqlalchemy import Connection, Row, Text, bindparam, func, select, update
 
 from orderpay.clock import utcnow
 from orderpay.domain.money import Money
@@ -76,7 +76,31 @@ COLUMNS = (
 )
 
 
-def from_row(row: Sequence[Any]) -> Refund:
+# The columns from_row reads, by key: a row may hold them in any order, among others.
+_FIELDS = itemgetter(
+    "id",
+    "payment_id",
+    "order_id",
+    "idempotency_key",
+    "fingerprint",
+    "amount",
+    "currency",
+    "provider",
+    "provider_reference",
+    "provider_transaction_id",
+    "status",
+    "reason",
+    "failure_reason",
+    "operator",
+    "lease_expires_at",
+    "created_at",
+    "updated_at",
+)
+
+
+def from_row(row: Row[*tuple[Any, ...]]) -> Refund:
+    """The refund in a row that holds COLUMNS, read by column key, so that a column added to
+    or moved in a statement cannot shift the values."""
     (
         rid,
         payment_id,
@@ -95,7 +119,7 @@ def from_row(row: Sequence[Any]) -> Refund:
         lease,
         created,
         updated,
-    ) = row
+    ) = _FIELDS(row._mapping)
     return Refund(
         rid,
         payment_id,

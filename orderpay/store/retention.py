@@ -83,11 +83,11 @@ def _callbacks(conn: Connection, cutoff: datetime, region: str, after: int) -> t
         .limit(BATCH)
     ).all()
     changes = []
-    for event_id, payload in rows:
-        masked = mask_payload(payload, region)
-        if masked != payload:
-            changes.append({"b_id": event_id, "b_old": payload, "v_payload": masked})
-    return len(rows), mask_payloads(conn, changes), rows[-1][0] if rows else after
+    for row in rows:
+        masked = mask_payload(row.payload, region)
+        if masked != row.payload:
+            changes.append({"b_id": row.id, "b_old": row.payload, "v_payload": masked})
+    return len(rows), mask_payloads(conn, changes), rows[-1].id if rows else after
 
 
 def _notifications(
@@ -104,16 +104,17 @@ def _notifications(
         .limit(BATCH)
     ).all()
     changes = []
-    for notification_id, body, recipient in rows:
+    for row in rows:
+        body, recipient = row.body, row.recipient
         masked_body, masked_to = mask_payload(body, region), mask_if_phone(recipient, region)
         if (masked_body, masked_to) != (body, recipient):
             changes.append(
                 {
-                    "b_id": notification_id,
+                    "b_id": row.id,
                     "b_body": body,
                     "b_to": recipient,
                     "v_body": masked_body,
                     "v_to": masked_to,
                 }
             )
-    return len(rows), outbox.mask_contacts(conn, changes), rows[-1][0] if rows else after
+    return len(rows), outbox.mask_contacts(conn, changes), rows[-1].id if rows else after

@@ -13,12 +13,11 @@ resolved it and why.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, Row, func, select, update
 
 from orderpay.clock import utcnow
 from orderpay.errors import ReviewItemNotFound, ReviewItemResolved
@@ -69,8 +68,9 @@ _OPEN = _r.resolved_at.is_(None)
 _INSERT = InsertIgnoring(review_items, ["subject"], _r.id, where=_OPEN)
 
 
-def from_row(row: Sequence[Any]) -> ReviewItem:
-    return ReviewItem(*row)
+def from_row(row: Row[*tuple[Any, ...]]) -> ReviewItem:
+    """The item in a row of COLUMNS, whose keys are its fields' names."""
+    return ReviewItem(**row._mapping)
 
 
 # --- Writes -----------------------------------------------------------------------------------

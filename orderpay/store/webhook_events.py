@@ -17,12 +17,12 @@ stored row and make every duplicate write and wait).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Select, Text, and_, bindparam, func, select, update
+from sqlalchemy import Connection, Insert, Row, Select, Text, and_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
@@ -255,8 +255,11 @@ _SUMMARY = (
 )
 
 
-def _from_row(row: Sequence[Any]) -> StoredEvent:
-    return StoredEvent(int(row[0]), *row[1:])
+def _from_row(row: Row[*tuple[Any, ...]]) -> StoredEvent:
+    """The event in a row of _SUMMARY (and `payload`), whose keys are its fields' names."""
+    fields = dict(row._mapping)
+    fields["id"] = int(fields["id"])
+    return StoredEvent(**fields)
 
 
 def get_event(conn: Connection, event_id: int) -> StoredEvent | None:
