@@ -34,7 +34,7 @@ from orderpay.errors import OrderpayError, UsageError
 
 DEBUG_ENV = "ORDERPAY_DEBUG"
 
-# Plain Click help: rich help formatting costs about 100 ms of start-up on every --help.
+# Plain Click help: rich help formatting adds a noticeable start-up cost to every --help.
 MARKUP = None
 
 

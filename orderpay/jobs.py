@@ -140,7 +140,8 @@ def send_notifications(notification_ids: list[int]) -> str:
 
 
 def send_notification(notification_id: int) -> str:
-    """The job as enqueued before batches (one row): jobs still queued from then run as is."""
+    """The one-row job of earlier releases: kept so that such jobs still queued at an upgrade
+    run."""
     return send_notifications([notification_id])
 
 
@@ -184,7 +185,7 @@ def row_job_key(notification_id: int) -> str:
 
 
 def legacy_job_id(notification_id: int, attempts: int) -> str:
-    """A job of one row, as enqueued before batches."""
+    """The id of an earlier release's one-row job (see send_notification)."""
     return f"notify-{notification_id}-{attempts}"
 
 
@@ -306,7 +307,7 @@ class Relay:
 
     def _held_by_rq(self, rows: list[Relayable]) -> set[int]:
         """The rows whose current job RQ still holds (queued, scheduled, deferred...): the
-        job named under row_job_key, or the one-row job of before batches."""
+        job named under row_job_key, else an earlier release's one-row job."""
         if not rows:
             return set()
         from rq.job import Job

@@ -1,14 +1,12 @@
-"""`orderpay events tail`: the order's events (order_events) as it is written.
+"""`orderpay events tail`: the order events (order_events) as they are written.
 
-It reads `order_events` by id, from where it started: on Postgres it also LISTENs on the outbox
-channel that the listener and the commands NOTIFY after a commit that queued a notification (a
-settled payment shows at once), and polls every POLL_SECONDS for everything else; on SQLite it
-polls. Nothing is added to any transaction for it (a NOTIFY inside one would serialise every
-commit: store/wakeups.py, Nudger).
+It reads `order_events` by id from where it started and polls every POLL_SECONDS; on Postgres
+it also LISTENs on the outbox channel (NOTIFYed after commits that queue a notification), so a
+settled payment shows at once. It adds nothing to any transaction (see wakeups.Nudger).
 
-Ids are taken when rows are inserted, not when they commit, so a row can become visible after
-rows with higher ids were read. The ids skipped that way are asked for again for GAP_SECONDS
-(a row rolled back never comes); a row that shows up late is printed when it shows up.
+Ids are taken at insert, not at commit, so a row can become visible after higher ids were read:
+the ids skipped are asked for again for GAP_SECONDS (a rolled-back id never comes), and a row
+that shows up late is printed then.
 """
 
 from __future__ import annotations
@@ -105,7 +103,7 @@ def events_tail(
         typer.Option("--json", help="One JSON object per event and line (NDJSON) on stdout."),
     ] = False,
 ) -> None:
-    """Print order order events as they are written, until interrupted (Ctrl-C or SIGTERM
+    """Print order events as they are written, until interrupted (Ctrl-C or SIGTERM
     end it quietly, exit 0).
 
     Starts from now: only events written after it started, unless --from-start (all of

@@ -1,16 +1,12 @@
 """Delivering notifications (DESIGN.md section 5, Notify): the job's rules.
 
 One attempt is three steps, the channel called between transactions:
-1. claim: a compare-and-set that counts the attempt and leases the row (store.outbox), right
+1. claim: a compare-and-set that counts the attempt and leases the row (store.outbox) right
    before the send, so two workers, or a job and its duplicate, never send one row together;
 2. send through the row's own channel (the one written on it when it was queued);
-3. record: `sent` with the gateway's message id; or, on any failure, a retry after the backoff,
-   or `failed` with the error after the last try or a refusal.
-An RQ job runs these steps for a batch of rows, a group at a time (deliver_batch): one claim
-and one record per group. A worker without the settings of the row's channel leaves the row
-pending, uncounted, with the reason in last_error. A worker killed mid-send leaves the lease to
-run out; the relay (or the embedded drain) then hands the row out again, and the next attempt
-sends it.
+3. record: `sent` with the gateway's message id; else a retry after the backoff, or `failed`
+   after the last try or a refusal.
+A worker killed mid-send leaves the lease to run out; the row is then handed out again.
 """
 
 from __future__ import annotations
@@ -41,7 +37,7 @@ log = logging.getLogger("orderpay.notify")
 # a group of its own, recorded right after its send, so a killed worker leaves at most that
 # one row sent but unrecorded (sent again once its lease runs out).
 GROUP_SECONDS = 0.05
-# Channels whose send a customer cannot receive twice: the only ones sent in groups.
+# Channels whose repeated send reaches no customer: the only ones sent in groups.
 GROUPED_CHANNELS = frozenset({"log"})
 FIRST_GROUP = 1  # before the channel's pace is known
 MAX_GROUP = 500
@@ -151,13 +147,11 @@ def deliver_batch(
 ) -> Batch:
     """Deliver these rows (an RQ job's), each through its own channel, in claimed groups.
 
-    A group is claimed in one statement right before its sends, sent one row after another,
-    and its outcomes recorded in one statement. A group is sized to take about GROUP_SECONDS,
-    and only log rows share one: an sms or webhook row is sent alone and recorded right after
-    its send, so a killed worker leaves at most that row to be sent again. A row after
-    the first of its group is sent only while its lease outlasts the longest send, or it is
-    given back and claimed again with a fresh lease. `stop()` (SIGTERM) and `deadline`
-    (time.monotonic()) end the batch between two sends: the rows not tried are in `left`.
+    A group (sized as GROUP_SECONDS says) is claimed in one statement right before its sends,
+    sent row by row, and recorded in one statement. A later row of a group is sent only while
+    its lease still covers a send; otherwise it is given back and claimed again. `stop()`
+    (SIGTERM) and `deadline` (time.monotonic()) end the batch between two sends: the rows not
+    tried are in `left`.
     """
     remaining = list(dict.fromkeys(notification_ids))
     results: list[DeliveryResult] = []

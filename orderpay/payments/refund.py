@@ -4,13 +4,11 @@ The three steps of a charge, against the provider of the payment refunded:
 1. one transaction locks the order, then the payment (store/locks.py), checks that the payment
    succeeded and that the refunds that did not fail stay within it, and inserts the refund as
    `initiated` with a lease (or resolves the key's earlier use);
-2. outside any transaction the provider is asked to send the refund, with the refund id as
-   its reference;
-3. one transaction records the answer: `pending`, or `failed` with the provider's reason. A
-   `pending` refund's status is then asked once, and settled if final (refund_settlement);
-   otherwise `orderpay reconcile` settles it later.
-A crash between the steps leaves `initiated`; once the lease has run out the same key (or
-`orderpay reconcile`) asks the provider again under the same reference, which it deduplicates.
+2. outside any transaction the provider is asked to send it, the refund id as its reference;
+3. one transaction records `pending`, or `failed` with the provider's reason; a `pending`
+   refund's status is asked once (confirm_refund), and `orderpay reconcile` settles the rest.
+A crash between the steps leaves `initiated`; once the lease runs out the same key (or
+reconcile) asks again under the same reference, which the provider deduplicates.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """Settling a refund: what a provider's outcome of a refund means for our records.
 
-The one decision for the refund flow's status call and `orderpay reconcile` (and any later
-report of a refund's outcome). In the caller's transaction, under the order's and then the
-payment's row lock (store/locks.py), as a charge's settlement:
-- an open refund (`initiated`, `pending`) moves to the outcome. On success the order becomes
-  `refunded` once the refunds that succeeded add up to the payment, else `partially_refunded`,
-  and the customer's `refund_sent` outbox row is written; a failure frees its amount;
+The one decision for the refund flow's status call and `orderpay reconcile`, in the caller's
+transaction under the order's and then the payment's row lock (store/locks.py):
+- an open refund (`initiated`, `pending`) moves to the outcome. A success writes the customer's
+  `refund_sent` outbox row and makes the order `refunded` once the succeeded refunds add up to
+  the payment, else `partially_refunded`; a failure frees its amount;
 - the same terminal outcome again changes nothing (the provider's transaction id is kept);
-- the other terminal outcome, or another amount, is kept for review: nothing moves, a review
-  item is opened (one per refund while it is open: payments/review.py), and an order event
-  says why.
+- the other terminal outcome, or another amount, is kept for review (one open item per refund)
+  with an order event saying why; nothing moves.
 """
 
 from __future__ import annotations

@@ -1,32 +1,13 @@
 """The review queue's rules: which reason a finding gets, what it suggests, and resolving it.
 
 A finding is an outcome orderpay refuses to act on (DESIGN.md section 5). It is kept as a
-review item in the transaction that records it (store.reviews.open_item), with a reason code,
-what the provider said (`reported`), and one suggested action built here.
-
-The same finding, reported again (another copy of a callback under another sender id,
-reconcile asking again, an MTN hint and a signed callback about one payment), opens no second
-item while the first is open. Two reports are the same finding when they have the same
-subject:
-- `payment:{id}`: the payment's outcome contradicts our record of it. A payment has one
-  terminal status, so it can only be contradicted one way; its reason may read differently
-  on a later report (a forced cancel is "confirmed" by the first report, the order may have
-  moved meanwhile), so the subject alone decides, whatever the reason;
-- `payment:{id}:amount:{outcome}`: the provider reports another amount or currency for the
-  payment with this outcome (`succeeded`, `failed`): a success of another amount is money
-  taken, a failure is not, so a success is never folded into an open item about a failure;
-- `order:{id}:ref:{reference}:{status}`: an outcome under a reference that matches no payment
-  of an order already paid, or a success under one for a cancelled order (a success and a
-  failure under one reference are two findings: the first may be money taken twice, the
-  second is not);
-- `refund:{id}`: a refund's outcome or amount contradicts our record (refund_settlement.py).
-Every report stays on the order's events; the item is the operator's to-do. Findings are
-opened under the payment's or the order's lock, so two reports do not race each other; the
-open item is read FOR UPDATE, so a resolve that commits meanwhile is seen (a new item is then
-opened), and the partial unique index on the open item's subject is the backstop.
-
-Resolving is the operator's: a note is required, who and when are recorded on the item and on
-the order's events (`review_resolved`), and a resolved item stays in the history.
+review item in the transaction that records it, with a reason code, what the provider said and
+one suggested action built here. Reports of the same finding (another copy, reconcile asking
+again, an MTN hint and a signed callback) share a subject, and a subject has at most one open
+item: each keep_* function says what its subject distinguishes. Findings are opened under the
+payment's or the order's lock and the open item is read FOR UPDATE, so a concurrent resolve is
+seen; the partial unique index on the open subject is the backstop. Resolving needs the
+operator's note; who and when are recorded on the item and on the order's events.
 """
 
 from __future__ import annotations
@@ -225,7 +206,11 @@ def keep_outcome_conflict(
 ) -> Kept:
     """A terminal outcome that contradicts the payment's status or its order's (a success
     after a failure or the reverse, a success after a forced cancel, a success for an order
-    cancelled or paid by another payment)."""
+    cancelled or paid by another payment).
+
+    Subject: the payment alone (`payment:{id}`, as outcome_subject spells it). It has one
+    terminal status, so it can be contradicted only one way, though a later report may read as
+    another reason."""
     payment = locked.payment
     reason = outcome_reason(locked, target)
     action = suggested_action(
@@ -258,7 +243,10 @@ def keep_amount_mismatch(
 ) -> Kept:
     """The provider reports outcome `target` with another amount or currency than the
     payment's. What to do depends on the outcome (a failure took no money) and on our record
-    of the payment (a success for a payment not recorded succeeded paid for nothing)."""
+    of the payment (a success for a payment not recorded succeeded paid for nothing).
+
+    Subject: the payment and the outcome, so a success (money taken) is never folded into an
+    open item about a failure."""
     payment = locked.payment
     action = suggested_action(
         ReviewReason.AMOUNT_MISMATCH,
@@ -297,7 +285,10 @@ def keep_under_reference(
     """An outcome under a reference that matches no payment of the order (none is named):
     `second_payment` on an order already paid (money taken twice?), or
     `success_on_cancelled_order` for a success on a cancelled order (money taken for an order
-    no payment can settle any more)."""
+    no payment can settle any more).
+
+    Subject: the order, the reference and the status: a success under a reference may be money
+    taken twice, a failure under it is not."""
     money = _money_or_text(amount, currency or order_currency)
     reported = reported_text(
         f"{source} callback",
@@ -352,7 +343,7 @@ def clean_note(raw: str) -> str:
 
 
 def resolve(db: Transactional, item_id: int, *, note: str, operator: str) -> ReviewItem:
-    """Resolve an open item with the operator's note; its order's events says who and why.
+    """Resolve an open item with the operator's note; its order's events say who and why.
 
     ReviewItemNotFound for an unknown id; ReviewItemResolved (nothing changes) when it was
     resolved already, by anyone: one resolution per item, two at once included.
@@ -376,5 +367,5 @@ def resolve(db: Transactional, item_id: int, *, note: str, operator: str) -> Rev
 
 
 def outcome_subject(payment_id: uuid.UUID) -> str:
-    """The subject of findings about a payment's outcome (see the module docstring)."""
+    """The subject of findings about a payment's outcome (see keep_outcome_conflict)."""
     return f"payment:{payment_id}"

@@ -37,7 +37,7 @@ from orderpay.errors import (
 )
 
 # Alembic revisions in order, oldest first. Kept here so that checking the schema does not
-# import Alembic (half a second) on every command; a test keeps it equal to the migrations.
+# import Alembic (slow to import) on every command; a test keeps it equal to the migrations.
 SCHEMA_REVISIONS: tuple[str, ...] = (
     "0001_initial",
     "0002_ledger_integrity",

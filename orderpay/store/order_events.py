@@ -28,7 +28,7 @@ class OrderEvent:
 
 @dataclass(frozen=True, slots=True)
 class OrderEventEntry:
-    """A order event as `orderpay events tail` follows them: with its id and order."""
+    """An order event as `orderpay events tail` follows it: with its id and order."""
 
     id: int
     order_id: uuid.UUID
@@ -129,7 +129,7 @@ def events_of(conn: Connection, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, l
 
 
 def count_events(conn: Connection, order_id: uuid.UUID, event: str) -> int:
-    """How many `event` rows the order's events has (an index range scan of the order's)."""
+    """How many `event` rows the order has (an index range scan of the order's events)."""
     return int(
         conn.execute(
             select(func.count())

@@ -1,15 +1,11 @@
 """Retention (`orderpay db prune`): phone numbers masked in what is kept about old callbacks
 and old messages, nothing else changed.
 
-Old means received (webhook_events.received_at) or created (notifications.created_at) before
-a cutoff. The ledger (orders, payments, refunds) and the order events are never touched: amounts,
-statuses and ids stay as they were, and so do the payer's phone on the payment and the
-customer's record. A notification still pending keeps its recipient (it is yet to be sent).
-
-Rows are read here in batches of BATCH by id, one transaction per batch, and written by their
-tables' own writers (store/webhook_events.py, store/outbox.py) only if unchanged since they
-were read: a prune can run beside the listener and the worker, be interrupted, and run again
-(a masked row stays as it is).
+Old means received (callbacks) or created (notifications) before a cutoff. The ledger, the
+order events and the customer's record are never touched, nor the recipient of a notification
+still pending (it is yet to be sent). Rows are read in batches by id, one transaction per batch,
+and written by their tables' own writers only if unchanged since they were read: a prune can
+run beside the listener and the worker, be interrupted, and run again.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The review queue (review_items): the one module that writes it, and its reads.
 
-An item is opened where orderpay refuses to act on what a provider said (DESIGN.md section 5:
-a success after a failure, an amount that differs, a second success, a late success for a
-payment the operator cancelled...), in the transaction that records that finding. A finding
-reported again (by another copy, another sender, reconcile) while its item is open opens no
-second item: one open item per subject, whatever its reason, is unique in the schema (a partial
-unique index), and the reason is one of domain.reviews.ReviewReason (a check constraint).
-Resolving an item is a compare-and-set on `resolved_at IS NULL`; the item stays, with who
+An item is a finding orderpay refused to act on (payments/review.py decides which), opened in
+the transaction that records it. The schema allows one open item per subject, whatever its
+reason (a partial unique index), and only domain.reviews.ReviewReason codes (a check
+constraint). Resolving is a compare-and-set on `resolved_at IS NULL`; the item stays, with who
 resolved it and why.
 """
 

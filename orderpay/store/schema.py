@@ -1,6 +1,6 @@
 """The schema as SQLAlchemy Core tables (DESIGN.md section 3).
 
-Alembic migrations in orderpay/migrations create it; tests check that the migrations and these
+Alembic migrations in orderpay/store/migrations create it; tests check that the migrations and these
 tables never drift apart. Constraint names come from the naming convention so migrations can
 refer to them on every dialect.
 """

@@ -1,8 +1,8 @@
 """Waking the relay: Postgres LISTEN/NOTIFY when available, a poll interval always.
 
-The settling transaction NOTIFYs the outbox channel, which Postgres delivers only on commit.
-A lost connection, or SQLite (no NOTIFY), falls back to polling; correctness never depends on
-a notification arriving, only latency does.
+After a commit that wrote outbox rows, the writer NOTIFYs the outbox channel (Nudger). A lost
+connection, or SQLite (no NOTIFY), falls back to polling; correctness never depends on a
+notification arriving, only latency does.
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ class Nudger:
 
     Sent after the commit, never inside the settling transaction: Postgres holds one cluster-wide
     lock from a notifying transaction's pre-commit until its commit record is flushed, which
-    serialises every settling commit behind the disk (measured here: 1,800-3,600 tps with the
-    NOTIFY inside, 5,800-6,500 after the commit, 6,800-9,000 without). `nudge()` coalesces a
-    burst into one NOTIFY from a background thread; `notify_now()` sends one at once.
+    serialises every settling commit behind the disk (measured: settling throughput drops
+    sharply). `nudge()` coalesces a burst into one NOTIFY from a background thread;
+    `notify_now()` sends one at once.
     """
 
     # Long enough to turn a burst of commits into one NOTIFY, short next to a relay's poll.
