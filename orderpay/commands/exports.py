@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from orderpay.commands.common import JsonFlag, Since, Until, emit_json, info, runtime
-from orderpay.commands.payments import PaymentStatusChoice
+from orderpay.domain.states import PaymentStatus  # --status's choices; pure, cheap at start-up
 
 if TYPE_CHECKING:
     from orderpay.store.exports import PaymentRecord
@@ -54,7 +54,7 @@ def payment_export(
     since: Since = None,
     until: Until = None,
     status: Annotated[
-        PaymentStatusChoice | None, typer.Option("--status", help="Only payments in this status.")
+        PaymentStatus | None, typer.Option("--status", help="Only payments in this status.")
     ] = None,
     format_: Annotated[
         ExportFormat | None,

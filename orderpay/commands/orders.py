@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -24,6 +23,7 @@ from orderpay.commands.common import (
 from orderpay.commands.common import (
     product_id as resolve_product,
 )
+from orderpay.domain.states import OrderStatus  # --status's choices; pure, cheap at start-up
 
 if TYPE_CHECKING:
     from orderpay.store.orders import OrderDetail
@@ -35,13 +35,6 @@ order_app = typer.Typer(
     "  orderpay order list --status pending --since 7d --json",
     rich_markup_mode=None,
 )
-
-
-class OrderStatusChoice(StrEnum):
-    # Mirrors orderpay.domain.states.OrderStatus without importing it at start-up.
-    pending = "pending"
-    paid = "paid"
-    cancelled = "cancelled"
 
 
 def parse_item(raw: str) -> tuple[str, int]:
@@ -119,7 +112,7 @@ def order_show(ctx: typer.Context, order_id: OrderId, json_: JsonFlag = False) -
 def order_list(
     ctx: typer.Context,
     status: Annotated[
-        OrderStatusChoice | None, typer.Option("--status", help="Only orders in this status.")
+        OrderStatus | None, typer.Option("--status", help="Only orders in this status.")
     ] = None,
     customer: Annotated[
         int | None, typer.Option("--customer", help="Only this customer's.")
@@ -141,7 +134,6 @@ def order_list(
       orderpay order list --phone 0241234567 --json
     """
     from orderpay.domain.phones import normalise_phone
-    from orderpay.domain.states import OrderStatus
     from orderpay.shop.customers import get_customer
     from orderpay.store.orders import details_of, list_orders
 
@@ -153,7 +145,7 @@ def order_list(
         page = list_orders(
             conn,
             window(since, until, limit, after),
-            status=OrderStatus(status.value) if status is not None else None,
+            status=status,
             customer_id=customer,
             phone=e164,
         )

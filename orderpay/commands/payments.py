@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -22,6 +21,7 @@ from orderpay.commands.common import (
 )
 from orderpay.commands.common import order_id as resolve_order
 from orderpay.commands.common import payment_id as resolve_payment
+from orderpay.domain.states import PaymentStatus  # --status's choices; pure, cheap at start-up
 
 payment_app = typer.Typer(
     help="Inspect, export and cancel payments.\n\n\b\nExamples:\n"
@@ -31,14 +31,6 @@ payment_app = typer.Typer(
     '  orderpay payment cancel 9c41e0d2 --reason "customer paid cash"',
     rich_markup_mode=None,
 )
-
-
-class PaymentStatusChoice(StrEnum):
-    # Mirrors orderpay.domain.states.PaymentStatus without importing it at start-up.
-    initiated = "initiated"
-    pending = "pending"
-    succeeded = "succeeded"
-    failed = "failed"
 
 
 def charge(
@@ -132,7 +124,7 @@ def payment_list(
     ctx: typer.Context,
     order: Annotated[str | None, typer.Option("--order", help="Only this order's.")] = None,
     status: Annotated[
-        PaymentStatusChoice | None, typer.Option("--status", help="Only payments in this status.")
+        PaymentStatus | None, typer.Option("--status", help="Only payments in this status.")
     ] = None,
     since: Since = None,
     until: Until = None,
@@ -147,7 +139,6 @@ def payment_list(
       orderpay payment list --status pending --since 2026-11-01
       orderpay payment list --order 3f1c2a9e --json
     """
-    from orderpay.domain.states import PaymentStatus
     from orderpay.store.payments import list_payments
 
     with runtime(ctx).database.transaction() as conn:
@@ -156,7 +147,7 @@ def payment_list(
             conn,
             window(since, until, limit, after),
             order_id=oid,
-            status=PaymentStatus(status.value) if status is not None else None,
+            status=status,
         )
     from orderpay.commands.render import payments_table
     from orderpay.shapes import payment_shape
