@@ -106,6 +106,16 @@ SELECT (SELECT string_agg(version_num, ',') FROM alembic_version),
 """
 
 
+# DELETE empties small tables in a millisecond, but each deleted parent row checks its
+# children's tables, dead rows included: past a few thousand rows that grows with the square
+# of the count, and TRUNCATE, whose cost does not grow, is the cheaper way to empty them.
+LARGE_TABLE = 2000
+_SIZES = "SELECT " + ", ".join(
+    f"(SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT {LARGE_TABLE}) AS rows)"
+    for table in ("payments", "orders", "order_events", "notifications", "webhook_events")
+)
+
+
 class DatabasePool:
     """This process's migrated Postgres databases. A test takes one and gives it back; the
     next test to take it finds it emptied (other sessions ended, every row deleted, sequences
@@ -113,10 +123,11 @@ class DatabasePool:
     The template is migrated once per process; databases are cloned from it as needed. The
     pool keeps a connection to each of its databases for this housekeeping."""
 
-    _RESET = (
+    _END_SESSIONS = (
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid();"
-        "{deletes}"
+    )
+    _RESTART_SEQUENCES = (
         "SELECT count(setval(format('%I', sequencename)::regclass, 1, false)) "
         "FROM pg_sequences WHERE schemaname = 'public';"
     )
@@ -126,8 +137,11 @@ class DatabasePool:
         self._signature: tuple[Any, ...] | None = None
         self._free: list[str] = []
         self._connections: dict[str, Any] = {}
-        deletes = "".join(f"DELETE FROM {t.name};" for t in reversed(metadata.sorted_tables))
-        self._reset = self._RESET.format(deletes=deletes)
+        tables = [table.name for table in reversed(metadata.sorted_tables)]
+        deletes = "".join(f"DELETE FROM {name};" for name in tables)
+        self._delete = self._END_SESSIONS + deletes + self._RESTART_SEQUENCES
+        truncate = f"TRUNCATE {', '.join(tables)} RESTART IDENTITY;"
+        self._truncate = self._END_SESSIONS + truncate
 
     def template(self) -> str:
         if self._template is None:
@@ -138,7 +152,11 @@ class DatabasePool:
             finally:
                 database.dispose()
             self._template = name
-            self._signature = _signature(_connect(name))
+            connection = _connect(name)
+            try:
+                self._signature = _signature(connection)
+            finally:
+                connection.close()
         return self._template
 
     def clone(self) -> str:
@@ -150,7 +168,9 @@ class DatabasePool:
             name = self._free.pop()
             connection = self._connections[name]
             with connection.cursor() as cursor:
-                cursor.execute(self._reset)
+                cursor.execute(_SIZES)
+                large = max(cursor.fetchone() or (0,)) >= LARGE_TABLE
+                cursor.execute(self._truncate if large else self._delete)
             connection.commit()
             return name
         name = self.clone()

@@ -39,7 +39,7 @@ class WorkerClass(StrEnum):
     # rq.SimpleWorker runs jobs in the worker process. It is the default because a delivery is
     # short, trusted code with its own HTTP timeouts, and a crash mid-send is covered by the
     # row's lease; a forked horse per job must also open its own database connection, which
-    # makes it about 5x slower here (35 against 189 notifications/s, bench/worker.py).
+    # makes it several times slower (bench/worker.py measures both).
     simple = "simple"
     fork = "fork"  # rq.Worker: a work horse process per job (isolation from the worker)
 

@@ -101,12 +101,20 @@ class Statement:
 
         compiled = statement.compile(dialect=dialect())  # type: ignore[no-untyped-call]
         self.sql: str = compiled.string
-        self._compiled = compiled
         self._names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        # The statement's own constants (literals), bound once; the rest, each call's values.
+        binds = {name: compiled.binds[name] for name in self._names}
+        self._given = frozenset(name for name, bind in binds.items() if bind.required)
+        self._constants = {
+            name: bind.effective_value for name, bind in binds.items() if not bind.required
+        }
 
     def arguments(self, values: dict[str, Any]) -> list[Any]:
-        bound = self._compiled.construct_params(values)
-        return [bound[name] for name in self._names]
+        missing = self._given - values.keys()
+        if missing:
+            raise KeyError(f"no value for {', '.join(sorted(missing))}")
+        constants = self._constants
+        return [values[n] if n in self._given else constants[n] for n in self._names]
 
 
 def sqlstate(error: BaseException) -> str | None:
