@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from orderpay.store.db import Database
-from tests.conftest import count_rows
+from tests.conftest import count_rows, postgres_url
 from tests.user_shell import orderpay
 
 PASSWORD = "pa55-Kontomire"
@@ -172,9 +172,7 @@ def test_a_missing_postgres_schema_names_the_database(empty_pg_url: str, tmp_pat
 
 @pytest.mark.slow
 def test_a_database_that_does_not_exist_is_a_configuration_error(tmp_path: Path) -> None:
-    url = make_url("postgresql://root@127.0.0.1:5432/x").set(
-        database="orderpay_no_such_database_anywhere"
-    )
+    url = make_url(postgres_url()).set(database="orderpay_no_such_database_anywhere")
 
     failed = orderpay(
         tmp_path,
