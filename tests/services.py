@@ -131,12 +131,21 @@ class OwnPostgres:
     def _reachable(self, bin_dir: Path) -> Path:
         if self.user is None or _reachable_by(self.user, bin_dir / "postgres"):
             return bin_dir
-        copy = self.directory / "pginstall"
-        shutil.copytree(bin_dir.parent, copy, copy_function=_link_or_copy, symlinks=True)
-        for path in [copy, *copy.rglob("*")]:
+        # A copy (hard links where it can) that keeps the layout the binaries' relative
+        # library path expects: the wheel's pginstall, and its `.libs` folder beside the package.
+        install = bin_dir.parent
+        package = install.parent
+        site = self.directory / "site"
+        parts = [(install, site / package.name / install.name)]
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            parts.append((libs, site / libs.name))
+        for source, copy in parts:
+            shutil.copytree(source, copy, copy_function=_link_or_copy, symlinks=True)
+        for path in [site, *site.rglob("*")]:
             if path.is_dir() and not path.is_symlink():
                 path.chmod(0o755)
-        return copy / "bin"
+        return site / package.name / install.name / "bin"
 
     def _run(self, arguments: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
