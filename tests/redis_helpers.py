@@ -651,8 +651,11 @@ def worker_processes_fixture(tmp_path: Path) -> Iterator[Callable[..., WorkerPro
     try:
         yield start
     finally:
-        for worker in started:
+        for number, worker in enumerate(started):
             worker.close()
+            # Shown by pytest only when the test failed: what each worker said.
+            said = worker.stdout_path.read_text() + worker.stderr_path.read_text()
+            print(f"--- worker {number} (pid {worker.pid}) ---\n{said}")
 
 
 def queued_jobs(redis: Redis) -> dict[str, list[int]]:
