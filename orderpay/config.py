@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     relay_poll_seconds: float = Field(
         default=2.0, gt=0, validation_alias=AliasChoices("ORDERPAY_RELAY_POLL_SECONDS")
     )
+    # The catch-up: the waits between questions to a provider about an open payment or refund
+    # (then daily), and how long until an operator is asked to decide (a review item).
+    catchup_schedule: str = Field(
+        default="1m,5m,15m,1h,6h,24h", validation_alias=AliasChoices("ORDERPAY_CATCHUP_SCHEDULE")
+    )
+    catchup_deadline: str = Field(
+        default="7d", validation_alias=AliasChoices("ORDERPAY_CATCHUP_DEADLINE")
+    )
     sms_url: str = Field(
         default="https://api.africastalking.com", validation_alias=AliasChoices("ORDERPAY_SMS_URL")
     )

@@ -36,10 +36,12 @@ class Metrics:
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
 
-    def render(self, *, review_items_open: int | None = None) -> tuple[bytes, str]:
-        """The exposition text. `review_items_open`: read from the database at scrape time by
-        the caller (the same in every worker, so no per-process figure); None leaves the gauge
-        out, as when the database cannot say."""
+    def render(
+        self, *, review_items_open: int | None = None, oldest_awaiting_seconds: float | None = None
+    ) -> tuple[bytes, str]:
+        """The exposition text. `review_items_open` and `oldest_awaiting_seconds`: read from the
+        database at scrape time by the caller (the same in every worker, so no per-process
+        figure); None leaves the gauges out, as when the database cannot say."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
         if os.environ.get(MULTIPROC_ENV):
@@ -53,15 +55,16 @@ class Metrics:
             registry = REGISTRY
         body = generate_latest(registry)
         if review_items_open is not None:
-            body += generate_latest(_ScrapeTime(review_items_open))
+            body += generate_latest(_ScrapeTime(review_items_open, oldest_awaiting_seconds or 0))
         return body, CONTENT_TYPE_LATEST
 
 
 class _ScrapeTime:
     """Figures read at scrape time, served beside the process's own."""
 
-    def __init__(self, review_items_open: int) -> None:
+    def __init__(self, review_items_open: int, oldest_awaiting_seconds: float) -> None:
         self.review_items_open = review_items_open
+        self.oldest_awaiting_seconds = oldest_awaiting_seconds
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
@@ -70,6 +73,12 @@ class _ScrapeTime:
             "orderpay_review_items_open",
             "Review items waiting for an operator's decision (orderpay review list).",
             value=self.review_items_open,
+        )
+        yield GaugeMetricFamily(
+            "orderpay_oldest_awaiting_answer_seconds",
+            "Age of the oldest payment or refund still awaiting its provider's final word "
+            "(0: none); the worker keeps asking about it.",
+            value=self.oldest_awaiting_seconds,
         )
 
 

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from orderpay.config import Settings
+    from orderpay.domain.schedule import CatchUpSchedule
     from orderpay.notify.channels import Channel
     from orderpay.notify.delivery import RetryPolicy
     from orderpay.providers.base import Provider
@@ -115,6 +116,23 @@ class Runtime:
         from orderpay.notify.delivery import RetryPolicy
 
         return RetryPolicy(self.settings.retry_intervals, self.settings.notify_lease_seconds)
+
+    @cached_property
+    def catch_up_schedule(self) -> CatchUpSchedule:
+        """ORDERPAY_CATCHUP_SCHEDULE and ORDERPAY_CATCHUP_DEADLINE, read; a configuration error
+        naming them when they do not read."""
+        from orderpay.domain.schedule import CatchUpSchedule
+        from orderpay.errors import ConfigurationError, InvalidField
+
+        settings = self.settings
+        try:
+            return CatchUpSchedule.parse(settings.catchup_schedule, settings.catchup_deadline)
+        except (InvalidField, ValueError) as error:
+            raise ConfigurationError(
+                f"ORDERPAY_CATCHUP_SCHEDULE ({settings.catchup_schedule!r}) or "
+                f"ORDERPAY_CATCHUP_DEADLINE ({settings.catchup_deadline!r}): "
+                f"{getattr(error, 'message', error)}; write ages such as 1m,5m,1h and 7d"
+            ) from None
 
     @cached_property
     def nudger(self) -> Nudger:

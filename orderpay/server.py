@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orderpay.clock import utcnow
 from orderpay.errors import OrderpayError, RouteNotFound
 from orderpay.http import rest
 from orderpay.http.answers import answer_for
@@ -33,6 +34,7 @@ from orderpay.http.momo_route import PATHS as MOMO_PATHS
 from orderpay.http.momo_route import MomoRoute
 from orderpay.metrics import metrics
 from orderpay.notify.reports import apply_report, parse_report
+from orderpay.payments.catch_up import oldest_awaiting
 from orderpay.payments.hints import MTN_PROVIDER, parse_hint, record_hint
 from orderpay.payments.signed_callbacks import SignedCallbacks
 from orderpay.runtime import Runtime
@@ -107,20 +109,22 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    waiting = await run_in_threadpool(_review_items_open, runtime_of(request))
-    body, content_type = metrics().render(review_items_open=waiting)
+    waiting, oldest = await run_in_threadpool(_waiting_work, runtime_of(request))
+    body, content_type = metrics().render(review_items_open=waiting, oldest_awaiting_seconds=oldest)
     return Response(body, media_type=content_type)
 
 
-def _review_items_open(runtime: Runtime) -> int | None:
-    """The open review items, counted at scrape time; None when the database cannot say, so
-    that an outage leaves the gauge out instead of failing the whole scrape."""
+def _waiting_work(runtime: Runtime) -> tuple[int | None, float | None]:
+    """The open review items and the age of the oldest answer awaited, read at scrape time;
+    None when the database cannot say, so that an outage leaves the gauges out instead of
+    failing the whole scrape."""
     try:
         with runtime.database.transaction() as conn:
-            return count_open(conn)
+            since = oldest_awaiting(conn)
+            return count_open(conn), 0.0 if since is None else (utcnow() - since).total_seconds()
     except Exception as error:  # any database failure: the other metrics are still served
-        log.warning("review items not counted for /metrics: %s", getattr(error, "message", error))
-        return None
+        log.warning("waiting work not counted for /metrics: %s", getattr(error, "message", error))
+        return None, None
 
 
 def error_response(request: Request, error: Exception) -> Response:

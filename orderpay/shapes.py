@@ -193,8 +193,8 @@ def replay_shape(replayed: Replayed) -> Shape:
     c = replayed.confirmation
     if c is not None:
         shape["confirmation"] = {
-            "before": c.before.value,
-            "after": c.after.value,
+            "before": c.before,
+            "after": c.after,
             "provider_said": c.remote,
             "note": c.note,
         }

@@ -610,7 +610,7 @@ def test_on_sqlite_0005_to_0007_change_no_table(sqlite_db: Database) -> None:
     with sqlite_db.transaction() as conn:
         before = conn.exec_driver_sql("SELECT sql FROM sqlite_master ORDER BY name").all()
 
-    upgrade(sqlite_db)
+    upgrade(sqlite_db, "0007_no_database_functions")
 
     with sqlite_db.transaction() as conn:
         assert conn.exec_driver_sql("SELECT sql FROM sqlite_master ORDER BY name").all() == before

@@ -18,7 +18,8 @@ from orderpay.errors import RefundDeclined
 from orderpay.payments.confirmation import Action
 from orderpay.payments.refund import ask_for, claim_refund
 from orderpay.payments.refund_reconcile import reconcile_refund
-from orderpay.payments.refund_settlement import RefundSettled, settle_refund
+from orderpay.payments.refund_settlement import settle_refund
+from orderpay.payments.settlement import Settled
 from orderpay.providers.simulator import DELAYED_FOR
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget, notifications_of
@@ -254,7 +255,7 @@ def test_a_success_reported_for_a_failed_refund_is_kept_for_review_and_moves_not
     settled = settle(any_db, failed_id, RefundStatus.SUCCEEDED)
     again = settle(any_db, failed_id, RefundStatus.SUCCEEDED)  # reported a second time
 
-    assert (settled.verdict, again.verdict) == (RefundSettled.CONFLICT, RefundSettled.CONFLICT)
+    assert (settled.verdict, again.verdict) == (Settled.CONFLICT, Settled.CONFLICT)
     assert status_of(any_db, failed_id) is RefundStatus.FAILED
     with any_db.transaction() as conn:
         assert get_order(conn, payment.order_id).status is OrderStatus.PAID
@@ -275,7 +276,7 @@ def test_a_failure_reported_for_a_succeeded_refund_is_kept_for_review(db: Databa
 
     settled = settle(db, done.id, RefundStatus.FAILED, reason="REVERSED")
 
-    assert settled.verdict is RefundSettled.CONFLICT
+    assert settled.verdict is Settled.CONFLICT
     assert status_of(db, done.id) is RefundStatus.SUCCEEDED
     with db.transaction() as conn:
         (item,) = items_of(conn, payment.order_id)
@@ -289,7 +290,7 @@ def test_another_amount_reported_for_a_refund_is_kept_for_review(db: Database) -
 
     settled = settle(db, pending.id, RefundStatus.SUCCEEDED, amount=Money(2500, "GHS"))
 
-    assert settled.verdict is RefundSettled.MISMATCH
+    assert settled.verdict is Settled.MISMATCH
     assert status_of(db, pending.id) is RefundStatus.PENDING
     with db.transaction() as conn:
         (item,) = items_of(conn, payment.order_id)

@@ -18,7 +18,8 @@ from orderpay import clock
 from orderpay.domain.states import RefundStatus
 from orderpay.errors import ConfigurationError, RefundDeclined
 from orderpay.payments.refund import ask_for, claim_refund, refund_payment
-from orderpay.payments.refund_settlement import RefundSettled, settle_refund
+from orderpay.payments.refund_settlement import settle_refund
+from orderpay.payments.settlement import Settled
 from orderpay.providers.base import (
     Declined,
     ProviderAnswer,
@@ -167,7 +168,7 @@ def test_a_refund_settled_twice_queues_one_notification_and_one_success_event(
             notify=NotifyTarget(),
         )
 
-    assert again.verdict is RefundSettled.UNCHANGED
+    assert again.verdict is Settled.UNCHANGED
     events = [e.event for e in timeline_of(db, payment.order_id)]
     assert events.count("refund_succeeded") == 1
     assert events.count("notification_queued") == 2  # the payment's, and the refund's once

@@ -164,6 +164,8 @@ def _database(settings: Settings) -> Check:
 def _review_queue(settings: Settings) -> Check:
     """How many findings wait for an operator: said, never a failure (they are work to do,
     not a broken deployment)."""
+    from orderpay.clock import utcnow
+    from orderpay.payments.catch_up import oldest_awaiting
     from orderpay.store.db import Database
     from orderpay.store.reviews import count_open
 
@@ -171,13 +173,19 @@ def _review_queue(settings: Settings) -> Check:
     try:
         with database.transaction() as conn:
             waiting = count_open(conn)
+            since = oldest_awaiting(conn)
     except OrderpayError as error:  # it answered the database check a moment ago
         return Check("review queue", State.SKIPPED, f"not read: {error.message}")
     finally:
         database.dispose()
-    if not waiting:
-        return Check("review queue", State.INFO, "0 open")
-    return Check("review queue", State.INFO, f"{waiting} open: see `orderpay review list`")
+    queue = f"{waiting} open: see `orderpay review list`" if waiting else "0 open"
+    if since is not None:
+        hours = (utcnow() - since).total_seconds() / 3600
+        queue += (
+            f"; the oldest payment or refund awaiting its provider's answer was made "
+            f"{hours:.1f} h ago (the worker asks again on its own)"
+        )
+    return Check("review queue", State.INFO, queue)
 
 
 def _redis(settings: Settings) -> Check:

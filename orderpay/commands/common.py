@@ -87,6 +87,15 @@ def payment_id(conn: Connection, raw: str) -> uuid.UUID:
     return resolve(conn, payments, raw, what="payment", not_found=PaymentNotFound)
 
 
+def refund_id(conn: Connection, raw: str) -> uuid.UUID:
+    """The refund `raw` names: its id, or a unique prefix of it."""
+    from orderpay.errors import RefundNotFound
+    from orderpay.store.ids import resolve
+    from orderpay.store.schema import refunds
+
+    return resolve(conn, refunds, raw, what="refund", not_found=RefundNotFound)
+
+
 def product_id(conn: Connection, raw: str) -> uuid.UUID:
     """The product `raw` names: its id, or a unique prefix of it."""
     from orderpay.errors import ProductNotFound

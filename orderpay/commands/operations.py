@@ -6,11 +6,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, emit_json, info, progress, runtime
+from orderpay.commands.common import JsonFlag, emit_json, info, runtime
 
 if TYPE_CHECKING:
-    from orderpay.payments.confirmation import Confirmation
-    from orderpay.payments.refund_reconcile import RefundCheck
+    from orderpay.payments.life_cycle import Check
 
 
 def reconcile(
@@ -18,7 +17,8 @@ def reconcile(
     older_than: Annotated[
         str,
         typer.Option(
-            "--older-than", help="Only payments and refunds unchanged for this long: 30s, 5m, 2h."
+            "--older-than",
+            help="Skip payments and refunds changed more recently than this: 30s, 5m, 2h.",
         ),
     ] = "5m",
     limit: Annotated[
@@ -36,16 +36,18 @@ def reconcile(
     ] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Ask the provider about payments and refunds still initiated or pending; settle them.
+    """Ask the providers now about every payment and refund still awaiting their final word.
 
-    Each payment is asked of its own provider, even after ORDERPAY_PROVIDER changed (and the
-    table says so when that provider is not configured here). Outcomes go through the same
-    transition as callbacks, so the customer is notified once. Initiated payments whose
-    request may never have reached the provider are submitted again under their own
-    reference, and so are refunds (resumed like their key). Safe from cron and alongside the
-    listener. --json lists the payments that changed, those kept for review (the provider
-    disagrees with our records) and those left unchanged, each with a note, and the same for
-    refunds under "refunds". --dry-run only asks: it writes nothing and submits nothing.
+    The worker asks on its own, on ORDERPAY_CATCHUP_SCHEDULE; this is the same check by hand.
+    Each is asked of its own provider, even after ORDERPAY_PROVIDER changed. A definite answer
+    settles it through the same transition as a callback (the customer is notified once); a
+    request the provider may never have received (initiated) is sent again under its own
+    reference; "not found", a timeout or an ambiguous status leaves it open. What was not
+    asked is listed with the reason: changed within --older-than (its answer may be coming),
+    its request in progress, or its provider not configured here. --json lists the payments
+    that changed, those kept for review and those left unchanged, the same for refunds under
+    "refunds", and the skipped under "skipped". --dry-run only asks: it writes and submits
+    nothing.
 
     \b
     Examples:
@@ -56,97 +58,89 @@ def reconcile(
     from datetime import timedelta
 
     from orderpay.domain.times import parse_age
-    from orderpay.payments.reconcile import payments_to_reconcile, reconcile_payment
-    from orderpay.payments.refund_reconcile import reconcile_refund
-    from orderpay.store.refunds import refunds_to_reconcile
+    from orderpay.payments.catch_up import CatchUp
+    from orderpay.payments.life_cycle import Action
 
     age = parse_age(older_than, "older_than")
     rt = runtime(ctx)
-    with rt.database.transaction() as conn:
-        candidates = payments_to_reconcile(conn, age, limit)
-        open_refunds = refunds_to_reconcile(conn, age, limit)
-    lease = timedelta(seconds=rt.settings.charge_lease_seconds)
-    notify = rt.notify_target()
-    results = [
-        reconcile_payment(
-            rt.database, rt.provider_for, payment, notify=notify, lease=lease, dry_run=dry_run
-        )
-        for payment in progress(candidates, "reconciling", enabled=not json_)
-    ]
-    refund_results = [
-        reconcile_refund(
-            rt.database, rt.provider_for, refund, notify=notify, lease=lease, dry_run=dry_run
-        )
-        for refund in progress(open_refunds, "reconciling refunds", enabled=not json_)
-    ]
-    queued = [r.notification_queued for r in results] + [
-        r.notification_queued for r in refund_results
-    ]
-    if any(queued):
+    catch_up = CatchUp(
+        rt.database,
+        rt.provider_for,
+        rt.notify_target(),
+        rt.catch_up_schedule,
+        timedelta(seconds=rt.settings.charge_lease_seconds),
+    )
+    done = catch_up.reconcile(age, limit, dry_run=dry_run)
+    if done.notification_queued:
         rt.nudger.notify_now()
-    from orderpay.payments.confirmation import Action
-
+    payments = [c for c in done.checked if c.kind == "payment"]
+    refunds = [c for c in done.checked if c.kind == "refund"]
     moved = (Action.SETTLED, Action.RESUBMITTED)
-    changed = [r for r in results if r.action in moved]
-    review = [r for r in results if r.action is Action.REVIEW]
-    refunds_changed = [r for r in refund_results if r.action in moved]
-    refunds_review = [r for r in refund_results if r.action is Action.REVIEW]
+
+    def parts(checks: list[Check]) -> dict[str, list[Check]]:
+        return {
+            "changed": [c for c in checks if c.action in moved],
+            "review": [c for c in checks if c.action is Action.REVIEW],
+            "unchanged": [c for c in checks if c.action is Action.NONE],
+        }
+
+    of_payments, of_refunds = parts(payments), parts(refunds)
     if json_:
 
-        def entry(r: Confirmation) -> dict[str, str]:
+        def entry(c: Check) -> dict[str, str]:
+            named = {"refund": str(c.item_id)} if c.kind == "refund" else {}
             return {
-                "payment": str(r.payment_id),
-                "order": str(r.order_id),
-                "before": r.before.value,
-                "after": r.after.value,
-                "provider_says": r.remote,
-                "note": r.note,
-            }
-
-        def refund_entry(r: RefundCheck) -> dict[str, str]:
-            return {
-                "refund": str(r.refund_id),
-                "payment": str(r.payment_id),
-                "order": str(r.order_id),
-                "before": r.before.value,
-                "after": r.after.value,
-                "provider_says": r.remote,
-                "note": r.note,
+                **named,
+                "payment": str(c.payment_id),
+                "order": str(c.order_id),
+                "before": c.before,
+                "after": c.after,
+                "provider_says": c.remote,
+                "note": c.note,
             }
 
         emit_json(
             {
-                "checked": len(results),
+                "checked": len(payments),
                 "dry_run": dry_run,
-                "changed": [entry(r) for r in changed],
-                "review": [entry(r) for r in review],
-                "unchanged": [entry(r) for r in results if r.action is Action.NONE],
+                **{name: [entry(c) for c in checks] for name, checks in of_payments.items()},
                 "refunds": {
-                    "checked": len(refund_results),
-                    "changed": [refund_entry(r) for r in refunds_changed],
-                    "review": [refund_entry(r) for r in refunds_review],
-                    "unchanged": [
-                        refund_entry(r) for r in refund_results if r.action is Action.NONE
-                    ],
+                    "checked": len(refunds),
+                    **{name: [entry(c) for c in checks] for name, checks in of_refunds.items()},
                 },
+                "skipped": [
+                    {
+                        "kind": s.kind,
+                        "id": str(s.item_id),
+                        "payment": str(s.payment_id),
+                        "order": str(s.order_id),
+                        "status": s.status,
+                        "why": s.why,
+                    }
+                    for s in done.skipped
+                ],
             }
         )
         return
-    from orderpay.commands.render import reconcile_table, refund_reconcile_table
+    from orderpay.commands.render import reconcile_table, refund_reconcile_table, skipped_table
 
     if dry_run:
         info("dry run: nothing is changed or submitted; the table shows what reconcile would do")
-    reconcile_table(results, title="Would reconcile (dry run)" if dry_run else "Reconciled")
-    if refund_results:
-        refund_reconcile_table(refund_results, title="Refunds (dry run)" if dry_run else "Refunds")
+    reconcile_table(payments, title="Would reconcile (dry run)" if dry_run else "Reconciled")
+    if refunds:
+        refund_reconcile_table(refunds, title="Refunds (dry run)" if dry_run else "Refunds")
+    if done.skipped:
+        skipped_table(done.skipped)
     verb, kept = ("would change", "would be kept") if dry_run else ("changed", "kept")
-    summary = f"checked {len(results)} payment(s); {len(changed)} {verb}"
-    if review:
-        summary += f", {len(review)} {kept} for review"
-    if refund_results:
-        summary += f"; {len(refund_results)} refund(s), {len(refunds_changed)} {verb}"
-        if refunds_review:
-            summary += f", {len(refunds_review)} {kept} for review"
+    summary = f"checked {len(payments)} payment(s); {len(of_payments['changed'])} {verb}"
+    if of_payments["review"]:
+        summary += f", {len(of_payments['review'])} {kept} for review"
+    if refunds:
+        summary += f"; {len(refunds)} refund(s), {len(of_refunds['changed'])} {verb}"
+        if of_refunds["review"]:
+            summary += f", {len(of_refunds['review'])} {kept} for review"
+    if done.skipped:
+        summary += f"; {len(done.skipped)} skipped (listed with the reason)"
     info(summary + (" (dry run)" if dry_run else ""))
 
 

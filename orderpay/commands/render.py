@@ -26,8 +26,8 @@ from orderpay.store.payments import Payment
 from orderpay.store.refunds import Refund
 
 if TYPE_CHECKING:
-    from orderpay.payments.confirmation import Confirmation
-    from orderpay.payments.refund_reconcile import RefundCheck
+    from orderpay.payments.catch_up import Skipped
+    from orderpay.payments.life_cycle import Check
 
 E = Column  # for the tables below: E(header, essential=..., ...)
 
@@ -334,7 +334,7 @@ def settings_table(view: dict[str, dict[str, str | None]]) -> None:
     show(fit("Configuration", columns, cells, width=width()))
 
 
-def reconcile_table(results: Sequence[Confirmation], title: str = "Reconciled") -> None:
+def reconcile_table(results: Sequence[Check], title: str = "Reconciled") -> None:
     columns = [
         E("payment", True),
         E("before", True),
@@ -344,13 +344,13 @@ def reconcile_table(results: Sequence[Confirmation], title: str = "Reconciled") 
         E("note", rank=2, text=True),
     ]
     cells = [
-        [short(r.payment_id), r.before.value, r.after.value, r.remote, short(r.order_id), r.note]
+        [short(r.payment_id), r.before, r.after, r.remote, short(r.order_id), r.note]
         for r in results
     ]
     show(fit(title, columns, cells, width=width(), empty="nothing to reconcile"))
 
 
-def refund_reconcile_table(results: Sequence[RefundCheck], title: str = "Refunds") -> None:
+def refund_reconcile_table(results: Sequence[Check], title: str = "Refunds") -> None:
     columns = [
         E("refund", True),
         E("before", True),
@@ -360,7 +360,13 @@ def refund_reconcile_table(results: Sequence[RefundCheck], title: str = "Refunds
         E("note", rank=2, text=True),
     ]
     cells = [
-        [short(r.refund_id), r.before.value, r.after.value, r.remote, short(r.payment_id), r.note]
+        [short(r.item_id), r.before, r.after, r.remote, short(r.payment_id), r.note]
         for r in results
     ]
     show(fit(title, columns, cells, width=width(), empty="no refunds to reconcile"))
+
+
+def skipped_table(skipped: Sequence[Skipped]) -> None:
+    columns = [E("kind", True), E("id", True), E("status", True), E("why", True, text=True)]
+    cells = [[s.kind, short(s.item_id), s.status, s.why] for s in skipped]
+    show(fit("Not asked", columns, cells, width=width(), empty="nothing skipped"))

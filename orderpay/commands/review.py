@@ -111,24 +111,42 @@ def review_resolve(
         str | None,
         typer.Option("--note", help="What was decided or done (required): kept with the item."),
     ] = None,
+    refund: Annotated[
+        str | None,
+        typer.Option(
+            "--refund",
+            metavar="REFUND_ID",
+            help="The refund that settled it (of the item's payment; a unique id prefix).",
+        ),
+    ] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Resolve an open review item, with a note saying what was decided or done.
 
     Who resolved it (ORDERPAY_OPERATOR, else the OS user) and when are kept with the item and
-    on its order's events; the item stays in `review list --all`. Exit 2 without a note, 3
-    for an unknown item, 4 when it was resolved already (nothing changes).
+    on its order's events; the item stays in `review list --all`. --refund names the refund
+    that gave the money back (`orderpay refund`), kept with the item. Exit 2 without a note,
+    3 for an unknown item or refund, 4 when it was resolved already (nothing changes).
 
     \b
     Examples:
       orderpay review resolve 7 --note "refunded 25.00 GHS by MoMo, ref 4411"
+      orderpay review resolve 7 --note "taken twice: given back" --refund 5e1f0a2c
       ORDERPAY_OPERATOR=akosua orderpay review resolve 7 --note "duplicate report" --json
     """
     from orderpay.payments.review import clean_note, resolve
 
     why = clean_note(note or "")  # refused before the database is asked anything
     rt = runtime(ctx)
-    item = resolve(rt.database, item_id, note=why, operator=rt.settings.operator_name)
+    refund_id = None
+    if refund is not None:
+        from orderpay.commands.common import refund_id as resolve_refund
+
+        with rt.database.transaction() as conn:
+            refund_id = resolve_refund(conn, refund)
+    item = resolve(
+        rt.database, item_id, note=why, operator=rt.settings.operator_name, refund_id=refund_id
+    )
     if json_:
         from orderpay.shapes import review_item_shape
 

@@ -48,6 +48,7 @@ OUTCOMES = (
     "review_conflict",
     "review_amount",
     "review_unmatched",
+    "review_sender",
     "unmatched",
     "hint",
     "to_confirm",
@@ -55,7 +56,7 @@ OUTCOMES = (
     "undelivered",
     "kept",
 )
-REVIEW_OUTCOMES = ("review_conflict", "review_amount", "review_unmatched")
+REVIEW_OUTCOMES = ("review_conflict", "review_amount", "review_unmatched", "review_sender")
 
 EventId = Annotated[
     int, typer.Argument(metavar="EVENT_ID", min=1, help="The webhook event's id (see list).")
@@ -212,9 +213,7 @@ def webhook_replay(ctx: typer.Context, event_id: EventId, json_: JsonFlag = Fals
     typer.echo(line)
     if replayed.confirmation is not None:
         c = replayed.confirmation
-        typer.echo(
-            f"{c.before.value} -> {c.after.value} ({c.remote}{': ' + c.note if c.note else ''})"
-        )
+        typer.echo(f"{c.before} -> {c.after} ({c.remote}{': ' + c.note if c.note else ''})")
 
 
 def _events_table(events: list[StoredEvent]) -> None:

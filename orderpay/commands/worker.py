@@ -25,6 +25,9 @@ from orderpay.commands.common import order_id as resolve_order
 from orderpay.domain.states import NotificationStatus  # --status's choices; pure, cheap at start-up
 
 if TYPE_CHECKING:
+    import threading
+
+    from orderpay.payments.catch_up import CatchUp
     from orderpay.runtime import Runtime
 
 notification_app = typer.Typer(
@@ -136,27 +139,34 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
             compile_ahead(conn, rt.retry_policy)
         tls_context()
     rq_worker = worker_type([queue], connection=redis, serializer=JSONSerializer)
+    catch_up = _catch_up(rt)
     # Jobs (and the work horses RQ forks for them) start from this process's runtime: its
     # settings are read and its schema checked once, not once per job.
     with runtime_for_jobs(rt):
         if burst:
+            _catch_up_once(rt, catch_up)
             relayed = relay.relay_due()
             info(f"relayed {relayed} notification(s); delivering")
             rq_worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
             return
         stop = threading.Event()
-        thread = threading.Thread(
-            target=relay.run,
-            args=(stop, rt.settings.relay_poll_seconds),
-            name="relay",
-            daemon=True,
-        )
-        thread.start()
+        threads = [
+            threading.Thread(
+                target=relay.run,
+                args=(stop, rt.settings.relay_poll_seconds),
+                name="relay",
+                daemon=True,
+            ),
+            _catch_up_thread(catch_up, stop),
+        ]
+        for thread in threads:
+            thread.start()
         try:
             rq_worker.work(with_scheduler=True, logging_level="INFO")
         finally:
             stop.set()
-            thread.join(timeout=10)
+            for thread in threads:
+                thread.join(timeout=10)
 
 
 def _run_embedded(rt: Runtime, *, burst: bool) -> None:
@@ -167,8 +177,10 @@ def _run_embedded(rt: Runtime, *, burst: bool) -> None:
     from orderpay.notify.drain import Drain
 
     drain = Drain(rt.database, rt.channel_for, rt.retry_policy, rt.settings.merchant_name)
+    catch_up = _catch_up(rt)
     stop = threading.Event()
     if burst:
+        _catch_up_once(rt, catch_up)
         results = drain.drain_due(stop)
         counts = Counter(result.outcome.value for result in results)
         info(
@@ -184,7 +196,45 @@ def _run_embedded(rt: Runtime, *, burst: bool) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     info("delivering from the database (REDIS_URL is unset)")
-    drain.run(stop, rt.settings.relay_poll_seconds)
+    asking = _catch_up_thread(catch_up, stop)
+    asking.start()
+    try:
+        drain.run(stop, rt.settings.relay_poll_seconds)
+    finally:
+        stop.set()
+        asking.join(timeout=10)
+
+
+# How often the worker looks for payments and refunds due a question to their provider.
+CATCH_UP_POLL_SECONDS = 10.0
+
+
+def _catch_up(rt: Runtime) -> CatchUp:
+    from datetime import timedelta
+
+    from orderpay.payments.catch_up import CatchUp
+
+    return CatchUp(
+        rt.database,
+        rt.provider_for,
+        rt.notify_target(),
+        rt.catch_up_schedule,
+        timedelta(seconds=rt.settings.charge_lease_seconds),
+    )
+
+
+def _catch_up_thread(catch_up: CatchUp, stop: threading.Event) -> threading.Thread:
+    return threading.Thread(
+        target=catch_up.run, args=(stop, CATCH_UP_POLL_SECONDS), name="catch-up", daemon=True
+    )
+
+
+def _catch_up_once(rt: Runtime, catch_up: CatchUp) -> None:
+    done = catch_up.run_due()
+    if done.notification_queued:
+        rt.nudger.notify_now()
+    if done.checked:
+        info(f"asked providers about {len(done.checked)} payment(s) and refund(s) due a check")
 
 
 @notification_app.command("list")

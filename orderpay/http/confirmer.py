@@ -67,8 +67,8 @@ class Confirmer:
         log.info(
             "payment %s confirmed: %s -> %s (%s)",
             payment.id,
-            result.before.value,
-            result.after.value,
+            result.before,
+            result.after,
             result.remote,
         )
 

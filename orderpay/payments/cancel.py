@@ -1,12 +1,13 @@
 """An operator's cancel of a payment stuck `initiated` or `pending` (DESIGN.md section 5).
 
-The payment's own provider is asked first, and its word wins: no record of the payment, or a
-definite failure, fails it with the operator's reason; a success settles it (the order is paid
-after all); a payment still pending there is refused, since the payer may yet approve it. When
-the provider cannot be asked, the cancel is refused unless forced: a forced cancel fails the
-payment without the provider's word and says so in the order events, and a success reported later
-is kept for review (money to refund), never a paid order. Either way the order can then be
-charged again with a new key.
+The payment's own provider is asked first, and its word wins: a definite failure fails it with
+the operator's reason; a success settles it (the order is paid after all); a payment still
+pending there is refused, since the payer may yet approve it. "Not found" or an ambiguous
+answer is no definite answer (a provider may not show a request it took yet), and neither is
+an unreachable provider: the cancel is refused unless forced. A forced cancel fails the
+payment without the provider's word, says so in the order events, and leaves it on the
+catch-up's list: a success reported later is kept for review (money to refund), never a paid
+order. Either way the order can then be charged again with a new key.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from enum import StrEnum
 from sqlalchemy import Connection
 
 from orderpay.clock import utcnow
+from orderpay.domain.answers import is_definite
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, PaymentStatus
 from orderpay.errors import (
     IdempotencyKeyInUse,
@@ -27,7 +29,7 @@ from orderpay.errors import (
     PaymentPendingAtProvider,
     ProviderUnavailable,
 )
-from orderpay.payments.confirmation import reference_of
+from orderpay.payments.charge_cycle import reference_of
 from orderpay.payments.settlement import Report, settle
 from orderpay.providers.base import Provider, RemoteState
 from orderpay.store import ledger, locks
@@ -76,38 +78,30 @@ def cancel_payment(
         if not force:
             raise ProviderUnavailable(
                 f"cannot ask {payment.provider} about payment {payment.id}: {error.message}; "
-                "retry later, or pass --force to fail it without the provider's word (a "
-                "success reported later is then kept for review)",
+                "retry later, or pass --force to fail it without the provider's word (it is "
+                "still asked, and a success reported later is kept for review)",
                 payment=str(payment.id),
             ) from None
-        detail = (
-            f"payment {payment.id} failed by the operator without asking {payment.provider} "
-            f"({error.message}): {reason}; a success reported later is kept for review"
-        )
-        after = _fail(
-            db,
-            payment.id,
-            reason,
-            detail,
-            "payment_cancelled_unconfirmed",
-            forced=True,
-            operator=operator,
-        )
-        return CancelResult(after, Cancelled.FORCED, "not asked")
+        return _forced(db, payment, reason, f"not asked: {error.message}", operator)
     said = answer.state.value
     if answer.state is RemoteState.PENDING:
         raise PaymentPendingAtProvider(
             f"{payment.provider} still has payment {payment.id} pending: the payer may yet "
-            "approve it, so it cannot be cancelled now; wait for its outcome (or run "
-            "`orderpay reconcile` later)",
+            "approve it, so it cannot be cancelled now; wait for its outcome (the worker asks "
+            f"{payment.provider} again on its own)",
             payment=str(payment.id),
         )
-    if answer.state is RemoteState.UNKNOWN:
-        detail = f"payment {payment.id} cancelled by the operator: {reason}"
-        after = _fail(
-            db, payment.id, reason, detail, "payment_cancelled", forced=False, operator=operator
-        )
-        return CancelResult(after, Cancelled.CANCELLED, f"{said}: no such payment")
+    if not is_definite(answer.state):
+        # "Not found" may be a provider that has not caught up with a request it took.
+        if not force:
+            raise PaymentPendingAtProvider(
+                f"{payment.provider} says {said} for payment {payment.id}: it may have the "
+                "request and not show it yet, and may still take the money. Wait and retry, "
+                "or pass --force to fail it without the provider's word (it is still asked, "
+                "and a success reported later is kept for review)",
+                payment=str(payment.id),
+            )
+        return _forced(db, payment, reason, f"{payment.provider} says {said}", operator)
     target = (
         PaymentStatus.SUCCEEDED if answer.state is RemoteState.SUCCEEDED else PaymentStatus.FAILED
     )
@@ -128,6 +122,26 @@ def cancel_payment(
     after = retrying(db, apply)
     outcome = Cancelled.SUCCEEDED if target is PaymentStatus.SUCCEEDED else Cancelled.CANCELLED
     return CancelResult(after, outcome, said)
+
+
+def _forced(
+    db: Transactional, payment: Payment, reason: str, said: str, operator: str
+) -> CancelResult:
+    """Failed without the provider's word: awaiting its confirmation, and still asked."""
+    detail = (
+        f"payment {payment.id} failed by the operator without {payment.provider}'s word "
+        f"({said}): {reason}; it is still asked, and a success reported later is kept for review"
+    )
+    after = _fail(
+        db,
+        payment.id,
+        reason,
+        detail,
+        "payment_cancelled_unconfirmed",
+        forced=True,
+        operator=operator,
+    )
+    return CancelResult(after, Cancelled.FORCED, said)
 
 
 def _cancellable(payment: Payment) -> Payment:

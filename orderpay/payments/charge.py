@@ -4,8 +4,9 @@ Three steps, and the provider is called between transactions, never inside one:
 1. one transaction claims the key by inserting the payment as `initiated` with a lease;
 2. the provider is asked to collect, with the payment id as its reference;
 3. one transaction records the answer: `pending`, or `failed` with the reason.
-A crash between the steps leaves `initiated`; once the lease has run out, the same key resumes
-it (the provider treats the repeated reference as "already submitted").
+Steps 2 and 3 are the life cycle's (life_cycle.ask). A crash between the steps leaves
+`initiated`; once the lease has run out, the same key resumes it (the provider treats the
+repeated reference as "already submitted"), and the catch-up asks about it meanwhile.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from orderpay.errors import (
     OrderNotFound,
     PaymentDeclined,
     PaymentInProgress,
-    ProviderUnavailable,
 )
-from orderpay.providers.base import Accepted, CollectionRequest, Provider, ProviderAnswer
+from orderpay.payments.charge_cycle import ChargeCycle
+from orderpay.payments.life_cycle import ask
+from orderpay.providers.base import Provider
 from orderpay.store import ledger, locks, order_events
 from orderpay.store.db import Transactional, retrying
-from orderpay.store.payments import Payment, find_by_key, get_payment
+from orderpay.store.payments import Payment, find_by_key
 from orderpay.store.schema import payments
 
 _LIVE_OF_ORDER = select(payments.c.id, payments.c.status).where(
@@ -93,24 +95,14 @@ def charge_order(
     )
     payment = claim.payment
     if claim.must_submit:
-        payment = submit(db, provider, payment)
+        payment = submit(db, provider, payment, resent=claim.replayed)
     return finish(ChargeResult(payment, claim.replayed))
 
 
-def submit(db: Transactional, provider: Provider, payment: Payment) -> Payment:
-    """Steps 2 and 3 for a payment whose lease this process holds."""
-    request = CollectionRequest(payment.id, payment.order_id, payment.amount, payment.payer_phone)
-    try:
-        answer = provider.request_payment(request)
-    except ProviderUnavailable as error:
-        why = error.message
-        retrying(db, lambda conn: ledger.release_lease(conn, payment, why))
-        raise
-    except BaseException:
-        # A bug or an interrupt: free the key for an immediate retry, then surface it.
-        retrying(db, lambda conn: ledger.release_lease(conn, payment, "interrupted"))
-        raise
-    return retrying(db, lambda conn: record_answer(conn, payment, answer))
+def submit(db: Transactional, provider: Provider, payment: Payment, *, resent: bool) -> Payment:
+    """Steps 2 and 3 for a payment whose lease this process holds (life_cycle.ask).
+    `resent`: an earlier run may have reached the provider."""
+    return ask(db, provider, ChargeCycle(payment), resent=resent).payment
 
 
 def finish(result: ChargeResult) -> ChargeResult:
@@ -166,6 +158,8 @@ def claim_payment(
         "provider": provider,
         "status": PaymentStatus.INITIATED.value,
         "lease_expires_at": now + lease,
+        # The catch-up first asks once the lease has run out, should this run not finish.
+        "next_check_at": now + lease,
         "created_at": now,
         "updated_at": now,
     }
@@ -211,34 +205,3 @@ def _resolve_existing(
         )
     order_events.record_event(conn, taken.order_id, "payment_resumed", f"payment {taken.id}")
     return Claim(taken, replayed=True, must_submit=True)
-
-
-def record_answer(conn: Connection, payment: Payment, answer: ProviderAnswer) -> Payment:
-    """Step 3: `pending` if the provider accepted, `failed` if it refused."""
-    if isinstance(answer, Accepted):
-        moved = ledger.record_answer(
-            conn,
-            payment,
-            PaymentStatus.PENDING,
-            reference=answer.provider_reference,
-            reason=None,
-            event="payment_pending",
-            detail=f"payment {payment.id} accepted by {payment.provider}",
-        )
-    else:
-        moved = ledger.record_answer(
-            conn,
-            payment,
-            PaymentStatus.FAILED,
-            reference=None,
-            reason=answer.reason,
-            event="payment_failed",
-            detail=f"payment {payment.id} declined: {answer.reason}",
-        )
-    if moved is not None:
-        return moved
-    # The outcome (a callback) got here before the provider's receipt did: keep the
-    # provider's reference all the same.
-    if isinstance(answer, Accepted):
-        ledger.keep_reference(conn, payment.id, answer.provider_reference)
-    return get_payment(conn, payment.id)

@@ -23,6 +23,8 @@ from sqlalchemy import Connection
 from orderpay.clock import utcnow
 from orderpay.domain.idempotency import check_key, refund_fingerprint
 from orderpay.domain.money import Money, currency_code, parse_amount
+from orderpay.domain.refundable import left_to_refund, refund_refusal
+from orderpay.domain.reviews import FindingMoney
 from orderpay.domain.states import PaymentStatus, RefundStatus
 from orderpay.domain.validation import clean_name
 from orderpay.errors import (
@@ -33,31 +35,17 @@ from orderpay.errors import (
     InvalidAmount,
     PaymentNotFound,
     PaymentNotRefundable,
-    ProviderUnavailable,
     RefundDeclined,
     RefundExceedsPayment,
 )
-from orderpay.payments import review
-from orderpay.payments.confirmation import reference_of
-from orderpay.payments.refund_settlement import SettledRefund, settle_refund
-from orderpay.providers.base import (
-    Accepted,
-    Provider,
-    ProviderAnswer,
-    RefundRef,
-    RefundRequest,
-    RemoteState,
-)
+from orderpay.payments.life_cycle import Check, ask, check
+from orderpay.payments.refund_cycle import RefundCycle
+from orderpay.providers.base import Provider
 from orderpay.store import locks, refunds, reviews
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment, get_payment
 from orderpay.store.refunds import Refund
-
-REMOTE_OUTCOMES = {
-    RemoteState.SUCCEEDED: RefundStatus.SUCCEEDED,
-    RemoteState.FAILED: RefundStatus.FAILED,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +122,12 @@ def refund_payment(
     refund, queued = claim.refund, False
     if claim.must_submit:
         provider = provider or _refunding(provider_for, provider_name)
-        refund = submit(db, provider, refund, claim.payment, resumed=claim.replayed)
+        refund = submit(db, provider, refund, claim.payment, resent=claim.replayed)
         if refund.status is RefundStatus.PENDING:
-            settled = confirm_refund(db, provider, refund, claim.payment, notify, "refund")
-            if settled is not None:
-                refund, queued = settled.refund, settled.notification_queued
+            confirmed = confirm_refund(db, provider, refund, claim.payment, notify, "refund", lease)
+            queued = confirmed.notification_queued
+            with db.transaction() as conn:
+                refund = refunds.get_refund(conn, refund.id)
     return finish(RefundResult(refund, claim.replayed, queued))
 
 
@@ -179,8 +168,8 @@ def preview(conn: Connection, ask: RefundAsk) -> RefundPreview:
     if earlier is not None and earlier.payment_id == payment.id:
         return RefundPreview(payment, earlier.amount, earlier)
     requested = _requested(ask, payment)
-    left = payment.amount.minor_units - refunds.committed_total(conn, payment.id)
-    amount = requested or Money(max(left, 0), payment.amount.currency)
+    left = left_to_refund(payment.amount.minor_units, refunds.committed_total(conn, payment.id))
+    amount = requested or Money(left, payment.amount.currency)
     return RefundPreview(payment, amount, None)
 
 
@@ -215,7 +204,7 @@ def claim_refund(
         return _resolve_existing(conn, existing, payment, fingerprint, lease, ask.operator)
     _check_refundable(conn, payment)
     committed = refunds.committed_total(conn, payment.id)
-    remaining = Money(payment.amount.minor_units - committed, currency)
+    remaining = Money(left_to_refund(payment.amount.minor_units, committed), currency)
     amount = requested if requested is not None else remaining
     if amount.minor_units <= 0 or amount.minor_units > remaining.minor_units:
         raise RefundExceedsPayment(
@@ -243,6 +232,8 @@ def claim_refund(
         "reason": ask.reason,
         "operator": ask.operator,
         "lease_expires_at": now + lease,
+        # The catch-up first asks once the lease has run out, should this run not finish.
+        "next_check_at": now + lease,
         "created_at": now,
         "updated_at": now,
     }
@@ -261,24 +252,20 @@ def claim_refund(
 
 
 def _check_refundable(conn: Connection, payment: Payment) -> None:
-    """A payment can be refunded when its provider took the money: it succeeded, or it is
-    recorded otherwise but its provider reported it succeeded (a review item about its outcome:
-    a success after a forced cancel, for a cancelled order, or for an order another payment
-    paid). Not while an open item says the provider reports a succeeded payment failed: the
-    operator decides first (resolve it), as no money may have been taken."""
-    about = reviews.items_about(conn, review.outcome_subject(payment.id))
-    if payment.status is PaymentStatus.SUCCEEDED:
-        disputed = next((item for item in about if item.is_open), None)
-        if disputed is not None:
-            raise PaymentNotRefundable(
-                f"payment {payment.id} succeeded but its provider reported it {disputed.reason}"
-                f" (review item {disputed.id}, open): check with {payment.provider} whether the "
-                f"money was taken, resolve the item, then refund",
-                payment=str(payment.id),
-                review_item=disputed.id,
-            )
-        return
-    if not about:
+    """domain.refundable's rule, on the payment and its open review items."""
+    findings = reviews.open_items_of_payment(conn, payment.id)
+    succeeded = payment.status is PaymentStatus.SUCCEEDED
+    refusal = refund_refusal(succeeded, (item.money for item in findings))
+    if refusal == "held":
+        held = next(i for i in findings if i.money == FindingMoney.MAYBE_NOT_TAKEN.value)
+        raise PaymentNotRefundable(
+            f"payment {payment.id} is recorded {payment.status}, but its provider reported it "
+            f"{held.reason} (review item {held.id}, open): no money may have been taken. Check "
+            f"with {payment.provider}, resolve the item, then refund",
+            payment=str(payment.id),
+            review_item=held.id,
+        )
+    if refusal is not None:
         raise PaymentNotRefundable(
             f"payment {payment.id} is {payment.status}; only a payment its provider reports "
             "succeeded can be refunded",
@@ -313,76 +300,11 @@ def _resolve_existing(
 
 
 def submit(
-    db: Transactional, provider: Provider, refund: Refund, payment: Payment, *, resumed: bool
+    db: Transactional, provider: Provider, refund: Refund, payment: Payment, *, resent: bool
 ) -> Refund:
-    """Steps 2 and 3 for a refund whose lease this process holds. `resumed`: an earlier run
-    may have reached the provider."""
-    request = RefundRequest(refund.id, reference_of(payment), refund.amount, refund.reason)
-    try:
-        answer = provider.request_refund(request)
-        if resumed and not isinstance(answer, Accepted):
-            answer = _unless_held(provider, refund, payment, answer)
-    except ProviderUnavailable as error:
-        why = error.message
-        retrying(db, lambda conn: refunds.release_lease(conn, refund, why))
-        raise
-    except BaseException:
-        # A bug or an interrupt: free the key for an immediate retry, then surface it.
-        retrying(db, lambda conn: refunds.release_lease(conn, refund, "interrupted"))
-        raise
-    return retrying(db, lambda conn: record_answer(conn, refund, answer))
-
-
-def _unless_held(
-    provider: Provider, refund: Refund, payment: Payment, refusal: ProviderAnswer
-) -> ProviderAnswer:
-    """A refusal of a resumed refund, believed only if the provider holds no refund under its
-    reference: an earlier run's request may have reached it, and a provider that checks what
-    remains refundable before it checks the reference refuses the copy of a refund it is
-    paying out. Freeing that refund's amount could pay the customer twice."""
-    held = provider.refund_status(refund_ref(refund, payment))
-    if held.state is RemoteState.UNKNOWN:
-        return refusal
-    return Accepted(str(refund.id))
-
-
-def record_answer(conn: Connection, refund: Refund, answer: ProviderAnswer) -> Refund:
-    """Step 3: `pending` if the provider accepted, `failed` if it refused."""
-    if isinstance(answer, Accepted):
-        moved = refunds.move(
-            conn,
-            refund,
-            RefundStatus.PENDING,
-            event="refund_pending",
-            reference=answer.provider_reference,
-            detail=f"refund {refund.id} accepted by {refund.provider}",
-        )
-    else:
-        moved = refunds.move(
-            conn,
-            refund,
-            RefundStatus.FAILED,
-            event="refund_failed",
-            reason=answer.reason,
-            detail=f"refund {refund.id} declined by {refund.provider}: {answer.reason}; its "
-            "amount is refundable again",
-        )
-    if moved is not None:
-        return moved
-    # Its outcome got here before the provider's receipt did: keep the reference all the same.
-    if isinstance(answer, Accepted):
-        refunds.keep_reference(conn, refund.id, answer.provider_reference)
-    return refunds.get_refund(conn, refund.id)
-
-
-def refund_ref(refund: Refund, payment: Payment) -> RefundRef:
-    return RefundRef(
-        refund.id,
-        refund.provider_reference,
-        reference_of(payment),
-        refund.amount,
-        refund.created_at,
-    )
+    """Steps 2 and 3 for a refund whose lease this process holds (life_cycle.ask). `resent`:
+    an earlier run may have reached the provider."""
+    return ask(db, provider, RefundCycle(refund, payment), resent=resent).refund
 
 
 def confirm_refund(
@@ -392,26 +314,9 @@ def confirm_refund(
     payment: Payment,
     notify: NotifyTarget,
     source: str,
-) -> SettledRefund | None:
-    """Ask the provider once what became of a refund, and settle on a final answer; None
-    when there is none yet (or the provider cannot say now): it stays as it is."""
-    try:
-        answer = provider.refund_status(refund_ref(refund, payment))
-    except ProviderUnavailable:
-        return None
-    target = REMOTE_OUTCOMES.get(answer.state)
-    if target is None:
-        return None
-    return retrying(
-        db,
-        lambda conn: settle_refund(
-            conn,
-            refund.id,
-            target,
-            reason=answer.reason,
-            amount=answer.amount,
-            source=source,
-            notify=notify,
-            transaction_id=answer.transaction_id,
-        ),
-    )
+    lease: timedelta,
+) -> Check:
+    """Ask the provider once what became of a refund, and settle a definite answer; anything
+    else leaves it as it is (the catch-up asks again)."""
+    cycle = RefundCycle(refund, payment)
+    return check(db, provider, cycle, notify=notify, source=source, lease=lease)

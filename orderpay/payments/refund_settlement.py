@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from enum import StrEnum
 
 from sqlalchemy import Connection
 
@@ -23,35 +22,29 @@ from orderpay.domain.reviews import ReviewReason
 from orderpay.domain.states import OrderStatus, PaymentStatus, RefundStatus, order_can_move
 from orderpay.errors import ConcurrentUpdate
 from orderpay.payments import review
+from orderpay.payments.settlement import Settled
 from orderpay.store import locks, order_events, outbox, refunds
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.orders import move_order
 from orderpay.store.refunds import Refund
 
 
-class RefundSettled(StrEnum):
-    APPLIED = "processed"  # the refund moved (and the order, on success)
-    UNCHANGED = "duplicate"  # it already had this outcome
-    CONFLICT = "review_conflict"  # it already had the other terminal outcome
-    MISMATCH = "review_amount"  # the provider reports another amount or currency
-
-
 @dataclass(frozen=True, slots=True)
 class SettledRefund:
-    verdict: RefundSettled
+    verdict: Settled
     refund: Refund  # as it is after settling
     notification_queued: bool = False
 
 
-def classify_refund(refund: Refund, target: RefundStatus, amount: Money | None) -> RefundSettled:
+def classify_refund(refund: Refund, target: RefundStatus, amount: Money | None) -> Settled:
     """What an outcome would do to this refund, without doing it."""
     if amount is not None and amount != refund.amount:
-        return RefundSettled.MISMATCH
+        return Settled.MISMATCH
     if refund.status is target:
-        return RefundSettled.UNCHANGED
+        return Settled.UNCHANGED
     if not refund.is_open:
-        return RefundSettled.CONFLICT
-    return RefundSettled.APPLIED
+        return Settled.CONFLICT
+    return Settled.APPLIED
 
 
 def settle_refund(
@@ -75,11 +68,11 @@ def settle_refund(
     assert locked is not None, "payments are never deleted"
     refund = refunds.get_refund(conn, refund_id)  # as it is now, under the payment's lock
     verdict = classify_refund(refund, target, amount)
-    if verdict is RefundSettled.UNCHANGED:
+    if verdict is Settled.UNCHANGED:
         if transaction_id is not None and refund.provider_transaction_id is None:
             refunds.note_transaction_id(conn, refund.id, transaction_id)
         return SettledRefund(verdict, refund)
-    if verdict is not RefundSettled.APPLIED:
+    if verdict is not Settled.APPLIED:
         _keep_for_review(conn, refund, target, amount, verdict, source)
         return SettledRefund(verdict, refund)
     if target is RefundStatus.FAILED:
@@ -145,10 +138,10 @@ def _keep_for_review(
     refund: Refund,
     target: RefundStatus,
     amount: Money | None,
-    verdict: RefundSettled,
+    verdict: Settled,
     source: str,
 ) -> None:
-    if verdict is RefundSettled.MISMATCH:
+    if verdict is Settled.MISMATCH:
         reason, event = ReviewReason.AMOUNT_MISMATCH, "refund_amount_mismatch"
         reported = f"{source} reported refund {refund.id} {target} for {amount}"
         action = (

@@ -16,8 +16,9 @@ from datetime import timedelta
 
 from orderpay.errors import EventNotReplayable, NotFound, WebhookEventNotFound
 from orderpay.payments.callbacks import MOMO_SOURCE, apply_callback, parse_callback
-from orderpay.payments.confirmation import Confirmation, confirm_payment
+from orderpay.payments.confirmation import confirm_payment
 from orderpay.payments.hints import MTN_SOURCE
+from orderpay.payments.life_cycle import Check
 from orderpay.providers.base import Provider
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.notifications import NotifyTarget
@@ -36,7 +37,7 @@ class Replayed:
     payment_id: uuid.UUID | None
     notification_queued: bool = False  # an outbox row was written: wake the relay
     error: NotFound | None = None  # still unmatched: what the listener would answer (404)
-    confirmation: Confirmation | None = None  # what the payment's provider was asked and said
+    confirmation: Check | None = None  # what the payment's provider was asked and said
 
 
 def replay_event(

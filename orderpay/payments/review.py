@@ -19,14 +19,15 @@ from sqlalchemy import Connection
 
 from orderpay.domain.money import Money, parse_amount
 from orderpay.domain.phones import mask_phones_in
-from orderpay.domain.reviews import ReviewReason
+from orderpay.domain.reviews import FindingMoney, ReviewReason, finding_money
 from orderpay.domain.states import PAID_ORDER_STATUSES, OrderStatus, PaymentStatus
 from orderpay.domain.validation import has_unstorable_characters
 from orderpay.errors import InvalidField, InvalidInput
-from orderpay.store import order_events, reviews
+from orderpay.store import order_events, refunds, reviews
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.ids import short
 from orderpay.store.locks import LockedPayment
+from orderpay.store.payments import Payment
 from orderpay.store.reviews import ReviewItem
 
 MAX_NOTE_LENGTH = 2000
@@ -57,16 +58,22 @@ def suggested_action(
     money = str(amount) if amount is not None else "the amount"
     if reason is ReviewReason.SUCCESS_AFTER_CANCEL:
         return f"refund {money}: {provider} took it after the operator's forced cancel"
+    # No payment of ours matched the report: `orderpay refund` has nothing to refund.
+    outside = (
+        f"; no payment of ours matches it, so give it back through {provider} (its portal) "
+        "and resolve this item"
+    )
     if reason is ReviewReason.SUCCESS_ON_CANCELLED_ORDER:
-        if amount is None and isinstance(reported, Money):  # no payment of ours matched
-            money = str(reported)
-        return f"refund {money}: the order was cancelled"
+        if amount is None:
+            money = str(reported) if isinstance(reported, Money) else "what was taken"
+            return f"refund {money}: the order was cancelled{outside}"
+        return f"refund {money} (`orderpay refund`): the order was cancelled"
     if reason is ReviewReason.SECOND_PAYMENT:
         if amount is not None:  # a payment of ours succeeded on an order another one paid
-            return f"refund {money}: the order was already paid by another payment"
+            return f"refund {money} (`orderpay refund`): the order was already paid by another"
         if succeeded:
             what = str(reported) if reported is not None else "money"
-            return f"check with {provider} whether {what} was taken twice; refund it if so"
+            return f"check with {provider} whether {what} was taken twice; if so{outside}"
         return f"check the reference with {provider}; a failure took no money"
     if reason is ReviewReason.AMOUNT_MISMATCH:
         if not succeeded:
@@ -157,6 +164,7 @@ def keep(
     payment_id: uuid.UUID | None = None,
     refund_id: uuid.UUID | None = None,
     event_id: int | None = None,
+    money: FindingMoney | None = None,
 ) -> Kept:
     """Open an item for a finding, unless an item about its subject is open already. The
     caller holds the lock of what the subject names (the payment, or the order); the open
@@ -174,6 +182,7 @@ def keep(
             payment_id=payment_id,
             refund_id=refund_id,
             event_id=event_id,
+            money=None if money is None else money.value,
         )
         if opened is not None:
             return Kept(opened, opened=True)
@@ -229,6 +238,7 @@ def keep_outcome_conflict(
         action=action,
         payment_id=payment.id,
         event_id=event_id,
+        money=_money_said(payment, target),
     )
 
 
@@ -265,6 +275,41 @@ def keep_amount_mismatch(
         action=action,
         payment_id=payment.id,
         event_id=event_id,
+        money=_money_said(payment, target),
+    )
+
+
+def _money_said(payment: Payment, target: PaymentStatus) -> FindingMoney | None:
+    return finding_money(
+        reported_succeeded=target is PaymentStatus.SUCCEEDED,
+        recorded_succeeded=payment.status is PaymentStatus.SUCCEEDED,
+    )
+
+
+def keep_sender_conflict(
+    conn: Connection,
+    locked: LockedPayment,
+    target: PaymentStatus,
+    reported: str,
+    transaction_id: str | None,
+) -> Kept:
+    """A sender reports an outcome for the payment under a transaction id another payment
+    holds. Subject: the payment and the id."""
+    payment = locked.payment
+    action = (
+        f"check with {payment.provider} which payment transaction {transaction_id} is; if it is "
+        f"this one's, {payment.provider} took {payment.amount} for it: settle it with the "
+        "provider's word (`orderpay reconcile`) or refund it"
+    )
+    return keep(
+        conn,
+        reason=ReviewReason.SENDER_ID_CONFLICT,
+        subject=f"payment:{payment.id}:sender:{transaction_id}",
+        order_id=payment.order_id,
+        reported=reported,
+        action=action,
+        payment_id=payment.id,
+        money=None,
     )
 
 
@@ -316,6 +361,36 @@ def keep_under_reference(
     )
 
 
+def keep_no_final_answer(
+    conn: Connection,
+    *,
+    kind: str,
+    item_id: uuid.UUID,
+    order_id: uuid.UUID,
+    payment_id: uuid.UUID,
+    provider: str,
+    reported: str,
+) -> Kept:
+    """A payment or refund asked of its provider past the catch-up's deadline without a
+    final answer. It says nothing of the money: the provider still may. Subject: the item."""
+    refund = kind == "refund"
+    action = (
+        f"ask {provider} what became of {kind} {item_id} (its portal, or support); then settle "
+        "it as the provider says (`orderpay payment cancel --force` for a payment it never "
+        "took) and resolve this item. orderpay keeps asking daily"
+    )
+    return keep(
+        conn,
+        reason=ReviewReason.NO_FINAL_ANSWER,
+        subject=f"{kind}:{item_id}:no_final_answer",
+        order_id=order_id,
+        reported=reported,
+        action=action,
+        payment_id=payment_id,
+        refund_id=item_id if refund else None,
+    )
+
+
 def _money_or_text(amount: str | int | None, currency: str) -> Money | str | None:
     """A reported amount as money when it reads as one; else as it was sent, escaped (never
     an error: the finding is kept whatever the sender wrote, even a NUL)."""
@@ -342,28 +417,50 @@ def clean_note(raw: str) -> str:
     return note
 
 
-def resolve(db: Transactional, item_id: int, *, note: str, operator: str) -> ReviewItem:
-    """Resolve an open item with the operator's note; its order's events say who and why.
+def resolve(
+    db: Transactional,
+    item_id: int,
+    *,
+    note: str,
+    operator: str,
+    refund_id: uuid.UUID | None = None,
+) -> ReviewItem:
+    """Resolve an open item with the operator's note (and the refund that settled it); its
+    order's events say who and why.
 
     ReviewItemNotFound for an unknown id; ReviewItemResolved (nothing changes) when it was
-    resolved already, by anyone: one resolution per item, two at once included.
+    resolved already, by anyone: one resolution per item, two at once included. A refund
+    that is not of the item's payment is refused (InvalidField), nothing changed.
     """
     why = clean_note(note)
 
     def apply(conn: Connection) -> ReviewItem:
-        item = reviews.resolve_item(conn, item_id, operator=operator, note=why)
+        if refund_id is not None:
+            _check_refund_of(conn, reviews.get_item(conn, item_id), refund_id)
+        item = reviews.resolve_item(conn, item_id, operator=operator, note=why, refund_id=refund_id)
         about = f" (payment {short(item.payment_id)})" if item.payment_id is not None else ""
+        by = f", by refund {short(refund_id)}" if refund_id is not None else ""
         order_events.record_event(
             conn,
             item.order_id,
             RESOLVED_EVENT,
-            f"review item {item.id} ({item.reason}){about} resolved: {why}",
+            f"review item {item.id} ({item.reason}){about} resolved{by}: {why}",
             at=item.resolved_at,
             operator=operator,
         )
         return item
 
     return retrying(db, apply)
+
+
+def _check_refund_of(conn: Connection, item: ReviewItem, refund_id: uuid.UUID) -> None:
+    refund = refunds.get_refund(conn, refund_id)
+    if item.payment_id is None or refund.payment_id != item.payment_id:
+        raise InvalidField(
+            f"refund {refund_id} is of payment {refund.payment_id}; review item {item.id} is "
+            + (f"about payment {item.payment_id}" if item.payment_id else "about no payment"),
+            field="refund",
+        )
 
 
 def outcome_subject(payment_id: uuid.UUID) -> str:

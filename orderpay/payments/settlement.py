@@ -24,9 +24,11 @@ from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus, PaymentStatus
 from orderpay.payments import review
 from orderpay.store import ledger, order_events, webhook_events
+from orderpay.store import payments as payment_rows
 from orderpay.store.locks import LockedPayment
 from orderpay.store.moves import PaymentMove
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.payments import Payment
 
 
 class Settled(StrEnum):
@@ -34,6 +36,7 @@ class Settled(StrEnum):
     UNCHANGED = "duplicate"  # it already had this outcome
     CONFLICT = "review_conflict"  # it already had the other terminal outcome
     MISMATCH = "review_amount"  # the reported amount or currency is not the payment's
+    SENDER_CONFLICT = "review_sender"  # its sender's transaction id is another payment's
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,18 +102,60 @@ def settle(
     """
     payment = locked.payment
     verdict = classify(locked, report)
-    if verdict is Settled.APPLIED:
+    if _held_by_another(conn, payment, report.transaction_id):
+        verdict = Settled.SENDER_CONFLICT
+        _keep_sender_conflict(conn, locked, report, event_id)
+    elif verdict is Settled.APPLIED:
         ledger.settle(conn, [move_for(locked, report, operator=operator)], notify)
     elif verdict is Settled.UNCHANGED:
         if report.transaction_id is not None and payment.provider_transaction_id is None:
             ledger.note_transaction_id(conn, payment.id, report.transaction_id)
     else:
         _keep_for_review(conn, locked, report, verdict, event_id)
-    if payment.awaiting_confirmation and verdict is not Settled.APPLIED:
+    if payment.awaiting_confirmation and verdict in _CONFIRMING:
         ledger.confirmed(conn, payment.id)  # the provider's word is in: stop asking
     if event_id is not None:
         webhook_events.decide(conn, event_id, verdict.value, payment.order_id, payment.id)
     return verdict
+
+
+# Verdicts that are the provider's word on a payment failed without it (the rest: it moved,
+# or a sender's word that another payment's id makes doubtful).
+_CONFIRMING = frozenset({Settled.UNCHANGED, Settled.CONFLICT, Settled.MISMATCH})
+
+
+def _held_by_another(conn: Connection, payment: Payment, transaction_id: str | None) -> bool:
+    """Whether the transaction id a report gives for a payment that has none is another
+    payment's (its provider's ids are unique): two senders' ids overlap, or a report names
+    the wrong payment. Then nothing moves; an operator decides."""
+    if transaction_id is None or payment.provider_transaction_id is not None:
+        return False
+    holder = payment_rows.holding_transaction(conn, payment.provider, transaction_id)
+    return holder is not None and holder != payment.id
+
+
+def _keep_sender_conflict(
+    conn: Connection, locked: LockedPayment, report: Report, event_id: int | None
+) -> None:
+    payment = locked.payment
+    said = review.reported_text(
+        _who(report.source, payment.provider),
+        report.outcome,
+        amount=report.amount,
+        currency=report.currency,
+        reference=report.reference,
+        transaction_id=report.transaction_id,
+        reason=report.reason,
+        payer_phone=payment.payer_phone,
+    )
+    kept = review.keep_sender_conflict(conn, locked, report.outcome, said, report.transaction_id)
+    order_events.record_event(
+        conn,
+        payment.order_id,
+        "callback_sender_conflict",
+        f"{report.source} reported {report.outcome} for payment {payment.id} under transaction "
+        f"id {report.transaction_id!r}, which another payment holds; {kept}, nothing changed",
+    )
 
 
 def _keep_for_review(

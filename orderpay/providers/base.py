@@ -1,9 +1,10 @@
 """Payment providers: the interface the charge and refund flows talk to.
 
 A provider is called outside any transaction. It answers `Accepted` (it took the request and
-will report the outcome), `Declined` (a definite refusal), or raises `ProviderUnavailable` when
-the answer is unknown (timeouts, 5xx): then the payment stays `initiated` and the same key
-resumes it. A duplicate-reference answer means "already submitted" and is `Accepted`.
+will report the outcome), `Declined` (a refusal), or raises `ProviderUnavailable` when the
+answer is unknown (timeouts, 5xx): then the payment stays `initiated` and is asked again. A
+duplicate-reference answer means "already submitted" and is `Accepted`. Its status call maps
+the provider's words to domain.answers.RemoteState, which says what they prove.
 """
 
 from __future__ import annotations
@@ -12,10 +13,23 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Protocol
 
+from orderpay.domain.answers import RemoteState
 from orderpay.domain.money import Money
+
+__all__ = [
+    "Accepted",
+    "CollectionRequest",
+    "Declined",
+    "PaymentRef",
+    "Provider",
+    "ProviderAnswer",
+    "RefundRef",
+    "RefundRequest",
+    "RemoteState",
+    "StatusAnswer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +53,6 @@ class Declined:
 
 
 ProviderAnswer = Accepted | Declined
-
-
-class RemoteState(StrEnum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    PENDING = "pending"  # accepted, no outcome yet (MTN: PENDING, CREATED)
-    UNKNOWN = "unknown"  # the provider does not (yet) know the reference (MTN: 404)
 
 
 @dataclass(frozen=True, slots=True)

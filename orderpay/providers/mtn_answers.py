@@ -54,9 +54,11 @@ def status_answer(data: dict[str, Any]) -> StatusAnswer:
             RemoteState.SUCCEEDED, amount=_amount_of(data), transaction_id=transaction
         )
     if status == "FAILED":
-        return StatusAnswer(
-            RemoteState.FAILED, reason=_reason_of(data.get("reason")), transaction_id=transaction
-        )
+        reason = _reason_of(data.get("reason"))
+        # An internal error on MTN's side says nothing of the payer: the request may yet go
+        # through, so it is no definite failure.
+        state = RemoteState.AMBIGUOUS if reason in AMBIGUOUS_CODES else RemoteState.FAILED
+        return StatusAnswer(state, reason=reason, transaction_id=transaction)
     if status not in ("PENDING", "CREATED"):
         log.warning("MTN reported an unknown status %r; treating it as pending", raw)
     return StatusAnswer(RemoteState.PENDING)

@@ -46,6 +46,7 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0005_callback_in_one_trip",
     "0006_callbacks_in_batches",
     "0007_no_database_functions",
+    "0008_catch_up",
 )
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
@@ -195,6 +196,9 @@ SESSION_GUARDS = {
 
 def make_engine(url: str, *, session_guards: bool = False, **options: Any) -> Engine:
     parsed = make_url(url)
+    # An error's message and log line never show a statement's parameters: they hold the
+    # customers' phone numbers.
+    options.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(parsed, **options)
         _configure_sqlite(engine)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     func,
     literal,
     null,
@@ -71,6 +72,7 @@ _CLAIMED_COLUMNS = [
     "provider",
     "status",
     "lease_expires_at",
+    "next_check_at",
     "created_at",
     "updated_at",
 ]
@@ -109,6 +111,11 @@ _ANSWER = (
         provider_reference=bindparam("v_reference"),
         failure_reason=bindparam("v_reason"),
         lease_expires_at=None,
+        # A refusal ends the questions; an acceptance keeps the one due.
+        next_check_at=case(
+            (bindparam("v_status") == PaymentStatus.FAILED.value, null()),
+            else_=payments.c.next_check_at,
+        ),
         updated_at=bindparam("v_now"),
     )
     .returning(*COLUMNS)
@@ -215,6 +222,8 @@ _MOVE = (
             payments.c.provider_transaction_id, bindparam("v_transaction", type_=Text())
         ),
         lease_expires_at=None,
+        next_check_at=bindparam("v_next_check", type_=UTCDateTime()),
+        checks_made=0,
         updated_at=bindparam("v_now"),
     )
 )
@@ -226,7 +235,23 @@ _NOTE_TRANSACTION = (
 _CONFIRMED = (
     update(payments)
     .where(payments.c.id == bindparam("b_id"), payments.c.awaiting_confirmation)
-    .values(awaiting_confirmation=False)
+    .values(awaiting_confirmation=False, next_check_at=None)
+)
+# The catch-up's claim: the one that moves the due check on by its lease asks the provider.
+_CLAIM_CHECK = (
+    update(payments)
+    .where(
+        payments.c.id == bindparam("b_id"),
+        payments.c.next_check_at == bindparam("b_due"),
+        payments.c.next_check_at <= bindparam("b_now"),
+    )
+    .values(next_check_at=bindparam("v_until"))
+)
+# The next one, unless its claim is gone (settled meanwhile: nothing left to ask).
+_SCHEDULE_CHECK = (
+    update(payments)
+    .where(payments.c.id == bindparam("b_id"), payments.c.next_check_at == bindparam("b_claim"))
+    .values(next_check_at=bindparam("v_next"), checks_made=payments.c.checks_made + 1)
 )
 
 
@@ -245,7 +270,7 @@ def settling_statement(*, record_callbacks: bool) -> Select[Any]:
         .join(orders, orders.c.id == payments.c.order_id)
         .where(payments.c.id.in_(select(batch.c.payment_id)))
         .order_by(orders.c.id)
-        .with_for_update(of=[orders, payments])
+        .with_for_update(of=[orders, payments], key_share=True)
         .cte("locked")
     )
     go = (
@@ -292,6 +317,8 @@ def settling_statement(*, record_callbacks: bool) -> Select[Any]:
                 payments.c.provider_transaction_id, go.c.transaction_id
             ),
             lease_expires_at=null(),
+            next_check_at=case((go.c.unconfirmed, now), else_=null()),
+            checks_made=0,
             updated_at=now,
         )
         .cte("moved")
@@ -349,6 +376,8 @@ def _settle_on_sqlite(
             "v_reason": move.failure_reason,
             "v_unconfirmed": move.unconfirmed,
             "v_transaction": move.transaction_id,
+            # A failure without the provider's word is asked about at once, then as scheduled.
+            "v_next_check": now if move.unconfirmed else None,
             "v_now": now,
         },
     )
@@ -374,6 +403,24 @@ def _settle_on_sqlite(
 def note_transaction_id(conn: Connection, payment_id: uuid.UUID, transaction_id: str) -> None:
     """Keep the provider's transaction id of a payment, unless it already has one."""
     conn.execute(_NOTE_TRANSACTION, {"b_id": payment_id, "v_transaction": transaction_id})
+
+
+def claim_check(
+    conn: Connection, payment: Payment, now: datetime, lease: timedelta
+) -> datetime | None:
+    """Become the one to ask the provider about a payment due for a check (as read: its
+    next_check_at); the claim, or None when another took it or it is not due."""
+    until = now + lease
+    params = {"b_id": payment.id, "b_due": payment.next_check_at, "b_now": now, "v_until": until}
+    return until if conn.execute(_CLAIM_CHECK, params).rowcount == 1 else None
+
+
+def schedule_check(
+    conn: Connection, payment_id: uuid.UUID, claim: datetime, next_at: datetime | None
+) -> None:
+    """After a check: the next one at `next_at` (None: none), if the claim still stands."""
+    params = {"b_id": payment_id, "b_claim": claim, "v_next": next_at}
+    conn.execute(_SCHEDULE_CHECK, params)
 
 
 def confirmed(conn: Connection, payment_id: uuid.UUID) -> None:

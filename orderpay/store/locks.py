@@ -62,9 +62,11 @@ def _joined(*conditions: Any) -> Select[Any]:
 
 
 def _locking(*conditions: Any) -> Select[Any]:
-    # FOR UPDATE OF orders, payments: Postgres takes the row locks in this order, the order's
-    # first, as a resuming charge does (FOR SHARE of the order, then its payment).
-    return _joined(*conditions).with_for_update(of=[orders, payments])
+    # FOR NO KEY UPDATE OF orders, payments: Postgres takes the row locks in this order, the
+    # order's first, as a resuming charge does (FOR SHARE of the order, then its payment).
+    # NO KEY: only statuses change, so a charge's insert (whose foreign key takes a key-share
+    # lock on its order) never waits for them, nor they for it.
+    return _joined(*conditions).with_for_update(of=[orders, payments], key_share=True)
 
 
 def payment_named(order_id: Any, payment_id: Any, reference: Any) -> Select[Any]:
@@ -122,7 +124,9 @@ _ORDER_FOR_CHARGE = (
     .with_for_update(read=True, of=orders)
 )
 _ORDER_FOR_UPDATE = (
-    select(*ORDER_COLUMNS).where(orders.c.id == bindparam("b_order")).with_for_update()
+    select(*ORDER_COLUMNS)
+    .where(orders.c.id == bindparam("b_order"))
+    .with_for_update(key_share=True)
 )
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Connection, Row, bindparam, func, select
 
 from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, PaymentStatus
@@ -35,6 +35,8 @@ class Payment:
     lease_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    next_check_at: datetime | None = None  # the catch-up's next question to its provider
+    checks_made: int = 0
 
 
 COLUMNS = (
@@ -54,6 +56,8 @@ COLUMNS = (
     payments.c.lease_expires_at,
     payments.c.created_at,
     payments.c.updated_at,
+    payments.c.next_check_at,
+    payments.c.checks_made,
 )
 
 
@@ -75,6 +79,8 @@ _FIELDS = itemgetter(
     "lease_expires_at",
     "created_at",
     "updated_at",
+    "next_check_at",
+    "checks_made",
 )
 
 
@@ -103,6 +109,8 @@ def payment_from(values: Mapping[Any, Any]) -> Payment:
         lease,
         created_at,
         updated_at,
+        next_check_at,
+        checks_made,
     ) = _FIELDS(values)
     return Payment(
         pid,
@@ -120,6 +128,8 @@ def payment_from(values: Mapping[Any, Any]) -> Payment:
         lease,
         created_at,
         updated_at,
+        next_check_at,
+        int(checks_made),
     )
 
 
@@ -192,3 +202,42 @@ def list_payments(
     query = windowed(query, payments.c.created_at, payments.c.id, window, uuid.UUID)
     rows = [from_row(row) for row in conn.execute(query)]
     return page_of(rows, window, lambda p: (p.created_at, p.id))
+
+
+# --- The catch-up's reads -------------------------------------------------------------------
+
+_OPEN = payments.c.status.in_([s.value for s in OPEN_PAYMENT_STATUSES]) | (
+    payments.c.awaiting_confirmation
+)
+
+
+def due_for_check(conn: Connection, now: datetime, limit: int) -> list[Payment]:
+    """Payments whose provider is to be asked again now, the longest due first."""
+    rows = conn.execute(
+        select(*COLUMNS)
+        .where(payments.c.next_check_at <= now)
+        .order_by(payments.c.next_check_at)
+        .limit(limit)
+    )
+    return [from_row(row) for row in rows]
+
+
+def awaiting_answers(conn: Connection, limit: int) -> list[Payment]:
+    """Payments whose provider's final word is awaited (open, or failed without it), whoever
+    their provider, the longest unchanged first."""
+    rows = conn.execute(select(*COLUMNS).where(_OPEN).order_by(payments.c.updated_at).limit(limit))
+    return [from_row(row) for row in rows]
+
+
+def oldest_awaiting(conn: Connection) -> datetime | None:
+    """When the oldest payment still awaiting its provider's final word was made."""
+    return conn.execute(select(func.min(payments.c.created_at)).where(_OPEN)).scalar_one()  # type: ignore[no-any-return]
+
+
+def holding_transaction(conn: Connection, provider: str, transaction_id: str) -> uuid.UUID | None:
+    """The payment of `provider` that holds this transaction id of its, if one does."""
+    return conn.execute(
+        select(payments.c.id).where(
+            payments.c.provider == provider, payments.c.provider_transaction_id == transaction_id
+        )
+    ).scalar_one_or_none()

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Row, Text, bindparam, func, select, update
+from sqlalchemy import Connection, Row, Text, bindparam, case, func, null, select, update
 
 from orderpay.clock import utcnow
 from orderpay.domain.money import Money
@@ -29,6 +29,7 @@ from orderpay.store.schema import refunds
 _r = refunds.c
 _INITIATED = RefundStatus.INITIATED.value
 _FAILED = RefundStatus.FAILED.value
+_TERMINAL = [RefundStatus.SUCCEEDED.value, RefundStatus.FAILED.value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,8 @@ class Refund:
     lease_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    next_check_at: datetime | None = None  # the catch-up's next question to its provider
+    checks_made: int = 0
 
     @property
     def is_open(self) -> bool:
@@ -73,6 +76,8 @@ COLUMNS = (
     _r.lease_expires_at,
     _r.created_at,
     _r.updated_at,
+    _r.next_check_at,
+    _r.checks_made,
 )
 
 
@@ -95,6 +100,8 @@ _FIELDS = itemgetter(
     "lease_expires_at",
     "created_at",
     "updated_at",
+    "next_check_at",
+    "checks_made",
 )
 
 
@@ -119,6 +126,8 @@ def from_row(row: Row[*tuple[Any, ...]]) -> Refund:
         lease,
         created,
         updated,
+        next_check,
+        checks,
     ) = _FIELDS(row._mapping)
     return Refund(
         rid,
@@ -137,6 +146,8 @@ def from_row(row: Row[*tuple[Any, ...]]) -> Refund:
         lease,
         created,
         updated,
+        next_check,
+        int(checks),
     )
 
 
@@ -175,9 +186,25 @@ _MOVE = (
         ),
         failure_reason=bindparam("v_reason", type_=Text()),
         lease_expires_at=None,
+        # Settled: nothing left to ask; accepted: the check due stays.
+        next_check_at=case((bindparam("v_status").in_(_TERMINAL), null()), else_=_r.next_check_at),
         updated_at=bindparam("v_now"),
     )
     .returning(*COLUMNS)
+)
+_CLAIM_CHECK = (
+    update(refunds)
+    .where(
+        _r.id == bindparam("b_id"),
+        _r.next_check_at == bindparam("b_due"),
+        _r.next_check_at <= bindparam("b_now"),
+    )
+    .values(next_check_at=bindparam("v_until"))
+)
+_SCHEDULE_CHECK = (
+    update(refunds)
+    .where(_r.id == bindparam("b_id"), _r.next_check_at == bindparam("b_claim"))
+    .values(next_check_at=bindparam("v_next"), checks_made=_r.checks_made + 1)
 )
 _NOTE_TRANSACTION = (
     update(refunds)
@@ -276,6 +303,23 @@ def move(
     return from_row(row)
 
 
+def claim_check(
+    conn: Connection, refund: Refund, now: datetime, lease: timedelta
+) -> datetime | None:
+    """Become the one to ask the provider about a refund due for a check (as read); the
+    claim, or None when another took it or it is not due."""
+    until = now + lease
+    params = {"b_id": refund.id, "b_due": refund.next_check_at, "b_now": now, "v_until": until}
+    return until if conn.execute(_CLAIM_CHECK, params).rowcount == 1 else None
+
+
+def schedule_check(
+    conn: Connection, refund_id: uuid.UUID, claim: datetime, next_at: datetime | None
+) -> None:
+    """After a check: the next one at `next_at` (None: none), if the claim still stands."""
+    conn.execute(_SCHEDULE_CHECK, {"b_id": refund_id, "b_claim": claim, "v_next": next_at})
+
+
 def keep_reference(conn: Connection, refund_id: uuid.UUID, reference: str) -> None:
     """The provider's reference of a refund settled before its receipt was recorded."""
     conn.execute(
@@ -344,15 +388,23 @@ def refunds_of_payment(conn: Connection, payment_id: uuid.UUID) -> list[Refund]:
     return [from_row(row) for row in rows]
 
 
-def refunds_to_reconcile(conn: Connection, older_than: timedelta, limit: int) -> list[Refund]:
-    """Refunds still `initiated` or `pending`, unchanged for `older_than`, oldest first."""
+def due_for_check(conn: Connection, now: datetime, limit: int) -> list[Refund]:
+    """Refunds whose provider is to be asked again now, the longest due first."""
     rows = conn.execute(
-        select(*COLUMNS)
-        .where(
-            _r.status.in_([s.value for s in OPEN_REFUND_STATUSES]),
-            _r.updated_at <= utcnow() - older_than,
-        )
-        .order_by(_r.updated_at)
-        .limit(limit)
+        select(*COLUMNS).where(_r.next_check_at <= now).order_by(_r.next_check_at).limit(limit)
     )
     return [from_row(row) for row in rows]
+
+
+_OPEN = _r.status.in_([s.value for s in OPEN_REFUND_STATUSES])
+
+
+def awaiting_answers(conn: Connection, limit: int) -> list[Refund]:
+    """Refunds still `initiated` or `pending`, the longest unchanged first."""
+    rows = conn.execute(select(*COLUMNS).where(_OPEN).order_by(_r.updated_at).limit(limit))
+    return [from_row(row) for row in rows]
+
+
+def oldest_awaiting(conn: Connection) -> datetime | None:
+    """When the oldest refund still awaiting its provider's final word was made."""
+    return conn.execute(select(func.min(_r.created_at)).where(_OPEN)).scalar_one()  # type: ignore[no-any-return]

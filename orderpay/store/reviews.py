@@ -40,6 +40,7 @@ class ReviewItem:
     resolved_at: datetime | None
     resolved_by: str | None
     note: str | None
+    money: str | None = None  # what it says of the payment's money: domain.reviews.FindingMoney
 
     @property
     def is_open(self) -> bool:
@@ -60,6 +61,7 @@ COLUMNS = (
     _r.resolved_at,
     _r.resolved_by,
     _r.note,
+    _r.money,
 )
 _OPEN = _r.resolved_at.is_(None)
 _INSERT = InsertIgnoring(review_items, ["subject"], _r.id, where=_OPEN)
@@ -84,10 +86,12 @@ def open_item(
     payment_id: uuid.UUID | None = None,
     refund_id: uuid.UUID | None = None,
     event_id: int | None = None,
+    money: str | None = None,
 ) -> int | None:
     """Open an item in the caller's transaction: its id, or None when an item about this
     subject is open already, whatever its reason (the finding was reported before)."""
     values = {
+        "money": money,
         "reason": reason,
         "subject": subject[:255],
         "order_id": order_id,
@@ -102,13 +106,21 @@ def open_item(
     return None if inserted is None else int(inserted)
 
 
-def resolve_item(conn: Connection, item_id: int, *, operator: str, note: str) -> ReviewItem:
-    """Close an open item with the operator's note; ReviewItemResolved if it is closed."""
+def resolve_item(
+    conn: Connection,
+    item_id: int,
+    *,
+    operator: str,
+    note: str,
+    refund_id: uuid.UUID | None = None,
+) -> ReviewItem:
+    """Close an open item with the operator's note (and the refund that settled it, if one
+    did); ReviewItemResolved if it is closed."""
+    values: dict[str, Any] = {"resolved_at": utcnow(), "resolved_by": operator, "note": note}
+    if refund_id is not None:
+        values["refund_id"] = refund_id
     resolved = conn.execute(
-        update(review_items)
-        .where(_r.id == item_id, _OPEN)
-        .values(resolved_at=utcnow(), resolved_by=operator, note=note)
-        .returning(*COLUMNS)
+        update(review_items).where(_r.id == item_id, _OPEN).values(values).returning(*COLUMNS)
     ).first()
     if resolved is not None:
         return from_row(resolved)
@@ -173,6 +185,12 @@ def count_open(conn: Connection) -> int:
     return int(
         conn.execute(select(func.count()).select_from(review_items).where(_OPEN)).scalar_one()
     )
+
+
+def open_items_of_payment(conn: Connection, payment_id: uuid.UUID) -> list[ReviewItem]:
+    """The open items about a payment, whatever their subject, oldest first."""
+    rows = conn.execute(select(*COLUMNS).where(_r.payment_id == payment_id, _OPEN).order_by(_r.id))
+    return [from_row(row) for row in rows]
 
 
 def items_about(conn: Connection, subject: str) -> list[ReviewItem]:

@@ -30,7 +30,7 @@ from sqlalchemy import (
     text,
 )
 
-from orderpay.domain.reviews import ReviewReason
+from orderpay.domain.reviews import FindingMoney, ReviewReason
 from orderpay.domain.states import (
     LIVE_PAYMENT_STATUSES,
     NotificationStatus,
@@ -79,6 +79,25 @@ class UTCDateTime(TypeDecorator[datetime]):
 def _in(column: str, values: Any) -> str:
     quoted = ", ".join(f"'{v}'" for v in sorted(str(v) for v in values))
     return f"{column} IN ({quoted})"
+
+
+def _catch_up_columns() -> list[Column[Any]]:
+    """When the provider is next asked about a payment or refund that is open or awaiting its
+    confirmation (NULL: never; payments/catch_up.py), and how often it has been asked."""
+    return [
+        Column("next_check_at", UTCDateTime(), nullable=True),
+        Column("checks_made", Integer(), nullable=False, server_default=text("0")),
+    ]
+
+
+def _due_index(table: str) -> Index:
+    """The catch-up's due rows: only those still to be asked are indexed."""
+    return Index(
+        f"ix_{table}_next_check_at",
+        "next_check_at",
+        postgresql_where=text("next_check_at IS NOT NULL"),
+        sqlite_where=text("next_check_at IS NOT NULL"),
+    )
 
 
 # Integer primary keys that autoincrement on SQLite too (SQLite only does it for INTEGER).
@@ -163,6 +182,7 @@ payments = Table(
     # While set and in the future, one process is talking to the provider for this payment;
     # others with the same key answer idempotency_key_in_use instead of calling again.
     Column("lease_expires_at", UTCDateTime(), nullable=True),
+    *_catch_up_columns(),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
@@ -188,6 +208,7 @@ payments = Table(
     ),
     Index(None, "order_id"),
     Index(None, "status", "updated_at"),
+    _due_index("payments"),
 )
 
 refunds = Table(
@@ -209,6 +230,7 @@ refunds = Table(
     Column("operator", String(64), nullable=False),
     # As on payments: while in the future, one process is talking to the provider about it.
     Column("lease_expires_at", UTCDateTime(), nullable=True),
+    *_catch_up_columns(),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
@@ -219,6 +241,7 @@ refunds = Table(
     Index(None, "payment_id"),
     Index(None, "order_id"),
     Index(None, "status", "updated_at"),
+    _due_index("refunds"),
 )
 
 # What needs an operator's decision. `subject` names what the item is about (a payment, a
@@ -235,6 +258,8 @@ review_items = Table(
     Column("refund_id", Uuid(), ForeignKey("refunds.id"), nullable=True),
     Column("event_id", BigInteger(), nullable=True),  # the webhook event that reported it
     Column("reported", Text(), nullable=False),  # what the provider said
+    # What it says of the payment's money (domain.reviews.FindingMoney), or NULL: nothing.
+    Column("money", String(16), nullable=True),
     Column("suggested_action", Text(), nullable=False),
     Column("opened_at", UTCDateTime(), nullable=False),
     Column("resolved_at", UTCDateTime(), nullable=True),
@@ -242,6 +267,7 @@ review_items = Table(
     Column("note", Text(), nullable=True),
     CheckConstraint("(resolved_at IS NULL) = (resolved_by IS NULL)", name="resolved_with_operator"),
     CheckConstraint(_in("reason", ReviewReason), name="reason_known"),
+    CheckConstraint(f"money IS NULL OR {_in('money', FindingMoney)}", name="money_known"),
     # One open item per subject, whatever its reason: a finding reported again may read as
     # another reason (payments/review.py), and is still the one item to decide.
     Index(

@@ -1,0 +1,230 @@
+"""The catch-up (DESIGN.md section 5): every payment and refund whose provider has not given
+its final word is asked again, on a schedule, until it does.
+
+Each such row carries when it is next due (`next_check_at`: set when it is made, to when its
+request's lease runs out). A worker claims a due row with a compare-and-set that moves that
+time on by a lease, so each row is asked once per step however many workers run, and again
+if the one asking dies; then it asks (life_cycle.check) and schedules the next step
+(domain.schedule). A row past the deadline without a final answer opens a `no_final_answer`
+review item. `orderpay reconcile` runs the same checks by hand, on every row awaiting an
+answer, and says what it skipped and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+
+from sqlalchemy import Connection
+
+from orderpay.clock import utcnow
+from orderpay.domain.schedule import CatchUpSchedule
+from orderpay.errors import OrderpayError
+from orderpay.payments import review
+from orderpay.payments.charge_cycle import ChargeCycle
+from orderpay.payments.life_cycle import Action, Check, Cycle, check
+from orderpay.payments.refund_cycle import RefundCycle
+from orderpay.providers.base import Provider
+from orderpay.store import ledger, locks, refunds
+from orderpay.store import payments as payment_rows
+from orderpay.store.db import Transactional, retrying
+from orderpay.store.notifications import NotifyTarget
+from orderpay.store.payments import Payment, get_payment
+from orderpay.store.refunds import Refund
+
+log = logging.getLogger("orderpay.catch_up")
+
+# Rows asked per round, and how long a claim lasts: longer than a provider's slowest answer.
+ROUND = 50
+CLAIM = timedelta(minutes=2)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    kind: str
+    item_id: uuid.UUID
+    payment_id: uuid.UUID
+    order_id: uuid.UUID
+    status: str
+    why: str
+
+
+@dataclass(slots=True)
+class Round:
+    """What one round asked, and what it left alone and why."""
+
+    checked: list[Check] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    overdue: list[uuid.UUID] = field(default_factory=list)  # given to an operator (review)
+
+    @property
+    def notification_queued(self) -> bool:
+        return any(c.notification_queued for c in self.checked)
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """The provider calls, settlement and schedule a round of checks needs."""
+
+    db: Transactional
+    provider_for: Callable[[str], Provider]
+    notify: NotifyTarget
+    schedule: CatchUpSchedule
+    lease: timedelta  # a resubmission holds the request's own lease this long
+
+    def run_due(self, now: datetime | None = None, limit: int = ROUND) -> Round:
+        """Ask about every payment and refund due now (at most `limit` of each)."""
+        now = now or utcnow()
+        done = Round()
+        with self.db.transaction() as conn:
+            due_payments = payment_rows.due_for_check(conn, now, limit)
+            due_refunds = refunds.due_for_check(conn, now, limit)
+        for payment in due_payments:
+            self._due(done, now, payment, partial(ledger.claim_check, payment=payment))
+        for refund in due_refunds:
+            self._due(done, now, refund, partial(refunds.claim_check, refund=refund))
+        return done
+
+    def _due(
+        self,
+        done: Round,
+        now: datetime,
+        item: Payment | Refund,
+        claim: Callable[..., datetime | None],
+    ) -> None:
+        claimed = retrying(self.db, lambda conn: claim(conn, now=now, lease=CLAIM))
+        if claimed is None:
+            return  # another worker asks this step
+        cycle = self._cycle(item)
+        asked = self._ask(done, cycle, dry_run=False)
+        kind, item_id = cycle.kind, cycle.item_id
+        next_at = self.schedule.next_check(item.checks_made + 1, now)
+        schedule = ledger.schedule_check if kind == "payment" else refunds.schedule_check
+
+        def reschedule(conn: Connection) -> None:
+            schedule(conn, item_id, claimed, next_at)
+
+        retrying(self.db, reschedule)
+        overdue = self.schedule.overdue(item.created_at, now)
+        if (
+            asked is not None
+            and not asked.definite
+            and overdue
+            and self._give_to_an_operator(cycle, asked)
+        ):
+            done.overdue.append(item_id)
+
+    def reconcile(self, older_than: timedelta, limit: int, *, dry_run: bool) -> Round:
+        """`orderpay reconcile`: ask about every row awaiting an answer now, whatever its
+        schedule, except those changed within `older_than` (their answer may be on its way)."""
+        now = utcnow()
+        done = Round()
+        with self.db.transaction() as conn:
+            items: list[Payment | Refund] = [
+                *payment_rows.awaiting_answers(conn, limit),
+                *refunds.awaiting_answers(conn, limit),
+            ]
+        for item in items:
+            cycle = self._cycle(item)
+            if item.updated_at > now - older_than:
+                why = f"changed within {_age(older_than)} (--older-than): its answer may be coming"
+                done.skipped.append(_skipped(cycle, why))
+                continue
+            self._ask(done, cycle, dry_run=dry_run)
+        return done
+
+    def _cycle(self, item: Payment | Refund) -> Cycle:
+        if isinstance(item, Payment):
+            return ChargeCycle(item)
+        with self.db.transaction() as conn:
+            return RefundCycle(item, get_payment(conn, item.payment_id))
+
+    def _ask(self, done: Round, cycle: Cycle, *, dry_run: bool) -> Check | None:
+        """Check one row; None (and the reason kept) when its provider cannot be asked here."""
+        try:
+            provider = self.provider_for(cycle.provider)
+            if cycle.kind == "refund":
+                provider.check_refunds_configured()
+        except OrderpayError as error:
+            done.skipped.append(_skipped(cycle, f"cannot ask {cycle.provider}: {error.message}"))
+            return None
+        asked = check(
+            self.db,
+            provider,
+            cycle,
+            notify=self.notify,
+            source="catch-up" if not dry_run else "reconcile",
+            lease=self.lease,
+            dry_run=dry_run,
+        )
+        if asked.action is Action.NONE and asked.remote == "not asked":
+            done.skipped.append(_skipped(cycle, asked.note))
+        else:
+            done.checked.append(asked)
+        return asked
+
+    def _give_to_an_operator(self, cycle: Cycle, asked: Check) -> bool:
+        """A `no_final_answer` item (once while open): what was asked, and the last answer."""
+        reported = (
+            f"{cycle.provider} asked about {cycle.kind} {cycle.item_id} ({cycle.state}) since "
+            f"it was made, past the deadline; last answer: {asked.remote}"
+            + (f" ({asked.note})" if asked.note else "")
+        )
+
+        def keep(conn: Connection) -> bool:
+            locks.lock_order(conn, cycle.order_id)
+            return review.keep_no_final_answer(
+                conn,
+                kind=cycle.kind,
+                item_id=cycle.item_id,
+                order_id=cycle.order_id,
+                payment_id=cycle.payment_id,
+                provider=cycle.provider,
+                reported=reported,
+            ).opened
+
+        return retrying(self.db, keep)
+
+    def run(self, stop: threading.Event, poll_seconds: float) -> None:
+        """Rounds until `stop`: every `poll_seconds`, and at once while rows are due."""
+        while not stop.is_set():
+            try:
+                done = self.run_due()
+            except OrderpayError as error:  # the database is down: the next round retries
+                log.warning("catch-up round failed: %s", error.message)
+                done = Round()
+            for asked in done.checked:
+                if asked.action is not Action.NONE:
+                    log.info(
+                        "%s %s: %s -> %s (%s)",
+                        asked.kind,
+                        asked.item_id,
+                        asked.before,
+                        asked.after,
+                        asked.remote,
+                    )
+            if len(done.checked) + len(done.skipped) < ROUND:
+                stop.wait(poll_seconds)
+
+
+def oldest_awaiting(conn: Connection) -> datetime | None:
+    """When the oldest payment or refund still awaiting its provider's final word was made."""
+    made = [payment_rows.oldest_awaiting(conn), refunds.oldest_awaiting(conn)]
+    return min((at for at in made if at is not None), default=None)
+
+
+def _skipped(cycle: Cycle, why: str) -> Skipped:
+    return Skipped(cycle.kind, cycle.item_id, cycle.payment_id, cycle.order_id, cycle.state, why)
+
+
+def _age(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
