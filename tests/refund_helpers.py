@@ -22,6 +22,7 @@ from orderpay.providers.base import (
     ProviderAnswer,
     RefundRef,
     RefundRequest,
+    RemoteState,
     StatusAnswer,
 )
 from orderpay.providers.simulator import SimulatorProvider
@@ -75,7 +76,8 @@ def a_paid_payment(
 
 @dataclass
 class RecordingProvider:
-    """The simulator, keeping what it was asked (thread-safe: races call it at once)."""
+    """The simulator, keeping what it was asked (thread-safe: races call it at once); like a
+    real provider, it holds no refund it was not asked for (status: unknown)."""
 
     inner: SimulatorProvider = field(default_factory=SimulatorProvider)
     refund_requests: list[RefundRequest] = field(default_factory=list)
@@ -98,6 +100,8 @@ class RecordingProvider:
     def refund_status(self, refund: RefundRef) -> StatusAnswer:
         with self.lock:
             self.status_calls.append(refund)
+            if refund.reference not in {request.reference for request in self.refund_requests}:
+                return StatusAnswer(RemoteState.UNKNOWN)
         return self.inner.refund_status(refund)
 
     def check_refunds_configured(self) -> None:

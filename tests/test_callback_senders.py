@@ -314,7 +314,8 @@ def test_a_404d_sender_callback_is_applied_once_the_payment_is_pending(
     payment = an_initiated_payment(db)
     body = sender_body(payment.order_id)
     assert post(client, body).status_code == 404
-    pending = submit(db, SimulatorProvider(), payment)  # the charge hears from the provider
+    # The charge hears from the provider.
+    pending = submit(db, SimulatorProvider(), payment, resent=False)
     assert pending.status is PaymentStatus.PENDING
 
     answer = post(client, body)

@@ -569,7 +569,7 @@ def test_a_failed_refund_carries_mtns_reason(mtn: FakeMtn, provider: MtnProvider
 
 
 @pytest.mark.parametrize("reason", ["INTERNAL_PROCESSING_ERROR", "SERVICE_UNAVAILABLE"])
-def test_a_refund_failed_with_an_ambiguous_reason_is_still_pending_and_logged(
+def test_a_refund_failed_with_an_ambiguous_reason_is_ambiguous_and_logged(
     mtn: FakeMtn, provider: MtnProvider, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # An error on MTN's side: the credit may still complete, so its amount must not be freed.
@@ -579,28 +579,26 @@ def test_a_refund_failed_with_an_ambiguous_reason_is_still_pending_and_logged(
     with caplog.at_level(logging.WARNING, logger="orderpay.providers.mtn"):
         answer = provider.refund_status(refund)
 
-    assert answer == StatusAnswer(RemoteState.PENDING, reason)
+    assert answer == StatusAnswer(RemoteState.AMBIGUOUS, reason)
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert str(refund.reference) in warning.getMessage()
     assert reason in warning.getMessage()
 
 
-def test_a_refund_failed_without_a_reason_is_still_pending(
-    mtn: FakeMtn, provider: MtnProvider
-) -> None:
+def test_a_refund_failed_without_a_reason_is_ambiguous(mtn: FakeMtn, provider: MtnProvider) -> None:
     refund = refunded(provider)
     mtn.disbursement.set_status(refund.reference, "FAILED")
     assert "reason" not in mtn.disbursement.status_body(refund.reference)
 
-    assert provider.refund_status(refund) == StatusAnswer(RemoteState.PENDING)
+    assert provider.refund_status(refund) == StatusAnswer(RemoteState.AMBIGUOUS)
 
 
-def test_a_refund_still_pending_after_an_ambiguous_failure_settles_when_mtn_reports_success(
+def test_a_refund_ambiguous_after_an_error_at_mtn_settles_when_mtn_reports_success(
     mtn: FakeMtn, provider: MtnProvider
 ) -> None:
     refund = refunded(provider)
     mtn.disbursement.set_status(refund.reference, "FAILED", "INTERNAL_PROCESSING_ERROR")
-    assert provider.refund_status(refund).state is RemoteState.PENDING
+    assert provider.refund_status(refund).state is RemoteState.AMBIGUOUS
 
     mtn.disbursement.set_status(refund.reference, "SUCCESSFUL")
 

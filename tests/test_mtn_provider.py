@@ -394,8 +394,8 @@ def test_an_unreachable_gateway_raises_provider_unavailable() -> None:
         (ORDINARY, StatusAnswer(RemoteState.SUCCEEDED, amount=Money(2500, "GHS"))),
         ("+46733123451", StatusAnswer(RemoteState.FAILED, reason="APPROVAL_REJECTED")),
         ("+46733123452", StatusAnswer(RemoteState.FAILED, reason="EXPIRED")),
-        # FAILED is terminal whatever the reason: the transfer is over on MTN's side.
-        ("+46733123450", StatusAnswer(RemoteState.FAILED, reason="INTERNAL_PROCESSING_ERROR")),
+        # An error on MTN's side is no definite failure: the collection may yet go through.
+        ("+46733123450", StatusAnswer(RemoteState.AMBIGUOUS, reason="INTERNAL_PROCESSING_ERROR")),
         ("+46733123453", StatusAnswer(RemoteState.PENDING)),
         ("+46733123454", StatusAnswer(RemoteState.PENDING)),  # CREATED
     ],

@@ -323,7 +323,7 @@ def test_a_refund_mtn_took_before_answering_500_is_settled_by_the_same_key_throu
 
 
 @pytest.mark.slow
-def test_a_refund_mtn_took_before_answering_500_is_settled_by_reconcile_through_409(
+def test_a_refund_mtn_took_before_answering_500_is_settled_by_reconcile_from_its_status(
     mtn_cli: Cli, db: Database, mtn: FakeMtn
 ) -> None:
     payment = a_paid_mtn_payment(mtn_cli, db)
@@ -342,6 +342,24 @@ def test_a_refund_mtn_took_before_answering_500_is_settled_by_reconcile_through_
         "initiated",
         "succeeded",
     )
+    assert refund_requests(mtn) == [(initiated["id"], 500)]  # asked, not sent again
+    assert [r.reference for r in refunds_at_mtn(mtn)] == [initiated["id"]]
+    assert order_of(mtn_cli, payment)["status"] == "refunded"
+
+
+def test_a_refund_mtn_took_and_does_not_show_yet_is_sent_again_and_settled_through_409(
+    mtn_cli: Cli, db: Database, mtn: FakeMtn
+) -> None:
+    payment = a_paid_mtn_payment(mtn_cli, db)
+    mtn.fail("refund", 500, process=True)
+    assert refund(mtn_cli, payment, "refund-1").exit_code == 7
+    [initiated] = order_of(mtn_cli, payment)["refunds"]
+    mtn.disbursement.late_404(initiated["id"], polls=1)  # not visible to the first question
+
+    report = mtn_cli.ok("reconcile", *NOW)
+
+    [changed] = report["refunds"]["changed"]
+    assert (changed["refund"], changed["after"]) == (initiated["id"], "succeeded")
     assert refund_requests(mtn) == [(initiated["id"], 500), (initiated["id"], 409)]
     assert [r.reference for r in refunds_at_mtn(mtn)] == [initiated["id"]]
     assert refund_events(mtn_cli, payment)[-2:] == ["refund_pending", "refund_succeeded"]
@@ -385,8 +403,12 @@ def test_reconcile_without_the_disbursement_settings_leaves_a_pending_refund_and
 
     report = no_refunds.ok("reconcile", *NOW)
 
-    [unchanged] = report["refunds"]["unchanged"]
-    assert (unchanged["refund"], unchanged["after"]) == (pending["id"], "pending")
-    assert "MTN_MOMO_DISBURSEMENT_API_KEY" in unchanged["note"]
+    [skipped] = report["skipped"]
+    assert (skipped["kind"], skipped["id"], skipped["status"]) == (
+        "refund",
+        pending["id"],
+        "pending",
+    )
+    assert "MTN_MOMO_DISBURSEMENT_API_KEY" in skipped["why"]
     assert count_rows(db) == before
     assert mtn.calls("refund_status") == 1  # only the refund's own, before

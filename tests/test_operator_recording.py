@@ -22,7 +22,6 @@ from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.order_events import OrderEvent, events_of
-from orderpay.store.payments import Payment, payments_of
 from tests.builders import MTN_SANDBOX_PAYER, a_key, an_order
 from tests.conftest import Cli
 from tests.fake_mtn import FakeMtn
@@ -44,7 +43,6 @@ from tests.redis_helpers import (
     sms_channel,
 )
 
-SIMULATOR_OUTAGE = "+46733123461"  # the simulator's request fails: the payment stays initiated
 SIMULATOR_REJECTS = "+46733123451"  # accepted, then FAILED / APPROVAL_REJECTED
 CLOSED_MTN = {"MTN_MOMO_BASE_URL": "http://127.0.0.1:1"}
 OPERATOR = {"ORDERPAY_OPERATOR": "akosua"}
@@ -68,13 +66,7 @@ def the_event(db: Database, order_id: uuid.UUID, name: str) -> OrderEvent:
     return event
 
 
-def stuck_payment(cli: Cli, db: Database) -> Payment:
-    """A simulator payment whose request failed: `initiated`, the simulator has no record."""
-    order = an_order(db, phone=SIMULATOR_OUTAGE)
-    assert cli("charge", str(order.id), "--key", a_key()).exit_code == 7
-    with db.transaction() as conn:
-        (payment,) = payments_of(conn, [order.id])
-    return payment
+REJECTED_PAYER = "+46733123451"  # the simulator accepts, then reports APPROVAL_REJECTED
 
 
 def a_failed_notification(db: Database, gateway: Gateway) -> Any:
@@ -104,12 +96,14 @@ def a_review_item(db: Database, cli: Cli) -> dict[str, Any]:
 
 
 def test_a_payment_cancel_records_the_operator(cli: Cli, db: Database) -> None:
-    payment = stuck_payment(cli, db)
+    order = an_order(db, phone=REJECTED_PAYER)
+    charged = cli.ok("charge", str(order.id), "--key", a_key())
+    assert charged["status"] == "pending"
 
-    outcome = cli("payment", "cancel", str(payment.id), "--yes", **OPERATOR)
+    outcome = cli("payment", "cancel", charged["id"], "--yes", **OPERATOR)
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert the_event(db, payment.order_id, "payment_cancelled").operator == "akosua"
+    assert the_event(db, order.id, "payment_failed").operator == "akosua"
 
 
 def test_a_forced_payment_cancel_records_the_operator(

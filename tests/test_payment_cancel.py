@@ -1,11 +1,13 @@
 """No stuck payments: `orderpay payment cancel`, and reconcile after the provider changed.
 
-Cancel asks the payment's own provider first and its word wins: no record there (or a definite
-failure) fails the payment with the operator's reason and frees the order for a new charge; a
-success settles it as paid; still pending there is refused. When the provider cannot be asked
-the cancel is refused unless `--force`, and a success reported after a forced cancel is kept
-for review, never a paid order (DESIGN.md section 5). `orderpay reconcile` asks each payment's
-own provider, even after the operator switched ORDERPAY_PROVIDER. MTN is the local fake.
+Cancel asks the payment's own provider first and its word wins: a definite failure fails the
+payment with the operator's reason and frees the order for a new charge; a success settles it
+as paid; still pending there is refused. No record there, an ambiguous answer or a provider
+that cannot be asked is no definite answer: the cancel is refused unless `--force`, which fails
+it awaiting confirmation (still asked), and a success reported after a forced cancel is kept
+for review, never a paid order (DESIGN.md sections 4 and 5). `orderpay reconcile` asks each
+payment's own provider, even after the operator switched ORDERPAY_PROVIDER. MTN is the local
+fake.
 """
 
 from __future__ import annotations
@@ -76,32 +78,53 @@ def payments_of_order(db: Database, order: Order) -> list[Payment]:
         return payments_of(conn, [order.id])
 
 
-# The provider has no record of it: failed with the operator's reason.
+# The provider shows no record of it: no definite answer (it may not show a request it took
+# yet), so the cancel is refused, unless forced.
 
 
-def test_cancelling_a_payment_the_simulator_has_no_record_of_fails_it_with_the_reason(
+def test_cancelling_a_payment_the_provider_does_not_show_is_refused_and_changes_nothing(
+    cli: Cli, db: Database
+) -> None:
+    payment = stuck_simulator_payment(cli, db)
+    before = count_rows(db)
+
+    outcome = cli("payment", "cancel", str(payment.id), "--reason", REASON, "--yes", "--json")
+
+    assert outcome.exit_code == 4, outcome.stderr
+    error = outcome.error()
+    assert error["code"] == "payment_pending_at_provider"
+    assert "--force" in error["message"]
+    assert count_rows(db) == before
+    assert current(db, payment) == payment
+
+
+def test_a_forced_cancel_of_a_payment_the_provider_does_not_show_awaits_its_confirmation(
     cli: Cli, db: Database
 ) -> None:
     payment = stuck_simulator_payment(cli, db)
 
-    outcome = cli("payment", "cancel", str(payment.id), "--reason", REASON, "--yes", "--json")
+    outcome = cli(
+        "payment", "cancel", str(payment.id), "--reason", REASON, "--force", "--yes", "--json"
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     document = outcome.json()
-    assert document["outcome"] == "cancelled"
-    assert document["payment"]["id"] == str(payment.id)
+    assert document["outcome"] == "cancelled_unconfirmed"
     assert document["payment"]["status"] == "failed"
-    assert document["payment"]["failure_reason"] == REASON
     after = current(db, payment)
     assert (after.status, after.failure_reason) == (PaymentStatus.FAILED, REASON)
-    assert "payment_cancelled" in events(db, payment)
+    assert after.awaiting_confirmation  # still asked by the catch-up
+    assert after.next_check_at is not None
+    assert "payment_cancelled_unconfirmed" in events(db, payment)
     assert order_status(db, payment) is OrderStatus.PENDING
     assert notification_count(db, payment) == 0
 
 
-def test_after_a_cancel_the_order_can_be_charged_with_a_new_key(cli: Cli, db: Database) -> None:
+def test_after_a_forced_cancel_the_order_can_be_charged_with_a_new_key(
+    cli: Cli, db: Database
+) -> None:
     payment = stuck_simulator_payment(cli, db)
-    cancelled = cli("payment", "cancel", str(payment.id), "--reason", REASON, "--yes")
+    cancelled = cli("payment", "cancel", str(payment.id), "--reason", REASON, "--force", "--yes")
     assert cancelled.exit_code == 0, cancelled.stderr
 
     charged = cli("charge", str(payment.order_id), "--key", a_key(), "--phone", AMA, "--json")
@@ -341,6 +364,7 @@ def test_reconcile_after_switching_to_the_simulator_still_asks_mtn_and_settles(
         "review": [],
         "unchanged": [],
         "refunds": {"checked": 0, "changed": [], "review": [], "unchanged": []},
+        "skipped": [],
     }
     assert mtn.calls("status") == 1
     assert current(db, payment).status is PaymentStatus.SUCCEEDED
@@ -358,13 +382,12 @@ def test_reconcile_without_mtn_settings_says_it_cannot_ask_mtn_and_changes_nothi
 
     assert outcome.exit_code == 0, outcome.stderr
     document = outcome.json()
-    assert document["checked"] == 1
-    assert document["changed"] == []
-    (entry,) = document["unchanged"]  # listed with its note
-    assert entry["payment"] == str(payment.id)
-    assert (entry["before"], entry["after"]) == ("pending", "pending")
-    assert entry["provider_says"] == "not asked"
-    assert "cannot ask mtn" in entry["note"]
+    assert document["checked"] == 0
+    assert document["changed"] == document["unchanged"] == []
+    (entry,) = document["skipped"]  # listed with the reason
+    assert (entry["kind"], entry["id"]) == ("payment", str(payment.id))
+    assert entry["status"] == "pending"
+    assert "cannot ask mtn" in entry["why"]
     assert count_rows(db) == before
     assert current(db, payment) == payment
     assert len(mtn.requests) == asked

@@ -131,13 +131,16 @@ def test_reconcile_with_nothing_to_reconcile_says_so(cli: Cli, db: Database) -> 
     assert count_rows(db) == before
 
 
-def test_a_dry_run_with_nothing_to_reconcile_says_so(cli: Cli, db: Database) -> None:
+def test_a_dry_run_with_nothing_old_enough_says_what_it_skipped_and_why(
+    cli: Cli, db: Database
+) -> None:
     pending_payments(db, 1)
     before = count_rows(db)
 
     outcome = cli("reconcile", "--dry-run", "--older-than", "1h")  # nothing that old
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert "nothing to reconcile" in outcome.stdout + outcome.stderr
-    assert "checked 0 payment(s); 0 would change (dry run)" in outcome.stderr
+    assert "Not asked" in outcome.stdout
+    assert "changed within 1h (--older-than)" in outcome.stdout
+    assert "checked 0 payment(s); 0 would change; 1 skipped" in outcome.stderr
     assert count_rows(db) == before

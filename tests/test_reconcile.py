@@ -186,6 +186,7 @@ def test_running_reconcile_again_changes_nothing_and_sends_nothing_more(
         "review": [],
         "unchanged": [],
         "refunds": {"checked": 0, "changed": [], "review": [], "unchanged": []},
+        "skipped": [],
     }
     assert count_rows(db) == before
     assert merchant.count() == 1
@@ -462,6 +463,7 @@ def test_json_prints_one_document_describing_each_change(
         "review": [],
         "unchanged": [],
         "refunds": {"checked": 0, "changed": [], "review": [], "unchanged": []},
+        "skipped": [],
     }
 
 

@@ -14,7 +14,7 @@ import pytest
 from orderpay import clock
 from orderpay.domain.states import OrderStatus, RefundStatus
 from orderpay.errors import OrderpayError
-from orderpay.payments.confirmation import reference_of
+from orderpay.payments.charge_cycle import reference_of
 from orderpay.payments.refund import RefundResult, ask_for, claim_refund
 from orderpay.providers.base import RefundRequest
 from orderpay.store.db import Database

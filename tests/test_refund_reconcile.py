@@ -15,9 +15,9 @@ from orderpay.domain.money import Money
 from orderpay.domain.reviews import ReviewReason
 from orderpay.domain.states import OrderStatus, RefundStatus
 from orderpay.errors import RefundDeclined
-from orderpay.payments.confirmation import Action
+from orderpay.payments.life_cycle import Action, check
 from orderpay.payments.refund import ask_for, claim_refund
-from orderpay.payments.refund_reconcile import reconcile_refund
+from orderpay.payments.refund_cycle import RefundCycle
 from orderpay.payments.refund_settlement import settle_refund
 from orderpay.payments.settlement import Settled
 from orderpay.providers.simulator import DELAYED_FOR
@@ -25,6 +25,7 @@ from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget, notifications_of
 from orderpay.store.orders import get_order
 from orderpay.store.paging import Window
+from orderpay.store.payments import get_payment
 from orderpay.store.refunds import Refund, get_refund
 from orderpay.store.reviews import ReviewItem, list_items
 from tests.builders import AMA
@@ -161,18 +162,22 @@ def test_reconcile_resumes_an_interrupted_refund_under_its_own_reference(db: Dat
     interrupted = an_interrupted_refund(db)
     provider = RecordingProvider()
 
-    check = reconcile_refund(
+    with db.transaction() as conn:
+        payment = get_payment(conn, interrupted.payment_id)
+
+    checked = check(
         db,
-        lambda _name: provider,
-        interrupted,
+        provider,
+        RefundCycle(interrupted, payment),
         notify=NotifyTarget(),
+        source="reconcile",
         lease=timedelta(seconds=90),
     )
 
-    assert (check.action, check.before, check.after) == (
+    assert (checked.action, checked.before, checked.after) == (
         Action.RESUBMITTED,
-        RefundStatus.INITIATED,
-        RefundStatus.SUCCEEDED,
+        "initiated",
+        "succeeded",
     )
     assert provider.references() == [interrupted.id]
     assert [r.id for r in refunds_of(db, interrupted.payment_id)] == [interrupted.id]
@@ -191,7 +196,8 @@ def test_reconcile_reports_a_resumed_refund_the_provider_fails(
         "initiated",
         "failed",
     )
-    assert "PAYEE_NOT_FOUND" in entry["note"]
+    with any_db.transaction() as conn:
+        assert get_refund(conn, interrupted.id).failure_reason == "PAYEE_NOT_FOUND"
 
 
 def test_reconcile_keeps_an_interrupted_refund_initiated_while_its_provider_is_down(
@@ -219,10 +225,10 @@ def test_reconcile_leaves_a_refund_whose_lease_is_held_to_its_process(
 
     report = cli.ok("reconcile", *NOW)
 
-    (entry,) = report["refunds"]["unchanged"]
-    assert (entry["refund"], entry["note"]) == (
+    (entry,) = report["skipped"]
+    assert (entry["id"], entry["why"]) == (
         str(claimed.id),
-        "a refund of this key is in progress",
+        "lease held: its request to simulator is in progress",
     )
     assert count_rows(db) == before
 

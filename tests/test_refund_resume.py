@@ -16,7 +16,7 @@ import pytest
 
 from orderpay import clock
 from orderpay.domain.states import RefundStatus
-from orderpay.errors import ConfigurationError, RefundDeclined
+from orderpay.errors import ConfigurationError, ProviderUnavailable, RefundDeclined
 from orderpay.payments.refund import ask_for, claim_refund, refund_payment
 from orderpay.payments.refund_settlement import settle_refund
 from orderpay.payments.settlement import Settled
@@ -51,6 +51,7 @@ class RefusingCopies(RecordingProvider):
     holds included. `holds`: the references of the refunds it took."""
 
     holds: set[uuid.UUID] = field(default_factory=set)
+    failed: dict[uuid.UUID, str] = field(default_factory=dict)  # reference -> its reason
 
     def request_refund(self, request: RefundRequest) -> ProviderAnswer:
         with self.lock:
@@ -63,6 +64,8 @@ class RefusingCopies(RecordingProvider):
     def refund_status(self, refund: RefundRef) -> StatusAnswer:
         with self.lock:
             self.status_calls.append(refund)
+            if refund.reference in self.failed:
+                return StatusAnswer(RemoteState.FAILED, self.failed[refund.reference])
             if refund.reference not in self.holds:
                 return StatusAnswer(RemoteState.UNKNOWN)
         return StatusAnswer(RemoteState.SUCCEEDED, amount=refund.amount)
@@ -92,16 +95,36 @@ def test_a_resumed_refund_the_provider_holds_is_not_failed_by_its_refusal_of_the
     assert [r.reference for r in provider.status_calls][:1] == [claimed.id]
 
 
-def test_a_resumed_refund_the_provider_does_not_hold_is_failed_by_its_refusal(
+def test_a_resumed_refund_refused_while_its_status_is_unknown_stays_initiated(
     db: Database,
 ) -> None:
+    # "Not found" may be a provider that has not caught up with the first request: the
+    # refusal of the copy proves nothing, and failing the refund would free its amount.
     payment = a_paid_payment(db)
     provider = RefusingCopies()
     provider.holds.add(uuid.uuid4())  # another refund of the payment, not this one
     claimed = a_claimed_refund(db, payment.id)
     clock.advance(LEASE + timedelta(seconds=1))
 
-    with pytest.raises(RefundDeclined):
+    with pytest.raises(ProviderUnavailable, match="may yet go through"):
+        refund(db, provider, payment.id, key="refund-1", reason="damaged")
+
+    [stored] = refunds_of(db, payment.id)
+    assert (stored.id, stored.status) == (claimed.id, RefundStatus.INITIATED)
+    assert stored.lease_expires_at is None  # the next run (or the catch-up) asks again
+
+
+def test_a_resumed_refund_refused_whose_status_is_a_definite_failure_is_failed(
+    db: Database,
+) -> None:
+    payment = a_paid_payment(db)
+    provider = RefusingCopies()
+    provider.holds.add(uuid.uuid4())
+    claimed = a_claimed_refund(db, payment.id)
+    provider.failed[claimed.id] = "PAYEE_NOT_FOUND"  # the first request failed there
+    clock.advance(LEASE + timedelta(seconds=1))
+
+    with pytest.raises(RefundDeclined, match="PAYEE_NOT_FOUND"):
         refund(db, provider, payment.id, key="refund-1", reason="damaged")
 
     [stored] = refunds_of(db, payment.id)

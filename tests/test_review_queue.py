@@ -312,7 +312,8 @@ def test_a_second_success_under_another_reference_on_a_paid_order_is_a_second_pa
     assert (item["order"], item["payment"]) == (str(payment.order_id), None)
     assert item["reported"] == f"momo callback: succeeded, 25.00 GHS, reference {OTHER_REFERENCE}"
     assert item["suggested_action"] == (
-        "check with the provider whether 25.00 GHS was taken twice; refund it if so"
+        "check with the provider whether 25.00 GHS was taken twice; if so, give it back "
+        "through the provider (its portal: no payment of ours matches it) and resolve this item"
     )
     assert item["event"] == last_event_id(cli, str(payment.order_id))
 
@@ -401,7 +402,9 @@ def test_a_success_for_a_failed_payment_of_a_cancelled_order_says_refund(
 
     item = the_only_item(cli)
     assert item["reason"] == "success_on_cancelled_order"
-    assert item["suggested_action"] == "refund 25.00 GHS: the order was cancelled"
+    assert (
+        item["suggested_action"] == "refund 25.00 GHS (`orderpay refund`): the order was cancelled"
+    )
 
 
 def a_cancelled_order(db: Database, cli: Cli) -> uuid.UUID:
@@ -423,7 +426,10 @@ def test_a_late_success_under_an_unknown_reference_on_a_cancelled_order_is_an_it
     assert item["reason"] == "success_on_cancelled_order"
     assert (item["order"], item["payment"]) == (str(order), None)
     assert item["reported"] == f"momo callback: succeeded, 30.00 GHS, reference {OTHER_REFERENCE}"
-    assert item["suggested_action"] == "refund 30.00 GHS: the order was cancelled"
+    assert item["suggested_action"] == (
+        "refund 30.00 GHS: the order was cancelled; give it back through the provider (its "
+        "portal: no payment of ours matches it) and resolve this item"
+    )
     assert item["event"] == last_event_id(cli, str(order))
     last = cli.ok("order", "show", str(order))["events"][-1]
     assert last["event"] == "callback_unmatched"
@@ -497,7 +503,7 @@ def test_a_success_for_a_failed_payment_of_an_order_paid_since_says_refund(
     assert item["reason"] == "second_payment"
     assert item["payment"] == str(first.id)
     assert item["suggested_action"] == (
-        "refund 25.00 GHS: the order was already paid by another payment"
+        "refund 25.00 GHS (`orderpay refund`): the order was already paid by another"
     )
 
 

@@ -76,7 +76,7 @@ def an_initiated_payment(db: Database) -> Payment:
 
 def the_provider_accepts(db: Database, payment: Payment) -> None:
     """The charge hears from the provider: the payment now awaits its outcome."""
-    assert submit(db, SimulatorProvider(), payment).status is PaymentStatus.PENDING
+    assert submit(db, SimulatorProvider(), payment, resent=False).status is PaymentStatus.PENDING
 
 
 def stored_events(db: Database) -> int:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orderpay.commands.common import JsonFlag, emit_json, info, runtime
+from orderpay.commands.common import JsonFlag, emit_json, info, progress, runtime
 
 if TYPE_CHECKING:
     from orderpay.payments.life_cycle import Check
@@ -70,7 +70,12 @@ def reconcile(
         rt.catch_up_schedule,
         timedelta(seconds=rt.settings.charge_lease_seconds),
     )
-    done = catch_up.reconcile(age, limit, dry_run=dry_run)
+    done = catch_up.reconcile(
+        age,
+        limit,
+        dry_run=dry_run,
+        track=lambda items: progress(items, "reconciling", enabled=not json_),
+    )
     if done.notification_queued:
         rt.nudger.notify_now()
     payments = [c for c in done.checked if c.kind == "payment"]
@@ -126,7 +131,11 @@ def reconcile(
 
     if dry_run:
         info("dry run: nothing is changed or submitted; the table shows what reconcile would do")
-    reconcile_table(payments, title="Would reconcile (dry run)" if dry_run else "Reconciled")
+    reconcile_table(
+        payments,
+        title="Would reconcile (dry run)" if dry_run else "Reconciled",
+        empty="no payment asked (see below)" if done.skipped else "nothing to reconcile",
+    )
     if refunds:
         refund_reconcile_table(refunds, title="Refunds (dry run)" if dry_run else "Refunds")
     if done.skipped:

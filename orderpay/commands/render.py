@@ -334,7 +334,9 @@ def settings_table(view: dict[str, dict[str, str | None]]) -> None:
     show(fit("Configuration", columns, cells, width=width()))
 
 
-def reconcile_table(results: Sequence[Check], title: str = "Reconciled") -> None:
+def reconcile_table(
+    results: Sequence[Check], title: str = "Reconciled", empty: str = "nothing to reconcile"
+) -> None:
     columns = [
         E("payment", True),
         E("before", True),
@@ -347,7 +349,7 @@ def reconcile_table(results: Sequence[Check], title: str = "Reconciled") -> None
         [short(r.payment_id), r.before, r.after, r.remote, short(r.order_id), r.note]
         for r in results
     ]
-    show(fit(title, columns, cells, width=width(), empty="nothing to reconcile"))
+    show(fit(title, columns, cells, width=width(), empty=empty))
 
 
 def refund_reconcile_table(results: Sequence[Check], title: str = "Refunds") -> None:

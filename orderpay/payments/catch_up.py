@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -101,7 +101,7 @@ class CatchUp:
         if claimed is None:
             return  # another worker asks this step
         cycle = self._cycle(item)
-        asked = self._ask(done, cycle, dry_run=False)
+        asked = self._ask(done, cycle, source="catch-up", dry_run=False)
         kind, item_id = cycle.kind, cycle.item_id
         next_at = self.schedule.next_check(item.checks_made + 1, now)
         schedule = ledger.schedule_check if kind == "payment" else refunds.schedule_check
@@ -119,9 +119,17 @@ class CatchUp:
         ):
             done.overdue.append(item_id)
 
-    def reconcile(self, older_than: timedelta, limit: int, *, dry_run: bool) -> Round:
+    def reconcile(
+        self,
+        older_than: timedelta,
+        limit: int,
+        *,
+        dry_run: bool,
+        track: Callable[[Sequence[Payment | Refund]], Iterable[Payment | Refund]] = iter,
+    ) -> Round:
         """`orderpay reconcile`: ask about every row awaiting an answer now, whatever its
-        schedule, except those changed within `older_than` (their answer may be on its way)."""
+        schedule, except those changed within `older_than` (their answer may be on its way).
+        `track`: how the rows are walked (the CLI draws a progress bar)."""
         now = utcnow()
         done = Round()
         with self.db.transaction() as conn:
@@ -129,13 +137,13 @@ class CatchUp:
                 *payment_rows.awaiting_answers(conn, limit),
                 *refunds.awaiting_answers(conn, limit),
             ]
-        for item in items:
+        for item in track(items):
             cycle = self._cycle(item)
             if item.updated_at > now - older_than:
                 why = f"changed within {_age(older_than)} (--older-than): its answer may be coming"
                 done.skipped.append(_skipped(cycle, why))
                 continue
-            self._ask(done, cycle, dry_run=dry_run)
+            self._ask(done, cycle, source="reconcile", dry_run=dry_run)
         return done
 
     def _cycle(self, item: Payment | Refund) -> Cycle:
@@ -144,7 +152,7 @@ class CatchUp:
         with self.db.transaction() as conn:
             return RefundCycle(item, get_payment(conn, item.payment_id))
 
-    def _ask(self, done: Round, cycle: Cycle, *, dry_run: bool) -> Check | None:
+    def _ask(self, done: Round, cycle: Cycle, *, source: str, dry_run: bool) -> Check | None:
         """Check one row; None (and the reason kept) when its provider cannot be asked here."""
         try:
             provider = self.provider_for(cycle.provider)
@@ -158,7 +166,7 @@ class CatchUp:
             provider,
             cycle,
             notify=self.notify,
-            source="catch-up" if not dry_run else "reconcile",
+            source=source,
             lease=self.lease,
             dry_run=dry_run,
         )

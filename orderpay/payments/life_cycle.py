@@ -166,6 +166,8 @@ def check(
     With `dry_run`, only the status call is made: the answer says what would be done."""
     if not cycle.open:
         return unchanged(cycle, "not asked", "already settled", dry_run)
+    if cycle.lease_held:
+        return unchanged(cycle, "not asked", _busy(cycle), dry_run)
     if cycle.provider != provider.name:
         # Asking MTN about a simulator payment (or the reverse) could resubmit it for real.
         return unchanged(cycle, "not asked", f"made through {cycle.provider}", dry_run)
@@ -218,14 +220,12 @@ def _resubmit(
 ) -> Check:
     """Ask the provider again for an `initiated` item, holding its lease like a resumed key.
     A dry run takes no lease and asks nothing: it says whether it would."""
-    if cycle.lease_held:
-        return unchanged(cycle, remote, f"a {cycle.kind} of this key is in progress", dry_run)
     if dry_run:
         note = "would be submitted again under its own reference"
         return _checked(cycle, cycle.state, remote, note, Action.RESUBMITTED, True)
     held = retrying(db, lambda conn: cycle.take_lease(conn, lease))
     if held is None:
-        return unchanged(cycle, remote, f"a {cycle.kind} of this key is in progress", False)
+        return unchanged(cycle, remote, _busy(cycle), False)
     try:
         after = ask(db, provider, held, resent=True)
     except ProviderUnavailable as error:
@@ -236,6 +236,10 @@ def _resubmit(
             return replace(confirmed, before=cycle.state, action=Action.RESUBMITTED)
     said = "declined" if after.state == "failed" else after.state
     return _checked(cycle, after.state, said, "resubmitted", Action.RESUBMITTED, False)
+
+
+def _busy(cycle: Cycle) -> str:
+    return f"lease held: its request to {cycle.provider} is in progress"
 
 
 def unchanged(cycle: Cycle, remote: str, note: str, dry_run: bool) -> Check:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 
 from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_PAYMENT_STATUSES, OrderStatus, PaymentStatus
-from orderpay.payments import review
+from orderpay.payments import review, review_texts
 from orderpay.store import ledger, order_events, webhook_events
 from orderpay.store import payments as payment_rows
 from orderpay.store.locks import LockedPayment
@@ -138,7 +138,7 @@ def _keep_sender_conflict(
     conn: Connection, locked: LockedPayment, report: Report, event_id: int | None
 ) -> None:
     payment = locked.payment
-    said = review.reported_text(
+    said = review_texts.reported_text(
         _who(report.source, payment.provider),
         report.outcome,
         amount=report.amount,
@@ -166,7 +166,7 @@ def _keep_for_review(
     event_id: int | None,
 ) -> None:
     payment = locked.payment
-    said = review.reported_text(
+    said = review_texts.reported_text(
         _who(report.source, payment.provider),
         report.outcome,
         amount=report.amount,

@@ -45,7 +45,8 @@ CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _MAX_REASON = 128
 
 
-def status_answer(data: dict[str, Any]) -> StatusAnswer:
+def status_answer(data: dict[str, Any], reference: str) -> StatusAnswer:
+    """What a status body says of request `reference` (for the log)."""
     raw = data.get("status")
     status = raw.upper() if isinstance(raw, str) else None
     transaction = _transaction_id_of(data.get("financialTransactionId"))
@@ -55,10 +56,16 @@ def status_answer(data: dict[str, Any]) -> StatusAnswer:
         )
     if status == "FAILED":
         reason = _reason_of(data.get("reason"))
-        # An internal error on MTN's side says nothing of the payer: the request may yet go
-        # through, so it is no definite failure.
-        state = RemoteState.AMBIGUOUS if reason in AMBIGUOUS_CODES else RemoteState.FAILED
-        return StatusAnswer(state, reason=reason, transaction_id=transaction)
+        if reason is not None and reason.upper() not in AMBIGUOUS_CODES:
+            return StatusAnswer(RemoteState.FAILED, reason=reason, transaction_id=transaction)
+        # No reason, or an error on MTN's side: the request may yet go through (a failed
+        # refund would free its amount, a failed charge its order), so it is no final word.
+        log.warning(
+            "MTN reported request %s FAILED with %s: no definite failure; it is asked again",
+            reference,
+            f"the ambiguous reason {reason}" if reason else "no reason",
+        )
+        return StatusAnswer(RemoteState.AMBIGUOUS, reason=reason, transaction_id=transaction)
     if status not in ("PENDING", "CREATED"):
         log.warning("MTN reported an unknown status %r; treating it as pending", raw)
     return StatusAnswer(RemoteState.PENDING)

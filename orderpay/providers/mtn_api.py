@@ -151,7 +151,7 @@ class MtnApi:
                 f"MTN answered the {what} with an unreadable body; try again later",
                 reason="unreadable_answer",
             )
-        answer = status_answer(data)
+        answer = status_answer(data, reference)
         log.info("MTN %s %s: %r -> %s", what, reference, data.get("status"), answer.state)
         return answer
 

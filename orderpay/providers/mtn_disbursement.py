@@ -24,7 +24,6 @@ its status query (right after the request, or by `orderpay reconcile`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from pydantic import SecretStr
@@ -34,10 +33,9 @@ from orderpay.providers.base import (
     ProviderAnswer,
     RefundRef,
     RefundRequest,
-    RemoteState,
     StatusAnswer,
 )
-from orderpay.providers.mtn_answers import AMBIGUOUS_CODES, NOT_FOUND, REFUSAL_CODES
+from orderpay.providers.mtn_answers import NOT_FOUND, REFUSAL_CODES
 from orderpay.providers.mtn_api import Credentials, MtnApi, reference_of, secret
 
 log = logging.getLogger("orderpay.providers.mtn")
@@ -116,28 +114,9 @@ class MtnDisbursement:
 
     def refund_status(self, refund: RefundRef) -> StatusAnswer:
         reference = reference_of(refund.provider_reference, refund.reference)
-        answer = self._api.status_of(
+        return self._api.status_of(
             f"{REFUND_PATH}/{reference}", reference, what="refund status query"
         )
-        if answer.state is RemoteState.FAILED and not _definite(answer.reason):
-            # A failed refund frees its amount for another refund; after an error on MTN's
-            # side (or an unexplained failure) the credit may still complete, and the customer
-            # would be paid twice. So it stays pending (the reason kept for the log) and
-            # reconcile keeps asking until MTN reports SUCCESSFUL or a definite FAILED.
-            log.warning(
-                "MTN reported refund %s FAILED with %s; treating it as still pending until MTN "
-                "reports a definite outcome",
-                reference,
-                f"the ambiguous reason {answer.reason}" if answer.reason else "no reason",
-            )
-            return dataclasses.replace(answer, state=RemoteState.PENDING)
-        return answer
-
-
-def _definite(reason: str | None) -> bool:
-    """Whether a refund's FAILED reason says MTN will not make it: any reason but none or an
-    error on MTN's side."""
-    return reason is not None and reason.upper() not in AMBIGUOUS_CODES
 
 
 def _message(prefix: str, reason: str) -> str:

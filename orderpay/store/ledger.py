@@ -35,23 +35,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from orderpay.clock import utcnow
-from orderpay.domain.states import (
-    OrderStatus,
-    PaymentStatus,
-    payment_can_move,
-)
+from orderpay.domain.states import PaymentStatus, payment_can_move
 from orderpay.errors import ConcurrentUpdate
 from orderpay.store import moves, order_events, outbox, webhook_events
 from orderpay.store.db import InsertIgnoring
 from orderpay.store.moves import PaymentMove
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.orders import mark_paid, paid_from
-from orderpay.store.payments import COLUMNS, Payment, from_row
+from orderpay.store.payments import CLAIMED_COLUMNS, COLUMNS, Payment, from_row
 from orderpay.store.schema import UTCDateTime, orders, payments
 
 _INITIATED = PaymentStatus.INITIATED.value
 _SUCCEEDED = PaymentStatus.SUCCEEDED.value
-_PENDING_ORDER = OrderStatus.PENDING.value
 PROCESSED = "processed"  # a callback's outcome once its move is written
 
 
@@ -60,27 +55,9 @@ PROCESSED = "processed"  # a callback's outcome once its move is written
 # No conflict target: a second use of the key and a second live payment of the order are both
 # conflicts, told apart afterwards.
 _INSERT_PAYMENT = InsertIgnoring(payments, None, *COLUMNS)
-# The columns a claim gives a new payment (the rest take their defaults).
-_CLAIMED_COLUMNS = [
-    "id",
-    "order_id",
-    "idempotency_key",
-    "fingerprint",
-    "amount",
-    "currency",
-    "payer_phone",
-    "provider",
-    "status",
-    "lease_expires_at",
-    "next_check_at",
-    "created_at",
-    "updated_at",
-]
 _INSERT_PAYMENT_WITH_EVENT = order_events.with_event(
     postgresql.insert(payments)
-    .values(
-        {name: bindparam(f"p_{name}", type_=payments.c[name].type) for name in _CLAIMED_COLUMNS}
-    )
+    .values({name: bindparam(f"p_{name}", type_=payments.c[name].type) for name in CLAIMED_COLUMNS})
     .on_conflict_do_nothing()
     .returning(*COLUMNS)
 )
@@ -124,7 +101,7 @@ _ANSWER_WITH_EVENT = order_events.with_event(_ANSWER)
 
 
 def insert_payment(conn: Connection, values: dict[str, Any], detail: str) -> Payment | None:
-    """A new `initiated` payment (the columns of _CLAIMED_COLUMNS) with its order event;
+    """A new `initiated` payment (the columns of CLAIMED_COLUMNS) with its order event;
     None when the key or the order's one live payment is taken."""
     now = values["created_at"]
     if conn.dialect.name == "postgresql":

@@ -59,6 +59,22 @@ COLUMNS = (
     payments.c.next_check_at,
     payments.c.checks_made,
 )
+# The columns a charge's claim gives a new payment (the rest take their defaults).
+CLAIMED_COLUMNS = [
+    "id",
+    "order_id",
+    "idempotency_key",
+    "fingerprint",
+    "amount",
+    "currency",
+    "payer_phone",
+    "provider",
+    "status",
+    "lease_expires_at",
+    "next_check_at",
+    "created_at",
+    "updated_at",
+]
 
 
 # The columns from_row reads, by key: a row may hold them in any order, among others.
