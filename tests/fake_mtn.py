@@ -48,6 +48,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
@@ -217,6 +218,7 @@ class FakeMtn:
         self._transfers: dict[str, Transfer] = {}
         self._faults: list[Fault] = []
         self._refused_payers: dict[str, tuple[int, str]] = {}
+        self._copies_refused: tuple[int, str] | None = None
         self._late_404: dict[str, int] = {}
         self._unrouted: set[str] = set()
         self._requests: list[Recorded] = []
@@ -309,6 +311,7 @@ class FakeMtn:
             self._transfers.clear()
             self._faults.clear()
             self._refused_payers.clear()
+            self._copies_refused = None
             self._late_404.clear()
             self._unrouted.clear()
             self._requests.clear()
@@ -528,6 +531,21 @@ class FakeMtn:
         with self._lock:
             self._refused_payers[payer.removeprefix("+")] = (status, code)
 
+    def refuse_copies(self, code: str = "NOT_ALLOWED", status: int = 400) -> None:
+        """A request to pay sent again under a reference MTN holds is refused with `status`
+        {"code": code} instead of 409: MTN checks the payer's open requests first."""
+        with self._lock:
+            self._copies_refused = (status, code)
+
+    def collected(self) -> dict[str, tuple[Decimal, str]]:
+        """What MTN took: the amount and currency of each SUCCESSFUL request, by reference."""
+        with self._lock:
+            return {
+                t.reference: (Decimal(t.amount), t.currency)
+                for t in self._transfers.values()
+                if self._outcome(t)[0] == "SUCCESSFUL"
+            }
+
     def late_404(self, reference: str | uuid.UUID, polls: int) -> None:
         """The first `polls` status queries for `reference` answer 404 RESOURCE_NOT_FOUND."""
         with self._lock:
@@ -731,6 +749,9 @@ class FakeMtn:
             return error(400, "INVALID_CURRENCY", "Currency not supported.")
         payer = data["payer"]["partyId"]
         with self._lock:
+            if reference in self._transfers and self._copies_refused is not None:
+                status, code = self._copies_refused
+                return error(status, code, f"Payer has an open request: {code}")
             if reference in self._transfers:
                 return error(
                     409,

@@ -113,6 +113,9 @@ class FakeDisbursement:
         self.api_key = api_key
         self.subscription_key = subscription_key
         self.pending_for = 0.0  # seconds of the fake's clock a refund stays PENDING
+        # MTN checks what is left to refund before the reference: a copy of a refund it holds
+        # of the whole payment is refused NOT_ALLOWED instead of 409.
+        self.checks_before_reference = False
         self._initial = {name: copy.copy(v) for name, v in vars(self).items() if name[0] != "_"}
         self._tokens: dict[str, float] = {}
         self._refunds: dict[str, Refund] = {}
@@ -162,6 +165,15 @@ class FakeDisbursement:
     def status_body(self, reference: str | uuid.UUID) -> dict[str, Any]:
         with self._mtn._lock:
             return self._body(self._refunds[str(reference)])
+
+    def paid_out(self) -> dict[str, tuple[Decimal, str]]:
+        """What MTN paid back: the amount and currency of each SUCCESSFUL refund, by reference."""
+        with self._mtn._lock:
+            return {
+                r.reference: (Decimal(r.amount), r.currency)
+                for r in self._refunds.values()
+                if self._outcome(r)[0] == "SUCCESSFUL"
+            }
 
     def expire_tokens_locked(self, now: float) -> None:
         for token in self._tokens:
@@ -263,6 +275,10 @@ class FakeDisbursement:
         if mtn.currencies is not None and data["currency"] not in mtn.currencies:
             return error(400, "INVALID_CURRENCY", "Currency not supported.")
         with mtn._lock:
+            if self.checks_before_reference:
+                refused = self._refusal(data)
+                if refused is not None:
+                    return refused
             if reference in self._refunds:
                 return error(
                     409,

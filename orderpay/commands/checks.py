@@ -162,9 +162,10 @@ def _database(settings: Settings) -> Check:
 
 
 def _review_queue(settings: Settings) -> Check:
-    """How many findings wait for an operator: said, never a failure (they are work to do,
-    not a broken deployment)."""
+    """How many findings wait for an operator, and how long the oldest open question to a
+    provider has waited: said, never a failure (work to do, not a broken deployment)."""
     from orderpay.clock import utcnow
+    from orderpay.domain.times import age_text
     from orderpay.payments.catch_up import oldest_awaiting
     from orderpay.store.db import Database
     from orderpay.store.reviews import count_open
@@ -180,10 +181,9 @@ def _review_queue(settings: Settings) -> Check:
         database.dispose()
     queue = f"{waiting} open: see `orderpay review list`" if waiting else "0 open"
     if since is not None:
-        hours = (utcnow() - since).total_seconds() / 3600
         queue += (
-            f"; the oldest payment or refund awaiting its provider's answer was made "
-            f"{hours:.1f} h ago (the worker asks again on its own)"
+            f"; oldest awaiting a provider's answer: {age_text(utcnow() - since)} "
+            "(the worker asks again on its own)"
         )
     return Check("review queue", State.INFO, queue)
 

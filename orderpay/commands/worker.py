@@ -224,6 +224,8 @@ def _catch_up(rt: Runtime) -> CatchUp:
 
 
 def _catch_up_thread(catch_up: CatchUp, stop: threading.Event) -> threading.Thread:
+    import threading
+
     return threading.Thread(
         target=catch_up.run, args=(stop, CATCH_UP_POLL_SECONDS), name="catch-up", daemon=True
     )

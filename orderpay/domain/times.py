@@ -25,6 +25,17 @@ def parse_age(raw: str, what: str = "age") -> timedelta:
     return age
 
 
+def age_text(span: timedelta) -> str:
+    """An age as parse_age reads it when it is whole ('90s', '5m', '7d'), else to a tenth of
+    its largest unit ('1.5h')."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            whole, rest = divmod(seconds, size)
+            return f"{whole}{unit}" if rest == 0 else f"{seconds / size:.1f}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
 def parse_moment(raw: str, now: datetime, what: str = "time") -> datetime:
     """A moment as an operator writes it, in UTC when no zone is given; an age means that long
     before `now`."""

@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 
 from orderpay.clock import utcnow
 from orderpay.domain.schedule import CatchUpSchedule
+from orderpay.domain.times import age_text
 from orderpay.errors import OrderpayError
 from orderpay.payments import review
 from orderpay.payments.charge_cycle import ChargeCycle
@@ -140,7 +141,8 @@ class CatchUp:
         for item in track(items):
             cycle = self._cycle(item)
             if item.updated_at > now - older_than:
-                why = f"changed within {_age(older_than)} (--older-than): its answer may be coming"
+                age = age_text(older_than)
+                why = f"changed within {age} (--older-than): its answer may be coming"
                 done.skipped.append(_skipped(cycle, why))
                 continue
             self._ask(done, cycle, source="reconcile", dry_run=dry_run)
@@ -228,11 +230,3 @@ def oldest_awaiting(conn: Connection) -> datetime | None:
 
 def _skipped(cycle: Cycle, why: str) -> Skipped:
     return Skipped(cycle.kind, cycle.item_id, cycle.payment_id, cycle.order_id, cycle.state, why)
-
-
-def _age(span: timedelta) -> str:
-    seconds = int(span.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
