@@ -189,11 +189,13 @@ app.command("serve-webhooks", short_help="Run the callback listener and the REST
     listener.serve_webhooks
 )
 app.add_typer(webhooks.webhook_app, name="webhook")
-app.command("worker", short_help="Deliver notifications (RQ, or from the database).")(worker.worker)
+app.command("worker", short_help="Deliver notifications; ask providers about open payments.")(
+    worker.worker
+)
 app.add_typer(events.events_app, name="events")
 app.add_typer(worker.notification_app, name="notification")
 app.add_typer(review.review_app, name="review", short_help="Decide outcomes kept for review.")
-app.command("reconcile", short_help="Settle payments whose outcome never arrived.")(
+app.command("reconcile", short_help="Ask providers now about open payments and refunds.")(
     operations.reconcile
 )
 app.command("doctor", short_help="Check configuration, database, schema and Redis.")(

@@ -20,8 +20,9 @@ from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.payments.callbacks import CallbackResult, apply_callback, parse_callback
 from orderpay.payments.charge import Claim, claim_payment
 from orderpay.store.db import Database, retrying
-from orderpay.store.locks import lock_order_for_charge
+from orderpay.store.locks import lock_order_for_charge, lock_payment
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.order_events import count_events, record_event
 from orderpay.store.orders import get_order
 from orderpay.store.payments import Payment, get_payment
 from tests.builders import AMA, a_key, an_order
@@ -144,3 +145,26 @@ def test_a_deadlock_is_run_again_inside_the_service_never_shown_as_unavailable(
 
     assert errors == []
     assert len(attempts) == 3  # one of the two was run again after Postgres chose it
+
+
+# A settling transaction locks its order FOR NO KEY UPDATE: it changes the order's status,
+# never its key, so an order event written meanwhile (its foreign key takes FOR KEY SHARE on
+# the order, as a charge recording its answer does while it holds its payment's row) goes on.
+# Under FOR UPDATE that insert would wait, and with the charge holding the payment the callback
+# wants next, the two would deadlock.
+
+
+def test_an_order_event_can_be_written_while_a_callback_holds_its_order(
+    db: Database, other: Database
+) -> None:
+    payment = an_interrupted_charge(db, a_key())
+    with db.transaction() as settling:
+        locked = lock_payment(settling, payment.id)  # the order, then the payment
+        assert locked is not None
+
+        with other.transaction() as recording:
+            recording.execute(text("SET LOCAL lock_timeout = '5s'"))  # a bound, not a wait
+            record_event(recording, payment.order_id, "payment_pending", "the provider took it")
+
+    with db.transaction() as conn:
+        assert count_events(conn, payment.order_id, "payment_pending") == 1

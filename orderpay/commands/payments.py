@@ -166,8 +166,9 @@ def payment_cancel(
         bool,
         typer.Option(
             "--force",
-            help="Fail it even when its provider cannot be asked; a success reported later "
-            "is then kept for review (money to refund), never a paid order.",
+            help="Fail it without its provider's word (unreachable, or no record of it yet); "
+            "it is still asked, and a success reported later is kept for review (money to "
+            "refund), never a paid order.",
         ),
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -175,10 +176,12 @@ def payment_cancel(
 ) -> None:
     """Cancel a payment stuck initiated or pending, after asking its provider.
 
-    The payment's own provider decides: no record of it there (or a failure) fails it with
-    your reason, and the order can be charged again with a new key; a success settles it as
-    paid instead; still pending there is refused (exit 4), the payer may yet approve. When the
-    provider cannot be asked: exit 7, unless --force.
+    The payment's own provider decides: a definite failure fails it, and the order can be
+    charged again with a new key; a success settles it as paid instead; still pending there is
+    refused (exit 4), the payer may yet approve. No record of it there, or an ambiguous answer,
+    is no answer (a provider may not show a request it took yet): exit 4, and a provider that
+    cannot be asked exit 7, unless --force, which fails it awaiting the provider's
+    confirmation; the worker keeps asking.
 
     \b
     Examples:

@@ -46,7 +46,7 @@ def refund(
     """Give (part of) a succeeded payment back to its payer, through the payment's provider.
 
     The refund is recorded first, then the provider is asked; its status is asked once right
-    away, and `orderpay reconcile` settles a refund still pending. When it succeeds the order
+    away, and the worker asks again about a refund still pending. When it succeeds the order
     becomes partially_refunded or refunded and the customer is told. Money leaves the
     merchant: without --yes it asks on a terminal and refuses (exit 2) off one.
 

@@ -290,7 +290,7 @@ def refund_panel(refund: Refund, *, replayed: bool | None = None) -> None:
     ]
     body = field_lines(rows)
     if refund.status is RefundStatus.PENDING:
-        body.append("\nthe provider has not settled it yet: `orderpay reconcile` will", style="dim")
+        body.append("\nnot settled by the provider yet: the worker asks again", style="dim")
     if replayed:
         body.append("\nreplayed: this key was used before; nothing new was refunded", style="dim")
     show(Panel(body, title=f"Refund {refund.id}", title_align="left", expand=False))

@@ -50,7 +50,7 @@ class WorkerClass(StrEnum):
 def worker(
     ctx: typer.Context,
     burst: Annotated[
-        bool, typer.Option("--burst", help="Relay and deliver what is due now, then exit 0.")
+        bool, typer.Option("--burst", help="Ask, relay and deliver what is due now, then exit 0.")
     ] = False,
     queue: Annotated[str | None, typer.Option("--queue", help="RQ queue name.")] = None,
     worker_class: Annotated[
@@ -64,9 +64,12 @@ def worker(
     """Deliver notifications: the outbox relay plus an RQ worker (with its scheduler).
 
     With REDIS_URL unset, delivers straight from the database instead (several workers may
-    run; they never take the same row). Each notification goes through the channel it was
-    queued for; one whose channel this worker has no settings for stays pending, with the
-    reason in its last_error. SIGTERM finishes the current delivery, then stops.
+    run; they never take the same row). Either way it also asks the providers again about
+    payments and refunds still awaiting their final word, on ORDERPAY_CATCHUP_SCHEDULE, each
+    once per step however many workers run (--burst: once, what is due now). Each
+    notification goes through the channel it was queued for; one whose channel this worker
+    has no settings for stays pending, with the reason in its last_error. SIGTERM finishes
+    the current delivery, then stops.
 
     \b
     Examples:
