@@ -20,9 +20,16 @@ import pytest
 
 from orderpay.domain.signatures import standard_headers
 from orderpay.domain.states import OrderStatus, PaymentStatus
+from orderpay.payments import settlement
+from orderpay.payments.charge import charge_order
+from orderpay.payments.settlement import Settled
+from orderpay.providers.simulator import SimulatorProvider
 from orderpay.server import create_app
 from orderpay.store.db import Database
+from orderpay.store.locks import lock_payment
+from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment
+from tests.builders import a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.ledger_views import seen
 from tests.live_server import (
@@ -74,9 +81,29 @@ def conflicting(client: TestClient, db: Database) -> tuple[Payment, Payment, htt
     return holder, pending, post(client, sender_body(pending.order_id))
 
 
-def items(cli: Cli, *args: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = cli.items("review", "list", "--all", *args)
+def items(cli: Cli) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = cli.items("review", "list", "--all")
     return found
+
+
+class MtnLike(SimulatorProvider):
+    """Another provider (its name is all that differs here): its ids are its own."""
+
+    name = "mtn"
+
+
+def held_by_another_provider(db: Database) -> Payment:
+    """A payment of `mtn` that its provider settled under SENDER_ID."""
+    order = an_order(db)
+    payment = charge_order(
+        db, MtnLike(), order_id=order.id, key=a_key(), default_region="GH", lease_seconds=90
+    ).payment
+    report = settlement.Report(PaymentStatus.SUCCEEDED, "mtn status", transaction_id=SENDER_ID)
+    with db.transaction() as conn:
+        locked = lock_payment(conn, payment.id)
+        assert locked is not None
+        assert settlement.settle(conn, locked, report, NotifyTarget()) is Settled.APPLIED
+    return payment
 
 
 def test_a_success_under_another_payments_transaction_id_answers_200_review(
@@ -181,3 +208,17 @@ def test_a_sender_id_conflict_logs_none_of_the_statements_parameters(
     for record in caplog.records:
         logged = record.getMessage() + (caplog.handler.format(record) if record.exc_info else "")
         assert not any(digits in logged for digits in KOFI_DIGITS), logged
+
+
+def test_an_id_a_payment_of_another_provider_holds_is_no_conflict(
+    listener_on: TestClient, db: Database, cli: Cli
+) -> None:
+    held_by_another_provider(db)
+    pending = a_pending_payment(db, phone=KOFI)
+
+    answer = post(listener_on, sender_body(pending.order_id))
+
+    assert answer.json() == {"status": "processed", "payment": str(pending.id)}, answer.text
+    after = seen(db, pending)
+    assert (after.payment, after.transaction_id) == (PaymentStatus.SUCCEEDED, SENDER_ID)
+    assert items(cli) == []

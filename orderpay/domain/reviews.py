@@ -41,9 +41,10 @@ class FindingMoney(StrEnum):
 def finding_money(*, reported_succeeded: bool, recorded_succeeded: bool) -> FindingMoney | None:
     """What a provider's report that contradicts our record of a payment says of its money,
     whatever amount or currency it names: a success for a payment not recorded succeeded is
-    money taken; a failure for one recorded succeeded, money that may not have been."""
-    if reported_succeeded and not recorded_succeeded:
-        return FindingMoney.TAKEN
-    if recorded_succeeded and not reported_succeeded:
+    money taken; a failure, money that may not have been, whatever the payment's record says
+    now (a payment still pending may succeed later, and the finding still stands)."""
+    if not reported_succeeded:
         return FindingMoney.MAYBE_NOT_TAKEN
+    if not recorded_succeeded:
+        return FindingMoney.TAKEN
     return None

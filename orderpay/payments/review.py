@@ -184,17 +184,19 @@ def _money_said(payment: Payment, target: PaymentStatus) -> FindingMoney | None:
 def keep_sender_conflict(
     conn: Connection,
     locked: LockedPayment,
-    target: PaymentStatus,
     reported: str,
     transaction_id: str | None,
+    *,
+    holder: uuid.UUID,
+    event_id: int | None,
 ) -> Kept:
     """A sender reports an outcome for the payment under a transaction id another payment
-    holds. Subject: the payment and the id."""
+    (`holder`) holds. Subject: the payment and the id."""
     payment = locked.payment
     action = (
-        f"check with {payment.provider} which payment transaction {transaction_id} is; if it is "
-        f"this one's, {payment.provider} took {payment.amount} for it: settle it with the "
-        "provider's word (`orderpay reconcile`) or refund it"
+        f"check with {payment.provider} which payment transaction {transaction_id} is (payment "
+        f"{holder} holds it); if it is this one's, {payment.provider} took {payment.amount} for "
+        "it: settle it with the provider's word (`orderpay reconcile`) or refund it"
     )
     return keep(
         conn,
@@ -204,6 +206,7 @@ def keep_sender_conflict(
         reported=reported,
         action=action,
         payment_id=payment.id,
+        event_id=event_id,
         money=None,
     )
 

@@ -15,6 +15,7 @@ a batch of callbacks, read them and lets the settling statement check they did n
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -102,9 +103,10 @@ def settle(
     """
     payment = locked.payment
     verdict = classify(locked, report)
-    if _held_by_another(conn, payment, report.transaction_id):
+    holder = _held_by_another(conn, payment, report.transaction_id)
+    if holder is not None:
         verdict = Settled.SENDER_CONFLICT
-        _keep_sender_conflict(conn, locked, report, event_id)
+        _keep_sender_conflict(conn, locked, report, holder, event_id)
     elif verdict is Settled.APPLIED:
         ledger.settle(conn, [move_for(locked, report, operator=operator)], notify)
     elif verdict is Settled.UNCHANGED:
@@ -124,18 +126,24 @@ def settle(
 _CONFIRMING = frozenset({Settled.UNCHANGED, Settled.CONFLICT, Settled.MISMATCH})
 
 
-def _held_by_another(conn: Connection, payment: Payment, transaction_id: str | None) -> bool:
-    """Whether the transaction id a report gives for a payment that has none is another
-    payment's (its provider's ids are unique): two senders' ids overlap, or a report names
-    the wrong payment. Then nothing moves; an operator decides."""
+def _held_by_another(
+    conn: Connection, payment: Payment, transaction_id: str | None
+) -> uuid.UUID | None:
+    """The other payment that holds the transaction id a report gives for a payment that has
+    none (its provider's ids are unique): two senders' ids overlap, or a report names the
+    wrong payment. Then nothing moves; an operator decides."""
     if transaction_id is None or payment.provider_transaction_id is not None:
-        return False
+        return None
     holder = payment_rows.holding_transaction(conn, payment.provider, transaction_id)
-    return holder is not None and holder != payment.id
+    return holder if holder != payment.id else None
 
 
 def _keep_sender_conflict(
-    conn: Connection, locked: LockedPayment, report: Report, event_id: int | None
+    conn: Connection,
+    locked: LockedPayment,
+    report: Report,
+    holder: uuid.UUID,
+    event_id: int | None,
 ) -> None:
     payment = locked.payment
     said = review_texts.reported_text(
@@ -148,13 +156,15 @@ def _keep_sender_conflict(
         reason=report.reason,
         payer_phone=payment.payer_phone,
     )
-    kept = review.keep_sender_conflict(conn, locked, report.outcome, said, report.transaction_id)
+    kept = review.keep_sender_conflict(
+        conn, locked, said, report.transaction_id, holder=holder, event_id=event_id
+    )
     order_events.record_event(
         conn,
         payment.order_id,
         "callback_sender_conflict",
         f"{report.source} reported {report.outcome} for payment {payment.id} under transaction "
-        f"id {report.transaction_id!r}, which another payment holds; {kept}, nothing changed",
+        f"id {report.transaction_id!r}, which payment {holder} holds; {kept}, nothing changed",
     )
 
 
