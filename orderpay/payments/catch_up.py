@@ -86,32 +86,33 @@ class CatchUp:
             due_payments = payment_rows.due_for_check(conn, now, limit)
             due_refunds = refunds.due_for_check(conn, now, limit)
         for payment in due_payments:
-            self._due(done, now, payment, partial(ledger.claim_check, payment=payment))
+            self._due(done, payment, partial(ledger.claim_check, payment=payment))
         for refund in due_refunds:
-            self._due(done, now, refund, partial(refunds.claim_check, refund=refund))
+            self._due(done, refund, partial(refunds.claim_check, refund=refund))
         return done
 
     def _due(
         self,
         done: Round,
-        now: datetime,
         item: Payment | Refund,
         claim: Callable[..., datetime | None],
     ) -> None:
-        claimed = retrying(self.db, lambda conn: claim(conn, now=now, lease=CLAIM))
+        # The claim and the next step count from when this item is asked, not from when the
+        # round began: a round of slow answers outlasts a claim made at its start.
+        claimed = retrying(self.db, lambda conn: claim(conn, now=utcnow(), lease=CLAIM))
         if claimed is None:
             return  # another worker asks this step
         cycle = self._cycle(item)
         asked = self._ask(done, cycle, source="catch-up", dry_run=False)
         kind, item_id = cycle.kind, cycle.item_id
-        next_at = self.schedule.next_check(item.checks_made + 1, now)
+        next_at = self.schedule.next_check(item.checks_made + 1, utcnow())
         schedule = ledger.schedule_check if kind == "payment" else refunds.schedule_check
 
         def reschedule(conn: Connection) -> None:
             schedule(conn, item_id, claimed, next_at)
 
         retrying(self.db, reschedule)
-        overdue = self.schedule.overdue(item.created_at, now)
+        overdue = self.schedule.overdue(item.created_at, utcnow())
         if (
             asked is not None
             and not asked.definite
