@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -219,8 +220,11 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
         if name.startswith(CONFIG_PREFIXES) or name in CONFIG_NAMES:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    level = root.level  # a command run in-process (the worker) configures logging
     yield
     clock.reset()
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -17,7 +18,8 @@ import pytest
 
 from orderpay.config import Settings, load_settings
 from orderpay.domain.states import OrderStatus, PaymentStatus
-from orderpay.payments.charge import charge_order
+from orderpay.payments.charge import charge_order, claim_payment
+from orderpay.providers.base import Accepted, CollectionRequest
 from orderpay.providers.mtn import MtnProvider
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
@@ -283,3 +285,31 @@ def test_garbage_is_refused_with_400_and_changes_nothing(
     assert answer.json()["error"]["code"] == "invalid_payload"
     assert after == before
     assert mtn.calls("status") == 0
+
+
+def test_a_callback_that_comes_before_the_charge_records_mtns_receipt_settles_the_payment(
+    client: TestClient, db: Database, mtn: FakeMtn
+) -> None:
+    # MTN took the request and called back at once; the charge that sent it still holds its
+    # lease, its answer not yet recorded. MTN's status settles it; the charge then finds the
+    # payment moved on and only keeps MTN's reference.
+    order = an_order(db, phone=MTN_SANDBOX_PAYER, currency="EUR")
+    with db.transaction() as conn:
+        claimed = claim_payment(
+            conn,
+            order_id=order.id,
+            key=a_key(),
+            payer_phone=MTN_SANDBOX_PAYER,
+            provider="mtn",
+            lease=timedelta(seconds=90),
+        ).payment
+    with mtn.provider() as provider:
+        sent = provider.request_payment(
+            CollectionRequest(claimed.id, order.id, claimed.amount, claimed.payer_phone)
+        )
+    assert isinstance(sent, Accepted)
+
+    answer = send(client, as_bytes(mtn.status_body(claimed.id)))
+
+    assert answer.status_code == 200, answer.text
+    settled_once(db, claimed)

@@ -28,7 +28,7 @@ from orderpay.domain.times import age_text
 from orderpay.errors import OrderpayError
 from orderpay.payments import review
 from orderpay.payments.charge_cycle import ChargeCycle
-from orderpay.payments.life_cycle import Action, Check, Cycle, check
+from orderpay.payments.life_cycle import Action, Check, Cycle, busy, check
 from orderpay.payments.refund_cycle import RefundCycle
 from orderpay.providers.base import Provider
 from orderpay.store import ledger, locks, refunds
@@ -156,7 +156,11 @@ class CatchUp:
             return RefundCycle(item, get_payment(conn, item.payment_id))
 
     def _ask(self, done: Round, cycle: Cycle, *, source: str, dry_run: bool) -> Check | None:
-        """Check one row; None (and the reason kept) when its provider cannot be asked here."""
+        """Check one row; None (and the reason kept) when it is not asked: its request is out
+        now (that run records the answer), or its provider cannot be asked here."""
+        if cycle.lease_held:
+            done.skipped.append(_skipped(cycle, busy(cycle)))
+            return None
         try:
             provider = self.provider_for(cycle.provider)
             if cycle.kind == "refund":
@@ -173,7 +177,7 @@ class CatchUp:
             lease=self.lease,
             dry_run=dry_run,
         )
-        if asked.action is Action.NONE and asked.remote == "not asked":
+        if asked.left_alone:
             done.skipped.append(_skipped(cycle, asked.note))
         else:
             done.checked.append(asked)

@@ -138,6 +138,7 @@ class Check:
     dry_run: bool = False
     notification_queued: bool = False
     definite: bool = False  # the provider gave its final word
+    left_alone: bool = False  # not asked, or its request is in progress: nothing to decide
 
     @property
     def changed(self) -> bool:
@@ -165,12 +166,10 @@ def check(
     """Ask the provider what became of an open item and act on it (see the module docstring).
     With `dry_run`, only the status call is made: the answer says what would be done."""
     if not cycle.open:
-        return unchanged(cycle, "not asked", "already settled", dry_run)
-    if cycle.lease_held:
-        return unchanged(cycle, "not asked", _busy(cycle), dry_run)
+        return _not_asked(cycle, "already settled", dry_run)
     if cycle.provider != provider.name:
         # Asking MTN about a simulator payment (or the reverse) could resubmit it for real.
-        return unchanged(cycle, "not asked", f"made through {cycle.provider}", dry_run)
+        return _not_asked(cycle, f"made through {cycle.provider}", dry_run)
     try:
         answer = cycle.status(provider)
     except ProviderUnavailable as error:
@@ -220,12 +219,14 @@ def _resubmit(
 ) -> Check:
     """Ask the provider again for an `initiated` item, holding its lease like a resumed key.
     A dry run takes no lease and asks nothing: it says whether it would."""
+    if cycle.lease_held:
+        return replace(unchanged(cycle, remote, busy(cycle), dry_run), left_alone=True)
     if dry_run:
         note = "would be submitted again under its own reference"
         return _checked(cycle, cycle.state, remote, note, Action.RESUBMITTED, True)
     held = retrying(db, lambda conn: cycle.take_lease(conn, lease))
     if held is None:
-        return unchanged(cycle, remote, _busy(cycle), False)
+        return replace(unchanged(cycle, remote, busy(cycle), False), left_alone=True)
     try:
         after = ask(db, provider, held, resent=True)
     except ProviderUnavailable as error:
@@ -238,8 +239,12 @@ def _resubmit(
     return _checked(cycle, after.state, said, "resubmitted", Action.RESUBMITTED, False)
 
 
-def _busy(cycle: Cycle) -> str:
+def busy(cycle: Cycle) -> str:
     return f"lease held: its request to {cycle.provider} is in progress"
+
+
+def _not_asked(cycle: Cycle, why: str, dry_run: bool) -> Check:
+    return replace(unchanged(cycle, "not asked", why, dry_run), left_alone=True)
 
 
 def unchanged(cycle: Cycle, remote: str, note: str, dry_run: bool) -> Check:
