@@ -112,12 +112,14 @@ def send_notifications(notification_ids: list[int]) -> str:
         for r in results
         if r.due_in is not None
         and r.outcome is Delivery.SKIPPED
-        and 0 < r.due_in <= SCHEDULER_EARLINESS_SECONDS
+        and r.due_in <= SCHEDULER_EARLINESS_SECONDS
     ]
     if early and not stopping.is_set():
         # RQ's scheduler keeps whole seconds, so a retry can start a moment before the time
-        # its rows were given; wait for them rather than leave them to the relay's sweep.
-        time.sleep(max(r.due_in or 0 for r in early))
+        # its rows were given; wait for them rather than leave them to the relay's sweep. A
+        # row may also have come due between the claim and the look at its due time (due_in
+        # at or below 0): it is tried again at once.
+        time.sleep(max(0.0, *(r.due_in or 0.0 for r in early)))
         again = _deliver(runtime, policy, [r.notification_id for r in early], deadline)
         results = [r for r in results if r not in early] + again.results
         left += again.left
