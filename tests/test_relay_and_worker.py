@@ -18,8 +18,9 @@ from redis import Redis
 from rq import SimpleWorker
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
-from sqlalchemy import text
+from sqlalchemy import text, update
 
+from orderpay import jobs
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus
 from orderpay.errors import QueueUnavailable
@@ -32,10 +33,12 @@ from orderpay.jobs import (
     send_notification,
     send_notifications,
 )
+from orderpay.notify import delivery
 from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.notifications import OUTBOX_CHANNEL
+from orderpay.store.schema import notifications
 from tests.builders import AMA, a_key, an_order
 from tests.conftest import Cli, count_rows
 from tests.http_recorder import Answer
@@ -560,3 +563,32 @@ def test_sigterm_during_a_send_finishes_that_delivery_then_exits_0(
     assert took < 6  # the delivery in flight, then out
     assert requests == 1
     assert notification(db, settled.notification_id).status is NotificationStatus.SENT
+
+
+def test_an_rq_retry_whose_row_comes_due_while_it_looks_at_it_sends_the_message_at_once(
+    pg_url: str, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RQ may start a retry a moment before the row's due time. The job's claim then finds the
+    # row not due yet; by the time it reads the row's due time, the row is due. The job must
+    # try it again now, not end as "skipped" and leave it to the relay's sweep minutes later.
+    settled = a_settled_payment(db)
+    due = utcnow() + timedelta(seconds=30)
+    with db.transaction() as conn:
+        conn.execute(
+            update(notifications)
+            .where(notifications.c.id == settled.notification_id)
+            .values(due_at=due)
+        )
+    times = iter([due - timedelta(milliseconds=10)])  # the claim's clock; then it is due
+    monkeypatch.setattr(delivery, "utcnow", lambda: next(times, due + timedelta(milliseconds=1)))
+    with a_gateway() as gateway:
+        for name, value in {"DATABASE_URL": pg_url, **sms_env(gateway.url)}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(jobs, "_process", None)  # this test's runtime, dropped after it
+        try:
+            summary = jobs.send_notifications([settled.notification_id])
+        finally:
+            jobs.process_runtime().close()
+
+        assert gateway.recorder.count() == 1, summary
+    assert wait_for_status(db, settled.notification_id, "sent", timeout=5).attempts == 1
