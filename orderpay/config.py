@@ -103,10 +103,11 @@ class Settings(BaseSettings):
     notify_lease_seconds: float = Field(
         default=60.0, gt=0, validation_alias=AliasChoices("ORDERPAY_NOTIFY_LEASE_SECONDS")
     )
-    # A row the relay handed to RQ this long ago that is still pending and due, and whose job
-    # RQ no longer holds, is handed out again (its job was lost: Redis flushed, a worker died).
+    # A row the relay handed to RQ this long ago that is still pending and due is asked about:
+    # if its job is in no queue, no scheduled registry and with no live worker, it was lost
+    # (Redis flushed or restarted, a worker died holding it) and is handed out again.
     relay_lost_after_seconds: float = Field(
-        default=300.0, gt=0, validation_alias=AliasChoices("ORDERPAY_RELAY_LOST_AFTER_SECONDS")
+        default=10.0, gt=0, validation_alias=AliasChoices("ORDERPAY_RELAY_LOST_AFTER_SECONDS")
     )
     # The relay wakes on Postgres NOTIFY; it also polls this often (SQLite, and as a fallback).
     relay_poll_seconds: float = Field(

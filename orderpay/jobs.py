@@ -251,18 +251,17 @@ def connect_redis(url: str) -> Redis:
     return Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
 
 
-# RQ still holds a job in these states: it will run. Pushing it again would only queue a copy
-# (harmless, but a backlog would grow by itself every pass). A `started` job is not among them:
-# the relay only looks at rows no attempt holds, so a started job whose row is free is one
-# whose worker died (or hung) past the row's lease.
-HELD_BY_RQ = frozenset({"created", "queued", "scheduled", "deferred"})
-
-
 class Relay:
-    """Moves due outbox rows to RQ in batches and marks them enqueued in the same step.
+    """Moves due outbox rows to RQ in batches.
 
-    A row handed out before is pushed again only when its job looks lost: handed out more
-    than `lost_after` ago, still pending and due, and RQ no longer holds the job.
+    A pass marks its rows handed out and commits that before their jobs reach Redis: a worker
+    that starts a job at once finds the rows free to claim (a claim skips rows another
+    transaction holds). If Redis does not take the jobs, the marks are taken back.
+
+    A row handed out more than `lost_after` ago that is still pending, due and held by no
+    attempt is asked about: if RQ no longer holds its job (see `_held_by_rq`), it is pushed
+    again. Those questions are asked of at most `batch` rows, the longest due first, every
+    half `lost_after`, so a backlog waiting in RQ costs little and never grows by itself.
     """
 
     def __init__(
@@ -278,42 +277,57 @@ class Relay:
         self.retry_intervals = retry_intervals
         self.lost_after = lost_after
         self.batch = batch
+        self._next_question = utcnow()
 
-    def relay_once(self) -> tuple[int, int]:
-        """Enqueue one pass: (rows looked at, rows handed to new jobs). The rows are marked
-        only if Redis took the jobs."""
+    def relay_once(self, *, handed_out: bool = False) -> tuple[int, int]:
+        """One pass over rows never handed out (or, with `handed_out`, over rows handed out
+        more than lost_after ago): (rows looked at, rows handed to new jobs)."""
         from redis.exceptions import RedisError
+
+        now = utcnow()
+        handed_before = now - self.lost_after if handed_out else None
+        with self.database.transaction() as conn:
+            rows = relay_candidates(conn, now=now, handed_before=handed_before, limit=self.batch)
+            outbox.mark_enqueued(conn, [row.notification_id for row in rows], now)
+        if not rows:
+            return 0, 0
+        try:
+            pushed = self._push(rows, salt=now.isoformat() if handed_out else "")
+        except RedisError as error:
+            with self.database.transaction() as conn:
+                before = {row.notification_id: row.handed_out_at for row in rows}
+                outbox.unmark_enqueued(conn, before, now)
+            raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
+        return len(rows), pushed
+
+    def _push(self, rows: list[Relayable], salt: str) -> int:
+        """Jobs for the rows whose jobs RQ does not hold, in one pipeline; how many rows."""
         from rq import Worker
 
-        with self.database.transaction() as conn:
-            now = utcnow()
-            rows = relay_candidates(conn, now=now, lost_after=self.lost_after, limit=self.batch)
-            if not rows:
-                return 0, 0
-            try:
-                held = self._held_by_rq([row for row in rows if row.handed_out])
-                due = [row for row in rows if row.notification_id not in held]
-                workers = Worker.count(connection=self.queue.connection, queue=self.queue)
-                batches = split(due, workers)
-                # One pipeline per pass; if Redis fails, the transaction rolls back and the
-                # rows wait for the next try.
-                if batches:
-                    ids = [[row.notification_id for row in batch] for batch in batches]
-                    attempts = [[row.attempts for row in batch] for batch in batches]
-                    enqueue_batches(self.queue, ids, self.retry_intervals, attempts)
-            except RedisError as error:
-                raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
-            # Held rows are marked too: RQ is asked about them again only after lost_after.
-            outbox.mark_enqueued(conn, [row.notification_id for row in rows], now)
-        return len(rows), len(due)
+        held = self._held_by_rq([row for row in rows if row.handed_out])
+        due = [row for row in rows if row.notification_id not in held]
+        workers = Worker.count(connection=self.queue.connection, queue=self.queue)
+        batches = split(due, workers)
+        if batches:
+            ids = [[row.notification_id for row in batch] for batch in batches]
+            attempts = [[row.attempts for row in batch] for batch in batches]
+            # A job pushed again gets a new id: the lost one may still be in RQ's hands
+            # somewhere (a worker's intermediate list) under the old id.
+            enqueue_batches(self.queue, ids, self.retry_intervals, attempts, salt=salt)
+        return len(due)
 
     def _held_by_rq(self, rows: list[Relayable]) -> set[int]:
-        """The rows whose current job RQ still holds (queued, scheduled, deferred...): the
-        job named under row_job_key, else an earlier release's one-row job."""
+        """The rows whose current job RQ will still start: the job named under row_job_key
+        (else an earlier release's one-row job) is in the queue, or in the scheduled or
+        deferred registry.
+
+        Where the job is, not its status field: a job a worker took from the queue and died
+        before starting still says `queued`, yet is in no queue. A started job does not hold
+        its rows: the relay only asks about rows no attempt holds, so its worker is dead, or
+        has not claimed them for lost_after; a second job for them is harmless, as every send
+        is claimed first."""
         if not rows:
             return set()
-        from rq.job import Job
-
         redis = self.queue.connection
         named = redis.mget([row_job_key(row.notification_id) for row in rows])
         jobs = [
@@ -322,24 +336,34 @@ class Relay:
             else legacy_job_id(row.notification_id, row.attempts)
             for row, name in zip(rows, named, strict=True)
         ]
+        scheduled = self.queue.scheduled_job_registry.key
+        deferred = self.queue.deferred_job_registry.key
         with redis.pipeline(transaction=False) as pipeline:
+            pipeline.lrange(self.queue.key, 0, -1)
             for jid in jobs:
-                pipeline.hget(Job.key_for(jid), "status")
-            statuses = pipeline.execute()
+                pipeline.zscore(scheduled, jid)
+                pipeline.zscore(deferred, jid)
+            queued, *scores = pipeline.execute()
+        waiting = {bytes(jid).decode() for jid in queued}
         return {
             row.notification_id
-            for row, status in zip(rows, statuses, strict=True)
-            if status is not None and status.decode() in HELD_BY_RQ
+            for index, (row, jid) in enumerate(zip(rows, jobs, strict=True))
+            if jid in waiting or any(s is not None for s in scores[2 * index : 2 * index + 2])
         }
 
     def relay_due(self) -> int:
-        """Enqueue every due row now (pass after pass); the number of rows handed to jobs."""
+        """Enqueue every row never handed out (pass after pass), then, at most every half
+        lost_after, ask about rows handed out before; the number of rows handed to jobs."""
         total = 0
         while True:
             looked_at, pushed = self.relay_once()
             total += pushed
             if looked_at < self.batch:
-                return total
+                break
+        if utcnow() >= self._next_question:
+            self._next_question = utcnow() + self.lost_after / 2
+            total += self.relay_once(handed_out=True)[1]
+        return total
 
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
         """Relay until `stop` is set: on every NOTIFY, and every `poll_seconds` anyway."""

@@ -13,6 +13,7 @@ orderpay.clock.advance, never with a sleep.
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -24,13 +25,15 @@ import pytest
 from orderpay import clock
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus
-from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, make_queue
+from orderpay.errors import QueueUnavailable
+from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, make_queue, row_job_key
 from orderpay.notify.channels import WebhookChannel
 from orderpay.notify.delivery import Delivery, RetryPolicy, order_reference
 from orderpay.notify.drain import Drain
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
 from tests.conftest import Cli
+from tests.live_server import CLOSED_REDIS_URL
 from tests.redis_helpers import (
     LOG_TARGET,
     MERCHANT,
@@ -230,6 +233,82 @@ def test_jobs_lost_by_a_flushed_redis_are_pushed_again_once_lost_after_has_passe
     after_lost_after = queue_length(redis_url)
 
     assert (handed_out, before_lost_after, after_lost_after) == (3, 0, 3)
+
+
+def handed_to(redis_url: str, notification_id: int) -> str:
+    with redis_client(redis_url) as redis:
+        name = redis.get(row_job_key(notification_id))
+    assert name is not None
+    return bytes(name).decode()
+
+
+def test_a_job_a_dying_worker_took_from_the_queue_is_pushed_again_once_lost_after_has_passed(
+    db: Database, redis_url: str
+) -> None:
+    settled = a_settled_payment(db)
+    relay_due(db, redis_url)
+    first_job = handed_to(redis_url, settled.notification_id)
+    with redis_client(redis_url) as redis:
+        queue = make_queue(redis)
+        # What RQ's dequeue does (BLMOVE into the worker's intermediate list); the worker then
+        # dies before it starts the job, which still says `queued`.
+        redis.lmove(queue.key, queue.intermediate_queue_key)
+        status = redis.hget(f"rq:job:{first_job}", "status")
+
+    clock.advance(timedelta(seconds=61))
+    relay_due(db, redis_url)
+
+    with redis_client(redis_url) as redis:
+        rows = queued_rows(redis)
+    assert status == b"queued"
+    assert rows == [settled.notification_id]
+    assert handed_to(redis_url, settled.notification_id) != first_job
+
+
+def test_a_job_waiting_in_rqs_scheduled_registry_is_not_pushed_again(
+    db: Database, redis_url: str
+) -> None:
+    settled = a_settled_payment(db)
+    relay_due(db, redis_url)
+    job = handed_to(redis_url, settled.notification_id)
+    with redis_client(redis_url) as redis:
+        queue = make_queue(redis)
+        # Where RQ's Retry parks a job until its next try.
+        redis.lrem(queue.key, 0, job)
+        redis.zadd(queue.scheduled_job_registry.key, {job: time.time() + 600})
+
+    clock.advance(timedelta(seconds=61))
+    relay_due(db, redis_url)
+
+    assert queue_length(redis_url) == 0
+    assert handed_to(redis_url, settled.notification_id) == job
+
+
+def test_a_relay_whose_redis_is_down_leaves_its_rows_as_they_were(db: Database) -> None:
+    settled = a_settled_payment(db)
+    redis = connect_redis(CLOSED_REDIS_URL)
+    relay = Relay(db, make_queue(redis), (1,), lost_after=timedelta(seconds=60))
+
+    with pytest.raises(QueueUnavailable):
+        relay.relay_due()
+
+    redis.close()
+    assert notification(db, settled.notification_id).enqueued_at is None
+
+
+def test_rows_a_down_redis_did_not_take_are_pushed_as_soon_as_it_is_back(
+    db: Database, redis_url: str
+) -> None:
+    settled = a_settled_payment(db)
+    down = connect_redis(CLOSED_REDIS_URL)
+    with pytest.raises(QueueUnavailable):
+        Relay(db, make_queue(down), (1,), lost_after=timedelta(seconds=60)).relay_due()
+    down.close()
+
+    relay_due(db, redis_url)
+
+    assert queue_length(redis_url) == 1
+    assert notification(db, settled.notification_id).enqueued_at is not None
 
 
 # --- Any exception is a failed attempt -------------------------------------------------------

@@ -12,6 +12,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -181,6 +182,30 @@ def test_the_relay_marks_rows_enqueued_so_a_second_relay_enqueues_nothing(
     assert row.status is NotificationStatus.PENDING
     with redis_client(redis_url) as redis:
         assert queued_rows(redis) == [settled.notification_id]
+
+
+def test_a_job_an_idle_worker_starts_while_the_relay_hands_it_out_sends_the_message_at_once(
+    db: Database, redis_url: str, in_process_worker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settled = a_settled_payment(db)
+    push = jobs.enqueue_batches
+
+    def push_and_start_at_once(*args: Any, **kwargs: Any) -> int:
+        # An idle worker takes the job the moment it reaches Redis, inside the relay's step.
+        pushed = push(*args, **kwargs)
+        run_jobs(redis_url)
+        return pushed
+
+    monkeypatch.setattr(jobs, "enqueue_batches", push_and_start_at_once)
+    with a_gateway() as gateway:
+        for name, value in {"DATABASE_URL": db.url, **sms_env(gateway.url)}.items():
+            monkeypatch.setenv(name, value)
+
+        relay(db, redis_url)
+
+        requests = gateway.count()
+    assert requests == 1
+    assert notification(db, settled.notification_id).status is NotificationStatus.SENT
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, FromClause, Row, bindparam, select
@@ -157,35 +157,42 @@ def due(rows: FromClause) -> tuple[ColumnElement[bool], ...]:
 
 _RELAYABLE = (
     select(notifications.c.id, notifications.c.attempts, notifications.c.enqueued_at)
-    .where(
-        *due(notifications),
-        notifications.c.enqueued_at.is_(None)
-        | (notifications.c.enqueued_at <= bindparam("b_handed_before")),
-    )
+    .where(*due(notifications))
     .order_by(notifications.c.due_at)
     .limit(bindparam("b_limit"))
 )
-_RELAYABLE_SKIP_LOCKED = _RELAYABLE.with_for_update(skip_locked=True)
+_NEVER_HANDED_OUT = _RELAYABLE.where(notifications.c.enqueued_at.is_(None))
+_HANDED_OUT_BEFORE = _RELAYABLE.where(notifications.c.enqueued_at <= bindparam("b_handed_before"))
+# Keyed by (handed out before, SQLite): SQLite has one writer at a time and no row locks.
+_RELAY_STATEMENTS = {
+    (False, True): _NEVER_HANDED_OUT,
+    (True, True): _HANDED_OUT_BEFORE,
+    (False, False): _NEVER_HANDED_OUT.with_for_update(skip_locked=True),
+    (True, False): _HANDED_OUT_BEFORE.with_for_update(skip_locked=True),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Relayable:
     notification_id: int
     attempts: int
-    handed_out: bool  # the relay gave it to RQ before: RQ may still hold its job
+    handed_out_at: datetime | None  # when the relay last gave it to RQ: RQ may still hold its job
+
+    @property
+    def handed_out(self) -> bool:
+        return self.handed_out_at is not None
 
 
 def relay_candidates(
-    conn: Connection, *, now: datetime, lost_after: timedelta, limit: int
+    conn: Connection, *, now: datetime, handed_before: datetime | None, limit: int
 ) -> list[Relayable]:
-    """Due rows no attempt holds: never handed to RQ, or handed out more than `lost_after`
-    ago (whose job the caller checks RQ for). Locked against other relays (SKIP LOCKED)
-    until the caller's transaction ends."""
-    statement = _RELAYABLE if conn.dialect.name == "sqlite" else _RELAYABLE_SKIP_LOCKED
-    params = {"b_now": now, "b_handed_before": now - lost_after, "b_limit": limit}
+    """Due rows no attempt holds, the longest due first: with `handed_before` None, those never
+    handed to RQ; else those handed out at or before it (whose job the caller asks RQ about).
+    Locked against other relays (SKIP LOCKED) until the caller's transaction ends."""
+    statement = _RELAY_STATEMENTS[handed_before is not None, conn.dialect.name == "sqlite"]
+    params = {"b_now": now, "b_handed_before": handed_before, "b_limit": limit}
     return [
-        Relayable(row.id, row.attempts, row.enqueued_at is not None)
-        for row in conn.execute(statement, params)
+        Relayable(row.id, row.attempts, row.enqueued_at) for row in conn.execute(statement, params)
     ]
 
 

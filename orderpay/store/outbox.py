@@ -319,9 +319,33 @@ _MARK_ENQUEUED = (
 
 
 def mark_enqueued(conn: Connection, notification_ids: list[int], now: datetime) -> None:
-    """The relay handed these rows to RQ (or found RQ still holding their jobs) at `now`."""
+    """The relay hands these rows to RQ (or found RQ still holding their jobs) at `now`."""
     if notification_ids:
         conn.execute(_MARK_ENQUEUED, {"b_ids": notification_ids, "v_now": now})
+
+
+_UNMARK_ENQUEUED = (
+    update(notifications)
+    .where(
+        notifications.c.id == bindparam("b_id"),
+        notifications.c.enqueued_at == bindparam("b_marked_at"),
+    )
+    .values(enqueued_at=bindparam("v_before"))
+)
+
+
+def unmark_enqueued(
+    conn: Connection, handed_out_at: dict[int, datetime | None], marked_at: datetime
+) -> None:
+    """Redis did not take the jobs of rows marked at `marked_at`: each row gets back when it
+    was handed out before (None: never), unless another relay has marked it since."""
+    conn.execute(
+        _UNMARK_ENQUEUED,
+        [
+            {"b_id": nid, "b_marked_at": marked_at, "v_before": before}
+            for nid, before in handed_out_at.items()
+        ],
+    )
 
 
 # --- The operator, and the gateway's delivery reports ------------------------------------------
