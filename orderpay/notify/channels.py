@@ -42,7 +42,9 @@ class OutgoingMessage:
 class Channel(Protocol):
     name: str
 
-    def send(self, message: OutgoingMessage) -> str: ...
+    def send(self, message: OutgoingMessage, deadline: float | None = None) -> str:
+        """Send, ending by `deadline` (time.monotonic()) whatever the gateway does."""
+        ...
 
     def close(self) -> None: ...
 
@@ -50,7 +52,7 @@ class Channel(Protocol):
 class LogChannel:
     name = "log"
 
-    def send(self, message: OutgoingMessage) -> str:
+    def send(self, message: OutgoingMessage, deadline: float | None = None) -> str:
         log.info(
             "notification %s to %s: %s",
             message.notification_id,
@@ -67,20 +69,23 @@ class _HttpChannel:
     def __init__(self, timeout: float, transport: httpx.BaseTransport | None = None) -> None:
         import httpx
 
+        from orderpay.notify.deadlines import deadline_transport
         from orderpay.tls import tls_context
 
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
-            transport=transport,
+            transport=transport or deadline_transport(tls_context()),
             follow_redirects=False,
-            verify=tls_context(),
         )
 
-    def _post(self, url: str, **kwargs: Any) -> httpx.Response:
+    def _post(self, url: str, deadline: float | None, **kwargs: Any) -> httpx.Response:
         import httpx
 
+        from orderpay.notify.deadlines import until
+
         try:
-            return self._client.post(url, **kwargs)
+            with until(deadline):
+                return self._client.post(url, **kwargs)
         except httpx.TimeoutException:
             raise GatewayUnavailable("the gateway did not answer in time") from None
         except httpx.HTTPError as error:
@@ -115,12 +120,13 @@ class SmsChannel(_HttpChannel):
     def __repr__(self) -> str:
         return f"SmsChannel(url={self.url!r}, username={self.username!r})"
 
-    def send(self, message: OutgoingMessage) -> str:
+    def send(self, message: OutgoingMessage, deadline: float | None = None) -> str:
         form = {"username": self.username, "to": message.recipient, "message": message.text}
         if self.sender_id:
             form["from"] = self.sender_id
         response = self._post(
             self.url,
+            deadline,
             data=form,
             headers={"apiKey": self._api_key, "Accept": "application/json"},
         )
@@ -158,14 +164,14 @@ class WebhookChannel(_HttpChannel):
     def __repr__(self) -> str:
         return "WebhookChannel()"
 
-    def send(self, message: OutgoingMessage) -> str:
+    def send(self, message: OutgoingMessage, deadline: float | None = None) -> str:
         from orderpay.domain.signatures import standard_headers
 
         webhook_id = f"msg_orderpay_notification_{message.notification_id}"
         body = json.dumps({"type": message.event_type, "data": message.event}).encode()
         headers = standard_headers(body, self._secret, webhook_id)
         headers["Content-Type"] = "application/json"
-        response = self._post(message.recipient, content=body, headers=headers)
+        response = self._post(message.recipient, deadline, content=body, headers=headers)
         if response.status_code in (408, 425, 429) or response.status_code >= 500:
             raise GatewayUnavailable(f"the merchant endpoint answered HTTP {response.status_code}")
         if not 200 <= response.status_code < 300:

@@ -41,8 +41,9 @@ GROUP_SECONDS = 0.05
 GROUPED_CHANNELS = frozenset({"log"})
 FIRST_GROUP = 1  # before the channel's pace is known
 MAX_GROUP = 500
-# A row after the first of its group is sent only if its lease outlasts the longest send by
-# this much, the time to record its outcome.
+# The time kept at the end of a lease to record a send's outcome (a quarter of a shorter
+# lease): a send ends by then, and a row after the first of its group is sent only if its
+# lease outlasts the longest send by this much.
 RECORD_MARGIN_SECONDS = 1.0
 
 
@@ -75,6 +76,11 @@ class RetryPolicy:
     @property
     def longest_send(self) -> float:
         return self.lease_seconds if self.send_seconds is None else self.send_seconds
+
+    @property
+    def record_margin(self) -> float:
+        """The time kept, at the end of a lease, to record a send's outcome."""
+        return min(RECORD_MARGIN_SECONDS, self.lease_seconds / 4)
 
     @property
     def max_attempts(self) -> int:
@@ -164,7 +170,7 @@ def deliver_batch(
     while remaining:
         if over():
             return Batch(results, remaining)
-        claimed = _claim(db, remaining, size, lease)
+        claimed = _claim(db, remaining, size, lease, policy.max_attempts)
         if not claimed:
             break
         taken = {attempt.notification_id for attempt in claimed}
@@ -191,6 +197,14 @@ def deliver_batch(
         size = max(1, min(MAX_GROUP, int(GROUP_SECONDS / per_send) if per_send else MAX_GROUP))
         if any(attempt.channel not in GROUPED_CHANNELS for attempt in claimed):
             size = 1  # the next rows are likely the same channel's: one at a time
+    if remaining:
+        # Rows no claim took: among them, those whose last try ended without an outcome.
+        retrying(
+            db,
+            lambda conn: outbox.fail_without_tries_left(
+                conn, policy.max_attempts, utcnow(), remaining
+            ),
+        )
     now = utcnow()
     due = retrying(db, lambda conn: pending_due_times(conn, remaining)) if remaining else {}
     for nid in remaining:
@@ -199,8 +213,12 @@ def deliver_batch(
     return Batch(results, [])
 
 
-def _claim(db: Transactional, among: list[int], size: int, lease: timedelta) -> list[Attempt]:
-    return retrying(db, lambda conn: outbox.claim_among(conn, among, size, lease, utcnow()))
+def _claim(
+    db: Transactional, among: list[int], size: int, lease: timedelta, max_attempts: int
+) -> list[Attempt]:
+    return retrying(
+        db, lambda conn: outbox.claim_among(conn, among, size, lease, utcnow(), max_attempts)
+    )
 
 
 def send_attempt(
@@ -219,7 +237,14 @@ def _lease_covers_a_send(attempt: Attempt, policy: RetryPolicy) -> bool:
     """Whether a send started now ends, and is recorded, while the claim still holds the row:
     after that, another worker may claim it and send it again."""
     left = (attempt.lease_until - utcnow()).total_seconds()
-    return left >= policy.longest_send + RECORD_MARGIN_SECONDS
+    return left >= policy.longest_send + policy.record_margin
+
+
+def send_deadline(attempt: Attempt, policy: RetryPolicy) -> float:
+    """When a send that starts now must be over (time.monotonic()): after the channel's
+    timeout at most, and early enough to be recorded while the claim still holds the row."""
+    left = (attempt.lease_until - utcnow()).total_seconds() - policy.record_margin
+    return time.monotonic() + min(policy.longest_send, left)
 
 
 def _send_one(
@@ -238,7 +263,7 @@ def _send_one(
     try:
         message = render(attempt, merchant_name)
         body = message.text
-        message_id = channel.send(message)
+        message_id = channel.send(message, send_deadline(attempt, policy))
     except Exception as error:  # any failure is a failed attempt of this row, and only this row
         reason = error.message if isinstance(error, OrderpayError) else _describe(error)
         log.warning("notification %s, try %s: %s", attempt.notification_id, attempt.number, reason)
@@ -271,9 +296,9 @@ def _record(db: Transactional, done: list[Recorded], policy: RetryPolicy) -> lis
             continue  # never tried: claimed again later
         if nid not in written:
             if outcome is Outcome.SENT:
-                # Our lease ran out and another attempt took the row over while we were sending.
+                # Another attempt took the row over when our lease ran out, and finished it.
                 log.warning(
-                    "notification %s: sent, but attempt %s no longer held the row",
+                    "notification %s: sent by attempt %s after another attempt finished the row",
                     nid,
                     attempt.number,
                 )
@@ -314,7 +339,8 @@ def compile_ahead(conn: Connection, policy: RetryPolicy) -> None:
     Changes nothing in the database.
     """
     now = utcnow()
-    outbox.claim_among(conn, [_NO_ROW], 1, timedelta(seconds=policy.lease_seconds), now)
+    lease = timedelta(seconds=policy.lease_seconds)
+    outbox.claim_among(conn, [_NO_ROW], 1, lease, now, policy.max_attempts)
     pending_due_times(conn, [_NO_ROW])
     nobody = uuid.UUID(int=0)
     attempt = Attempt(_NO_ROW, 1, now, nobody, nobody, "log", "", Money(0, "GHS"), "")

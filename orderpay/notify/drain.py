@@ -32,8 +32,15 @@ class Drain:
     def drain_one(self) -> DeliveryResult | None:
         """Claim the next due row and deliver it; None when nothing is due."""
         lease = timedelta(seconds=self.policy.lease_seconds)
-        attempt = retrying(self.database, lambda conn: outbox.claim_next_due(conn, lease, utcnow()))
+        most = self.policy.max_attempts
+        attempt = retrying(
+            self.database, lambda conn: outbox.claim_next_due(conn, lease, utcnow(), most)
+        )
         if attempt is None:
+            # Nothing to claim: rows whose last try ended without an outcome are failed.
+            retrying(
+                self.database, lambda conn: outbox.fail_without_tries_left(conn, most, utcnow())
+            )
             return None
         result = send_attempt(
             self.database,

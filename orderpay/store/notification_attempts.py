@@ -89,11 +89,14 @@ JOINED = (
     orders.c.id == notifications.c.order_id,
     customers.c.id == orders.c.customer_id,
 )
+# A claim takes a row only while it has tries left: a row whose last try ended without an
+# outcome (its lease ran out) is failed instead (store.outbox.fail_without_tries_left).
+TRIES_LEFT = notifications.c.attempts < bindparam("b_max_attempts")
 _queued = notifications.alias("queued")  # not correlated with the claim's UPDATE of its own row
 # Postgres, claim_next_due: the due row that waited longest, unless another claim holds it.
 NEXT_DUE_ID = (
     select(_queued.c.id)
-    .where(*due(_queued))
+    .where(*due(_queued), _queued.c.attempts < bindparam("b_max_attempts"))
     .order_by(_queued.c.due_at)
     .limit(1)
     .with_for_update(skip_locked=True)
@@ -105,7 +108,11 @@ NEXT_DUE_ID = (
 # the LIMIT.
 PICKED = (
     select(_queued.c.id)
-    .where(_queued.c.id.in_(bindparam("b_ids", expanding=True)), *due(_queued))
+    .where(
+        _queued.c.id.in_(bindparam("b_ids", expanding=True)),
+        *due(_queued),
+        _queued.c.attempts < bindparam("b_max_attempts"),
+    )
     .order_by(_queued.c.id)
     .limit(bindparam("b_limit"))
     .with_for_update(skip_locked=True)
@@ -115,13 +122,18 @@ PICKED = (
 # SQLite (one writer at a time, under BEGIN IMMEDIATE): the same rows, read before the claim.
 DUE_ROWS = (
     select(*ATTEMPT_COLUMNS)
-    .where(*due(notifications), *JOINED)
+    .where(*due(notifications), TRIES_LEFT, *JOINED)
     .order_by(notifications.c.due_at)
     .limit(1)
 )
 DUE_AMONG = (
     select(*ATTEMPT_COLUMNS)
-    .where(notifications.c.id.in_(bindparam("b_ids", expanding=True)), *due(notifications), *JOINED)
+    .where(
+        notifications.c.id.in_(bindparam("b_ids", expanding=True)),
+        *due(notifications),
+        TRIES_LEFT,
+        *JOINED,
+    )
     .order_by(notifications.c.id)
     .limit(bindparam("b_limit"))
 )

@@ -18,7 +18,18 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Insert, String, Text, bindparam, literal, select, text, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    String,
+    Text,
+    bindparam,
+    case,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
 
@@ -35,6 +46,7 @@ from orderpay.store.notification_attempts import (
     NEXT_DUE_ID,
     PICKED,
     Attempt,
+    Outcome,
     Recorded,
     attempt_of,
     changes_of,
@@ -147,6 +159,9 @@ def insert_notification_from(paid: Any) -> Insert:
 
 # --- Attempts ---------------------------------------------------------------------------------
 
+# No limit on the tries a claim may make (a caller without a retry policy).
+ANY_TRIES = 2**31 - 1
+
 _claim_values = {
     "attempts": notifications.c.attempts + 1,
     "lease_until": bindparam("v_lease_until"),
@@ -173,7 +188,11 @@ _SET_CLAIM = (
     .values(_claim_values)
     .where(notifications.c.id == bindparam("b_id"), notifications.c.attempts == bindparam("b_n"))
 )
-# Every write of an attempt's outcome is conditional on the claim still holding the row.
+# Every write of an attempt's outcome is conditional on the claim still holding the row, but
+# a message that went out: it is recorded while the row is pending, whoever holds it.
+_STILL_PENDING = update(notifications).where(
+    notifications.c.id == bindparam("b_id"), notifications.c.status == _PENDING
+)
 _OWNED = update(notifications).where(
     notifications.c.id == bindparam("b_id"),
     notifications.c.status == _PENDING,
@@ -188,14 +207,20 @@ def claim_among(
     limit: int,
     lease: timedelta,
     now: datetime,
+    max_attempts: int = ANY_TRIES,
 ) -> list[Attempt]:
-    """An RQ job's next attempts: up to `limit` of these rows that are pending, due and held
-    by no one, lowest id first, in one statement, all with the same lease. Rows another
-    worker is claiming meanwhile are left to it (SKIP LOCKED)."""
+    """An RQ job's next attempts: up to `limit` of these rows that are pending, due, held
+    by no one and with tries left, lowest id first, in one statement, all with the same
+    lease. Rows another worker is claiming meanwhile are left to it (SKIP LOCKED)."""
     if not notification_ids or limit < 1:
         return []
     lease_until = now + lease
-    params = {"b_ids": list(notification_ids), "b_now": now, "b_limit": limit}
+    params = {
+        "b_ids": list(notification_ids),
+        "b_now": now,
+        "b_limit": limit,
+        "b_max_attempts": max_attempts,
+    }
     if conn.dialect.name == "postgresql":
         rows = conn.execute(_CLAIM_AMONG, {**params, "v_lease_until": lease_until}).all()
         return sorted((attempt_of(row) for row in rows), key=lambda a: a.notification_id)
@@ -203,14 +228,17 @@ def claim_among(
     return [attempt for attempt in claimed if attempt is not None]
 
 
-def claim_next_due(conn: Connection, lease: timedelta, now: datetime) -> Attempt | None:
-    """The embedded drain's next attempt: the due row that waited longest and that no other
-    worker holds (SKIP LOCKED), claimed right before it is sent."""
+def claim_next_due(
+    conn: Connection, lease: timedelta, now: datetime, max_attempts: int = ANY_TRIES
+) -> Attempt | None:
+    """The embedded drain's next attempt: the due row with tries left that waited longest
+    and that no other worker holds (SKIP LOCKED), claimed right before it is sent."""
     lease_until = now + lease
+    params = {"b_now": now, "b_max_attempts": max_attempts}
     if conn.dialect.name == "postgresql":
-        row = conn.execute(_CLAIM_NEXT, {"b_now": now, "v_lease_until": lease_until}).first()
+        row = conn.execute(_CLAIM_NEXT, {**params, "v_lease_until": lease_until}).first()
         return None if row is None else attempt_of(row)
-    row = conn.execute(DUE_ROWS, {"b_now": now}).first()
+    row = conn.execute(DUE_ROWS, params).first()
     return None if row is None else _set_claim(conn, row, lease_until, now)
 
 
@@ -222,10 +250,64 @@ def _set_claim(
     return attempt_of(row, row.attempts + 1, lease_until) if taken.rowcount == 1 else None
 
 
+_WITHOUT_TRIES_LEFT = (
+    *due(notifications),
+    notifications.c.attempts >= bindparam("b_max_attempts"),
+)
+_FAIL_WITHOUT_TRIES_LEFT = (
+    update(notifications)
+    .where(*_WITHOUT_TRIES_LEFT)
+    .values(
+        status=NotificationStatus.FAILED.value,
+        lease_until=None,
+        updated_at=bindparam("b_now"),
+        last_error=case(
+            (notifications.c.lease_until.is_(None), bindparam("b_settings_changed")),
+            else_=bindparam("b_lease_ran_out"),
+        ),
+    )
+    .returning(notifications.c.id, notifications.c.order_id, notifications.c.last_error)
+)
+
+
+def fail_without_tries_left(
+    conn: Connection, max_attempts: int, now: datetime, among: Sequence[int] | None = None
+) -> list[int]:
+    """Rows due (or whose lease ran out) that have made `max_attempts` tries become `failed`,
+    with their order events; the ids failed. A last try whose lease ran out without an outcome
+    (a worker killed, a send that outlasted it) may or may not have reached the customer: the
+    error says so, and an operator's retry sends again. `among`: only these rows."""
+    statement = _FAIL_WITHOUT_TRIES_LEFT
+    if among is not None:
+        if not among:
+            return []
+        statement = statement.where(notifications.c.id.in_(list(among)))
+    params = {
+        "b_now": now,
+        "b_max_attempts": max_attempts,
+        "b_lease_ran_out": (
+            f"try {max_attempts} of {max_attempts} ended without an outcome before its lease ran "
+            "out (a worker stopped, or the send took too long): the message may have been sent"
+        ),
+        "b_settings_changed": f"no tries left: the retry settings allow {max_attempts}",
+    }
+    failed = conn.execute(statement, params).all()
+    for row in failed:
+        order_events.record_event(
+            conn,
+            row.order_id,
+            "notification_failed",
+            f"notification {row.id}: {row.last_error}",
+            at=now,
+        )
+    return [row.id for row in failed]
+
+
 # Postgres: the outcomes of several attempts in one statement, each setting on its row what
 # changes_of gives SQLite row by row. Each row is written only if its claim still holds it (same
-# attempt number and lease, as _OWNED for one row); the order events rows of the rows written
-# follow in the same statement.
+# attempt number and lease, as _OWNED for one row), except a send that went out: it is recorded
+# on its pending row whoever holds the claim now (as _STILL_PENDING), so the row is sent once
+# more at most. The order events rows of the rows written follow in the same statement.
 _RECORD_SQL = """
 UPDATE notifications AS x SET
   status = CASE WHEN o.outcome IN ('sent', 'failed') THEN o.outcome ELSE x.status END,
@@ -244,7 +326,8 @@ FROM unnest(CAST(:o_id AS bigint[]), CAST(:o_number AS integer[]), CAST(:o_lease
   CAST(:o_error AS text[]), CAST(:o_due_at AS timestamptz[]), CAST(:o_event AS text[]),
   CAST(:o_detail AS text[]))
   AS o(id, number, lease, outcome, body, message_id, error, due_at, event, detail)
-WHERE x.id = o.id AND x.status = 'pending' AND x.attempts = o.number AND x.lease_until = o.lease
+WHERE x.id = o.id AND x.status = 'pending'
+  AND (o.outcome = 'sent' OR (x.attempts = o.number AND x.lease_until = o.lease))
 RETURNING x.id, x.order_id, o.event, o.detail
 """
 _written = (
@@ -269,7 +352,8 @@ _RECORD = select(_written.c.id).add_cte(
 def record_outcomes(conn: Connection, outcomes: Sequence[Recorded]) -> set[int]:
     """Record what became of claimed attempts (store.notification_attempts.Recorded), with their
     order events, in one statement; the ids of the rows written: an attempt that no longer
-    holds its row (its lease ran out and another took the row over) writes nothing."""
+    holds its row (its lease ran out and another took the row over) writes nothing, unless its
+    message went out and the row is still pending."""
     if not outcomes:
         return set()
     now = utcnow()
@@ -302,7 +386,11 @@ def _record_one(
     """SQLite (one writer at a time): the same writes, one row at a time."""
     a = done.attempt
     params = {"b_id": a.notification_id, "b_attempts": a.number, "b_lease": a.lease_until}
-    if conn.execute(_OWNED, {**params, **changes_of(done, now)}).rowcount != 1:
+    if done.outcome is Outcome.SENT:
+        statement, params = _STILL_PENDING, {"b_id": a.notification_id}
+    else:
+        statement = _OWNED
+    if conn.execute(statement, {**params, **changes_of(done, now)}).rowcount != 1:
         return False
     if event is not None:
         order_events.record_event(conn, a.order_id, *event, at=now)
