@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Mapping
 
 from orderpay.domain.money import Money
 from orderpay.errors import IdempotencyKeyMissing, InvalidIdempotencyKey
@@ -39,6 +40,23 @@ def charge_fingerprint(order_id: uuid.UUID, amount: Money, payer_phone: str) -> 
             "amount": amount.minor_units,
             "currency": amount.currency,
             "payer": payer_phone,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def order_fingerprint(customer_id: int, quantities: Mapping[uuid.UUID, int]) -> str:
+    """sha256 of the canonical JSON of what an order asks for: whose, and how many of each
+    product. Lines are merged and sorted first, as the order stores them, so a retry that
+    lists the same items in another order asks for the same thing.
+    """
+    canonical = json.dumps(
+        {
+            "command": "order",
+            "customer": customer_id,
+            "items": sorted([str(product), quantity] for product, quantity in quantities.items()),
         },
         sort_keys=True,
         separators=(",", ":"),

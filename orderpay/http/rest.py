@@ -1,9 +1,9 @@
 """The seed's REST API, same paths and field names, behind a bearer token.
 
-`POST /api/orders/`, `GET /api/orders/{id}/`, `POST /api/payments/charge/`, and
-`POST /api/payments/{id}/refunds/`. The same service functions as the CLI; the same JSON shapes
-(orderpay/shapes.py). With ORDERPAY_API_TOKEN unset, every route answers 404, as if the API did
-not exist.
+`POST /api/orders/` (Idempotency-Key optional), `GET /api/orders/{id}/`,
+`POST /api/payments/charge/`, and `POST /api/payments/{id}/refunds/`. The same service
+functions as the CLI; the same JSON shapes (orderpay/shapes.py). With ORDERPAY_API_TOKEN
+unset, every route answers 404, as if the API did not exist.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from orderpay.metrics import metrics
 from orderpay.payments.charge import charge_order
 from orderpay.payments.refund import ask_for, refund_payment
 from orderpay.shapes import order_shape, payment_shape, refund_shape
-from orderpay.shop.orders import create_order as create_order_service
+from orderpay.shop.orders import place_order
 from orderpay.store.orders import details_of, get_order_detail
 
 if TYPE_CHECKING:
@@ -110,21 +110,28 @@ def _items(value: Any) -> list[tuple[uuid.UUID, int]]:
 
 
 async def create_order(request: Request) -> Response:
-    """POST /api/orders/ {"customer": 1, "items": [{"product": "<uuid>", "quantity": 2}]}"""
+    """POST /api/orders/ {"customer": 1, "items": [{"product": "<uuid>", "quantity": 2}]},
+    with an optional Idempotency-Key. A replay answers as the first time (201, the order as it
+    is now), plus `Idempotent-Replayed: true`.
+    """
     runtime = authorize(request)
+    raw_key = request.headers.get("idempotency-key")
+    key = None if raw_key is None else _key_from_header(raw_key)
     document = await read_object(request, ORDER_FIELDS)
     customer = document.get("customer")
     if isinstance(customer, bool) or not isinstance(customer, int):
         raise InvalidField("customer must be a customer id (an integer)", field="customer")
     items = _items(document.get("items"))
 
-    def create() -> dict[str, Any]:
+    def create() -> tuple[dict[str, Any], bool]:
         with runtime.database.transaction() as conn:
-            order = create_order_service(conn, customer_id=customer, items=items)
-            (detail,) = details_of(conn, [order])
-            return order_shape(detail)
+            placed = place_order(conn, customer_id=customer, items=items, key=key)
+            (detail,) = details_of(conn, [placed.order])
+            return order_shape(detail), placed.replayed
 
-    return JSONResponse(await run_in_threadpool(create), status_code=201)
+    shape, replayed = await run_in_threadpool(create)
+    headers = {REPLAYED_HEADER: "true"} if replayed else {}
+    return JSONResponse(shape, status_code=201, headers=headers)
 
 
 async def get_order(request: Request) -> Response:

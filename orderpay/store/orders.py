@@ -21,6 +21,7 @@ from orderpay.domain.money import Money
 from orderpay.domain.states import OrderStatus, order_can_move
 from orderpay.errors import ConcurrentUpdate, OrderNotFound
 from orderpay.store import order_events
+from orderpay.store.db import InsertIgnoring
 from orderpay.store.notifications import Notification, notifications_of
 from orderpay.store.order_events import OrderEvent, events_of
 from orderpay.store.paging import Page, Window, page_of, windowed
@@ -190,6 +191,20 @@ def list_orders(
 # --- Writes -----------------------------------------------------------------------------------
 
 
+_BY_KEY = select(*COLUMNS, orders.c.fingerprint).where(
+    orders.c.idempotency_key == bindparam("b_key")
+)
+# A concurrent insert of the same key waits for the first to end, then inserts nothing: the
+# loser reads the winner's order instead of failing on the unique constraint.
+_INSERT = InsertIgnoring(orders, ["idempotency_key"], orders.c.id)
+
+
+def order_of_key(conn: Connection, key: str) -> tuple[Order, str] | None:
+    """The order made with this idempotency key, and the fingerprint of what it asked for."""
+    row = conn.execute(_BY_KEY, {"b_key": key}).first()
+    return None if row is None else (order_from_row(row), row.fingerprint)
+
+
 def insert_order(
     conn: Connection,
     *,
@@ -197,21 +212,30 @@ def insert_order(
     total: Money,
     lines: Sequence[tuple[uuid.UUID, int, int]],
     detail: str,
-) -> Order:
-    """A new pending order with its lines (product, quantity, unit price) and order event."""
+    key: tuple[str, str] | None = None,
+) -> Order | None:
+    """A new pending order with its lines (product, quantity, unit price) and order event.
+    `key`: the idempotency key and fingerprint to store with it; None when another order
+    holds that key already (and nothing was written)."""
     now = utcnow()
     order_id = uuid.uuid4()
-    conn.execute(
-        insert(orders).values(
-            id=order_id,
-            customer_id=customer_id,
-            status=OrderStatus.PENDING.value,
-            currency=total.currency,
-            total=total.minor_units,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    idempotency_key, fingerprint = key if key is not None else (None, None)
+    inserted = conn.execute(
+        _INSERT(conn),
+        {
+            "id": order_id,
+            "customer_id": customer_id,
+            "status": OrderStatus.PENDING.value,
+            "currency": total.currency,
+            "total": total.minor_units,
+            "idempotency_key": idempotency_key,
+            "fingerprint": fingerprint,
+            "created_at": now,
+            "updated_at": now,
+        },
+    ).first()
+    if inserted is None:
+        return None
     conn.execute(
         insert(order_items),
         [

@@ -138,10 +138,18 @@ orders = Table(
     Column("status", String(32), nullable=False),  # partially_refunded: 18 characters
     Column("currency", String(3), nullable=False),
     Column("total", BigInteger(), nullable=False),
+    # The Idempotency-Key of the request that made the order, and the fingerprint of what it
+    # asked for; both NULL for an order made without a key (the CLI, or a request without one).
+    Column("idempotency_key", String(255), nullable=True),
+    Column("fingerprint", String(64), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("total >= 0", name="total_not_negative"),
     CheckConstraint(_in("status", OrderStatus), name="status_known"),
+    CheckConstraint(
+        "(idempotency_key IS NULL) = (fingerprint IS NULL)", name="key_with_fingerprint"
+    ),
+    UniqueConstraint("idempotency_key"),
     Index(None, "customer_id"),
     Index(None, "status", "created_at"),
 )
