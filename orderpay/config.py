@@ -99,9 +99,10 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=60, validation_alias=AliasChoices("ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
     )
     # How long one delivery attempt may take before another worker may take the row over;
-    # longer than a channel's whole timeout.
+    # longer than a channel's whole timeout (a send ends before it). Also how long the message
+    # of a worker killed mid-send waits before it is sent again.
     notify_lease_seconds: float = Field(
-        default=60.0, gt=0, validation_alias=AliasChoices("ORDERPAY_NOTIFY_LEASE_SECONDS")
+        default=20.0, gt=0, validation_alias=AliasChoices("ORDERPAY_NOTIFY_LEASE_SECONDS")
     )
     # A row the relay handed to RQ this long ago that is still pending and due is asked about:
     # if its job is in no queue, no scheduled registry and with no live worker, it was lost
