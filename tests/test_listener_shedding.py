@@ -457,6 +457,7 @@ def test_2500_idle_connections_under_a_1024_file_limit_do_not_stop_callbacks(
     assert ready.status_code == 200
 
 
+@pytest.mark.slow
 def test_the_protocols_module_imports_no_route_code_so_workers_answer_health_checks_soon() -> None:
     """uvicorn unpickles the listener's configuration, and with it this module, in each worker
     before the worker answers its supervisor's health check (5 s, then the worker is killed):
