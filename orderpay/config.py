@@ -122,6 +122,35 @@ class Settings(BaseSettings):
     catchup_deadline: str = Field(
         default="7d", validation_alias=AliasChoices("ORDERPAY_CATCHUP_DEADLINE")
     )
+    # The listener's defences against connections held without being used (DESIGN.md
+    # section 6): a request head and a body must each arrive within their deadline, an idle
+    # keep-alive connection is closed, and a worker holds at most so many connections (unset:
+    # what its open-file limit leaves after its own files, see http/shedding.py).
+    listener_head_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("ORDERPAY_LISTENER_HEAD_TIMEOUT_SECONDS"),
+    )
+    listener_body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("ORDERPAY_LISTENER_BODY_TIMEOUT_SECONDS"),
+    )
+    listener_keepalive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        validation_alias=AliasChoices("ORDERPAY_LISTENER_KEEPALIVE_SECONDS"),
+    )
+    listener_max_connections: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("ORDERPAY_LISTENER_MAX_CONNECTIONS")
+    )
+    # At most one log line per reason for shedding in this many seconds, with the count.
+    listener_shed_log_seconds: float = Field(
+        default=10.0, gt=0, validation_alias=AliasChoices("ORDERPAY_LISTENER_SHED_LOG_SECONDS")
+    )
     sms_url: str = Field(
         default="https://api.africastalking.com", validation_alias=AliasChoices("ORDERPAY_SMS_URL")
     )

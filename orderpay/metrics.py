@@ -13,6 +13,8 @@ from functools import cache
 from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Why the listener closed or refused a connection (http/shedding.py).
+SHED_REASONS = ("head_timeout", "body_timeout", "idle_timeout", "over_capacity")
 
 
 class Metrics:
@@ -29,6 +31,14 @@ class Metrics:
         self.charges = Counter(
             "orderpay_charges_total", "Charges through the REST API by outcome.", ["outcome"]
         )
+        self.shed = Counter(
+            "orderpay_listener_shed_connections_total",
+            "Connections the listener closed or refused: no request head in time, a body not "
+            "in time (408), idle after a response, or over its cap (503 or the oldest idle one).",
+            ["reason"],
+        )
+        for reason in SHED_REASONS:
+            self.shed.labels(reason)  # every reason shows, at 0 until it happens
         self.latency = Histogram(
             "orderpay_http_request_duration_seconds",
             "HTTP request latency by route and method.",

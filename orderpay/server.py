@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -125,6 +125,16 @@ def _waiting_work(runtime: Runtime) -> tuple[int | None, float | None]:
     except Exception as error:  # any database failure: the other metrics are still served
         log.warning("waiting work not counted for /metrics: %s", getattr(error, "message", error))
         return None, None
+
+
+async def client_gone(_request: Request, _error: Exception) -> Response:
+    """The client left, or was cut off at the body deadline, before its body was complete:
+    there is nobody to answer and nothing went wrong here. 499 in the access log, as nginx
+    writes it."""
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+CLIENT_CLOSED_REQUEST = 499
 
 
 def error_response(request: Request, error: Exception) -> Response:
@@ -268,6 +278,7 @@ def create_app(settings: Settings | None = None) -> Listener:
         routes=ROUTES,
         middleware=[Middleware(AccessLog)],
         exception_handlers={
+            ClientDisconnect: client_gone,
             OrderpayError: error_response,
             HTTPException: error_response,
             Exception: error_response,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -40,6 +41,13 @@ from starlette.types import ASGIApp
 
 from orderpay.config import Settings, load_settings
 from orderpay.domain.signatures import sign_hex
+from orderpay.http.shedding import (
+    PROTOCOLS,
+    ConnectionLimits,
+    ListenerConfig,
+    connection_limits,
+    open_file_limit,
+)
 from orderpay.payments.charge import charge_order
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.server import create_app
@@ -104,18 +112,30 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(app: ASGIApp, *, graceful_timeout: int = 10) -> Iterator[LiveServer]:
-    """Serve `app` on 127.0.0.1:<free port> until the block ends; then shut down and join."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        lifespan="on",
-        log_config=None,  # leave logging alone: tests capture it with caplog
-        access_log=False,
-        ws="none",
-        timeout_graceful_shutdown=graceful_timeout,
-    )
+def live_server(
+    app: ASGIApp,
+    *,
+    graceful_timeout: int = 10,
+    limits: ConnectionLimits | None = None,
+    http: str = "httptools",
+) -> Iterator[LiveServer]:
+    """Serve `app` on 127.0.0.1:<free port> until the block ends; then shut down and join.
+
+    With `limits`, as `serve-webhooks` serves it: with the listener's connection deadlines and
+    cap (http/shedding.py), on uvicorn's `http` parser (`h11` or `httptools`)."""
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "lifespan": "on",
+        "log_config": None,  # leave logging alone: tests capture it with caplog
+        "access_log": False,
+        "ws": "none",
+        "timeout_graceful_shutdown": graceful_timeout,
+    }
+    if limits is None:
+        config = uvicorn.Config(app, **options)
+    else:
+        config = ListenerConfig(app, connection_limits=limits, http=PROTOCOLS[http], **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
     thread.start()
@@ -140,9 +160,11 @@ def live_server(app: ASGIApp, *, graceful_timeout: int = 10) -> Iterator[LiveSer
 
 
 @contextmanager
-def listener(settings: Settings) -> Iterator[LiveServer]:
-    """orderpay's listener, configured with `settings`, under a real uvicorn server."""
-    with live_server(create_app(settings)) as running:
+def listener(settings: Settings, *, http: str = "httptools") -> Iterator[LiveServer]:
+    """orderpay's listener, configured with `settings`, under a real uvicorn server with the
+    connection limits `serve-webhooks` gives it (on uvicorn's `http` parser)."""
+    limits = connection_limits(settings, open_file_limit())
+    with live_server(create_app(settings), limits=limits, http=http) as running:
         yield running
 
 
@@ -265,8 +287,16 @@ class ServeWebhooks:
 
 
 @contextmanager
-def serve_webhooks(directory: Path, env: dict[str, str], *args: str) -> Iterator[ServeWebhooks]:
-    """`orderpay serve-webhooks --port <free> *args` with `env`, once /healthz answers."""
+def serve_webhooks(
+    directory: Path, env: dict[str, str], *args: str, open_files: int | None = None
+) -> Iterator[ServeWebhooks]:
+    """`orderpay serve-webhooks --port <free> *args` with `env`, once /healthz answers; with
+    `open_files`, under that limit on open files (soft and hard), as a service manager sets it."""
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     port = free_port()
     log_path = directory / f"serve-webhooks-{port}.log"
     command = [sys.executable, "-m", "orderpay", "serve-webhooks", "--port", str(port), *args]
@@ -278,6 +308,7 @@ def serve_webhooks(directory: Path, env: dict[str, str], *args: str) -> Iterator
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log_file,
+            preexec_fn=limit_open_files,
         )
         running = ServeWebhooks(f"http://127.0.0.1:{port}", process, log_path)
         try:

@@ -19,8 +19,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 CODE = re.compile(r"`([a-z][a-z0-9_]*)`")
 
 # Codes only the listener answers with, outside the error hierarchy (server.error_response
-# words Starlette's own refusals): no exit code, so their row's exit cell is blank.
-HTTP_ONLY_CODES = {"method_not_allowed": 405}
+# words Starlette's own refusals, http/shedding.py a body that came too slowly): no exit code,
+# so their row's exit cell is blank.
+HTTP_ONLY_CODES = {"method_not_allowed": 405, "request_timeout": 408}
 
 # Every class of the hierarchy may reach a user, the categories included: the CLI raises a
 # category itself when a remote orderpay answers with its status (errors.error_for_status,

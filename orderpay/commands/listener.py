@@ -62,6 +62,7 @@ def serve_webhooks(
     import uvicorn
 
     from orderpay.errors import ConfigurationError, OrderpayError, Unavailable
+    from orderpay.http.shedding import ListenerConfig, connection_limits, open_file_limit
     from orderpay.logs import uvicorn_log_config
     from orderpay.metrics import MULTIPROC_ENV
 
@@ -87,8 +88,10 @@ def serve_webhooks(
     except OrderpayError as error:
         info(f"warning: {error.message} (GET /readyz answers 503 until then)")
 
-    config = uvicorn.Config(
+    limits = connection_limits(rt.settings, open_file_limit())
+    config = ListenerConfig(
         "orderpay.server:create_app",
+        connection_limits=limits,
         factory=True,
         host=host,
         port=port,

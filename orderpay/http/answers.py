@@ -61,7 +61,9 @@ def error_json(error: Exception) -> JSONResponse:
             error.to_dict(public=True), status_code=error.http_status, headers=headers
         )
     if isinstance(error, HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout"}.get(
+            error.status_code, "http_error"
+        )
         return JSONResponse(
             {"error": {"code": code, "message": str(error.detail)}},
             status_code=error.status_code,
