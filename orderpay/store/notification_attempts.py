@@ -1,7 +1,7 @@
 """One attempt at sending a notification, all but its writes: the rows a claim may take,
 what the claim hands out (Attempt, with the amount its message tells), and what became of it
 (Outcome, Recorded; the columns and the order event each outcome sets). Nothing here writes:
-claims and outcomes are written by store/outbox.py alone."""
+claims and outcomes are written by the store/outbox package alone."""
 
 from __future__ import annotations
 

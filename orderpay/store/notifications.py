@@ -1,6 +1,6 @@
 """Notifications as read from the outbox table, the rows the relay hands to RQ, and where new
 rows go (NotifyTarget). One claimed attempt is store/notification_attempts.py; every write of
-the table is store/outbox.py's."""
+the table is the store/outbox package's."""
 
 from __future__ import annotations
 
