@@ -28,6 +28,13 @@ POSTGRES_NAMES = frozenset({"postgres", "postgresql", "postgresql+psycopg2"})
 SQLITE_NAMES = frozenset({"sqlite", "sqlite+pysqlite"})
 ENV_FILE = ".env"
 
+# The listener's secrets must not be guessable: shorter HMAC secrets and tokens fall to an
+# offline search from one captured request, and `change-me...` is the published placeholder of
+# .env.example, which anyone who read the repository knows.
+MIN_SECRET_LENGTH = 32
+PLACEHOLDER_PREFIX = "change-me"
+SECRET_ADVICE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
 ProviderName = Literal["simulator", "mtn"]
 ChannelName = Literal["log", "sms", "webhook"]
 
@@ -57,6 +64,10 @@ class Settings(BaseSettings):
 
     webhook_secret: SecretStr | None = _env("MOMO_WEBHOOK_SECRET")
     api_token: SecretStr | None = _env("ORDERPAY_API_TOKEN")
+    # 1: the listener starts with placeholder or short secrets (a test or a demo, on purpose).
+    insecure_secrets: bool = Field(
+        default=False, validation_alias=AliasChoices("ORDERPAY_INSECURE_SECRETS")
+    )
 
     provider: ProviderName = Field(
         default="simulator", validation_alias=AliasChoices("ORDERPAY_PROVIDER")
@@ -234,6 +245,34 @@ class Settings(BaseSettings):
             return []
         raw = self.webhook_secret.get_secret_value()
         return [part.strip().encode() for part in raw.split(",") if part.strip()]
+
+    def weak_listener_secrets(self) -> list[str]:
+        """What is wrong with each secret the listener checks callers against (callback
+        secrets, the API token, the delivery-report token), naming the variable, never the
+        value: a `change-me` placeholder, or shorter than MIN_SECRET_LENGTH."""
+        named: list[tuple[str, str]] = []
+        parts = [part.strip() for part in self._raw(self.webhook_secret).split(",")]
+        parts = [part for part in parts if part]
+        for number, part in enumerate(parts, 1):
+            where = f"secret {number} of {len(parts)} in " if len(parts) > 1 else ""
+            named.append((f"{where}MOMO_WEBHOOK_SECRET", part))
+        for name, secret in (
+            ("ORDERPAY_API_TOKEN", self.api_token),
+            ("ORDERPAY_SMS_DLR_TOKEN", self.sms_dlr_token),
+        ):
+            if self._raw(secret):
+                named.append((name, self._raw(secret)))
+        weak = []
+        for name, value in named:
+            if value.lower().startswith(PLACEHOLDER_PREFIX):
+                weak.append(f"{name} is a {PLACEHOLDER_PREFIX} placeholder")
+            elif len(value) < MIN_SECRET_LENGTH:
+                weak.append(f"{name} is shorter than {MIN_SECRET_LENGTH} characters")
+        return weak
+
+    @staticmethod
+    def _raw(secret: SecretStr | None) -> str:
+        return secret.get_secret_value() if secret is not None else ""
 
     def public_view(self) -> dict[str, dict[str, str | None]]:
         """Every setting as an operator may see it, and where its value came from (`flag`,
