@@ -250,18 +250,18 @@ class Settings(BaseSettings):
         """What is wrong with each secret the listener checks callers against (callback
         secrets, the API token, the delivery-report token), naming the variable, never the
         value: a `change-me` placeholder, or shorter than MIN_SECRET_LENGTH."""
-        named: list[tuple[str, str]] = []
-        parts = [part.strip() for part in self._raw(self.webhook_secret).split(",")]
-        parts = [part for part in parts if part]
-        for number, part in enumerate(parts, 1):
-            where = f"secret {number} of {len(parts)} in " if len(parts) > 1 else ""
-            named.append((f"{where}MOMO_WEBHOOK_SECRET", part))
-        for name, secret in (
+        parts = [part.decode() for part in self.webhook_secrets()]
+        named = [
+            (f"secret {number} of {len(parts)} in " if len(parts) > 1 else "", part)
+            for number, part in enumerate(parts, 1)
+        ]
+        named = [(f"{where}MOMO_WEBHOOK_SECRET", part) for where, part in named]
+        for name, token in (
             ("ORDERPAY_API_TOKEN", self.api_token),
             ("ORDERPAY_SMS_DLR_TOKEN", self.sms_dlr_token),
         ):
-            if self._raw(secret):
-                named.append((name, self._raw(secret)))
+            if token is not None and token.get_secret_value():
+                named.append((name, token.get_secret_value()))
         weak = []
         for name, value in named:
             if value.lower().startswith(PLACEHOLDER_PREFIX):
@@ -269,10 +269,6 @@ class Settings(BaseSettings):
             elif len(value) < MIN_SECRET_LENGTH:
                 weak.append(f"{name} is shorter than {MIN_SECRET_LENGTH} characters")
         return weak
-
-    @staticmethod
-    def _raw(secret: SecretStr | None) -> str:
-        return secret.get_secret_value() if secret is not None else ""
 
     def public_view(self) -> dict[str, dict[str, str | None]]:
         """Every setting as an operator may see it, and where its value came from (`flag`,
