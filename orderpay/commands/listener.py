@@ -61,7 +61,7 @@ def serve_webhooks(
 
     import uvicorn
 
-    from orderpay.config import SECRET_ADVICE
+    from orderpay.domain.secret_strength import SECRET_ADVICE, weaknesses
     from orderpay.errors import ConfigurationError, OrderpayError, Unavailable
     from orderpay.logs import uvicorn_log_config
     from orderpay.metrics import MULTIPROC_ENV
@@ -80,7 +80,7 @@ def serve_webhooks(
             "no MOMO_WEBHOOK_SECRET: /api/webhooks/momo/ answers 404 (MTN's callbacks come "
             "to /api/webhooks/mtn/)"
         )
-    weak = rt.settings.weak_listener_secrets()
+    weak = weaknesses(rt.settings.listener_secrets())
     if weak and not rt.settings.insecure_secrets:
         raise ConfigurationError(
             f"guessable secrets: {'; '.join(weak)}. Generate each with `{SECRET_ADVICE}`, "
