@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     webhook_secret: SecretStr | None = _env("MOMO_WEBHOOK_SECRET")
     api_token: SecretStr | None = _env("ORDERPAY_API_TOKEN")
+    # 1: the listener starts with placeholder or short secrets (a test or a demo, on purpose).
+    insecure_secrets: bool = Field(
+        default=False, validation_alias=AliasChoices("ORDERPAY_INSECURE_SECRETS")
+    )
 
     provider: ProviderName = Field(
         default="simulator", validation_alias=AliasChoices("ORDERPAY_PROVIDER")
@@ -265,6 +269,25 @@ class Settings(BaseSettings):
             return []
         raw = self.webhook_secret.get_secret_value()
         return [part.strip().encode() for part in raw.split(",") if part.strip()]
+
+    def listener_secrets(self) -> list[tuple[str, str]]:
+        """(name, value) of each secret the listener checks callers against: every callback
+        secret, the API token, the delivery-report token, when set."""
+        parts = [part.decode() for part in self.webhook_secrets()]
+        named = [
+            (f"secret {n} of {len(parts)} in MOMO_WEBHOOK_SECRET", part)
+            for n, part in enumerate(parts, 1)
+        ]
+        if len(parts) == 1:
+            named = [("MOMO_WEBHOOK_SECRET", parts[0])]
+        tokens = {
+            "ORDERPAY_API_TOKEN": self.api_token,
+            "ORDERPAY_SMS_DLR_TOKEN": self.sms_dlr_token,
+        }
+        for name, token in tokens.items():
+            if token is not None and token.get_secret_value():  # empty: unset, its route is 404
+                named.append((name, token.get_secret_value()))
+        return named
 
     def public_view(self) -> dict[str, dict[str, str | None]]:
         """Every setting as an operator may see it, and where its value came from (`flag`,

@@ -92,8 +92,8 @@ __all__ = [
 
 STARTUP_TIMEOUT_SECONDS = 10.0
 CALLBACK_PATH = "/api/webhooks/momo/"
-SECRET = "test-callback-secret-0123456789abcdef"  # 36 characters: no short-secret warning
-API_TOKEN = "test-api-token-5f0c2a9e"
+SECRET = "test-callback-secret-0123456789abcdef"  # 36 characters: serve-webhooks takes it
+API_TOKEN = "test-api-token-5f0c2a9e-7b31d4c6a8f0"  # 36 characters, as serve-webhooks asks
 # Nothing listens on port 1: connections are refused at once.
 CLOSED_POSTGRES_URL = "postgresql+psycopg2://root@127.0.0.1:1/orderpay"
 CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"

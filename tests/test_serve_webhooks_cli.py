@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,6 +44,8 @@ from tests.live_server import (
 from tests.user_shell import orderpay
 
 SHORT_SECRET = "short-secret-31-characters-long"  # one character below the minimum
+PLACEHOLDER = "change-me-webhook-secret-long-enough-but-published"  # refused for its prefix
+ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 
 
 def run_serve_webhooks(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -78,29 +81,107 @@ def test_serve_webhooks_refuses_to_start_without_a_callback_secret(
     assert "Traceback" not in finished.stderr
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"MOMO_WEBHOOK_SECRET": PLACEHOLDER},
+            "MOMO_WEBHOOK_SECRET is a change-me placeholder",
+        ),
+        (
+            {"MOMO_WEBHOOK_SECRET": SHORT_SECRET},
+            "MOMO_WEBHOOK_SECRET is shorter than 32 characters",
+        ),
+        (
+            {"MOMO_WEBHOOK_SECRET": f"{SECRET},{SHORT_SECRET}"},
+            "secret 2 of 2 in MOMO_WEBHOOK_SECRET is shorter than 32 characters",
+        ),
+        (
+            {"MOMO_WEBHOOK_SECRET": SECRET, "ORDERPAY_API_TOKEN": SHORT_SECRET},
+            "ORDERPAY_API_TOKEN is shorter than 32 characters",
+        ),
+        (
+            {"MOMO_WEBHOOK_SECRET": SECRET, "ORDERPAY_API_TOKEN": PLACEHOLDER},
+            "ORDERPAY_API_TOKEN is a change-me placeholder",
+        ),
+        (
+            {"MOMO_WEBHOOK_SECRET": SECRET, "ORDERPAY_SMS_DLR_TOKEN": SHORT_SECRET},
+            "ORDERPAY_SMS_DLR_TOKEN is shorter than 32 characters",
+        ),
+    ],
+    ids=["placeholder", "short", "one-of-several", "short-api-token", "api-placeholder", "dlr"],
+)
 @pytest.mark.slow
-def test_serve_webhooks_warns_about_a_secret_shorter_than_32_characters(
+def test_serve_webhooks_refuses_a_guessable_secret_in_one_line_with_exit_2(
+    env: dict[str, str], named: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    refused = run_serve_webhooks({"DATABASE_URL": sqlite_url, **env}, tmp_path)
+
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("error: guessable secrets: ")
+    assert named in line
+    assert "ORDERPAY_INSECURE_SECRETS=1" in line
+    assert line.endswith("[configuration_error]")
+    for value in (PLACEHOLDER, SHORT_SECRET, SECRET):
+        assert value not in line
+    assert "listening on" not in refused.stdout + refused.stderr
+
+
+@pytest.mark.slow
+def test_serve_webhooks_refuses_the_secret_that_env_example_ships(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    env = {"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SHORT_SECRET}
+    shutil.copy(ENV_EXAMPLE, tmp_path / ".env")  # the first step of the Docker Compose setup
 
-    with serve_webhooks(tmp_path, env) as server:
-        log = server.stderr()
+    refused = run_serve_webhooks({"DATABASE_URL": sqlite_url}, tmp_path)
 
-    assert "warning: a callback secret is shorter than 32 characters" in log
-    assert SHORT_SECRET not in log
+    assert refused.returncode == 2
+    assert "MOMO_WEBHOOK_SECRET is a change-me placeholder" in refused.stderr
+    assert "listening on" not in refused.stderr
 
 
 @pytest.mark.slow
-def test_serve_webhooks_does_not_warn_about_a_secret_of_32_characters(
+def test_serve_webhooks_listens_with_guessable_secrets_when_told_so_with_one_warning(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    env = {"DATABASE_URL": sqlite_url, "MOMO_WEBHOOK_SECRET": SHORT_SECRET + "x"}
+    env = {
+        "DATABASE_URL": sqlite_url,
+        "MOMO_WEBHOOK_SECRET": f"{SECRET},{SHORT_SECRET}",
+        "ORDERPAY_API_TOKEN": PLACEHOLDER,
+        "ORDERPAY_INSECURE_SECRETS": "1",
+    }
 
     with serve_webhooks(tmp_path, env) as server:
+        assert httpx.get(server.url + "/healthz").status_code == 200
         log = server.stderr()
 
-    assert "shorter than" not in log
+    (warning,) = [line for line in log.splitlines() if "guessable" in line]
+    assert warning == (
+        "warning: ORDERPAY_INSECURE_SECRETS=1: listening with guessable secrets: secret 2 of 2 in "
+        "MOMO_WEBHOOK_SECRET is shorter than 32 characters; ORDERPAY_API_TOKEN is a change-me "
+        "placeholder"
+    )
+    for value in (PLACEHOLDER, SHORT_SECRET, SECRET):
+        assert value not in log
+
+
+@pytest.mark.slow
+def test_serve_webhooks_listens_without_a_warning_with_secrets_of_32_characters(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    env = {
+        "DATABASE_URL": sqlite_url,
+        "MOMO_WEBHOOK_SECRET": SHORT_SECRET + "x",
+        "ORDERPAY_API_TOKEN": SHORT_SECRET + "y",
+    }
+
+    with serve_webhooks(tmp_path, env) as server:
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        log = server.stderr()
+
+    assert "guessable" not in log
+    assert "warning" not in log
 
 
 @pytest.mark.slow

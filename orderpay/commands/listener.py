@@ -9,8 +9,6 @@ import typer
 
 from orderpay.commands.common import info, runtime
 
-# Shorter HMAC secrets are guessable offline from one captured callback.
-MIN_SECRET_LENGTH = 32
 # Each worker is one event loop: one per CPU lets the listener use the machine (a callback is
 # mostly CPU in Python and in Postgres); beyond a few, Postgres connections (a pool of each kind
 # per worker) grow faster than throughput.
@@ -48,7 +46,9 @@ def serve_webhooks(
 
     With the simulator as provider it refuses to start without MOMO_WEBHOOK_SECRET
     (comma-separate several during a rotation); with ORDERPAY_PROVIDER=mtn and no secret the
-    signed route answers 404. Stops gracefully on SIGTERM: requests in flight are finished.
+    signed route answers 404. It refuses a callback secret, ORDERPAY_API_TOKEN or
+    ORDERPAY_SMS_DLR_TOKEN that starts with change-me or is shorter than 32 characters, unless
+    ORDERPAY_INSECURE_SECRETS=1. Stops gracefully on SIGTERM: requests in flight are finished.
 
     \b
     Examples:
@@ -61,6 +61,7 @@ def serve_webhooks(
 
     import uvicorn
 
+    from orderpay.domain.secret_strength import SECRET_ADVICE, weaknesses
     from orderpay.errors import ConfigurationError, OrderpayError, Unavailable
     from orderpay.http.shedding import ListenerConfig, connection_limits, open_file_limit
     from orderpay.logs import uvicorn_log_config
@@ -80,9 +81,16 @@ def serve_webhooks(
             "no MOMO_WEBHOOK_SECRET: /api/webhooks/momo/ answers 404 (MTN's callbacks come "
             "to /api/webhooks/mtn/)"
         )
+    weak = weaknesses(rt.settings.listener_secrets())
+    if weak and not rt.settings.insecure_secrets:
+        raise ConfigurationError(
+            f"guessable secrets: {'; '.join(weak)}. Generate each with `{SECRET_ADVICE}`, "
+            "or set ORDERPAY_INSECURE_SECRETS=1 to listen with them on purpose (a test)"
+        )
+    if weak:
+        listed = "; ".join(weak)
+        info(f"warning: ORDERPAY_INSECURE_SECRETS=1: listening with guessable secrets: {listed}")
     rt.provider  # noqa: B018 -- a provider that is not configured is refused before binding
-    if any(len(secret) < MIN_SECRET_LENGTH for secret in secrets):
-        info(f"warning: a callback secret is shorter than {MIN_SECRET_LENGTH} characters")
     try:
         rt.raw_database.check_schema()
     except OrderpayError as error:

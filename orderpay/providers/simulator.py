@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from orderpay.clock import utcnow
 from orderpay.domain.phones import mask_phone, msisdn
@@ -20,6 +21,9 @@ from orderpay.providers.base import (
     RemoteState,
     StatusAnswer,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +174,6 @@ class SimulatorProvider:
                 timeout=CALLBACK_TIMEOUT_SECONDS,
                 verify=tls_context(),
             )
-            log.info(
-                "simulator callback for payment %s (payer %s): HTTP %s",
-                request.reference,
-                mask_phone(request.payer_phone),
-                response.status_code,
-            )
         except httpx.HTTPError as error:
             # A provider's callback can be lost; the status query (reconcile) is the fallback.
             log.warning(
@@ -183,3 +181,61 @@ class SimulatorProvider:
                 request.reference,
                 type(error).__name__,
             )
+            return
+        if response.is_success:
+            log.info(
+                "simulator callback for payment %s (payer %s): HTTP %s",
+                request.reference,
+                mask_phone(request.payer_phone),
+                response.status_code,
+            )
+            return
+        # A refused callback settles nothing and the charge still answers `pending`: without
+        # this line a misconfigured listener looks like a payer who never approves.
+        log.warning(
+            "simulator callback for payment %s refused: %s; the payment stays pending until "
+            "a status check (orderpay reconcile, or the worker's catch-up)",
+            request.reference,
+            _refusal_cause(response, self.callback_url, signed=bool(self.secret)),
+        )
+
+
+def _refusal_cause(response: httpx.Response, url: str, *, signed: bool) -> str:
+    """The listener's answer to a simulator callback and its likely cause, naming the URL
+    without its credentials or query string (either may hold a secret)."""
+    import httpx
+
+    status = response.status_code
+    where = httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None)
+    if status in (401, 403):
+        if not signed:
+            return (
+                f"HTTP {status} from {where}: this process has no MOMO_WEBHOOK_SECRET to sign "
+                "with; set the listener's"
+            )
+        return (
+            f"HTTP {status} from {where}: the listener's MOMO_WEBHOOK_SECRET differs from "
+            "this process's"
+        )
+    if status == 404:
+        if _error_code(response) not in (None, "not_found"):
+            return (
+                f"HTTP 404 from {where}: the listener has no such payment; does it use this "
+                "process's database?"
+            )
+        return (
+            f"HTTP 404 from {where}: check the path of ORDERPAY_SIMULATOR_CALLBACK_URL (the "
+            "listener's is /api/webhooks/momo/), or the listener has no MOMO_WEBHOOK_SECRET"
+        )
+    return f"HTTP {status} from {where}"
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The code of orderpay's JSON error answer, or None for any other body."""
+    try:
+        document = response.json()
+    except ValueError:
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
