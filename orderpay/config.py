@@ -7,25 +7,15 @@ Only entrypoints (cli, server, jobs) read it, and they pass plain values down. S
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from orderpay.database_urls import database_url
 from orderpay.errors import ConfigurationError, OrderpayError
 
-if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
-
 DEFAULT_DATABASE_URL = "sqlite:///orderpay.db"
-URL_FORMS = (
-    "postgresql://USER:PASSWORD@HOST:PORT/DB (or postgres://, postgresql+psycopg2://) "
-    "or sqlite:///PATH"
-)
-# Spellings of the drivers `pip install .` installs; bare `postgresql://` means psycopg 3 to
-# SQLAlchemy 2.1, which orderpay does not install, so it is pinned to psycopg2 here.
-POSTGRES_NAMES = frozenset({"postgres", "postgresql", "postgresql+psycopg2"})
-SQLITE_NAMES = frozenset({"sqlite", "sqlite+pysqlite"})
 ENV_FILE = ".env"
 
 ProviderName = Literal["simulator", "mtn"]
@@ -358,34 +348,6 @@ class ExplicitSettings(Settings):
     def sources(self) -> dict[str, str]:
         names = (_env_name(n, f.validation_alias) for n, f in type(self).model_fields.items())
         return {name: "flag" if name in self._flags else "default" for name in names}
-
-
-def database_url(url: str | URL) -> URL:
-    """The URL orderpay connects with, or ConfigurationError naming the forms that work.
-
-    The URL itself is never echoed: it may carry a password.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigurationError(f"the database URL does not parse; write {URL_FORMS}") from None
-    name = parsed.drivername
-    if name in POSTGRES_NAMES:
-        return parsed.set(drivername="postgresql+psycopg2")
-    if name in SQLITE_NAMES:
-        return parsed
-    backend, _, driver = name.partition("+")
-    if backend in ("postgres", "postgresql"):
-        raise ConfigurationError(
-            f"the database URL asks for the {driver!r} driver, which orderpay does not install "
-            f"(it uses psycopg2); write {URL_FORMS}"
-        )
-    raise ConfigurationError(
-        f"the database URL names {backend!r}, which orderpay does not support; write {URL_FORMS}"
-    )
 
 
 def dotenv_value(name: str) -> str | None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from orderpay.config import database_url
+from orderpay.database_urls import database_url
 from orderpay.errors import (
     ConcurrentUpdate,
     ConfigurationError,

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql import Executable
 
-from orderpay.config import database_url
+from orderpay.database_urls import database_url
 from orderpay.errors import (
     ConcurrentUpdate,
     DatabaseInaccessible,
