@@ -34,7 +34,9 @@ Faults (--faults, default all; `none`; or a comma-separated list), one after ano
 spread over the traffic (an order count over the rate, or --duration when --rate is 0):
 
 * listener-kill: SIGKILL listener 0 (its whole process group), start it again after --outage s;
-* worker-kill: SIGKILL worker 0, start it again after --outage s;
+* worker-kill: the merchant endpoint holds the next delivery; the worker whose connection it
+  is (found through /proc) is SIGKILLed mid-send, the delivery answered, the worker started
+  again after --outage s (worker 0, not mid-send, if no delivery comes within 10 s);
 * postgres-restart: a fast restart (SIGINT to the postmaster, as `pg_ctl restart -m fast`
   sends, then the same command line again);
 * redis-stop: SIGTERM redis-server (it saves and stops), start it again after --outage s;
@@ -62,7 +64,9 @@ Figures (stdout, one line each; progress goes to stderr):
 * 5xx: answers 500-599, with the 503s apart (and the 503s while Postgres restarted), connection
   errors and timeouts, and copies that gave up;
 * latency: from the payment's commit (its updated_at) to the first delivery's arrival, p50,
-  p99 and max; later than 10 s (and of those, how many overlap no fault window), later than 2 s;
+  p99 and max; later than 10 s, and of those how many are later than 10 s once the time a
+  fault lasted is taken out (the clock stops while a fault lasts, not until its backlog is
+  sent); later than 2 s; the late ones by when their payment committed;
 * recovery FAULT: from the fault's end to the first callback answered 2xx and to the first
   delivery that arrived after it, and to the moment every payment settled before the end had
   its notification delivered (backlog).
@@ -82,6 +86,7 @@ import http.server
 import json
 import math
 import os
+import queue
 import resource
 import shutil
 import signal
@@ -144,6 +149,9 @@ LAST_BACKOFF = 4.0
 # Redis's default snapshot points (redis.conf): what a stop saves, and what a kill may lose.
 REDIS_SAVE = "3600 1 300 100 60 10000"
 PR_SET_PDEATHSIG = 1
+# The worker-kill fault waits this long for a delivery to hold, and holds it at most this long.
+CATCH_SECONDS = 10.0
+HOLD_SECONDS = 15.0
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -154,6 +162,18 @@ def die_with_parent() -> None:
     the thread that started the child, so only the main thread starts children."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def connection_inode(local_port: int, remote_port: int) -> str | None:
+    """The inode of the IPv4 TCP socket from local_port to remote_port (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.rsplit(":", 1)[1], 16) == local_port and (
+            int(remote.rsplit(":", 1)[1], 16) == remote_port
+        ):
+            return fields[9]
+    return None
 
 
 def kill_group(process: subprocess.Popen[bytes], how: signal.Signals) -> None:
@@ -316,6 +336,15 @@ class Delivery:
     signed: bool
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A sender that went away (a worker killed mid-send) is part of the bench; anything
+        else is reported."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class Merchant:
     """The notifications' webhook endpoint: records each delivery, answers 200 (slowly while
     `slow` is set)."""
@@ -327,6 +356,11 @@ class Merchant:
         self.deliveries: list[Delivery] = []
         self.in_flight = 0
         self.lock = threading.Lock()
+        # The worker-kill fault: the next request is held (its client's port put in `caught`)
+        # until `release`, so that its sender can be killed mid-send.
+        self.catch = threading.Event()
+        self.caught: queue.Queue[int] = queue.Queue()
+        self.release = threading.Event()
         merchant = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -338,7 +372,7 @@ class Merchant:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.server = QuietServer((HOST, 0), Handler)
         self.server.daemon_threads = True
         self.server.request_queue_size = 256
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -378,12 +412,19 @@ class Merchant:
                 Delivery(at, headers.get("webhook-id", ""), notification, payment, signed)
             )
             self.in_flight += 1
+            caught = self.catch.is_set()
+            self.catch.clear()
         try:
+            if caught:
+                self.caught.put(request.client_address[1])
+                self.release.wait(HOLD_SECONDS)
             if self.slow.is_set():
                 time.sleep(self.slow_delay)
             request.send_response(200)
             request.send_header("Content-Length", "0")
             request.end_headers()
+        except OSError:  # the sender is gone (killed mid-send)
+            pass
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -516,6 +557,8 @@ class Bench:
         self.url = ""
         self.t0 = time.time()
         self.traffic_ended = math.inf
+        self.flood_open = 0
+        self.mid_send_kills = 0
         self.ok = False
 
     # -- set-up and clean-up --
@@ -695,6 +738,7 @@ class Bench:
     def restart_child(self, child: Child) -> None:
         child.held_down = True
         child.kill()
+        self.merchant.release.set()
         self.supervised_pause(self.args.outage, skip=child)
         child.start()
         self.wait_ready(child)
@@ -713,8 +757,46 @@ class Bench:
         self.restart_child(self.listeners[0])
 
     def fault_worker_kill(self) -> None:
+        """kill -9 of the worker whose delivery the merchant holds (mid-send), or of worker 0
+        when no delivery comes within CATCH_SECONDS."""
+        merchant = self.merchant
+        merchant.release.clear()
+        merchant.catch.set()
+        try:
+            port: int | None = merchant.caught.get(timeout=CATCH_SECONDS)
+        except queue.Empty:
+            port = None
+        merchant.catch.clear()
+        victim = self.worker_sending_from(port) if port is not None else None
         self.worker_kills += 1
-        self.restart_child(self.workers[0])
+        if victim is not None:
+            self.mid_send_kills += 1
+        note(f"worker-kill: {victim.name + ' mid-send' if victim else 'worker-0, not mid-send'}")
+        try:
+            self.restart_child(victim or self.workers[0])
+        finally:
+            merchant.release.set()
+
+    def worker_sending_from(self, port: int) -> Child | None:
+        """The worker whose process holds the connection from 127.0.0.1:port to the merchant."""
+        merchant_port = self.merchant.server.server_address[1]
+        inode = connection_inode(port, merchant_port)
+        if inode is None:
+            return None
+        groups = {c.process.pid: c for c in self.workers if c.alive() and c.process}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                child = groups.get(os.getpgid(int(entry.name)))
+                if child is None:
+                    continue
+                for fd in (entry / "fd").iterdir():
+                    if os.readlink(fd) == f"socket:[{inode}]":
+                        return child
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+        return None
 
     def fault_postgres_restart(self) -> None:
         assert self.postgres is not None
@@ -743,18 +825,25 @@ class Bench:
         port = self.listeners[0].port
         assert port is not None
         sockets: list[socket.socket] = []
+        # Opening them counts in the window, but may take no more than the window itself.
+        end = time.time() + self.args.flood_seconds
+        refused = 0
         try:
             for _ in range(self.args.flood_sockets):
+                if time.time() >= end:
+                    break
                 sock = socket.socket()
-                sock.settimeout(2)
+                sock.settimeout(1)
                 try:
                     sock.connect((HOST, port))
                 except OSError:
                     sock.close()
+                    refused += 1
                     continue
                 sockets.append(sock)
-            note(f"idle-flood: {len(sockets)} sockets open")
-            self.supervised_pause(self.args.flood_seconds)
+            note(f"idle-flood: {len(sockets)} sockets open, {refused} not")
+            self.flood_open = len(sockets)
+            self.supervised_pause(end - time.time())
         finally:
             for sock in sockets:
                 sock.close()
@@ -829,7 +918,9 @@ class Bench:
         latencies = sorted((first[p] - paid[p], p) for p in paid if p in first)
         values = [v for v, _ in latencies]
         late = [(v, p) for v, p in latencies if v > LATE_SECONDS]
-        late_outside = [(v, p) for v, p in late if not self.overlaps(paid[p], first[p])]
+        late_outside = [
+            (v, p) for v, p in late if v - self.fault_time(paid[p], first[p]) > LATE_SECONDS
+        ]
         prompt = sum(1 for v in values if v > PROMPT_SECONDS)
         unsigned = sum(1 for d in deliveries if not d.signed)
 
@@ -843,7 +934,7 @@ class Bench:
         say(
             f"doubled: {len(doubled)} notifications "
             f"({sum(doubled.values()) - len(doubled)} extra deliveries); "
-            f"worker kills {self.worker_kills}"
+            f"worker kills {self.worker_kills} ({self.mid_send_kills} mid-send)"
         )
         say(f"never applied: {len(never_applied)}")
         say(
@@ -856,7 +947,7 @@ class Bench:
             f"p99 {percentile(values, 99):.3f} s, max {max(values, default=math.nan):.3f} s"
         )
         say(
-            f"later than {LATE_SECONDS:.0f} s: {len(late)} (outside fault windows: "
+            f"later than {LATE_SECONDS:.0f} s: {len(late)} (not counting fault time: "
             f"{len(late_outside)}){self.phases(paid[p] for _, p in late)}"
         )
         say(f"later than {PROMPT_SECONDS:.0f} s: {prompt}")
@@ -869,6 +960,8 @@ class Bench:
         say(f"processes: {alive}")
         for window in self.windows:
             say(self.recovery_line(window, answers, deliveries, paid, first))
+        if "idle-flood" in self.args.faults:
+            say(f"idle-flood sockets held: {self.flood_open} of {self.args.flood_sockets}")
         failed = []
         if lost:
             failed.append("lost")
@@ -906,8 +999,9 @@ class Bench:
     def within(self, at: float, name: str | None = None) -> bool:
         return any(w.began <= at <= w.ended for w in self.windows if name is None or w.name == name)
 
-    def overlaps(self, start: float, end: float) -> bool:
-        return any(w.began <= end and start <= w.ended for w in self.windows)
+    def fault_time(self, start: float, end: float) -> float:
+        """Seconds of [start, end] during which a fault lasted (the windows do not overlap)."""
+        return sum(max(0.0, min(end, w.ended) - max(start, w.began)) for w in self.windows)
 
     def recovery_line(
         self,
