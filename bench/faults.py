@@ -480,6 +480,8 @@ class Sender:
         return body, lambda: standard_headers(body, self.secret, f"msg_bench_{n}")
 
     def send_copy(self, n: int, copy: int, listener: int) -> None:
+        import httpx
+
         body, sign = self.request(n)
         url = f"http://{HOST}:{self.ports[listener]}{CALLBACK_PATH}"
         backoff = FIRST_BACKOFF
@@ -491,7 +493,7 @@ class Sender:
                 )
                 status: int | None = response.status_code
                 outcome = answer_outcome(response.content)
-            except Exception as error:  # any transport failure: a real sender tries again
+            except (httpx.HTTPError, OSError) as error:  # a real sender tries again
                 status, outcome = None, type(error).__name__
             self.answers.append(Answer(n, copy, listener, sent, time.time(), status, outcome))
             if status is not None and status < 500:
@@ -550,13 +552,13 @@ class Bench:
         self.listeners: list[Child] = []
         self.workers: list[Child] = []
         self.windows: list[Window] = []
-        self.unexpected: list[tuple[str, float, int | None]] = []
+        self.unexpected: list[str] = []
         self.worker_kills = 0
         self.traffic_done = threading.Event()
         self.sent_orders = 0
         self.url = ""
         self.t0 = time.time()
-        self.traffic_ended = math.inf
+        self.traffic_ended = math.inf  # when the last order's callbacks went out
         self.flood_open = 0
         self.mid_send_kills = 0
         self.ok = False
@@ -693,8 +695,8 @@ class Bench:
                     for copy, listener in sender.copies(n):
                         pool.submit(sender.send_copy, n, copy, listener)
                     self.sent_orders = n
+                    self.traffic_ended = time.time()
         finally:
-            self.traffic_ended = time.time()
             self.traffic_done.set()
 
     def wait_until(self, when: float) -> None:
@@ -713,15 +715,12 @@ class Bench:
                 continue
             code = child.process.returncode if child.process else None
             note(f"{child.name} exited on its own (status {code}); starting it again")
-            self.unexpected.append((child.name, time.time() - self.t0, code))
+            self.unexpected.append(f"{child.name} at {time.time() - self.t0:.1f} s (status {code})")
             child.held_down = True
-            self.pause(self.args.outage)
+            time.sleep(self.args.outage)
             child.start()
             self.wait_ready(child)
             child.held_down = False
-
-    def pause(self, seconds: float) -> None:
-        time.sleep(seconds)
 
     # -- faults --
 
@@ -924,17 +923,28 @@ class Bench:
         prompt = sum(1 for v in values if v > PROMPT_SECONDS)
         unsigned = sum(1 for d in deliveries if not d.signed)
 
-        say(f"orders: {self.args.orders} (callbacks sent for {self.sent_orders})")
+        args = self.args
+        say(
+            f"bench: {args.listeners} listeners, {args.workers} workers, rate {args.rate:g}/s, "
+            f"faults {','.join(args.faults) or 'none'}; {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()[0]:.1f}"
+        )
+        say(f"orders: {args.orders} (callbacks sent for {self.sent_orders})")
         say(
             f"callbacks: {len(answers)} requests, {len(ok_orders)} orders answered 2xx; "
             f"answers {dict(sorted(outcomes.items()))}"
         )
         say(f"paid: {len(paid)}")
         say(f"lost: {len(lost)}{self.phases(paid[p] for p in lost)}")
+        arrivals = {
+            key: ",".join(f"{d.at - self.t0:.1f}" for d in deliveries if d.webhook_id == key)
+            for key in list(doubled)[:5]
+        }
         say(
             f"doubled: {len(doubled)} notifications "
             f"({sum(doubled.values()) - len(doubled)} extra deliveries); "
             f"worker kills {self.worker_kills} ({self.mid_send_kills} mid-send)"
+            + "".join(f"; {key} arrived at {at} s" for key, at in arrivals.items())
         )
         say(f"never applied: {len(never_applied)}")
         say(
@@ -956,7 +966,7 @@ class Bench:
             f"{c.name} {'alive' if c.alive() else 'dead'} ({c.starts} starts)"
             for c in self.children()
         )
-        say(f"unexpected exits: {len(self.unexpected)} {self.unexpected or ''}".rstrip())
+        say(f"unexpected exits: {len(self.unexpected)} {', '.join(self.unexpected)}".rstrip())
         say(f"processes: {alive}")
         for window in self.windows:
             say(self.recovery_line(window, answers, deliveries, paid, first))
