@@ -375,7 +375,7 @@ def test_a_running_worker_rides_out_a_redis_outage_and_sends_the_message_once(
             listener_settings(pg_url, REDIS_URL=private_redis.url, ORDERPAY_NOTIFY_CHANNEL="sms")
         ) as client:
             answer = client.post(CALLBACK, content=body, headers=signed(body, SECRET))
-        wait_until(lambda: "relay paused" in worker.output(), what="the relay to meet the outage")
+        wait_until(lambda: "outage of Redis began" in worker.output(), what="the outage to be seen")
         (waiting,) = notification_rows(db)
         still_running = worker.process.poll() is None
 

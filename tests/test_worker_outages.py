@@ -1,0 +1,212 @@
+"""Redis and Postgres going away under a running worker and listener: the worker rides the
+outage out (one WARNING when it begins, one INFO when it ends, no traceback, no password) and
+delivers what came due meanwhile; the listener says a database outage once.
+
+Postgres is the suite's server behind a loopback proxy the test cuts (tests/tcp_proxy.py):
+every connection drops and the port refuses new ones, as in a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from orderpay.domain.redaction import redact_urls
+from orderpay.store import outages
+from orderpay.store.db import Database
+from orderpay.store.outages import Outage
+from tests.http_recorder import Answer
+from tests.live_server import listener, listener_settings, signed
+from tests.redis_helpers import (
+    WorkerProcess,
+    a_gateway,
+    a_settled_payment,
+    redis_url_fixture,  # noqa: F401
+    shared_gateway_server_fixture,  # noqa: F401
+    sms_env,
+    success_callback,
+    wait_for_status,
+    wait_until,
+    worker_processes_fixture,  # noqa: F401
+)
+from tests.tcp_proxy import CuttableProxy, cuttable_proxy
+
+StartWorker = Callable[..., WorkerProcess]
+SIMPLE = ("--worker-class", "simple")
+HTTP_500 = Answer(500, b'{"error": "internal"}')
+REDIS_PASSWORD = "redis-s3cret-pw"
+PG_PASSWORD = "pg-s3cret-pw"
+# How long each outage lasts: a restart's few seconds, long enough for every thread of the
+# worker (its RQ loop, heartbeat, pubsub, scheduler, relay) to meet it.
+OUTAGE_SECONDS = 3.0
+
+
+def log_records(worker: WorkerProcess) -> list[dict[str, Any]]:
+    """The worker's JSON log lines (stderr), parsed."""
+    records = []
+    for line in worker.stderr_path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            document = json.loads(line)
+            if isinstance(document, dict):
+                records.append(document)
+    return records
+
+
+def at_level(worker: WorkerProcess, *levels: str) -> list[str]:
+    return [r["message"] for r in log_records(worker) if r.get("level") in levels]
+
+
+def warned(worker: WorkerProcess) -> bool:
+    if worker.process.poll() is not None:
+        raise AssertionError(f"the worker exited ({worker.process.returncode}):\n{worker.output()}")
+    return bool(at_level(worker, "warning", "error", "critical"))
+
+
+def outage_ends(worker: WorkerProcess) -> list[str]:
+    return [
+        r["message"]
+        for r in log_records(worker)
+        if r.get("logger") == "orderpay.outages" and r.get("level") == "info"
+    ]
+
+
+def worker_env(database_url: str, redis_url: str, gateway_url: str, **extra: str) -> dict[str, str]:
+    return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, **sms_env(gateway_url, **extra)}
+
+
+def through(proxy: CuttableProxy, url: str) -> str:
+    """`url` by way of the proxy, with a password (the test server trusts loopback logins and
+    ignores it): the log must never show it."""
+    return (
+        make_url(url)
+        .set(port=proxy.port, password=PG_PASSWORD)
+        .render_as_string(hide_password=False)
+    )
+
+
+# --- Pure parts --------------------------------------------------------------------------
+
+
+def test_a_urls_password_is_hidden_and_its_user_and_host_kept() -> None:
+    text = "database postgresql://orderpay:p@ss:w0rd@db.internal:5432/shop is unavailable"
+
+    assert (
+        redact_urls(text)
+        == "database postgresql://orderpay:***@db.internal:5432/shop is unavailable"
+    )
+
+
+def test_a_redis_url_with_only_a_password_is_redacted_and_text_without_one_kept() -> None:
+    assert redact_urls("redis://:hunter2@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redact_urls("postgresql://root@127.0.0.1/x, no password") == (
+        "postgresql://root@127.0.0.1/x, no password"
+    )
+
+
+def test_an_outage_is_one_warning_however_many_failures_and_one_info_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outage = Outage("Redis", clock=lambda: 100.0)
+    with caplog.at_level(logging.DEBUG, logger="orderpay.outages"):
+        for _ in range(5):
+            outage.failed("Error 111 connecting to redis://:pw@127.0.0.1:1. Connection refused.")
+        outage.recovered()
+        outage.recovered()
+
+    levels = [record.levelname for record in caplog.records]
+    assert levels == ["WARNING", "DEBUG", "DEBUG", "DEBUG", "DEBUG", "INFO"]
+    assert "redis://:***@127.0.0.1:1" in caplog.records[0].getMessage()
+    assert "pw" not in caplog.text
+
+
+def test_a_failure_long_after_the_last_one_starts_a_new_outage_where_no_success_is_seen(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    outage = Outage("the database", forget_after=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="orderpay.outages"):
+        outage.failed("first")
+        now[0] = 59.0
+        outage.failed("same outage")
+        now[0] = 120.0
+        outage.failed("a new one")
+
+    assert [record.getMessage().split(": ")[1].split(";")[0] for record in caplog.records] == [
+        "first",
+        "a new one",
+    ]
+
+
+# --- Postgres -----------------------------------------------------------------------------
+
+
+def port_of(url: str) -> int:
+    return make_url(url).port or 5432
+
+
+@pytest.mark.slow
+def test_a_postgres_restart_is_one_warning_and_one_info_in_the_worker_log(
+    pg_url: str, db: Database, redis_url: str, worker_processes: StartWorker
+) -> None:
+    with cuttable_proxy(port_of(pg_url)) as proxy, a_gateway() as gateway:
+        env = worker_env(through(proxy, pg_url), redis_url, gateway.url)
+        worker = worker_processes(env, *SIMPLE)
+        worker.wait_ready(redis_url)
+        proxy.cut()
+        wait_until(lambda: warned(worker), what="the worker to meet the restart")
+        time.sleep(OUTAGE_SECONDS)
+        proxy.restore()
+        wait_until(lambda: outage_ends(worker), what="the worker to see the database back")
+        settled = a_settled_payment(db)
+        row = wait_for_status(db, settled.notification_id, "sent", timeout=30)
+        alive = worker.process.poll() is None
+        exit_code = worker.terminate()
+        answered = len(gateway.answered)
+
+    output = worker.output()
+    assert alive, output
+    assert len(at_level(worker, "warning")) == 1, output
+    assert at_level(worker, "error", "critical") == [], output
+    assert len(outage_ends(worker)) == 1, output
+    assert "Traceback" not in output
+    assert PG_PASSWORD not in output
+    assert (row.attempts, answered, exit_code) == (1, 1, 0), output
+
+
+@pytest.mark.slow
+def test_a_postgres_restart_is_one_warning_in_the_listener_log_without_the_password(
+    pg_url: str,
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # This process's record of outages starts empty.
+    monkeypatch.setattr(outages, "_outages", {})
+    settled = a_settled_payment(db)
+    body = success_callback(settled.order_id, settled.payment_id)
+    with cuttable_proxy(port_of(pg_url)) as proxy:
+        settings = listener_settings(through(proxy, pg_url))
+        with listener(settings) as server, httpx.Client(base_url=server.url) as client:
+            proxy.cut()
+            with caplog.at_level(logging.INFO):
+                statuses = [client.get("/readyz").status_code for _ in range(5)]
+                statuses += [
+                    client.post(server.callback_url, content=body, headers=signed(body)).status_code
+                    for _ in range(5)
+                ]
+            proxy.restore()
+
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert statuses == [503] * 10
+    assert [r.levelname for r in problems] == ["WARNING"], caplog.text
+    assert "***" in problems[0].getMessage()
+    assert PG_PASSWORD not in caplog.text
+    assert "Traceback" not in caplog.text
