@@ -2,6 +2,7 @@
 outage out (one WARNING when it begins, one INFO when it ends, no traceback, no password) and
 delivers what came due meanwhile; the listener says a database outage once.
 
+Redis is a private redis-server of the test's own, stopped and started again on its port.
 Postgres is the suite's server behind a loopback proxy the test cuts (tests/tcp_proxy.py):
 every connection drops and the port refuses new ones, as in a restart.
 """
@@ -12,23 +13,30 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
 from sqlalchemy.engine import make_url
 
 from orderpay.domain.redaction import redact_urls
+from orderpay.jobs import QUEUE_NAME
 from orderpay.store import outages
 from orderpay.store.db import Database
 from orderpay.store.outages import Outage
 from tests.http_recorder import Answer
 from tests.live_server import listener, listener_settings, signed
 from tests.redis_helpers import (
+    PrivateRedis,
     WorkerProcess,
     a_gateway,
     a_settled_payment,
+    notification,
+    redis_client,
     redis_url_fixture,  # noqa: F401
     shared_gateway_server_fixture,  # noqa: F401
     sms_env,
@@ -78,6 +86,18 @@ def outage_ends(worker: WorkerProcess) -> list[str]:
     ]
 
 
+@pytest.fixture
+def guarded_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private redis-server that asks for a password and keeps its data across a restart
+    (append-only file): what RQ parked before an outage is there after it."""
+    server = PrivateRedis(tmp_path, persistent=True, password=REDIS_PASSWORD)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def worker_env(database_url: str, redis_url: str, gateway_url: str, **extra: str) -> dict[str, str]:
     return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, **sms_env(gateway_url, **extra)}
 
@@ -90,6 +110,12 @@ def through(proxy: CuttableProxy, url: str) -> str:
         .set(port=proxy.port, password=PG_PASSWORD)
         .render_as_string(hide_password=False)
     )
+
+
+def scheduled_jobs(url: str) -> list[str]:
+    with redis_client(url) as redis:
+        registry = ScheduledJobRegistry(QUEUE_NAME, connection=redis, serializer=JSONSerializer)
+        return list(registry.get_job_ids())
 
 
 # --- Pure parts --------------------------------------------------------------------------
@@ -143,6 +169,102 @@ def test_a_failure_long_after_the_last_one_starts_a_new_outage_where_no_success_
         "first",
         "a new one",
     ]
+
+
+# --- Redis --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_redis_outage_is_one_warning_and_one_info_in_the_worker_log_and_the_worker_lives(
+    pg_url: str, db: Database, guarded_redis: PrivateRedis, worker_processes: StartWorker
+) -> None:
+    with a_gateway() as gateway:
+        worker = worker_processes(worker_env(pg_url, guarded_redis.url, gateway.url), *SIMPLE)
+        worker.wait_ready(guarded_redis.url)
+        guarded_redis.stop()
+        wait_until(lambda: warned(worker), what="the worker to meet the outage")
+        time.sleep(OUTAGE_SECONDS)  # the outage's length, not a wait for anything
+        guarded_redis.start()
+        wait_until(lambda: outage_ends(worker), what="the worker to see Redis back")
+        settled = a_settled_payment(db)
+        row = wait_for_status(db, settled.notification_id, "sent", timeout=30)
+        alive = worker.process.poll() is None
+        exit_code = worker.terminate()
+        answered = len(gateway.answered)
+
+    output = worker.output()
+    assert alive, output
+    assert len(at_level(worker, "warning")) == 1, output
+    assert at_level(worker, "error", "critical") == [], output
+    assert len(outage_ends(worker)) == 1, output
+    assert "Traceback" not in output
+    assert REDIS_PASSWORD not in output
+    assert (row.attempts, answered, exit_code) == (1, 1, 0), output
+
+
+@pytest.mark.slow
+def test_a_retry_rq_parked_before_a_redis_outage_is_sent_after_it(
+    pg_url: str, db: Database, guarded_redis: PrivateRedis, worker_processes: StartWorker
+) -> None:
+    settled = a_settled_payment(db)
+    with a_gateway(HTTP_500) as gateway:
+        # The retry comes due while Redis is away.
+        env = worker_env(
+            pg_url, guarded_redis.url, gateway.url, ORDERPAY_NOTIFY_RETRY_INTERVALS="2,2"
+        )
+        worker = worker_processes(env, *SIMPLE)
+        wait_until(lambda: scheduled_jobs(guarded_redis.url), what="RQ to park the retry")
+        guarded_redis.stop()
+        time.sleep(OUTAGE_SECONDS)
+        guarded_redis.start()
+        row = wait_for_status(db, settled.notification_id, "sent", timeout=30)
+        alive = worker.process.poll() is None
+        answered = len(gateway.answered)
+        requests = gateway.count()
+
+    assert alive, worker.output()
+    assert (requests, answered) == (2, 1), worker.output()
+    assert row.attempts == 2
+
+
+@pytest.mark.slow
+def test_a_worker_started_while_redis_is_down_waits_for_it_then_delivers(
+    pg_url: str, db: Database, guarded_redis: PrivateRedis, worker_processes: StartWorker
+) -> None:
+    settled = a_settled_payment(db)
+    guarded_redis.stop()
+    with a_gateway() as gateway:
+        worker = worker_processes(worker_env(pg_url, guarded_redis.url, gateway.url), *SIMPLE)
+        wait_until(lambda: warned(worker), what="the worker to say Redis is away")
+        waiting = worker.process.poll() is None
+        sent_meanwhile = gateway.count()
+        guarded_redis.start()
+        row = wait_for_status(db, settled.notification_id, "sent", timeout=30)
+        exit_code = worker.terminate()
+
+    output = worker.output()
+    assert waiting, output
+    assert sent_meanwhile == 0
+    assert (row.attempts, gateway.count(), exit_code) == (1, 1, 0), output
+    assert len(at_level(worker, "warning")) == 1, output
+    assert len(outage_ends(worker)) == 1, output
+    assert REDIS_PASSWORD not in output
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_worker_waiting_for_redis_at_its_start_exits_0_and_sends_nothing(
+    pg_url: str, db: Database, guarded_redis: PrivateRedis, worker_processes: StartWorker
+) -> None:
+    settled = a_settled_payment(db)
+    guarded_redis.stop()
+    with a_gateway() as gateway:
+        worker = worker_processes(worker_env(pg_url, guarded_redis.url, gateway.url), *SIMPLE)
+        wait_until(lambda: warned(worker), what="the worker to say Redis is away")
+        exit_code = worker.terminate()
+
+    assert exit_code == 0, worker.output()
+    assert gateway.count() == 0
+    assert notification(db, settled.notification_id).status.value == "pending"
 
 
 # --- Postgres -----------------------------------------------------------------------------
