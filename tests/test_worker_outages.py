@@ -25,7 +25,6 @@ from sqlalchemy.engine import make_url
 
 from orderpay.domain.redaction import redact_urls
 from orderpay.jobs import QUEUE_NAME
-from orderpay.store import outages
 from orderpay.store.db import Database
 from orderpay.store.outages import Outage
 from tests.http_recorder import Answer
@@ -307,11 +306,8 @@ def test_a_postgres_restart_is_one_warning_and_one_info_in_the_worker_log(
 def test_a_postgres_restart_is_one_warning_in_the_listener_log_without_the_password(
     pg_url: str,
     db: Database,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # This process's record of outages starts empty.
-    monkeypatch.setattr(outages, "_outages", {})
     settled = a_settled_payment(db)
     body = success_callback(settled.order_id, settled.payment_id)
     with cuttable_proxy(port_of(pg_url)) as proxy:

@@ -54,7 +54,7 @@ class Outage:
                 self._since = now
             self._last = now
         if starts:
-            log.warning("outage of %s began: %s; retrying", self.what, redact_urls(detail))
+            log.warning("outage of %s began: %s", self.what, redact_urls(detail))
         else:
             log.debug("outage of %s goes on: %s", self.what, redact_urls(detail))
 
