@@ -23,8 +23,11 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from sqlalchemy.engine import make_url
 
+from orderpay.config import load_settings
 from orderpay.domain.redaction import redact_urls
-from orderpay.jobs import QUEUE_NAME
+from orderpay.jobs import QUEUE_NAME, enqueue_batches, make_queue, runtime_for_jobs
+from orderpay.rq_worker import RidingOutSimpleWorker
+from orderpay.runtime import Runtime
 from orderpay.store.db import Database
 from orderpay.store.outages import Outage
 from tests.http_recorder import Answer
@@ -34,6 +37,7 @@ from tests.redis_helpers import (
     WorkerProcess,
     a_gateway,
     a_settled_payment,
+    in_process_worker_fixture,  # noqa: F401
     notification,
     redis_client,
     redis_url_fixture,  # noqa: F401
@@ -44,6 +48,7 @@ from tests.redis_helpers import (
     wait_until,
     worker_processes_fixture,  # noqa: F401
 )
+from tests.services import free_port
 from tests.tcp_proxy import CuttableProxy, cuttable_proxy
 
 StartWorker = Callable[..., WorkerProcess]
@@ -328,3 +333,29 @@ def test_a_postgres_restart_is_one_warning_in_the_listener_log_without_the_passw
     assert "***" in problems[0].getMessage()
     assert PG_PASSWORD not in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_jobs_that_meet_a_database_outage_log_it_once_without_a_traceback(
+    redis_url: str, in_process_worker: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(
+        DATABASE_URL=through_closed_port(), ORDERPAY_NOTIFY_CHANNEL="log", REDIS_URL=redis_url
+    )
+    with redis_client(redis_url) as redis:
+        queue = make_queue(redis)
+        enqueue_batches(queue, [[1], [2], [3]], (1, 1))
+        worker = RidingOutSimpleWorker([QUEUE_NAME], connection=redis, serializer=JSONSerializer)
+        with runtime_for_jobs(Runtime(settings)), caplog.at_level(logging.WARNING):
+            worker.work(burst=True)
+        failed_tries = len(ScheduledJobRegistry(queue=queue))
+
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert failed_tries == 3  # each job met the outage, and RQ retries it later
+    assert [(r.name, r.levelname) for r in problems] == [("orderpay.outages", "WARNING")]
+    assert "Traceback" not in caplog.text
+    assert PG_PASSWORD not in caplog.text
+
+
+def through_closed_port() -> str:
+    """A Postgres URL, with a password, on a port where nothing listens."""
+    return f"postgresql://orderpay:{PG_PASSWORD}@127.0.0.1:{free_port()}/orderpay"
