@@ -359,3 +359,31 @@ def test_jobs_that_meet_a_database_outage_log_it_once_without_a_traceback(
 def through_closed_port() -> str:
     """A Postgres URL, with a password, on a port where nothing listens."""
     return f"postgresql://orderpay:{PG_PASSWORD}@127.0.0.1:{free_port()}/orderpay"
+
+
+@pytest.mark.slow
+def test_a_redis_outage_amid_deliveries_is_said_once_and_loses_or_doubles_nothing(
+    pg_url: str, db: Database, guarded_redis: PrivateRedis, worker_processes: StartWorker
+) -> None:
+    settled = [a_settled_payment(db) for _ in range(12)]
+    with a_gateway() as gateway:
+        gateway.delay = 0.3  # a send in flight whenever Redis goes
+        env = worker_env(
+            pg_url, guarded_redis.url, gateway.url, ORDERPAY_RELAY_LOST_AFTER_SECONDS="5"
+        )
+        worker = worker_processes(env, *SIMPLE)
+        wait_until(lambda: gateway.count() >= 2, what="deliveries to be under way")
+        guarded_redis.stop()
+        time.sleep(OUTAGE_SECONDS)
+        guarded_redis.start()
+        rows = [wait_for_status(db, s.notification_id, "sent", timeout=60) for s in settled]
+        alive = worker.process.poll() is None
+        answered = len(gateway.answered)
+
+    output = worker.output()
+    assert alive, output
+    assert answered == len(settled), output
+    assert all(row.attempts >= 1 for row in rows)
+    assert "Traceback" not in output
+    assert at_level(worker, "error", "critical") == [], output
+    assert len(at_level(worker, "warning")) == 1, output
