@@ -387,3 +387,20 @@ def test_a_redis_outage_amid_deliveries_is_said_once_and_loses_or_doubles_nothin
     assert "Traceback" not in output
     assert at_level(worker, "error", "critical") == [], output
     assert len(at_level(worker, "warning")) == 1, output
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_redis_outage_stops_the_worker_with_exit_0_and_no_traceback(
+    pg_url: str, db: Database, guarded_redis: PrivateRedis, worker_processes: StartWorker
+) -> None:
+    with a_gateway() as gateway:
+        worker = worker_processes(worker_env(pg_url, guarded_redis.url, gateway.url), *SIMPLE)
+        worker.wait_ready(guarded_redis.url)
+        guarded_redis.stop()
+        wait_until(lambda: warned(worker), what="the worker to meet the outage")
+        exit_code = worker.terminate()
+
+    output = worker.output()
+    assert exit_code == 0, output
+    assert "Traceback" not in output
+    assert at_level(worker, "error", "critical") == [], output
