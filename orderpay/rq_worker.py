@@ -55,7 +55,10 @@ def describe(error: BaseException) -> str:
 
 
 def wait_for_redis(
-    connection: Redis, error: BaseException, stopped: Callable[[], bool], sleep: Any = time.sleep
+    connection: Redis,
+    error: BaseException,
+    stopped: Callable[[], bool],
+    sleep: Callable[[float], object] = time.sleep,
 ) -> bool:
     """Ping Redis with backoff until it answers (True) or `stopped()` (False). The outage is
     logged once, however many threads wait on it."""
@@ -85,6 +88,8 @@ class RidingOutQueue(Queue):
         try:
             return super().dequeue_any(queues, timeout, connection=connection, **options)
         except REDIS_DOWN as error:
+            # Until Redis answers: SIGTERM meanwhile raises RQ's StopRequested out of the wait
+            # (the worker is idle), which ends RQ's loop.
             wait_for_redis(connection, error, lambda: False)
             # RQ's loop then beats its heartbeat and asks again, as after an idle wait.
             raise DequeueTimeout(timeout, [queue.key for queue in queues]) from None
