@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from orderpay import clock
 from orderpay.cli import app
+from orderpay.store import outages
 from orderpay.store.db import Database
 from orderpay.store.migrate import upgrade
 from orderpay.store.schema import metadata
@@ -213,7 +214,9 @@ def _signature(connection: Any) -> tuple[Any, ...]:
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No test sees the developer's configuration or `.env`, or a clock another test moved."""
+    """No test sees the developer's configuration or `.env`, a clock another test moved, or an
+    outage another test began (its WARNING is said once per process: store.outages)."""
+    monkeypatch.setattr(outages, "_outages", {})
     for name in list(os.environ):
         if name in (POSTGRES_VARIABLE, REDIS_VARIABLE):
             continue  # the suite's servers, not orderpay's configuration

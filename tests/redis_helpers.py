@@ -153,16 +153,26 @@ def redis_client(url: str) -> Iterator[Redis]:
 
 
 class PrivateRedis:
-    """A redis-server of the test's own, on one port for its whole life (stop, start again)."""
+    """A redis-server of the test's own, on one port for its whole life (stop, start again).
 
-    def __init__(self, directory: Path) -> None:
+    `persistent`: an append-only file in `directory`, written at every command, so that a
+    restart finds what was there (RQ's registries); otherwise a restart starts empty.
+    `password`: clients must give it (the URL carries it).
+    """
+
+    def __init__(
+        self, directory: Path, *, persistent: bool = False, password: str | None = None
+    ) -> None:
         self.directory = directory
         self.port = free_port()
+        self.persistent = persistent
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{REDIS_HOST}:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}{REDIS_HOST}:{self.port}/0"
 
     def start(self) -> None:
         assert self.process is None, "already running"
@@ -176,11 +186,14 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--daemonize",
                 "no",
                 "--dir",
                 str(self.directory),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -116,7 +116,7 @@ def test_a_503_for_a_database_that_is_down_names_no_host_port_or_user(
     )
 
     with (
-        caplog.at_level(logging.ERROR, logger="orderpay.server"),
+        caplog.at_level(logging.WARNING),
         listener_client(listener_settings(CLOSED_POSTGRES_URL)) as client,
     ):
         ready = client.get("/readyz")

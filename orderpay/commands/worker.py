@@ -69,7 +69,9 @@ def worker(
     once per step however many workers run (--burst: once, what is due now). Each
     notification goes through the channel it was queued for; one whose channel this worker
     has no settings for stays pending, with the reason in its last_error. SIGTERM finishes
-    the current delivery, then stops.
+    the current delivery, then stops. A Redis or database outage is waited out (one WARNING
+    when it begins, one INFO when it ends); started while Redis is down, the worker waits for
+    it (--burst exits 7).
 
     \b
     Examples:
@@ -95,7 +97,6 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
     import threading
     from datetime import timedelta
 
-    from rq import SimpleWorker, Worker
     from rq.serializers import JSONSerializer
 
     from orderpay.errors import QueueUnavailable
@@ -107,24 +108,36 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
         runtime_for_jobs,
         stopping,
     )
+    from orderpay.rq_worker import (
+        REDIS_DOWN,
+        RidingOutForkWorker,
+        RidingOutSimpleWorker,
+        ScheduledJobs,
+        describe,
+    )
 
     assert rt.settings.redis_url is not None
     redis = connect_redis(rt.settings.redis_url)
-    try:
-        redis.ping()
-    except Exception as error:
-        raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
-    queue = make_queue(redis, queue_name or QUEUE_NAME)
+    name = queue_name or QUEUE_NAME
+    if burst:
+        try:
+            redis.ping()
+        except Exception as error:
+            raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
+    elif not _redis_reachable(redis):
+        info("stopped before Redis was available")
+        return
+    queue = make_queue(redis, name)
     relay = Relay(
         rt.database,
         queue,
         rt.settings.retry_intervals,
         lost_after=timedelta(seconds=rt.settings.relay_lost_after_seconds),
     )
-    worker_type: type[Any] = SimpleWorker if simple else Worker
+    worker_type: type[Any] = RidingOutSimpleWorker if simple else RidingOutForkWorker
     if simple:
 
-        class StoppingWorker(SimpleWorker):
+        class StoppingWorker(RidingOutSimpleWorker):
             def request_stop(self, signum: int, frame: Any) -> None:
                 # The batch job in flight ends after its current send (jobs.stopping).
                 stopping.set()
@@ -141,7 +154,7 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
         with rt.database.transaction() as conn:
             compile_ahead(conn, rt.retry_policy)
         tls_context()
-    rq_worker = worker_type([queue], connection=redis, serializer=JSONSerializer)
+    rq_worker = worker_type([name], connection=redis, serializer=JSONSerializer)
     catch_up = _catch_up(rt)
     # Jobs (and the work horses RQ forks for them) start from this process's runtime: its
     # settings are read and its schema checked once, not once per job.
@@ -161,15 +174,41 @@ def _run_rq(rt: Runtime, *, burst: bool, queue_name: str | None, simple: bool) -
                 daemon=True,
             ),
             _catch_up_thread(catch_up, stop),
+            # RQ's retries wait in its scheduled registry: this thread moves them to the queue
+            # once due (in place of RQ's scheduler child, which dies with a Redis outage).
+            ScheduledJobs([name], redis).thread(stop),
         ]
         for thread in threads:
             thread.start()
         try:
-            rq_worker.work(with_scheduler=True, logging_level="INFO")
+            rq_worker.work(with_scheduler=False, logging_level="INFO")
+        except REDIS_DOWN as error:  # at its start, before its loop rides outages out
+            raise QueueUnavailable(f"Redis is unavailable: {describe(error)}") from None
         finally:
             stop.set()
             for thread in threads:
                 thread.join(timeout=10)
+
+
+def _redis_reachable(redis: Any) -> bool:
+    """Wait for Redis at start (one WARNING, then one INFO when it answers): a worker started
+    during an outage, or restarted by its supervisor, starts once Redis is back. False when
+    SIGTERM or SIGINT comes first."""
+    import signal
+    import threading
+
+    from orderpay.rq_worker import wait_until_reachable
+
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda _signum, _frame: stop.set())
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        return wait_until_reachable(redis, stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run_embedded(rt: Runtime, *, burst: bool) -> None:

@@ -5,6 +5,9 @@ A JSON body stays JSON and a form body stays a form: only the values change, and
 values of fields that name ids, references, amounts, currencies, statuses, keys or times
 (a transaction id can be all digits, and an MSISDN-like one is still no phone). Any other text
 is masked where phone numbers appear in it (phones.mask_phones_in).
+
+Log lines that quote a URL (a database or Redis server's) show it without its password
+(redact_urls).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ _KEPT_FIELD = re.compile(
     r"|updatedat|receivedat)"
 )
 _FORM = re.compile(r"[^=&\s]+=[^&\s]*(?:&[^=&\s]+=[^&\s]*)*")
+# A URL's user and password (scheme://user:password@host): the password is what is hidden.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):[^\s/]*@")
 
 
 def mask_payload(text: str, default_region: str) -> str:
@@ -40,6 +45,12 @@ def mask_payload(text: str, default_region: str) -> str:
     if _FORM.fullmatch(stripped):
         return "&".join(_masked_pair(pair, default_region) for pair in text.split("&"))
     return mask_phones_in(text, default_region)
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***` (postgresql://u:***@h),
+    as SQLAlchemy shows a URL; the user and host stay, to tell which server was meant."""
+    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
 
 
 def _kept(field: str | None) -> bool:

@@ -20,6 +20,7 @@ from orderpay.errors import (
 )
 from orderpay.http import rest
 from orderpay.store.db import PUBLIC_UNAVAILABLE
+from orderpay.store.outages import database_outage
 
 log = logging.getLogger("orderpay.server")
 
@@ -31,7 +32,10 @@ def answer_for(error: Exception, method: str, path: str) -> JSONResponse:
         # The operator's to fix (a path, a permission), not the caller's: the log says what.
         log.error("database inaccessible: %s", error.message)
     error = public_error(error)
-    if isinstance(error, OrderpayError):
+    if isinstance(error, DatabaseUnavailable) and error.public_message != error.message:
+        # A restart fails every request for a moment: the outage is one line, not one each.
+        database_outage().failed(f"{error.code} on {method} {path}: {error.message}")
+    elif isinstance(error, OrderpayError):
         if error.public_message != error.message:
             log.error("%s on %s %s: %s", error.code, method, path, error.message)
     elif not isinstance(error, HTTPException):

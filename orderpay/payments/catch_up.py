@@ -25,7 +25,7 @@ from sqlalchemy import Connection
 from orderpay.clock import utcnow
 from orderpay.domain.schedule import CatchUpSchedule
 from orderpay.domain.times import age_text
-from orderpay.errors import OrderpayError
+from orderpay.errors import DatabaseUnavailable, OrderpayError
 from orderpay.payments import review
 from orderpay.payments.charge_cycle import ChargeCycle
 from orderpay.payments.life_cycle import Action, Check, Cycle, busy, check
@@ -35,6 +35,7 @@ from orderpay.store import ledger, locks, refunds
 from orderpay.store import payments as payment_rows
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.outages import database_outage
 from orderpay.store.payments import Payment, get_payment
 from orderpay.store.refunds import Refund
 
@@ -210,9 +211,14 @@ class CatchUp:
         while not stop.is_set():
             try:
                 done = self.run_due()
-            except OrderpayError as error:  # the database is down: the next round retries
+            except DatabaseUnavailable as error:  # the next round retries; said once
+                database_outage().failed(f"catch-up paused: {error.message}")
+                done = Round()
+            except OrderpayError as error:
                 log.warning("catch-up round failed: %s", error.message)
                 done = Round()
+            else:
+                database_outage().recovered()
             for asked in done.checked:
                 if asked.action is not Action.NONE:
                     log.info(

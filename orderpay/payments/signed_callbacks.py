@@ -21,6 +21,7 @@ from orderpay.errors import DatabaseUnavailable, OrderpayError
 from orderpay.payments.callbacks import Callback, CallbackResult, apply_callback
 from orderpay.store.db import Database, retrying
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.outages import database_outage
 
 if TYPE_CHECKING:
     from orderpay.payments.callback_batches import CallbackBatcher
@@ -117,6 +118,9 @@ class SignedCallbacks:
         return retrying(self.checked(), lambda conn: apply_callback(conn, callback, self.notify))
 
     def _batch_failed(self, error: Exception) -> None:
+        if isinstance(error, DatabaseUnavailable):  # an outage: its one line is store.outages'
+            database_outage().failed(f"a batch of callbacks failed: {error.message}")
+            return
         now = time.monotonic()
         if now - self._failure_logged_at >= BATCH_FAILURE_LOG_SECONDS:
             self._failure_logged_at = now

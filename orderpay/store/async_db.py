@@ -12,6 +12,7 @@ Nothing connects at import time, and asyncpg itself is imported only when a pool
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
@@ -30,7 +31,9 @@ from orderpay.store.db import (
     POSTGRES_RETRYABLE,
     PUBLIC_UNAVAILABLE,
     SESSION_GUARDS,
+    describe,
 )
+from orderpay.store.outages import database_outage
 
 if TYPE_CHECKING:
     import asyncpg
@@ -78,6 +81,7 @@ async def create_pool(
     listener's do, set at connection start-up: no round trip per statement."""
     import asyncpg
 
+    _quiet_pool_reconnects(describe(database_url(url)))
     # asyncpg's Python API has no annotations (mypy follows it untyped: pyproject.toml).
     pool: asyncpg.Pool = await asyncpg.create_pool(  # type: ignore[no-untyped-call]
         asyncpg_dsn(url),
@@ -90,6 +94,33 @@ async def create_pool(
         **options,
     )
     return pool
+
+
+class _PoolOutage(logging.Filter):
+    """asyncpg's pool logs a WARNING with a traceback at every failed try to reconnect its
+    idle connections while the server is away: that is the outage store.outages says once."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        translated = translate(error, self.label) if error is not None else None
+        if not isinstance(translated, DatabaseUnavailable):
+            return True
+        database_outage().failed(f"the callback pool cannot reconnect: {translated.message}")
+        return False
+
+
+def _quiet_pool_reconnects(label: str) -> None:
+    """`label`: the database as the operator knows it (store.db.describe)."""
+    pool_log = logging.getLogger("asyncpg.pool")
+    for existing in pool_log.filters:
+        if isinstance(existing, _PoolOutage):
+            existing.label = label
+            return
+    pool_log.addFilter(_PoolOutage(label))
 
 
 class Statement:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from orderpay.store.notifications import OUTBOX_CHANNEL
+from orderpay.store.outages import database_outage, redis_outage
 
 log = logging.getLogger("orderpay.relay")
 
@@ -61,7 +62,7 @@ class Wakeups:
                         return
                 waited += slice_seconds
         except Exception as error:  # the database went away: poll until it is back
-            log.warning("LISTEN connection lost (%s); polling", type(error).__name__)
+            database_outage().failed(f"LISTEN connection lost ({type(error).__name__}); polling")
             self.close()
             stop.wait(self.poll_seconds)
 
@@ -80,16 +81,24 @@ def run_on_wakeups(
     what: str,
 ) -> None:
     """Run `step` now and on every wake-up until `stop` is set. A database or queue outage
-    (an OrderpayError) pauses the loop until the next wake-up; it never ends it."""
-    from orderpay.errors import OrderpayError
+    (an OrderpayError) pauses the loop until the next wake-up; it never ends it, and the log
+    tells it once (store.outages). A step reads the database first: one that ends well means
+    the database is back."""
+    from orderpay.errors import DatabaseUnavailable, OrderpayError, QueueUnavailable
 
     wakeups = Wakeups(engine, poll_seconds)
     try:
         while not stop.is_set():
             try:
                 step()
+            except DatabaseUnavailable as error:
+                database_outage().failed(f"{what} paused: {error.message}")
+            except QueueUnavailable as error:
+                redis_outage().failed(f"{what} paused: {error.message}")
             except OrderpayError as error:
                 log.warning("%s paused: %s", what, error.message)
+            else:
+                database_outage().recovered()
             wakeups.wait(stop)
     finally:
         wakeups.close()
