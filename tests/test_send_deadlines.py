@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from orderpay import clock
 from orderpay.clock import utcnow
@@ -24,6 +25,7 @@ from orderpay.notify.drain import Drain
 from orderpay.store import outbox
 from orderpay.store.db import Database
 from orderpay.store.notification_attempts import Outcome, Recorded
+from tests import http_recorder
 from tests.redis_helpers import (
     LOG_TARGET,
     MERCHANT,
@@ -35,6 +37,7 @@ from tests.redis_helpers import (
     shared_gateway_server_fixture,  # noqa: F401
     sms_channel,
 )
+from tests.tcp_proxy import cuttable_proxy
 
 _SENT = (
     b'{"SMSMessageData": {"Recipients": [{"statusCode": 101, "status": "Success", '
@@ -219,3 +222,35 @@ def test_the_embedded_drain_fails_a_row_whose_last_try_outlasted_its_lease(db: D
     assert result is None
     assert requests == 0
     assert (after.status, after.attempts) == (NotificationStatus.FAILED, 1)
+
+
+def test_a_message_sent_while_the_database_restarts_is_recorded_once_it_is_back(
+    db: Database,
+) -> None:
+    row = a_settled_payment(db).notification_id
+    policy = RetryPolicy((60,), lease_seconds=20, send_seconds=5)
+    url = make_url(db.url)
+    with cuttable_proxy(url.port or 5432) as proxy, a_gateway() as gateway:
+        through = Database(url.set(host="127.0.0.1", port=proxy.port))
+        back = threading.Timer(1.0, proxy.restore)
+
+        def restart_while_taking_the_message(
+            request: http_recorder.Recorded,
+        ) -> http_recorder.Answer:
+            proxy.cut()  # the database restarts while the gateway takes the message
+            back.start()
+            return gateway.respond(request)
+
+        gateway.recorder.answer_with(restart_while_taking_the_message)
+        try:
+            result = Drain(through, serving(sms_channel(gateway)), policy, MERCHANT).drain_one()
+        finally:
+            back.join()
+            through.engine.dispose()
+        requests = gateway.count()
+
+    after = notification(db, row)
+    assert result is not None
+    assert result.outcome is Delivery.SENT
+    assert requests == 1
+    assert (after.status, after.attempts) == (NotificationStatus.SENT, 1)

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from orderpay.clock import utcnow
 from orderpay.domain.money import Money, exponent
-from orderpay.errors import GatewayRejected, OrderpayError
+from orderpay.errors import DatabaseUnavailable, GatewayRejected, OrderpayError
 from orderpay.notify.channels import Channel, OutgoingMessage
 from orderpay.store import outbox
 from orderpay.store.db import Transactional, retrying
@@ -287,7 +287,7 @@ _RESULT = {
 
 def _record(db: Transactional, done: list[Recorded], policy: RetryPolicy) -> list[DeliveryResult]:
     """Record a group's outcomes in one transaction; a result for each row tried."""
-    written = retrying(db, lambda conn: outbox.record_outcomes(conn, done))
+    written = _riding_out_the_database(db, done)
     results = []
     for recorded in done:
         attempt, outcome = recorded.attempt, recorded.outcome
@@ -320,6 +320,27 @@ def _record(db: Transactional, done: list[Recorded], policy: RetryPolicy) -> lis
                 )
             )
     return results
+
+
+# The first wait before recording again after the database went away, doubled each time.
+RECORD_BACKOFF_SECONDS = 0.2
+RECORD_BACKOFF_MAX_SECONDS = 2.0
+
+
+def _riding_out_the_database(db: Transactional, done: list[Recorded]) -> set[int]:
+    """record_outcomes, tried again while the database is away (a restart) and the group's
+    leases last: a message that went out but was not recorded would be sent again once its
+    lease ran out."""
+    wait = RECORD_BACKOFF_SECONDS
+    while True:
+        try:
+            return retrying(db, lambda conn: outbox.record_outcomes(conn, done))
+        except DatabaseUnavailable:
+            lease_left = min((r.attempt.lease_until - utcnow()).total_seconds() for r in done)
+            if lease_left <= wait:
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, RECORD_BACKOFF_MAX_SECONDS)
 
 
 def _describe(error: Exception) -> str:
