@@ -313,54 +313,40 @@ def _raw_answer(response: Any) -> bytes:
     return b"\r\n".join(lines)
 
 
-class SheddingH11Protocol(H11Protocol):
+class _Shedding:
+    """The listener's deadlines and cap over one of uvicorn's HTTP protocols (the class after
+    this one in the bases: its methods are the `super()` calls here)."""
+
+    guard: ConnectionGuard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self.guard = ConnectionGuard(self)  # type: ignore[arg-type]
+        self.guard.connected()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.lost()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        self.guard.progressed()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self.guard.progressed()
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.guard.idle()
+        super().timeout_keep_alive_handler()  # type: ignore[misc]
+
+
+class SheddingH11Protocol(_Shedding, H11Protocol):
     """uvicorn's h11 protocol with the listener's deadlines and cap."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.guard = ConnectionGuard(self)
-        self.guard.connected()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.lost()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self.guard.progressed()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self.guard.progressed()
-
-    def timeout_keep_alive_handler(self) -> None:
-        self.guard.idle()
-        super().timeout_keep_alive_handler()
-
-
-class SheddingHttpToolsProtocol(HttpToolsProtocol):
+class SheddingHttpToolsProtocol(_Shedding, HttpToolsProtocol):
     """uvicorn's httptools protocol with the listener's deadlines and cap."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.guard = ConnectionGuard(self)
-        self.guard.connected()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.lost()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self.guard.progressed()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self.guard.progressed()
-
-    def timeout_keep_alive_handler(self) -> None:
-        self.guard.idle()
-        super().timeout_keep_alive_handler()
 
 
 PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
