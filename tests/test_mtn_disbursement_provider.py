@@ -39,7 +39,9 @@ from tests.user_shell import orderpay
 
 ORDINARY = "+46733123499"  # no special sandbox behaviour: the payment succeeds
 REJECTS = "+46733123451"  # the payment fails (APPROVAL_REJECTED)
-SHORT_TIMEOUT = httpx.Timeout(connect=1.0, read=0.5, write=1.0, pool=1.0)
+# Short enough for the tests of a hanging MTN, long enough for the fake's answer on a loaded
+# 2-core machine.
+SHORT_TIMEOUT = httpx.Timeout(connect=1.0, read=3.0, write=1.0, pool=1.0)
 SHORT = MtnTiming(timeout=SHORT_TIMEOUT)
 DISBURSEMENT_VARIABLES = (
     "MTN_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY",
