@@ -138,15 +138,9 @@ def _held_by_another(
     return holder if holder != payment.id else None
 
 
-def _keep_sender_conflict(
-    conn: Connection,
-    locked: LockedPayment,
-    report: Report,
-    holder: uuid.UUID,
-    event_id: int | None,
-) -> None:
-    payment = locked.payment
-    said = review_texts.reported_text(
+def _what_was_reported(report: Report, payment: Payment) -> str:
+    """A review item's account of the report: who said what, with its references."""
+    return review_texts.reported_text(
         _who(report.source, payment.provider),
         report.outcome,
         amount=report.amount,
@@ -156,6 +150,17 @@ def _keep_sender_conflict(
         reason=report.reason,
         payer_phone=payment.payer_phone,
     )
+
+
+def _keep_sender_conflict(
+    conn: Connection,
+    locked: LockedPayment,
+    report: Report,
+    holder: uuid.UUID,
+    event_id: int | None,
+) -> None:
+    payment = locked.payment
+    said = _what_was_reported(report, payment)
     kept = review.keep_sender_conflict(
         conn, locked, said, report.transaction_id, holder=holder, event_id=event_id
     )
@@ -176,16 +181,7 @@ def _keep_for_review(
     event_id: int | None,
 ) -> None:
     payment = locked.payment
-    said = review_texts.reported_text(
-        _who(report.source, payment.provider),
-        report.outcome,
-        amount=report.amount,
-        currency=report.currency,
-        reference=report.reference,
-        transaction_id=report.transaction_id,
-        reason=report.reason,
-        payer_phone=payment.payer_phone,
-    )
+    said = _what_was_reported(report, payment)
     if verdict is Settled.MISMATCH:
         reported: Money | str = (
             report.amount if report.amount is not None else f"currency {report.currency}"
