@@ -99,6 +99,7 @@ from orderpay.jobs import (
     make_queue,
 )
 from orderpay.store.db import Database
+from orderpay.store.notifications import OUTBOX_CHANNEL
 
 DEFAULT_COUNT = 5000
 DEFAULT_WORKERS = "1,2"
@@ -109,6 +110,8 @@ NOOP_FUNCTION = "time.time"
 POLL_SECONDS = 0.02  # at first; then 1/1000 of the time so far, so long runs poll less
 STALL_SECONDS = 120.0  # a run with no job done for this long has failed
 GOAL_RATIO = 0.8
+GOAL_BURST_P99_SECONDS = 10.0
+GOAL_GATEWAY_RATE = {0.05: 1000.0, 0.2: 500.0}  # notifications/s with 2 workers, by delay
 GOAL_RELAY_ROWS_PER_SECOND = 5000.0
 
 PRICE_MINOR = 2500  # 25.00 GHS, one item per order
@@ -138,35 +141,59 @@ class Drained:
 # --- set-up -----------------------------------------------------------------------------
 
 
+PRODUCT_ID = uuid.UUID("00000000-0000-4000-8000-00000000bea5")
+
+
 def create_settled_payments(db: Database, count: int) -> None:
     """`count` settled payments, each with one pending outbox row, in bulk SQL."""
-    params = {"count": count, "product": uuid.uuid4(), "price": PRICE_MINOR, "currency": CURRENCY}
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO products (id, name, description, price, currency, active, created_at)"
+                " VALUES (:product, 'Kenkey', '', :price, :currency, true, now())"
+            ),
+            {"product": PRODUCT_ID, "price": PRICE_MINOR, "currency": CURRENCY},
+        )
+        add_settled_payments(conn, 1, count, "log")
+    vacuum(db)
+
+
+def add_settled_payments(conn: Any, first: int, last: int, channel: str) -> None:
+    """Settled payments number `first` to `last`, each with one pending outbox row queued for
+    `channel`, in one transaction (the caller's)."""
+    params = {
+        "first": first,
+        "last": last,
+        "product": PRODUCT_ID,
+        "price": PRICE_MINOR,
+        "currency": CURRENCY,
+        "channel": channel,
+    }
+    numbers = "generate_series(:first, :last) AS n"
     statements = [
-        "INSERT INTO products (id, name, description, price, currency, active, created_at)"
-        " VALUES (:product, 'Kenkey', '', :price, :currency, true, now())",
         "INSERT INTO customers (name, phone, email, created_at)"
         f" SELECT 'Ama Mensah', {PHONE_SQL}, NULL, now()"
-        " FROM generate_series(1, :count) AS n ORDER BY n",
+        f" FROM {numbers} ORDER BY n",
         "INSERT INTO orders (id, customer_id, status, currency, total, created_at, updated_at)"
         " SELECT md5('o' || n)::uuid, c.id, 'paid', :currency, :price, now(), now()"
-        f" FROM generate_series(1, :count) AS n JOIN customers AS c ON c.phone = {PHONE_SQL}"
+        f" FROM {numbers} JOIN customers AS c ON c.phone = {PHONE_SQL}"
         " ORDER BY n",
         "INSERT INTO order_items (order_id, product_id, quantity, unit_price)"
-        " SELECT md5('o' || n)::uuid, :product, 1, :price FROM generate_series(1, :count) AS n",
+        " SELECT md5('o' || n)::uuid, :product, 1, :price FROM " + numbers,
         "INSERT INTO payments (id, order_id, idempotency_key, fingerprint, amount, currency,"
         " payer_phone, provider, provider_reference, status, failure_reason, lease_expires_at,"
         " created_at, updated_at)"
         " SELECT md5('p' || n)::uuid, md5('o' || n)::uuid, 'bench-' || n,"
         " encode(sha256(('charge-' || n)::bytea), 'hex'), :price, :currency, "
         f" {PHONE_SQL}, 'simulator', md5('p' || n)::uuid::text, 'succeeded', NULL, NULL,"
-        " now(), now() FROM generate_series(1, :count) AS n",
+        f" now(), now() FROM {numbers}",
         # outbox.add_notification: channel `log`, recipient the customer's phone, body empty.
         "INSERT INTO notifications (order_id, payment_id, kind, channel, recipient, body,"
         " status, attempts, last_error, gateway_message_id, due_at, enqueued_at, sent_at,"
         " created_at, updated_at)"
-        " SELECT md5('o' || n)::uuid, md5('p' || n)::uuid, 'payment_received', 'log',"
+        " SELECT md5('o' || n)::uuid, md5('p' || n)::uuid, 'payment_received', :channel,"
         f" {PHONE_SQL}, '', 'pending', 0, NULL, NULL, now(), NULL, NULL, now(), now()"
-        " FROM generate_series(1, :count) AS n ORDER BY n",
+        f" FROM {numbers} ORDER BY n",
         "INSERT INTO order_events (order_id, at, event, detail)"
         " SELECT md5('o' || n)::uuid, now(), e.event, CASE e.event"
         "  WHEN 'order_created' THEN '1 item, total 25.00 GHS'"
@@ -178,18 +205,18 @@ def create_settled_payments(db: Database, count: int) -> None:
         "  WHEN 'payment_succeeded' THEN 'payment ' || md5('p' || n)::uuid"
         "   || ' of 25.00 GHS succeeded (callback)'"
         "  ELSE 'paid by payment ' || md5('p' || n)::uuid END"
-        " FROM generate_series(1, :count) AS n, (VALUES (1, 'order_created'),"
+        f" FROM {numbers}, (VALUES (1, 'order_created'),"
         "  (2, 'payment_initiated'), (3, 'payment_pending'), (4, 'payment_succeeded'),"
         "  (5, 'order_paid')) AS e(k, event)"
         " ORDER BY n, e.k",
         "INSERT INTO order_events (order_id, at, event, detail)"
-        " SELECT x.order_id, now(), 'notification_queued', 'notification ' || x.id || ' via log'"
-        " FROM notifications AS x ORDER BY x.id",
+        " SELECT x.order_id, now(), 'notification_queued',"
+        " 'notification ' || x.id || ' via ' || x.channel"
+        " FROM notifications AS x WHERE x.payment_id IN"
+        f" (SELECT md5('p' || n)::uuid FROM {numbers}) ORDER BY x.id",
     ]
-    with db.transaction() as conn:
-        for statement in statements:
-            conn.execute(text(statement), params)
-    vacuum(db)
+    for statement in statements:
+        conn.execute(text(statement), params)
 
 
 def reset_notifications(db: Database) -> None:
@@ -441,56 +468,57 @@ def plural(n: int, word: str) -> str:
 # --- a slow SMS gateway -------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayProcess:
+    url: str
+    log: Path
+
+
 @contextmanager
-def fake_sms_gateway(delay: float) -> Iterator[tuple[str, list[str]]]:
-    """A local Africa's Talking: answers every message (statusCode 101) after `delay` seconds,
-    many at a time; yields its URL and the recipients it was sent, in order."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs
+def sms_gateway(delay: float, workdir: Path) -> Iterator[GatewayProcess]:
+    """bench/sms_gateway.py in a process of its own, answering after `delay` seconds."""
+    import socket
 
-    received: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-            received.append(form["message"][0])
-            time.sleep(delay)
-            body = json.dumps(
-                {
-                    "SMSMessageData": {
-                        "Message": "Sent to 1/1",
-                        "Recipients": [
-                            {
-                                "statusCode": 101,
-                                "number": form["to"][0],
-                                "status": "Success",
-                                "cost": "GHS 0.0300",
-                                "messageId": f"ATXid_{uuid.uuid4().hex}",
-                            }
-                        ],
-                    }
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = workdir / f"gateway-{delay:g}-{time.monotonic_ns()}.log"
+    script = Path(__file__).resolve().parent / "sms_gateway.py"
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(port), str(delay), str(log)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the SMS gateway did not start")
+        yield GatewayProcess(f"http://127.0.0.1:{port}", log)
     finally:
-        server.shutdown()
-        server.server_close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def received(gateway: GatewayProcess) -> list[tuple[float, str]]:
+    """(time.time() of arrival, number) of every message the gateway received, in order."""
+    lines = gateway.log.read_text().splitlines()
+    return [(float(at), number) for at, number in (line.split("\t") for line in lines)]
+
+
+def sms_worker_env(env: dict[str, str], url: str) -> dict[str, str]:
+    return {
+        **env,
+        "ORDERPAY_NOTIFY_CHANNEL": "sms",
+        "ORDERPAY_SMS_URL": url,
+        "ORDERPAY_SMS_USERNAME": "sandbox",
+        "ORDERPAY_SMS_API_KEY": "bench-key",
+    }
+
+
+def last_sent_epoch(db: Database, where: str = "true") -> float:
+    return float(
+        scalar(db, f"SELECT extract(epoch FROM max(sent_at)) FROM notifications WHERE {where}")
+    )
 
 
 def gateway_run(
@@ -504,8 +532,9 @@ def gateway_run(
     delay: float,
     count: int,
 ) -> bool:
-    """`count` rows queued for sms, sent by `workers` SimpleWorker processes through a gateway
-    that answers in `delay` s; the figure and its check."""
+    """`count` rows queued for sms, relayed, then sent by `workers` `orderpay worker --burst`
+    (SimpleWorker) processes through a gateway that answers in `delay` s; the figure and its
+    check."""
     reset_notifications(db)
     with db.transaction() as conn:
         conn.execute(
@@ -525,18 +554,14 @@ def gateway_run(
     )
     if relay.relay_due() != count:
         raise RuntimeError("the relay did not move every row queued for sms")
-    with fake_sms_gateway(delay) as (url, received):
-        sms = {
-            **env,
-            "ORDERPAY_NOTIFY_CHANNEL": "sms",
-            "ORDERPAY_SMS_URL": url,
-            "ORDERPAY_SMS_USERNAME": "sandbox",
-            "ORDERPAY_SMS_API_KEY": "bench-key",
-        }
+    with sms_gateway(delay, workdir) as gateway:
         argvs = [[orderpay_cli, "worker", "--burst", "--worker-class", "simple"]] * workers
         total = int(scalar(db, "SELECT count(*) FROM notifications"))
-        done = drain(argvs, sms, workdir, f"sms-{workers}", lambda: sent_count(db), total)
-        messages = len(received)
+        tag = f"sms-{workers}-{delay:g}"
+        done = drain(
+            argvs, sms_worker_env(env, gateway.url), workdir, tag, lambda: sent_count(db), total
+        )
+    messages = received(gateway)
     once = int(
         scalar(
             db,
@@ -545,16 +570,146 @@ def gateway_run(
             " 'ATXid_%'",
         )
     )
-    ok = messages == once == count
+    numbers = Counter(number for _at, number in messages)
+    expected = set(
+        db_rows(db, "SELECT recipient FROM notifications WHERE channel = 'sms' AND attempts = 1")
+    )
+    each_once = set(numbers) == expected and set(numbers.values()) == {1}
+    ok = len(messages) == once == count and each_once
+    goal = GOAL_GATEWAY_RATE.get(delay) if workers == 2 else None
+    # The rate once the workers run: from the first message the gateway received to the last
+    # row recorded sent (process start-up, about a second, is outside it; the figure from the
+    # start of the processes follows it).
+    first = min(at for at, _number in messages)
+    steady = count / (last_sent_epoch(db, "channel = 'sms'") - first)
     say(
         f"worker (SimpleWorker, {plural(workers, 'process')}, sms gateway answering in"
-        f" {delay * 1000:.0f} ms): {count / done.seconds:.1f} notifications/s"
-        f" ({count} in {done.seconds:.2f} s); check: {messages} messages received, {once} rows"
-        f" sent on the first try (want {count} each): {'ok' if ok else 'FAILED'}"
+        f" {delay * 1000:.0f} ms): {steady:.0f} notifications/s from the first message to the"
+        f" last recorded ({count / done.seconds:.0f}/s counting process start-up: {count} in"
+        f" {done.seconds:.2f} s)"
+        + (
+            f" (goal >= {goal:.0f}: {'met' if steady >= goal else 'NOT met'})"
+            if goal is not None
+            else ""
+        )
+        + f"; check: {len(messages)} messages received, each number"
+        f" {'once' if each_once else 'NOT once'}, {once} rows sent on the first try (want"
+        f" {count} each): {'ok' if ok else 'FAILED'}"
     )
     with db.transaction() as conn:
         conn.execute(text("UPDATE notifications SET channel = 'log'"))
     return ok
+
+
+def db_rows(db: Database, sql: str) -> list[Any]:
+    with db.transaction() as conn:
+        return [row[0] for row in conn.execute(text(sql))]
+
+
+# --- a burst ---------------------------------------------------------------------------
+
+
+def produce(db: Database, first: int, rate: float, seconds: float) -> tuple[int, float, float]:
+    """Settled payments with sms rows, committed at `rate` a second for `seconds` (each
+    commit NOTIFYs the relays, as the listener's does): (rows, start, end), times in
+    time.time()."""
+    tick = 0.01
+    made = 0
+    start = time.time()
+    while (now := time.time()) < start + seconds:
+        due = int((now - start) * rate) - made
+        if due > 0:
+            with db.transaction() as conn:
+                add_settled_payments(conn, first + made, first + made + due - 1, "sms")
+                conn.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
+            made += due
+        time.sleep(max(0.0, start + (made + 1) / rate - time.time(), tick / 10))
+    return made, start, time.time()
+
+
+def burst_run(
+    db: Database,
+    redis: Redis,
+    env: dict[str, str],
+    workdir: Path,
+    orderpay_cli: str,
+    workers: int,
+    delay: float,
+    rate: float,
+    seconds: float,
+) -> bool:
+    """`workers` `orderpay worker` processes (relay and RQ worker each) running while
+    settled payments arrive at `rate` a second for `seconds`; the delivery latency of each
+    (its commit to the gateway's receipt) and its check."""
+    from rq import Worker
+
+    with db.transaction() as conn:
+        conn.execute(text("UPDATE notifications SET status = 'sent' WHERE status <> 'sent'"))
+    redis.flushdb()
+    first = int(scalar(db, "SELECT count(*) FROM payments")) + 1
+    before = int(scalar(db, "SELECT coalesce(max(id), 0) FROM notifications"))
+    argvs = [[orderpay_cli, "worker", "--worker-class", "simple"]] * workers
+    with (
+        sms_gateway(delay, workdir) as gateway,
+        started(argvs, sms_worker_env(env, gateway.url), workdir, f"burst-{workers}") as processes,
+    ):
+        queue = make_queue(redis)
+        deadline = time.monotonic() + 60
+        while Worker.count(connection=redis, queue=queue) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the workers did not start:\n" + log_tail(workdir, "burst"))
+            time.sleep(0.05)
+        note(f"burst: {workers} workers up; {rate:.0f} payments/s for {seconds:g} s")
+        made, start, end = produce(db, first, rate, seconds)
+        where = f"id > {before}"
+        progress = (0, time.monotonic())
+        while (
+            sent := int(
+                scalar(db, f"SELECT count(*) FROM notifications WHERE {where} AND status = 'sent'")
+            )
+        ) < made:
+            if sent != progress[0]:
+                progress = (sent, time.monotonic())
+            elif time.monotonic() - progress[1] > STALL_SECONDS:
+                raise RuntimeError(
+                    f"burst: stuck at {sent} of {made}:\n" + log_tail(workdir, "burst")
+                )
+            time.sleep(0.05)
+        for process in processes:
+            process.terminate()
+        codes = [process.wait(timeout=60) for process in processes]
+    committed = dict(
+        db_rows_pairs(
+            db,
+            f"SELECT recipient, extract(epoch FROM created_at) FROM notifications WHERE {where}",
+        )
+    )
+    messages = [(at, number) for at, number in received(gateway)]
+    numbers = Counter(number for _at, number in messages)
+    each_once = set(numbers) == set(committed) and set(numbers.values()) == {1}
+    latencies = sorted(at - committed[number] for at, number in messages if number in committed)
+    last = max(at for at, _number in messages)
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    ok = each_once and len(latencies) == made and not any(codes)
+    say(
+        f"burst ({plural(workers, 'process')}, sms gateway answering in {delay * 1000:.0f} ms):"
+        f" {made} payments committed at {made / (end - start):.0f}/s for {end - start:.1f} s;"
+        f" delivery latency (commit to the gateway's receipt) p50 {pct(0.5):.2f} s, p99"
+        f" {pct(0.99):.2f} s, max {latencies[-1]:.2f} s (goal p99 < {GOAL_BURST_P99_SECONDS:g} s:"
+        f" {'met' if pct(0.99) < GOAL_BURST_P99_SECONDS else 'NOT met'}); the last message"
+        f" {last - end:.2f} s after the burst's end; check: {len(messages)} messages received,"
+        f" each number {'once' if each_once else 'NOT once'} (want {made}), exit codes {codes}:"
+        f" {'ok' if ok else 'FAILED'}"
+    )
+    return ok
+
+
+def db_rows_pairs(db: Database, sql: str) -> list[tuple[Any, Any]]:
+    with db.transaction() as conn:
+        return [(row[0], float(row[1])) for row in conn.execute(text(sql))]
 
 
 # --- profile ----------------------------------------------------------------------------
@@ -746,20 +901,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="also cProfile one SimpleWorker run in this process"
     )
     parser.add_argument(
-        "--gateway-delay",
-        type=float,
-        default=0.05,
-        help="also send through a local SMS gateway answering in this many seconds (0: skip)",
+        "--gateway-delays",
+        default="0.05,0.2",
+        help="also send through a local SMS gateway answering in each of these many seconds"
+        " (default 0.05,0.2; empty: skip)",
     )
     parser.add_argument(
         "--gateway-count",
         type=int,
-        default=400,
-        help="notifications sent through the SMS gateway (default 400)",
+        default=DEFAULT_COUNT,
+        help=f"notifications sent through the SMS gateway (default {DEFAULT_COUNT}, at most"
+        " --count)",
+    )
+    parser.add_argument(
+        "--burst-seconds",
+        type=float,
+        default=5.0,
+        help="a burst of settled payments this long, delivered while it arrives (0: skip)",
+    )
+    parser.add_argument(
+        "--burst-rate",
+        type=float,
+        default=2400.0,
+        help="payments settled per second during the burst (default 2400: the listener's"
+        " rate of signed callbacks, bench/webhooks.py)",
     )
     args = parser.parse_args(argv)
     args.worker_counts = [int(part) for part in args.workers.split(",") if part.strip()]
     args.class_names = [part.strip() for part in args.classes.split(",") if part.strip()]
+    args.delays = [float(part) for part in args.gateway_delays.split(",") if part.strip()]
     unknown = [name for name in args.class_names if name not in WORKER_CLASSES]
     if unknown or not args.worker_counts or min(args.worker_counts) < 1 or args.count < 1:
         parser.error("--classes takes fork and/or simple; --workers and --count positive")
@@ -861,7 +1031,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f" {GOAL_RELAY_ROWS_PER_SECOND:.0f}:"
                         f" {'met' if count / median >= GOAL_RELAY_ROWS_PER_SECOND else 'NOT met'})"
                     )
-                if args.gateway_delay > 0:
+                for delay in args.delays:
                     for n in args.worker_counts:
                         ok &= gateway_run(
                             db,
@@ -871,7 +1041,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             workdir,
                             orderpay_cli,
                             n,
-                            args.gateway_delay,
+                            delay,
                             min(args.gateway_count, count),
                         )
                 if args.profile:
@@ -881,6 +1051,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     note("profile: SimpleWorker in this process under cProfile")
                     profile_in_process(url, redis, args.redis_url, count, workdir)
                     ok &= check_delivered(db, redis, count, "profile run")
+                if args.burst_seconds > 0:
+                    ok &= burst_run(
+                        db,
+                        redis,
+                        env,
+                        workdir,
+                        orderpay_cli,
+                        max(args.worker_counts),
+                        args.delays[0] if args.delays else 0.05,
+                        args.burst_rate,
+                        args.burst_seconds,
+                    )
             finally:
                 db.dispose()
     finally:

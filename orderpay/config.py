@@ -154,6 +154,24 @@ class Settings(BaseSettings):
     sms_dlr_token: SecretStr | None = _env("ORDERPAY_SMS_DLR_TOKEN")
     notify_webhook_url: str | None = _env("ORDERPAY_NOTIFY_WEBHOOK_URL")
     notify_webhook_secret: SecretStr | None = _env("ORDERPAY_NOTIFY_WEBHOOK_SECRET")
+    # Each worker process keeps up to so many sends in flight per channel, and starts at most
+    # so many per second (unset: no limit of ours; a 429 from the gateway pauses the channel
+    # whatever these say). Per process: N workers may have N times as many.
+    sms_max_in_flight: int = Field(
+        default=100, ge=1, le=1000, validation_alias=AliasChoices("ORDERPAY_SMS_MAX_IN_FLIGHT")
+    )
+    sms_max_per_second: float | None = Field(
+        default=None, gt=0, validation_alias=AliasChoices("ORDERPAY_SMS_MAX_PER_SECOND")
+    )
+    notify_webhook_max_in_flight: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        validation_alias=AliasChoices("ORDERPAY_NOTIFY_WEBHOOK_MAX_IN_FLIGHT"),
+    )
+    notify_webhook_max_per_second: float | None = Field(
+        default=None, gt=0, validation_alias=AliasChoices("ORDERPAY_NOTIFY_WEBHOOK_MAX_PER_SECOND")
+    )
 
     # Who is acting, recorded with operator actions (cancel, refund, retry, resolve); unset:
     # the OS user (Settings.operator_name).

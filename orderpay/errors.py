@@ -346,6 +346,15 @@ class GatewayUnavailable(Unavailable):
     code = "gateway_unavailable"
 
 
+class GatewayThrottled(GatewayUnavailable):
+    """The gateway asked the sender to slow down (HTTP 429): the message was not taken, and
+    the channel pauses for `retry_after` seconds (its Retry-After) or its own backoff."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def category_of(error_class: type[OrderpayError]) -> type[OrderpayError]:
     """The one category an error belongs to (tests check there is exactly one)."""
     found = [c for c in CATEGORIES if issubclass(error_class, c)]

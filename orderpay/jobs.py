@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from orderpay.clock import utcnow
 from orderpay.errors import GatewayUnavailable, QueueUnavailable
-from orderpay.notify.delivery import Batch, Delivery, RetryPolicy, deliver_batch
+from orderpay.notify.delivery import Batch, Delivery, RetryPolicy
+from orderpay.notify.in_flight import deliver_concurrently
 from orderpay.runtime import Runtime
 from orderpay.store import outbox
 from orderpay.store.notifications import Relayable, relay_candidates
@@ -39,8 +40,11 @@ T = TypeVar("T")
 QUEUE_NAME = "orderpay-notifications"
 RELAY_BATCH = 500
 # Rows per job at most. A job's RQ overhead (dequeue, bookkeeping, its registries) then counts
-# once per batch, and its rows are claimed and recorded in groups (notify.delivery).
-JOB_ROWS = 100
+# once per batch, its rows are claimed and recorded in groups, and a channel's sends are kept
+# in flight together (notify.delivery): a job's rows are all its worker sends at once.
+JOB_ROWS = 500
+# A relay held back by a full queue looks again this often.
+HELD_BACK_SECONDS = 0.05
 # Job results are not read; keep them only briefly. Failed jobs stay for inspection.
 RESULT_TTL_SECONDS = 3600
 FAILURE_TTL_SECONDS = 7 * 24 * 3600
@@ -150,9 +154,10 @@ def send_notification(notification_id: int) -> str:
 def _deliver(
     runtime: Runtime, policy: RetryPolicy, notification_ids: list[int], deadline: float
 ) -> Batch:
-    return deliver_batch(
+    return deliver_concurrently(
         runtime.database,
         runtime.channel_for,
+        runtime.sender,
         notification_ids,
         merchant_name=runtime.settings.merchant_name,
         policy=policy,
@@ -278,6 +283,7 @@ class Relay:
         self.lost_after = lost_after
         self.batch = batch
         self._next_question = utcnow()
+        self.held_back = False  # the last relay_due stopped because the queue was full
 
     def relay_once(self, *, handed_out: bool = False) -> tuple[int, int]:
         """One pass over rows never handed out (or, with `handed_out`, over rows handed out
@@ -351,11 +357,21 @@ class Relay:
             if jid in waiting or any(s is not None for s in scores[2 * index : 2 * index + 2])
         }
 
-    def relay_due(self) -> int:
+    def relay_due(self, *, hold_back: bool = False) -> int:
         """Enqueue every row never handed out (pass after pass), then, at most every half
-        lost_after, ask about rows handed out before; the number of rows handed to jobs."""
+        lost_after, ask about rows handed out before; the number of rows handed to jobs.
+
+        With `hold_back`, a pass is made only while fewer jobs wait in the queue than there
+        are workers (`held_back` says when it stopped for that): under load the rows wait in
+        the outbox and go out in full jobs as workers free up, rather than as many small
+        jobs, each a worker's only sends in flight while it runs, queued behind one another.
+        """
         total = 0
+        self.held_back = False
         while True:
+            if hold_back and self._queue_is_full():
+                self.held_back = True
+                break
             looked_at, pushed = self.relay_once()
             total += pushed
             if looked_at < self.batch:
@@ -365,12 +381,25 @@ class Relay:
             total += self.relay_once(handed_out=True)[1]
         return total
 
+    def _queue_is_full(self) -> bool:
+        from redis.exceptions import RedisError
+        from rq import Worker
+
+        try:
+            workers = Worker.count(connection=self.queue.connection, queue=self.queue)
+            return self.queue.count >= max(1, workers)
+        except RedisError as error:
+            raise QueueUnavailable(f"Redis is unavailable: {type(error).__name__}") from None
+
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
-        """Relay until `stop` is set: on every NOTIFY, and every `poll_seconds` anyway."""
+        """Relay until `stop` is set: on every NOTIFY, and every `poll_seconds` anyway; while
+        held back, again every HELD_BACK_SECONDS until the rows are handed out."""
         from orderpay.store.wakeups import run_on_wakeups
 
         def step() -> None:
-            moved = self.relay_due()
+            moved = self.relay_due(hold_back=True)
+            while self.held_back and not stop.wait(HELD_BACK_SECONDS):
+                moved += self.relay_due(hold_back=True)
             if moved:
                 log.info("relayed %s notification(s) to RQ", moved)
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from orderpay.domain.schedule import CatchUpSchedule
     from orderpay.notify.channels import Channel
     from orderpay.notify.delivery import RetryPolicy
+    from orderpay.notify.sending import Sender
     from orderpay.providers.base import Provider
     from orderpay.store.db import Database
     from orderpay.store.notifications import NotifyTarget
@@ -112,6 +113,20 @@ class Runtime:
             return self._channels[name]
 
     @cached_property
+    def sender(self) -> Sender:
+        """This process's concurrent sends (notify.sending), paced per channel as configured."""
+        from orderpay.notify.sending import ChannelLimits, Sender
+
+        settings = self.settings
+        limits = {
+            "sms": ChannelLimits(settings.sms_max_in_flight, settings.sms_max_per_second),
+            "webhook": ChannelLimits(
+                settings.notify_webhook_max_in_flight, settings.notify_webhook_max_per_second
+            ),
+        }
+        return Sender(lambda name: limits.get(name, ChannelLimits(1)))
+
+    @cached_property
     def retry_policy(self) -> RetryPolicy:
         from orderpay.notify.delivery import RetryPolicy
 
@@ -147,12 +162,16 @@ class Runtime:
         if "raw_database" in self.__dict__:
             self.raw_database.engine.dispose(close=False)
         self.__dict__.pop("nudger", None)
+        if "sender" in self.__dict__:
+            self.sender.forget_inherited()
         self._lock = threading.Lock()
         self._providers, self._channels = {}, {}
 
     def close(self) -> None:
         if "nudger" in self.__dict__:
             self.nudger.close()
+        if "sender" in self.__dict__:
+            self.sender.close()
         for channel in self._channels.values():
             channel.close()
         for provider in self._providers.values():

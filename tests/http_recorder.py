@@ -33,6 +33,7 @@ class Answer:
     body: bytes = b"{}"
     content_type: str = "application/json"
     delay: float = 0.0  # seconds to wait before answering (a slow or hanging peer)
+    headers: dict[str, str] = field(default_factory=dict)  # more response headers
 
 
 Responder = Callable[[Recorded], Answer]
@@ -82,6 +83,8 @@ def recording_server() -> Iterator[Recorder]:
                 self.send_response(answer.status)
                 self.send_header("Content-Type", answer.content_type)
                 self.send_header("Content-Length", str(len(answer.body)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(answer.body)
             except (BrokenPipeError, ConnectionResetError):

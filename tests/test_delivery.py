@@ -25,9 +25,9 @@ from orderpay.notify.delivery import (
     RetryPolicy,
     compile_ahead,
     deliver_batch,
-    order_reference,
 )
 from orderpay.notify.drain import Drain
+from orderpay.notify.messages import order_reference
 from orderpay.payments.callbacks import apply_callback, parse_callback
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget

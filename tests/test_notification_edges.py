@@ -28,8 +28,9 @@ from orderpay.domain.states import NotificationStatus
 from orderpay.errors import QueueUnavailable
 from orderpay.jobs import QUEUE_NAME, Relay, connect_redis, make_queue, row_job_key
 from orderpay.notify.channels import WebhookChannel
-from orderpay.notify.delivery import Delivery, RetryPolicy, order_reference
+from orderpay.notify.delivery import Delivery, RetryPolicy
 from orderpay.notify.drain import Drain
+from orderpay.notify.messages import order_reference
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
 from tests.conftest import Cli

@@ -56,6 +56,7 @@ from tests.redis_helpers import (
     notification,
     notification_rows,
     private_redis_fixture,  # noqa: F401
+    queued_jobs,
     queued_rows,
     redis_client,
     redis_url_fixture,  # noqa: F401
@@ -182,6 +183,40 @@ def test_the_relay_marks_rows_enqueued_so_a_second_relay_enqueues_nothing(
     assert row.status is NotificationStatus.PENDING
     with redis_client(redis_url) as redis:
         assert queued_rows(redis) == [settled.notification_id]
+
+
+def test_a_running_relay_holds_rows_back_while_a_job_waits_for_every_worker(
+    db: Database, redis_url: str
+) -> None:
+    first = a_settled_payment(db)
+    with redis_client(redis_url) as redis:
+        relay = Relay(db, make_queue(redis), (1,), lost_after=timedelta(seconds=60))
+        relay.relay_due(hold_back=True)  # no worker yet: one waiting job is enough
+        later = [a_settled_payment(db) for _ in range(2)]
+
+        held = relay.relay_due(hold_back=True)
+
+        assert (held, relay.held_back) == (0, True)
+        assert queued_rows(redis) == [first.notification_id]
+        assert [notification(db, s.notification_id).enqueued_at for s in later] == [None, None]
+
+
+def test_a_held_back_relay_hands_the_waiting_rows_out_in_one_job_once_the_queue_drains(
+    db: Database, redis_url: str
+) -> None:
+    a_settled_payment(db)
+    with redis_client(redis_url) as redis:
+        queue = make_queue(redis)
+        relay = Relay(db, queue, (1,), lost_after=timedelta(seconds=60))
+        relay.relay_due(hold_back=True)
+        later = [a_settled_payment(db) for _ in range(3)]
+        relay.relay_due(hold_back=True)
+        queue.empty()  # a worker took the waiting job
+
+        moved = relay.relay_due(hold_back=True)
+
+        assert (moved, relay.held_back) == (3, False)
+        assert list(queued_jobs(redis).values()) == [[s.notification_id for s in later]]
 
 
 def test_a_job_an_idle_worker_starts_while_the_relay_hands_it_out_sends_the_message_at_once(

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from orderpay.domain.states import NotificationStatus
-from orderpay.notify.delivery import RetryPolicy, order_reference
+from orderpay.notify.delivery import RetryPolicy
 from orderpay.notify.drain import Drain
+from orderpay.notify.messages import order_reference
 from orderpay.store.db import Database
 from tests.redis_helpers import (
     HANG,

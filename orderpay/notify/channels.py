@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from orderpay.domain.phones import mask_phone
-from orderpay.errors import ConfigurationError, GatewayRejected, GatewayUnavailable
+from orderpay.errors import (
+    ConfigurationError,
+    GatewayRejected,
+    GatewayThrottled,
+    GatewayUnavailable,
+)
 
 if TYPE_CHECKING:
     import httpx
+
+    from orderpay.notify.async_http import AsyncHttp
 
 log = logging.getLogger("orderpay.notify")
 
@@ -28,6 +37,8 @@ AT_SENT = {100, 101, 102}
 # worth another try later; every other code is about the number or the account.
 AT_RETRYABLE = {405, 500, 501, 502}
 CONNECT_TIMEOUT_SECONDS = 5.0
+# A gateway's Retry-After longer than this is read as this: the channel pauses, it does not stop.
+MAX_RETRY_AFTER_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,12 @@ class Channel(Protocol):
         """Send, ending by `deadline` (time.monotonic()) whatever the gateway does."""
         ...
 
+    async def send_async(
+        self, message: OutgoingMessage, deadline: float | None, http: AsyncHttp
+    ) -> str:
+        """`send` on an event loop, HTTP through `http` (notify.sending)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -61,38 +78,122 @@ class LogChannel:
         )
         return f"log-{message.notification_id}"
 
+    async def send_async(
+        self, message: OutgoingMessage, deadline: float | None, http: AsyncHttp
+    ) -> str:
+        return self.send(message, deadline)
+
     def close(self) -> None:
         pass
 
 
+@dataclass(frozen=True, slots=True)
+class Post:
+    """What a channel POSTs for one message: the same bytes whichever client sends them."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
 class _HttpChannel:
+    """A channel that POSTs each message: `post_for` builds the request and `read_answer` reads
+    the gateway's answer, so that the same rules hold for a send made here (`send`, httpx) and
+    one made by the concurrent sender (`send_async`, notify.async_http)."""
+
     def __init__(self, timeout: float, transport: httpx.BaseTransport | None = None) -> None:
-        import httpx
+        self._timeout = timeout
+        self._transport = transport
+        self._client: httpx.Client | None = None
 
-        from orderpay.notify.deadlines import deadline_transport
-        from orderpay.tls import tls_context
+    def post_for(self, message: OutgoingMessage) -> Post:
+        raise NotImplementedError
 
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
-            transport=transport or deadline_transport(tls_context()),
-            follow_redirects=False,
-        )
+    def read_answer(
+        self, message: OutgoingMessage, status: int, headers: Mapping[str, str], body: bytes
+    ) -> str:
+        """The gateway's message id, or GatewayUnavailable / GatewayRejected."""
+        raise NotImplementedError
 
-    def _post(self, url: str, deadline: float | None, **kwargs: Any) -> httpx.Response:
+    def send(self, message: OutgoingMessage, deadline: float | None = None) -> str:
         import httpx
 
         from orderpay.notify.deadlines import until
 
+        post = self.post_for(message)
         try:
             with until(deadline):
-                return self._client.post(url, **kwargs)
+                response = self._http().post(post.url, content=post.body, headers=post.headers)
         except httpx.TimeoutException:
             raise GatewayUnavailable("the gateway did not answer in time") from None
         except httpx.HTTPError as error:
             raise GatewayUnavailable(f"cannot reach the gateway: {type(error).__name__}") from None
+        return self.read_answer(message, response.status_code, response.headers, response.content)
+
+    async def send_async(
+        self, message: OutgoingMessage, deadline: float | None, http: AsyncHttp
+    ) -> str:
+        """`send` on the event loop, through `http`'s kept-alive connections."""
+        from orderpay.notify.async_http import RequestFailed, RequestTimedOut
+
+        post = self.post_for(message)
+        try:
+            answer = await http.post(post.url, post.body, post.headers, deadline)
+        except RequestTimedOut:
+            raise GatewayUnavailable("the gateway did not answer in time") from None
+        except RequestFailed as error:
+            raise GatewayUnavailable(f"cannot reach the gateway: {error}") from None
+        return self.read_answer(message, answer.status, answer.headers, answer.body)
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            import httpx
+
+            from orderpay.notify.deadlines import deadline_transport
+            from orderpay.tls import tls_context
+
+            self._client = httpx.Client(
+                timeout=httpx.Timeout(
+                    self._timeout, connect=min(self._timeout, CONNECT_TIMEOUT_SECONDS)
+                ),
+                transport=self._transport or deadline_transport(tls_context()),
+                follow_redirects=False,
+            )
+        return self._client
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header's wait (seconds, or an HTTP date), capped at MAX_RETRY_AFTER_SECONDS;
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _throttled(who: str, status: int, headers: Mapping[str, str]) -> GatewayThrottled:
+    wait = retry_after_seconds(headers.get("retry-after"))
+    said = f", Retry-After {wait:g} s" if wait is not None else ""
+    return GatewayThrottled(f"{who} asked us to slow down (HTTP {status}{said})", retry_after=wait)
 
 
 class SmsChannel(_HttpChannel):
@@ -120,34 +221,44 @@ class SmsChannel(_HttpChannel):
     def __repr__(self) -> str:
         return f"SmsChannel(url={self.url!r}, username={self.username!r})"
 
-    def send(self, message: OutgoingMessage, deadline: float | None = None) -> str:
+    def post_for(self, message: OutgoingMessage) -> Post:
+        from urllib.parse import urlencode
+
         form = {"username": self.username, "to": message.recipient, "message": message.text}
         if self.sender_id:
             form["from"] = self.sender_id
-        response = self._post(
-            self.url,
-            deadline,
-            data=form,
-            headers={"apiKey": self._api_key, "Accept": "application/json"},
-        )
-        if response.status_code == 429 or response.status_code >= 500:
-            raise GatewayUnavailable(f"the SMS gateway answered HTTP {response.status_code}")
-        if response.status_code >= 300:
-            raise GatewayRejected(
-                f"the SMS gateway refused the message: HTTP {response.status_code} "
-                f"{response.text[:200]}"
-            )
+        headers = {
+            "apiKey": self._api_key,
+            "Accept": "application/json",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        return Post(self.url, urlencode(form).encode(), headers)
+
+    def read_answer(
+        self, message: OutgoingMessage, status: int, headers: Mapping[str, str], body: bytes
+    ) -> str:
+        if status == 429:
+            raise _throttled("the SMS gateway", status, headers)
+        if status >= 500:
+            raise GatewayUnavailable(f"the SMS gateway answered HTTP {status}")
+        if status >= 300:
+            text = body.decode("utf-8", "replace")[:200]
+            raise GatewayRejected(f"the SMS gateway refused the message: HTTP {status} {text}")
         try:
-            recipients = response.json()["SMSMessageData"]["Recipients"]
+            recipients = json.loads(body)["SMSMessageData"]["Recipients"]
             first = recipients[0]
-            code, status, message_id = int(first["statusCode"]), first["status"], first["messageId"]
+            code, state, message_id = int(first["statusCode"]), first["status"], first["messageId"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise GatewayUnavailable("the SMS gateway's answer could not be read") from None
         if code in AT_SENT:
             return str(message_id)
         if code in AT_RETRYABLE:
-            raise GatewayUnavailable(f"the SMS gateway could not send now: {status} ({code})")
-        raise GatewayRejected(f"the SMS gateway refused the message: {status} ({code})")
+            raise GatewayUnavailable(f"the SMS gateway could not send now: {state} ({code})")
+        raise GatewayRejected(f"the SMS gateway refused the message: {state} ({code})")
+
+
+def webhook_id_of(message: OutgoingMessage) -> str:
+    return f"msg_orderpay_notification_{message.notification_id}"
 
 
 class WebhookChannel(_HttpChannel):
@@ -164,19 +275,25 @@ class WebhookChannel(_HttpChannel):
     def __repr__(self) -> str:
         return "WebhookChannel()"
 
-    def send(self, message: OutgoingMessage, deadline: float | None = None) -> str:
+    def post_for(self, message: OutgoingMessage) -> Post:
         from orderpay.domain.signatures import standard_headers
 
-        webhook_id = f"msg_orderpay_notification_{message.notification_id}"
+        webhook_id = webhook_id_of(message)
         body = json.dumps({"type": message.event_type, "data": message.event}).encode()
         headers = standard_headers(body, self._secret, webhook_id)
         headers["Content-Type"] = "application/json"
-        response = self._post(message.recipient, deadline, content=body, headers=headers)
-        if response.status_code in (408, 425, 429) or response.status_code >= 500:
-            raise GatewayUnavailable(f"the merchant endpoint answered HTTP {response.status_code}")
-        if not 200 <= response.status_code < 300:
-            raise GatewayRejected(f"the merchant endpoint answered HTTP {response.status_code}")
-        return webhook_id
+        return Post(message.recipient, body, headers)
+
+    def read_answer(
+        self, message: OutgoingMessage, status: int, headers: Mapping[str, str], body: bytes
+    ) -> str:
+        if status == 429:
+            raise _throttled("the merchant endpoint", status, headers)
+        if status in (408, 425) or status >= 500:
+            raise GatewayUnavailable(f"the merchant endpoint answered HTTP {status}")
+        if not 200 <= status < 300:
+            raise GatewayRejected(f"the merchant endpoint answered HTTP {status}")
+        return webhook_id_of(message)
 
 
 def build_channel(

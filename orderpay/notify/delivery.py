@@ -22,9 +22,10 @@ from enum import StrEnum
 from sqlalchemy import Connection
 
 from orderpay.clock import utcnow
-from orderpay.domain.money import Money, exponent
+from orderpay.domain.money import Money
 from orderpay.errors import DatabaseUnavailable, GatewayRejected, OrderpayError
-from orderpay.notify.channels import Channel, OutgoingMessage
+from orderpay.notify.channels import Channel
+from orderpay.notify.messages import render
 from orderpay.store import outbox
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.notification_attempts import Attempt, Outcome, Recorded
@@ -90,46 +91,6 @@ class RetryPolicy:
         return self.intervals[min(attempt, len(self.intervals)) - 1]
 
 
-def order_reference(order_id: uuid.UUID) -> str:
-    """A short reference a customer can quote: the order id's first 8 hex digits."""
-    return order_id.hex[:8].upper()
-
-
-def format_amount(amount: Money) -> str:
-    """'GHS 1,250.00', 'UGX 3,000': grouped, with the currency's decimals."""
-    return f"{amount.currency} {amount.as_decimal():,.{exponent(amount.currency)}f}"
-
-
-def render(attempt: Attempt, merchant_name: str) -> OutgoingMessage:
-    first_name = attempt.customer_name.split()[0] if attempt.customer_name.split() else ""
-    greeting = f"Hi {first_name}, w" if first_name else "W"
-    reference = order_reference(attempt.order_id)
-    if attempt.refund_id is not None:  # refund_sent: the refund's amount, not the payment's
-        text = (
-            f"{greeting}e have sent you a refund of {format_amount(attempt.amount)} for order "
-            f"{reference}. - {merchant_name}"
-        )
-    else:
-        text = (
-            f"{greeting}e received your payment of {format_amount(attempt.amount)} for order "
-            f"{reference}. Thank you! - {merchant_name}"
-        )
-    event = {
-        "notification": attempt.notification_id,
-        "order": str(attempt.order_id),
-        "payment": str(attempt.payment_id),
-        "amount": attempt.amount.as_string(),
-        "currency": attempt.amount.currency,
-        "reference": reference,
-        "merchant": merchant_name,
-        "message": text,
-    }
-    if attempt.refund_id is None:
-        return OutgoingMessage(attempt.notification_id, attempt.recipient, text, event)
-    event["refund"] = str(attempt.refund_id)
-    return OutgoingMessage(attempt.notification_id, attempt.recipient, text, event, "refund.sent")
-
-
 # Finds the channel a row is sent through, by the name written on it; ConfigurationError
 # when this process has no settings for it.
 Channels = Callable[[str], Channel]
@@ -170,7 +131,7 @@ def deliver_batch(
     while remaining:
         if over():
             return Batch(results, remaining)
-        claimed = _claim(db, remaining, size, lease, policy.max_attempts)
+        claimed = claim_group(db, remaining, size, lease, policy.max_attempts)
         if not claimed:
             break
         taken = {attempt.notification_id for attempt in claimed}
@@ -182,38 +143,47 @@ def deliver_batch(
                 if index > 0 and (
                     over()
                     or attempt.channel not in GROUPED_CHANNELS
-                    or not _lease_covers_a_send(attempt, policy)
+                    or not lease_covers_a_send(attempt, policy)
                 ):
                     break
-                done.append(_send_one(channels, attempt, merchant_name, policy))
+                done.append(send_one(channels, attempt, merchant_name, policy))
         finally:
             # Also on the way out of an error: the rows sent are recorded, the rest given
             # back (due at once), before the error goes up.
             unsent = claimed[len(done) :]
             done += [Recorded(attempt, Outcome.RELEASED) for attempt in unsent]
-            results += _record(db, done, policy)
+            results += record_group(db, done, policy)
         remaining = [attempt.notification_id for attempt in unsent] + remaining
         per_send = (time.monotonic() - started) / (len(claimed) - len(unsent))
         size = max(1, min(MAX_GROUP, int(GROUP_SECONDS / per_send) if per_send else MAX_GROUP))
         if any(attempt.channel not in GROUPED_CHANNELS for attempt in claimed):
             size = 1  # the next rows are likely the same channel's: one at a time
-    if remaining:
-        # Rows no claim took: among them, those whose last try ended without an outcome.
-        retrying(
-            db,
-            lambda conn: outbox.fail_without_tries_left(
-                conn, policy.max_attempts, utcnow(), remaining
-            ),
-        )
+    return Batch(results + not_taken(db, remaining, policy), [])
+
+
+def not_taken(db: Transactional, remaining: list[int], policy: RetryPolicy) -> list[DeliveryResult]:
+    """Rows no claim took: those whose last try ended without an outcome are failed; all are
+    SKIPPED, with when each is due if it is still pending."""
+    if not remaining:
+        return []
+    retrying(
+        db,
+        lambda conn: outbox.fail_without_tries_left(conn, policy.max_attempts, utcnow(), remaining),
+    )
     now = utcnow()
-    due = retrying(db, lambda conn: pending_due_times(conn, remaining)) if remaining else {}
+    due = retrying(db, lambda conn: pending_due_times(conn, remaining))
+    results = []
     for nid in remaining:
         due_in = (due[nid] - now).total_seconds() if nid in due else None
         results.append(DeliveryResult(Delivery.SKIPPED, nid, due_in=due_in))
-    return Batch(results, [])
+    return results
 
 
-def _claim(
+# Outcomes that give a row back to the batch, to be claimed again.
+GIVEN_BACK = (Outcome.RELEASED, Outcome.THROTTLED)
+
+
+def claim_group(
     db: Transactional, among: list[int], size: int, lease: timedelta, max_attempts: int
 ) -> list[Attempt]:
     return retrying(
@@ -230,10 +200,10 @@ def send_attempt(
     policy: RetryPolicy,
 ) -> DeliveryResult:
     """Steps 2 and 3 for a claimed attempt: send outside any transaction, then record."""
-    return _record(db, [_send_one(channels, attempt, merchant_name, policy)], policy)[0]
+    return record_group(db, [send_one(channels, attempt, merchant_name, policy)], policy)[0]
 
 
-def _lease_covers_a_send(attempt: Attempt, policy: RetryPolicy) -> bool:
+def lease_covers_a_send(attempt: Attempt, policy: RetryPolicy) -> bool:
     """Whether a send started now ends, and is recorded, while the claim still holds the row:
     after that, another worker may claim it and send it again."""
     left = (attempt.lease_until - utcnow()).total_seconds()
@@ -247,34 +217,41 @@ def send_deadline(attempt: Attempt, policy: RetryPolicy) -> float:
     return time.monotonic() + min(policy.longest_send, left)
 
 
-def _send_one(
+def send_one(
     channels: Channels, attempt: Attempt, merchant_name: str, policy: RetryPolicy
 ) -> Recorded:
     """Send one claimed row through its own channel; what became of it, not yet recorded."""
     try:
         channel = channels(attempt.channel)
     except OrderpayError as error:
-        # Left pending, uncounted, for a worker that has the row's channel.
-        reason = f"this worker cannot send through the {attempt.channel} channel: {error.message}"
-        log.warning("notification %s: %s", attempt.notification_id, reason)
-        until = utcnow() + timedelta(seconds=policy.lease_seconds)
-        return Recorded(attempt, Outcome.HELD, error=reason, due_at=until)
+        return held(attempt, error, policy)
     body = ""
     try:
         message = render(attempt, merchant_name)
         body = message.text
         message_id = channel.send(message, send_deadline(attempt, policy))
     except Exception as error:  # any failure is a failed attempt of this row, and only this row
-        reason = error.message if isinstance(error, OrderpayError) else _describe(error)
-        log.warning("notification %s, try %s: %s", attempt.notification_id, attempt.number, reason)
-        if isinstance(error, GatewayRejected) or attempt.number >= policy.max_attempts:
-            return Recorded(attempt, Outcome.FAILED, body=body, error=reason)
-        retry_in = policy.delay_after(attempt.number)
-        due_at = utcnow() + timedelta(seconds=retry_in)
-        return Recorded(
-            attempt, Outcome.RETRY, body, error=reason, due_at=due_at, retry_in=retry_in
-        )
+        return failed_try(attempt, body, error, policy)
     return Recorded(attempt, Outcome.SENT, body=body, message_id=message_id)
+
+
+def held(attempt: Attempt, error: OrderpayError, policy: RetryPolicy) -> Recorded:
+    """Left pending, uncounted, for a worker that has the row's channel."""
+    reason = f"this worker cannot send through the {attempt.channel} channel: {error.message}"
+    log.warning("notification %s: %s", attempt.notification_id, reason)
+    until = utcnow() + timedelta(seconds=policy.lease_seconds)
+    return Recorded(attempt, Outcome.HELD, error=reason, due_at=until)
+
+
+def failed_try(attempt: Attempt, body: str, error: Exception, policy: RetryPolicy) -> Recorded:
+    """A try that failed: RETRY after the backoff, or FAILED after a refusal or the last try."""
+    reason = error.message if isinstance(error, OrderpayError) else _describe(error)
+    log.warning("notification %s, try %s: %s", attempt.notification_id, attempt.number, reason)
+    if isinstance(error, GatewayRejected) or attempt.number >= policy.max_attempts:
+        return Recorded(attempt, Outcome.FAILED, body=body, error=reason)
+    retry_in = policy.delay_after(attempt.number)
+    due_at = utcnow() + timedelta(seconds=retry_in)
+    return Recorded(attempt, Outcome.RETRY, body, error=reason, due_at=due_at, retry_in=retry_in)
 
 
 _RESULT = {
@@ -285,15 +262,17 @@ _RESULT = {
 }
 
 
-def _record(db: Transactional, done: list[Recorded], policy: RetryPolicy) -> list[DeliveryResult]:
+def record_group(
+    db: Transactional, done: list[Recorded], policy: RetryPolicy
+) -> list[DeliveryResult]:
     """Record a group's outcomes in one transaction; a result for each row tried."""
     written = _riding_out_the_database(db, done)
     results = []
     for recorded in done:
         attempt, outcome = recorded.attempt, recorded.outcome
         nid = attempt.notification_id
-        if outcome is Outcome.RELEASED:
-            continue  # never tried: claimed again later
+        if outcome in GIVEN_BACK:
+            continue  # never tried, or not taken by the gateway: claimed again later
         if nid not in written:
             if outcome is Outcome.SENT:
                 # Another attempt took the row over when our lease ran out, and finished it.

@@ -147,6 +147,9 @@ class Outcome(StrEnum):
     FAILED = "failed"  # the last try failed, or the gateway refused
     HELD = "held"  # given back uncounted, pending until `due_at`: no settings for its channel
     RELEASED = "released"  # given back uncounted before its send started: due again at once
+    # Given back uncounted, due again at `due_at`: the gateway asked to slow down (HTTP 429)
+    # and did not take the message.
+    THROTTLED = "throttled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +158,8 @@ class Recorded:
     outcome: Outcome
     body: str = ""  # the rendered message (SENT, FAILED)
     message_id: str | None = None  # SENT: the gateway's
-    error: str | None = None  # RETRY, FAILED, HELD
-    due_at: datetime | None = None  # RETRY, HELD
+    error: str | None = None  # RETRY, FAILED, HELD, THROTTLED
+    due_at: datetime | None = None  # RETRY, HELD, THROTTLED
     retry_in: int | None = None  # RETRY: seconds, for the order events
 
 
@@ -200,6 +203,8 @@ def changes_of(done: Recorded, now: datetime) -> dict[str, Any]:
             "enqueued_at": None,
             "last_error": done.error,
         }
+    elif outcome is Outcome.THROTTLED:
+        changes |= {"attempts": a.number - 1, "due_at": done.due_at, "last_error": done.error}
     else:  # RELEASED: as if never claimed
         changes = {"attempts": a.number - 1, "lease_until": None}
     return changes

@@ -204,8 +204,9 @@ UPDATE notifications AS x SET
   last_error = CASE o.outcome WHEN 'sent' THEN NULL WHEN 'released' THEN x.last_error
                ELSE o.error END,
   lease_until = NULL,
-  due_at = CASE WHEN o.outcome IN ('retry', 'held') THEN o.due_at ELSE x.due_at END,
-  attempts = CASE WHEN o.outcome IN ('held', 'released') THEN x.attempts - 1 ELSE x.attempts END,
+  due_at = CASE WHEN o.outcome IN ('retry', 'held', 'throttled') THEN o.due_at ELSE x.due_at END,
+  attempts = CASE WHEN o.outcome IN ('held', 'released', 'throttled') THEN x.attempts - 1
+             ELSE x.attempts END,
   enqueued_at = CASE o.outcome WHEN 'held' THEN NULL ELSE x.enqueued_at END,
   sent_at = CASE o.outcome WHEN 'sent' THEN CAST(:e_at AS timestamptz) ELSE x.sent_at END,
   updated_at = CASE o.outcome WHEN 'released' THEN x.updated_at ELSE CAST(:e_at AS timestamptz) END

@@ -1,0 +1,215 @@
+"""A batch with many sends in flight: what a worker with a Sender (notify.sending) runs.
+
+The rules are delivery's (claim right before the send, the row's own channel, record what
+became of it, leases and deadlines); only the pace differs: a channel's sends go out together,
+up to its cap and rate, and each is recorded as soon as it ends.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from orderpay.clock import utcnow
+from orderpay.errors import GatewayThrottled, OrderpayError
+from orderpay.notify.delivery import (
+    FIRST_GROUP,
+    GIVEN_BACK,
+    GROUP_SECONDS,
+    GROUPED_CHANNELS,
+    MAX_GROUP,
+    Batch,
+    Channels,
+    DeliveryResult,
+    RetryPolicy,
+    claim_group,
+    failed_try,
+    held,
+    lease_covers_a_send,
+    not_taken,
+    record_group,
+    send_deadline,
+    send_one,
+)
+from orderpay.notify.messages import render
+from orderpay.notify.sending import Sender, Throttle
+from orderpay.store.db import Transactional
+from orderpay.store.notification_attempts import Attempt, Outcome, Recorded
+
+log = logging.getLogger("orderpay.notify")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sending:
+    attempt: Attempt
+    body: str
+    throttle: Throttle
+
+
+# The longest the job's thread waits without looking at `stop` and the clock.
+LOOK_AGAIN_SECONDS = 0.5
+
+
+def deliver_concurrently(
+    db: Transactional,
+    channels: Channels,
+    sender: Sender,
+    notification_ids: Sequence[int],
+    *,
+    merchant_name: str,
+    policy: RetryPolicy,
+    stop: Callable[[], bool] = lambda: False,
+    deadline: float | None = None,
+) -> Batch:
+    """deliver_batch with many sends in flight: what a worker with a Sender runs.
+
+    Rows are claimed as their channel's throttle has room (sends in flight below its cap, and
+    its rate), each right before its send, which runs on the sender's event loop and ends
+    before its claim's lease does. Whatever sends have ended are recorded together, right
+    away, then as many rows are claimed as have ended. A 429 gives the row back uncounted, due
+    when the channel's pause ends, and pauses the channel: the row is claimed again then, in
+    this batch if its time allows. Rows of a channel with no network (log) are sent in claimed
+    groups as deliver_batch sends them. `stop()` and `deadline` end the claims: the sends in
+    flight end and are recorded, and the rows not tried are in `left`.
+    """
+    remaining = list(dict.fromkeys(notification_ids))
+    results: list[DeliveryResult] = []
+    lease = timedelta(seconds=policy.lease_seconds)
+    in_flight: dict[concurrent.futures.Future[str], _Sending] = {}
+    waiting: collections.deque[Attempt] = collections.deque()  # claimed, their channel full
+    ended: list[Recorded] = []  # not yet recorded
+    group = FIRST_GROUP  # rows of a grouped channel per claim, sized as deliver_batch does
+    last_channel: str | None = None
+    resume_at: float | None = None  # when a throttled row of this batch is due again
+
+    def over() -> bool:
+        return stop() or (deadline is not None and time.monotonic() >= deadline)
+
+    def record() -> None:
+        nonlocal ended
+        done, ended = ended, []
+        results.extend(record_group(db, done, policy))
+        again = [r.attempt.notification_id for r in done if r.outcome in GIVEN_BACK]
+        remaining.extend(nid for nid in again if nid not in remaining)
+
+    def start(attempt: Attempt) -> None:
+        try:
+            channel = channels(attempt.channel)
+        except OrderpayError as error:
+            ended.append(held(attempt, error, policy))
+            return
+        body = ""
+        try:
+            message = render(attempt, merchant_name)
+            body = message.text
+            throttle = sender.throttle(attempt.channel)
+            future = sender.submit(channel, message, send_deadline(attempt, policy))
+        except Exception as error:  # this row's failed try, as in send_one
+            ended.append(failed_try(attempt, body, error, policy))
+            return
+        throttle.started()
+        in_flight[future] = _Sending(attempt, body, throttle)
+
+    def finish(future: concurrent.futures.Future[str]) -> None:
+        nonlocal resume_at
+        sending = in_flight.pop(future)
+        attempt, throttle = sending.attempt, sending.throttle
+        try:
+            message_id = future.result()
+        except GatewayThrottled as error:
+            throttle.ended(throttled=True, retry_after=error.retry_after)
+            pause = max(0.0, throttle.paused_until - throttle.clock())
+            log.info("notification %s: %s", attempt.notification_id, error.message)
+            due_at = utcnow() + timedelta(seconds=pause)
+            ended.append(Recorded(attempt, Outcome.THROTTLED, error=error.message, due_at=due_at))
+            resume_at = min(resume_at or math.inf, time.monotonic() + pause)
+            return
+        except Exception as error:  # this row's failed try, and only this row's
+            throttle.ended()
+            ended.append(failed_try(attempt, sending.body, error, policy))
+            return
+        throttle.ended()
+        ended.append(Recorded(attempt, Outcome.SENT, body=sending.body, message_id=message_id))
+
+    try:
+        while True:
+            for future in [future for future in in_flight if future.done()]:
+                finish(future)
+            while waiting:  # rows claimed for a channel that was full
+                attempt = waiting[0]
+                if over() or not lease_covers_a_send(attempt, policy):
+                    ended.append(Recorded(waiting.popleft(), Outcome.RELEASED))
+                elif sender.throttle(attempt.channel).free() > 0:
+                    start(waiting.popleft())
+                else:
+                    break
+            if ended:
+                record()
+            claimed: list[Attempt] = []
+            if remaining and not waiting and not over():
+                if last_channel is None or last_channel in GROUPED_CHANNELS:
+                    room = group
+                else:
+                    room = sender.throttle(last_channel).free()
+                if room > 0:
+                    claimed = claim_group(db, remaining, room, lease, policy.max_attempts)
+                    taken = {attempt.notification_id for attempt in claimed}
+                    remaining[:] = [nid for nid in remaining if nid not in taken]
+            grouped = [a for a in claimed if a.channel in GROUPED_CHANNELS]
+            if grouped:
+                started = time.monotonic()
+                ended.extend(send_one(channels, a, merchant_name, policy) for a in grouped)
+                per_send = (time.monotonic() - started) / len(grouped)
+                group = max(
+                    1, min(MAX_GROUP, int(GROUP_SECONDS / per_send) if per_send else MAX_GROUP)
+                )
+            for attempt in claimed:
+                last_channel = attempt.channel
+                if attempt.channel in GROUPED_CHANNELS:
+                    continue
+                if sender.throttle(attempt.channel).free() > 0:
+                    start(attempt)
+                else:
+                    waiting.append(attempt)
+            if claimed or ended:
+                continue
+            # Nothing claimed now: wait for a send to end, the channel to have room, or a
+            # throttled row to come due.
+            now = time.monotonic()
+            wake = [LOOK_AGAIN_SECONDS]
+            if last_channel is not None and last_channel not in GROUPED_CHANNELS:
+                when = sender.throttle(last_channel).next_start()
+                wake += [] if when is None else [when - now]
+            if resume_at is not None and remaining and not over():
+                if deadline is not None and resume_at >= deadline and not in_flight:
+                    break  # handed to a new job, whose time allows the wait
+                wake.append(resume_at - now)
+            elif not in_flight:
+                break  # no send ends and no row comes due: the rest is not ours now
+            timeout = max(0.001, min(wake))
+            if in_flight:
+                concurrent.futures.wait(
+                    in_flight, timeout, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+            else:
+                time.sleep(timeout)
+            if resume_at is not None and time.monotonic() >= resume_at:
+                resume_at = None
+    finally:
+        # Also on the way out of an error: the sends in flight end by their deadlines and are
+        # recorded with everything ended, before the error goes up.
+        for future in concurrent.futures.as_completed(list(in_flight)):
+            finish(future)
+        ended.extend(Recorded(attempt, Outcome.RELEASED) for attempt in waiting)
+        waiting.clear()
+        if ended:
+            record()
+    if over():
+        return Batch(results, remaining)
+    return Batch(results + not_taken(db, remaining, policy), [])
