@@ -204,8 +204,14 @@ def deliver_concurrently(
     finally:
         # Also on the way out of an error: the sends in flight end by their deadlines and are
         # recorded with everything ended, before the error goes up.
-        for future in concurrent.futures.as_completed(list(in_flight)):
-            finish(future)
+        longest = policy.longest_send + policy.record_margin + LOOK_AGAIN_SECONDS
+        try:
+            for future in concurrent.futures.as_completed(list(in_flight), timeout=longest):
+                finish(future)
+        except TimeoutError:  # the sender's loop is gone: the rows wait for their leases to end
+            log.warning(
+                "%s send(s) did not end by their deadlines: left to their leases", len(in_flight)
+            )
         ended.extend(Recorded(attempt, Outcome.RELEASED) for attempt in waiting)
         waiting.clear()
         if ended:
