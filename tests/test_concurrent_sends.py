@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from orderpay.domain.states import NotificationStatus
 from orderpay.notify.delivery import Delivery, RetryPolicy
+from orderpay.notify.drain import Drain
 from orderpay.notify.in_flight import deliver_concurrently
 from orderpay.notify.messages import order_reference
 from orderpay.notify.sending import ChannelLimits, Sender
@@ -323,3 +324,20 @@ def test_stopping_ends_the_claims_and_records_the_sends_in_flight(
     for nid in batch.left:
         row = notification(db, nid)
         assert (row.status, row.attempts, row.lease_until) == (NotificationStatus.PENDING, 0, None)
+
+
+def test_the_embedded_worker_keeps_up_to_the_cap_of_sends_in_flight_from_the_database(
+    any_db: Database, watched: Watched, sender: Callable[..., Sender]
+) -> None:
+    settled = [a_settled_payment(any_db) for _ in range(7)]
+    watched.hold = 0.3
+    with closing(sms_channel(watched.gateway)) as channel:
+        results = Drain(
+            any_db, serving(channel), POLICY, MERCHANT, sender(max_in_flight=3)
+        ).drain_due()
+
+    assert [r.outcome for r in results] == [Delivery.SENT] * 7
+    assert watched.peak == 3
+    assert references(watched.gateway.sms_forms()) == Counter(
+        {order_reference(s.order_id): 1 for s in settled}
+    )

@@ -149,7 +149,7 @@ def test_switching_the_channel_to_log_still_sends_rows_queued_for_sms_by_sms(
     assert log_row.gateway_message_id == f"log-{log_row.id}"
 
 
-# --- The database drain claims one row at a time ---------------------------------------------
+# --- The database drain claims each row right before its send --------------------------------
 
 
 @pytest.mark.slow
@@ -162,7 +162,11 @@ def test_a_drain_started_after_a_lease_ran_out_never_sends_a_row_another_is_abou
         env = {
             "DATABASE_URL": pg_url,
             **sms_env(
-                gateway.url, ORDERPAY_NOTIFY_LEASE_SECONDS="2", ORDERPAY_NOTIFY_TIMEOUT_SECONDS="2"
+                gateway.url,
+                ORDERPAY_NOTIFY_LEASE_SECONDS="2",
+                ORDERPAY_NOTIFY_TIMEOUT_SECONDS="2",
+                # One send in flight at a time: each claimed right before its send.
+                ORDERPAY_SMS_MAX_IN_FLIGHT="1",
             ),
         }
         worker_a = worker_processes(env, "--burst")

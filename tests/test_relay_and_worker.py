@@ -582,13 +582,15 @@ def test_a_gateway_that_never_answers_does_not_hang_the_rq_worker(
 
 
 @pytest.mark.slow
-def test_sigterm_gives_back_the_rows_an_embedded_worker_claimed_but_had_not_sent(
+def test_sigterm_leaves_the_rows_an_embedded_worker_had_not_started_pending_and_due(
     pg_url: str, db: Database, worker_processes: StartWorker
 ) -> None:
     ids = [a_settled_payment(db).notification_id for _ in range(3)]
     with a_gateway() as gateway:
         gateway.delay = 1.0
-        worker = worker_processes({"DATABASE_URL": pg_url, **sms_env(gateway.url)})
+        # One send in flight at a time: two rows are still to start when SIGTERM comes.
+        env = sms_env(gateway.url, ORDERPAY_SMS_MAX_IN_FLIGHT="1")
+        worker = worker_processes({"DATABASE_URL": pg_url, **env})
         gateway.recorder.wait_for(1, timeout=30)
 
         exit_code = worker.terminate(timeout=10)

@@ -150,12 +150,11 @@ def test_workers_draining_one_outbox_together_send_every_row_exactly_once(
     try:
         order_ids = [a_settled_payment(db).order_id for _ in range(rows)]
         with a_gateway() as gateway:
-            # More rows than one drain batch (20), each answered slowly enough for the workers
-            # to overlap.
+            # Each worker keeps two sends in flight, each answered slowly enough for the
+            # workers to overlap.
             gateway.delay = 0.1
-            outcomes = drain_in_parallel(
-                {"DATABASE_URL": url, **sms_env(gateway.url)}, processes, tmp_path
-            )
+            env = {"DATABASE_URL": url, **sms_env(gateway.url, ORDERPAY_SMS_MAX_IN_FLIGHT="2")}
+            outcomes = drain_in_parallel(env, processes, tmp_path)
             requests = gateway.sms_forms()
 
         assert [code for code, _ in outcomes] == [0] * processes

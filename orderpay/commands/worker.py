@@ -215,10 +215,13 @@ def _run_embedded(rt: Runtime, *, burst: bool) -> None:
     import signal
     import threading
     from collections import Counter
+    from dataclasses import replace
 
     from orderpay.notify.drain import Drain
 
-    drain = Drain(rt.database, rt.channel_for, rt.retry_policy, rt.settings.merchant_name)
+    # Each send ends by the channels' timeout (and before its row's lease does).
+    policy = replace(rt.retry_policy, send_seconds=rt.settings.notify_timeout_seconds)
+    drain = Drain(rt.database, rt.channel_for, policy, rt.settings.merchant_name, rt.sender)
     catch_up = _catch_up(rt)
     stop = threading.Event()
     if burst:

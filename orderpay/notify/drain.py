@@ -1,9 +1,10 @@
 """The embedded worker: with no Redis, notifications are delivered straight from the outbox.
 
-The same delivery code as the RQ job (delivery.py). Each row is claimed right before it is
-sent (store.outbox.claim_next_due: FOR UPDATE SKIP LOCKED on Postgres, SQLite's single writer
-lock otherwise), never a batch at once: a claim's lease then covers one send only, so a second
-drain that starts after a lease ran out never finds a row this one is still about to send.
+The same delivery code as the RQ job. Each row is claimed right before it is sent (FOR UPDATE
+SKIP LOCKED on Postgres, SQLite's single writer lock otherwise), never long before: a claim's
+lease then covers its one send, so a second drain that starts after a lease ran out never
+finds a row this one is still about to send. With a Sender (the worker's), the due rows go
+out as the RQ job's do, many in flight (notify.in_flight); without one, one at a time.
 """
 
 from __future__ import annotations
@@ -11,23 +12,37 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from orderpay.clock import utcnow
 from orderpay.notify.delivery import Channels, Delivery, DeliveryResult, RetryPolicy, send_attempt
 from orderpay.store import outbox
 from orderpay.store.db import Database, retrying
+from orderpay.store.notifications import due_ids
+
+if TYPE_CHECKING:
+    from orderpay.notify.sending import Sender
 
 log = logging.getLogger("orderpay.drain")
+
+# Due rows looked up at once by a drain with a Sender (each still claimed right before its send).
+DRAIN_BATCH = 500
 
 
 class Drain:
     def __init__(
-        self, database: Database, channels: Channels, policy: RetryPolicy, merchant_name: str
+        self,
+        database: Database,
+        channels: Channels,
+        policy: RetryPolicy,
+        merchant_name: str,
+        sender: Sender | None = None,
     ) -> None:
         self.database = database
         self.channels = channels
         self.policy = policy
         self.merchant_name = merchant_name
+        self.sender = sender
 
     def drain_one(self) -> DeliveryResult | None:
         """Claim the next due row and deliver it; None when nothing is due."""
@@ -59,13 +74,46 @@ class Drain:
         return result
 
     def drain_due(self, stop: threading.Event | None = None) -> list[DeliveryResult]:
-        """Deliver everything due now, one row at a time, until nothing is due or `stop`."""
+        """Deliver everything due now until nothing is due or `stop`: one row at a time, or
+        with a Sender many in flight."""
+        if self.sender is not None:
+            return self._drain_in_flight(self.sender, stop)
         results: list[DeliveryResult] = []
         while stop is None or not stop.is_set():
             result = self.drain_one()
             if result is None:
                 break
             results.append(result)
+        return results
+
+    def _drain_in_flight(
+        self, sender: Sender, stop: threading.Event | None
+    ) -> list[DeliveryResult]:
+        from orderpay.notify.in_flight import deliver_concurrently
+
+        most = self.policy.max_attempts
+        results: list[DeliveryResult] = []
+        while stop is None or not stop.is_set():
+            ids = retrying(self.database, lambda conn: due_ids(conn, utcnow(), DRAIN_BATCH, most))
+            if not ids:
+                # Nothing to claim: rows whose last try ended without an outcome are failed.
+                retrying(
+                    self.database,
+                    lambda conn: outbox.fail_without_tries_left(conn, most, utcnow()),
+                )
+                break
+            batch = deliver_concurrently(
+                self.database,
+                self.channels,
+                sender,
+                ids,
+                merchant_name=self.merchant_name,
+                policy=self.policy,
+                stop=stop.is_set if stop is not None else lambda: False,
+            )
+            results += batch.results
+            if all(result.outcome is Delivery.SKIPPED for result in batch.results):
+                break  # every row was taken by another drain meanwhile
         return results
 
     def run(self, stop: threading.Event, poll_seconds: float) -> None:

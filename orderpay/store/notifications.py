@@ -155,6 +155,21 @@ def due(rows: FromClause) -> tuple[ColumnElement[bool], ...]:
     )
 
 
+_DUE_IDS = (
+    select(notifications.c.id)
+    .where(*due(notifications), notifications.c.attempts < bindparam("b_max_attempts"))
+    .order_by(notifications.c.due_at)
+    .limit(bindparam("b_limit"))
+)
+
+
+def due_ids(conn: Connection, now: datetime, limit: int, max_attempts: int) -> list[int]:
+    """Up to `limit` rows to send at `now` with tries left, the longest due first: the embedded
+    worker's next batch (each is still claimed right before its send)."""
+    params = {"b_now": now, "b_limit": limit, "b_max_attempts": max_attempts}
+    return list(conn.execute(_DUE_IDS, params).scalars())
+
+
 _RELAYABLE = (
     select(notifications.c.id, notifications.c.attempts, notifications.c.enqueued_at)
     .where(*due(notifications))
