@@ -44,10 +44,19 @@ What is measured (stdout holds the figures and checks; progress goes to stderr):
   (an argument-less builtin whose result serialises to JSON), enqueued like the relay does
   (enqueue_many, same timeouts and TTLs) on a queue of their own; jobs/s from start to the
   moment RQ's finished-job registry holds every job. ratio = notifications/s / jobs/s.
-* `sms gateway`: with --gateway-delay (default 0.05 s), --gateway-count rows queued for the
-  `sms` channel are sent by N SimpleWorker processes through a local Africa's Talking stand-in
-  that answers every message after that delay; notifications/s, checked against the
-  messages the gateway received (each row once).
+* `sms gateway`: for each of --gateway-delays (default 0.05 and 0.2 s), --gateway-count rows
+  queued for the `sms` channel, relayed, are sent by N `orderpay worker --burst` (SimpleWorker)
+  processes, with the default ORDERPAY_SMS_MAX_IN_FLIGHT, through bench/sms_gateway.py (a
+  local Africa's Talking in a process of its own, answering every message after that delay);
+  notifications/s from the first message the gateway received to the last row recorded sent
+  (process start-up left out; the rate from the processes' start follows it), checked against
+  the gateway's log: every number once, every row sent on its first try.
+* `burst`: the largest N `orderpay worker` processes run (each its relay and its RQ worker)
+  while settled payments with `sms` rows are committed at --burst-rate a second (default 2,400:
+  the listener's rate of signed callbacks) for --burst-seconds (default 5), each commit
+  NOTIFYing the relays as the listener's do; the gateway answers in the first delay. Prints the
+  delivery latency of each message (its row's commit to the gateway's receipt) p50/p99/max and
+  how long after the burst's end the last message arrived; checked: every number once.
 * `--profile`: one more run, in this process: a SimpleWorker drains every job under cProfile,
   with SQLAlchemy, pool and Redis calls counted; prints the round trips per job and the share
   of time in each step, and the top functions (stderr). cProfile slows Python code down, so the
@@ -60,7 +69,9 @@ row per order, and no job failed; after a no-op run, every job finished and none
 
 Goals (GOAL_* below; the output says whether each is met): the workers reach at least
 GOAL_RATIO of RQ's no-op rate with the same worker class and number of processes; the relay
-alone moves at least GOAL_RELAY_ROWS_PER_SECOND rows/s.
+alone moves at least GOAL_RELAY_ROWS_PER_SECOND rows/s; 2 workers send at least
+GOAL_GATEWAY_RATE notifications/s through the gateway at 50 and 200 ms; the burst's p99 latency
+is under GOAL_BURST_P99_SECONDS.
 """
 
 from __future__ import annotations
@@ -584,7 +595,8 @@ def gateway_run(
     steady = count / (last_sent_epoch(db, "channel = 'sms'") - first)
     say(
         f"worker (SimpleWorker, {plural(workers, 'process')}, sms gateway answering in"
-        f" {delay * 1000:.0f} ms): {steady:.0f} notifications/s from the first message to the"
+        f" {delay * 1000:.0f} ms, up to {settings.sms_max_in_flight} in flight each):"
+        f" {steady:.0f} notifications/s from the first message to the"
         f" last recorded ({count / done.seconds:.0f}/s counting process start-up: {count} in"
         f" {done.seconds:.2f} s)"
         + (
