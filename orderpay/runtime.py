@@ -7,9 +7,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pydantic import SecretStr
-
     from orderpay.config import Settings
+    from orderpay.config_values import Secret
     from orderpay.domain.schedule import CatchUpSchedule
     from orderpay.notify.channels import Channel
     from orderpay.notify.delivery import RetryPolicy
@@ -162,5 +161,5 @@ class Runtime:
             self.raw_database.dispose()
 
 
-def _secret(value: SecretStr | None) -> str | None:
+def _secret(value: Secret | None) -> str | None:
     return value.get_secret_value() if value is not None else None
