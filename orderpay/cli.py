@@ -30,6 +30,7 @@ from orderpay.commands import (
     worker,
 )
 from orderpay.commands.common import JSON_META_KEY
+from orderpay.commands.values import read_values_plainly
 from orderpay.errors import OrderpayError, UsageError
 
 DEBUG_ENV = "ORDERPAY_DEBUG"
@@ -45,6 +46,7 @@ class OrderpayGroup(TyperGroup):
         # Known before any option is parsed, so even a usage error can be reported as JSON.
         if "--json" in args:
             ctx.meta[JSON_META_KEY] = True
+        read_values_plainly(self)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
