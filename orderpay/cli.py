@@ -46,7 +46,7 @@ class OrderpayGroup(TyperGroup):
         # Known before any option is parsed, so even a usage error can be reported as JSON.
         if "--json" in args:
             ctx.meta[JSON_META_KEY] = True
-        read_values_plainly(self)
+        read_values_plainly(self, ctx.help_option_names)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]

@@ -7,9 +7,8 @@ parameter of the real command tree and hold them to the same value or the same r
 
 from __future__ import annotations
 
-from typing import Any
-
 import functools
+from typing import Any
 
 import pytest
 import typer.main
@@ -77,13 +76,17 @@ def test_every_parameter_reads_each_value_as_typer_would(
 def test_every_parameter_of_the_command_tree_gets_the_plain_reading() -> None:
     root = typer.main.get_command(app)
 
-    read_values_plainly(root)
+    read_values_plainly(root, ["-h", "--help"])
 
-    assert all(isinstance(param._runtime_param, PlainValue) for _, param in parameters_of(root))
+    params = parameters_of(root)
+    assert {name for name, _ in params} >= {"help", "json_", "limit", "status"}
+    assert all(isinstance(param._runtime_param, PlainValue) for _, param in params)
 
 
 def parameters_of(command: Any) -> list[tuple[str, _TyperParameter]]:
-    found = [(p.name or "", p) for p in command.params if isinstance(p, _TyperParameter)]
+    ctx = Context(command, help_option_names=["-h", "--help"])
+    params = command.get_params(ctx)
+    found = [(p.name or "", p) for p in params if isinstance(p, _TyperParameter)]
     for sub in getattr(command, "commands", {}).values():
         found += parameters_of(sub)
     return found

@@ -17,7 +17,7 @@ from orderpay.config_values import PHONE_REGIONS, BadValue, Secret, Setting
 TEXTS = [
     *("0", "1", "-3", "+7", "007", " 5 ", "5.0", "5.00", "5.10", "5.", "1_000", "1__0", "_1"),
     *("5_", "0x10", "1e3", "1e400", ".5", "2.5", " 2.5 ", "1_0.5", "inf", "+inf", "-inf"),
-    *("Infinity", "nan", " nan", "", " ", "abc", "٥", "3601", "60", "60.5", "-0"),
+    *("Infinity", "nan", " nan", "", " ", "abc", "\u0665", "3601", "60", "60.5", "-0"),
     *("true", "True", "YES", "no", "on", "off", "t", "f", "y", "n", " 1 ", "2", "1.0", "0.0"),
 ]
 PYTHON_VALUES = [None, True, False, 0, 1, 2, 5.0, 5.5, -1.5]

@@ -16,14 +16,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
 from typer._param_types import coerce_cli_choice
 from typer.core import _TyperParameter
 
 if TYPE_CHECKING:
-    from typer._click.core import Command
+    from typer._click.core import Command, Context
 
 # Longer numbers, signs and leading zeros are left to Typer (pydantic has its own rules there).
 _WHOLE = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
@@ -82,9 +82,13 @@ def _plain(descriptor: TypeDescriptor, value: Any, ctx: Any) -> Any:
     return _TYPERS_OWN
 
 
-def read_values_plainly(command: Command) -> None:
-    """Give every Typer parameter of `command` and its subcommands the plain conversion."""
-    for param in command.params:
+def read_values_plainly(command: Command, help_names: list[str]) -> None:
+    """Give every Typer parameter of `command` and its subcommands the plain conversion,
+    their help options included (`help_names`: the names a context of `command` inherits)."""
+    help_names = command.context_settings.get("help_option_names", help_names)
+    # Click makes a command's help option on first use, from its context's names only.
+    help_option = command.get_help_option(cast("Context", _HelpNames(help_names)))
+    for param in [*command.params, help_option]:
         if isinstance(param, _TyperParameter) and param._runtime_param is None:
             descriptor = param.type_descriptor
             param._runtime_param = PlainValue(
@@ -93,4 +97,9 @@ def read_values_plainly(command: Command) -> None:
                 descriptor=descriptor,
             )
     for sub in getattr(command, "commands", {}).values():
-        read_values_plainly(sub)
+        read_values_plainly(sub, help_names)
+
+
+@dataclass(frozen=True)
+class _HelpNames:
+    help_option_names: list[str]
