@@ -22,6 +22,8 @@ from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
 from typer._param_types import coerce_cli_choice
 from typer.core import _TyperParameter
 
+from orderpay.commands.tree import LazyCommands
+
 if TYPE_CHECKING:
     from typer._click.core import Command, Context
 
@@ -96,7 +98,11 @@ def read_values_plainly(command: Command, help_names: list[str]) -> None:
                 annotation=descriptor.annotation,
                 descriptor=descriptor,
             )
-    for sub in getattr(command, "commands", {}).values():
+    subcommands = getattr(command, "commands", {})
+    if isinstance(subcommands, LazyCommands):  # those not built yet get it when they are
+        subcommands.when_built(lambda sub: read_values_plainly(sub, help_names))
+        subcommands = dict(enumerate(subcommands.built()))
+    for sub in subcommands.values():
         read_values_plainly(sub, help_names)
 
 
