@@ -13,8 +13,9 @@ from orderpay.commands.common import (
     Since,
     Until,
     emit_json,
+    emit_page,
+    more,
     runtime,
-    show_page,
     window,
 )
 from orderpay.commands.common import (
@@ -150,12 +151,15 @@ def order_list(
             phone=e164,
         )
         details = {d.order.id: d for d in details_of(conn, page.items)} if json_ else {}
-    from orderpay.commands.render import orders_table
     from orderpay.shapes import order_shape
 
-    show_page(
-        page, as_json=json_, shape=lambda order: order_shape(details[order.id]), table=orders_table
-    )
+    if json_:
+        emit_page(page, lambda order: order_shape(details[order.id]))
+        return
+    from orderpay.commands.render import orders_table  # rich: for human eyes only
+
+    orders_table(page.items)
+    more(page)
 
 
 @order_app.command("cancel")
