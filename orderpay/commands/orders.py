@@ -134,14 +134,18 @@ def order_list(
       orderpay order list --status pending --since 7d
       orderpay order list --phone 0241234567 --json
     """
-    from orderpay.domain.phones import normalise_phone
-    from orderpay.shop.customers import get_customer
     from orderpay.store.orders import details_of, list_orders
 
     rt = runtime(ctx)
-    e164 = normalise_phone(phone, rt.settings.default_region) if phone is not None else None
+    e164 = None
+    if phone is not None:
+        from orderpay.domain.phones import normalise_phone
+
+        e164 = normalise_phone(phone, rt.settings.default_region)
     with rt.database.transaction() as conn:
         if customer is not None:
+            from orderpay.shop.customers import get_customer
+
             get_customer(conn, customer)  # a filter naming no customer is an error, not empty
         page = list_orders(
             conn,
