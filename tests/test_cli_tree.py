@@ -70,3 +70,4 @@ def test_a_command_line_builds_only_the_group_it_names() -> None:
     run(root, ["order", "list", "--help"])
 
     assert built(root) == ["order"]
+    assert built(root.commands["order"]) == ["list"]

@@ -2,18 +2,18 @@
 
 Typer turns every command function into a Click command when the program starts: it reads
 each signature and evaluates its annotations, for some sixty commands, whichever one is run.
-Here the root group holds its subcommands as recipes: `orderpay order list` builds the `order`
-group alone, and the root's --help lists each command from a hollow stand-in (its name, help
-and flags, none of its subcommands). Each piece is built by Typer's own functions from what
-was registered on the app, so the tree that is built is the one Typer builds;
-tests/test_cli_tree.py compares the two.
+Here each group holds its subcommands as recipes: `orderpay order list` builds the `order`
+group and its `list` command alone, and a group's --help lists its subgroups from hollow
+stand-ins (their names, help and flags, none of their subcommands). Each piece is built by
+Typer's own functions from what was registered on the app, so the tree that is built is the
+one Typer builds; tests/test_cli_tree.py compares the two.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 import typer.main
@@ -70,42 +70,53 @@ class LazyCommands(MutableMapping[str, "Command"]):
 
 def lazy_command(app: typer.Typer) -> Command:
     """The app's root group as Typer makes it, with its subcommands built on demand."""
-    hollow = copy.copy(app)
-    hollow.registered_commands, hollow.registered_groups = [], []
-    root = typer.main.get_command(hollow)
-    options = {
+    root = typer.main.get_command(_hollow(app))
+    root.commands = _subcommands(app, app)  # type: ignore[attr-defined]
+    return root
+
+
+def _subcommands(typer_instance: typer.Typer, app: typer.Typer) -> LazyCommands:
+    """The recipes of what is registered on `typer_instance`, in Typer's order (commands, then
+    groups); `app` is the root, whose settings Typer applies to the whole tree."""
+    options: dict[str, Any] = {
         "pretty_exceptions_short": app.pretty_exceptions_short,
         "rich_markup_mode": app.rich_markup_mode,
     }
     recipes: dict[str, tuple[Callable[[], Command], Callable[[], Command]]] = {}
-    # Typer's order: the commands, then the groups.
-    for command_info in app.registered_commands:
-        name = command_info.name or typer.main.get_command_name(command_info.callback.__name__)  # type: ignore[union-attr]
+    for command_info in typer_instance.registered_commands:
+        callback = command_info.callback
+        assert callback is not None
+        name = command_info.name or typer.main.get_command_name(callback.__name__)
 
         def build_command(info: CommandInfo = command_info) -> Command:
-            return typer.main.get_command_from_info(info, **options)  # type: ignore[arg-type]
+            return typer.main.get_command_from_info(info, **options)
 
         recipes[name] = (build_command, build_command)
-    for group_info in app.registered_groups:
-
-        def build_group(info: TyperInfo = group_info) -> Command:
-            return typer.main.get_group_from_info(
-                info,
-                suggest_commands=app.suggest_commands,
-                **options,  # type: ignore[arg-type]
-            )
+    for group_info in typer_instance.registered_groups:
 
         def build_stand_in(info: TyperInfo = group_info) -> Command:
-            # The group with its help and flags but none of its subcommands.
+            # The group with its help, flags and options, and none of its subcommands.
             hollow_info = copy.copy(info)
-            hollow_info.typer_instance = copy.copy(info.typer_instance)
-            assert hollow_info.typer_instance is not None
-            hollow_info.typer_instance.registered_commands = []
-            hollow_info.typer_instance.registered_groups = []
-            return build_group(hollow_info)
+            assert info.typer_instance is not None
+            hollow_info.typer_instance = _hollow(info.typer_instance)
+            return typer.main.get_group_from_info(
+                hollow_info, suggest_commands=app.suggest_commands, **options
+            )
+
+        def build_group(info: TyperInfo = group_info) -> Command:
+            group = build_stand_in(info)
+            assert info.typer_instance is not None
+            group.commands = _subcommands(info.typer_instance, app)  # type: ignore[attr-defined]
+            return group
 
         group_name = group_info.name
         assert isinstance(group_name, str), "every group is added with its name"
         recipes[group_name] = (build_group, build_stand_in)
-    root.commands = LazyCommands(recipes)  # type: ignore[attr-defined]
-    return root
+    return LazyCommands(recipes)
+
+
+def _hollow(typer_instance: typer.Typer) -> typer.Typer:
+    """A copy of `typer_instance` with its settings and callback, and nothing registered."""
+    hollow = copy.copy(typer_instance)
+    hollow.registered_commands, hollow.registered_groups = [], []
+    return hollow
