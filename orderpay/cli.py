@@ -221,6 +221,6 @@ app.command("demo", short_help="Run the whole flow on a throwaway database.")(op
 
 
 def main() -> None:
-    # Not app(): Typer would build all sixty commands to run one. Pretty exceptions are off,
+    # Not app(): Typer would build every command to run one. Pretty exceptions are off,
     # so Typer's exception hook would only hand over to Python's.
     lazy_command(app)()

@@ -1,7 +1,7 @@
 """The command tree, built only as far as the command line reaches.
 
 Typer turns every command function into a Click command when the program starts: it reads
-each signature and evaluates its annotations, for some sixty commands, whichever one is run.
+each signature and evaluates its annotations, for every command, whichever one is run.
 Here each group holds its subcommands as recipes: `orderpay order list` builds the `order`
 group and its `list` command alone, and a group's --help lists its subgroups from hollow
 stand-ins (their names, help and flags, none of their subcommands). Each piece is built by
