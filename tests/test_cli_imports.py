@@ -137,6 +137,24 @@ def test_order_show_json_on_sqlite_does_not_import(shop_dir: Path, module: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("module", NOT_FOR_A_READ)
+@pytest.mark.parametrize(
+    "command",
+    [
+        "customer list --json",
+        "product list --json",
+        "payment list --json",
+        "notification list --json",
+        "review list --json",
+    ],
+)
+def test_other_lists_in_json_on_sqlite_do_not_import(
+    shop_dir: Path, command: str, module: str
+) -> None:
+    assert among(modules_of(shop_dir, command), module) == []
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("module", NOT_FOR_HELP)
 def test_help_does_not_import(shop_dir: Path, module: str) -> None:
     assert among(modules_of(shop_dir, "--help"), module) == []
