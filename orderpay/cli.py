@@ -30,6 +30,8 @@ from orderpay.commands import (
     worker,
 )
 from orderpay.commands.common import JSON_META_KEY
+from orderpay.commands.tree import LazyCommands, lazy_command
+from orderpay.commands.values import read_values_plainly
 from orderpay.errors import OrderpayError, UsageError
 
 DEBUG_ENV = "ORDERPAY_DEBUG"
@@ -45,7 +47,21 @@ class OrderpayGroup(TyperGroup):
         # Known before any option is parsed, so even a usage error can be reported as JSON.
         if "--json" in args:
             ctx.meta[JSON_META_KEY] = True
+        read_values_plainly(self, ctx.help_option_names)
         return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        return list(self.commands)  # the names only: Typer's own asks for every command
+
+    def format_commands(self, ctx: typer.Context, formatter: Any) -> None:  # type: ignore[override]
+        # A list of commands needs their names and short help, not their subcommands.
+        commands = self.commands
+        if isinstance(commands, LazyCommands):
+            self.commands = commands.listing()
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self.commands = commands
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         as_json = bool(ctx.meta.get(JSON_META_KEY))
@@ -205,4 +221,6 @@ app.command("demo", short_help="Run the whole flow on a throwaway database.")(op
 
 
 def main() -> None:
-    app()
+    # Not app(): Typer would build every command to run one. Pretty exceptions are off,
+    # so Typer's exception hook would only hand over to Python's.
+    lazy_command(app)()

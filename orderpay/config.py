@@ -1,17 +1,22 @@
 """Configuration from the environment and a `.env` file (DESIGN.md section 2).
 
 Only entrypoints (cli, server, jobs) read it, and they pass plain values down. Secrets are
-`SecretStr`, so they never show in `repr()`, logs or `orderpay config show`.
+`Secret`s, so they never show in `repr()`, logs or `orderpay config show`.
+
+Read by hand rather than with pydantic-settings: every command reads the settings first, and
+loading pydantic cost a read command more than everything else it does beyond SQLAlchemy. The
+rules are pydantic's own (what each type accepts, the constraint messages, a default checked
+like a given value and named by its field), so the messages are the ones operators saw before;
+tests/test_config_values.py pins them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
+from orderpay.config_values import PHONE_REGIONS, BadValue, Secret, Setting
 from orderpay.database_urls import database_url
 from orderpay.errors import ConfigurationError, OrderpayError
 
@@ -20,186 +25,186 @@ ENV_FILE = ".env"
 
 ProviderName = Literal["simulator", "mtn"]
 ChannelName = Literal["log", "sms", "webhook"]
+PROVIDERS: tuple[ProviderName, ...] = ("simulator", "mtn")
+CHANNELS: tuple[ChannelName, ...] = ("log", "sms", "webhook")
 
 
-def _env(name: str) -> Any:
-    return Field(default=None, validation_alias=AliasChoices(name))
+def _setting(
+    variable: str,
+    kind: Any = str,
+    *,
+    default: Any = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    # Typed Any so that each class attribute keeps the type of the value an instance holds.
+    return Setting(variable, kind, default, ge, gt, le)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=ENV_FILE,
-        env_file_encoding="utf-8",
-        extra="ignore",
-        case_sensitive=False,
-        populate_by_name=False,
-    )
+class Settings:
+    """Every setting, read and checked when made (load_settings), never at import time."""
 
     # URLs may carry passwords, so they are secrets too; read them through the properties.
-    database_url_secret: SecretStr | None = _env("DATABASE_URL")
-    postgres_db: str | None = _env("POSTGRES_DB")
-    postgres_user: str | None = _env("POSTGRES_USER")
-    postgres_password: SecretStr | None = _env("POSTGRES_PASSWORD")
-    postgres_host: str | None = _env("POSTGRES_HOST")
-    postgres_port: int | None = _env("POSTGRES_PORT")
+    database_url_secret: Secret | None = _setting("DATABASE_URL", Secret)
+    postgres_db: str | None = _setting("POSTGRES_DB")
+    postgres_user: str | None = _setting("POSTGRES_USER")
+    postgres_password: Secret | None = _setting("POSTGRES_PASSWORD", Secret)
+    postgres_host: str | None = _setting("POSTGRES_HOST")
+    postgres_port: int | None = _setting("POSTGRES_PORT", int)
 
-    redis_url_secret: SecretStr | None = _env("REDIS_URL")
+    redis_url_secret: Secret | None = _setting("REDIS_URL", Secret)
 
-    webhook_secret: SecretStr | None = _env("MOMO_WEBHOOK_SECRET")
-    api_token: SecretStr | None = _env("ORDERPAY_API_TOKEN")
+    webhook_secret: Secret | None = _setting("MOMO_WEBHOOK_SECRET", Secret)
+    api_token: Secret | None = _setting("ORDERPAY_API_TOKEN", Secret)
     # 1: the listener starts with placeholder or short secrets (a test or a demo, on purpose).
-    insecure_secrets: bool = Field(
-        default=False, validation_alias=AliasChoices("ORDERPAY_INSECURE_SECRETS")
-    )
+    insecure_secrets: bool = _setting("ORDERPAY_INSECURE_SECRETS", bool, default=False)
 
-    provider: ProviderName = Field(
-        default="simulator", validation_alias=AliasChoices("ORDERPAY_PROVIDER")
-    )
-    default_region: str = Field(
-        default="GH", validation_alias=AliasChoices("ORDERPAY_DEFAULT_REGION")
-    )
+    provider: ProviderName = _setting("ORDERPAY_PROVIDER", PROVIDERS, default="simulator")
+    default_region: str = _setting("ORDERPAY_DEFAULT_REGION", default="GH")
     # How long one process may talk to the provider for a payment before another run of the
     # same key may take over (seconds). Longer than the provider client's whole timeout.
-    charge_lease_seconds: float = Field(
-        default=90.0, ge=0, validation_alias=AliasChoices("ORDERPAY_CHARGE_LEASE_SECONDS")
+    charge_lease_seconds: float = _setting(
+        "ORDERPAY_CHARGE_LEASE_SECONDS", float, default=90.0, ge=0
     )
-    simulator_callback_url: str | None = _env("ORDERPAY_SIMULATOR_CALLBACK_URL")
+    simulator_callback_url: str | None = _setting("ORDERPAY_SIMULATOR_CALLBACK_URL")
 
-    mtn_base_url: str | None = _env("MTN_MOMO_BASE_URL")
-    mtn_subscription_key: SecretStr | None = _env("MTN_MOMO_SUBSCRIPTION_KEY")
-    mtn_api_user: str | None = _env("MTN_MOMO_API_USER")
-    mtn_api_key: SecretStr | None = _env("MTN_MOMO_API_KEY")
-    mtn_target_environment: str | None = _env("MTN_MOMO_TARGET_ENVIRONMENT")
-    mtn_callback_url: str | None = _env("MTN_MOMO_CALLBACK_URL")
+    mtn_base_url: str | None = _setting("MTN_MOMO_BASE_URL")
+    mtn_subscription_key: Secret | None = _setting("MTN_MOMO_SUBSCRIPTION_KEY", Secret)
+    mtn_api_user: str | None = _setting("MTN_MOMO_API_USER")
+    mtn_api_key: Secret | None = _setting("MTN_MOMO_API_KEY", Secret)
+    mtn_target_environment: str | None = _setting("MTN_MOMO_TARGET_ENVIRONMENT")
+    mtn_callback_url: str | None = _setting("MTN_MOMO_CALLBACK_URL")
     # The Disbursement product (refunds) has its own subscription key and API user.
-    mtn_disbursement_subscription_key: SecretStr | None = _env(
-        "MTN_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY"
+    mtn_disbursement_subscription_key: Secret | None = _setting(
+        "MTN_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY", Secret
     )
-    mtn_disbursement_api_user: str | None = _env("MTN_MOMO_DISBURSEMENT_API_USER")
-    mtn_disbursement_api_key: SecretStr | None = _env("MTN_MOMO_DISBURSEMENT_API_KEY")
+    mtn_disbursement_api_user: str | None = _setting("MTN_MOMO_DISBURSEMENT_API_USER")
+    mtn_disbursement_api_key: Secret | None = _setting("MTN_MOMO_DISBURSEMENT_API_KEY", Secret)
 
-    merchant_name: str = Field(
-        default="orderpay shop", validation_alias=AliasChoices("ORDERPAY_MERCHANT_NAME")
-    )
-    notify_channel: ChannelName = Field(
-        default="log", validation_alias=AliasChoices("ORDERPAY_NOTIFY_CHANNEL")
-    )
+    merchant_name: str = _setting("ORDERPAY_MERCHANT_NAME", default="orderpay shop")
+    notify_channel: ChannelName = _setting("ORDERPAY_NOTIFY_CHANNEL", CHANNELS, default="log")
     # Seconds between delivery tries; one retry per number (so 6 tries over about 9 minutes).
-    notify_retry_intervals: str = Field(
-        default="10,30,60,120,300", validation_alias=AliasChoices("ORDERPAY_NOTIFY_RETRY_INTERVALS")
+    notify_retry_intervals: str = _setting(
+        "ORDERPAY_NOTIFY_RETRY_INTERVALS", default="10,30,60,120,300"
     )
     # Declared before the lease, which is checked against it.
-    notify_timeout_seconds: float = Field(
-        default=10.0, gt=0, le=60, validation_alias=AliasChoices("ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
+    notify_timeout_seconds: float = _setting(
+        "ORDERPAY_NOTIFY_TIMEOUT_SECONDS", float, default=10.0, gt=0, le=60
     )
     # How long one delivery attempt may take before another worker may take the row over;
     # longer than a channel's whole timeout (a send ends before it). Also how long the message
     # of a worker killed mid-send waits before it is sent again.
-    notify_lease_seconds: float = Field(
-        default=20.0, gt=0, validation_alias=AliasChoices("ORDERPAY_NOTIFY_LEASE_SECONDS")
+    notify_lease_seconds: float = _setting(
+        "ORDERPAY_NOTIFY_LEASE_SECONDS", float, default=20.0, gt=0
     )
     # A row the relay handed to RQ this long ago that is still pending and due is asked about:
     # if its job is in no queue, no scheduled registry and with no live worker, it was lost
     # (Redis flushed or restarted, a worker died holding it) and is handed out again.
-    relay_lost_after_seconds: float = Field(
-        default=10.0, gt=0, validation_alias=AliasChoices("ORDERPAY_RELAY_LOST_AFTER_SECONDS")
+    relay_lost_after_seconds: float = _setting(
+        "ORDERPAY_RELAY_LOST_AFTER_SECONDS", float, default=10.0, gt=0
     )
     # The relay wakes on Postgres NOTIFY; it also polls this often (SQLite, and as a fallback).
-    relay_poll_seconds: float = Field(
-        default=2.0, gt=0, validation_alias=AliasChoices("ORDERPAY_RELAY_POLL_SECONDS")
-    )
+    relay_poll_seconds: float = _setting("ORDERPAY_RELAY_POLL_SECONDS", float, default=2.0, gt=0)
     # The catch-up: the waits between questions to a provider about an open payment or refund
     # (then daily), and how long until an operator is asked to decide (a review item).
-    catchup_schedule: str = Field(
-        default="1m,5m,15m,1h,6h,24h", validation_alias=AliasChoices("ORDERPAY_CATCHUP_SCHEDULE")
-    )
-    catchup_deadline: str = Field(
-        default="7d", validation_alias=AliasChoices("ORDERPAY_CATCHUP_DEADLINE")
-    )
+    catchup_schedule: str = _setting("ORDERPAY_CATCHUP_SCHEDULE", default="1m,5m,15m,1h,6h,24h")
+    catchup_deadline: str = _setting("ORDERPAY_CATCHUP_DEADLINE", default="7d")
     # The listener's defences against connections held without being used (DESIGN.md
     # section 6): a request head and a body must each arrive within their deadline, an idle
     # keep-alive connection is closed, and a worker holds at most so many connections (unset:
     # what its open-file limit leaves after its own files, see http/shedding.py).
-    listener_head_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        le=3600,
-        validation_alias=AliasChoices("ORDERPAY_LISTENER_HEAD_TIMEOUT_SECONDS"),
+    listener_head_timeout_seconds: float = _setting(
+        "ORDERPAY_LISTENER_HEAD_TIMEOUT_SECONDS", float, default=10.0, gt=0, le=3600
     )
-    listener_body_timeout_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        le=3600,
-        validation_alias=AliasChoices("ORDERPAY_LISTENER_BODY_TIMEOUT_SECONDS"),
+    listener_body_timeout_seconds: float = _setting(
+        "ORDERPAY_LISTENER_BODY_TIMEOUT_SECONDS", float, default=30.0, gt=0, le=3600
     )
-    listener_keepalive_seconds: int = Field(
-        default=5,
-        ge=1,
-        le=3600,
-        validation_alias=AliasChoices("ORDERPAY_LISTENER_KEEPALIVE_SECONDS"),
+    listener_keepalive_seconds: int = _setting(
+        "ORDERPAY_LISTENER_KEEPALIVE_SECONDS", int, default=5, ge=1, le=3600
     )
-    listener_max_connections: int | None = Field(
-        default=None, ge=1, validation_alias=AliasChoices("ORDERPAY_LISTENER_MAX_CONNECTIONS")
+    listener_max_connections: int | None = _setting(
+        "ORDERPAY_LISTENER_MAX_CONNECTIONS", int, default=None, ge=1
     )
     # At most one log line per reason for shedding in this many seconds, with the count.
-    listener_shed_log_seconds: float = Field(
-        default=10.0, gt=0, validation_alias=AliasChoices("ORDERPAY_LISTENER_SHED_LOG_SECONDS")
+    listener_shed_log_seconds: float = _setting(
+        "ORDERPAY_LISTENER_SHED_LOG_SECONDS", float, default=10.0, gt=0
     )
-    sms_url: str = Field(
-        default="https://api.africastalking.com", validation_alias=AliasChoices("ORDERPAY_SMS_URL")
-    )
-    sms_username: str | None = _env("ORDERPAY_SMS_USERNAME")
-    sms_api_key: SecretStr | None = _env("ORDERPAY_SMS_API_KEY")
-    sms_sender_id: str | None = _env("ORDERPAY_SMS_SENDER_ID")
-    sms_dlr_token: SecretStr | None = _env("ORDERPAY_SMS_DLR_TOKEN")
-    notify_webhook_url: str | None = _env("ORDERPAY_NOTIFY_WEBHOOK_URL")
-    notify_webhook_secret: SecretStr | None = _env("ORDERPAY_NOTIFY_WEBHOOK_SECRET")
+    sms_url: str = _setting("ORDERPAY_SMS_URL", default="https://api.africastalking.com")
+    sms_username: str | None = _setting("ORDERPAY_SMS_USERNAME")
+    sms_api_key: Secret | None = _setting("ORDERPAY_SMS_API_KEY", Secret)
+    sms_sender_id: str | None = _setting("ORDERPAY_SMS_SENDER_ID")
+    sms_dlr_token: Secret | None = _setting("ORDERPAY_SMS_DLR_TOKEN", Secret)
+    notify_webhook_url: str | None = _setting("ORDERPAY_NOTIFY_WEBHOOK_URL")
+    notify_webhook_secret: Secret | None = _setting("ORDERPAY_NOTIFY_WEBHOOK_SECRET", Secret)
     # Each worker process keeps up to so many sends in flight per channel, and starts at most
     # so many per second (unset: no limit of ours; a 429 from the gateway pauses the channel
     # whatever these say). Per process: N workers may have N times as many.
-    sms_max_in_flight: int = Field(
-        default=100, ge=1, le=1000, validation_alias=AliasChoices("ORDERPAY_SMS_MAX_IN_FLIGHT")
+    sms_max_in_flight: int = _setting("ORDERPAY_SMS_MAX_IN_FLIGHT", int, default=100, ge=1, le=1000)
+    sms_max_per_second: float | None = _setting("ORDERPAY_SMS_MAX_PER_SECOND", float, gt=0)
+    notify_webhook_max_in_flight: int = _setting(
+        "ORDERPAY_NOTIFY_WEBHOOK_MAX_IN_FLIGHT", int, default=16, ge=1, le=1000
     )
-    sms_max_per_second: float | None = Field(
-        default=None, gt=0, validation_alias=AliasChoices("ORDERPAY_SMS_MAX_PER_SECOND")
-    )
-    notify_webhook_max_in_flight: int = Field(
-        default=16,
-        ge=1,
-        le=1000,
-        validation_alias=AliasChoices("ORDERPAY_NOTIFY_WEBHOOK_MAX_IN_FLIGHT"),
-    )
-    notify_webhook_max_per_second: float | None = Field(
-        default=None, gt=0, validation_alias=AliasChoices("ORDERPAY_NOTIFY_WEBHOOK_MAX_PER_SECOND")
+    notify_webhook_max_per_second: float | None = _setting(
+        "ORDERPAY_NOTIFY_WEBHOOK_MAX_PER_SECOND", float, gt=0
     )
 
     # Who is acting, recorded with operator actions (cancel, refund, retry, resolve); unset:
     # the OS user (Settings.operator_name).
-    operator: str | None = _env("ORDERPAY_OPERATOR")
+    operator: str | None = _setting("ORDERPAY_OPERATOR")
 
     # Read by the CLI's error handler straight from the environment (the settings may be the
     # very thing that is broken); declared here so that `config show` lists it.
-    debug: bool = Field(default=False, validation_alias=AliasChoices("ORDERPAY_DEBUG"))
+    debug: bool = _setting("ORDERPAY_DEBUG", bool, default=False)
 
     # Names of the settings given as flags (load_settings' overrides), for `config show`.
-    _flags: frozenset[str] = PrivateAttr(default=frozenset())
+    _flags: frozenset[str] = frozenset()
 
-    @field_validator("notify_retry_intervals")
-    @classmethod
-    def _intervals(cls, value: str) -> str:
-        parts = [part.strip() for part in value.split(",") if part.strip()]
-        if not parts or not all(part.isdigit() and 0 < int(part) <= 86_400 for part in parts):
-            raise ValueError("a comma-separated list of whole seconds (1-86400), e.g. 10,30,60")
-        return ",".join(parts)
+    def __init__(self, **overrides: Any) -> None:
+        values = self._given(overrides)
+        checked: dict[str, Any] = {}
+        problems: list[tuple[str, str]] = []
+        for name, setting in SETTINGS.items():
+            given = setting.variable in values
+            try:
+                value = setting.read(values[setting.variable] if given else setting.default)
+                rule = _RULES.get(name)
+                if rule is not None:
+                    value = rule(value, checked)
+            except BadValue as error:
+                # pydantic's naming: a default that breaks a rule is named by its field.
+                problems.append((setting.variable if given else name, str(error)))
+                continue
+            checked[name] = value
+        if problems:
+            # Name the variables and the rule, never the values: they may be secrets.
+            raise ConfigurationError(
+                "invalid configuration: "
+                + "; ".join(f"{where}: {message}" for where, message in problems),
+                variables=[where for where, _ in problems],
+            )
+        self.__dict__.update(checked)
 
-    @field_validator("notify_lease_seconds")
     @classmethod
-    def _lease_outlasts_a_send(cls, value: float, info: ValidationInfo) -> float:
-        timeout = info.data.get("notify_timeout_seconds")
-        if timeout is not None and value < timeout:
-            # A shorter lease lets another worker take over a send still in flight.
-            raise ValueError("must be at least ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
-        return value
+    def _given(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The values given, by variable name: flags, then the environment, then `.env`."""
+        names = {setting.variable for setting in SETTINGS.values()}
+        values: dict[str, Any] = {}
+        if os.path.isfile(ENV_FILE) and os.access(ENV_FILE, os.R_OK):
+            from dotenv import dotenv_values
+
+            for key, value in dotenv_values(ENV_FILE, encoding="utf-8").items():
+                if key.upper() in names and value is not None:
+                    values[key.upper()] = value
+        for key, value in os.environ.items():
+            if key.upper() in names:
+                values[key.upper()] = value
+        values.update((key, value) for key, value in overrides.items() if key in names)
+        return values
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in SETTINGS)
+        return f"{type(self).__name__}({shown})"
 
     @property
     def operator_name(self) -> str:
@@ -211,34 +216,11 @@ class Settings(BaseSettings):
         try:
             return getpass.getuser()[:64]
         except (KeyError, OSError):  # no user name for this uid (a bare container)
-            import os
-
             return f"uid {os.getuid()}"
 
     @property
     def retry_intervals(self) -> tuple[int, ...]:
         return tuple(int(part) for part in self.notify_retry_intervals.split(","))
-
-    @field_validator("default_region")
-    @classmethod
-    def _region_known(cls, value: str) -> str:
-        import phonenumbers
-
-        region = value.strip().upper()
-        if region not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError("an ISO 3166 alpha-2 region that has phone numbers, e.g. GH, UG")
-        return region
-
-    @field_validator("database_url_secret")
-    @classmethod
-    def _database_url_usable(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value():
-            # Refused here, so every command (doctor included) says so before connecting.
-            try:
-                database_url(value.get_secret_value())
-            except OrderpayError as error:
-                raise ValueError(error.message) from None
-        return value
 
     @property
     def database_url(self) -> str:
@@ -304,8 +286,8 @@ class Settings(BaseSettings):
 
         sources = self.sources()
         view: dict[str, dict[str, str | None]] = {}
-        for name, field in type(self).model_fields.items():
-            env_name = _env_name(name, field.validation_alias)
+        for name, setting in SETTINGS.items():
+            env_name = setting.variable
             value = getattr(self, name)
             if name == "database_url_secret":
                 shown: str | None = make_url(self.database_url).render_as_string(hide_password=True)
@@ -316,7 +298,7 @@ class Settings(BaseSettings):
                 url = self.redis_url
                 shown = make_url(url).render_as_string(hide_password=True) if url else None
                 source = sources[env_name]
-            elif isinstance(value, SecretStr):
+            elif isinstance(value, Secret):
                 shown, source = ("********" if value.get_secret_value() else ""), sources[env_name]
             else:
                 shown, source = (None if value is None else str(value)), sources[env_name]
@@ -333,8 +315,8 @@ class Settings(BaseSettings):
         if os.path.isfile(ENV_FILE) and os.access(ENV_FILE, os.R_OK):
             dotenv = {name.upper() for name in dotenv_values(ENV_FILE)}
         found: dict[str, str] = {}
-        for name, field in type(self).model_fields.items():
-            env_name = _env_name(name, field.validation_alias)
+        for setting in SETTINGS.values():
+            env_name = setting.variable
             if env_name in self._flags:
                 found[env_name] = "flag"
             elif env_name in environment:
@@ -346,6 +328,51 @@ class Settings(BaseSettings):
         return found
 
 
+def _intervals(value: str, checked: dict[str, Any]) -> str:
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and 0 < int(part) <= 86_400 for part in parts):
+        raise BadValue("a comma-separated list of whole seconds (1-86400), e.g. 10,30,60")
+    return ",".join(parts)
+
+
+def _lease_outlasts_a_send(value: float, checked: dict[str, Any]) -> float:
+    timeout = checked.get("notify_timeout_seconds")
+    if timeout is not None and value < timeout:
+        # A shorter lease lets another worker take over a send still in flight.
+        raise BadValue("must be at least ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
+    return value
+
+
+def _region_known(value: str, checked: dict[str, Any]) -> str:
+    region = value.strip().upper()
+    if region not in PHONE_REGIONS:
+        raise BadValue("an ISO 3166 alpha-2 region that has phone numbers, e.g. GH, UG")
+    return region
+
+
+def _database_url_usable(value: Secret | None, checked: dict[str, Any]) -> Secret | None:
+    if value is not None and value.get_secret_value():
+        # Refused here, so every command (doctor included) says so before connecting.
+        try:
+            database_url(value.get_secret_value())
+        except OrderpayError as error:
+            raise BadValue(error.message) from None
+    return value
+
+
+# Each setting by attribute name, in the order they are checked (a rule may read earlier ones).
+SETTINGS: dict[str, Setting] = {
+    name: value for name, value in vars(Settings).items() if isinstance(value, Setting)
+}
+# Rules beyond the type and bounds, by attribute name; each gets the settings read so far.
+_RULES: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
+    "database_url_secret": _database_url_usable,
+    "default_region": _region_known,
+    "notify_retry_intervals": _intervals,
+    "notify_lease_seconds": _lease_outlasts_a_send,
+}
+
+
 class ExplicitSettings(Settings):
     """Settings from the values given and the defaults only: no environment, no `.env`.
 
@@ -353,35 +380,25 @@ class ExplicitSettings(Settings):
     """
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    def _given(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        names = {setting.variable for setting in SETTINGS.values()}
+        return {key: value for key, value in overrides.items() if key in names}
 
     def sources(self) -> dict[str, str]:
-        names = (_env_name(n, f.validation_alias) for n, f in type(self).model_fields.items())
+        names = (setting.variable for setting in SETTINGS.values())
         return {name: "flag" if name in self._flags else "default" for name in names}
 
 
 def dotenv_value(name: str) -> str | None:
     """One variable of `./.env`, read without loading the settings."""
-    from dotenv import dotenv_values
-
     if not (os.path.isfile(ENV_FILE) and os.access(ENV_FILE, os.R_OK)):
         return None
+    from dotenv import dotenv_values
+
     for key, value in dotenv_values(ENV_FILE).items():
         if key.upper() == name:
             return value
     return None
-
-
-def _env_name(name: str, alias: Any) -> str:
-    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else name.upper()
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -397,21 +414,6 @@ def explicit_settings(**values: Any) -> Settings:
 
 
 def _build(kind: type[Settings], overrides: dict[str, Any]) -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        settings = kind(**overrides)
-    except ValidationError as error:
-        # Name the variables and the rule, never the values: they may be secrets.
-        problems, variables = [], []
-        for item in error.errors(include_input=False, include_url=False):
-            where = ".".join(str(part) for part in item["loc"])
-            message = str(item["msg"]).removeprefix("Value error, ")
-            problems.append(f"{where}: {message}" if where else message)
-            if where:
-                variables.append(where)
-        raise ConfigurationError(
-            f"invalid configuration: {'; '.join(problems)}", variables=variables
-        ) from None
+    settings = kind(**overrides)
     settings._flags = frozenset(overrides)
     return settings

@@ -5,19 +5,22 @@ Amounts are decimal strings in major units next to their currency, as the seed's
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orderpay.payments.replay import Replayed
-from orderpay.shop.customers import Customer
-from orderpay.shop.products import Product
-from orderpay.store.notifications import Notification
-from orderpay.store.order_events import OrderEvent
-from orderpay.store.orders import Order, OrderDetail
-from orderpay.store.payments import Payment
-from orderpay.store.refunds import Refund
-from orderpay.store.reviews import ReviewItem
-from orderpay.store.webhook_events import StoredEvent
+if TYPE_CHECKING:
+    # Types only: a command that shapes an order must not load every writer of the ledger.
+    from datetime import datetime
+
+    from orderpay.payments.replay import Replayed
+    from orderpay.shop.customers import Customer
+    from orderpay.shop.products import Product
+    from orderpay.store.notifications import Notification
+    from orderpay.store.order_events import OrderEvent
+    from orderpay.store.orders import Order, OrderDetail
+    from orderpay.store.payments import Payment
+    from orderpay.store.refunds import Refund
+    from orderpay.store.reviews import ReviewItem
+    from orderpay.store.webhook_events import StoredEvent
 
 Shape = dict[str, Any]
 

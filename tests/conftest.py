@@ -22,13 +22,13 @@ from typing import Any
 import click
 import psycopg2
 import pytest
-import typer
 from click.testing import CliRunner
 from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
 
 from orderpay import clock
 from orderpay.cli import app
+from orderpay.commands.tree import lazy_command
 from orderpay.store import outages
 from orderpay.store.db import Database
 from orderpay.store.migrate import upgrade
@@ -369,9 +369,9 @@ class Outcome:
 
 @functools.cache
 def orderpay_command() -> click.Command:
-    """The Click command `orderpay` runs, built once: Typer builds it from the app on every
-    invocation otherwise, which costs more than most commands do."""
-    return typer.main.get_command(app)
+    """The Click command `orderpay` runs (orderpay.cli.main's lazily built tree), made once:
+    the subcommands it builds are kept for the next invocation."""
+    return lazy_command(app)
 
 
 class Cli:

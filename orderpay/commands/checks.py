@@ -127,16 +127,13 @@ def _depends(check: str, variable: str) -> bool:
 
 def _defaults_for(variables: list[str]) -> dict[str, Any]:
     """The default of each named setting, by variable name."""
-    from pydantic import AliasChoices
+    from orderpay.config import SETTINGS
 
-    from orderpay.config import Settings
-
-    defaults: dict[str, Any] = {}
-    for field in Settings.model_fields.values():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices) and alias.choices[0] in variables:
-            defaults[str(alias.choices[0])] = field.get_default(call_default_factory=True)
-    return defaults
+    return {
+        setting.variable: setting.default
+        for setting in SETTINGS.values()
+        if setting.variable in variables
+    }
 
 
 def _failed(name: str, error: OrderpayError) -> Check:
@@ -239,10 +236,12 @@ def _disbursement_set(settings: Settings) -> bool:
 def _disbursement_missing(settings: Settings) -> list[str]:
     from orderpay.providers.mtn_disbursement import disbursement_credentials
 
+    subscription_key = settings.mtn_disbursement_subscription_key
+    api_key = settings.mtn_disbursement_api_key
     _, missing = disbursement_credentials(
-        settings.mtn_disbursement_subscription_key,
+        subscription_key.get_secret_value() if subscription_key is not None else None,
         settings.mtn_disbursement_api_user,
-        settings.mtn_disbursement_api_key,
+        api_key.get_secret_value() if api_key is not None else None,
     )
     return missing
 

@@ -13,8 +13,9 @@ from orderpay.commands.common import (
     Since,
     Until,
     emit_json,
+    emit_page,
+    more,
     runtime,
-    show_page,
     window,
 )
 
@@ -154,10 +155,15 @@ def customer_list(
             search=search,
             default_region=rt.settings.default_region,
         )
-    from orderpay.commands.render import customers_table
     from orderpay.shapes import customer_shape
 
-    show_page(page, as_json=json_, shape=customer_shape, table=customers_table)
+    if json_:
+        emit_page(page, customer_shape)
+        return
+    from orderpay.commands.render import customers_table  # rich: for human eyes only
+
+    customers_table(page.items)
+    more(page)
 
 
 def _show_one(customer: Customer, as_json: bool, title: str) -> None:

@@ -13,8 +13,9 @@ from orderpay.commands.common import (
     Since,
     Until,
     emit_json,
+    emit_page,
+    more,
     runtime,
-    show_page,
     window,
 )
 from orderpay.commands.common import (
@@ -133,14 +134,18 @@ def order_list(
       orderpay order list --status pending --since 7d
       orderpay order list --phone 0241234567 --json
     """
-    from orderpay.domain.phones import normalise_phone
-    from orderpay.shop.customers import get_customer
     from orderpay.store.orders import details_of, list_orders
 
     rt = runtime(ctx)
-    e164 = normalise_phone(phone, rt.settings.default_region) if phone is not None else None
+    e164 = None
+    if phone is not None:
+        from orderpay.domain.phones import normalise_phone
+
+        e164 = normalise_phone(phone, rt.settings.default_region)
     with rt.database.transaction() as conn:
         if customer is not None:
+            from orderpay.shop.customers import get_customer
+
             get_customer(conn, customer)  # a filter naming no customer is an error, not empty
         page = list_orders(
             conn,
@@ -150,12 +155,15 @@ def order_list(
             phone=e164,
         )
         details = {d.order.id: d for d in details_of(conn, page.items)} if json_ else {}
-    from orderpay.commands.render import orders_table
     from orderpay.shapes import order_shape
 
-    show_page(
-        page, as_json=json_, shape=lambda order: order_shape(details[order.id]), table=orders_table
-    )
+    if json_:
+        emit_page(page, lambda order: order_shape(details[order.id]))
+        return
+    from orderpay.commands.render import orders_table  # rich: for human eyes only
+
+    orders_table(page.items)
+    more(page)
 
 
 @order_app.command("cancel")

@@ -14,9 +14,10 @@ from orderpay.commands.common import (
     Until,
     confirm,
     emit_json,
+    emit_page,
     info,
+    more,
     runtime,
-    show_page,
     window,
 )
 from orderpay.commands.common import order_id as resolve_order
@@ -149,10 +150,15 @@ def payment_list(
             order_id=oid,
             status=status,
         )
-    from orderpay.commands.render import payments_table
     from orderpay.shapes import payment_shape
 
-    show_page(page, as_json=json_, shape=payment_shape, table=payments_table)
+    if json_:
+        emit_page(page, payment_shape)
+        return
+    from orderpay.commands.render import payments_table  # rich: for human eyes only
+
+    payments_table(page.items)
+    more(page)
 
 
 @payment_app.command("cancel", short_help="Cancel a payment stuck initiated or pending.")

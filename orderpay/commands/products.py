@@ -13,8 +13,9 @@ from orderpay.commands.common import (
     Since,
     Until,
     emit_json,
+    emit_page,
+    more,
     runtime,
-    show_page,
     window,
 )
 from orderpay.commands.common import (
@@ -138,10 +139,15 @@ def product_list(
 
     with runtime(ctx).database.transaction() as conn:
         page = list_products(conn, window(since, until, limit, after), search=search, active=active)
-    from orderpay.commands.render import products_table
     from orderpay.shapes import product_shape
 
-    show_page(page, as_json=json_, shape=product_shape, table=products_table)
+    if json_:
+        emit_page(page, product_shape)
+        return
+    from orderpay.commands.render import products_table  # rich: for human eyes only
+
+    products_table(page.items)
+    more(page)
 
 
 def _show_one(product: Product, as_json: bool, title: str) -> None:

@@ -15,10 +15,11 @@ from orderpay.commands.common import (
     Until,
     confirm,
     emit_json,
+    emit_page,
     info,
+    more,
     progress,
     runtime,
-    show_page,
     window,
 )
 from orderpay.commands.common import order_id as resolve_order
@@ -314,10 +315,15 @@ def notification_list(
             status=status,
             order_id=oid,
         )
-    from orderpay.commands.render import notifications_table
     from orderpay.shapes import notification_shape
 
-    show_page(page, as_json=json_, shape=notification_shape, table=notifications_table)
+    if json_:
+        emit_page(page, notification_shape)
+        return
+    from orderpay.commands.render import notifications_table  # rich: for human eyes only
+
+    notifications_table(page.items)
+    more(page)
 
 
 @notification_app.command("retry", short_help="Send failed notifications again.")

@@ -35,8 +35,7 @@ from orderpay.shop.orders import place_order
 from orderpay.store.orders import details_of, get_order_detail
 
 if TYPE_CHECKING:
-    from pydantic import SecretStr
-
+    from orderpay.config_values import Secret
     from orderpay.runtime import Runtime
 
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -55,7 +54,7 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
-def require_token(secret: SecretStr | None, given: str | None, refusal: str) -> None:
+def require_token(secret: Secret | None, given: str | None, refusal: str) -> None:
     """The route does not exist without a configured secret (404); otherwise `given` must
     equal it, compared in constant time (401 with `refusal`)."""
     expected = secret.get_secret_value() if secret is not None else ""

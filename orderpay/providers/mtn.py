@@ -66,6 +66,7 @@ from orderpay.tls import tls_context
 
 if TYPE_CHECKING:
     from orderpay.config import Settings
+    from orderpay.config_values import Secret
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +170,14 @@ class MtnProvider:
                 callback_url=settings.mtn_callback_url,
             ),
             MtnKeys(
-                subscription_key=settings.mtn_subscription_key,
+                subscription_key=_secret(settings.mtn_subscription_key),
                 api_user=settings.mtn_api_user,
-                api_key=settings.mtn_api_key,
+                api_key=_secret(settings.mtn_api_key),
             ),
             disbursement=MtnKeys(
-                subscription_key=settings.mtn_disbursement_subscription_key,
+                subscription_key=_secret(settings.mtn_disbursement_subscription_key),
                 api_user=settings.mtn_disbursement_api_user,
-                api_key=settings.mtn_disbursement_api_key,
+                api_key=_secret(settings.mtn_disbursement_api_key),
             ),
             timing=MtnTiming(timeout=timeout, budget_seconds=budget),
             transport=transport,
@@ -277,3 +278,8 @@ def _collection_credentials(keys: MtnKeys) -> Credentials:
     ):
         raise ConfigurationError("MTN_MOMO_API_KEY and MTN_MOMO_SUBSCRIPTION_KEY must be set")
     return collection
+
+
+def _secret(value: Secret | None) -> SecretStr | None:
+    # The settings' secrets, as the MTN clients keep them (pydantic's type: they load it anyway).
+    return SecretStr(value.get_secret_value()) if value is not None else None

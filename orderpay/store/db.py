@@ -23,7 +23,6 @@ from sqlalchemy import (
     exc,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql import Executable
 
@@ -153,15 +152,30 @@ class InsertIgnoring:
         where: ColumnElement[bool] | None = None,
     ) -> None:
         """`where`: the predicate of the partial unique index that `conflict` names."""
+        self._table, self._conflict, self._where = table, conflict, where
+        self._returning = returning
         self._by_dialect: dict[str, Executable] = {}
-        for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)):
-            statement = dialect.insert(table).on_conflict_do_nothing(
-                index_elements=conflict, index_where=where
-            )
-            self._by_dialect[name] = statement.returning(*returning) if returning else statement
 
     def __call__(self, conn: Connection) -> Executable:
-        return self._by_dialect[conn.dialect.name]
+        name = conn.dialect.name
+        statement = self._by_dialect.get(name)
+        if statement is None:
+            # Built on first use, not at import: a process uses one dialect, and importing the
+            # other (Postgres's loads its async driver's support) is start-up time for nothing.
+            statement = self._by_dialect[name] = self._build(name)
+        return statement
+
+    def _build(self, name: str) -> Executable:
+        if name == "postgresql":
+            from sqlalchemy.dialects import postgresql as dialect
+        elif name == "sqlite":
+            from sqlalchemy.dialects import sqlite as dialect  # type: ignore[no-redef]
+        else:
+            raise KeyError(name)
+        statement = dialect.insert(self._table).on_conflict_do_nothing(
+            index_elements=self._conflict, index_where=self._where
+        )
+        return statement.returning(*self._returning) if self._returning else statement
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -7,6 +7,7 @@ refer to them on every dialect.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +48,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-metadata = MetaData(naming_convention=NAMING_CONVENTION)
+# Reached as `metadata` (module __getattr__ below), which first attaches the partial indexes.
+_metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -90,22 +92,12 @@ def _catch_up_columns() -> list[Column[Any]]:
     ]
 
 
-def _due_index(table: str) -> Index:
-    """The catch-up's due rows: only those still to be asked are indexed."""
-    return Index(
-        f"ix_{table}_next_check_at",
-        "next_check_at",
-        postgresql_where=text("next_check_at IS NOT NULL"),
-        sqlite_where=text("next_check_at IS NOT NULL"),
-    )
-
-
 # Integer primary keys that autoincrement on SQLite too (SQLite only does it for INTEGER).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 customers = Table(
     "customers",
-    metadata,
+    _metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("name", String(200), nullable=False),
     Column("phone", String(16), nullable=False),
@@ -117,7 +109,7 @@ customers = Table(
 
 products = Table(
     "products",
-    metadata,
+    _metadata,
     Column("id", Uuid(), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("description", Text(), nullable=False, server_default=""),
@@ -132,7 +124,7 @@ products = Table(
 
 orders = Table(
     "orders",
-    metadata,
+    _metadata,
     Column("id", Uuid(), primary_key=True),
     Column("customer_id", BigId, ForeignKey("customers.id"), nullable=False),
     Column("status", String(32), nullable=False),  # partially_refunded: 18 characters
@@ -156,7 +148,7 @@ orders = Table(
 
 order_items = Table(
     "order_items",
-    metadata,
+    _metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("order_id", Uuid(), ForeignKey("orders.id"), nullable=False),
     Column("product_id", Uuid(), ForeignKey("products.id"), nullable=False),
@@ -169,7 +161,7 @@ order_items = Table(
 
 payments = Table(
     "payments",
-    metadata,
+    _metadata,
     Column("id", Uuid(), primary_key=True),
     Column("order_id", Uuid(), ForeignKey("orders.id"), nullable=False),
     Column("idempotency_key", String(255), nullable=False),
@@ -197,31 +189,13 @@ payments = Table(
     CheckConstraint(_in("status", PaymentStatus), name="status_known"),
     UniqueConstraint("idempotency_key"),
     UniqueConstraint("provider", "provider_reference"),
-    # Partial: most payments have no transaction id yet, and a charge's insert need not
-    # index them.
-    Index(
-        "uq_payments_provider_provider_transaction_id",
-        "provider",
-        "provider_transaction_id",
-        unique=True,
-        postgresql_where=text("provider_transaction_id IS NOT NULL"),
-        sqlite_where=text("provider_transaction_id IS NOT NULL"),
-    ),
-    Index(
-        "uq_payments_order_id_live",
-        "order_id",
-        unique=True,
-        postgresql_where=text(_in("status", LIVE_PAYMENT_STATUSES)),
-        sqlite_where=text(_in("status", LIVE_PAYMENT_STATUSES)),
-    ),
     Index(None, "order_id"),
     Index(None, "status", "updated_at"),
-    _due_index("payments"),
 )
 
 refunds = Table(
     "refunds",
-    metadata,
+    _metadata,
     Column("id", Uuid(), primary_key=True),
     Column("payment_id", Uuid(), ForeignKey("payments.id"), nullable=False),
     Column("order_id", Uuid(), ForeignKey("orders.id"), nullable=False),
@@ -249,7 +223,6 @@ refunds = Table(
     Index(None, "payment_id"),
     Index(None, "order_id"),
     Index(None, "status", "updated_at"),
-    _due_index("refunds"),
 )
 
 # What needs an operator's decision. `subject` names what the item is about (a payment, a
@@ -257,7 +230,7 @@ refunds = Table(
 # second item while the first is open; a resolved item stays, with who resolved it and why.
 review_items = Table(
     "review_items",
-    metadata,
+    _metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("reason", String(32), nullable=False),
     Column("subject", String(255), nullable=False),
@@ -276,22 +249,13 @@ review_items = Table(
     CheckConstraint("(resolved_at IS NULL) = (resolved_by IS NULL)", name="resolved_with_operator"),
     CheckConstraint(_in("reason", ReviewReason), name="reason_known"),
     CheckConstraint(f"money IS NULL OR {_in('money', FindingMoney)}", name="money_known"),
-    # One open item per subject, whatever its reason: a finding reported again may read as
-    # another reason (payments/review.py), and is still the one item to decide.
-    Index(
-        "uq_review_items_open_subject",
-        "subject",
-        unique=True,
-        postgresql_where=text("resolved_at IS NULL"),
-        sqlite_where=text("resolved_at IS NULL"),
-    ),
     Index(None, "opened_at"),
     Index(None, "order_id"),
 )
 
 webhook_events = Table(
     "webhook_events",
-    metadata,
+    _metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("source", String(32), nullable=False),
     Column("dedupe_key", String(255), nullable=False),
@@ -305,7 +269,7 @@ webhook_events = Table(
 
 notifications = Table(
     "notifications",
-    metadata,
+    _metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("order_id", Uuid(), ForeignKey("orders.id"), nullable=False),
     Column("payment_id", Uuid(), ForeignKey("payments.id"), nullable=False),
@@ -330,36 +294,13 @@ notifications = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("attempts >= 0", name="attempts_not_negative"),
     CheckConstraint(_in("status", NotificationStatus), name="status_known"),
-    # One notification of a kind per payment, and per refund: a payment may have several.
-    Index(
-        "uq_notifications_payment_id_kind",
-        "payment_id",
-        "kind",
-        unique=True,
-        postgresql_where=text("refund_id IS NULL"),
-        sqlite_where=text("refund_id IS NULL"),
-    ),
-    Index(
-        "uq_notifications_refund_id_kind",
-        "refund_id",
-        "kind",
-        unique=True,
-        postgresql_where=text("refund_id IS NOT NULL"),
-        sqlite_where=text("refund_id IS NOT NULL"),
-    ),
     Index(None, "gateway_message_id"),
     Index(None, "order_id"),
-    Index(
-        "ix_notifications_due",
-        "due_at",
-        postgresql_where=text("status = 'pending'"),
-        sqlite_where=text("status = 'pending'"),
-    ),
 )
 
 order_events = Table(
     "order_events",
-    metadata,
+    _metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("order_id", Uuid(), ForeignKey("orders.id"), nullable=False),
     Column("at", UTCDateTime(), nullable=False),
@@ -368,3 +309,87 @@ order_events = Table(
     Column("operator", String(64), nullable=True),  # who acted, for an operator's action
     Index(None, "order_id", "id"),
 )
+
+
+# Partial indexes, attached to their tables when the metadata is first asked for (see
+# __getattr__ below), not at import: naming a dialect's option (`postgresql_where`) makes
+# SQLAlchemy import that dialect, and Postgres's imports every driver it supports. Reading and
+# writing rows never needs the index objects (the predicates ON CONFLICT names are spelled out
+# where it is written); creating the schema, migrating and comparing it always reach
+# `metadata`.
+def _partial_indexes() -> None:
+    def partial(name: str, table: Table, *columns: str, where: str, unique: bool = False) -> None:
+        Index(
+            name,
+            *(table.c[column] for column in columns),
+            unique=unique,
+            postgresql_where=text(where),
+            sqlite_where=text(where),
+        )
+
+    # The catch-up's due rows: only those still to be asked are indexed.
+    for table in (payments, refunds):
+        partial(
+            f"ix_{table.name}_next_check_at",
+            table,
+            "next_check_at",
+            where="next_check_at IS NOT NULL",
+        )
+    # Partial: most payments have no transaction id yet, and a charge's insert need not
+    # index them.
+    partial(
+        "uq_payments_provider_provider_transaction_id",
+        payments,
+        "provider",
+        "provider_transaction_id",
+        where="provider_transaction_id IS NOT NULL",
+        unique=True,
+    )
+    partial(
+        "uq_payments_order_id_live",
+        payments,
+        "order_id",
+        where=_in("status", LIVE_PAYMENT_STATUSES),
+        unique=True,
+    )
+    # One open item per subject, whatever its reason: a finding reported again may read as
+    # another reason (payments/review.py), and is still the one item to decide.
+    partial(
+        "uq_review_items_open_subject",
+        review_items,
+        "subject",
+        where="resolved_at IS NULL",
+        unique=True,
+    )
+    # One notification of a kind per payment, and per refund: a payment may have several.
+    partial(
+        "uq_notifications_payment_id_kind",
+        notifications,
+        "payment_id",
+        "kind",
+        where="refund_id IS NULL",
+        unique=True,
+    )
+    partial(
+        "uq_notifications_refund_id_kind",
+        notifications,
+        "refund_id",
+        "kind",
+        where="refund_id IS NOT NULL",
+        unique=True,
+    )
+    partial("ix_notifications_due", notifications, "due_at", where="status = 'pending'")
+
+
+metadata: MetaData  # every table and index: set by __getattr__ on first use
+_attaching = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    if name != "metadata":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _attaching:  # once: a second Index of the same name would be a second index
+        if "metadata" not in globals():
+            _partial_indexes()
+            globals()["metadata"] = _metadata  # later lookups do not come here
+    return _metadata
