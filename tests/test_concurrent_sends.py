@@ -7,6 +7,7 @@ Real Postgres; the SMS gateway is a local HTTP server that records what it recei
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections import Counter
@@ -341,3 +342,71 @@ def test_the_embedded_worker_keeps_up_to_the_cap_of_sends_in_flight_from_the_dat
     assert references(watched.gateway.sms_forms()) == Counter(
         {order_reference(s.order_id): 1 for s in settled}
     )
+
+
+class NeverAnswering(Sender):
+    """A sender whose event loop died: the sends it takes never end."""
+
+    def submit(self, *_args: Any) -> concurrent.futures.Future[str]:
+        return concurrent.futures.Future()
+
+
+def test_sends_whose_loop_is_gone_leave_their_rows_to_their_leases_and_the_batch_ends(
+    db: Database, watched: Watched
+) -> None:
+    settled = [a_settled_payment(db) for _ in range(2)]
+    gone = NeverAnswering(lambda _name: ChannelLimits(2))
+    short = RetryPolicy((1,), lease_seconds=30, send_seconds=1)
+    results: list[Any] = []
+    with closing(sms_channel(watched.gateway)) as channel:
+        delivering = threading.Thread(
+            target=lambda: results.append(
+                deliver_concurrently(
+                    db,
+                    serving(channel),
+                    gone,
+                    [s.notification_id for s in settled],
+                    merchant_name=MERCHANT,
+                    policy=short,
+                )
+            )
+        )
+        delivering.start()
+        delivering.join(30)
+
+    assert not delivering.is_alive()
+    assert [r.outcome for r in results[0].results] == [Delivery.SKIPPED] * 2
+    for s in settled:
+        row = notification(db, s.notification_id)
+        assert (row.status, row.attempts) == (NotificationStatus.PENDING, 1)
+        assert row.lease_until is not None
+
+
+def test_closing_the_sender_mid_send_ends_the_send_as_a_failed_try_due_again(
+    db: Database, watched: Watched
+) -> None:
+    settled = a_settled_payment(db)
+    watched.hold = 5.0
+    closing_sender = Sender(lambda _name: ChannelLimits(2))
+    results: list[Any] = []
+    with closing(sms_channel(watched.gateway)) as channel:
+        delivering = threading.Thread(
+            target=lambda: results.append(
+                deliver_concurrently(
+                    db,
+                    serving(channel),
+                    closing_sender,
+                    [settled.notification_id],
+                    merchant_name=MERCHANT,
+                    policy=POLICY,
+                )
+            )
+        )
+        delivering.start()
+        wait_until(lambda: watched.in_flight == 1, timeout=20, what="the send in flight")
+        closing_sender.close()
+        delivering.join(30)
+
+    row = notification(db, settled.notification_id)
+    assert [r.outcome for r in results[0].results] == [Delivery.RETRY]
+    assert (row.status, row.attempts, row.lease_until) == (NotificationStatus.PENDING, 1, None)

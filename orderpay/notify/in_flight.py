@@ -26,6 +26,7 @@ from orderpay.notify.delivery import (
     MAX_GROUP,
     Batch,
     Channels,
+    Delivery,
     DeliveryResult,
     RetryPolicy,
     claim_group,
@@ -50,10 +51,14 @@ class _Sending:
     attempt: Attempt
     body: str
     throttle: Throttle
+    deadline: float  # time.monotonic() by which the send ends
 
 
 # The longest the job's thread waits without looking at `stop` and the clock.
 LOOK_AGAIN_SECONDS = 0.5
+# A send still unanswered this long after its deadline will not be (the sender's loop is
+# gone): its row is left to its lease, as a killed worker's is.
+LOST_AFTER_SECONDS = 2.0
 
 
 def deliver_concurrently(
@@ -109,12 +114,35 @@ def deliver_concurrently(
             message = render(attempt, merchant_name)
             body = message.text
             throttle = sender.throttle(attempt.channel)
-            future = sender.submit(channel, message, send_deadline(attempt, policy))
+            deadline = send_deadline(attempt, policy)
+            future = sender.submit(channel, message, deadline)
         except Exception as error:  # this row's failed try, as in send_one
             ended.append(failed_try(attempt, body, error, policy))
             return
         throttle.started()
-        in_flight[future] = _Sending(attempt, body, throttle)
+        in_flight[future] = _Sending(attempt, body, throttle, deadline)
+
+    def drop_lost() -> None:
+        now = time.monotonic()
+        lost = [f for f, s in in_flight.items() if now > s.deadline + LOST_AFTER_SECONDS]
+        for future in lost:
+            sending = in_flight.pop(future)
+            future.cancel()
+            sending.throttle.ended()
+            attempt = sending.attempt
+            reason = "its send did not end by its deadline: left to its lease"
+            log.warning("notification %s: %s", attempt.notification_id, reason)
+            lease_left = (attempt.lease_until - utcnow()).total_seconds()
+            results.append(
+                DeliveryResult(
+                    Delivery.SKIPPED,
+                    attempt.notification_id,
+                    attempt.number,
+                    reason,
+                    None,
+                    lease_left,
+                )
+            )
 
     def finish(future: concurrent.futures.Future[str]) -> None:
         nonlocal resume_at
@@ -141,6 +169,7 @@ def deliver_concurrently(
         while True:
             for future in [future for future in in_flight if future.done()]:
                 finish(future)
+            drop_lost()
             while waiting:  # rows claimed for a channel that was full
                 attempt = waiting[0]
                 if over() or not lease_covers_a_send(attempt, policy):
@@ -204,14 +233,14 @@ def deliver_concurrently(
     finally:
         # Also on the way out of an error: the sends in flight end by their deadlines and are
         # recorded with everything ended, before the error goes up.
-        longest = policy.longest_send + policy.record_margin + LOOK_AGAIN_SECONDS
-        try:
-            for future in concurrent.futures.as_completed(list(in_flight), timeout=longest):
-                finish(future)
-        except TimeoutError:  # the sender's loop is gone: the rows wait for their leases to end
-            log.warning(
-                "%s send(s) did not end by their deadlines: left to their leases", len(in_flight)
+        if in_flight:
+            last = max(sending.deadline for sending in in_flight.values())
+            concurrent.futures.wait(
+                in_flight, max(0.0, last + LOST_AFTER_SECONDS - time.monotonic())
             )
+            for future in [future for future in in_flight if future.done()]:
+                finish(future)
+            drop_lost()
         ended.extend(Recorded(attempt, Outcome.RELEASED) for attempt in waiting)
         waiting.clear()
         if ended:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import math
 import os
 import threading
@@ -154,8 +155,24 @@ class Sender:
         if loop is None or thread is None:
             return
         if http is not None:
-            loop.call_soon_threadsafe(http.close)
+            with contextlib.suppress(Exception):  # a loop that is gone has nothing to close
+                asyncio.run_coroutine_threadsafe(_shut(http), loop).result(CLOSE_SECONDS)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
+        thread.join(timeout=CLOSE_SECONDS)
         if not thread.is_alive():
             loop.close()
+
+
+# How long closing waits for the loop to cancel its sends and stop.
+CLOSE_SECONDS = 5.0
+
+
+async def _shut(http: AsyncHttp) -> None:
+    """Cancel the sends still on the loop (each closes its connection), then close the idle
+    connections."""
+    current = asyncio.current_task()
+    sends = [task for task in asyncio.all_tasks() if task is not current]
+    for task in sends:
+        task.cancel()
+    await asyncio.gather(*sends, return_exceptions=True)
+    http.close()
