@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -96,7 +97,7 @@ class Post:
     headers: dict[str, str]
 
 
-class _HttpChannel:
+class _HttpChannel(ABC):
     """A channel that POSTs each message: `post_for` builds the request and `read_answer` reads
     the gateway's answer, so that the same rules hold for a send made here (`send`, httpx) and
     one made by the concurrent sender (`send_async`, notify.async_http)."""
@@ -106,14 +107,14 @@ class _HttpChannel:
         self._transport = transport
         self._client: httpx.Client | None = None
 
-    def post_for(self, message: OutgoingMessage) -> Post:
-        raise NotImplementedError
+    @abstractmethod
+    def post_for(self, message: OutgoingMessage) -> Post: ...
 
+    @abstractmethod
     def read_answer(
         self, message: OutgoingMessage, status: int, headers: Mapping[str, str], body: bytes
     ) -> str:
         """The gateway's message id, or GatewayUnavailable / GatewayRejected."""
-        raise NotImplementedError
 
     def send(self, message: OutgoingMessage, deadline: float | None = None) -> str:
         import httpx
