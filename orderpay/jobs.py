@@ -285,15 +285,21 @@ class Relay:
         self._next_question = utcnow()
         self.held_back = False  # the last relay_due stopped because the queue was full
 
-    def relay_once(self, *, handed_out: bool = False) -> tuple[int, int]:
+    def relay_once(self, *, handed_out: bool = False, hold_back: bool = False) -> tuple[int, int]:
         """One pass over rows never handed out (or, with `handed_out`, over rows handed out
-        more than lost_after ago): (rows looked at, rows handed to new jobs)."""
+        more than lost_after ago): (rows looked at, rows handed to new jobs). With `hold_back`,
+        rows found while the queue is full are left as they are (`held_back`)."""
         from redis.exceptions import RedisError
 
         now = utcnow()
         handed_before = now - self.lost_after if handed_out else None
         with self.database.transaction() as conn:
             rows = relay_candidates(conn, now=now, handed_before=handed_before, limit=self.batch)
+            # Redis is asked only when there are rows: an idle relay does not touch it.
+            if hold_back:
+                self.held_back = bool(rows) and self._queue_is_full()
+                if self.held_back:
+                    return 0, 0
             outbox.mark_enqueued(conn, [row.notification_id for row in rows], now)
         if not rows:
             return 0, 0
@@ -369,12 +375,9 @@ class Relay:
         total = 0
         self.held_back = False
         while True:
-            if hold_back and self._queue_is_full():
-                self.held_back = True
-                break
-            looked_at, pushed = self.relay_once()
+            looked_at, pushed = self.relay_once(hold_back=hold_back)
             total += pushed
-            if looked_at < self.batch:
+            if self.held_back or looked_at < self.batch:
                 break
         if utcnow() >= self._next_question:
             self._next_question = utcnow() + self.lost_after / 2

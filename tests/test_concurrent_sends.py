@@ -261,6 +261,25 @@ def test_a_rate_limited_channel_sends_every_row_once(
     )
 
 
+def test_a_channel_whose_rate_runs_out_waits_for_it_and_sends_the_whole_batch(
+    db: Database, watched: Watched, sender: Callable[..., Sender]
+) -> None:
+    settled = [a_settled_payment(db) for _ in range(4)]
+    with closing(sms_channel(watched.gateway)) as channel:
+        batch = deliver_concurrently(
+            db,
+            serving(channel),
+            sender(per_second=4.0),  # four at once, then one each 0.25 s
+            [s.notification_id for s in settled] + [a_settled_payment(db).notification_id],
+            merchant_name=MERCHANT,
+            policy=POLICY,
+        )
+
+    assert [r.outcome for r in batch.results] == [Delivery.SENT] * 5
+    (*_, (fifth_at, _)) = sorted(watched.arrivals)
+    assert fifth_at - min(at for at, _ in watched.arrivals) >= 0.2
+
+
 def test_a_gateway_that_refuses_one_message_fails_only_that_row(
     db: Database, sender: Callable[..., Sender]
 ) -> None:

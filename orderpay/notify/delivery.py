@@ -154,11 +154,16 @@ def deliver_batch(
             done += [Recorded(attempt, Outcome.RELEASED) for attempt in unsent]
             results += record_group(db, done, policy)
         remaining = [attempt.notification_id for attempt in unsent] + remaining
-        per_send = (time.monotonic() - started) / (len(claimed) - len(unsent))
-        size = max(1, min(MAX_GROUP, int(GROUP_SECONDS / per_send) if per_send else MAX_GROUP))
+        size = group_size((time.monotonic() - started) / (len(claimed) - len(unsent)))
         if any(attempt.channel not in GROUPED_CHANNELS for attempt in claimed):
             size = 1  # the next rows are likely the same channel's: one at a time
     return Batch(results + not_taken(db, remaining, policy), [])
+
+
+def group_size(per_send: float) -> int:
+    """The rows of a grouped channel's next claim: as many as take about GROUP_SECONDS to send
+    at the pace `per_send` (seconds) the last group went."""
+    return max(1, min(MAX_GROUP, int(GROUP_SECONDS / per_send) if per_send else MAX_GROUP))
 
 
 def not_taken(db: Transactional, remaining: list[int], policy: RetryPolicy) -> list[DeliveryResult]:

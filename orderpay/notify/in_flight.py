@@ -21,9 +21,7 @@ from orderpay.errors import GatewayThrottled, OrderpayError
 from orderpay.notify.delivery import (
     FIRST_GROUP,
     GIVEN_BACK,
-    GROUP_SECONDS,
     GROUPED_CHANNELS,
-    MAX_GROUP,
     Batch,
     Channels,
     Delivery,
@@ -31,6 +29,7 @@ from orderpay.notify.delivery import (
     RetryPolicy,
     claim_group,
     failed_try,
+    group_size,
     held,
     lease_covers_a_send,
     not_taken,
@@ -181,6 +180,7 @@ def deliver_concurrently(
             if ended:
                 record()
             claimed: list[Attempt] = []
+            room = 0
             if remaining and not waiting and not over():
                 if last_channel is None or last_channel in GROUPED_CHANNELS:
                     room = group
@@ -194,10 +194,7 @@ def deliver_concurrently(
             if grouped:
                 started = time.monotonic()
                 ended.extend(send_one(channels, a, merchant_name, policy) for a in grouped)
-                per_send = (time.monotonic() - started) / len(grouped)
-                group = max(
-                    1, min(MAX_GROUP, int(GROUP_SECONDS / per_send) if per_send else MAX_GROUP)
-                )
+                group = group_size((time.monotonic() - started) / len(grouped))
             for attempt in claimed:
                 last_channel = attempt.channel
                 if attempt.channel in GROUPED_CHANNELS:
@@ -208,19 +205,25 @@ def deliver_concurrently(
                     waiting.append(attempt)
             if claimed or ended:
                 continue
-            # Nothing claimed now: wait for a send to end, the channel to have room, or a
-            # throttled row to come due.
+            # Nothing started now: wait for a send to end, for the channel to have room (its
+            # rate, or the end of a pause), or for a throttled row to come due; end the batch
+            # when none of those will happen within its time.
             now = time.monotonic()
             wake = [LOOK_AGAIN_SECONDS]
-            if last_channel is not None and last_channel not in GROUPED_CHANNELS:
-                when = sender.throttle(last_channel).next_start()
-                wake += [] if when is None else [when - now]
-            if resume_at is not None and remaining and not over():
-                if deadline is not None and resume_at >= deadline and not in_flight:
-                    break  # handed to a new job, whose time allows the wait
-                wake.append(resume_at - now)
+            if remaining and not over():
+                if waiting or room == 0:  # the channel is full, or starts nothing yet
+                    assert last_channel is not None
+                    when = sender.throttle(last_channel).next_start()
+                    later = [] if when is None else [when]
+                else:  # room, but no row due among ours: a throttled one may come due
+                    later = [] if resume_at is None else [resume_at]
+                if deadline is not None:
+                    later = [at for at in later if at < deadline]
+                if not later and not in_flight:
+                    break  # the rest is due after this batch, or not ours: left pending
+                wake += [at - now for at in later]
             elif not in_flight:
-                break  # no send ends and no row comes due: the rest is not ours now
+                break
             timeout = max(0.001, min(wake))
             if in_flight:
                 concurrent.futures.wait(
