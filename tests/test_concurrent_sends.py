@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from orderpay.domain.states import NotificationStatus
-from orderpay.notify.delivery import Delivery, RetryPolicy
+from orderpay.notify.delivery import Batch, Delivery, RetryPolicy
 from orderpay.notify.drain import Drain
 from orderpay.notify.in_flight import deliver_concurrently
 from orderpay.notify.messages import order_reference
@@ -43,6 +43,14 @@ from tests.redis_helpers import (
 )
 
 POLICY = RetryPolicy((1, 1, 1), lease_seconds=30, send_seconds=5)
+
+
+def deliver(db: Database, channel: Any, sender: Sender, ids: list[int], **options: Any) -> Batch:
+    """The worker's batch of `ids` through `channel` alone (POLICY unless `policy=`)."""
+    options.setdefault("policy", POLICY)
+    return deliver_concurrently(
+        db, serving(channel), sender, ids, merchant_name=MERCHANT, **options
+    )
 
 
 @pytest.fixture
@@ -100,14 +108,7 @@ def test_a_worker_keeps_up_to_its_channels_cap_of_sends_in_flight(
     settled = [a_settled_payment(db) for _ in range(12)]
     watched.hold = 0.3
     with closing(sms_channel(watched.gateway)) as channel:
-        batch = deliver_concurrently(
-            db,
-            serving(channel),
-            sender(max_in_flight=4),
-            [s.notification_id for s in settled],
-            merchant_name=MERCHANT,
-            policy=POLICY,
-        )
+        batch = deliver(db, channel, sender(max_in_flight=4), [s.notification_id for s in settled])
 
     assert [r.outcome for r in batch.results] == [Delivery.SENT] * 12
     assert watched.peak == 4
@@ -167,14 +168,7 @@ def test_a_429_pauses_the_channel_and_sends_the_row_again_after_its_retry_after_
     settled = a_settled_payment(db)
     watched.gateway.then(Answer(429, b"{}", headers={"Retry-After": "1"}))
     with closing(sms_channel(watched.gateway)) as channel:
-        batch = deliver_concurrently(
-            db,
-            serving(channel),
-            sender(),
-            [settled.notification_id],
-            merchant_name=MERCHANT,
-            policy=POLICY,
-        )
+        batch = deliver(db, channel, sender(), [settled.notification_id])
 
     row = notification(db, settled.notification_id)
     assert [r.outcome for r in batch.results] == [Delivery.SENT]
@@ -198,14 +192,7 @@ def test_a_429_on_the_last_try_neither_counts_nor_fails_the_row(
         a_gateway(Answer(429, b"{}", headers={"Retry-After": "0.2"})) as gateway,
         closing(sms_channel(gateway)) as channel,
     ):
-        batch = deliver_concurrently(
-            db,
-            serving(channel),
-            sender(),
-            [settled.notification_id],
-            merchant_name=MERCHANT,
-            policy=last_try,
-        )
+        batch = deliver(db, channel, sender(), [settled.notification_id], policy=last_try)
         requests = gateway.count()
 
     row = notification(db, settled.notification_id)
@@ -221,14 +208,8 @@ def test_a_429_pause_longer_than_the_batch_leaves_the_row_pending_and_due_when_i
         a_gateway(Answer(429, b"{}", headers={"Retry-After": "120"})) as gateway,
         closing(sms_channel(gateway)) as channel,
     ):
-        batch = deliver_concurrently(
-            db,
-            serving(channel),
-            sender(),
-            [settled.notification_id],
-            merchant_name=MERCHANT,
-            policy=POLICY,
-            deadline=time.monotonic() + 5,
+        batch = deliver(
+            db, channel, sender(), [settled.notification_id], deadline=time.monotonic() + 5
         )
         requests = gateway.count()
 
@@ -246,14 +227,7 @@ def test_a_rate_limited_channel_sends_every_row_once(
 ) -> None:
     settled = [a_settled_payment(db) for _ in range(6)]
     with closing(sms_channel(watched.gateway)) as channel:
-        batch = deliver_concurrently(
-            db,
-            serving(channel),
-            sender(per_second=20.0),
-            [s.notification_id for s in settled],
-            merchant_name=MERCHANT,
-            policy=POLICY,
-        )
+        batch = deliver(db, channel, sender(per_second=20.0), [s.notification_id for s in settled])
 
     assert [r.outcome for r in batch.results] == [Delivery.SENT] * 6
     assert references(watched.gateway.sms_forms()) == Counter(
@@ -294,13 +268,8 @@ def test_a_gateway_that_refuses_one_message_fails_only_that_row(
 
         gateway.recorder.answer_with(answer)
         with closing(sms_channel(gateway)) as channel:
-            batch = deliver_concurrently(
-                db,
-                serving(channel),
-                sender(),
-                [refused.notification_id, accepted.notification_id],
-                merchant_name=MERCHANT,
-                policy=POLICY,
+            batch = deliver(
+                db, channel, sender(), [refused.notification_id, accepted.notification_id]
             )
 
     outcomes = {r.notification_id: r.outcome for r in batch.results}
@@ -321,13 +290,11 @@ def test_stopping_ends_the_claims_and_records_the_sends_in_flight(
         results: list[Any] = []
         delivering = threading.Thread(
             target=lambda: results.append(
-                deliver_concurrently(
+                deliver(
                     db,
-                    serving(channel),
+                    channel,
                     sender(max_in_flight=2),
                     [s.notification_id for s in settled],
-                    merchant_name=MERCHANT,
-                    policy=POLICY,
                     stop=stop.is_set,
                 )
             )
@@ -380,14 +347,7 @@ def test_sends_whose_loop_is_gone_leave_their_rows_to_their_leases_and_the_batch
     with closing(sms_channel(watched.gateway)) as channel:
         delivering = threading.Thread(
             target=lambda: results.append(
-                deliver_concurrently(
-                    db,
-                    serving(channel),
-                    gone,
-                    [s.notification_id for s in settled],
-                    merchant_name=MERCHANT,
-                    policy=short,
-                )
+                deliver(db, channel, gone, [s.notification_id for s in settled], policy=short)
             )
         )
         delivering.start()
@@ -411,14 +371,7 @@ def test_closing_the_sender_mid_send_ends_the_send_as_a_failed_try_due_again(
     with closing(sms_channel(watched.gateway)) as channel:
         delivering = threading.Thread(
             target=lambda: results.append(
-                deliver_concurrently(
-                    db,
-                    serving(channel),
-                    closing_sender,
-                    [settled.notification_id],
-                    merchant_name=MERCHANT,
-                    policy=POLICY,
-                )
+                deliver(db, channel, closing_sender, [settled.notification_id])
             )
         )
         delivering.start()
