@@ -20,9 +20,10 @@ from sqlalchemy import event
 
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus
-from orderpay.notify import delivery
+from orderpay.notify import delivery, in_flight
 from orderpay.notify.channels import LogChannel, WebhookChannel
-from orderpay.notify.delivery import Delivery, RetryPolicy, deliver_batch
+from orderpay.notify.delivery import Delivery, RetryPolicy
+from orderpay.notify.in_flight import deliver_batch
 from orderpay.notify.messages import order_reference
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
@@ -204,7 +205,7 @@ def test_a_gateway_slower_than_the_lease_with_two_workers_sends_nothing_twice(
 ) -> None:
     # A group of two rows whose second send would end after the group's lease: worker B
     # could claim it once the lease is over and send it too. Worker A gives it back instead.
-    monkeypatch.setattr(delivery, "FIRST_GROUP", 2)
+    monkeypatch.setattr(in_flight, "FIRST_GROUP", 2)
     policy = RetryPolicy((1,), lease_seconds=2, send_seconds=1.5)
     settled = [a_settled_payment(db) for _ in range(3)]
     ids = [s.notification_id for s in settled]

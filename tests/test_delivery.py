@@ -24,9 +24,9 @@ from orderpay.notify.delivery import (
     DeliveryResult,
     RetryPolicy,
     compile_ahead,
-    deliver_batch,
 )
 from orderpay.notify.drain import Drain
+from orderpay.notify.in_flight import deliver_batch
 from orderpay.notify.messages import order_reference
 from orderpay.payments.callbacks import apply_callback, parse_callback
 from orderpay.store.db import Database

@@ -20,8 +20,9 @@ from sqlalchemy.engine import make_url
 from orderpay import clock
 from orderpay.clock import utcnow
 from orderpay.domain.states import NotificationStatus
-from orderpay.notify.delivery import Delivery, RetryPolicy, deliver_batch
+from orderpay.notify.delivery import Delivery, RetryPolicy
 from orderpay.notify.drain import Drain
+from orderpay.notify.in_flight import deliver_batch
 from orderpay.store import outbox
 from orderpay.store.db import Database
 from orderpay.store.notification_attempts import Outcome, Recorded

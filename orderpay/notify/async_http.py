@@ -28,6 +28,11 @@ READ_CHUNK_BYTES = 65536
 IDLE_SECONDS = 4.0
 
 
+class InvalidURL(ValueError):
+    """The URL cannot be requested (a bad port, no host, not http or https): no retry helps
+    until it is changed; nothing was sent."""
+
+
 class RequestFailed(Exception):
     """The request did not get a whole answer: connect, TLS, write or read failed."""
 
@@ -76,10 +81,13 @@ class AsyncHttp:
     ) -> Answer:
         """POST `body` to `url`, ending by `deadline` (time.monotonic(), the event loop's
         clock) whatever the server does: RequestTimedOut past it, RequestFailed otherwise."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as error:
+            raise InvalidURL(str(error)) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RequestFailed(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+            raise InvalidURL("not an http(s) URL with a host")
         origin = (parts.scheme, parts.hostname, port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"

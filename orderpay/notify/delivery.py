@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -100,64 +100,6 @@ Channels = Callable[[str], Channel]
 class Batch:
     results: list[DeliveryResult]  # one per row tried, or found not ours to send (SKIPPED)
     left: list[int]  # rows not tried (stopped, or out of time): to be handed out again
-
-
-def deliver_batch(
-    db: Transactional,
-    channels: Channels,
-    notification_ids: Sequence[int],
-    *,
-    merchant_name: str,
-    policy: RetryPolicy,
-    stop: Callable[[], bool] = lambda: False,
-    deadline: float | None = None,
-) -> Batch:
-    """Deliver these rows (an RQ job's), each through its own channel, in claimed groups.
-
-    A group (sized as GROUP_SECONDS says) is claimed in one statement right before its sends,
-    sent row by row, and recorded in one statement. A later row of a group is sent only while
-    its lease still covers a send; otherwise it is given back and claimed again. `stop()`
-    (SIGTERM) and `deadline` (time.monotonic()) end the batch between two sends: the rows not
-    tried are in `left`.
-    """
-    remaining = list(dict.fromkeys(notification_ids))
-    results: list[DeliveryResult] = []
-    lease = timedelta(seconds=policy.lease_seconds)
-    size = FIRST_GROUP
-
-    def over() -> bool:
-        return stop() or (deadline is not None and time.monotonic() >= deadline)
-
-    while remaining:
-        if over():
-            return Batch(results, remaining)
-        claimed = claim_group(db, remaining, size, lease, policy.max_attempts)
-        if not claimed:
-            break
-        taken = {attempt.notification_id for attempt in claimed}
-        remaining = [nid for nid in remaining if nid not in taken]
-        started = time.monotonic()
-        done: list[Recorded] = []
-        try:
-            for index, attempt in enumerate(claimed):
-                if index > 0 and (
-                    over()
-                    or attempt.channel not in GROUPED_CHANNELS
-                    or not lease_covers_a_send(attempt, policy)
-                ):
-                    break
-                done.append(send_one(channels, attempt, merchant_name, policy))
-        finally:
-            # Also on the way out of an error: the rows sent are recorded, the rest given
-            # back (due at once), before the error goes up.
-            unsent = claimed[len(done) :]
-            done += [Recorded(attempt, Outcome.RELEASED) for attempt in unsent]
-            results += record_group(db, done, policy)
-        remaining = [attempt.notification_id for attempt in unsent] + remaining
-        size = group_size((time.monotonic() - started) / (len(claimed) - len(unsent)))
-        if any(attempt.channel not in GROUPED_CHANNELS for attempt in claimed):
-            size = 1  # the next rows are likely the same channel's: one at a time
-    return Batch(results + not_taken(db, remaining, policy), [])
 
 
 def group_size(per_send: float) -> int:

@@ -38,7 +38,7 @@ from orderpay.notify.delivery import (
     send_one,
 )
 from orderpay.notify.messages import render
-from orderpay.notify.sending import Sender, Throttle
+from orderpay.notify.sending import ChannelLimits, Sender, Throttle
 from orderpay.store.db import Transactional
 from orderpay.store.notification_attempts import Attempt, Outcome, Recorded
 
@@ -71,7 +71,8 @@ def deliver_concurrently(
     stop: Callable[[], bool] = lambda: False,
     deadline: float | None = None,
 ) -> Batch:
-    """deliver_batch with many sends in flight: what a worker with a Sender runs.
+    """Deliver these rows (an RQ job's, or the embedded worker's), each through its own
+    channel, many in flight: what a worker with a Sender runs.
 
     Rows are claimed as their channel's throttle has room (sends in flight below its cap, and
     its rate), each right before its send, which runs on the sender's event loop and ends
@@ -79,7 +80,7 @@ def deliver_concurrently(
     away, then as many rows are claimed as have ended. A 429 gives the row back uncounted, due
     when the channel's pause ends, and pauses the channel: the row is claimed again then, in
     this batch if its time allows. Rows of a channel with no network (log) are sent in claimed
-    groups as deliver_batch sends them. `stop()` and `deadline` end the claims: the sends in
+    groups sized by GROUP_SECONDS. `stop()` and `deadline` end the claims: the sends in
     flight end and are recorded, and the rows not tried are in `left`.
     """
     remaining = list(dict.fromkeys(notification_ids))
@@ -88,7 +89,7 @@ def deliver_concurrently(
     in_flight: dict[concurrent.futures.Future[str], _Sending] = {}
     waiting: collections.deque[Attempt] = collections.deque()  # claimed, their channel full
     ended: list[Recorded] = []  # not yet recorded
-    group = FIRST_GROUP  # rows of a grouped channel per claim, sized as deliver_batch does
+    group = FIRST_GROUP  # rows of a grouped channel per claim (group_size)
     last_channel: str | None = None
     resume_at: float | None = None  # when a throttled row of this batch is due again
 
@@ -251,3 +252,31 @@ def deliver_concurrently(
     if over():
         return Batch(results, remaining)
     return Batch(results + not_taken(db, remaining, policy), [])
+
+
+def deliver_batch(
+    db: Transactional,
+    channels: Channels,
+    notification_ids: Sequence[int],
+    *,
+    merchant_name: str,
+    policy: RetryPolicy,
+    stop: Callable[[], bool] = lambda: False,
+    deadline: float | None = None,
+) -> Batch:
+    """deliver_concurrently with one send in flight per channel, on a Sender of its own: for
+    a caller that runs no worker's Sender."""
+    sender = Sender(lambda _name: ChannelLimits(1))
+    try:
+        return deliver_concurrently(
+            db,
+            channels,
+            sender,
+            notification_ids,
+            merchant_name=merchant_name,
+            policy=policy,
+            stop=stop,
+            deadline=deadline,
+        )
+    finally:
+        sender.close()
