@@ -23,9 +23,9 @@ from orderpay.errors import ConfigurationError, OrderpayError
 DEFAULT_DATABASE_URL = "sqlite:///orderpay.db"
 ENV_FILE = ".env"
 
-ProviderName = Literal["simulator", "mtn"]
+ProviderName = Literal["simulator", "mtn", "mpesa"]
 ChannelName = Literal["log", "sms", "webhook"]
-PROVIDERS: tuple[ProviderName, ...] = ("simulator", "mtn")
+PROVIDERS: tuple[ProviderName, ...] = ("simulator", "mtn", "mpesa")
 CHANNELS: tuple[ChannelName, ...] = ("log", "sms", "webhook")
 
 
@@ -61,6 +61,10 @@ class Settings:
     insecure_secrets: bool = _setting("ORDERPAY_INSECURE_SECRETS", bool, default=False)
 
     provider: ProviderName = _setting("ORDERPAY_PROVIDER", PROVIDERS, default="simulator")
+    # The payer's network to a provider (domain/routing.py): `Safaricom=mpesa,MTN=mtn`,
+    # `KE:Airtel=airtel` (one region's network), `RW:*=pawapay` (a whole region). Unset:
+    # ORDERPAY_PROVIDER for every payer.
+    provider_routes: str | None = _setting("ORDERPAY_PROVIDER_ROUTES")
     default_region: str = _setting("ORDERPAY_DEFAULT_REGION", default="GH")
     # How long one process may talk to the provider for a payment before another run of the
     # same key may take over (seconds). Longer than the provider client's whole timeout.
@@ -81,6 +85,31 @@ class Settings:
     )
     mtn_disbursement_api_user: str | None = _setting("MTN_MOMO_DISBURSEMENT_API_USER")
     mtn_disbursement_api_key: Secret | None = _setting("MTN_MOMO_DISBURSEMENT_API_KEY", Secret)
+
+    # M-Pesa Daraja (providers/mpesa.py): STK Push to a PayBill or a Till.
+    mpesa_base_url: str | None = _setting("MPESA_BASE_URL")
+    mpesa_consumer_key: Secret | None = _setting("MPESA_CONSUMER_KEY", Secret)
+    mpesa_consumer_secret: Secret | None = _setting("MPESA_CONSUMER_SECRET", Secret)
+    mpesa_shortcode: str | None = _setting("MPESA_SHORTCODE")
+    mpesa_passkey: Secret | None = _setting("MPESA_PASSKEY", Secret)
+    # Set for a Till (CustomerBuyGoodsOnline, PartyB the till); unset: a PayBill.
+    mpesa_till_number: str | None = _setting("MPESA_TILL_NUMBER")
+    # Where Daraja posts results: the public HTTPS URL of the listener's M-Pesa route, which
+    # holds MPESA_CALLBACK_TOKEN (an unguessable path segment) and none of the words Daraja
+    # refuses in a callback URL ("mpesa", "safaricom", ...: use /api/webhooks/daraja/TOKEN/).
+    mpesa_callback_url: str | None = _setting("MPESA_CALLBACK_URL")
+    mpesa_callback_token: Secret | None = _setting("MPESA_CALLBACK_TOKEN", Secret)
+    # Addresses (IPs or CIDRs) whose callbacks are accepted; unset: any. X-Forwarded-For is
+    # honoured only from MPESA_TRUSTED_PROXIES.
+    mpesa_allowed_ips: str | None = _setting("MPESA_ALLOWED_IPS")
+    mpesa_trusted_proxies: str | None = _setting("MPESA_TRUSTED_PROXIES")
+    # Refunds: reversal (full, by receipt) and B2C (partial) act as an initiator whose password
+    # is encrypted with Safaricom's certificate (a PEM file).
+    mpesa_initiator_name: str | None = _setting("MPESA_INITIATOR_NAME")
+    mpesa_initiator_password: Secret | None = _setting("MPESA_INITIATOR_PASSWORD", Secret)
+    mpesa_certificate: str | None = _setting("MPESA_CERTIFICATE")
+    # The B2C shortcode that pays partial refunds out; unset: refunds are reversals (full).
+    mpesa_b2c_shortcode: str | None = _setting("MPESA_B2C_SHORTCODE")
 
     merchant_name: str = _setting("ORDERPAY_MERCHANT_NAME", default="orderpay shop")
     notify_channel: ChannelName = _setting("ORDERPAY_NOTIFY_CHANNEL", CHANNELS, default="log")
