@@ -13,19 +13,19 @@ tests/test_config_values.py pins them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any, Literal
 
-from orderpay.config_values import PHONE_REGIONS, BadValue, Secret, Setting
+from orderpay.config_rules import RULES, route_table
+from orderpay.config_values import PROVIDER_NAMES, BadValue, Secret, Setting
 from orderpay.database_urls import database_url
-from orderpay.errors import ConfigurationError, OrderpayError
+from orderpay.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///orderpay.db"
 ENV_FILE = ".env"
 
 ProviderName = Literal["simulator", "mtn", "mpesa"]
 ChannelName = Literal["log", "sms", "webhook"]
-PROVIDERS: tuple[ProviderName, ...] = ("simulator", "mtn", "mpesa")
+PROVIDERS: tuple[ProviderName, ...] = PROVIDER_NAMES  # type: ignore[assignment]
 CHANNELS: tuple[ChannelName, ...] = ("log", "sms", "webhook")
 
 
@@ -197,7 +197,7 @@ class Settings:
             given = setting.variable in values
             try:
                 value = setting.read(values[setting.variable] if given else setting.default)
-                rule = _RULES.get(name)
+                rule = RULES.get(name)
                 if rule is not None:
                     value = rule(value, checked)
             except BadValue as error:
@@ -246,6 +246,12 @@ class Settings:
             return getpass.getuser()[:64]
         except (KeyError, OSError):  # no user name for this uid (a bare container)
             return f"uid {os.getuid()}"
+
+    @property
+    def route_table(self) -> dict[tuple[str, str], str]:
+        """ORDERPAY_PROVIDER_ROUTES, read (domain/routing.py looks a payer up in it); empty:
+        ORDERPAY_PROVIDER for every payer."""
+        return route_table(self.provider_routes or "", PROVIDERS)
 
     @property
     def retry_intervals(self) -> tuple[int, ...]:
@@ -357,48 +363,9 @@ class Settings:
         return found
 
 
-def _intervals(value: str, checked: dict[str, Any]) -> str:
-    parts = [part.strip() for part in value.split(",") if part.strip()]
-    if not parts or not all(part.isdigit() and 0 < int(part) <= 86_400 for part in parts):
-        raise BadValue("a comma-separated list of whole seconds (1-86400), e.g. 10,30,60")
-    return ",".join(parts)
-
-
-def _lease_outlasts_a_send(value: float, checked: dict[str, Any]) -> float:
-    timeout = checked.get("notify_timeout_seconds")
-    if timeout is not None and value < timeout:
-        # A shorter lease lets another worker take over a send still in flight.
-        raise BadValue("must be at least ORDERPAY_NOTIFY_TIMEOUT_SECONDS")
-    return value
-
-
-def _region_known(value: str, checked: dict[str, Any]) -> str:
-    region = value.strip().upper()
-    if region not in PHONE_REGIONS:
-        raise BadValue("an ISO 3166 alpha-2 region that has phone numbers, e.g. GH, UG")
-    return region
-
-
-def _database_url_usable(value: Secret | None, checked: dict[str, Any]) -> Secret | None:
-    if value is not None and value.get_secret_value():
-        # Refused here, so every command (doctor included) says so before connecting.
-        try:
-            database_url(value.get_secret_value())
-        except OrderpayError as error:
-            raise BadValue(error.message) from None
-    return value
-
-
 # Each setting by attribute name, in the order they are checked (a rule may read earlier ones).
 SETTINGS: dict[str, Setting] = {
     name: value for name, value in vars(Settings).items() if isinstance(value, Setting)
-}
-# Rules beyond the type and bounds, by attribute name; each gets the settings read so far.
-_RULES: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
-    "database_url_secret": _database_url_usable,
-    "default_region": _region_known,
-    "notify_retry_intervals": _intervals,
-    "notify_lease_seconds": _lease_outlasts_a_send,
 }
 
 

@@ -27,6 +27,10 @@ _REGIONS = """
 PHONE_REGIONS = frozenset(_REGIONS.split())
 
 
+# The payment providers orderpay knows, as ORDERPAY_PROVIDER and the routes name them.
+PROVIDER_NAMES = ("simulator", "mtn", "mpesa")
+
+
 class Secret:
     """A secret setting: its value only through get_secret_value(), never in repr() or str()."""
 

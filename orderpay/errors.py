@@ -154,6 +154,12 @@ class ConfigurationError(InvalidInput):
     code = "configuration_error"
 
 
+class RefundNotSupported(InvalidInput):
+    """The payment's provider cannot give back what is asked (its refund mode)."""
+
+    code = "refund_not_supported"
+
+
 class DatabaseInaccessible(InvalidInput):
     """The database's file or directory is missing, read-only or unwritable: retrying never
     helps, so this is not an outage."""
@@ -310,6 +316,13 @@ class RefundExceedsPayment(Conflict):
     code = "refund_exceeds_payment"
 
 
+class PaymentUnconfirmed(Conflict):
+    """The request went to a provider that cannot take it twice and its answer was lost: it is
+    not sent again (the payer would be prompted twice); its outcome is awaited."""
+
+    code = "payment_unconfirmed"
+
+
 class ReviewItemResolved(Conflict):
     code = "review_item_resolved"
 
@@ -333,7 +346,33 @@ class SchemaOutOfDate(Unavailable):
 
 
 class ProviderUnavailable(Unavailable):
+    """The provider's answer is unknown. `reached`: whether the request may have arrived
+    (False only when it certainly did not: no connection, no token, a refusal before acting),
+    which decides whether a provider that cannot take a request twice is sent it again."""
+
     code = "provider_unavailable"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        public_message: str | None = None,
+        reached: bool = True,
+        **details: Any,
+    ) -> None:
+        super().__init__(message, public_message=public_message, **details)
+        self.reached = reached
+
+
+class ProviderBusy(ProviderUnavailable):
+    """The provider refused the request without acting on it, for now (M-Pesa: the payer has a
+    prompt open, or was asked the same amount within 2 minutes): retry after `retry_after`."""
+
+    code = "provider_busy"
+
+    def __init__(self, message: str, *, retry_after: float, **details: Any) -> None:
+        super().__init__(message, reached=False, retry_after=retry_after, **details)
+        self.retry_after = retry_after
 
 
 class QueueUnavailable(Unavailable):

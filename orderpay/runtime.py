@@ -6,6 +6,9 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from orderpay.config_values import PROVIDER_NAMES
+from orderpay.errors import UsageError
+
 if TYPE_CHECKING:
     from orderpay.config import Settings
     from orderpay.config_values import Secret
@@ -13,6 +16,7 @@ if TYPE_CHECKING:
     from orderpay.notify.channels import Channel
     from orderpay.notify.delivery import RetryPolicy
     from orderpay.notify.sending import Sender
+    from orderpay.payments.charge import ProviderChoice
     from orderpay.providers.base import Provider
     from orderpay.store.db import Database
     from orderpay.store.notifications import NotifyTarget
@@ -73,6 +77,19 @@ class Runtime:
     def provider(self) -> Provider:
         """The provider of new charges (ORDERPAY_PROVIDER)."""
         return self.provider_for(self.settings.provider)
+
+    def charge_choice(self, explicit: str | None = None) -> ProviderChoice:
+        """How a new charge picks its provider: `explicit` (--provider), else the payer's
+        network (ORDERPAY_PROVIDER_ROUTES), else ORDERPAY_PROVIDER."""
+        from orderpay.payments.charge import ProviderChoice
+
+        if explicit is not None and explicit not in PROVIDER_NAMES:
+            raise UsageError(
+                f"unknown provider {explicit!r} (known: {', '.join(PROVIDER_NAMES)})",
+            )
+        return ProviderChoice(
+            self.provider_for, self.settings.route_table, self.settings.provider, explicit
+        )
 
     def provider_for(self, name: str) -> Provider:
         """The provider called `name`; ConfigurationError when its settings are missing."""

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from orderpay.store.order_events import OrderEvent
     from orderpay.store.orders import Order, OrderDetail
     from orderpay.store.payments import Payment
-    from orderpay.store.refunds import Refund
+    from orderpay.store.refund_rows import Refund
     from orderpay.store.reviews import ReviewItem
     from orderpay.store.webhook_events import StoredEvent
 

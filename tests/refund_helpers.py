@@ -25,13 +25,15 @@ from orderpay.providers.base import (
     RemoteState,
     StatusAnswer,
 )
+from orderpay.providers.capabilities import SIMULATOR, Capabilities, RefundMode
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.locks import lock_payment
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.order_events import OrderEvent, events_of
 from orderpay.store.payments import Payment, get_payment
-from orderpay.store.refunds import Refund, refunds_of_payment
+from orderpay.store.refund_rows import Refund
+from orderpay.store.refunds import refunds_of_payment
 from tests.builders import AMA, a_key, an_order
 
 # The simulator's refund numbers (README, "Providers"): their charges succeed.
@@ -84,7 +86,8 @@ class RecordingProvider:
     status_calls: list[RefundRef] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     name: str = "simulator"
-    partial_refunds: bool = True
+    capabilities: Capabilities = SIMULATOR
+    refund_modes: frozenset[RefundMode] = SIMULATOR.refund_modes
 
     def request_payment(self, request: CollectionRequest) -> ProviderAnswer:
         return self.inner.request_payment(request)

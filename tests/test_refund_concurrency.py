@@ -17,6 +17,7 @@ from orderpay.errors import OrderpayError
 from orderpay.payments.charge_cycle import reference_of
 from orderpay.payments.refund import RefundResult, ask_for, claim_refund
 from orderpay.providers.base import RefundRequest
+from orderpay.providers.capabilities import SIMULATOR
 from orderpay.store.db import Database
 from orderpay.store.orders import get_order
 from tests.conftest import Cli, count_rows
@@ -145,7 +146,9 @@ def test_a_refund_whose_process_died_after_the_provider_answered_is_resumed_by_i
         operator="tester",
     )
     with db.transaction() as conn:  # step 1 ran...
-        claim = claim_refund(conn, ask, partial=True, lease=timedelta(seconds=LEASE_SECONDS))
+        claim = claim_refund(
+            conn, ask, modes=SIMULATOR.refund_modes, lease=timedelta(seconds=LEASE_SECONDS)
+        )
     claimed = claim.refund
     # ...and step 2: the provider took the request. The process died before recording it.
     provider.request_refund(

@@ -20,13 +20,15 @@ from orderpay.payments.refund import ask_for, claim_refund
 from orderpay.payments.refund_cycle import RefundCycle
 from orderpay.payments.refund_settlement import settle_refund
 from orderpay.payments.settlement import Settled
+from orderpay.providers.capabilities import SIMULATOR
 from orderpay.providers.simulator import DELAYED_FOR
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget, notifications_of
 from orderpay.store.orders import get_order
 from orderpay.store.paging import Window
 from orderpay.store.payments import get_payment
-from orderpay.store.refunds import Refund, get_refund
+from orderpay.store.refund_rows import Refund
+from orderpay.store.refunds import get_refund
 from orderpay.store.reviews import ReviewItem, list_items
 from tests.builders import AMA
 from tests.conftest import Cli, count_rows
@@ -78,7 +80,7 @@ def an_interrupted_refund(db: Database, phone: str = AMA) -> Refund:
         operator="tester",
     )
     with db.transaction() as conn:
-        return claim_refund(conn, ask, partial=True, lease=timedelta(0)).refund
+        return claim_refund(conn, ask, modes=SIMULATOR.refund_modes, lease=timedelta(0)).refund
 
 
 def status_of(db: Database, refund_id: str | uuid.UUID) -> RefundStatus:
@@ -220,7 +222,9 @@ def test_reconcile_leaves_a_refund_whose_lease_is_held_to_its_process(
         payment.id, key="refund-1", amount=None, currency=None, reason="returned", operator="tester"
     )
     with db.transaction() as conn:  # another process is asking the provider right now
-        claimed = claim_refund(conn, ask, partial=True, lease=timedelta(seconds=90)).refund
+        claimed = claim_refund(
+            conn, ask, modes=SIMULATOR.refund_modes, lease=timedelta(seconds=90)
+        ).refund
     before = count_rows(db)
 
     report = cli.ok("reconcile", *NOW)

@@ -28,10 +28,11 @@ from orderpay.providers.base import (
     RemoteState,
     StatusAnswer,
 )
+from orderpay.providers.capabilities import SIMULATOR
 from orderpay.store import refunds
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
-from orderpay.store.refunds import Refund
+from orderpay.store.refund_rows import Refund
 from tests.refund_helpers import (
     LEASE_SECONDS,
     RecordingProvider,
@@ -77,7 +78,7 @@ def a_claimed_refund(db: Database, payment_id: uuid.UUID, key: str = "refund-1")
         payment_id, key=key, amount=None, currency=None, reason="damaged", operator="tester"
     )
     with db.transaction() as conn:
-        return claim_refund(conn, ask, partial=True, lease=LEASE).refund
+        return claim_refund(conn, ask, modes=SIMULATOR.refund_modes, lease=LEASE).refund
 
 
 def test_a_resumed_refund_the_provider_holds_is_not_failed_by_its_refusal_of_the_copy(

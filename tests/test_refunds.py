@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from orderpay.domain.states import OrderStatus, RefundStatus
-from orderpay.errors import InvalidAmount, PaymentDeclined
+from orderpay.errors import PaymentDeclined, RefundNotSupported
 from orderpay.payments.charge import charge_order
+from orderpay.providers.capabilities import RefundMode
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.orders import get_order
@@ -374,10 +375,10 @@ def test_a_provider_that_refunds_only_whole_payments_refuses_a_partial_refund(
     db: Database,
 ) -> None:
     payment = a_paid_payment(db)
-    whole_only = RecordingProvider(partial_refunds=False)
+    whole_only = RecordingProvider(refund_modes=frozenset({RefundMode.FULL_BY_MONEY_ID}))
     before = count_rows(db)
 
-    with pytest.raises(InvalidAmount, match="only the whole payment"):
+    with pytest.raises(RefundNotSupported, match="only a whole payment"):
         refund(db, whole_only, payment.id, amount="5.00")
 
     assert count_rows(db) == before

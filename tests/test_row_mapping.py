@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import ColumnElement, Connection, Row, literal, select
 
 from orderpay.domain.reviews import ReviewReason
-from orderpay.store import notifications, orders, payments, refunds, reviews
+from orderpay.store import notifications, orders, payments, refund_rows, refunds, reviews
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
 from orderpay.store.schema import notifications as notifications_table
@@ -65,10 +65,10 @@ def test_an_order_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> N
 def test_a_refund_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> None:
     made = refund(sqlite_db, RecordingProvider(), paid.id).refund
 
-    row = read(sqlite_db, refunds.COLUMNS, refunds_table.c.id == made.id)
+    row = read(sqlite_db, refund_rows.COLUMNS, refunds_table.c.id == made.id)
 
     with sqlite_db.reading() as conn:
-        assert refunds.from_row(row) == refunds.get_refund(conn, made.id)
+        assert refund_rows.from_row(row) == refunds.get_refund(conn, made.id)
 
 
 def test_a_notification_is_read_by_column_key(sqlite_db: Database, paid: Payment) -> None:

@@ -49,6 +49,15 @@ def charge(
         str | None,
         typer.Option("--phone", help="Payer's mobile number; defaults to the customer's."),
     ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            "--provider",
+            help="Collect through this provider (simulator, mtn, mpesa) whatever the payer's "
+            "network; default: the payer's network through ORDERPAY_PROVIDER_ROUTES, else "
+            "ORDERPAY_PROVIDER. A re-run key keeps its payment's provider.",
+        ),
+    ] = None,
     json_: JsonFlag = False,
 ) -> None:
     """Ask the payment provider to collect an order's total from the payer.
@@ -61,6 +70,7 @@ def charge(
     Examples:
       orderpay charge 3f1c... --key order-3f1c-1
       orderpay charge 3f1c... --key order-3f1c-1 --phone +233241234567 --json
+      orderpay charge 3f1c... --key order-3f1c-2 --provider mpesa
     """
     from orderpay.domain.idempotency import check_key
     from orderpay.payments.charge import charge_order
@@ -71,7 +81,7 @@ def charge(
         oid = resolve_order(conn, order_id)
     result = charge_order(
         rt.database,
-        rt.provider,
+        rt.charge_choice(provider),
         order_id=oid,
         key=key,
         payer_phone=phone,

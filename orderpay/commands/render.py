@@ -23,7 +23,7 @@ from orderpay.store.notifications import Notification
 from orderpay.store.order_events import OrderEvent
 from orderpay.store.orders import Order, OrderDetail
 from orderpay.store.payments import Payment
-from orderpay.store.refunds import Refund
+from orderpay.store.refund_rows import Refund
 
 if TYPE_CHECKING:
     from orderpay.payments.catch_up import Skipped

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from orderpay.config_values import PROVIDER_NAMES
 from orderpay.domain.idempotency import check_key
 from orderpay.domain.validation import as_uuid, json_object, parse_uuid
 from orderpay.errors import (
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 REPLAYED_HEADER = "Idempotent-Replayed"
 ORDER_FIELDS = ("customer", "items")
 ITEM_FIELDS = ("product", "quantity")
-CHARGE_FIELDS = ("order", "phone")
+CHARGE_FIELDS = ("order", "phone", "provider")
 REFUND_FIELDS = ("amount", "currency", "reason")
 # Who a refund asked through the API is recorded as: the holder of the one bearer token (the
 # server's OS user, or its ORDERPAY_OPERATOR, did not ask for it).
@@ -149,7 +150,7 @@ async def get_order(request: Request) -> Response:
 
 
 async def charge(request: Request) -> Response:
-    """POST /api/payments/charge/ {"order": "<uuid>", "phone": optional} + Idempotency-Key.
+    """POST /api/payments/charge/ {"order": "<uuid>", "phone"?, "provider"?} + Idempotency-Key.
 
     A replay answers with the first answer's status and the payment as it is now, plus
     `Idempotent-Replayed: true`.
@@ -161,12 +162,16 @@ async def charge(request: Request) -> Response:
     phone = document.get("phone")
     if phone is not None and not isinstance(phone, str):
         raise InvalidField("phone must be a string", field="phone")
+    provider = document.get("provider")
+    if provider is not None and provider not in PROVIDER_NAMES:
+        known = ", ".join(PROVIDER_NAMES)
+        raise InvalidField(f"provider must be one of {known}", field="provider")
     settings = runtime.settings
     try:
         result = await run_in_threadpool(
             charge_order,
             runtime.database,
-            runtime.provider,
+            runtime.charge_choice(provider),
             order_id=order_id,
             key=key,
             payer_phone=phone,

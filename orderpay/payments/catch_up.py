@@ -37,7 +37,7 @@ from orderpay.store.db import Transactional, retrying
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.outages import database_outage
 from orderpay.store.payments import Payment, get_payment
-from orderpay.store.refunds import Refund
+from orderpay.store.refund_rows import Refund
 
 log = logging.getLogger("orderpay.catch_up")
 

@@ -11,9 +11,11 @@ repeated reference as "already submitted"), and the catch-up asks about it meanw
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, select
 
@@ -21,8 +23,11 @@ from orderpay.clock import utcnow
 from orderpay.domain.idempotency import charge_fingerprint, check_key
 from orderpay.domain.money import Money
 from orderpay.domain.phones import mask_phone, normalise_phone
+from orderpay.domain.references import short_reference
+from orderpay.domain.routing import route
 from orderpay.domain.states import (
     LIVE_PAYMENT_STATUSES,
+    OPEN_PAYMENT_STATUSES,
     PAID_ORDER_STATUSES,
     OrderStatus,
     PaymentStatus,
@@ -34,16 +39,24 @@ from orderpay.errors import (
     OrderAlreadyPaid,
     OrderCancelled,
     OrderNotFound,
+    OrderpayError,
     PaymentDeclined,
     PaymentInProgress,
+    PaymentUnconfirmed,
+    ProviderBusy,
 )
 from orderpay.payments.charge_cycle import ChargeCycle
-from orderpay.payments.life_cycle import ask
+from orderpay.payments.life_cycle import ask, leased_now
 from orderpay.providers.base import Provider
+from orderpay.providers.capabilities import Capabilities, ReferenceOwner, capabilities_of
 from orderpay.store import ledger, locks, order_events
 from orderpay.store.db import Transactional, retrying
-from orderpay.store.payments import Payment, find_by_key
+from orderpay.store.payments import Payment, find_by_key, recent_to_payer
 from orderpay.store.schema import payments
+
+# How long a prompt to a payer stays open at a provider that prompts one payer at a time (the
+# payer answers or it times out; M-Pesa's ends within about a minute).
+PROMPT_OPEN_SECONDS = 90
 
 _LIVE_OF_ORDER = select(payments.c.id, payments.c.status).where(
     payments.c.order_id == bindparam("b_order"),
@@ -64,9 +77,30 @@ class Claim:
     must_submit: bool  # this process holds the lease and must ask the provider
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderChoice:
+    """How a new charge picks its provider: `explicit` (`--provider`), else the payer's network
+    through `routes` (config: ORDERPAY_PROVIDER_ROUTES), else `default` (ORDERPAY_PROVIDER).
+    A key used before keeps its payment's own provider."""
+
+    provider_for: Callable[[str], Provider]
+    routes: dict[tuple[str, str], str]
+    default: str
+    explicit: str | None = None
+
+    def name_for(self, payer: str) -> str:
+        name = self.explicit or route(payer, self.routes, self.default)
+        self.provider_for(name)  # its settings are checked before anything is stored
+        return name
+
+
+def _fixed(provider: Provider) -> ProviderChoice:
+    return ProviderChoice(lambda name: provider, {}, provider.name, provider.name)
+
+
 def charge_order(
     db: Transactional,
-    provider: Provider,
+    provider: Provider | ProviderChoice,
     *,
     order_id: uuid.UUID,
     key: str | None,
@@ -82,6 +116,7 @@ def charge_order(
     key = check_key(key)
     payer = normalise_phone(payer_phone, default_region) if payer_phone is not None else None
     lease = timedelta(seconds=lease_seconds)
+    choice = provider if isinstance(provider, ProviderChoice) else _fixed(provider)
     claim = retrying(
         db,
         lambda conn: claim_payment(
@@ -89,13 +124,13 @@ def charge_order(
             order_id=order_id,
             key=key,
             payer_phone=payer,
-            provider=provider.name,
+            provider=choice.name_for,
             lease=lease,
         ),
     )
     payment = claim.payment
     if claim.must_submit:
-        payment = submit(db, provider, payment, resent=claim.replayed)
+        payment = submit(db, choice.provider_for(payment.provider), payment, resent=claim.replayed)
     return finish(ChargeResult(payment, claim.replayed))
 
 
@@ -124,10 +159,11 @@ def claim_payment(
     order_id: uuid.UUID,
     key: str,
     payer_phone: str | None,
-    provider: str,
+    provider: str | Callable[[str], str],
     lease: timedelta,
 ) -> Claim:
-    """Step 1: insert the payment as `initiated`, or resolve the key's earlier use."""
+    """Step 1: insert the payment as `initiated`, or resolve the key's earlier use.
+    `provider`: its name, or how to pick it from the payer (ProviderChoice.name_for)."""
     row = locks.lock_order_for_charge(conn, order_id)
     if row is None:
         raise OrderNotFound(f"order {order_id} does not exist", order=str(order_id))
@@ -146,9 +182,24 @@ def claim_payment(
         raise OrderCancelled(f"order {order_id} is cancelled", order=str(order_id))
     if amount.minor_units == 0:
         raise InvalidAmount(f"order {order_id} totals {amount}; there is nothing to charge")
+    if not isinstance(provider, str):
+        try:
+            provider = provider(payer)
+        except OrderpayError:
+            # A key used before keeps its own provider, whatever the routes say now.
+            existing = find_by_key(conn, key)
+            if existing is None:
+                raise
+            return _resolve_existing(conn, existing, fingerprint, lease)
+    capabilities = capabilities_of(provider)
+    capabilities.check_amount(amount)
+    capabilities.check_payer(payer)
+    if capabilities.one_prompt_per_payer:
+        _wait_for_payer(conn, capabilities, payer, amount, now)
+    payment_id = uuid.uuid4()
 
     values = {
-        "id": uuid.uuid4(),
+        "id": payment_id,
         "order_id": order_id,
         "idempotency_key": key,
         "fingerprint": fingerprint,
@@ -162,6 +213,10 @@ def claim_payment(
         "next_check_at": now + lease,
         "created_at": now,
         "updated_at": now,
+        "our_reference": short_reference(payment_id)
+        if capabilities.reference_owner is ReferenceOwner.PROVIDER
+        else None,
+        "sent_at": now,  # this run sends it next
     }
     detail = f"payment {values['id']} for {amount} from {mask_phone(payer)} via {provider}"
     inserted = ledger.insert_payment(conn, values, detail)
@@ -185,6 +240,49 @@ def claim_payment(
     )
 
 
+def _wait_for_payer(
+    conn: Connection, capabilities: Capabilities, payer: str, amount: Money, now: datetime
+) -> None:
+    """A provider that prompts one payer at a time refuses a second prompt while one is open,
+    and the same amount again within its window (M-Pesa: "unable to lock subscriber", rule
+    17). Refused here, before anything is stored or sent, saying when to try again; the payer's
+    lock makes two charges to one payer take turns."""
+    locks.lock_payer(conn, capabilities.name, payer)
+    window = max(PROMPT_OPEN_SECONDS, capabilities.same_amount_window_seconds)
+    for earlier in recent_to_payer(conn, capabilities.name, payer, now - timedelta(seconds=window)):
+        age = (now - earlier.created_at).total_seconds()
+        if earlier.status in OPEN_PAYMENT_STATUSES and age < PROMPT_OPEN_SECONDS:
+            wait, why = PROMPT_OPEN_SECONDS - age, "has a prompt open"
+        elif (
+            earlier.amount == amount
+            and earlier.sent_at is not None
+            and age < capabilities.same_amount_window_seconds
+        ):
+            wait = capabilities.same_amount_window_seconds - age
+            why = (
+                f"was asked for {amount} less than {capabilities.same_amount_window_seconds} s ago"
+            )
+        else:
+            continue
+        raise ProviderBusy(
+            f"payer {mask_phone(payer)} {why} (payment {earlier.id}); {capabilities.name} "
+            f"refuses another until then: retry with the same key in {math.ceil(wait)} s",
+            retry_after=math.ceil(wait),
+            payment=str(earlier.id),
+        )
+
+
+def not_resent(payment: Payment) -> PaymentUnconfirmed:
+    """Why an `initiated` payment whose answer was lost is not sent to its provider again."""
+    return PaymentUnconfirmed(
+        f"payment {payment.id} was sent to {payment.provider} and its answer was lost; sending "
+        "it again would prompt the payer a second time, so it is not re-sent: its callback or "
+        "the catch-up settles it, and if none comes it goes to the review queue "
+        "(`orderpay payment show` follows it; `orderpay payment cancel` ends it)",
+        payment=str(payment.id),
+    )
+
+
 def _resolve_existing(
     conn: Connection, existing: Payment, fingerprint: str, lease: timedelta
 ) -> Claim:
@@ -196,12 +294,17 @@ def _resolve_existing(
         )
     if existing.status is not PaymentStatus.INITIATED:
         return Claim(existing, replayed=True, must_submit=False)
+    in_use = IdempotencyKeyInUse(
+        f"a charge with this key is in progress (payment {existing.id}); retry shortly",
+        payment=str(existing.id),
+    )
+    if existing.sent_at is not None and not capabilities_of(existing.provider).resend_safe:
+        if leased_now(existing.lease_expires_at):
+            raise in_use
+        raise not_resent(existing)
     # Resume an interrupted charge, but only one process at a time: take the lease if free.
     taken = ledger.take_lease(conn, existing.id, lease)
     if taken is None:
-        raise IdempotencyKeyInUse(
-            f"a charge with this key is in progress (payment {existing.id}); retry shortly",
-            payment=str(existing.id),
-        )
+        raise in_use
     order_events.record_event(conn, taken.order_id, "payment_resumed", f"payment {taken.id}")
     return Claim(taken, replayed=True, must_submit=True)

@@ -39,6 +39,7 @@ def reference_of(payment: Payment) -> PaymentRef:
         payment.amount,
         payment.payer_phone,
         payment.created_at,
+        payment.provider_transaction_id,
     )
 
 
@@ -83,7 +84,13 @@ class ChargeCycle:
     def request(self, provider: Provider) -> ProviderAnswer:
         payment = self.payment
         return provider.request_payment(
-            CollectionRequest(payment.id, payment.order_id, payment.amount, payment.payer_phone)
+            CollectionRequest(
+                payment.id,
+                payment.order_id,
+                payment.amount,
+                payment.payer_phone,
+                payment.our_reference,
+            )
         )
 
     def status(self, provider: Provider) -> StatusAnswer:
@@ -93,8 +100,12 @@ class ChargeCycle:
         taken = ledger.take_lease(conn, self.payment.id, lease)
         return None if taken is None else ChargeCycle(taken)
 
-    def release(self, conn: Connection, why: str) -> None:
-        ledger.release_lease(conn, self.payment, why)
+    @property
+    def sent(self) -> bool:
+        return self.payment.sent_at is not None
+
+    def release(self, conn: Connection, why: str, *, reached: bool = True) -> None:
+        ledger.release_lease(conn, self.payment, why, reached=reached)
 
     def record(self, conn: Connection, answer: ProviderAnswer) -> ChargeCycle:
         """`pending` if the provider accepted, `failed` if it refused."""

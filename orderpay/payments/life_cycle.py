@@ -73,11 +73,13 @@ class Cycle(Protocol):
     def lease_held(self) -> bool: ...  # another process is talking to its provider now
     @property
     def reference(self) -> str: ...  # what the provider knows it by
+    @property
+    def sent(self) -> bool: ...  # a request may have reached the provider
 
     def request(self, provider: Provider) -> ProviderAnswer: ...
     def status(self, provider: Provider) -> StatusAnswer: ...
     def take_lease(self, conn: Connection, lease: timedelta) -> Self | None: ...
-    def release(self, conn: Connection, why: str) -> None: ...
+    def release(self, conn: Connection, why: str, *, reached: bool = True) -> None: ...
     def record(self, conn: Connection, answer: ProviderAnswer) -> Self: ...
     def settle(
         self, conn: Connection, answer: StatusAnswer, notify: NotifyTarget, source: str
@@ -97,8 +99,8 @@ def ask(db: Transactional, provider: Provider, cycle: C, *, resent: bool) -> C:
         if resent and isinstance(answer, Declined):
             answer = _unless_it_went_through(provider, cycle, answer)
     except ProviderUnavailable as error:
-        why = error.message
-        retrying(db, lambda conn: cycle.release(conn, why))
+        why, reached = error.message, error.reached
+        retrying(db, lambda conn: cycle.release(conn, why, reached=reached))
         raise
     except BaseException:
         # A bug or an interrupt: free the key for an immediate retry, then surface it.
@@ -221,6 +223,12 @@ def _resubmit(
     A dry run takes no lease and asks nothing: it says whether it would."""
     if cycle.lease_held:
         return replace(unchanged(cycle, remote, busy(cycle), dry_run), left_alone=True)
+    if cycle.sent and not provider.capabilities.resend_safe:
+        note = (
+            f"its answer was lost and {cycle.provider} cannot take a request twice (the payer "
+            "would be prompted again): not re-sent; waiting for its callback"
+        )
+        return replace(unchanged(cycle, remote, note, dry_run), left_alone=True)
     if dry_run:
         note = "would be submitted again under its own reference"
         return _checked(cycle, cycle.state, remote, note, Action.RESUBMITTED, True)

@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 from orderpay.clock import utcnow
 from orderpay.domain.idempotency import check_key, refund_fingerprint
 from orderpay.domain.money import Money, currency_code, parse_amount
+from orderpay.domain.references import short_reference
 from orderpay.domain.refundable import left_to_refund, refund_refusal
 from orderpay.domain.reviews import FindingMoney
 from orderpay.domain.states import PaymentStatus, RefundStatus
@@ -35,17 +36,24 @@ from orderpay.errors import (
     InvalidAmount,
     PaymentNotFound,
     PaymentNotRefundable,
+    PaymentUnconfirmed,
     RefundDeclined,
     RefundExceedsPayment,
 )
-from orderpay.payments.life_cycle import Check, ask, check
+from orderpay.payments.life_cycle import Check, ask, check, leased_now
 from orderpay.payments.refund_cycle import RefundCycle
 from orderpay.providers.base import Provider
+from orderpay.providers.capabilities import (
+    ReferenceOwner,
+    RefundMode,
+    capabilities_of,
+    refund_mode_for,
+)
 from orderpay.store import locks, refunds, reviews
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment, get_payment
-from orderpay.store.refunds import Refund
+from orderpay.store.refund_rows import Refund
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +124,9 @@ def refund_payment(
     # asks the provider nothing, so it needs none of its settings.
     replay = known is not None and known.status is not RefundStatus.INITIATED
     provider = None if replay else _refunding(provider_for, provider_name)
-    partial = provider.partial_refunds if provider is not None else True
+    modes = provider.refund_modes if provider is not None else None
     lease = timedelta(seconds=lease_seconds)
-    claim = retrying(db, lambda conn: claim_refund(conn, ask, partial=partial, lease=lease))
+    claim = retrying(db, lambda conn: claim_refund(conn, ask, modes=modes, lease=lease))
     refund, queued = claim.refund, False
     if claim.must_submit:
         provider = provider or _refunding(provider_for, provider_name)
@@ -187,8 +195,14 @@ def _requested(ask: RefundAsk, payment: Payment) -> Money | None:
 
 
 def claim_refund(
-    conn: Connection, ask: RefundAsk, *, partial: bool, lease: timedelta
+    conn: Connection,
+    ask: RefundAsk,
+    *,
+    modes: frozenset[RefundMode] | None,
+    lease: timedelta,
 ) -> RefundClaim:
+    """`modes`: the refund modes the payment's provider allows here (None: a replay, which
+    asks nothing of it)."""
     """Step 1: insert the refund as `initiated`, or resolve the key's earlier use."""
     locked = locks.lock_payment(conn, ask.payment_id)  # the order's row, then the payment's
     if locked is None:
@@ -214,13 +228,19 @@ def claim_refund(
             payment=str(payment.id),
             remaining=remaining.as_string(),
         )
-    if not partial and amount != payment.amount:
-        raise InvalidAmount(
-            f"{payment.provider} refunds only the whole payment ({payment.amount}) at once"
+    if modes is not None:
+        refund_mode_for(
+            payment.provider,
+            modes,
+            payment_amount=payment.amount,
+            amount=amount,
+            refunded_before=committed,
+            money_id=payment.provider_transaction_id,
         )
     now = utcnow()
+    refund_id = uuid.uuid4()
     values = {
-        "id": uuid.uuid4(),
+        "id": refund_id,
         "payment_id": payment.id,
         "order_id": payment.order_id,
         "idempotency_key": ask.key,
@@ -236,7 +256,10 @@ def claim_refund(
         "next_check_at": now + lease,
         "created_at": now,
         "updated_at": now,
+        "sent_at": now,  # this run sends it next
     }
+    if capabilities_of(payment.provider).reference_owner is ReferenceOwner.PROVIDER:
+        values["our_reference"] = short_reference(refund_id)
     detail = (
         f"refund {values['id']} of {amount} of payment {payment.id} via {payment.provider}: "
         f"{ask.reason}"
@@ -289,13 +312,23 @@ def _resolve_existing(
         )
     if existing.status is not RefundStatus.INITIATED:
         return RefundClaim(existing, payment, replayed=True, must_submit=False)
+    in_use = IdempotencyKeyInUse(
+        f"a refund with this key is in progress (refund {existing.id}); retry shortly",
+        refund=str(existing.id),
+    )
+    if existing.sent_at is not None and not capabilities_of(existing.provider).resend_safe:
+        if leased_now(existing.lease_expires_at):
+            raise in_use
+        raise PaymentUnconfirmed(
+            f"refund {existing.id} was sent to {existing.provider} and its answer was lost; "
+            f"{existing.provider} would pay it out again, so it is not re-sent: its result or "
+            "the catch-up settles it, and if none comes it goes to the review queue",
+            refund=str(existing.id),
+        )
     # Resume an interrupted refund, one process at a time: take the lease if it is free.
     taken = refunds.take_lease(conn, existing.id, lease, operator=operator)
     if taken is None:
-        raise IdempotencyKeyInUse(
-            f"a refund with this key is in progress (refund {existing.id}); retry shortly",
-            refund=str(existing.id),
-        )
+        raise in_use
     return RefundClaim(taken, payment, replayed=True, must_submit=True)
 
 

@@ -26,7 +26,7 @@ from orderpay.providers.base import (
 from orderpay.store import refunds
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment
-from orderpay.store.refunds import Refund
+from orderpay.store.refund_rows import Refund
 
 OUTCOMES = {
     RemoteState.SUCCEEDED: RefundStatus.SUCCEEDED,
@@ -86,7 +86,13 @@ class RefundCycle:
     def request(self, provider: Provider) -> ProviderAnswer:
         refund = self.refund
         return provider.request_refund(
-            RefundRequest(refund.id, reference_of(self.payment), refund.amount, refund.reason)
+            RefundRequest(
+                refund.id,
+                reference_of(self.payment),
+                refund.amount,
+                refund.reason,
+                refund.our_reference,
+            )
         )
 
     def status(self, provider: Provider) -> StatusAnswer:
@@ -96,8 +102,12 @@ class RefundCycle:
         taken = refunds.take_lease(conn, self.refund.id, lease, operator=None)
         return None if taken is None else RefundCycle(taken, self.payment)
 
-    def release(self, conn: Connection, why: str) -> None:
-        refunds.release_lease(conn, self.refund, why)
+    @property
+    def sent(self) -> bool:
+        return self.refund.sent_at is not None
+
+    def release(self, conn: Connection, why: str, *, reached: bool = True) -> None:
+        refunds.release_lease(conn, self.refund, why, reached=reached)
 
     def record(self, conn: Connection, answer: ProviderAnswer) -> RefundCycle:
         """`pending` if the provider accepted, `failed` if it refused."""

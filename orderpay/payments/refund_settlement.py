@@ -26,7 +26,7 @@ from orderpay.payments.settlement import Settled
 from orderpay.store import locks, order_events, outbox, refunds
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.orders import move_order
-from orderpay.store.refunds import Refund
+from orderpay.store.refund_rows import Refund
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from orderpay.domain.answers import RemoteState
 from orderpay.domain.money import Money
+from orderpay.providers.capabilities import Capabilities, RefundMode
 
 __all__ = [
     "Accepted",
@@ -40,6 +41,9 @@ class CollectionRequest:
     order_id: uuid.UUID
     amount: Money
     payer_phone: str  # E.164
+    # Our short reference where the provider shows one to the payer (M-Pesa's
+    # AccountReference); None: `reference` is ours.
+    account_reference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ class PaymentRef:
     amount: Money
     payer_phone: str
     created_at: datetime
+    transaction_id: str | None = None  # the provider's money id, once known (M-Pesa's receipt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,7 @@ class RefundRequest:
     payment: PaymentRef  # the payment refunded (MTN: referenceIdToRefund)
     amount: Money
     reason: str  # the operator's, for the payer's statement where the provider shows one
+    account_reference: str | None = None  # as CollectionRequest's
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +105,12 @@ class RefundRef:
 
 class Provider(Protocol):
     name: str
-    # Whether it gives back part of a payment (several refunds of one payment); without it a
-    # refund must be of the whole payment.
-    partial_refunds: bool
+    capabilities: Capabilities  # what it can do (providers/capabilities.py)
+
+    # The refund modes this instance's settings allow (a subset of its capabilities': M-Pesa
+    # pays partial refunds out through B2C only when its shortcode is configured).
+    @property
+    def refund_modes(self) -> frozenset[RefundMode]: ...
 
     def request_payment(self, request: CollectionRequest) -> ProviderAnswer: ...
 

@@ -48,6 +48,7 @@ from orderpay.providers.base import (
     RefundRequest,
     StatusAnswer,
 )
+from orderpay.providers.capabilities import MTN
 from orderpay.providers.mtn_api import Credentials, MtnApi, reference_of
 from orderpay.providers.mtn_config import (
     DEFAULT_BUDGET_SECONDS,
@@ -98,7 +99,8 @@ class MtnProvider:
     name = "mtn"
     # MTN's refund takes an amount: part of a payment may be given back, in several refunds
     # (the fake MTN enforces "never more than the payment"; unobserved on the real sandbox).
-    partial_refunds = True
+    capabilities = MTN
+    refund_modes = MTN.refund_modes
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ from orderpay.providers.base import (
     RemoteState,
     StatusAnswer,
 )
+from orderpay.providers.capabilities import SIMULATOR
 
 if TYPE_CHECKING:
     import httpx
@@ -75,7 +76,8 @@ class SimulatorProvider:
     """
 
     name = "simulator"
-    partial_refunds = True
+    capabilities = SIMULATOR
+    refund_modes = SIMULATOR.refund_modes
 
     def __init__(self, callback_url: str | None = None, secret: bytes | None = None) -> None:
         self.callback_url = callback_url

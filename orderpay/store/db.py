@@ -47,6 +47,7 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0007_no_database_functions",
     "0008_catch_up",
     "0009_order_idempotency_keys",
+    "0010_provider_references",
 )
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 

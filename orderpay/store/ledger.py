@@ -119,20 +119,28 @@ def take_lease(conn: Connection, payment_id: uuid.UUID, lease: timedelta) -> Pay
     """Become the one process talking to the provider about an `initiated` payment, unless
     another holds an unexpired lease."""
     now = utcnow()
-    params = {"b_id": payment_id, "b_now": now, "lease_expires_at": now + lease, "updated_at": now}
+    params = {
+        "b_id": payment_id,
+        "b_now": now,
+        "lease_expires_at": now + lease,
+        "sent_at": now,  # the lease is taken to send the request
+        "updated_at": now,
+    }
     taken = conn.execute(_TAKE_LEASE, params).first()
     return None if taken is None else from_row(taken)
 
 
-def release_lease(conn: Connection, payment: Payment, why: str) -> None:
+def release_lease(conn: Connection, payment: Payment, why: str, *, reached: bool = True) -> None:
     """Keep the payment `initiated` but let the next run of the key resume at once, if the
-    lease is still the one this run took (`payment.lease_expires_at`)."""
+    lease is still the one this run took (`payment.lease_expires_at`). `reached`: whether the
+    request may have arrived (False clears `sent_at`: it may be sent again)."""
     released = conn.execute(
         _RELEASE_LEASE,
         {
             "b_id": payment.id,
             "b_lease": payment.lease_expires_at,
             "lease_expires_at": None,
+            "sent_at": payment.sent_at if reached else None,
             "updated_at": utcnow(),
         },
     )

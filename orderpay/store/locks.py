@@ -206,3 +206,13 @@ def lock_order_for_charge(conn: Connection, order_id: uuid.UUID) -> Any:
 def lock_order(conn: Connection, order_id: uuid.UUID) -> Order | None:
     row = conn.execute(_ORDER_FOR_UPDATE, {"b_order": order_id}).first()
     return None if row is None else order_from_row(row)
+
+
+def lock_payer(conn: Connection, provider: str, payer_phone: str) -> None:
+    """Serialise charges to one payer through one provider (taken after the order's lock, and
+    by nothing else: no cycle). SQLite runs one writer at a time already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("b_key"), 0))),
+            {"b_key": f"payer:{provider}:{payer_phone}"},
+        )

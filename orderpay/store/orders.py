@@ -26,7 +26,8 @@ from orderpay.store.notifications import Notification, notifications_of
 from orderpay.store.order_events import OrderEvent, events_of
 from orderpay.store.paging import Page, Window, page_of, windowed
 from orderpay.store.payments import Payment, payments_of
-from orderpay.store.refunds import Refund, refunds_of
+from orderpay.store.refund_rows import Refund
+from orderpay.store.refunds import refunds_of
 from orderpay.store.schema import customers, order_items, orders, products
 
 

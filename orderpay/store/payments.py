@@ -37,6 +37,8 @@ class Payment:
     updated_at: datetime
     next_check_at: datetime | None = None  # the catch-up's next question to its provider
     checks_made: int = 0
+    our_reference: str | None = None  # what we sent the provider, when not the id
+    sent_at: datetime | None = None  # a request may have reached the provider since then
 
 
 COLUMNS = (
@@ -58,6 +60,8 @@ COLUMNS = (
     payments.c.updated_at,
     payments.c.next_check_at,
     payments.c.checks_made,
+    payments.c.our_reference,
+    payments.c.sent_at,
 )
 # The columns a charge's claim gives a new payment (the rest take their defaults).
 CLAIMED_COLUMNS = [
@@ -74,6 +78,8 @@ CLAIMED_COLUMNS = [
     "next_check_at",
     "created_at",
     "updated_at",
+    "our_reference",
+    "sent_at",
 ]
 
 
@@ -97,6 +103,8 @@ _FIELDS = itemgetter(
     "updated_at",
     "next_check_at",
     "checks_made",
+    "our_reference",
+    "sent_at",
 )
 
 
@@ -127,6 +135,8 @@ def payment_from(values: Mapping[Any, Any]) -> Payment:
         updated_at,
         next_check_at,
         checks_made,
+        our_reference,
+        sent_at,
     ) = _FIELDS(values)
     return Payment(
         pid,
@@ -146,6 +156,8 @@ def payment_from(values: Mapping[Any, Any]) -> Payment:
         updated_at,
         next_check_at,
         int(checks_made),
+        our_reference,
+        sent_at,
     )
 
 
@@ -257,3 +269,23 @@ def holding_transaction(conn: Connection, provider: str, transaction_id: str) ->
             payments.c.provider == provider, payments.c.provider_transaction_id == transaction_id
         )
     ).scalar_one_or_none()
+
+
+_RECENT_TO_PAYER = (
+    select(*COLUMNS)
+    .where(
+        payments.c.payer_phone == bindparam("b_payer"),
+        payments.c.provider == bindparam("b_provider"),
+        payments.c.created_at > bindparam("b_since"),
+    )
+    .order_by(payments.c.created_at.desc())
+    .limit(50)
+)
+
+
+def recent_to_payer(
+    conn: Connection, provider: str, payer_phone: str, since: datetime
+) -> list[Payment]:
+    """The payments asked of one payer through one provider since `since`, newest first."""
+    params = {"b_payer": payer_phone, "b_provider": provider, "b_since": since}
+    return [from_row(row) for row in conn.execute(_RECENT_TO_PAYER, params)]

@@ -11,144 +11,23 @@ inserted; a failed refund frees its amount again.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Row, Text, bindparam, case, func, null, select, update
+from sqlalchemy import Connection, Text, bindparam, case, func, null, select, update
 
 from orderpay.clock import utcnow
-from orderpay.domain.money import Money
 from orderpay.domain.states import OPEN_REFUND_STATUSES, RefundStatus, refund_can_move
 from orderpay.errors import RefundNotFound
 from orderpay.store import order_events
 from orderpay.store.db import InsertIgnoring
+from orderpay.store.refund_rows import COLUMNS, Refund, from_row
 from orderpay.store.schema import refunds
 
 _r = refunds.c
 _INITIATED = RefundStatus.INITIATED.value
 _FAILED = RefundStatus.FAILED.value
 _TERMINAL = [RefundStatus.SUCCEEDED.value, RefundStatus.FAILED.value]
-
-
-@dataclass(frozen=True, slots=True)
-class Refund:
-    id: uuid.UUID
-    payment_id: uuid.UUID
-    order_id: uuid.UUID
-    idempotency_key: str
-    fingerprint: str
-    amount: Money
-    provider: str
-    provider_reference: str | None
-    provider_transaction_id: str | None
-    status: RefundStatus
-    reason: str  # the operator's: why the money goes back
-    failure_reason: str | None  # the provider's, when it refused or the refund failed
-    operator: str  # who asked for it
-    lease_expires_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    next_check_at: datetime | None = None  # the catch-up's next question to its provider
-    checks_made: int = 0
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN_REFUND_STATUSES
-
-
-COLUMNS = (
-    _r.id,
-    _r.payment_id,
-    _r.order_id,
-    _r.idempotency_key,
-    _r.fingerprint,
-    _r.amount,
-    _r.currency,
-    _r.provider,
-    _r.provider_reference,
-    _r.provider_transaction_id,
-    _r.status,
-    _r.reason,
-    _r.failure_reason,
-    _r.operator,
-    _r.lease_expires_at,
-    _r.created_at,
-    _r.updated_at,
-    _r.next_check_at,
-    _r.checks_made,
-)
-
-
-# The columns from_row reads, by key: a row may hold them in any order, among others.
-_FIELDS = itemgetter(
-    "id",
-    "payment_id",
-    "order_id",
-    "idempotency_key",
-    "fingerprint",
-    "amount",
-    "currency",
-    "provider",
-    "provider_reference",
-    "provider_transaction_id",
-    "status",
-    "reason",
-    "failure_reason",
-    "operator",
-    "lease_expires_at",
-    "created_at",
-    "updated_at",
-    "next_check_at",
-    "checks_made",
-)
-
-
-def from_row(row: Row[*tuple[Any, ...]]) -> Refund:
-    """The refund in a row that holds COLUMNS, read by column key, so that a column added to
-    or moved in a statement cannot shift the values."""
-    (
-        rid,
-        payment_id,
-        order_id,
-        key,
-        fingerprint,
-        amount,
-        currency,
-        provider,
-        reference,
-        transaction,
-        status,
-        reason,
-        failure,
-        operator,
-        lease,
-        created,
-        updated,
-        next_check,
-        checks,
-    ) = _FIELDS(row._mapping)
-    return Refund(
-        rid,
-        payment_id,
-        order_id,
-        key,
-        fingerprint,
-        Money(amount, currency),
-        provider,
-        reference,
-        transaction,
-        RefundStatus(status),
-        reason,
-        failure,
-        operator,
-        lease,
-        created,
-        updated,
-        next_check,
-        int(checks),
-    )
 
 
 # --- Claim, lease, answer ---------------------------------------------------------------------
@@ -236,7 +115,13 @@ def take_lease(
     """Become the one process talking to the provider about an `initiated` refund, unless
     another holds an unexpired lease. `operator`: who resumed it (None: reconcile)."""
     now = utcnow()
-    params = {"b_id": refund_id, "b_now": now, "lease_expires_at": now + lease, "updated_at": now}
+    params = {
+        "b_id": refund_id,
+        "b_now": now,
+        "lease_expires_at": now + lease,
+        "sent_at": now,  # the lease is taken to send the request
+        "updated_at": now,
+    }
     row = conn.execute(_TAKE_LEASE, params).first()
     if row is None:
         return None
@@ -247,15 +132,17 @@ def take_lease(
     return taken
 
 
-def release_lease(conn: Connection, refund: Refund, why: str) -> None:
+def release_lease(conn: Connection, refund: Refund, why: str, *, reached: bool = True) -> None:
     """Keep the refund `initiated` but let the next run of the key resume it at once, if the
-    lease is still the one this run took (`refund.lease_expires_at`)."""
+    lease is still the one this run took (`refund.lease_expires_at`). `reached`: whether the
+    request may have arrived (False clears `sent_at`: it may be sent again)."""
     released = conn.execute(
         _RELEASE_LEASE,
         {
             "b_id": refund.id,
             "b_lease": refund.lease_expires_at,
             "lease_expires_at": None,
+            "sent_at": refund.sent_at if reached else None,
             "updated_at": utcnow(),
         },
     )

@@ -183,6 +183,12 @@ payments = Table(
     # others with the same key answer idempotency_key_in_use instead of calling again.
     Column("lease_expires_at", UTCDateTime(), nullable=True),
     *_catch_up_columns(),
+    # What we sent the provider to name the request when it is not the row's id (M-Pesa's
+    # AccountReference); NULL: the id itself.
+    Column("our_reference", String(32), nullable=True),
+    # When a request that may have reached the provider left (NULL: never sent, or certainly
+    # not received): a provider that cannot take a request twice is never sent one again.
+    Column("sent_at", UTCDateTime(), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
@@ -191,6 +197,7 @@ payments = Table(
     UniqueConstraint("provider", "provider_reference"),
     Index(None, "order_id"),
     Index(None, "status", "updated_at"),
+    Index(None, "payer_phone", "created_at"),
 )
 
 refunds = Table(
@@ -213,6 +220,12 @@ refunds = Table(
     # As on payments: while in the future, one process is talking to the provider about it.
     Column("lease_expires_at", UTCDateTime(), nullable=True),
     *_catch_up_columns(),
+    # What we sent the provider to name the request when it is not the row's id (M-Pesa's
+    # AccountReference); NULL: the id itself.
+    Column("our_reference", String(32), nullable=True),
+    # When a request that may have reached the provider left (NULL: never sent, or certainly
+    # not received): a provider that cannot take a request twice is never sent one again.
+    Column("sent_at", UTCDateTime(), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     CheckConstraint("amount > 0", name="amount_positive"),
@@ -345,6 +358,15 @@ def _partial_indexes() -> None:
         where="provider_transaction_id IS NOT NULL",
         unique=True,
     )
+    for table in (payments, refunds):
+        partial(
+            f"uq_{table.name}_provider_our_reference",
+            table,
+            "provider",
+            "our_reference",
+            where="our_reference IS NOT NULL",
+            unique=True,
+        )
     partial(
         "uq_payments_order_id_live",
         payments,
