@@ -49,6 +49,14 @@ class Unauthenticated(OrderpayError):
     code = "unauthenticated"
 
 
+class Forbidden(OrderpayError):
+    """Who is asking may not do this (a caller outside an allow-list; an operator's role)."""
+
+    http_status = 403
+    exit_code = 2
+    code = "forbidden"
+
+
 class NotFound(OrderpayError):
     http_status = 404
     exit_code = 3
@@ -94,6 +102,7 @@ class Unavailable(OrderpayError):
 CATEGORIES: tuple[type[OrderpayError], ...] = (
     InvalidInput,
     Unauthenticated,
+    Forbidden,
     NotFound,
     Conflict,
     PayloadTooLarge,

@@ -32,6 +32,7 @@ from orderpay.http.bodies import read_body
 from orderpay.http.confirmer import Confirmer
 from orderpay.http.momo_route import PATHS as MOMO_PATHS
 from orderpay.http.momo_route import MomoRoute
+from orderpay.http.mpesa_route import mpesa_webhook
 from orderpay.metrics import metrics
 from orderpay.notify.reports import apply_report, parse_report
 from orderpay.payments.catch_up import oldest_awaiting
@@ -207,6 +208,8 @@ def both_forms(path: str, endpoint: Endpoint, methods: list[str]) -> list[Route]
 ROUTES = [
     *both_forms("/api/webhooks/mtn/", mtn_webhook, ["POST", "PUT"]),
     *both_forms("/api/webhooks/sms-dlr/", sms_delivery_report, ["POST"]),
+    *both_forms("/api/webhooks/mpesa/{path_token}/", mpesa_webhook, ["POST"]),
+    *both_forms("/api/webhooks/daraja/{path_token}/", mpesa_webhook, ["POST"]),
     *both_forms("/api/orders/", rest.create_order, ["POST"]),
     *both_forms("/api/orders/{order_id}/", rest.get_order, ["GET"]),
     *both_forms("/api/payments/charge/", rest.charge, ["POST"]),

@@ -37,7 +37,7 @@ from tests.fake_mtn import FakeMtn
 from tests.live_server import TestClient, listener_client, listener_settings
 from tests.services import POSTGRES_VARIABLE, REDIS_VARIABLE, Servers
 
-CONFIG_PREFIXES = ("ORDERPAY_", "MTN_MOMO_", "POSTGRES_")
+CONFIG_PREFIXES = ("ORDERPAY_", "MTN_MOMO_", "MPESA_", "POSTGRES_")
 CONFIG_NAMES = ("DATABASE_URL", "REDIS_URL", "MOMO_WEBHOOK_SECRET")
 SERVERS = pytest.StashKey[Servers]()
 

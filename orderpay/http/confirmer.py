@@ -19,6 +19,7 @@ from orderpay.errors import OrderpayError
 from orderpay.payments.confirmation import confirm_payment
 
 if TYPE_CHECKING:
+    from orderpay.providers.base import StatusAnswer
     from orderpay.runtime import Runtime
     from orderpay.store.payments import Payment
 
@@ -34,19 +35,22 @@ class Confirmer:
         self._lock = threading.Lock()
         self._in_flight: dict[uuid.UUID, Future[None]] = {}
 
-    def submit(self, payment: Payment, source: str) -> Future[None] | None:
-        """Ask about `payment` soon; None if a confirmation of it is already under way."""
+    def submit(
+        self, payment: Payment, source: str, hint: StatusAnswer | None = None
+    ) -> Future[None] | None:
+        """Ask about `payment` soon; None if a confirmation of it is already under way.
+        `hint`: what the callback said (kept with a confirmed success: its receipt)."""
         with self._lock:
             if payment.id in self._in_flight:
                 return None
             try:
-                future = self._pool.submit(self._confirm, payment, source)
+                future = self._pool.submit(self._confirm, payment, source, hint)
             except RuntimeError:  # shutting down: reconcile settles it later
                 return None
             self._in_flight[payment.id] = future
             return future
 
-    def _confirm(self, payment: Payment, source: str) -> None:
+    def _confirm(self, payment: Payment, source: str, hint: StatusAnswer | None) -> None:
         runtime = self.runtime
         try:
             result = confirm_payment(
@@ -56,6 +60,7 @@ class Confirmer:
                 notify=runtime.notify_target(),
                 source=source,
                 lease=timedelta(seconds=runtime.settings.charge_lease_seconds),
+                hint=hint,
             )
         except OrderpayError as error:  # reconcile settles it later
             log.warning("confirming payment %s failed: %s", payment.id, error.message)

@@ -4,7 +4,7 @@ settlement."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from sqlalchemy import Connection
@@ -46,6 +46,9 @@ def reference_of(payment: Payment) -> PaymentRef:
 @dataclass(frozen=True, slots=True)
 class ChargeCycle:
     payment: Payment
+    # What an unsigned callback said (its receipt and amount): kept once the provider's own
+    # status call confirms the outcome, which M-Pesa's STK Query gives without them.
+    hint: StatusAnswer | None = None
     kind: str = "payment"
     confirm_on_acceptance: bool = False
 
@@ -94,7 +97,15 @@ class ChargeCycle:
         )
 
     def status(self, provider: Provider) -> StatusAnswer:
-        return provider.payment_status(reference_of(self.payment))
+        answer = provider.payment_status(reference_of(self.payment))
+        hint = self.hint
+        if hint is not None and answer.state is hint.state is RemoteState.SUCCEEDED:
+            return replace(
+                answer,
+                amount=answer.amount or hint.amount,
+                transaction_id=answer.transaction_id or hint.transaction_id,
+            )
+        return answer
 
     def take_lease(self, conn: Connection, lease: timedelta) -> ChargeCycle | None:
         taken = ledger.take_lease(conn, self.payment.id, lease)

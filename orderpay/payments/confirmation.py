@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from orderpay.payments.charge_cycle import ChargeCycle
 from orderpay.payments.life_cycle import Check, check
-from orderpay.providers.base import Provider
+from orderpay.providers.base import Provider, StatusAnswer
 from orderpay.store.db import Transactional
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import Payment
@@ -28,13 +28,16 @@ def confirm_payment(
     source: str,
     lease: timedelta,
     dry_run: bool = False,
+    hint: StatusAnswer | None = None,
 ) -> Check:
     """Ask the provider about one payment whose outcome is awaited and act on its answer.
-    With `dry_run`, only the status call is made: the answer says what would be done."""
+    With `dry_run`, only the status call is made: the answer says what would be done.
+    `hint`: what an unsigned callback said, whose receipt and amount are kept once the
+    provider confirms its outcome."""
     return check(
         db,
         provider,
-        ChargeCycle(payment),
+        ChargeCycle(payment, hint),
         notify=notify,
         source=source,
         lease=lease,

@@ -1,14 +1,15 @@
-"""Payment providers: the Provider protocol (base), the simulator, MTN MoMo Collection."""
+"""Payment providers: the Provider protocol (base) and capability records (capabilities), the
+simulator, MTN MoMo, M-Pesa Daraja."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orderpay.config_values import PROVIDER_NAMES
+
 if TYPE_CHECKING:
     from orderpay.config import Settings
     from orderpay.providers.base import Provider
-
-PROVIDER_NAMES = ("simulator", "mtn")
 
 
 def build_provider(name: str, settings: Settings) -> Provider:
@@ -20,6 +21,10 @@ def build_provider(name: str, settings: Settings) -> Provider:
         from orderpay.providers.mtn import MtnProvider
 
         return MtnProvider.from_settings(settings)
+    if name == "mpesa":
+        from orderpay.providers.mpesa import MpesaProvider
+
+        return MpesaProvider.from_settings(settings)
     if name == "simulator":
         from orderpay.providers.simulator import SimulatorProvider
 

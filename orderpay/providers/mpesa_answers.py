@@ -65,6 +65,20 @@ def result_state(code: str) -> tuple[RemoteState, str | None]:
     return RemoteState.AMBIGUOUS, f"result code {code}"
 
 
+# A reversal of a receipt reversed already: by an earlier request, or on M-Pesa's portal.
+ALREADY_REVERSED = "R000001"
+
+
+def refund_result_state(code: str, description: str) -> tuple[RemoteState, str | None]:
+    """A reversal's or B2C's result: 0 paid back; "already reversed" settles nothing (someone
+    gave the money back, maybe not this refund); any other code failed that request."""
+    if code == SUCCESS:
+        return RemoteState.SUCCEEDED, None
+    if code == ALREADY_REVERSED:
+        return RemoteState.AMBIGUOUS, f"{code}: {description or 'already reversed'}"
+    return RemoteState.FAILED, f"{code}: {description}" if description else f"result code {code}"
+
+
 def is_being_processed(error: DarajaError) -> bool:
     return error.code == PENDING_CODE and BEING_PROCESSED in error.message.lower()
 

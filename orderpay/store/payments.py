@@ -289,3 +289,37 @@ def recent_to_payer(
     """The payments asked of one payer through one provider since `since`, newest first."""
     params = {"b_payer": payer_phone, "b_provider": provider, "b_since": since}
     return [from_row(row) for row in conn.execute(_RECENT_TO_PAYER, params)]
+
+
+_BY_PROVIDER_REFERENCE = select(*COLUMNS).where(
+    payments.c.provider == bindparam("b_provider"),
+    payments.c.provider_reference == bindparam("b_reference"),
+)
+_BY_OUR_REFERENCE = select(*COLUMNS).where(
+    payments.c.provider == bindparam("b_provider"),
+    payments.c.our_reference == bindparam("b_reference"),
+)
+_BY_TRANSACTION = select(*COLUMNS).where(
+    payments.c.provider == bindparam("b_provider"),
+    payments.c.provider_transaction_id == bindparam("b_reference"),
+)
+
+
+def find_by_provider_reference(conn: Connection, provider: str, reference: str) -> Payment | None:
+    """The payment a provider knows by `reference` (its own handle: M-Pesa's CheckoutRequestID)."""
+    return _one(conn, _BY_PROVIDER_REFERENCE, provider, reference)
+
+
+def find_by_our_reference(conn: Connection, provider: str, reference: str) -> Payment | None:
+    """The payment we named `reference` to its provider (M-Pesa's AccountReference)."""
+    return _one(conn, _BY_OUR_REFERENCE, provider, reference)
+
+
+def find_by_transaction(conn: Connection, provider: str, transaction_id: str) -> Payment | None:
+    """The payment holding the provider's money id `transaction_id` (M-Pesa's receipt)."""
+    return _one(conn, _BY_TRANSACTION, provider, transaction_id)
+
+
+def _one(conn: Connection, statement: Any, provider: str, reference: str) -> Payment | None:
+    row = conn.execute(statement, {"b_provider": provider, "b_reference": reference}).first()
+    return None if row is None else from_row(row)

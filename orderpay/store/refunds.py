@@ -295,3 +295,19 @@ def awaiting_answers(conn: Connection, limit: int) -> list[Refund]:
 def oldest_awaiting(conn: Connection) -> datetime | None:
     """When the oldest refund still awaiting its provider's final word was made."""
     return conn.execute(select(func.min(_r.created_at)).where(_OPEN)).scalar_one()  # type: ignore[no-any-return]
+
+
+def find_by_provider_reference(conn: Connection, provider: str, reference: str) -> Refund | None:
+    """The refund a provider knows by `reference` (M-Pesa's ConversationID)."""
+    row = conn.execute(
+        select(*COLUMNS).where(_r.provider == provider, _r.provider_reference == reference)
+    ).first()
+    return None if row is None else from_row(row)
+
+
+def find_by_our_reference(conn: Connection, provider: str, reference: str) -> Refund | None:
+    """The refund we named `reference` to its provider."""
+    row = conn.execute(
+        select(*COLUMNS).where(_r.provider == provider, _r.our_reference == reference)
+    ).first()
+    return None if row is None else from_row(row)

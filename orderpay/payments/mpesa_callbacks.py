@@ -1,0 +1,326 @@
+"""M-Pesa's callbacks (`POST /api/webhooks/mpesa/{path_token}/`): STK results, reversal and B2C
+results, and C2B confirmations. Daraja signs nothing, so each is a hint, recorded once per
+result however many copies arrive, before anything moves:
+
+- An STK result names its CheckoutRequestID, and (in the URL we gave, `?ref=`) our short
+  reference. A payment whose push answer was lost is found by that reference; the callback is
+  its proof of acceptance (`initiated` -> `pending`, the CheckoutRequestID kept). The outcome
+  is then confirmed by STK Query (http/confirmer.py) and only that answer settles it; the
+  callback's receipt and amount are kept with a confirmed success.
+- A reversal's or B2C's result is believed when it names the ConversationID M-Pesa returned to
+  our request for that refund (known only to M-Pesa and us): it settles the refund. One found
+  only by our reference (its request's answer was lost) is kept for an operator.
+- A C2B confirmation of a payment already recorded with that receipt is the same money seen
+  twice (a PayBill with C2B URLs registered reports an STK payment both ways): recognised as a
+  duplicate, never counted. For an open payment it is a hint like an STK result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import Connection
+
+from orderpay.domain.answers import RemoteState
+from orderpay.domain.money import Money
+from orderpay.domain.states import PaymentStatus, RefundStatus
+from orderpay.domain.validation import has_unstorable_characters, json_object
+from orderpay.errors import InvalidPayload
+from orderpay.payments.refund_settlement import settle_refund
+from orderpay.providers.base import StatusAnswer
+from orderpay.providers.mpesa_answers import result_state
+from orderpay.store import ledger, refunds, webhook_events
+from orderpay.store.notifications import NotifyTarget
+from orderpay.store.payments import (
+    Payment,
+    find_by_our_reference,
+    find_by_provider_reference,
+    find_by_transaction,
+    to_confirm,
+)
+
+SOURCE = "mpesa"
+PROVIDER = "mpesa"
+CURRENCY = "KES"
+MAX_FIELD = 128
+
+
+@dataclass(frozen=True, slots=True)
+class StkResult:
+    checkout_id: str
+    result_code: str
+    description: str
+    our_reference: str | None  # from the callback URL's `ref`
+    receipt: str | None = None
+    amount: Money | None = None
+
+    def as_hint(self) -> StatusAnswer:
+        state, reason = result_state(self.result_code)
+        return StatusAnswer(state, reason, self.amount, self.receipt)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    conversation_id: str
+    result_code: str
+    description: str
+    our_reference: str | None  # from the result URL's `refund`
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class C2bConfirmation:
+    receipt: str
+    bill_reference: str
+    amount: Money | None
+
+
+Callback = StkResult | RefundResult | C2bConfirmation
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What recording a callback came to: its outcome, and the payment to confirm by STK Query
+    (with what the callback said), if any."""
+
+    outcome: str
+    to_confirm: Payment | None = None
+    hint: StatusAnswer | None = None
+    notification_queued: bool = False
+
+
+def parse_callback(body: bytes, query: Mapping[str, str]) -> Callback:
+    """Daraja's three shapes; InvalidPayload (400) for anything else."""
+    document, _ = json_object(body)
+    stk = _dig(document, "Body", "stkCallback")
+    if isinstance(stk, dict):
+        return _stk(stk, query.get("ref"))
+    result = document.get("Result")
+    if isinstance(result, dict):
+        return _result(result, query.get("refund"))
+    if "TransID" in document:
+        return C2bConfirmation(
+            _text(document, "TransID", required=True) or "",
+            _text(document, "BillRefNumber") or "",
+            _amount(document.get("TransAmount")),
+        )
+    raise InvalidPayload("not an M-Pesa callback (Body.stkCallback, Result or TransID expected)")
+
+
+def record_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -> Received:
+    if isinstance(callback, StkResult):
+        return _record_stk(conn, callback)
+    if isinstance(callback, RefundResult):
+        return _apply_refund_result(conn, callback, notify)
+    return _record_c2b(conn, callback)
+
+
+def _record_stk(conn: Connection, result: StkResult) -> Received:
+    payment = find_by_provider_reference(conn, PROVIDER, result.checkout_id)
+    if payment is None and result.our_reference:
+        lost = find_by_our_reference(conn, PROVIDER, result.our_reference)
+        if lost is not None and lost.provider_reference is None:
+            payment = _accepted_after_all(conn, lost, result.checkout_id)
+    fields = {"checkout": result.checkout_id, "result": result.result_code}
+    if result.receipt:
+        fields["receipt"] = result.receipt
+    if result.amount is not None:
+        fields["amount"] = result.amount.as_string()
+    if payment is None:
+        recorded = webhook_events.record_once(
+            conn,
+            source=SOURCE,
+            dedupe_key=f"stk:{result.checkout_id}:{result.result_code}",
+            payload=json.dumps(fields, sort_keys=True),
+            outcome="unmatched",
+            order_id=None,
+        )
+        return Received("unmatched" if recorded else "duplicate")
+    recorded = webhook_events.record_once(
+        conn,
+        source=SOURCE,
+        dedupe_key=f"stk:{result.checkout_id}:{result.result_code}",
+        payload=json.dumps(fields, sort_keys=True),
+        outcome="to_confirm" if to_confirm(payment) else "duplicate",
+        order_id=payment.order_id,
+        payment_id=payment.id,
+    )
+    if not recorded:
+        return Received("duplicate")
+    if not to_confirm(payment):
+        return Received("duplicate")
+    return Received("to_confirm", payment, result.as_hint())
+
+
+def _accepted_after_all(conn: Connection, payment: Payment, checkout_id: str) -> Payment:
+    """The push's answer was lost, but its callback names our reference: M-Pesa took it."""
+    if payment.status is not PaymentStatus.INITIATED:
+        return payment
+    moved = ledger.record_answer(
+        conn,
+        payment,
+        PaymentStatus.PENDING,
+        reference=checkout_id,
+        reason=None,
+        event="payment_pending",
+        detail=f"payment {payment.id}: M-Pesa's callback names its CheckoutRequestID (the "
+        "push's own answer was lost)",
+    )
+    return moved or payment
+
+
+def _apply_refund_result(conn: Connection, result: RefundResult, notify: NotifyTarget) -> Received:
+    refund = refunds.find_by_provider_reference(conn, PROVIDER, result.conversation_id)
+    believed = refund is not None
+    if refund is None and result.our_reference:
+        refund = refunds.find_by_our_reference(conn, PROVIDER, result.our_reference)
+    fields = {
+        "conversation": result.conversation_id,
+        "result": result.result_code,
+        "description": result.description[:MAX_FIELD],
+    }
+    if result.transaction_id:
+        fields["transaction"] = result.transaction_id
+    state, reason = result_state(result.result_code)
+    outcome = (
+        "processed"
+        if believed and state in (RemoteState.SUCCEEDED, RemoteState.FAILED)
+        else ("review" if refund is not None else "unmatched")
+    )
+    recorded = webhook_events.record_once(
+        conn,
+        source=SOURCE,
+        dedupe_key=f"result:{result.conversation_id}:{result.result_code}",
+        payload=json.dumps(fields, sort_keys=True),
+        outcome=outcome,
+        order_id=refund.order_id if refund is not None else None,
+        payment_id=refund.payment_id if refund is not None else None,
+    )
+    if not recorded:
+        return Received("duplicate")
+    if refund is None or outcome != "processed" or refund.status is not RefundStatus.PENDING:
+        return Received(outcome)
+    settled = settle_refund(
+        conn,
+        refund.id,
+        RefundStatus.SUCCEEDED if state is RemoteState.SUCCEEDED else RefundStatus.FAILED,
+        reason=reason,
+        amount=None,
+        source="mpesa result",
+        notify=notify,
+        transaction_id=result.transaction_id,
+    )
+    return Received(settled.verdict.value, notification_queued=settled.notification_queued)
+
+
+def _record_c2b(conn: Connection, confirmation: C2bConfirmation) -> Received:
+    fields = {"receipt": confirmation.receipt, "bill_reference": confirmation.bill_reference}
+    same = find_by_transaction(conn, PROVIDER, confirmation.receipt)
+    payment = same or (
+        find_by_our_reference(conn, PROVIDER, confirmation.bill_reference)
+        if confirmation.bill_reference
+        else None
+    )
+    if same is not None or (payment is not None and not to_confirm(payment)):
+        outcome = "duplicate"  # the STK payment's own C2B record: counted once
+    elif payment is not None:
+        outcome = "to_confirm"
+    else:
+        outcome = "unmatched"
+    recorded = webhook_events.record_once(
+        conn,
+        source=SOURCE,
+        dedupe_key=f"c2b:{confirmation.receipt}",
+        payload=json.dumps(fields, sort_keys=True),
+        outcome=outcome,
+        order_id=payment.order_id if payment is not None else None,
+        payment_id=payment.id if payment is not None else None,
+    )
+    if not recorded or outcome != "to_confirm" or payment is None:
+        return Received(outcome if recorded else "duplicate")
+    if payment.provider_reference is None:
+        return Received(outcome)  # nothing to ask STK Query with: its STK callback will come
+    hint = StatusAnswer(RemoteState.SUCCEEDED, None, confirmation.amount, confirmation.receipt)
+    return Received(outcome, payment, hint)
+
+
+def _stk(stk: dict[str, Any], our_reference: str | None) -> StkResult:
+    checkout = _text(stk, "CheckoutRequestID", required=True) or ""
+    code = stk.get("ResultCode")
+    if isinstance(code, bool) or not isinstance(code, int | str) or str(code).strip() == "":
+        raise InvalidPayload("Body.stkCallback.ResultCode is required")
+    items = _dig(stk, "CallbackMetadata", "Item")
+    metadata: dict[str, Any] = {}
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("Name"), str):
+                metadata[item["Name"]] = item.get("Value")
+    receipt = metadata.get("MpesaReceiptNumber")
+    return StkResult(
+        checkout,
+        str(code).strip(),
+        str(stk.get("ResultDesc") or "")[:MAX_FIELD],
+        _reference(our_reference),
+        receipt[:MAX_FIELD] if isinstance(receipt, str) and receipt.isalnum() else None,
+        _amount(metadata.get("Amount")),
+    )
+
+
+def _result(result: dict[str, Any], our_reference: str | None) -> RefundResult:
+    conversation = _text(result, "ConversationID", required=True) or ""
+    code = result.get("ResultCode")
+    if isinstance(code, bool) or not isinstance(code, int | str) or str(code).strip() == "":
+        raise InvalidPayload("Result.ResultCode is required")
+    return RefundResult(
+        conversation,
+        str(code).strip(),
+        str(result.get("ResultDesc") or "")[:MAX_FIELD],
+        _reference(our_reference),
+        _text(result, "TransactionID"),
+    )
+
+
+def _dig(document: Any, *names: str) -> Any:
+    for name in names:
+        if not isinstance(document, dict):
+            return None
+        document = document.get(name)
+    return document
+
+
+def _text(document: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = document.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip() or has_unstorable_characters(value):
+        if required:
+            raise InvalidPayload(f"{name} is required (1-{MAX_FIELD} characters)")
+        return None
+    if len(value) > MAX_FIELD:
+        raise InvalidPayload(f"{name} is longer than {MAX_FIELD} characters")
+    return value.strip()
+
+
+def _reference(value: str | None) -> str | None:
+    return value if value and value.isalnum() and len(value) <= 32 else None
+
+
+def _amount(value: Any) -> Money | None:
+    """Daraja's amounts: 1.0 in STK metadata, "100.00" in C2B; whole shillings."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        shillings = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    if (
+        not shillings.is_finite()
+        or shillings < 0
+        or shillings != shillings.quantize(Decimal("0.01"))
+    ):
+        return None
+    return Money(int(shillings * 100), CURRENCY)
