@@ -195,7 +195,7 @@ def claim_payment(
     capabilities.check_amount(amount)
     capabilities.check_payer(payer)
     if capabilities.one_prompt_per_payer:
-        _wait_for_payer(conn, capabilities, payer, amount, now)
+        _wait_for_payer(conn, capabilities, payer, amount, now, order_id)
     payment_id = uuid.uuid4()
 
     values = {
@@ -241,7 +241,12 @@ def claim_payment(
 
 
 def _wait_for_payer(
-    conn: Connection, capabilities: Capabilities, payer: str, amount: Money, now: datetime
+    conn: Connection,
+    capabilities: Capabilities,
+    payer: str,
+    amount: Money,
+    now: datetime,
+    order_id: uuid.UUID,
 ) -> None:
     """A provider that prompts one payer at a time refuses a second prompt while one is open,
     and the same amount again within its window (M-Pesa: "unable to lock subscriber", rule
@@ -251,6 +256,8 @@ def _wait_for_payer(
     window = max(PROMPT_OPEN_SECONDS, capabilities.same_amount_window_seconds)
     for earlier in recent_to_payer(conn, capabilities.name, payer, now - timedelta(seconds=window)):
         age = (now - earlier.created_at).total_seconds()
+        if earlier.order_id == order_id and earlier.status in OPEN_PAYMENT_STATUSES:
+            continue  # the order's own live payment: its key resumes it, another key conflicts
         if earlier.status in OPEN_PAYMENT_STATUSES and age < PROMPT_OPEN_SECONDS:
             wait, why = PROMPT_OPEN_SECONDS - age, "has a prompt open"
         elif (

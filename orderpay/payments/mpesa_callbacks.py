@@ -18,6 +18,7 @@ result however many copies arrive, before anything moves:
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -32,8 +33,8 @@ from orderpay.domain.validation import has_unstorable_characters, json_object
 from orderpay.errors import InvalidPayload
 from orderpay.payments.refund_settlement import settle_refund
 from orderpay.providers.base import StatusAnswer
-from orderpay.providers.mpesa_answers import result_state
-from orderpay.store import ledger, refunds, webhook_events
+from orderpay.providers.mpesa_answers import refund_result_state, result_state
+from orderpay.store import ledger, locks, refunds, webhook_events
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import (
     Payment,
@@ -42,8 +43,10 @@ from orderpay.store.payments import (
     find_by_transaction,
     to_confirm,
 )
+from orderpay.store.refund_rows import Refund
 
 SOURCE = "mpesa"
+EARLY = "early"  # a refund result that came before its request's answer
 PROVIDER = "mpesa"
 CURRENCY = "KES"
 MAX_FIELD = 128
@@ -175,9 +178,14 @@ def _accepted_after_all(conn: Connection, payment: Payment, checkout_id: str) ->
 
 def _apply_refund_result(conn: Connection, result: RefundResult, notify: NotifyTarget) -> Received:
     refund = refunds.find_by_provider_reference(conn, PROVIDER, result.conversation_id)
-    believed = refund is not None
     if refund is None and result.our_reference:
         refund = refunds.find_by_our_reference(conn, PROVIDER, result.our_reference)
+    if refund is not None:
+        # Under the payment's lock, as the refund flow's apply_early_result: a result either
+        # sees the answer recorded, or is recorded early before that flow looks for it.
+        locks.lock_payment(conn, refund.payment_id)
+        refund = refunds.get_refund(conn, refund.id)
+    believed = refund is not None and refund.provider_reference == result.conversation_id
     fields = {
         "conversation": result.conversation_id,
         "result": result.result_code,
@@ -185,12 +193,17 @@ def _apply_refund_result(conn: Connection, result: RefundResult, notify: NotifyT
     }
     if result.transaction_id:
         fields["transaction"] = result.transaction_id
-    state, reason = result_state(result.result_code)
-    outcome = (
-        "processed"
-        if believed and state in (RemoteState.SUCCEEDED, RemoteState.FAILED)
-        else ("review" if refund is not None else "unmatched")
-    )
+    state, reason = refund_result_state(result.result_code, result.description)
+    if refund is None:
+        outcome = "unmatched"
+    elif believed and state in (RemoteState.SUCCEEDED, RemoteState.FAILED):
+        outcome = "processed"
+    elif not believed and refund.provider_reference is None:
+        # Before its request's answer (or instead of a lost one): believed once the answer
+        # names the same ConversationID (apply_early_result).
+        outcome = EARLY
+    else:
+        outcome = "review"  # another ConversationID, or "already reversed": an operator decides
     recorded = webhook_events.record_once(
         conn,
         source=SOURCE,
@@ -204,17 +217,50 @@ def _apply_refund_result(conn: Connection, result: RefundResult, notify: NotifyT
         return Received("duplicate")
     if refund is None or outcome != "processed" or refund.status is not RefundStatus.PENDING:
         return Received(outcome)
+    queued = _settle_refund(conn, refund.id, state, reason, result.transaction_id, notify)
+    return Received(outcome, notification_queued=queued)
+
+
+def apply_early_result(conn: Connection, refund: Refund, notify: NotifyTarget) -> bool:
+    """Settle `refund` (its request's answer just recorded) on a result that arrived before
+    that answer and names the same ConversationID; whether a notification was queued."""
+    locks.lock_payment(conn, refund.payment_id)
+    refund = refunds.get_refund(conn, refund.id)
+    if refund.provider_reference is None or refund.status is not RefundStatus.PENDING:
+        return False
+    prefix = f"result:{refund.provider_reference}:"
+    for event in webhook_events.waiting_under(conn, SOURCE, prefix, EARLY):
+        fields = json.loads(event.payload or "{}")
+        code, said = str(fields.get("result")), str(fields.get("description", ""))
+        state, reason = refund_result_state(code, said)
+        definite = state in (RemoteState.SUCCEEDED, RemoteState.FAILED)
+        outcome = "processed" if definite else "review"
+        webhook_events.decide(conn, event.id, outcome, refund.order_id, refund.payment_id)
+        if definite:
+            transaction = fields.get("transaction")
+            return _settle_refund(conn, refund.id, state, reason, transaction, notify)
+    return False
+
+
+def _settle_refund(
+    conn: Connection,
+    refund_id: uuid.UUID,
+    state: RemoteState,
+    reason: str | None,
+    transaction_id: str | None,
+    notify: NotifyTarget,
+) -> bool:
     settled = settle_refund(
         conn,
-        refund.id,
+        refund_id,
         RefundStatus.SUCCEEDED if state is RemoteState.SUCCEEDED else RefundStatus.FAILED,
         reason=reason,
         amount=None,
         source="mpesa result",
         notify=notify,
-        transaction_id=result.transaction_id,
+        transaction_id=transaction_id,
     )
-    return Received(settled.verdict.value, notification_queued=settled.notification_queued)
+    return settled.notification_queued
 
 
 def _record_c2b(conn: Connection, confirmation: C2bConfirmation) -> Received:

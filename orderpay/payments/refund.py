@@ -41,6 +41,7 @@ from orderpay.errors import (
     RefundExceedsPayment,
 )
 from orderpay.payments.life_cycle import Check, ask, check, leased_now
+from orderpay.payments.mpesa_callbacks import apply_early_result
 from orderpay.payments.refund_cycle import RefundCycle
 from orderpay.providers.base import Provider
 from orderpay.providers.capabilities import (
@@ -131,7 +132,14 @@ def refund_payment(
     if claim.must_submit:
         provider = provider or _refunding(provider_for, provider_name)
         refund = submit(db, provider, refund, claim.payment, resent=claim.replayed)
-        if refund.status is RefundStatus.PENDING:
+        by_callback = provider.capabilities.refund_results_by_callback
+        if refund.status is RefundStatus.PENDING and by_callback:
+            # No status call answers at once: a result may have come before this answer.
+            pending = refund
+            queued = retrying(db, lambda conn: apply_early_result(conn, pending, notify))
+            with db.transaction() as conn:
+                refund = refunds.get_refund(conn, refund.id)
+        elif refund.status is RefundStatus.PENDING:
             confirmed = confirm_refund(db, provider, refund, claim.payment, notify, "refund", lease)
             queued = confirmed.notification_queued
             with db.transaction() as conn:

@@ -61,6 +61,9 @@ class Capabilities:
     # to the same payer within this many seconds (Daraja's rule 17): charges to one payer are
     # serialised and such a charge waits, rather than being refused at the provider.
     one_prompt_per_payer: bool = False
+    # Refund results come only by callback (M-Pesa's result URL), maybe before the request's
+    # own answer: the refund flow then applies one that arrived early.
+    refund_results_by_callback: bool = False
     same_amount_window_seconds: int = 0
     # Largest and smallest amount per charge, in minor units (None: no limit of ours).
     min_amount: int | None = None
@@ -153,6 +156,7 @@ MPESA = Capabilities(
     statement_source="Pull Transactions API (48 h) and the organisation portal export",
     one_prompt_per_payer=True,
     same_amount_window_seconds=120,
+    refund_results_by_callback=True,
     min_amount=100,  # KES 1
     max_amount=25_000_000,  # KES 250,000 per transaction
     payer_pattern=r"254[17]\d{8}",

@@ -135,7 +135,7 @@ class DarajaApi:
         except httpx.HTTPError as error:
             raise ProviderUnavailable(
                 f"M-Pesa's answer to the {what} was lost ({type(error).__name__}): it may have "
-                "been acted on",
+                "been acted on, so it is not sent again (M-Pesa would act on it twice)",
                 reason="answer_lost",
             ) from error
 
