@@ -26,6 +26,7 @@ from orderpay.domain.answers import RemoteState, is_definite, refusal_stands
 from orderpay.errors import ProviderUnavailable
 from orderpay.payments.settlement import Settled
 from orderpay.providers.base import Accepted, Declined, Provider, ProviderAnswer, StatusAnswer
+from orderpay.providers.capabilities import capabilities_of
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.notifications import NotifyTarget
 
@@ -223,7 +224,7 @@ def _resubmit(
     A dry run takes no lease and asks nothing: it says whether it would."""
     if cycle.lease_held:
         return replace(unchanged(cycle, remote, busy(cycle), dry_run), left_alone=True)
-    if cycle.sent and not provider.capabilities.resend_safe:
+    if cycle.sent and not capabilities_of(cycle.provider).resend_safe:
         note = (
             f"its answer was lost and {cycle.provider} cannot take a request twice (the payer "
             "would be prompted again): not re-sent; waiting for its callback"

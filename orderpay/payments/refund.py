@@ -132,7 +132,7 @@ def refund_payment(
     if claim.must_submit:
         provider = provider or _refunding(provider_for, provider_name)
         refund = submit(db, provider, refund, claim.payment, resent=claim.replayed)
-        by_callback = provider.capabilities.refund_results_by_callback
+        by_callback = capabilities_of(provider.name).refund_results_by_callback
         if refund.status is RefundStatus.PENDING and by_callback:
             # No status call answers at once: a result may have come before this answer.
             pending = refund
