@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from orderpay import clock
 from orderpay.domain.answers import RemoteState
 from orderpay.domain.schedule import CatchUpSchedule
 from orderpay.domain.states import PaymentStatus
@@ -25,6 +26,8 @@ from orderpay.providers.capabilities import MPESA
 from orderpay.providers.simulator import SimulatorProvider
 from orderpay.store.db import Database
 from orderpay.store.notifications import NotifyTarget
+from orderpay.store.payments import find_by_key
+from orderpay.store.reviews import open_items_of_payment
 from tests.builders import an_order
 from tests.ledger_views import current
 
@@ -106,8 +109,30 @@ def test_a_request_that_certainly_never_arrived_is_sent_again_by_its_key(db: Dat
 
     assert len(provider.requests) == 2
     with db.transaction() as conn:
-        from orderpay.store.payments import find_by_key
-
         payment = find_by_key(conn, "key-1")
     assert payment is not None
     assert current(db, payment).status is PaymentStatus.PENDING
+
+
+def test_a_lost_answer_goes_to_an_operator_once_its_callback_is_overdue(db: Database) -> None:
+    order = an_order(db, phone=KENYAN, price="100", currency="KES", quantity=1)
+    provider = OneShot(reached=True)
+    with pytest.raises(ProviderUnavailable):
+        charge(db, provider, order.id)
+    catch_up = CatchUp(
+        db, lambda _name: provider, NotifyTarget("log", None), CatchUpSchedule.parse(), timedelta(0)
+    )
+    clock.advance(timedelta(minutes=5))
+    assert catch_up.run_due().overdue == []  # its callback may still come
+
+    clock.advance(timedelta(minutes=6))
+    given = catch_up.run_due()
+
+    assert len(given.overdue) == 1
+    with db.transaction() as conn:
+        payment = find_by_key(conn, "key-1")
+        assert payment is not None
+        [item] = open_items_of_payment(conn, payment.id)
+    assert item.reason == "no_final_answer"
+    assert "answer was lost" in item.reported
+    assert len(provider.requests) == 1

@@ -31,6 +31,7 @@ from orderpay.payments.charge_cycle import ChargeCycle
 from orderpay.payments.life_cycle import Action, Check, Cycle, busy, check
 from orderpay.payments.refund_cycle import RefundCycle
 from orderpay.providers.base import Provider
+from orderpay.providers.capabilities import capabilities_of
 from orderpay.store import ledger, locks, refunds
 from orderpay.store import payments as payment_rows
 from orderpay.store.db import Transactional, retrying
@@ -114,11 +115,12 @@ class CatchUp:
 
         retrying(self.db, reschedule)
         overdue = self.schedule.overdue(item.created_at, utcnow())
+        why = "past the deadline" if overdue else _answer_lost(cycle, item.created_at)
         if (
             asked is not None
             and not asked.definite
-            and overdue
-            and self._give_to_an_operator(cycle, asked)
+            and why
+            and self._give_to_an_operator(cycle, asked, why)
         ):
             done.overdue.append(item_id)
 
@@ -184,11 +186,11 @@ class CatchUp:
             done.checked.append(asked)
         return asked
 
-    def _give_to_an_operator(self, cycle: Cycle, asked: Check) -> bool:
+    def _give_to_an_operator(self, cycle: Cycle, asked: Check, why: str) -> bool:
         """A `no_final_answer` item (once while open): what was asked, and the last answer."""
         reported = (
             f"{cycle.provider} asked about {cycle.kind} {cycle.item_id} ({cycle.state}) since "
-            f"it was made, past the deadline; last answer: {asked.remote}"
+            f"it was made, {why}; last answer: {asked.remote}"
             + (f" ({asked.note})" if asked.note else "")
         )
 
@@ -237,6 +239,22 @@ def oldest_awaiting(conn: Connection) -> datetime | None:
     """When the oldest payment or refund still awaiting its provider's final word was made."""
     made = [payment_rows.oldest_awaiting(conn), refunds.oldest_awaiting(conn)]
     return min((at for at in made if at is not None), default=None)
+
+
+def _answer_lost(cycle: Cycle, created_at: datetime) -> str:
+    """Why an item goes to an operator before the deadline: its request may have reached a
+    provider that cannot take it twice, and the answer that would have come has not ("" if
+    not so)."""
+    capabilities = capabilities_of(cycle.provider)
+    wait = capabilities.lost_answer_review_seconds
+    if cycle.state != "initiated" or not cycle.sent or capabilities.resend_safe or wait is None:
+        return ""
+    if utcnow() - created_at < timedelta(seconds=wait):
+        return ""
+    return (
+        f"its answer was lost and {cycle.provider} cannot take it twice, and no callback came "
+        f"within {wait // 60} minutes: check the provider's portal for our reference"
+    )
 
 
 def _skipped(cycle: Cycle, why: str) -> Skipped:
