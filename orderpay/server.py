@@ -61,12 +61,13 @@ def confirmer_of(request: Request) -> Confirmer:
 async def mtn_webhook(request: Request) -> Response:
     """POST or PUT /api/webhooks/mtn/: MTN's unsigned callback, a hint to ask MTN's status.
 
-    Only when MTN is the provider. Recorded (bounded: see payments.hints), answered at once,
-    then confirmed by MTN's status call off the request threads: a forged SUCCESSFUL never
-    marks an order paid.
+    Only when MTN collects (ORDERPAY_PROVIDER, or a route of ORDERPAY_PROVIDER_ROUTES).
+    Recorded (bounded: see payments.hints), answered at once, then confirmed by MTN's status
+    call off the request threads: a forged SUCCESSFUL never marks an order paid.
     """
     runtime = runtime_of(request)
-    if runtime.settings.provider != MTN_PROVIDER:
+    settings = runtime.settings
+    if MTN_PROVIDER not in {settings.provider, *settings.route_table.values()}:
         raise RouteNotFound("not found")
     body = await read_body(request)
     hint = parse_hint(body)

@@ -167,3 +167,16 @@ def test_an_unknown_provider_flag_is_a_usage_error_and_changes_nothing(
     assert outcome.exit_code == 2
     assert "unknown provider 'paypal'" in outcome.error()["message"]
     assert count_rows(db) == before
+
+
+def test_the_mtn_route_listens_when_a_route_names_mtn(pg_url: str, mtn: FakeMtn) -> None:
+    from tests.live_server import listener_client
+
+    env = {**mtn.env(), "ORDERPAY_PROVIDER": "simulator", "ORDERPAY_PROVIDER_ROUTES": "MTN=mtn"}
+    settings = load_settings(DATABASE_URL=pg_url, MOMO_WEBHOOK_SECRET="s" * 40, **env)
+    hint = {"externalId": "00000000-0000-4000-8000-000000000000", "status": "SUCCESSFUL"}
+
+    with listener_client(settings) as client:
+        answer = client.post("/api/webhooks/mtn/", json=hint)
+
+    assert answer.status_code == 200

@@ -37,6 +37,7 @@ from orderpay.domain.validation import as_uuid, has_unstorable_characters, json_
 from orderpay.errors import InvalidPayload, NotFound, OrderNotFound, PaymentNotFound
 from orderpay.payments import review
 from orderpay.payments.settlement import Report, Settled, settle
+from orderpay.providers.capabilities import CAPABILITIES, CallbackTrust
 from orderpay.store import locks, order_events, webhook_events
 from orderpay.store.locks import LockedPayment
 from orderpay.store.notifications import NotifyTarget
@@ -50,9 +51,12 @@ STATUS_WORDS = {
     "failed": PaymentStatus.FAILED,
 }
 MOMO_SOURCE = "momo"
-# Providers whose outcomes arrive signed with MOMO_WEBHOOK_SECRET, so a signed callback is their
-# word. Any other provider's payment is only hinted at by one.
-SIGNING_PROVIDERS = frozenset({"simulator"})
+# Providers whose outcomes arrive signed with MOMO_WEBHOOK_SECRET (their capability record
+# says so), so a signed callback is their word. Any other provider's payment is only hinted at
+# by one.
+SIGNING_PROVIDERS = frozenset(
+    name for name, record in CAPABILITIES.items() if record.callbacks is CallbackTrust.SIGNED
+)
 # Unmatched callbacks kept per order: enough for every outcome of a few charges arriving early,
 # and a bound on what a sender that names one order over and over can make us store.
 MAX_UNMATCHED_PER_ORDER = 20
