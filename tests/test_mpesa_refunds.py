@@ -19,10 +19,10 @@ from orderpay.errors import (
     ProviderUnavailable,
     RefundNotSupported,
 )
-from orderpay.payments import mpesa_callbacks
 from orderpay.payments.mpesa_callbacks import apply_early_result, record_callback
 from orderpay.payments.refund import RefundResult, ask_for, claim_refund, refund_payment
 from orderpay.payments.refund_cycle import RefundCycle
+from orderpay.providers import mpesa_messages
 from orderpay.providers.base import Accepted
 from orderpay.store.db import Database
 from orderpay.store.payments import Payment
@@ -200,7 +200,7 @@ def early_result(place: Kenya, payment: Payment, conversation: str) -> Refund:
     )
     with place.db.transaction() as conn:
         claimed = claim_refund(conn, asked, modes=place.provider.refund_modes, lease=LEASE).refund
-        came = mpesa_callbacks.RefundResult(
+        came = mpesa_messages.RefundResult(
             conversation, "0", "processed", claimed.our_reference, "RVS0000001"
         )
         assert record_callback(conn, came, NOTIFY).outcome == "early"
@@ -237,3 +237,19 @@ def test_a_result_recorded_before_an_answer_naming_another_conversation_moves_no
 
     with place.db.transaction() as conn:
         assert get_refund(conn, claimed.id).status is RefundStatus.PENDING
+
+
+def test_a_lost_payout_result_is_settled_by_the_catch_up_asking_transaction_status(
+    place: Kenya,
+) -> None:
+    payment = paid(place, "250")
+    place.daraja.drop_callbacks(1)
+    result = refund(place, payment, amount="100")
+    assert refund_status(place, result) is RefundStatus.PENDING
+
+    place.reconcile()
+    place.settle()
+
+    assert place.daraja.calls("status") == 1
+    assert refund_status(place, result) is RefundStatus.SUCCEEDED
+    money_matches(place)

@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse, Response
 from orderpay.errors import ConfigurationError, Forbidden, RouteNotFound
 from orderpay.http.bodies import read_body
 from orderpay.metrics import metrics
-from orderpay.payments.mpesa_callbacks import Received, parse_callback, record_callback
+from orderpay.payments.mpesa_callbacks import Received, record_callback
+from orderpay.providers.mpesa_messages import parse_callback
 from orderpay.store.db import retrying
 
 if TYPE_CHECKING:

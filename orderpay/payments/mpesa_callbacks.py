@@ -8,8 +8,11 @@ result however many copies arrive, before anything moves:
   is then confirmed by STK Query (http/confirmer.py) and only that answer settles it; the
   callback's receipt and amount are kept with a confirmed success.
 - A reversal's or B2C's result is believed when it names the ConversationID M-Pesa returned to
-  our request for that refund (known only to M-Pesa and us): it settles the refund. One found
-  only by our reference (its request's answer was lost) is kept for an operator.
+  our request for that refund (known only to M-Pesa and us): it settles the refund. One that
+  comes before that answer is kept (`early`) and applied once the answer names the same
+  ConversationID (apply_early_result); one naming another is kept for an operator.
+- Transaction Status's answer (the catch-up asks it about a refund whose result is missing)
+  comes to a URL naming the refund: "Completed" for the refund's amount settles it.
 - A C2B confirmation of a payment already recorded with that receipt is the same money seen
   twice (a PayBill with C2B URLs registered reports an STK payment both ways): recognised as a
   duplicate, never counted. For an open payment it is a hint like an STK result.
@@ -19,21 +22,23 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any
 
 from sqlalchemy import Connection
 
 from orderpay.domain.answers import RemoteState
-from orderpay.domain.money import Money
 from orderpay.domain.states import PaymentStatus, RefundStatus
-from orderpay.domain.validation import has_unstorable_characters, json_object
-from orderpay.errors import InvalidPayload
 from orderpay.payments.refund_settlement import settle_refund
 from orderpay.providers.base import StatusAnswer
-from orderpay.providers.mpesa_answers import refund_result_state, result_state
+from orderpay.providers.mpesa_answers import refund_result_state
+from orderpay.providers.mpesa_messages import (
+    MAX_FIELD,
+    C2bConfirmation,
+    Callback,
+    RefundResult,
+    StatusResult,
+    StkResult,
+)
 from orderpay.store import ledger, locks, refunds, webhook_events
 from orderpay.store.notifications import NotifyTarget
 from orderpay.store.payments import (
@@ -46,43 +51,9 @@ from orderpay.store.payments import (
 from orderpay.store.refund_rows import Refund
 
 SOURCE = "mpesa"
+SUCCESS_CODE = "0"
 EARLY = "early"  # a refund result that came before its request's answer
 PROVIDER = "mpesa"
-CURRENCY = "KES"
-MAX_FIELD = 128
-
-
-@dataclass(frozen=True, slots=True)
-class StkResult:
-    checkout_id: str
-    result_code: str
-    description: str
-    our_reference: str | None  # from the callback URL's `ref`
-    receipt: str | None = None
-    amount: Money | None = None
-
-    def as_hint(self) -> StatusAnswer:
-        state, reason = result_state(self.result_code)
-        return StatusAnswer(state, reason, self.amount, self.receipt)
-
-
-@dataclass(frozen=True, slots=True)
-class RefundResult:
-    conversation_id: str
-    result_code: str
-    description: str
-    our_reference: str | None  # from the result URL's `refund`
-    transaction_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class C2bConfirmation:
-    receipt: str
-    bill_reference: str
-    amount: Money | None
-
-
-Callback = StkResult | RefundResult | C2bConfirmation
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,29 +67,13 @@ class Received:
     notification_queued: bool = False
 
 
-def parse_callback(body: bytes, query: Mapping[str, str]) -> Callback:
-    """Daraja's three shapes; InvalidPayload (400) for anything else."""
-    document, _ = json_object(body)
-    stk = _dig(document, "Body", "stkCallback")
-    if isinstance(stk, dict):
-        return _stk(stk, query.get("ref"))
-    result = document.get("Result")
-    if isinstance(result, dict):
-        return _result(result, query.get("refund"))
-    if "TransID" in document:
-        return C2bConfirmation(
-            _text(document, "TransID", required=True) or "",
-            _text(document, "BillRefNumber") or "",
-            _amount(document.get("TransAmount")),
-        )
-    raise InvalidPayload("not an M-Pesa callback (Body.stkCallback, Result or TransID expected)")
-
-
 def record_callback(conn: Connection, callback: Callback, notify: NotifyTarget) -> Received:
     if isinstance(callback, StkResult):
         return _record_stk(conn, callback)
     if isinstance(callback, RefundResult):
         return _apply_refund_result(conn, callback, notify)
+    if isinstance(callback, StatusResult):
+        return _apply_status_result(conn, callback, notify)
     return _record_c2b(conn, callback)
 
 
@@ -221,6 +176,36 @@ def _apply_refund_result(conn: Connection, result: RefundResult, notify: NotifyT
     return Received(outcome, notification_queued=queued)
 
 
+def _apply_status_result(conn: Connection, result: StatusResult, notify: NotifyTarget) -> Received:
+    """A refund M-Pesa reports completed, for its amount, settles (the catch-up asked, and the
+    answer came to the URL that names the refund); anything else is kept and moves nothing."""
+    refund = refunds.find_by_our_reference(conn, PROVIDER, result.our_reference)
+    if refund is not None:
+        locks.lock_payment(conn, refund.payment_id)
+        refund = refunds.get_refund(conn, refund.id)
+    settles = (
+        refund is not None
+        and refund.status is RefundStatus.PENDING
+        and result.result_code == SUCCESS_CODE
+        and result.completed
+        and result.amount == refund.amount
+    )
+    fields = {"result": result.result_code, "completed": result.completed}
+    recorded = webhook_events.record_once(
+        conn,
+        source=SOURCE,
+        dedupe_key=f"status:{result.conversation_id}",
+        payload=json.dumps({**fields, "receipt": result.receipt}, sort_keys=True),
+        outcome="processed" if settles else ("unchanged" if refund else "unmatched"),
+        order_id=refund.order_id if refund is not None else None,
+        payment_id=refund.payment_id if refund is not None else None,
+    )
+    if not recorded or not settles or refund is None:
+        return Received("duplicate" if not recorded else "unchanged")
+    queued = _settle_refund(conn, refund.id, RemoteState.SUCCEEDED, None, result.receipt, notify)
+    return Received("processed", notification_queued=queued)
+
+
 def apply_early_result(conn: Connection, refund: Refund, notify: NotifyTarget) -> bool:
     """Settle `refund` (its request's answer just recorded) on a result that arrived before
     that answer and names the same ConversationID; whether a notification was queued."""
@@ -292,81 +277,3 @@ def _record_c2b(conn: Connection, confirmation: C2bConfirmation) -> Received:
         return Received(outcome)  # nothing to ask STK Query with: its STK callback will come
     hint = StatusAnswer(RemoteState.SUCCEEDED, None, confirmation.amount, confirmation.receipt)
     return Received(outcome, payment, hint)
-
-
-def _stk(stk: dict[str, Any], our_reference: str | None) -> StkResult:
-    checkout = _text(stk, "CheckoutRequestID", required=True) or ""
-    code = stk.get("ResultCode")
-    if isinstance(code, bool) or not isinstance(code, int | str) or str(code).strip() == "":
-        raise InvalidPayload("Body.stkCallback.ResultCode is required")
-    items = _dig(stk, "CallbackMetadata", "Item")
-    metadata: dict[str, Any] = {}
-    if isinstance(items, list):
-        for item in items:
-            if isinstance(item, dict) and isinstance(item.get("Name"), str):
-                metadata[item["Name"]] = item.get("Value")
-    receipt = metadata.get("MpesaReceiptNumber")
-    return StkResult(
-        checkout,
-        str(code).strip(),
-        str(stk.get("ResultDesc") or "")[:MAX_FIELD],
-        _reference(our_reference),
-        receipt[:MAX_FIELD] if isinstance(receipt, str) and receipt.isalnum() else None,
-        _amount(metadata.get("Amount")),
-    )
-
-
-def _result(result: dict[str, Any], our_reference: str | None) -> RefundResult:
-    conversation = _text(result, "ConversationID", required=True) or ""
-    code = result.get("ResultCode")
-    if isinstance(code, bool) or not isinstance(code, int | str) or str(code).strip() == "":
-        raise InvalidPayload("Result.ResultCode is required")
-    return RefundResult(
-        conversation,
-        str(code).strip(),
-        str(result.get("ResultDesc") or "")[:MAX_FIELD],
-        _reference(our_reference),
-        _text(result, "TransactionID"),
-    )
-
-
-def _dig(document: Any, *names: str) -> Any:
-    for name in names:
-        if not isinstance(document, dict):
-            return None
-        document = document.get(name)
-    return document
-
-
-def _text(document: dict[str, Any], name: str, *, required: bool = False) -> str | None:
-    value = document.get(name)
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip() or has_unstorable_characters(value):
-        if required:
-            raise InvalidPayload(f"{name} is required (1-{MAX_FIELD} characters)")
-        return None
-    if len(value) > MAX_FIELD:
-        raise InvalidPayload(f"{name} is longer than {MAX_FIELD} characters")
-    return value.strip()
-
-
-def _reference(value: str | None) -> str | None:
-    return value if value and value.isalnum() and len(value) <= 32 else None
-
-
-def _amount(value: Any) -> Money | None:
-    """Daraja's amounts: 1.0 in STK metadata, "100.00" in C2B; whole shillings."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        shillings = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    if (
-        not shillings.is_finite()
-        or shillings < 0
-        or shillings != shillings.quantize(Decimal("0.01"))
-    ):
-        return None
-    return Money(int(shillings * 100), CURRENCY)

@@ -41,6 +41,7 @@ def refund_ref(refund: Refund, payment: Payment) -> RefundRef:
         reference_of(payment),
         refund.amount,
         refund.created_at,
+        refund.our_reference,
     )
 
 

@@ -101,6 +101,7 @@ class RefundRef:
     payment: PaymentRef
     amount: Money
     created_at: datetime
+    account_reference: str | None = None  # as RefundRequest's
 
 
 class Provider(Protocol):

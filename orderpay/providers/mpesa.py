@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from orderpay.domain.answers import RemoteState
-from orderpay.domain.money import exponent
+from orderpay.domain.money import Money
 from orderpay.domain.phones import mask_phone, msisdn
 from orderpay.errors import ConfigurationError, ProviderBusy, ProviderUnavailable
 from orderpay.providers.base import (
@@ -60,6 +60,7 @@ from orderpay.providers.mpesa_config import (
     check_callback_url,
     initiator_from,
     plain,
+    whole_shillings,
     with_reference,
 )
 from orderpay.tls import tls_context
@@ -73,6 +74,7 @@ STK_PUSH_PATH = "/mpesa/stkpush/v1/processrequest"
 STK_QUERY_PATH = "/mpesa/stkpushquery/v1/query"
 REVERSAL_PATH = "/mpesa/reversal/v1/request"
 B2C_PATH = "/mpesa/b2c/v3/paymentrequest"
+STATUS_PATH = "/mpesa/transactionstatus/v1/query"
 TRANSACTION_DESC = "Order payment"  # at most 13 characters
 LOCKED_RETRY_SECONDS = 60  # an open prompt ends within about a minute
 RATE_RETRY_SECONDS = 5
@@ -208,7 +210,7 @@ class MpesaProvider:
             "TransactionType": "CustomerBuyGoodsOnline"
             if account.till_number
             else "CustomerPayBillOnline",
-            "Amount": whole_amount(request),
+            "Amount": whole_shillings(request.amount),
             "PartyA": payer,
             "PartyB": account.till_number or account.shortcode,
             "PhoneNumber": payer,
@@ -277,7 +279,7 @@ class MpesaProvider:
         status, document = self._api.post(STK_QUERY_PATH, body, what="STK query")
         if status == 200 and isinstance(document, dict) and "ResultCode" in document:
             state, reason = result_state(str(document["ResultCode"]).strip())
-            return StatusAnswer(state, reason or _desc(document))
+            return StatusAnswer(state, reason or str(document.get("ResultDesc") or "") or None)
         error = error_of(document)
         if error is not None and is_being_processed(error):
             return StatusAnswer(RemoteState.PENDING, "the payer has not answered yet")
@@ -293,23 +295,13 @@ class MpesaProvider:
     # Refunds.
 
     def request_refund(self, request: RefundRequest) -> ProviderAnswer:
-        self.check_refunds_configured()
-        initiator = self.initiator
-        assert initiator is not None
+        initiator = self._initiator()
         payment = request.payment
-        mode = refund_mode_for(
-            self.name,
-            self.refund_modes,
-            payment_amount=payment.amount,
-            amount=request.amount,
-            refunded_before=0 if request.amount == payment.amount else 1,
-            money_id=payment.transaction_id,
-        )
         reference = request.account_reference or str(request.reference)[:12]
         result_url = with_reference(self.callback_url, "refund", reference)
         remarks = (request.reason or "Refund")[:100]
-        amount = _whole(request.amount.minor_units, request.amount.currency)
-        if mode is RefundMode.FULL_BY_MONEY_ID:
+        amount = whole_shillings(request.amount)
+        if self._reverses(payment, request.amount):
             path, what = REVERSAL_PATH, "reversal"
             body: dict[str, Any] = {
                 "Initiator": initiator.name,
@@ -341,6 +333,59 @@ class MpesaProvider:
             }
         status, document = self._api.post(path, body, what=what)
         log.info("M-Pesa %s for refund %s: HTTP %s", what, request.reference, status)
+        return self._accepted(status, document, what, "nothing was paid")
+
+    def refund_status(self, refund: RefundRef) -> StatusAnswer:
+        """Daraja's Transaction Status answers at the result URL, not here: this asks it (for a
+        refund whose request M-Pesa accepted) and says pending; the answer settles the refund
+        when it comes (payments/mpesa_callbacks.py)."""
+        if self.initiator is None or not refund.provider_reference:
+            return StatusAnswer(RemoteState.PENDING, "M-Pesa's answer comes to the result URL")
+        initiator = self.initiator
+        reference = refund.account_reference or str(refund.reference)[:12]
+        status_url = with_reference(self.callback_url, "status", reference)
+        reversal = self._reverses(refund.payment, refund.amount)
+        body = {
+            "Initiator": initiator.name,
+            "SecurityCredential": initiator.security_credential,
+            "CommandID": "TransactionStatusQuery",
+            # B2C: the OriginatorConversationID we sent; a reversal: the ConversationID M-Pesa gave.
+            "OriginalConversationID": refund.provider_reference
+            if reversal
+            else str(refund.reference),
+            "PartyA": self.account.shortcode if reversal else initiator.b2c_shortcode,
+            "IdentifierType": "4",
+            "ResultURL": status_url,
+            "QueueTimeOutURL": status_url,
+            "Remarks": "refund status",
+            "Occasion": reference,
+        }
+        status, document = self._api.post(STATUS_PATH, body, what="Transaction Status query")
+        self._accepted(status, document, "Transaction Status query", "nothing was asked")
+        return StatusAnswer(
+            RemoteState.PENDING, "asked M-Pesa's Transaction Status: the answer comes to the URL"
+        )
+
+    def _initiator(self) -> MpesaInitiator:
+        self.check_refunds_configured()
+        assert self.initiator is not None
+        return self.initiator
+
+    def _reverses(self, payment: PaymentRef, amount: Money) -> bool:
+        """A refund reverses the payment when it is all of it and its receipt is known; else
+        it is a B2C payout (refund_mode_for refused it before anything was stored)."""
+        mode = refund_mode_for(
+            self.name,
+            self.refund_modes,
+            payment_amount=payment.amount,
+            amount=amount,
+            refunded_before=0 if amount == payment.amount else 1,
+            money_id=payment.transaction_id,
+        )
+        return mode is RefundMode.FULL_BY_MONEY_ID
+
+    def _accepted(self, status: int, document: Any, what: str, untouched: str) -> ProviderAnswer:
+        """A reversal's, B2C's or status query's synchronous answer."""
         if status == 200 and isinstance(document, dict):
             conversation = document.get("ConversationID")
             if str(document.get("ResponseCode")) == "0" and isinstance(conversation, str):
@@ -356,8 +401,8 @@ class MpesaProvider:
             )
         if 400 <= status < 500 and error is not None:
             raise ProviderUnavailable(
-                f"M-Pesa refused the {what} as malformed ({error.text}); nothing was paid: "
-                "check the MPESA_INITIATOR_* settings and MPESA_CERTIFICATE, then re-run the key",
+                f"M-Pesa refused the {what} as malformed ({error.text}); {untouched}: check "
+                "the MPESA_INITIATOR_* settings and MPESA_CERTIFICATE, then re-run the key",
                 reason=error.code or f"http_{status}",
                 reached=False,
             )
@@ -367,30 +412,3 @@ class MpesaProvider:
             + ": it may have been acted on, so it is not sent again",
             reason=error.code if error else f"http_{status}",
         )
-
-    def refund_status(self, refund: RefundRef) -> StatusAnswer:
-        # Reversal and B2C results arrive at the result URL only (Transaction Status answers
-        # there too): nothing answers now.
-        return StatusAnswer(
-            RemoteState.PENDING,
-            "M-Pesa sends a refund's result to the result URL; it has no status call that "
-            "answers at once",
-        )
-
-
-def whole_amount(request: CollectionRequest) -> int:
-    return _whole(request.amount.minor_units, request.amount.currency)
-
-
-def _whole(minor_units: int, currency: str) -> int:
-    """Daraja takes whole shillings as an integer; a fraction is refused before the call
-    (Capabilities.check_amount), so here it is a bug."""
-    whole, fraction = divmod(minor_units, 10 ** exponent(currency))
-    if fraction:  # pragma: no cover - refused before the call
-        raise ConfigurationError(f"M-Pesa takes whole amounts only; {minor_units} minor units")
-    return int(whole)
-
-
-def _desc(document: dict[str, Any]) -> str | None:
-    value = document.get("ResultDesc")
-    return str(value) if value else None

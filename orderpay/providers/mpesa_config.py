@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from orderpay.domain.money import Money, exponent
 from orderpay.errors import ConfigurationError
 from orderpay.providers.mtn_endpoints import is_loopback
 
@@ -34,6 +35,15 @@ class MpesaInitiator:
     name: str
     security_credential: str = field(repr=False)
     b2c_shortcode: str | None = None
+
+
+def whole_shillings(amount: Money) -> int:
+    """Daraja's amount codec: whole shillings as an integer. A fraction is refused before
+    anything is stored (Capabilities.check_amount), so here it is a bug."""
+    whole, fraction = divmod(amount.minor_units, 10 ** exponent(amount.currency))
+    if fraction:
+        raise ConfigurationError(f"M-Pesa takes whole amounts only, not {amount}")
+    return int(whole)
 
 
 def with_reference(url: str, name: str, value: str) -> str:
