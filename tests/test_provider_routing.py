@@ -180,3 +180,20 @@ def test_the_mtn_route_listens_when_a_route_names_mtn(pg_url: str, mtn: FakeMtn)
         answer = client.post("/api/webhooks/mtn/", json=hint)
 
     assert answer.status_code == 200
+
+
+def test_a_key_used_before_replays_even_where_the_new_route_would_refuse_the_payer(
+    db: Database, mtn: FakeMtn, made: dict[str, Provider]
+) -> None:
+    order = an_order(db, phone=MTN_GHANA, currency="EUR")
+    key = a_key()
+    first = charge_order(
+        db, choice(mtn, made), order_id=order.id, key=key, default_region="GH", lease_seconds=90
+    ).payment
+    to_mpesa = ProviderChoice(lambda name: SimulatorProvider(), {("GH", "*"): "mpesa"}, "x")
+
+    again = charge_order(
+        db, to_mpesa, order_id=order.id, key=key, default_region="GH", lease_seconds=90
+    )
+
+    assert (again.replayed, again.payment.id, again.payment.provider) == (True, first.id, "mtn")

@@ -182,20 +182,15 @@ def claim_payment(
         raise OrderCancelled(f"order {order_id} is cancelled", order=str(order_id))
     if amount.minor_units == 0:
         raise InvalidAmount(f"order {order_id} totals {amount}; there is nothing to charge")
-    if not isinstance(provider, str):
-        try:
-            provider = provider(payer)
-        except OrderpayError:
-            # A key used before keeps its own provider, whatever the routes say now.
-            existing = find_by_key(conn, key)
-            if existing is None:
-                raise
-            return _resolve_existing(conn, existing, fingerprint, lease)
-    capabilities = capabilities_of(provider)
-    capabilities.check_amount(amount)
-    capabilities.check_payer(payer)
-    if capabilities.one_prompt_per_payer:
-        _wait_for_payer(conn, capabilities, payer, amount, now, order_id)
+    try:
+        capabilities = _provider_takes(conn, provider, payer, amount, now, order_id)
+    except OrderpayError:
+        # A key used before keeps its own payment and provider, whatever the routes and the
+        # provider's rules say of a new charge now.
+        existing = find_by_key(conn, key)
+        if existing is None:
+            raise
+        return _resolve_existing(conn, existing, fingerprint, lease)
     payment_id = uuid.uuid4()
 
     values = {
@@ -206,7 +201,7 @@ def claim_payment(
         "amount": amount.minor_units,
         "currency": amount.currency,
         "payer_phone": payer,
-        "provider": provider,
+        "provider": capabilities.name,
         "status": PaymentStatus.INITIATED.value,
         "lease_expires_at": now + lease,
         # The catch-up first asks once the lease has run out, should this run not finish.
@@ -218,7 +213,7 @@ def claim_payment(
         else None,
         "sent_at": now,  # this run sends it next
     }
-    detail = f"payment {values['id']} for {amount} from {mask_phone(payer)} via {provider}"
+    detail = f"payment {values['id']} for {amount} from {mask_phone(payer)} via {capabilities.name}"
     inserted = ledger.insert_payment(conn, values, detail)
     if inserted is not None:
         return Claim(inserted, replayed=False, must_submit=True)
@@ -238,6 +233,26 @@ def claim_payment(
         order=str(order_id),
         payment=str(live.id) if live is not None else None,
     )
+
+
+def _provider_takes(
+    conn: Connection,
+    provider: str | Callable[[str], str],
+    payer: str,
+    amount: Money,
+    now: datetime,
+    order_id: uuid.UUID,
+) -> Capabilities:
+    """The provider of a new charge (named, or picked by the payer), once its record says it
+    can take this amount from this payer now; the error that says why not, before anything is
+    stored."""
+    name = provider if isinstance(provider, str) else provider(payer)
+    capabilities = capabilities_of(name)
+    capabilities.check_amount(amount)
+    capabilities.check_payer(payer)
+    if capabilities.one_prompt_per_payer:
+        _wait_for_payer(conn, capabilities, payer, amount, now, order_id)
+    return capabilities
 
 
 def _wait_for_payer(
