@@ -23,6 +23,7 @@ class State(StrEnum):
     FAIL = "fail"
     SKIPPED = "skipped"
     INFO = "info"
+    WARN = "warn"  # works, but likely not as meant (e.g. a callback URL Daraja cannot reach)
 
 
 class Failure(StrEnum):
@@ -48,8 +49,18 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
         "ORDERPAY_SIMULATOR_",
         "ORDERPAY_CHARGE_",
         "MOMO_WEBHOOK_SECRET",
+        "MPESA_",
     ),
     "refunds": ("MTN_MOMO_DISBURSEMENT_",),
+    "mpesa": ("MPESA_", "ORDERPAY_CHARGE_", "ORDERPAY_INSECURE_SECRETS"),
+    "routes": (
+        "ORDERPAY_PROVIDER_ROUTES",
+        "MTN_MOMO_",
+        "MPESA_",
+        "ORDERPAY_SIMULATOR_",
+        "ORDERPAY_CHARGE_",
+        "MOMO_WEBHOOK_SECRET",
+    ),
     "notify channel": ("ORDERPAY_NOTIFY_", "ORDERPAY_SMS_", "ORDERPAY_MERCHANT_NAME"),
 }
 
@@ -78,6 +89,15 @@ def run_checks(load: Callable[..., Settings]) -> list[Check]:
     # being set asks for the check too (and a half-set one fails it).
     if settings.provider == "mtn" or _disbursement_set(settings):
         named.append(("refunds", _mtn_refunds))
+    # M-Pesa: whenever it may be asked to collect (the provider, or a route to it) or any of
+    # its settings is set (its payments are refunded and confirmed through it whatever
+    # ORDERPAY_PROVIDER says now).
+    from orderpay.commands.provider_checks import mpesa_check, mpesa_wanted, routes_check
+
+    if mpesa_wanted(settings) or any(v.startswith("MPESA_") for v in invalid):
+        named.append(("mpesa", mpesa_check))
+    if (settings.provider_routes or "").strip() or "ORDERPAY_PROVIDER_ROUTES" in invalid:
+        named.append(("routes", routes_check))
     named.append(("notify channel", _channel))
     for name, check in named:
         blocking = [v for v in invalid if _depends(name, v)] if invalid else []

@@ -31,6 +31,7 @@ webhook_app = typer.Typer(
     "Examples:\n"
     "  orderpay webhook sign callback.json\n"
     "  orderpay webhook simulate ORDER_ID --status success\n"
+    "  orderpay webhook simulate --provider mpesa PAYMENT_ID\n"
     "  orderpay webhook list --outcome unmatched\n"
     "  orderpay webhook show 42\n"
     "  orderpay webhook replay 42",
@@ -39,7 +40,7 @@ webhook_app = typer.Typer(
 
 DEFAULT_CALLBACK_URL = "http://127.0.0.1:8000/api/webhooks/momo/"
 
-SOURCES = ("momo", "mtn", "sms-dlr")
+SOURCES = ("momo", "mtn", "mpesa", "sms-dlr")
 # What a webhook event came to (store/webhook_events.py): `review` lists every review_* one.
 OUTCOMES = (
     "processed",
@@ -89,7 +90,7 @@ def webhook_list(
     ] = None,
     source: Annotated[
         str | None,
-        typer.Option("--source", callback=_choice(SOURCES), help="momo, mtn or sms-dlr."),
+        typer.Option("--source", callback=_choice(SOURCES), help="momo, mtn, mpesa or sms-dlr."),
     ] = None,
     since: Since = None,
     until: Until = None,
@@ -309,23 +310,73 @@ def _status_word(value: str) -> str:
     return value
 
 
-@webhook_app.command("simulate", short_help="Send a signed test callback to a listener.")
+SIMULATED_PROVIDERS = ("momo", "mpesa")
+
+
+def _simulated_provider(value: str) -> str:
+    if value not in SIMULATED_PROVIDERS:
+        raise typer.BadParameter(f"must be one of {', '.join(SIMULATED_PROVIDERS)}")
+    return value
+
+
+def _optional_status_word(value: str | None) -> str | None:
+    return None if value is None else _status_word(value)
+
+
+@webhook_app.command("simulate", short_help="Send a test callback to a listener.")
 def webhook_simulate(
     ctx: typer.Context,
-    order_id: Annotated[str, typer.Argument(metavar="ORDER_ID", help="The order to settle.")],
-    status: Annotated[
-        str, typer.Option("--status", callback=_status_word, help="success or failed.")
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="ORDER_ID|PAYMENT_ID",
+            help="The order to settle (momo); with --provider mpesa the M-Pesa payment (or "
+            "an order: its latest payment).",
+        ),
     ],
-    url: Annotated[str, typer.Option("--url", help="The listener's callback URL.")] = (
-        DEFAULT_CALLBACK_URL
-    ),
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            callback=_optional_status_word,
+            help="success or failed (required for momo; mpesa: default success).",
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help=f"The listener's callback URL (default {DEFAULT_CALLBACK_URL}); with "
+            "--provider mpesa its scheme, host and port, the path being "
+            "/api/webhooks/daraja/MPESA_CALLBACK_TOKEN/.",
+        ),
+    ] = None,
     reason: Annotated[
         str | None, typer.Option("--reason", help="Failure reason, e.g. APPROVAL_REJECTED.")
     ] = None,
     secret: Annotated[str | None, typer.Option("--secret", help="Secret to sign with.")] = None,
+    provider: Annotated[
+        str,
+        typer.Option(
+            "--provider",
+            callback=_simulated_provider,
+            help="momo (a signed callback, the simulator's payments) or mpesa (Daraja's "
+            "STK callback, unsigned).",
+        ),
+    ] = "momo",
     json_: JsonFlag = False,
 ) -> None:
-    """Sign and send a callback for an order's latest payment to a running listener.
+    """Send a callback for a payment to a running listener, as its provider would.
+
+    momo (the default): sign and send a callback for an order's latest payment (the
+    simulator's). --provider mpesa: send Daraja's STK callback for an M-Pesa payment (its
+    CheckoutRequestID; on success the amount in whole KES, a made-up receipt and the payer's
+    number; failed: ResultCode 1032, cancelled by the payer) to
+    /api/webhooks/daraja/MPESA_CALLBACK_TOKEN/?ref=OUR_REFERENCE, the token read from the
+    settings as the listener has it. M-Pesa callbacks are hints: the listener confirms each
+    with STK Query before anything moves, so a simulated success settles the payment only if
+    M-Pesa (or the fake Daraja it talks to) agrees: STK Query's answer decides, not the
+    callback.
 
     Prints the listener's answer; exits non-zero when it is not 2xx (like `stripe trigger`).
 
@@ -333,64 +384,26 @@ def webhook_simulate(
     Examples:
       orderpay webhook simulate 3f1c... --status success
       orderpay webhook simulate 3f1c... --status failed --reason APPROVAL_REJECTED --json
+      orderpay webhook simulate --provider mpesa 9b2e... --status failed
     """
-    import json
+    if provider == "mpesa":
+        if reason is not None or secret is not None:
+            from orderpay.errors import UsageError
 
-    import httpx
+            given = "--reason" if reason is not None else "--secret"
+            raise UsageError(
+                f"{given} is for momo callbacks: an M-Pesa callback is unsigned, and a failed "
+                "one says ResultCode 1032 (cancelled by the payer)"
+            )
+        from orderpay.commands.simulate import simulate_mpesa
 
-    from orderpay.commands.common import order_id as resolve_order
-    from orderpay.domain.signatures import sign_hex
-    from orderpay.errors import (
-        InvalidField,
-        PaymentNotFound,
-        Unavailable,
-        WrongProvider,
-        error_for_status,
-    )
-    from orderpay.payments.callbacks import SIGNING_PROVIDERS
-    from orderpay.store.payments import payments_of
+        simulate_mpesa(ctx, target, status or "success", url or DEFAULT_CALLBACK_URL, json_)
+        return
+    if status is None:
+        from orderpay.errors import UsageError
+
+        raise UsageError("Missing option '--status' (success or failed).")
+    from orderpay.commands.simulate import simulate_momo
 
     key = _secret(secret, ctx)
-    with runtime(ctx).database.transaction() as conn:
-        oid = resolve_order(conn, order_id)
-        found = payments_of(conn, [oid])
-    if not found:
-        raise PaymentNotFound(f"order {oid} has no payment to settle; charge it first")
-    payment = found[-1]
-    if payment.provider not in SIGNING_PROVIDERS:
-        raise WrongProvider(
-            f"payment {payment.id} is {payment.provider}'s: only {payment.provider}'s own "
-            "word settles it (its status call: `orderpay reconcile`), never a simulated callback",
-            payment=str(payment.id),
-        )
-    document = {
-        "provider_reference": payment.provider_reference or str(payment.id),
-        "order_id": str(oid),
-        "status": status,
-        "amount": payment.amount.as_string(),
-        "currency": payment.amount.currency,
-    }
-    if reason:
-        document["reason"] = reason
-    body = json.dumps(document).encode()
-    try:
-        answer = httpx.post(
-            url,
-            content=body,
-            headers={"Content-Type": "application/json", "X-Momo-Signature": sign_hex(body, key)},
-            timeout=10,
-        )
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
-        raise InvalidField(f"--url {url!r} is not a listener's URL: {error}", field="url") from None
-    except httpx.HTTPError as error:
-        raise Unavailable(f"cannot reach the listener at {url}: {error}") from None
-    try:
-        answer_body = answer.json()
-    except ValueError:
-        answer_body = answer.text
-    if json_:
-        emit_json({"status_code": answer.status_code, "body": answer_body, "sent": document})
-    else:
-        typer.echo(f"HTTP {answer.status_code} {json.dumps(answer_body, ensure_ascii=False)}")
-    if answer.status_code >= 300:
-        raise error_for_status(answer.status_code, f"the listener answered {answer.status_code}")
+    simulate_momo(ctx, target, status, url or DEFAULT_CALLBACK_URL, reason, key, json_)
