@@ -308,6 +308,7 @@ class Settings:
         tokens = {
             "ORDERPAY_API_TOKEN": self.api_token,
             "ORDERPAY_SMS_DLR_TOKEN": self.sms_dlr_token,
+            "MPESA_CALLBACK_TOKEN": self.mpesa_callback_token,
         }
         for name, token in tokens.items():
             if token is not None and token.get_secret_value():  # empty: unset, its route is 404

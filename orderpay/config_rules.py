@@ -73,10 +73,26 @@ def _routes_read(value: str | None, checked: dict[str, Any]) -> str | None:
     return value
 
 
+def _networks_read(value: str | None, checked: dict[str, Any]) -> str | None:
+    """Addresses and CIDRs (MPESA_ALLOWED_IPS, MPESA_TRUSTED_PROXIES), refused at load: a typo
+    found per request would answer every callback 400, and Daraja does not retry."""
+    import ipaddress
+
+    for part in (piece.strip() for piece in (value or "").split(",")):
+        if part:
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise BadValue(f"{part!r} is not an IP address or CIDR") from None
+    return value
+
+
 RULES: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
     "database_url_secret": _database_url_usable,
     "default_region": _region_known,
     "provider_routes": _routes_read,
+    "mpesa_allowed_ips": _networks_read,
+    "mpesa_trusted_proxies": _networks_read,
     "notify_retry_intervals": _intervals,
     "notify_lease_seconds": _lease_outlasts_a_send,
 }

@@ -182,3 +182,16 @@ def test_missing_settings_are_named(daraja: FakeDaraja) -> None:
 def test_an_unreadable_certificate_is_a_configuration_error(daraja: FakeDaraja) -> None:
     with pytest.raises(ConfigurationError, match="MPESA_CERTIFICATE"):
         provider(daraja, MPESA_CERTIFICATE="/nonexistent/cert.pem")
+
+
+def test_a_real_daraja_never_calls_back_over_plain_http(daraja: FakeDaraja) -> None:
+    settings = load_settings(
+        **{
+            **daraja.env(CALLBACK, "t" * 40),
+            "MPESA_BASE_URL": "https://sandbox.safaricom.co.ke",
+            "MPESA_CALLBACK_URL": "http://127.0.0.1:8000/api/webhooks/daraja/" + "t" * 40 + "/",
+        }
+    )
+
+    with pytest.raises(ConfigurationError, match="https"):
+        MpesaProvider.from_settings(settings)

@@ -197,3 +197,8 @@ def test_a_key_used_before_replays_even_where_the_new_route_would_refuse_the_pay
     )
 
     assert (again.replayed, again.payment.id, again.payment.provider) == (True, first.id, "mtn")
+
+
+def test_an_allow_list_entry_that_is_no_address_is_refused_at_load() -> None:
+    with pytest.raises(ConfigurationError, match=r"MPESA_ALLOWED_IPS.*'safaricom'"):
+        load_settings(MPESA_ALLOWED_IPS="196.201.214.0/24,safaricom")

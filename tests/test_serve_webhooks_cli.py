@@ -108,8 +108,20 @@ def test_serve_webhooks_refuses_to_start_without_a_callback_secret(
             {"MOMO_WEBHOOK_SECRET": SECRET, "ORDERPAY_SMS_DLR_TOKEN": SHORT_SECRET},
             "ORDERPAY_SMS_DLR_TOKEN is shorter than 32 characters",
         ),
+        (
+            {"MOMO_WEBHOOK_SECRET": SECRET, "MPESA_CALLBACK_TOKEN": PLACEHOLDER},
+            "MPESA_CALLBACK_TOKEN is a change-me placeholder",
+        ),
     ],
-    ids=["placeholder", "short", "one-of-several", "short-api-token", "api-placeholder", "dlr"],
+    ids=[
+        "placeholder",
+        "short",
+        "one-of-several",
+        "short-api-token",
+        "api-placeholder",
+        "dlr",
+        "mpesa-path-token",
+    ],
 )
 @pytest.mark.slow
 def test_serve_webhooks_refuses_a_guessable_secret_in_one_line_with_exit_2(

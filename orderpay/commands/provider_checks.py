@@ -64,7 +64,6 @@ def mpesa_check(settings: Settings) -> Check:
     said: list[str] = []
 
     callback_ok = _mpesa_callback(settings, wrong, warnings)
-    wrong.extend(_mpesa_networks(settings))
     initiator_ok = True
     try:
         initiator_from(settings)
@@ -136,15 +135,11 @@ def _mpesa_callback(settings: Settings, wrong: list[str], warnings: list[str]) -
             "/api/webhooks/daraja/MPESA_CALLBACK_TOKEN/ route"
         )
         return False
-    refused = callback_url_problems(url)  # what the client refuses too
+    fake = _mpesa_base_is_loopback(settings)
+    refused = callback_url_problems(url, local_fake=fake)  # what the client refuses too
     problems = list(refused)
     parts = urlsplit(url)
     host = parts.hostname or ""
-    fake = _mpesa_base_is_loopback(settings)
-    if parts.scheme == "http" and host and not fake and not any("https" in p for p in problems):
-        # callback_url_problems lets plain http to loopback pass (for a local fake); real
-        # Daraja calls back over TLS only.
-        problems.insert(0, "it must be https (Daraja calls back over TLS only)")
     wrong.extend(f"MPESA_CALLBACK_URL: {problem}" for problem in problems)
     if token and token not in [segment for segment in parts.path.split("/") if segment]:
         wrong.append(
@@ -180,29 +175,6 @@ def _public_host(host: str) -> bool:
     name = host.lower().rstrip(".")
     local = ("localhost", ".localhost", ".local", ".internal", ".lan", ".home.arpa", ".invalid")
     return "." in name and not any(name == end.lstrip(".") or name.endswith(end) for end in local)
-
-
-def _mpesa_networks(settings: Settings) -> list[str]:
-    """MPESA_ALLOWED_IPS and MPESA_TRUSTED_PROXIES must read as addresses or CIDRs: the
-    listener reads them for each callback, and refuses every one while one does not."""
-    import ipaddress
-
-    wrong = []
-    for variable, raw in (
-        ("MPESA_ALLOWED_IPS", settings.mpesa_allowed_ips),
-        ("MPESA_TRUSTED_PROXIES", settings.mpesa_trusted_proxies),
-    ):
-        for part in (piece.strip() for piece in (raw or "").split(",")):
-            if not part:
-                continue
-            try:
-                ipaddress.ip_network(part, strict=False)
-            except ValueError:
-                wrong.append(
-                    f"{variable}: {part!r} is not an IP address or CIDR (the listener would "
-                    "refuse every M-Pesa callback)"
-                )
-    return wrong
 
 
 def _mpesa_refunds(modes: frozenset[Any]) -> str:

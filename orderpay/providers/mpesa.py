@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -63,6 +64,7 @@ from orderpay.providers.mpesa_config import (
     whole_shillings,
     with_reference,
 )
+from orderpay.providers.mtn_endpoints import is_loopback
 from orderpay.tls import tls_context
 
 if TYPE_CHECKING:
@@ -104,7 +106,8 @@ class MpesaProvider:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = check_base_url(base_url)
-        self.callback_url = check_callback_url(callback_url)
+        local_fake = is_loopback(urlsplit(self.base_url).hostname or "")
+        self.callback_url = check_callback_url(callback_url, local_fake=local_fake)
         self.account = account
         self.initiator = initiator
         self._client = httpx.Client(

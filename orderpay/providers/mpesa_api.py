@@ -170,11 +170,18 @@ class DarajaApi:
             raise
         document = _json(response)
         value = document.get("access_token") if isinstance(document, dict) else None
-        if response.status_code in (400, 401, 403) or not isinstance(value, str) or not value:
+        if response.status_code in (400, 401, 403):
             raise ProviderUnavailable(
-                f"M-Pesa handed out no token (HTTP {response.status_code}): check "
-                "MPESA_CONSUMER_KEY and MPESA_CONSUMER_SECRET (`orderpay doctor`)",
+                f"M-Pesa refused the consumer key and secret (HTTP {response.status_code}): "
+                "check MPESA_CONSUMER_KEY and MPESA_CONSUMER_SECRET (`orderpay doctor`)",
                 reason="credentials_refused",
+                reached=False,
+            )
+        if response.status_code != 200 or not isinstance(value, str) or not value:
+            # Never quote this body: it may hold a token.
+            raise ProviderUnavailable(
+                f"M-Pesa handed out no token (HTTP {response.status_code}); try again later",
+                reason=f"http_{response.status_code}",
                 reached=False,
             )
         assert isinstance(document, dict)
