@@ -211,6 +211,7 @@ class CatchUp:
     def run(self, stop: threading.Event, poll_seconds: float) -> None:
         """Rounds until `stop`: every `poll_seconds`, and at once while rows are due."""
         while not stop.is_set():
+            began = database_outage().clock()
             try:
                 done = self.run_due()
             except DatabaseUnavailable as error:  # the next round retries; said once
@@ -220,7 +221,7 @@ class CatchUp:
                 log.warning("catch-up round failed: %s", error.message)
                 done = Round()
             else:
-                database_outage().recovered()
+                database_outage().recovered(began)
             for asked in done.checked:
                 if asked.action is not Action.NONE:
                     log.info(

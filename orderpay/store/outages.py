@@ -58,11 +58,15 @@ class Outage:
         else:
             log.debug("outage of %s goes on: %s", self.what, redact_urls(detail))
 
-    def recovered(self) -> None:
-        """A step that needed `what` succeeded: an INFO if an outage was on."""
+    def recovered(self, started: float | None = None) -> None:
+        """A step that needed `what` succeeded: an INFO if an outage was on. `started`: when
+        that step began (`clock()`); one that began before the outage did (another thread's,
+        finishing just as `what` went away) says nothing of its end."""
         if self._since is None:  # the usual case, without taking the lock
             return
         with self._lock:
+            if started is not None and self._since is not None and started < self._since:
+                return
             since, self._since = self._since, None
         if since is not None:
             log.info("outage of %s ended after %.1f s", self.what, self.clock() - since)

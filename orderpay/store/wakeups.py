@@ -89,6 +89,7 @@ def run_on_wakeups(
     wakeups = Wakeups(engine, poll_seconds)
     try:
         while not stop.is_set():
+            began = database_outage().clock()
             try:
                 step()
             except DatabaseUnavailable as error:
@@ -98,7 +99,7 @@ def run_on_wakeups(
             except OrderpayError as error:
                 log.warning("%s paused: %s", what, error.message)
             else:
-                database_outage().recovered()
+                database_outage().recovered(began)
             wakeups.wait(stop)
     finally:
         wakeups.close()
