@@ -253,3 +253,26 @@ def test_an_amount_with_cents_is_refused_before_anything_is_stored(place: Kenya)
 
     assert count_rows(place.db) == before
     assert place.daraja.calls("stkpush") == 0
+
+
+def test_replaying_a_callback_whose_confirmation_lagged_settles_the_payment(place: Kenya) -> None:
+    from sqlalchemy import select
+
+    from orderpay.payments.replay import replay_event
+    from orderpay.store.schema import webhook_events
+    from tests.mpesa_harness import LEASE, NOTIFY
+
+    payment = place.charge(place.order("100")).payment
+    checkout = place.checkout_of(payment)
+    place.daraja.query_not_found_for(checkout, 1)  # STK Query has not caught up yet
+    receipt = place.daraja.payer_accepts(checkout)
+    place.settle()
+    assert current(place.db, payment).status is PaymentStatus.PENDING
+    with place.db.transaction() as conn:
+        [event_id] = conn.execute(select(webhook_events.c.id)).scalars()
+
+    replay_event(place.db, event_id, notify=NOTIFY, provider_for=place.provider_for, lease=LEASE)
+
+    settled = current(place.db, payment)
+    assert (settled.status, settled.provider_transaction_id) == (PaymentStatus.SUCCEEDED, receipt)
+    money_matches(place)

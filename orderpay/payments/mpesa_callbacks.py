@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 
 from sqlalchemy import Connection
 
 from orderpay.domain.answers import RemoteState
+from orderpay.domain.money import Money
 from orderpay.domain.states import PaymentStatus, RefundStatus
 from orderpay.payments.refund_settlement import settle_refund
 from orderpay.providers.base import StatusAnswer
@@ -75,6 +77,26 @@ def record_callback(conn: Connection, callback: Callback, notify: NotifyTarget) 
     if isinstance(callback, StatusResult):
         return _apply_status_result(conn, callback, notify)
     return _record_c2b(conn, callback)
+
+
+def stored_hint(payload: str | None) -> StatusAnswer | None:
+    """What a stored STK result said (`webhook replay` confirms it again, keeping its receipt
+    and amount once STK Query agrees)."""
+    try:
+        fields = json.loads(payload or "")
+    except ValueError:
+        return None
+    if not isinstance(fields, dict) or not isinstance(fields.get("checkout"), str):
+        return None
+    amount = fields.get("amount")
+    return StkResult(
+        fields["checkout"],
+        str(fields.get("result", "")),
+        "",
+        None,
+        fields.get("receipt") if isinstance(fields.get("receipt"), str) else None,
+        Money(int(Decimal(amount) * 100), "KES") if isinstance(amount, str) else None,
+    ).as_hint()
 
 
 def _record_stk(conn: Connection, result: StkResult) -> Received:

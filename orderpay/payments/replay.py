@@ -19,6 +19,8 @@ from orderpay.payments.callbacks import MOMO_SOURCE, apply_callback, parse_callb
 from orderpay.payments.confirmation import confirm_payment
 from orderpay.payments.hints import MTN_SOURCE
 from orderpay.payments.life_cycle import Check
+from orderpay.payments.mpesa_callbacks import SOURCE as MPESA_SOURCE
+from orderpay.payments.mpesa_callbacks import stored_hint
 from orderpay.providers.base import Provider
 from orderpay.store.db import Transactional, retrying
 from orderpay.store.notifications import NotifyTarget
@@ -40,6 +42,10 @@ class Replayed:
     confirmation: Check | None = None  # what the payment's provider was asked and said
 
 
+# Unsigned callbacks about a payment: replaying one asks the payment's provider again.
+HINT_SOURCES = frozenset({MTN_SOURCE, MPESA_SOURCE})
+
+
 def replay_event(
     db: Transactional,
     event_id: int,
@@ -55,11 +61,11 @@ def replay_event(
         raise WebhookEventNotFound(f"no webhook event has id {event_id}", event=event_id)
     if event.source == MOMO_SOURCE:
         return _replay_callback(db, event, notify, provider_for, lease)
-    if event.source == MTN_SOURCE and event.payment_id is not None:
+    if event.source in HINT_SOURCES and event.payment_id is not None:
         return _replay_hint(db, event, event.payment_id, notify, provider_for, lease)
     raise EventNotReplayable(
-        f"event {event.id} is a {event.source} event: only signed momo callbacks and MTN "
-        "callbacks can be replayed",
+        f"event {event.id} is a {event.source} event: only signed momo callbacks and MTN and "
+        "M-Pesa callbacks about a payment can be replayed",
         event=event.id,
     )
 
@@ -114,7 +120,8 @@ def _replay_hint(
         payment,
         notify=notify,
         lease=lease,
-        source=f"replayed mtn callback {event.id}, confirmed by status",
+        source=f"replayed {event.source} callback {event.id}, confirmed by status",
+        hint=stored_hint(event.payload) if event.source == MPESA_SOURCE else None,
     )
     return Replayed(
         event.id,
