@@ -253,3 +253,24 @@ def test_a_lost_payout_result_is_settled_by_the_catch_up_asking_transaction_stat
     assert place.daraja.calls("status") == 1
     assert refund_status(place, result) is RefundStatus.SUCCEEDED
     money_matches(place)
+
+
+def test_a_refund_whose_answer_was_lost_goes_to_an_operator_ten_minutes_on(place: Kenya) -> None:
+    from datetime import timedelta
+
+    from orderpay import clock
+    from orderpay.store.reviews import open_items_of_payment
+
+    payment = paid(place)
+    place.daraja.lose_next_answer("reversal")
+    with pytest.raises(ProviderUnavailable):
+        refund(place, payment, key="r-lost")
+
+    clock.advance(timedelta(minutes=11))
+    given = place.catch_up().run_due()
+
+    assert len(given.overdue) == 1
+    with place.db.transaction() as conn:
+        [item] = open_items_of_payment(conn, payment.id)
+    assert (item.reason, item.refund_id is not None) == ("no_final_answer", True)
+    assert place.daraja.calls("reversal") == 1
