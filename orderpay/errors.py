@@ -332,6 +332,12 @@ class PaymentUnconfirmed(Conflict):
     code = "payment_unconfirmed"
 
 
+class RefundUnconfirmed(Conflict):
+    """As PaymentUnconfirmed, for a refund: sending it again could pay it out twice."""
+
+    code = "refund_unconfirmed"
+
+
 class ReviewItemResolved(Conflict):
     code = "review_item_resolved"
 

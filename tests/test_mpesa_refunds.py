@@ -15,9 +15,9 @@ import pytest
 from orderpay.domain.states import OrderStatus, RefundStatus
 from orderpay.errors import (
     ConfigurationError,
-    PaymentUnconfirmed,
     ProviderUnavailable,
     RefundNotSupported,
+    RefundUnconfirmed,
 )
 from orderpay.payments.mpesa_callbacks import apply_early_result, record_callback
 from orderpay.payments.refund import RefundResult, ask_for, claim_refund, refund_payment
@@ -185,7 +185,7 @@ def test_a_lost_reversal_answer_is_never_sent_again(place: Kenya) -> None:
 
     with pytest.raises(ProviderUnavailable, match="not sent again"):
         refund(place, payment, key="r-lost")
-    with pytest.raises(PaymentUnconfirmed, match="not re-sent"):
+    with pytest.raises(RefundUnconfirmed, match="not re-sent"):
         refund(place, payment, key="r-lost")
     place.reconcile()
 

@@ -12,6 +12,7 @@ its own acknowledgement shape.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from orderpay.errors import ConfigurationError, Forbidden, RouteNotFound
+from orderpay.errors import Forbidden, RouteNotFound
 from orderpay.http.bodies import read_body
 from orderpay.metrics import metrics
 from orderpay.payments.mpesa_callbacks import Received, record_callback
@@ -36,17 +37,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ACKNOWLEDGED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 
 
-def networks(raw: str | None, variable: str) -> list[Network]:
-    """A comma-separated list of addresses and CIDRs; ConfigurationError names a bad one."""
-    found = []
-    for part in (piece.strip() for piece in (raw or "").split(",")):
-        if not part:
-            continue
-        try:
-            found.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise ConfigurationError(f"{variable}: {part!r} is not an IP address or CIDR") from None
-    return found
+@functools.lru_cache(maxsize=8)
+def networks(raw: str | None) -> tuple[Network, ...]:
+    """A comma-separated list of addresses and CIDRs (checked when the settings were read),
+    read once per value rather than per callback."""
+    parts = (piece.strip() for piece in (raw or "").split(","))
+    return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
 
 
 def caller_address(peer: str | None, forwarded_for: str | None, proxies: Sequence[Network]) -> str:
@@ -79,9 +75,9 @@ async def mpesa_webhook(request: Request) -> Response:
     given = str(request.path_params.get("path_token", ""))
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise RouteNotFound("not found")
-    allowed = networks(settings.mpesa_allowed_ips, "MPESA_ALLOWED_IPS")
+    allowed = networks(settings.mpesa_allowed_ips)
     if allowed:
-        proxies = networks(settings.mpesa_trusted_proxies, "MPESA_TRUSTED_PROXIES")
+        proxies = networks(settings.mpesa_trusted_proxies)
         peer = request.client.host if request.client else None
         caller = caller_address(peer, request.headers.get("x-forwarded-for"), proxies)
         if not _within(caller, allowed):

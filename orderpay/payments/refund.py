@@ -36,9 +36,9 @@ from orderpay.errors import (
     InvalidAmount,
     PaymentNotFound,
     PaymentNotRefundable,
-    PaymentUnconfirmed,
     RefundDeclined,
     RefundExceedsPayment,
+    RefundUnconfirmed,
 )
 from orderpay.payments.life_cycle import Check, ask, check, leased_now
 from orderpay.payments.mpesa_callbacks import apply_early_result
@@ -327,7 +327,7 @@ def _resolve_existing(
     if existing.sent_at is not None and not capabilities_of(existing.provider).resend_safe:
         if leased_now(existing.lease_expires_at):
             raise in_use
-        raise PaymentUnconfirmed(
+        raise RefundUnconfirmed(
             f"refund {existing.id} was sent to {existing.provider} and its answer was lost; "
             f"{existing.provider} would pay it out again, so it is not re-sent: its result or "
             "the catch-up settles it, and if none comes it goes to the review queue",
