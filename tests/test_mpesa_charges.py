@@ -276,3 +276,20 @@ def test_replaying_a_callback_whose_confirmation_lagged_settles_the_payment(plac
     settled = current(place.db, payment)
     assert (settled.status, settled.provider_transaction_id) == (PaymentStatus.SUCCEEDED, receipt)
     money_matches(place)
+
+
+def test_a_success_whose_confirmation_lagged_keeps_its_receipt_when_the_catch_up_settles_it(
+    place: Kenya,
+) -> None:
+    payment = place.charge(place.order("100")).payment
+    checkout = place.checkout_of(payment)
+    place.daraja.query_not_found_for(checkout, 1)  # STK Query has not caught up yet
+    receipt = place.daraja.payer_accepts(checkout)
+    place.settle()
+    assert current(place.db, payment).status is PaymentStatus.PENDING
+
+    place.reconcile()
+
+    settled = current(place.db, payment)
+    assert (settled.status, settled.provider_transaction_id) == (PaymentStatus.SUCCEEDED, receipt)
+    money_matches(place)

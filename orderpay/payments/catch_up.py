@@ -29,6 +29,7 @@ from orderpay.errors import DatabaseUnavailable, OrderpayError
 from orderpay.payments import review
 from orderpay.payments.charge_cycle import ChargeCycle
 from orderpay.payments.life_cycle import Action, Check, Cycle, busy, check
+from orderpay.payments.mpesa_callbacks import callback_receipt
 from orderpay.payments.refund_cycle import RefundCycle
 from orderpay.providers.base import Provider
 from orderpay.providers.capabilities import capabilities_of
@@ -154,7 +155,11 @@ class CatchUp:
 
     def _cycle(self, item: Payment | Refund) -> Cycle:
         if isinstance(item, Payment):
-            return ChargeCycle(item)
+            hint = None
+            if capabilities_of(item.provider).receipt_from_callback:
+                with self.db.transaction() as conn:
+                    hint = callback_receipt(conn, item)
+            return ChargeCycle(item, hint)
         with self.db.transaction() as conn:
             return RefundCycle(item, get_payment(conn, item.payment_id))
 

@@ -79,6 +79,25 @@ def record_callback(conn: Connection, callback: Callback, notify: NotifyTarget) 
     return _record_c2b(conn, callback)
 
 
+def stk_key(checkout_id: str, result_code: str) -> str:
+    """An STK result's key: one hint per checkout and result, however many copies come."""
+    return f"stk:{checkout_id}:{result_code}"
+
+
+def result_key(conversation_id: str) -> str:
+    """A refund result's key: M-Pesa gives one result per request (its ConversationID)."""
+    return f"result:{conversation_id}"
+
+
+def callback_receipt(conn: Connection, payment: Payment) -> StatusAnswer | None:
+    """What the success callback of a payment said, if one was recorded (its receipt and
+    amount, which STK Query does not give): kept when the catch-up confirms the success."""
+    if payment.provider_reference is None or payment.provider_transaction_id is not None:
+        return None
+    event = webhook_events.find_event(conn, SOURCE, stk_key(payment.provider_reference, "0"))
+    return stored_hint(event.payload) if event is not None else None
+
+
 def stored_hint(payload: str | None) -> StatusAnswer | None:
     """What a stored STK result said (`webhook replay` confirms it again, keeping its receipt
     and amount once STK Query agrees)."""
@@ -114,7 +133,7 @@ def _record_stk(conn: Connection, result: StkResult) -> Received:
         recorded = webhook_events.record_once(
             conn,
             source=SOURCE,
-            dedupe_key=f"stk:{result.checkout_id}:{result.result_code}",
+            dedupe_key=stk_key(result.checkout_id, result.result_code),
             payload=json.dumps(fields, sort_keys=True),
             outcome="unmatched",
             order_id=None,
@@ -123,7 +142,7 @@ def _record_stk(conn: Connection, result: StkResult) -> Received:
     recorded = webhook_events.record_once(
         conn,
         source=SOURCE,
-        dedupe_key=f"stk:{result.checkout_id}:{result.result_code}",
+        dedupe_key=stk_key(result.checkout_id, result.result_code),
         payload=json.dumps(fields, sort_keys=True),
         outcome="to_confirm" if to_confirm(payment) else "duplicate",
         order_id=payment.order_id,
@@ -184,7 +203,7 @@ def _apply_refund_result(conn: Connection, result: RefundResult, notify: NotifyT
     recorded = webhook_events.record_once(
         conn,
         source=SOURCE,
-        dedupe_key=f"result:{result.conversation_id}:{result.result_code}",
+        dedupe_key=result_key(result.conversation_id),
         payload=json.dumps(fields, sort_keys=True),
         outcome=outcome,
         order_id=refund.order_id if refund is not None else None,
@@ -235,18 +254,19 @@ def apply_early_result(conn: Connection, refund: Refund, notify: NotifyTarget) -
     refund = refunds.get_refund(conn, refund.id)
     if refund.provider_reference is None or refund.status is not RefundStatus.PENDING:
         return False
-    prefix = f"result:{refund.provider_reference}:"
-    for event in webhook_events.waiting_under(conn, SOURCE, prefix, EARLY):
-        fields = json.loads(event.payload or "{}")
-        code, said = str(fields.get("result")), str(fields.get("description", ""))
-        state, reason = refund_result_state(code, said)
-        definite = state in (RemoteState.SUCCEEDED, RemoteState.FAILED)
-        outcome = "processed" if definite else "review"
-        webhook_events.decide(conn, event.id, outcome, refund.order_id, refund.payment_id)
-        if definite:
-            transaction = fields.get("transaction")
-            return _settle_refund(conn, refund.id, state, reason, transaction, notify)
-    return False
+    event = webhook_events.find_event(conn, SOURCE, result_key(refund.provider_reference))
+    if event is None or event.outcome != EARLY:
+        return False
+    fields = json.loads(event.payload or "{}")
+    code, said = str(fields.get("result")), str(fields.get("description", ""))
+    state, reason = refund_result_state(code, said)
+    definite = state in (RemoteState.SUCCEEDED, RemoteState.FAILED)
+    outcome = "processed" if definite else "review"
+    webhook_events.decide(conn, event.id, outcome, refund.order_id, refund.payment_id)
+    if not definite:
+        return False
+    transaction = fields.get("transaction")
+    return _settle_refund(conn, refund.id, state, reason, transaction, notify)
 
 
 def _settle_refund(

@@ -64,6 +64,9 @@ class Capabilities:
     # Refund results come only by callback (M-Pesa's result URL), maybe before the request's
     # own answer: the refund flow then applies one that arrived early.
     refund_results_by_callback: bool = False
+    # Its status call confirms an outcome without the money id (M-Pesa's STK Query gives no
+    # receipt): the success callback's is kept once the status call agrees.
+    receipt_from_callback: bool = False
     # A request that may have reached a provider that cannot take it twice, with no answer
     # since: given to an operator this long after it was made (None: at the catch-up deadline).
     lost_answer_review_seconds: int | None = None
@@ -160,6 +163,7 @@ MPESA = Capabilities(
     one_prompt_per_payer=True,
     same_amount_window_seconds=120,
     refund_results_by_callback=True,
+    receipt_from_callback=True,
     lost_answer_review_seconds=600,  # a prompt has long ended; its callback would have come
     min_amount=100,  # KES 1
     max_amount=25_000_000,  # KES 250,000 per transaction

@@ -262,6 +262,16 @@ def _from_row(row: Row[*tuple[Any, ...]]) -> StoredEvent:
     return StoredEvent(**fields)
 
 
+def find_event(conn: Connection, source: str, dedupe_key: str) -> StoredEvent | None:
+    """The event recorded under this key, with its payload, or None."""
+    row = conn.execute(
+        select(*_SUMMARY, webhook_events.c.payload).where(
+            webhook_events.c.source == source, webhook_events.c.dedupe_key == dedupe_key
+        )
+    ).first()
+    return None if row is None else _from_row(row)
+
+
 def get_event(conn: Connection, event_id: int) -> StoredEvent | None:
     """One stored event with its payload, or None."""
     row = conn.execute(
@@ -289,20 +299,3 @@ def list_events(
     query = windowed(query, webhook_events.c.received_at, webhook_events.c.id, window, int)
     rows = [_from_row(row) for row in conn.execute(query)]
     return page_of(rows, window, lambda e: (e.received_at, e.id))
-
-
-def waiting_under(
-    conn: Connection, source: str, key_prefix: str, outcome: str
-) -> list[StoredEvent]:
-    """The events of `source` whose key starts with `key_prefix` and whose outcome is still
-    `outcome` (a result that arrived before its request's answer), oldest first."""
-    rows = conn.execute(
-        select(*_SUMMARY, webhook_events.c.payload)
-        .where(
-            webhook_events.c.source == source,
-            webhook_events.c.dedupe_key.startswith(key_prefix, autoescape=True),
-            webhook_events.c.outcome == outcome,
-        )
-        .order_by(webhook_events.c.id)
-    )
-    return [_from_row(row) for row in rows]
