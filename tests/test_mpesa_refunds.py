@@ -274,3 +274,24 @@ def test_a_refund_whose_answer_was_lost_goes_to_an_operator_ten_minutes_on(place
         [item] = open_items_of_payment(conn, payment.id)
     assert (item.reason, item.refund_id is not None) == ("no_final_answer", True)
     assert place.daraja.calls("reversal") == 1
+
+
+def test_a_payout_whose_answer_was_lost_is_settled_by_transaction_status_never_paid_twice(
+    place: Kenya,
+) -> None:
+    payment = paid(place, "250")
+    place.daraja.lose_next_answer("b2c")
+    with pytest.raises(ProviderUnavailable):
+        refund(place, payment, amount="100", key="r-lost")
+
+    place.reconcile()
+    place.settle()
+
+    with place.db.transaction() as conn:
+        from orderpay.store.refunds import find_by_key
+
+        lost = find_by_key(conn, "r-lost")
+    assert lost is not None
+    assert lost.status is RefundStatus.SUCCEEDED
+    assert len(place.daraja.paid_out()) == 1
+    money_matches(place)

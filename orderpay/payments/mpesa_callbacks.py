@@ -29,7 +29,7 @@ from sqlalchemy import Connection
 
 from orderpay.domain.answers import RemoteState
 from orderpay.domain.money import Money
-from orderpay.domain.states import PaymentStatus, RefundStatus
+from orderpay.domain.states import OPEN_REFUND_STATUSES, PaymentStatus, RefundStatus
 from orderpay.payments.refund_settlement import settle_refund
 from orderpay.providers.base import StatusAnswer
 from orderpay.providers.mpesa_answers import refund_result_state
@@ -226,7 +226,7 @@ def _apply_status_result(conn: Connection, result: StatusResult, notify: NotifyT
         refund = refunds.get_refund(conn, refund.id)
     settles = (
         refund is not None
-        and refund.status is RefundStatus.PENDING
+        and refund.status in OPEN_REFUND_STATUSES  # initiated: a payout whose answer was lost
         and result.result_code == SUCCESS_CODE
         and result.completed
         and result.amount == refund.amount

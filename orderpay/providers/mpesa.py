@@ -339,15 +339,16 @@ class MpesaProvider:
         return self._accepted(status, document, what, "nothing was paid")
 
     def refund_status(self, refund: RefundRef) -> StatusAnswer:
-        """Daraja's Transaction Status answers at the result URL, not here: this asks it (for a
-        refund whose request M-Pesa accepted) and says pending; the answer settles the refund
-        when it comes (payments/mpesa_callbacks.py)."""
-        if self.initiator is None or not refund.provider_reference:
+        """Daraja's Transaction Status answers at the result URL, not here: this asks it and
+        says pending; the answer settles the refund when it comes (payments/mpesa_callbacks.py).
+        A payout is asked about by the OriginatorConversationID we gave it, so even one whose
+        request's answer was lost; a reversal only by the ConversationID M-Pesa answered."""
+        reversal = self._reverses(refund.payment, refund.amount)
+        if self.initiator is None or (reversal and not refund.provider_reference):
             return StatusAnswer(RemoteState.PENDING, "M-Pesa's answer comes to the result URL")
         initiator = self.initiator
         reference = refund.account_reference or str(refund.reference)[:12]
         status_url = with_reference(self.callback_url, "status", reference)
-        reversal = self._reverses(refund.payment, refund.amount)
         body = {
             "Initiator": initiator.name,
             "SecurityCredential": initiator.security_credential,
