@@ -97,7 +97,8 @@ class Settings:
     # Where Daraja posts results: the public HTTPS URL of the listener's M-Pesa route, which
     # holds MPESA_CALLBACK_TOKEN (an unguessable path segment) and none of the words Daraja
     # refuses in a callback URL ("mpesa", "safaricom", ...: use /api/webhooks/daraja/TOKEN/).
-    mpesa_callback_url: str | None = _setting("MPESA_CALLBACK_URL")
+    # A secret: it holds MPESA_CALLBACK_TOKEN (`config show` masks it).
+    mpesa_callback_url: Secret | None = _setting("MPESA_CALLBACK_URL", Secret)
     mpesa_callback_token: Secret | None = _setting("MPESA_CALLBACK_TOKEN", Secret)
     # Addresses (IPs or CIDRs) whose callbacks are accepted; unset: any. X-Forwarded-For is
     # honoured only from MPESA_TRUSTED_PROXIES.

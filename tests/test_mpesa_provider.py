@@ -195,3 +195,9 @@ def test_a_real_daraja_never_calls_back_over_plain_http(daraja: FakeDaraja) -> N
 
     with pytest.raises(ConfigurationError, match="https"):
         MpesaProvider.from_settings(settings)
+
+
+def test_config_show_never_prints_the_callback_url_that_holds_the_path_token() -> None:
+    view = load_settings(MPESA_CALLBACK_URL=CALLBACK).public_view()
+
+    assert view["MPESA_CALLBACK_URL"]["value"] == "********"

@@ -49,6 +49,7 @@ def mpesa_check(settings: Settings) -> Check:
     certificate readable; and which refunds are possible."""
     import copy
 
+    from orderpay.config_values import Secret
     from orderpay.errors import ProviderUnavailable
     from orderpay.providers.mpesa import MpesaProvider
     from orderpay.providers.mpesa_config import initiator_from
@@ -71,7 +72,7 @@ def mpesa_check(settings: Settings) -> Check:
     if not callback_ok or not initiator_ok:
         checked = copy.copy(settings)
         if not callback_ok:
-            checked.__dict__["mpesa_callback_url"] = _NEUTRAL_CALLBACK_URL
+            checked.__dict__["mpesa_callback_url"] = Secret(_NEUTRAL_CALLBACK_URL)
         if not initiator_ok:
             checked.__dict__.update(dict.fromkeys(_INITIATOR_FIELDS))
     try:
@@ -110,7 +111,7 @@ def _mpesa_callback(settings: Settings, wrong: list[str], warnings: list[str]) -
     from orderpay.domain.secret_strength import SECRET_ADVICE, weaknesses
     from orderpay.providers.mpesa_config import callback_url_problems, plain
 
-    url = (settings.mpesa_callback_url or "").strip()
+    url = (plain(settings.mpesa_callback_url) or "").strip()
     token = (plain(settings.mpesa_callback_token) or "").strip()
     if not token:
         wrong.append(

@@ -135,7 +135,7 @@ class MpesaProvider:
             "MPESA_CONSUMER_SECRET": plain(settings.mpesa_consumer_secret),
             "MPESA_SHORTCODE": settings.mpesa_shortcode,
             "MPESA_PASSKEY": plain(settings.mpesa_passkey),
-            "MPESA_CALLBACK_URL": settings.mpesa_callback_url,
+            "MPESA_CALLBACK_URL": plain(settings.mpesa_callback_url),
         }
         missing = [name for name, value in needed.items() if not (value and value.strip())]
         if missing:
