@@ -47,6 +47,7 @@ from orderpay.providers.base import (
 from orderpay.providers.capabilities import MPESA, RefundMode, refund_mode_for
 from orderpay.providers.mpesa_answers import (
     RATE_LIMITS,
+    DarajaError,
     error_of,
     is_being_processed,
     is_subscriber_locked,
@@ -241,27 +242,10 @@ class MpesaProvider:
                 f"already; retry with the same key in {LOCKED_RETRY_SECONDS} s",
                 retry_after=LOCKED_RETRY_SECONDS,
             )
-        if error is not None and error.code in RATE_LIMITS:
-            raise ProviderBusy(
-                f"M-Pesa's {RATE_LIMITS[error.code]} limit refused the push; retry with the "
-                f"same key in {RATE_RETRY_SECONDS} s",
-                retry_after=RATE_RETRY_SECONDS,
-            )
         if error is not None and names_the_phone(error):
             return Declined(NOT_A_SUBSCRIBER)
-        if 400 <= status < 500 and error is not None:
-            raise ProviderUnavailable(
-                f"M-Pesa refused the STK push as malformed ({error.text}); nothing was sent to "
-                "the payer: check the MPESA_* settings (`orderpay doctor`), then re-run the key",
-                reason=error.code or f"http_{status}",
-                reached=False,
-            )
-        raise ProviderUnavailable(
-            f"M-Pesa answered the STK push with HTTP {status}"
-            + (f" ({error.text})" if error else "")
-            + ": it may have prompted the payer, so it is not sent again",
-            reason=error.code if error else f"http_{status}",
-        )
+        advice = "nothing was sent to the payer: check the MPESA_* settings (`orderpay doctor`)"
+        raise _refusal(status, error, "STK push", advice)
 
     def payment_status(self, payment: PaymentRef) -> StatusAnswer:
         checkout = payment.provider_reference
@@ -396,23 +380,29 @@ class MpesaProvider:
                 return Accepted(conversation)
             if document.get("ResponseCode") not in (None, ""):
                 return Declined(str(document.get("ResponseDescription") or "refused"))
-        error = error_of(document)
-        if error is not None and error.code in RATE_LIMITS:
-            raise ProviderBusy(
-                f"M-Pesa's {RATE_LIMITS[error.code]} limit refused the {what}; retry with the "
-                f"same key in {RATE_RETRY_SECONDS} s",
-                retry_after=RATE_RETRY_SECONDS,
-            )
-        if 400 <= status < 500 and error is not None:
-            raise ProviderUnavailable(
-                f"M-Pesa refused the {what} as malformed ({error.text}); {untouched}: check "
-                "the MPESA_INITIATOR_* settings and MPESA_CERTIFICATE, then re-run the key",
-                reason=error.code or f"http_{status}",
-                reached=False,
-            )
-        raise ProviderUnavailable(
-            f"M-Pesa answered the {what} with HTTP {status}"
-            + (f" ({error.text})" if error else "")
-            + ": it may have been acted on, so it is not sent again",
-            reason=error.code if error else f"http_{status}",
+        advice = f"{untouched}: check the MPESA_INITIATOR_* settings and MPESA_CERTIFICATE"
+        raise _refusal(status, error_of(document), what, advice)
+
+
+def _refusal(status: int, error: DarajaError | None, what: str, advice: str) -> ProviderUnavailable:
+    """The error for an answer that is not an acceptance: a rate limit (busy, not acted on), a
+    malformed request (not acted on: `advice` says what to check), or anything else (it may
+    have been acted on: never sent again)."""
+    if error is not None and error.code in RATE_LIMITS:
+        return ProviderBusy(
+            f"M-Pesa's {RATE_LIMITS[error.code]} limit refused the {what}; retry with the same "
+            f"key in {RATE_RETRY_SECONDS} s",
+            retry_after=RATE_RETRY_SECONDS,
         )
+    if 400 <= status < 500 and error is not None:
+        return ProviderUnavailable(
+            f"M-Pesa refused the {what} as malformed ({error.text}); {advice}, then re-run the key",
+            reason=error.code or f"http_{status}",
+            reached=False,
+        )
+    return ProviderUnavailable(
+        f"M-Pesa answered the {what} with HTTP {status}"
+        + (f" ({error.text})" if error else "")
+        + ": it may have been acted on, so it is not sent again",
+        reason=error.code if error else f"http_{status}",
+    )
