@@ -367,15 +367,8 @@ class ProviderUnavailable(Unavailable):
 
     code = "provider_unavailable"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        public_message: str | None = None,
-        reached: bool = True,
-        **details: Any,
-    ) -> None:
-        super().__init__(message, public_message=public_message, **details)
+    def __init__(self, message: str, *, reached: bool = True, **details: Any) -> None:
+        super().__init__(message, **details)  # public_message among them, when given
         self.reached = reached
 
 
