@@ -93,6 +93,41 @@ def test_a_bad_customer_update_is_exit_2_and_changes_nothing(
     assert cli.ok("customer", "show", str(made.id)) == before
 
 
+def test_giving_a_customer_another_customers_phone_is_refused_and_changes_nothing(
+    cli: Cli, db: Database
+) -> None:
+    ama = a_customer(db, name="Ama Mensah", phone="+233241234567")
+    kofi = a_customer(db, name="Kofi Boateng", phone="+233201234567")
+    before = cli.ok("customer", "show", str(kofi.id))
+
+    outcome = cli("customer", "update", str(kofi.id), "--phone", "024 123 4567", "--json")
+
+    assert (outcome.exit_code, outcome.error()["code"]) == (4, "customer_exists")
+    assert outcome.error()["customer"] == ama.id
+    assert cli.ok("customer", "show", str(kofi.id)) == before
+
+
+def test_allow_duplicate_gives_a_customer_a_phone_another_customer_has(
+    cli: Cli, db: Database
+) -> None:
+    a_customer(db, name="Ama Mensah", phone="+233241234567")
+    kofi = a_customer(db, name="Kofi Boateng", phone="+233201234567")
+
+    updated = cli.ok(
+        "customer", "update", str(kofi.id), "--phone", "0241234567", "--allow-duplicate"
+    )
+
+    assert updated["phone"] == "+233241234567"
+
+
+def test_a_customer_keeps_its_own_phone_when_updated_with_it(cli: Cli, db: Database) -> None:
+    ama = a_customer(db, name="Ama Mensah", phone="+233241234567")
+
+    updated = cli.ok("customer", "update", str(ama.id), "--phone", "0241234567")
+
+    assert updated["phone"] == "+233241234567"
+
+
 @pytest.mark.parametrize("term", ["mensah", "AMA", "024 123 4567", "+233241234567", "4567"])
 def test_customer_list_search_finds_by_name_or_any_form_of_the_phone(
     cli: Cli, db: Database, term: str

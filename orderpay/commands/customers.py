@@ -101,9 +101,16 @@ def customer_update(
     email: Annotated[
         str | None, typer.Option("--email", help='The corrected email ("" removes it).')
     ] = None,
+    allow_duplicate: Annotated[
+        bool,
+        typer.Option(
+            "--allow-duplicate", help="Give it the phone even if another customer has it."
+        ),
+    ] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Correct a customer's name, phone or email. Orders and payments keep theirs.
+    """Correct a customer's name, phone or email. Orders and payments keep theirs. A phone
+    another customer has is refused without --allow-duplicate.
 
     \b
     Examples:
@@ -121,6 +128,7 @@ def customer_update(
             phone=phone,
             email=email,
             default_region=rt.settings.default_region,
+            allow_duplicate=allow_duplicate,
         )
     _show_one(customer, json_, "Customer updated")
 

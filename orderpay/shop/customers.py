@@ -52,24 +52,33 @@ def create_customer(
 ) -> Customer:
     """Validate and store a customer; the phone is kept in E.164. A phone that a customer
     already has is refused unless `allow_duplicate` (one person, one customer)."""
+    e164 = normalise_phone(phone, default_region)
     values = {
         "name": clean_name(name),
-        "phone": normalise_phone(phone, default_region),
+        "phone": e164,
         "email": clean_email(email),
         "created_at": utcnow(),
     }
     if not allow_duplicate:
-        existing = conn.execute(
-            select(customers.c.id).where(customers.c.phone == values["phone"]).limit(1)
-        ).first()
-        if existing is not None:
-            raise CustomerExists(
-                f"customer {existing[0]} already has the phone {values['phone']}; use it, or "
-                "pass --allow-duplicate to create another",
-                customer=existing[0],
-            )
+        _refuse_a_taken_phone(conn, e164, "to create another")
     row = conn.execute(insert(customers).values(**values).returning(*_COLUMNS)).one()
     return _from_row(row)
+
+
+def _refuse_a_taken_phone(
+    conn: Connection, phone: str, then: str, customer_id: int | None = None
+) -> None:
+    """CustomerExists when another customer (not `customer_id`) has `phone`."""
+    query = select(customers.c.id).where(customers.c.phone == phone)
+    if customer_id is not None:
+        query = query.where(customers.c.id != customer_id)
+    existing = conn.execute(query.limit(1)).first()
+    if existing is not None:
+        raise CustomerExists(
+            f"customer {existing[0]} already has the phone {phone}; use it, or pass "
+            f"--allow-duplicate {then}",
+            customer=existing[0],
+        )
 
 
 def get_customer(conn: Connection, customer_id: int) -> Customer:
@@ -112,14 +121,18 @@ def update_customer(
     phone: str | None = None,
     email: str | None = None,
     default_region: str,
+    allow_duplicate: bool = False,
 ) -> Customer:
-    """Correct a customer's name, phone or email (an empty email removes it)."""
+    """Correct a customer's name, phone or email (an empty email removes it). A phone another
+    customer has is refused, as on create, unless `allow_duplicate`."""
     get_customer(conn, customer_id)
     values: dict[str, Any] = {}
     if name is not None:
         values["name"] = clean_name(name)
     if phone is not None:
         values["phone"] = normalise_phone(phone, default_region)
+        if not allow_duplicate:
+            _refuse_a_taken_phone(conn, values["phone"], "to give it this one too", customer_id)
     if email is not None:
         values["email"] = clean_email(email)
     if not values:
