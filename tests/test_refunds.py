@@ -525,3 +525,19 @@ def test_the_refund_table_shows_what_was_refunded(cli: Cli, db: Database) -> Non
     assert "succeeded" in outcome.stdout
     assert "7.50 GHS" in outcome.stdout
     assert "refund-1" in outcome.stdout
+
+
+def test_a_fully_refunded_payment_is_refused_before_the_operator_is_asked_to_confirm(
+    cli: Cli, db: Database
+) -> None:
+    payment = a_paid_payment(db)
+    cli.ok("refund", str(payment.id), "--key", "refund-1", *REASON, *YES)
+    before = count_rows(db)
+
+    outcome = cli("refund", str(payment.id), "--key", "refund-2", *REASON)
+
+    assert outcome.exit_code == 4
+    assert "has 0.00 GHS left to refund" in outcome.stderr
+    assert "[refund_exceeds_payment]" in outcome.stderr
+    assert "Refund 0.00" not in outcome.stdout + outcome.stderr
+    assert count_rows(db) == before

@@ -183,10 +183,30 @@ def preview(conn: Connection, ask: RefundAsk) -> RefundPreview:
     earlier = refunds.find_by_key(conn, ask.key)
     if earlier is not None and earlier.payment_id == payment.id:
         return RefundPreview(payment, earlier.amount, earlier)
-    requested = _requested(ask, payment)
-    left = left_to_refund(payment.amount.minor_units, refunds.committed_total(conn, payment.id))
-    amount = requested or Money(left, payment.amount.currency)
+    # What the claim would refuse is refused before the operator is asked to confirm (a
+    # fully refunded payment is not offered "Refund 0.00?").
+    amount, _ = _refund_room(conn, payment, _requested(ask, payment))
     return RefundPreview(payment, amount, None)
+
+
+def _refund_room(conn: Connection, payment: Payment, requested: Money | None) -> tuple[Money, int]:
+    """The amount a new refund of `payment` gives back (`requested`, or all that is left) and
+    what its refunds that did not fail already hold; PaymentNotRefundable or
+    RefundExceedsPayment when it cannot."""
+    _check_refundable(conn, payment)
+    currency = payment.amount.currency
+    committed = refunds.committed_total(conn, payment.id)
+    remaining = Money(left_to_refund(payment.amount.minor_units, committed), currency)
+    amount = requested if requested is not None else remaining
+    if amount.minor_units <= 0 or amount.minor_units > remaining.minor_units:
+        raise RefundExceedsPayment(
+            f"payment {payment.id} of {payment.amount} has {remaining} left to refund (refunds "
+            f"that did not fail: {Money(committed, currency)})"
+            + (f"; {amount} is more" if requested is not None else ""),
+            payment=str(payment.id),
+            remaining=remaining.as_string(),
+        )
+    return amount, committed
 
 
 def _requested(ask: RefundAsk, payment: Payment) -> Money | None:
@@ -209,9 +229,9 @@ def claim_refund(
     modes: frozenset[RefundMode] | None,
     lease: timedelta,
 ) -> RefundClaim:
-    """`modes`: the refund modes the payment's provider allows here (None: a replay, which
-    asks nothing of it)."""
-    """Step 1: insert the refund as `initiated`, or resolve the key's earlier use."""
+    """Step 1: insert the refund as `initiated`, or resolve the key's earlier use. `modes`:
+    the refund modes the payment's provider allows here (None: a replay, which asks nothing of
+    it)."""
     locked = locks.lock_payment(conn, ask.payment_id)  # the order's row, then the payment's
     if locked is None:
         raise PaymentNotFound(
@@ -224,18 +244,7 @@ def claim_refund(
     existing = refunds.find_by_key(conn, ask.key)
     if existing is not None:
         return _resolve_existing(conn, existing, payment, fingerprint, lease, ask.operator)
-    _check_refundable(conn, payment)
-    committed = refunds.committed_total(conn, payment.id)
-    remaining = Money(left_to_refund(payment.amount.minor_units, committed), currency)
-    amount = requested if requested is not None else remaining
-    if amount.minor_units <= 0 or amount.minor_units > remaining.minor_units:
-        raise RefundExceedsPayment(
-            f"payment {payment.id} of {payment.amount} has {remaining} left to refund (refunds "
-            f"that did not fail: {Money(committed, currency)})"
-            + (f"; {amount} is more" if requested is not None else ""),
-            payment=str(payment.id),
-            remaining=remaining.as_string(),
-        )
+    amount, committed = _refund_room(conn, payment, requested)
     if modes is not None:
         refund_mode_for(
             payment.provider,
