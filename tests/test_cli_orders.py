@@ -3,6 +3,7 @@ cancellation rules (DESIGN.md section 4), and bad input refused with nothing sto
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -364,7 +365,7 @@ def test_order_list_shows_orders_newest_first(any_cli: Cli, any_db: Database) ->
 def test_order_list_filters_by_status(cli: Cli, db: Database) -> None:
     cancelled = an_order(db)
     pending = an_order(db)
-    cli.ok("order", "cancel", str(cancelled.id))
+    cli.ok("order", "cancel", str(cancelled.id), "--yes")
 
     listed = cli.items("order", "list", "--status", "pending")
 
@@ -374,7 +375,7 @@ def test_order_list_filters_by_status(cli: Cli, db: Database) -> None:
 def test_order_list_filters_by_cancelled_status(cli: Cli, db: Database) -> None:
     cancelled = an_order(db)
     an_order(db)
-    cli.ok("order", "cancel", str(cancelled.id))
+    cli.ok("order", "cancel", str(cancelled.id), "--yes")
 
     listed = cli.items("order", "list", "--status", "cancelled")
 
@@ -430,7 +431,7 @@ def test_order_list_json_carries_full_order_shapes(cli: Cli, db: Database) -> No
 def test_order_cancel_cancels_a_pending_order(any_cli: Cli, any_db: Database) -> None:
     order = an_order(any_db)
 
-    cancelled = any_cli.ok("order", "cancel", str(order.id))
+    cancelled = any_cli.ok("order", "cancel", str(order.id), "--yes")
 
     assert cancelled["status"] == "cancelled"
     assert [e["event"] for e in cancelled["events"]] == ["order_created", "order_cancelled"]
@@ -438,9 +439,9 @@ def test_order_cancel_cancels_a_pending_order(any_cli: Cli, any_db: Database) ->
 
 def test_order_cancel_twice_is_harmless(any_cli: Cli, any_db: Database) -> None:
     order = an_order(any_db)
-    any_cli.ok("order", "cancel", str(order.id))
+    any_cli.ok("order", "cancel", str(order.id), "--yes")
 
-    again = any_cli.ok("order", "cancel", str(order.id))
+    again = any_cli.ok("order", "cancel", str(order.id), "--yes")
 
     assert again["status"] == "cancelled"
     assert [e["event"] for e in again["events"]] == ["order_created", "order_cancelled"]
@@ -452,7 +453,7 @@ def test_order_cancel_with_a_payment_in_flight_is_refused_with_exit_4(
     order = an_order(any_db)
     any_cli.ok("charge", str(order.id), "--key", a_key())
 
-    outcome = any_cli("order", "cancel", str(order.id), "--json")
+    outcome = any_cli("order", "cancel", str(order.id), "--yes", "--json")
 
     assert outcome.exit_code == 4
     assert outcome.error()["code"] == "payment_in_progress"
@@ -465,7 +466,7 @@ def test_order_with_a_payment_in_flight_stays_pending_after_a_refused_cancel(
     cli.ok("charge", str(order.id), "--key", a_key())
     before = count_rows(db)
 
-    cli("order", "cancel", str(order.id), "--json")
+    cli("order", "cancel", str(order.id), "--yes", "--json")
 
     shown = cli.ok("order", "show", str(order.id))
     assert shown["status"] == "pending"
@@ -478,3 +479,27 @@ def test_order_cancel_of_an_unknown_order_exits_3(cli: Cli) -> None:
 
     assert outcome.exit_code == 3
     assert outcome.error()["code"] == "order_not_found"
+
+
+def test_order_cancel_asks_first_and_without_a_terminal_changes_nothing(
+    cli: Cli, db: Database
+) -> None:
+    order = an_order(db)
+    before = count_rows(db)
+
+    outcome = cli("order", "cancel", str(order.id), "--json")
+
+    assert (outcome.exit_code, outcome.error()["code"]) == (2, "confirmation_required")
+    assert "Cancel order" in outcome.error()["message"]
+    assert count_rows(db) == before
+
+
+def test_order_cancel_of_a_cancelled_order_says_so_without_asking(cli: Cli, db: Database) -> None:
+    order = an_order(db)
+    cli.ok("order", "cancel", str(order.id), "--yes")
+
+    outcome = cli("order", "cancel", str(order.id), "--json")
+
+    assert outcome.exit_code == 0
+    assert "cancelled already; nothing changed" in outcome.stderr
+    assert json.loads(outcome.stdout)["status"] == "cancelled"

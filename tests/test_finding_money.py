@@ -293,7 +293,7 @@ def paid_order(client: TestClient, db: Database, cli: Cli) -> uuid.UUID:
 
 def cancelled_order(client: TestClient, db: Database, cli: Cli) -> uuid.UUID:
     order = an_order(db).id
-    assert cli("order", "cancel", str(order)).exit_code == 0
+    assert cli("order", "cancel", str(order), "--yes").exit_code == 0
     return order
 
 
@@ -329,7 +329,7 @@ def late_success_on_a_paid_order(client: TestClient, db: Database, cli: Cli) -> 
 def late_success_on_a_cancelled_order(client: TestClient, db: Database, cli: Cli) -> Payment:
     """Our failed payment reported succeeded after the operator cancelled its order."""
     payment = recorded_failed_by_callback(client, db)
-    assert cli("order", "cancel", str(payment.order_id)).exit_code == 0
+    assert cli("order", "cancel", str(payment.order_id), "--yes").exit_code == 0
     return payment
 
 

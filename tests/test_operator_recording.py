@@ -151,7 +151,7 @@ def test_a_cancel_the_provider_answers_with_a_failure_records_the_operator(
 def test_an_order_cancel_records_the_operator(cli: Cli, db: Database) -> None:
     order = an_order(db)
 
-    shown = cli.ok("order", "cancel", str(order.id), **OPERATOR)
+    shown = cli.ok("order", "cancel", str(order.id), "--yes", **OPERATOR)
 
     (cancelled,) = [e for e in shown["events"] if e["event"] == "order_cancelled"]
     assert cancelled["operator"] == "akosua"
@@ -205,7 +205,7 @@ def test_a_review_resolve_records_the_operator_on_the_item_and_the_timeline(
 def test_without_orderpay_operator_the_os_user_is_recorded(cli: Cli, db: Database) -> None:
     order = an_order(db)
 
-    cli.ok("order", "cancel", str(order.id), **LOGIN)
+    cli.ok("order", "cancel", str(order.id), "--yes", **LOGIN)
 
     assert the_event(db, order.id, "order_cancelled").operator == "kwabena"
 
@@ -221,7 +221,7 @@ def test_without_orderpay_operator_a_resolve_names_the_os_user(cli: Cli, db: Dat
 def test_a_blank_orderpay_operator_falls_back_to_the_os_user(cli: Cli, db: Database) -> None:
     order = an_order(db)
 
-    cli.ok("order", "cancel", str(order.id), ORDERPAY_OPERATOR="  ", **LOGIN)
+    cli.ok("order", "cancel", str(order.id), "--yes", ORDERPAY_OPERATOR="  ", **LOGIN)
 
     assert the_event(db, order.id, "order_cancelled").operator == "kwabena"
 
@@ -245,7 +245,7 @@ def test_rows_the_system_writes_on_its_own_name_no_operator(cli: Cli, db: Databa
 
 def test_order_show_lists_who_acted_next_to_the_detail(cli: Cli, db: Database) -> None:
     order = an_order(db)
-    cli.ok("order", "cancel", str(order.id), **OPERATOR)
+    cli.ok("order", "cancel", str(order.id), "--yes", **OPERATOR)
 
     outcome = cli("order", "show", str(order.id), COLUMNS="120")
 

@@ -396,7 +396,7 @@ def test_a_success_for_a_failed_payment_of_a_cancelled_order_says_refund(
 ) -> None:
     payment = a_pending_payment(db)
     post(client, callback_body(payment, "failed", reason="EXPIRED"))
-    assert cli("order", "cancel", str(payment.order_id)).exit_code == 0
+    assert cli("order", "cancel", str(payment.order_id), "--yes").exit_code == 0
 
     post(client, callback_body(payment, "success"))
 
@@ -410,7 +410,7 @@ def test_a_success_for_a_failed_payment_of_a_cancelled_order_says_refund(
 def a_cancelled_order(db: Database, cli: Cli) -> uuid.UUID:
     """An order (25.00 GHS) cancelled by the operator before any payment."""
     order = an_order(db).id
-    assert cli("order", "cancel", str(order)).exit_code == 0
+    assert cli("order", "cancel", str(order), "--yes").exit_code == 0
     return order
 
 
@@ -822,7 +822,7 @@ def test_the_table_fits_80_columns_without_cutting_ids_reasons_or_orders(
 ) -> None:
     payment = a_pending_payment(db)
     post(client, callback_body(payment, "failed", reason="EXPIRED"))
-    assert cli("order", "cancel", str(payment.order_id)).exit_code == 0
+    assert cli("order", "cancel", str(payment.order_id), "--yes").exit_code == 0
     post(client, callback_body(payment, "success"))
     item = the_only_item(cli)
     assert item["reason"] == max(ReviewReason, key=len)  # the longest reason there is

@@ -12,8 +12,10 @@ from orderpay.commands.common import (
     Limit,
     Since,
     Until,
+    confirm,
     emit_json,
     emit_page,
+    info,
     more,
     runtime,
     window,
@@ -166,23 +168,34 @@ def order_list(
     more(page)
 
 
-@order_app.command("cancel")
-def order_cancel(ctx: typer.Context, order_id: OrderId, json_: JsonFlag = False) -> None:
-    """Cancel a pending order that has no payment in flight.
+@order_app.command("cancel", short_help="Cancel a pending order with no payment in flight.")
+def order_cancel(
+    ctx: typer.Context,
+    order_id: OrderId,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """Cancel a pending order that has no payment in flight (asks first, unless --yes). An
+    order cancelled already is shown as it is, saying so.
 
     \b
     Examples:
       orderpay order cancel 3f1c2a9e
-      orderpay order cancel 3f1c2a9e --json
+      orderpay order cancel 3f1c2a9e --yes --json
     """
     from orderpay.shop.orders import cancel_order
-    from orderpay.store.orders import details_of
+    from orderpay.store.orders import details_of, get_order
 
     rt = runtime(ctx)
     with rt.database.transaction() as conn:
-        cancelled = cancel_order(
-            conn, resolve_order(conn, order_id), operator=rt.settings.operator_name
-        )
+        oid = resolve_order(conn, order_id)
+        order = get_order(conn, oid)
+    if order.status is OrderStatus.CANCELLED:
+        info(f"order {oid} is cancelled already; nothing changed")
+    else:
+        confirm(f"Cancel order {oid} ({order.total}, {order.status.value})?", yes=yes)
+    with rt.database.transaction() as conn:
+        cancelled = cancel_order(conn, oid, operator=rt.settings.operator_name)
         (detail,) = details_of(conn, [cancelled])
     _show_detail(detail, json_)
 
