@@ -12,6 +12,7 @@ tests/test_config_values.py pins them.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Literal
 
@@ -248,10 +249,10 @@ class Settings:
         except (KeyError, OSError):  # no user name for this uid (a bare container)
             return f"uid {os.getuid()}"
 
-    @property
+    @functools.cached_property
     def route_table(self) -> dict[tuple[str, str], str]:
-        """ORDERPAY_PROVIDER_ROUTES, read (domain/routing.py looks a payer up in it); empty:
-        ORDERPAY_PROVIDER for every payer."""
+        """ORDERPAY_PROVIDER_ROUTES, read once (domain/routing.py looks a payer up in it, for
+        every charge); empty: ORDERPAY_PROVIDER for every payer."""
         return route_table(self.provider_routes or "", PROVIDERS)
 
     @property
