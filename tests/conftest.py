@@ -33,8 +33,10 @@ from orderpay.store import outages
 from orderpay.store.db import Database
 from orderpay.store.migrate import upgrade
 from orderpay.store.schema import metadata
+from tests.fake_daraja import FakeDaraja
 from tests.fake_mtn import FakeMtn
 from tests.live_server import TestClient, listener_client, listener_settings
+from tests.mpesa_harness import Kenya, kenya
 from tests.services import POSTGRES_VARIABLE, REDIS_VARIABLE, Servers
 
 CONFIG_PREFIXES = ("ORDERPAY_", "MTN_MOMO_", "MPESA_", "POSTGRES_")
@@ -415,6 +417,23 @@ def mtn_server() -> Iterator[FakeMtn]:
     """A fake of MTN's Collection API on loopback, shared by a module (stopping one is slow)."""
     with FakeMtn(currencies={"EUR"}) as fake:
         yield fake
+
+
+@pytest.fixture(scope="module")
+def fake_daraja() -> Iterator[FakeDaraja]:
+    """A fake of M-Pesa's Daraja API on loopback, shared by a module (each test resets it)."""
+    with FakeDaraja() as fake:
+        yield fake
+
+
+@pytest.fixture
+def place(db: Database, pg_url: str, fake_daraja: FakeDaraja) -> Iterator[Kenya]:
+    """A Kenyan merchant: the fake Daraja, reset; orderpay's listener on its M-Pesa route; the
+    M-Pesa provider a charging process builds (tests/mpesa_harness.py)."""
+    fake_daraja.reset()
+    with kenya(db, pg_url, fake_daraja) as ready:
+        yield ready
+    fake_daraja.wait_until_sent()  # nothing of this test reaches the next one's listener
 
 
 @pytest.fixture

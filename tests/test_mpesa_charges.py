@@ -7,32 +7,14 @@ every case orderpay's records match the money the fake holds, and no payer is pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
 from orderpay.domain.states import OrderStatus, PaymentStatus
 from orderpay.errors import InvalidAmount, PaymentUnconfirmed, ProviderBusy, ProviderUnavailable
-from orderpay.store.db import Database
 from tests.conftest import count_rows
-from tests.fake_daraja import FakeDaraja
 from tests.ledger_views import current, order_status, seen
-from tests.mpesa_harness import PAYER_DIGITS, Kenya, kenya, money_matches
-
-
-@pytest.fixture(scope="module")
-def fake_daraja() -> Iterator[FakeDaraja]:
-    with FakeDaraja() as fake:
-        yield fake
-
-
-@pytest.fixture
-def place(db: Database, pg_url: str, fake_daraja: FakeDaraja) -> Iterator[Kenya]:
-    fake_daraja.reset()
-    with kenya(db, pg_url, fake_daraja) as ready:
-        yield ready
-    fake_daraja.wait_until_sent()
+from tests.mpesa_harness import PAYER_DIGITS, Kenya, money_matches
 
 
 def test_a_safaricom_payer_is_charged_through_mpesa_without_naming_it(place: Kenya) -> None:

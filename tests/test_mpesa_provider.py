@@ -21,12 +21,6 @@ PAYER = "+254708374149"
 CALLBACK = "https://payments.example.com/api/webhooks/daraja/" + "t" * 40 + "/"
 
 
-@pytest.fixture(scope="module")
-def fake_daraja() -> Iterator[FakeDaraja]:
-    with FakeDaraja() as fake:
-        yield fake
-
-
 @pytest.fixture
 def daraja(fake_daraja: FakeDaraja) -> FakeDaraja:
     fake_daraja.reset()

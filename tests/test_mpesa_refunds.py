@@ -7,8 +7,6 @@ refunds match the money the fake gave back, and nothing is paid out twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
@@ -32,20 +30,6 @@ from tests.conftest import count_rows
 from tests.fake_daraja import FakeDaraja
 from tests.ledger_views import current, order_status
 from tests.mpesa_harness import LEASE, NOTIFY, PAYER_DIGITS, Kenya, kenya, money_matches
-
-
-@pytest.fixture(scope="module")
-def fake_daraja() -> Iterator[FakeDaraja]:
-    with FakeDaraja() as fake:
-        yield fake
-
-
-@pytest.fixture
-def place(db: Database, pg_url: str, fake_daraja: FakeDaraja) -> Iterator[Kenya]:
-    fake_daraja.reset()
-    with kenya(db, pg_url, fake_daraja) as ready:
-        yield ready
-    fake_daraja.wait_until_sent()
 
 
 def paid(place: Kenya, amount: str = "100") -> Payment:

@@ -25,12 +25,6 @@ PROXY = [ipaddress.ip_network("10.0.0.0/8")]
 SAFARICOM = "196.201.214.200"
 
 
-@pytest.fixture(scope="module")
-def fake_daraja() -> Iterator[FakeDaraja]:
-    with FakeDaraja() as fake:
-        yield fake
-
-
 @pytest.fixture
 def guarded(db: Database, pg_url: str, fake_daraja: FakeDaraja) -> Iterator[Kenya]:
     """A listener that takes M-Pesa callbacks from Safaricom's range only, behind a proxy on
@@ -81,14 +75,6 @@ def test_a_callback_from_outside_the_allowed_range_is_forbidden_and_changes_noth
     assert count_rows(guarded.db) == before
     assert current(guarded.db, payment).status is PaymentStatus.PENDING
     assert guarded.daraja.calls("query") == 0
-
-
-@pytest.fixture
-def place(db: Database, pg_url: str, fake_daraja: FakeDaraja) -> Iterator[Kenya]:
-    fake_daraja.reset()
-    with kenya(db, pg_url, fake_daraja) as ready:
-        yield ready
-    fake_daraja.wait_until_sent()
 
 
 def test_a_c2b_confirmation_of_an_stk_payment_is_recognised_not_counted_twice(

@@ -30,12 +30,6 @@ PAYER = "+254708374149"
 TOKEN = "simulate-path-token-" + "s" * 32
 
 
-@pytest.fixture(scope="module")
-def fake_daraja() -> Iterator[FakeDaraja]:
-    with FakeDaraja() as fake:
-        yield fake
-
-
 @pytest.fixture
 def daraja(fake_daraja: FakeDaraja) -> Iterator[FakeDaraja]:
     fake_daraja.reset()
