@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import uuid
 
-# Crockford's base32: no I, L, O or U, so a payer reading it aloud cannot confuse them.
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Crockford's base32 without I, L, O and U (a payer reading it aloud cannot confuse them), and
+# without E, M and Q too: the reference travels in callback URLs, where M-Pesa refuses words
+# such as "mpesa", "exec", "cmd", "sql" and "query"; without those letters none can be spelled.
+ALPHABET = "0123456789ABCDFGHJKNPRSTVWXYZ"
 LENGTH = 12
 
 
 def short_reference(row_id: uuid.UUID) -> str:
-    """12 characters from the row's id (a uuid4: its first 60 bits, 56 of them random);
-    unique in practice, and the schema enforces it per provider."""
-    bits = row_id.int >> (128 - 5 * LENGTH)
-    return "".join(_ALPHABET[(bits >> (5 * (LENGTH - 1 - n))) & 31] for n in range(LENGTH))
+    """12 characters from the row's id (a uuid4, whose last 62 bits are random: 29**12, about
+    58 bits, of them); unique in practice, and the schema enforces it per provider."""
+    value = (row_id.int & ((1 << 62) - 1)) % len(ALPHABET) ** LENGTH
+    out = []
+    for _ in range(LENGTH):
+        value, digit = divmod(value, len(ALPHABET))
+        out.append(ALPHABET[digit])
+    return "".join(reversed(out))
